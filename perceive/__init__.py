@@ -1,0 +1,46 @@
+"""perceive: let a multimodal LLM control its own visual perception.
+
+Perception tokens are tool calls: a span the model emits is parsed into a typed call,
+dispatched through a pluggy registry of perception actions, and the observation (a new view,
+or encoder features) is fed back to the model.
+"""
+
+from perceive.actions import Action, ActionCall, ActionContext, SpanError, TriggerGrammar
+from perceive.config import PerceiveConfig, load_config
+from perceive.dispatch import ActionFailure, DispatchResult, dispatch
+from perceive.encoders import EncoderHub, EncoderSpec
+from perceive.errors import PerceiveError
+from perceive.geometry import Box, Frame
+from perceive.hookspecs import hookimpl
+from perceive.observations import Features, View
+from perceive.plugins import Registry, get_registry, load_registry
+from perceive.protocol import ParseError, PerceptionCall, StreamParser
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Action",
+    "ActionCall",
+    "ActionContext",
+    "ActionFailure",
+    "Box",
+    "DispatchResult",
+    "EncoderHub",
+    "EncoderSpec",
+    "Features",
+    "Frame",
+    "ParseError",
+    "PerceiveConfig",
+    "PerceiveError",
+    "PerceptionCall",
+    "Registry",
+    "SpanError",
+    "StreamParser",
+    "TriggerGrammar",
+    "View",
+    "dispatch",
+    "get_registry",
+    "hookimpl",
+    "load_config",
+    "load_registry",
+]

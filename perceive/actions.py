@@ -1,0 +1,226 @@
+"""The action contract: what a perception-action plugin declares and implements.
+
+An action declares
+
+* ``name``: unique across all installed plugins;
+* ``grammar``: the special-token strings that open and close its span and the tokens allowed
+  inside (a :class:`TriggerGrammar`);
+* ``Args``: a pydantic model of its typed arguments, and ``parse(pieces) -> Args`` from a
+  closed span;
+* ``observation``: ``"view"`` or ``"features"``;
+* ``run(call, context)``: returns one :class:`~perceive.View` / :class:`~perceive.Features`
+  or a list of them.
+
+and, for the conformance kit, ``examples()`` (argument values to run it with) and optionally
+``args_for_box(box)`` (arguments that target an explicit box, for actions that take one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from perceive.geometry import ROOT, Box, Frame
+from perceive.images import as_rgb
+from perceive.observations import Features, ObservationKind, View
+
+_SPECIAL = re.compile(r"<\|[^|<>\s]+\|>")
+_NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+
+class TriggerGrammar(BaseModel):
+    """The tokens of one action's span: ``start (inner)* end``.
+
+    Every string must be a special-token literal of the form ``<|name|>``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    start: str
+    end: str
+    inner: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _well_formed(self) -> TriggerGrammar:
+        for tok in (self.start, self.end, *self.inner):
+            if not _SPECIAL.fullmatch(tok):
+                raise ValueError(f"token {tok!r} is not a special-token literal like '<|name|>'")
+        if self.start == self.end:
+            raise ValueError(f"start and end are the same token {self.start!r}")
+        clash = {self.start, self.end} & set(self.inner)
+        if clash:
+            raise ValueError(f"inner tokens repeat the start/end token: {sorted(clash)}")
+        if len(set(self.inner)) != len(self.inner):
+            raise ValueError("inner tokens contain duplicates")
+        return self
+
+    @property
+    def tokens(self) -> tuple[str, ...]:
+        return (self.start, *self.inner, self.end)
+
+
+class SpanError(ValueError):
+    """Raised by ``Action.parse`` for a span it cannot read. ``kind`` is a ParseErrorKind value."""
+
+    def __init__(self, kind: str, message: str):
+        self.kind = kind
+        super().__init__(message)
+
+
+class NoArgs(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+@dataclass(frozen=True)
+class ActionCall:
+    """One perception call: which action, its typed arguments, and where it came from.
+
+    ``target`` is the id of the view whose pixel frame the arguments refer to (``"root"`` for
+    the original image). ``tokens`` are the raw span strings, start and end included; calls
+    built by a graph with given arguments have ``tokens == ()`` and ``forced=True``.
+    """
+
+    action: str
+    args: BaseModel
+    target: str = ROOT
+    tokens: tuple[str, ...] = ()
+    token_ids: tuple[int, ...] = ()
+    forced: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "action": self.action,
+            "args": self.args.model_dump(mode="json"),
+            "target": self.target,
+            "tokens": list(self.tokens),
+            "forced": self.forced,
+        }
+
+
+@dataclass
+class ActionContext:
+    """What an action may use while it runs.
+
+    ``image`` is the target view's pixels (RGB PIL) and ``frame`` its frame; ``root`` is the
+    original image. ``features(encoder, view)`` returns cached encoder output. ``options``
+    holds this action's options from config. Actions must not mutate any image they are given.
+    """
+
+    image: Image.Image
+    frame: Frame
+    root: Image.Image
+    options: dict[str, Any] = field(default_factory=dict)
+    encoders: Any = None  # perceive.encoders.EncoderHub
+    device: str = "cpu"
+    _ids: Any = field(default_factory=lambda: itertools.count(1), repr=False)
+    id_prefix: str = "v"
+
+    @classmethod
+    def for_image(cls, image: Image.Image, **kw) -> ActionContext:
+        """A context whose target is the original image itself."""
+        return cls(image=image, frame=Frame.root(*image.size), root=image, **kw)
+
+    def new_view_id(self) -> str:
+        return f"{self.id_prefix}{next(self._ids)}"
+
+    def root_box(self, box_in_target: Box) -> Box:
+        """``box_in_target`` mapped to the original image, clipped to it and widened to whole
+        pixels (floor the low corner, ceil the high one; integer boxes are unchanged).
+
+        Raises :class:`~perceive.errors.ActionInputError` when nothing of it is inside.
+        """
+        from perceive.errors import ActionInputError
+
+        rb = self.frame.to_root(box_in_target).clip(*self.root.size)
+        ib = Box(math.floor(rb.x0), math.floor(rb.y0), math.ceil(rb.x1), math.ceil(rb.y1), ROOT)
+        if ib.is_empty():
+            raise ActionInputError(
+                f"box {box_in_target.as_tuple()} in view {self.frame.id!r} lies outside the "
+                f"{self.root.size[0]}x{self.root.size[1]} image",
+                hint="choose a box that overlaps the image",
+            )
+        return ib
+
+    def crop_root(self, box_in_target: Box, *, out_size: tuple[int, int] | None = None,
+                  label: str | None = None) -> View:
+        """A view of ``box_in_target`` cut from the full-resolution original image (see
+        :meth:`root_box`), resampled (bicubic) to ``out_size`` when given. RGB."""
+        ib = self.root_box(box_in_target)
+        crop = as_rgb(self.root.crop(ib.as_int_tuple()))
+        if out_size is not None and tuple(out_size) != crop.size:
+            crop = crop.resize(tuple(int(v) for v in out_size), Image.Resampling.BICUBIC)
+        frame = Frame.root(*self.root.size).child(self.new_view_id(), ib, crop.size)
+        frame = dataclasses.replace(frame, parent=self.frame.id)
+        return View(image=crop, frame=frame, label=label)
+
+
+class Action:
+    """Base class for perception actions. Subclass it and set the class attributes."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    grammar: ClassVar[TriggerGrammar | None] = None
+    Args: ClassVar[type[BaseModel]] = NoArgs
+    observation: ClassVar[ObservationKind] = "view"
+    #: encoder names (registry keys) this action can use; empty for view actions.
+    encoders: ClassVar[tuple[str, ...]] = ()
+
+    def parse(self, pieces: Sequence[str]) -> BaseModel:
+        """Typed arguments from a closed span.
+
+        ``pieces`` are the strings between start and end: grammar tokens as they are, and runs
+        of ordinary text split around anything that looks like ``<|...|>``. Raise
+        :class:`SpanError` (or ``ValueError``) for a span you cannot read; never anything else.
+        The default accepts an empty span.
+        """
+        leftover = [p for p in pieces if p.strip()]
+        if leftover:
+            raise SpanError("unexpected_token", f"{self.name} takes no arguments, got {leftover}")
+        return self.Args()
+
+    def run(self, call: ActionCall, context: ActionContext) -> View | Features | list:
+        raise NotImplementedError(f"action {self.name!r} does not implement run()")
+
+    def examples(self) -> list[BaseModel]:
+        """Argument values the conformance kit runs the action with. At least one."""
+        return [self.Args()]
+
+    def args_for_box(self, box: Box) -> BaseModel | None:
+        """Arguments that make the action look at ``box``, or ``None`` if it takes no box."""
+        return None
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+
+def action_problems(action: Any) -> list[str]:
+    """Everything wrong with an action's declaration (empty list when well formed)."""
+    if not isinstance(action, Action):
+        return [f"{action!r} is not a perceive.Action instance"]
+    problems = []
+    if not isinstance(action.name, str) or not _NAME.fullmatch(action.name or ""):
+        problems.append(f"name {action.name!r} must match [a-z][a-z0-9_]*")
+    if not isinstance(action.grammar, TriggerGrammar):
+        problems.append(f"grammar must be a TriggerGrammar, got {type(action.grammar).__name__}")
+    if not (isinstance(action.Args, type) and issubclass(action.Args, BaseModel)):
+        problems.append("Args must be a pydantic BaseModel subclass")
+    if action.observation not in ("view", "features"):
+        problems.append(f"observation must be 'view' or 'features', got {action.observation!r}")
+    if type(action).run is Action.run:
+        problems.append("run(call, context) is not implemented")
+    if not isinstance(action.encoders, tuple | list) or not all(
+        isinstance(e, str) for e in action.encoders
+    ):
+        problems.append("encoders must be a tuple of encoder names")
+    if action.observation == "features" and not action.encoders:
+        problems.append("a features action must name the encoders it can use")
+    return problems
+

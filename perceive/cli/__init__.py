@@ -1,0 +1,25 @@
+"""The ``perceive`` command line."""
+
+from __future__ import annotations
+
+import typer
+
+from perceive.cli import config_cmd, demo, plugins_cmd
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="perceive: perception tokens as tool calls for multimodal LLMs.")
+app.add_typer(plugins_cmd.app, name="plugins")
+app.add_typer(config_cmd.app, name="config")
+app.command("demo")(demo.demo)
+
+
+@app.command()
+def version() -> None:
+    """Print the perceive version."""
+    from perceive import __version__
+
+    typer.echo(__version__)
+
+
+def main() -> None:
+    app()

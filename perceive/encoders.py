@@ -1,0 +1,160 @@
+"""Vision encoders a re-encode action can use: a name registry and one interface.
+
+Plugins register :class:`EncoderSpec` objects through ``perceive_register_encoders``. An
+:class:`EncoderHub` builds each configured encoder once (from a **local** weights path; nothing
+is fetched from a hub) and caches its output per image: within one hub, an encoder never
+encodes the same pixels twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from PIL import Image
+
+from perceive.errors import EncoderUnavailableError, UnknownEncoderError, did_you_mean
+
+_NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+
+class VisionEncoder(Protocol):
+    """One built encoder. ``encode`` takes one RGB PIL image and returns its features:
+    ``(N, C)`` for a token layout, ``(C, H, W)`` for a map layout, as its spec declares."""
+
+    def encode(self, image: Image.Image) -> Any: ...
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """A registered encoder.
+
+    ``build(weights, options, model)`` returns a :class:`VisionEncoder`. ``weights`` is a local
+    path (``None`` if the config gives none); ``model`` is the loaded MLLM for encoders that
+    reuse its parts (``requires_model``). ``build_tiny()`` returns a small random-weight
+    instance of the same architecture, for tests and the conformance kit; optional.
+    ``placeholders`` is how many placeholder tokens one image's features fill (``None``: one
+    per output token, variable).
+    """
+
+    name: str
+    family: str
+    layout: Literal["tokens", "map"]
+    feature_dim: int | None
+    build: Callable[..., VisionEncoder]
+    build_tiny: Callable[[], VisionEncoder] | None = None
+    placeholders: int | None = None
+    requires_model: bool = False
+    description: str = ""
+
+
+def encoder_problems(spec: Any) -> list[str]:
+    if not isinstance(spec, EncoderSpec):
+        return [f"{spec!r} is not a perceive.EncoderSpec"]
+    problems = []
+    if not _NAME.fullmatch(spec.name or ""):
+        problems.append(f"encoder name {spec.name!r} must match [a-z][a-z0-9_]*")
+    if spec.layout not in ("tokens", "map"):
+        problems.append(f"layout must be 'tokens' or 'map', got {spec.layout!r}")
+    if not callable(spec.build):
+        problems.append("build must be callable")
+    if spec.build_tiny is not None and not callable(spec.build_tiny):
+        problems.append("build_tiny must be callable or None")
+    return problems
+
+
+def image_key(image: Image.Image) -> str:
+    """Content fingerprint of an image (mode, size and pixels)."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{image.mode}{image.size}".encode())
+    h.update(image.tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+
+
+@dataclass
+class EncoderHub:
+    """Builds encoders on first use and caches their features per (encoder, image content).
+
+    ``specs``: registry name -> spec. ``configs``: name -> ``{"weights": path, "options": {...}}``
+    (from :class:`perceive.config.EncoderConfig`). ``tiny=True`` builds random tiny encoders
+    (tests only). ``model``: the MLLM, for encoders with ``requires_model``.
+    """
+
+    specs: Mapping[str, EncoderSpec]
+    configs: Mapping[str, Any] = field(default_factory=dict)
+    model: Any = None
+    tiny: bool = False
+    _built: dict[str, VisionEncoder] = field(default_factory=dict, repr=False)
+    _cache: dict[tuple[str, str], Any] = field(default_factory=dict, repr=False)
+    stats: dict[str, CacheStats] = field(default_factory=dict)
+
+    def spec(self, name: str) -> EncoderSpec:
+        try:
+            return self.specs[name]
+        except KeyError:
+            raise UnknownEncoderError(f"no encoder named {name!r}",
+                                      hint=did_you_mean(name, self.specs)) from None
+
+    def get(self, name: str) -> VisionEncoder:
+        if name not in self._built:
+            spec = self.spec(name)
+            if self.tiny:
+                if spec.build_tiny is None:
+                    raise EncoderUnavailableError(f"encoder {name!r} has no tiny build")
+                self._built[name] = spec.build_tiny()
+            else:
+                cfg = self.configs.get(name)
+                weights = getattr(cfg, "weights", None) if cfg is not None else None
+                options = dict(getattr(cfg, "options", {}) or {}) if cfg is not None else {}
+                self._built[name] = spec.build(weights=weights, options=options, model=self.model)
+        return self._built[name]
+
+    def features(self, name: str, image: Image.Image) -> Any:
+        """The encoder's output for ``image``, computed at most once per hub."""
+        key = (name, image_key(image))
+        st = self.stats.setdefault(name, CacheStats())
+        if key in self._cache:
+            st.hits += 1
+            return self._cache[key]
+        st.misses += 1
+        out = self.get(name).encode(image)
+        self._cache[key] = out
+        return out
+
+    def clear(self) -> None:
+        self._cache.clear()
+
+
+def lazy(target: str, **bound: Any) -> Callable[..., Any]:
+    """A callable that imports ``"package.module:function"`` on first call, with ``bound``
+    keyword arguments. Keeps heavy imports (transformers models) out of plugin loading."""
+    module_name, _, attr = target.partition(":")
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        import importlib
+
+        fn = getattr(importlib.import_module(module_name), attr)
+        return fn(*args, **bound, **kwargs)
+
+    call.__qualname__ = call.__name__ = f"lazy({target})"
+    return call
+
+
+def require_weights(name: str, weights: Any) -> str:
+    """Helper for ``build`` functions: a clear error when no local weights path is set."""
+    if not weights:
+        raise EncoderUnavailableError(
+            f"encoder {name!r} needs local weights",
+            hint=f"set encoders.{name}.weights in your config to a local folder or file "
+            "(perceive never downloads weights)",
+        )
+    return str(weights)

@@ -1,0 +1,104 @@
+"""Typed errors. Every error says what went wrong and what to do next.
+
+Errors that happen *inside* a perception loop (a malformed span, a failing plugin) are
+recorded as values in the trace instead of being raised; see `perceive.protocol.ParseError`
+and `perceive.dispatch.ActionFailure`. The exceptions here are for the caller's mistakes:
+a bad config, an unreadable image, an unknown action name.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class ErrorCode(str, Enum):
+    CONFIG_INVALID = "config-invalid"
+    IMAGE_UNREADABLE = "image-unreadable"
+    UNKNOWN_ACTION = "unknown-action"
+    UNKNOWN_ENCODER = "unknown-encoder"
+    PLUGIN_INVALID = "plugin-invalid"
+    ACTION_INPUT = "action-input"
+    OBSERVATION_INVALID = "observation-invalid"
+    ENCODER_UNAVAILABLE = "encoder-unavailable"
+    MODEL_LOAD = "model-load"
+
+
+class PerceiveError(Exception):
+    """Base class. `hint` tells the user what to do next."""
+
+    code: ErrorCode = ErrorCode.CONFIG_INVALID
+
+    def __init__(self, message: str, *, hint: str | None = None):
+        self.message = message
+        self.hint = hint
+        super().__init__(message if not hint else f"{message}\n  -> {hint}")
+
+
+class ConfigError(PerceiveError, ValueError):
+    code = ErrorCode.CONFIG_INVALID
+
+
+class ImageError(PerceiveError, ValueError):
+    code = ErrorCode.IMAGE_UNREADABLE
+
+
+class UnknownActionError(PerceiveError, KeyError):
+    code = ErrorCode.UNKNOWN_ACTION
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return Exception.__str__(self)
+
+
+class UnknownEncoderError(UnknownActionError):
+    code = ErrorCode.UNKNOWN_ENCODER
+
+
+class PluginValidationError(PerceiveError):
+    """A plugin is wrong at load time. Names the plugin and its distribution."""
+
+    code = ErrorCode.PLUGIN_INVALID
+
+    def __init__(self, plugin: str, dist: str | None, message: str, *, hint: str | None = None):
+        self.plugin = plugin
+        self.dist = dist
+        where = f"plugin '{plugin}'" + (f" (distribution {dist})" if dist else "")
+        super().__init__(f"{where}: {message}", hint=hint)
+
+
+class ActionInputError(PerceiveError, ValueError):
+    """An action was called with arguments it cannot serve (e.g. a box fully outside the image).
+
+    Actions raise this for bad *input*; the dispatcher records it in the trace."""
+
+    code = ErrorCode.ACTION_INPUT
+
+
+class ObservationError(PerceiveError, TypeError):
+    """An action returned something that is not the observation it declared."""
+
+    code = ErrorCode.OBSERVATION_INVALID
+
+
+class EncoderUnavailableError(PerceiveError, RuntimeError):
+    """An encoder was asked for but cannot be built (no weights path configured, say)."""
+
+    code = ErrorCode.ENCODER_UNAVAILABLE
+
+
+class ModelLoadError(PerceiveError, RuntimeError):
+    code = ErrorCode.MODEL_LOAD
+
+
+def closest(name: str, choices, n: int = 3) -> list[str]:
+    """Close matches for 'did you mean' hints."""
+    import difflib
+
+    return difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)
+
+
+def did_you_mean(name: str, choices) -> str | None:
+    matches = closest(name, choices)
+    if matches:
+        return "did you mean " + " or ".join(f"'{m}'" for m in matches) + "?"
+    known = sorted(choices)
+    return ("known: " + ", ".join(known)) if known else None

@@ -1,0 +1,80 @@
+"""Every hook perceive calls. Plugins implement them with ``@perceive.hookimpl``.
+
+Implementations may accept any subset of a hook's arguments (pluggy passes them by name),
+so new arguments can be added later without breaking existing plugins. Each hook is
+documented, with its exact signature, in ``docs/reference/hooks.md``; a test keeps the two
+in step.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from perceive.actions import Action, ActionCall, ActionContext
+    from perceive.encoders import EncoderSpec
+
+PROJECT = "perceive"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def perceive_register_actions() -> list[Action]:
+    """Return the perception actions this plugin provides.
+
+    Called once per plugin when the registry is built. Results are **collected**: every
+    plugin's list is validated on its own (a well-formed :class:`perceive.Action`, a unique
+    name, a trigger grammar that does not clash with another action's start token) and the
+    valid ones are registered under the plugin's name. A plugin whose list is invalid is
+    reported as broken and contributes nothing; the other plugins are not affected.
+    """
+
+
+@hookspec
+def perceive_register_encoders() -> list[EncoderSpec]:
+    """Return the vision encoders this plugin provides, as :class:`perceive.EncoderSpec`.
+
+    Results are **collected** and validated like actions: names must be unique across all
+    plugins. A re-encode action names the encoders it can use; config chooses one by name.
+    """
+
+
+@hookspec(firstresult=True)
+def perceive_run_action(action: Action, call: ActionCall, context: ActionContext) -> Any:
+    """Run one perception call and return its observation.
+
+    **firstresult**: the first non-``None`` result wins and later implementations are not
+    called. perceive's own implementation runs last (``trylast``) and calls
+    ``action.run(call, context)``. A cache plugin returns a stored observation earlier; a
+    tracing or timing plugin wraps the call with ``@hookimpl(wrapper=True)`` and ``yield``.
+    Exceptions propagate to the dispatcher, which records them in the trace.
+    """
+
+
+@hookspec
+def perceive_before_action(action: Action, call: ActionCall, context: ActionContext) -> None:
+    """Called before each perception call is run. Return values are ignored.
+
+    An exception raised here is recorded as the call's failure and the call is not run.
+    """
+
+
+@hookspec
+def perceive_after_action(
+    action: Action,
+    call: ActionCall,
+    context: ActionContext,
+    observation: Any,
+    error: BaseException | None,
+    elapsed_ms: float,
+) -> None:
+    """Called after each perception call, whether it succeeded or not. Return values are ignored.
+
+    ``observation`` is the normalised observation (a tuple of views or of features) or ``None``
+    when the call failed; ``error`` is the exception in that case. ``elapsed_ms`` is the time
+    spent in ``perceive_run_action``. Exceptions raised here are logged and swallowed: an
+    observer must never fail a sample.
+    """

@@ -1,0 +1,70 @@
+"""Vision Re-Encoding actions (the paper's second token family, vpt-paper.md §1.1, §2.5).
+
+The span is ``<|F_action_start|> <|F_action|> <|F_action_end|>`` for a family ``F``. The
+action encodes the target view with a vision encoder and returns :class:`Features`; the
+model's projector conditions them on the control hidden state (the last-layer state at the
+span's start token) and the loop places them at ``num_placeholders`` copies of the family's
+pad token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from perceive.actions import Action, ActionCall, ActionContext, SpanError, TriggerGrammar
+from perceive.errors import ActionInputError, EncoderUnavailableError
+from perceive.observations import Features
+from perceive.vocabulary import FAMILIES
+
+
+class ReencodeArgs(BaseModel):
+    """``encoder``: registry name to use; ``None`` means the action's configured default."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    encoder: str | None = None
+
+
+class ReencodeAction(Action):
+    """Base for re-encode actions. Subclasses set ``name``, ``family`` and ``encoders``
+    (the first is the default)."""
+
+    Args: ClassVar[type[BaseModel]] = ReencodeArgs
+    observation: ClassVar[str] = "features"
+    family: ClassVar[str] = ""
+
+    def __init__(self):
+        start, action, end, pad = FAMILIES[self.family]
+        self.grammar = TriggerGrammar(start=start, end=end, inner=(action,))
+        self.action_token = action
+        self.placeholder = pad
+
+    def parse(self, pieces: Sequence[str]) -> ReencodeArgs:
+        # The paper masks the middle token's label, so models may emit start/end alone;
+        # the loop forces the action token. Either form is a well-formed call.
+        extra = [p for p in pieces if p != self.action_token and p.strip()]
+        if extra:
+            raise SpanError("unexpected_token",
+                            f"a {self.name} span holds only {self.action_token}, got {extra}")
+        if pieces.count(self.action_token) > 1:
+            raise SpanError("unexpected_token", f"{self.action_token} repeated")
+        return ReencodeArgs()
+
+    def run(self, call: ActionCall, context: ActionContext) -> Features:
+        name = call.args.encoder or context.options.get("encoder") or self.encoders[0]
+        if name not in self.encoders and not context.options.get("allow_any_encoder"):
+            raise ActionInputError(f"action {self.name!r} cannot use encoder {name!r}",
+                                   hint=f"use one of {list(self.encoders)}")
+        if context.encoders is None:
+            raise EncoderUnavailableError(f"action {self.name!r} needs an encoder hub",
+                                          hint="run it through a perceive session or model")
+        spec = context.encoders.spec(name)
+        tensor = context.encoders.features(name, context.image)
+        n = spec.placeholders if spec.placeholders is not None else int(tensor.shape[0])
+        return Features(tensor=tensor, encoder=name, placeholder=self.placeholder,
+                        num_placeholders=n, source=context.frame)
+
+    def examples(self) -> list[ReencodeArgs]:
+        return [ReencodeArgs()]

@@ -1,0 +1,36 @@
+"""The paper's DINOv2 re-encoding ("Det" family): tokens ``<|detection_action_*|>``,
+features placed at ``<|detection_image_pad|>`` x 256. Encoders ``dinov2_small`` ...
+``dinov2_giant`` (the paper uses ``dinov2_large``)."""
+
+from __future__ import annotations
+
+from perceive import hookimpl
+from perceive.encoders import EncoderSpec, lazy
+from perceive.reencode import ReencodeAction
+
+HIDDEN = {"small": 384, "base": 768, "large": 1024, "giant": 1536}
+
+
+class DinoReencode(ReencodeAction):
+    name = "dino"
+    family = "detection"
+    description = "Re-encode the image with DINOv2; features conditioned on the control token."
+    encoders = ("dinov2_large", "dinov2_small", "dinov2_base", "dinov2_giant")
+
+
+@hookimpl
+def perceive_register_actions():
+    return [DinoReencode()]
+
+
+@hookimpl
+def perceive_register_encoders():
+    return [
+        EncoderSpec(
+            name=f"dinov2_{size}", family="dinov2", layout="tokens", feature_dim=dim,
+            build=lazy("perceive_dino.encoder:build", name=f"dinov2_{size}"),
+            build_tiny=lazy("perceive_dino.encoder:build_tiny"),
+            placeholders=256, description=f"DINOv2-{size} patch tokens (CLS dropped), 224 px",
+        )
+        for size, dim in HIDDEN.items()
+    ]

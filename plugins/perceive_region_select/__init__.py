@@ -1,0 +1,29 @@
+"""Region Selection (vpt-paper.md §1.2): crop the selected grid cells of the target view.
+
+The crop is cut from the full-resolution original image and shown to the model as a new
+image; its box is kept in the original image's pixel frame.
+"""
+
+from __future__ import annotations
+
+from perceive import hookimpl
+from perceive.actions import ActionCall, ActionContext
+from perceive.observations import View
+from perceive.regions import GridSpanAction
+from perceive.vocabulary import REGION_END, REGION_START
+
+
+class RegionSelect(GridSpanAction):
+    name = "region_select"
+    description = "Crop the grid cells the model names (+-1 cell) and show the crop as a new image."
+    start_token = REGION_START
+    end_token = REGION_END
+
+    def run(self, call: ActionCall, context: ActionContext) -> View:
+        box = call.args.box_in(context.frame.width, context.frame.height, context.frame.id)
+        return context.crop_root(box, label="region")
+
+
+@hookimpl
+def perceive_register_actions():
+    return [RegionSelect()]

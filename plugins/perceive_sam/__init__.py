@@ -1,0 +1,34 @@
+"""The paper's SAM re-encoding ("Seg" family): tokens ``<|seg_action_*|>``, features placed at
+``<|seg_image_pad|>`` x 256 (the projector's 4x4 stride-4 conv turns the 64x64 neck map into
+16x16 tokens). Encoders ``sam_vit_b``, ``sam_vit_l`` (the paper's), ``sam_vit_h``."""
+
+from __future__ import annotations
+
+from perceive import hookimpl
+from perceive.encoders import EncoderSpec, lazy
+from perceive.reencode import ReencodeAction
+
+
+class SamReencode(ReencodeAction):
+    name = "sam"
+    family = "seg"
+    description = "Re-encode the image with SAM's image encoder; conditioned on the control token."
+    encoders = ("sam_vit_l", "sam_vit_b", "sam_vit_h")
+
+
+@hookimpl
+def perceive_register_actions():
+    return [SamReencode()]
+
+
+@hookimpl
+def perceive_register_encoders():
+    return [
+        EncoderSpec(
+            name=f"sam_{v}", family="sam", layout="map", feature_dim=256,
+            build=lazy("perceive_sam.encoder:build", variant=v),
+            build_tiny=lazy("perceive_sam.encoder:build_tiny"),
+            placeholders=256, description=f"SAM {v} image encoder neck map (256, 64, 64) at 1024 px",
+        )
+        for v in ("vit_b", "vit_l", "vit_h")
+    ]
