@@ -132,6 +132,7 @@ class _Open:
     ids: list[int] = field(default_factory=list)
     pieces: list[str] = field(default_factory=list)
     pending_text: list[int] = field(default_factory=list)
+    failed: bool = False  # an error was already reported; swallow tokens until the span ends
 
 class StreamParser:
     """Incremental parser over generated token ids.
@@ -184,6 +185,8 @@ class StreamParser:
         if self._open is None:
             return None
         o, self._open = self._open, None
+        if o.failed:
+            return None
         return ParseError(ParseErrorKind.UNCLOSED,
                           f"generation ended inside a {o.action.name} span",
                           o.action.name, tuple(o.tokens), self._pos)
@@ -197,7 +200,7 @@ class StreamParser:
     def _feed(self, tid: int, tok: str) -> Event | None:
         o = self._open
         if tok in self._by_start:
-            if o is not None:
+            if o is not None and not o.failed:
                 err = ParseError(ParseErrorKind.NESTED_START,
                                  f"{tok} opened inside an unclosed {o.action.name} span",
                                  o.action.name, tuple(o.tokens + [tok]), self._pos)
@@ -217,14 +220,16 @@ class StreamParser:
         if tok == grammar.end:
             self._flush_text(o)
             self._open = None
-            return self._finish(o)
+            return None if o.failed else self._finish(o)
+        if o.failed:
+            return None
         if tok in grammar.inner:
             self._flush_text(o)
             o.pieces.append(tok)
             return None
         owners = self._owners.get(tok)
         if owners:  # a grammar token of some other action
-            self._open = None
+            o.failed = True
             return ParseError(ParseErrorKind.MIXED_FAMILIES,
                               f"{tok} (of {', '.join(sorted(owners))}) inside a "
                               f"{o.action.name} span", o.action.name, tuple(o.tokens), self._pos)

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 
 def demo(out: Path = typer.Option(Path("out/demo"), help="Where to write the views.")) -> None:
@@ -59,17 +58,15 @@ def demo(out: Path = typer.Option(Path("out/demo"), help="Where to write the vie
         raise typer.Exit(1)
 
     out.mkdir(parents=True, exist_ok=True)
-    t = Table(title="perception hops")
-    for col in ("hop", "action", "arguments", "chosen in", "box in original (px)", "view size", "ms", "saved"):
-        t.add_column(col)
     for i, res in enumerate((hop1, hop2), 1):
         view = res.observation[0]
         path = out / f"hop{i}_{res.call.action}.png"
         view.image.save(path)
         a = res.call.args
-        t.add_row(str(i), res.call.action, f"x={list(a.xs)} y={list(a.ys)}", res.call.target,
-                  str(view.box.as_tuple()), f"{view.image.width}x{view.image.height}",
-                  f"{res.elapsed_ms:.1f}", str(path))
-    console.print(t)
+        console.print(
+            f"hop {i}: {res.call.action} cells x={list(a.xs)} y={list(a.ys)} chosen in view "
+            f"{res.call.target!r} -> box {view.box.as_tuple()} in the original, "
+            f"view {view.image.width}x{view.image.height} px, {res.elapsed_ms:.1f} ms -> {path}",
+            markup=False, highlight=False)
     console.print(f"{len(reg.actions)} actions from {len(reg.plugins)} plugins are installed; "
                   "see `perceive plugins list`.")

@@ -25,13 +25,14 @@ def list_(as_json: bool = typer.Option(False, "--json", help="Machine-readable o
         typer.echo(json.dumps(data, indent=2))
         return
     t = Table(title="perception actions")
-    for col in ("action", "plugin", "distribution", "observation", "trigger tokens", "encoders"):
-        t.add_column(col)
+    for col in ("action", "from", "gives", "span", "encoders"):
+        t.add_column(col, overflow="fold")
     for a in data["actions"]:
         inner = a["inner"]
-        shown = " ".join(inner[:3]) + (f" ... (+{len(inner) - 3})" if len(inner) > 3 else "")
-        t.add_row(a["name"], a["plugin"], f"{a['distribution']} {a['version']}", a["observation"],
-                  f"{a['start']} {shown} {a['end']}".replace("  ", " "), ", ".join(a["encoders"]))
+        shown = " ".join(inner) if len(inner) <= 2 else f"{inner[0]} .. {inner[-1]}"
+        origin = a["plugin"] + (f" ({a['distribution']} {a['version']})" if a["distribution"] else "")
+        t.add_row(a["name"], origin, a["observation"], f"{a['start']} {shown} {a['end']}",
+                  ", ".join(a["encoders"]))
     console.print(t)
     e = Table(title="vision encoders")
     for col in ("encoder", "plugin", "family", "layout", "dim", "placeholders"):

@@ -34,7 +34,7 @@ from perceive.dispatch import dispatch
 from perceive.encoders import EncoderHub, image_key
 from perceive.geometry import Box, Frame
 from perceive.images import as_rgb
-from perceive.observations import Features, View
+from perceive.observations import View
 from perceive.protocol import DictCodec, StreamParser
 from perceive.testing.images import awkward_images, real_photos
 
@@ -112,13 +112,16 @@ class _Checker:
         from perceive.actions import action_problems
 
         problems = action_problems(self.action)
-        assert not problems, "; ".join(problems)
+        _require(not problems,
+                 "; ".join(problems))
 
     def examples(self) -> str:
         ex = self.action.examples()
-        assert ex, "examples() returned nothing: give at least one Args value to run"
+        _require(ex,
+                 "examples() returned nothing: give at least one Args value to run")
         bad = [e for e in ex if not isinstance(e, self.action.Args)]
-        assert not bad, f"examples() returned non-{self.action.Args.__name__} values: {bad}"
+        _require(not bad,
+                 f"examples() returned non-{self.action.Args.__name__} values: {bad}")
         return f"{len(ex)} example(s)"
 
     def parse(self) -> str:
@@ -131,8 +134,8 @@ class _Checker:
                 out = self.action.parse(span)
             except (SpanError, ValueError):
                 continue
-            assert isinstance(out, self.action.Args), (
-                f"parse({span}) returned {type(out).__name__}, not {self.action.Args.__name__}")
+            _require(isinstance(out, self.action.Args),
+                     f"parse({span}) returned {type(out).__name__}, not {self.action.Args.__name__}")
         # the streaming parser over whole spans, the path generation takes
         vocab = [g.start, g.end, *g.inner, "<|x_99|>", "text", " "]
         codec = DictCodec(dict(enumerate(vocab)))
@@ -150,17 +153,18 @@ class _Checker:
             ctx = self.context(image, image=rgb if image.mode != "RGB" else image)
             res = self.run(args, ctx)
             if res.failure is not None:
-                assert not strict and res.failure.typed, (
-                    f"{args!r} failed at {res.failure.stage}: {res.failure.error_type}: "
-                    f"{res.failure.message}")
+                _require(not strict and res.failure.typed,
+                         f"{args!r} failed at {res.failure.stage}: {res.failure.error_type}: {res.failure.message}")
                 continue
             self.check_observation(res.observation, ctx, image)
             again = self.run(args, self.context(image, image=ctx.image))
-            assert again.ok, f"second run of {args!r} failed: {again.failure}"
-            assert _same(res.observation, again.observation), (
-                f"not deterministic: two runs of {args!r} gave different observations")
+            _require(again.ok,
+                     f"second run of {args!r} failed: {again.failure}")
+            _require(_same(res.observation, again.observation),
+                     f"not deterministic: two runs of {args!r} gave different observations")
             n_ok += 1
-        assert image_key(image) == before, "the action mutated its input image"
+        _require(image_key(image) == before,
+                 "the action mutated its input image")
         return f"{n_ok} example(s) ran" + ("" if strict else " (others: typed errors)")
 
     def check_observation(self, obs, ctx: ActionContext, root: Image.Image) -> None:
@@ -168,35 +172,42 @@ class _Checker:
         for item in obs:
             if isinstance(item, View):
                 b = item.box
-                assert b.frame == "root", f"view box is in frame {b.frame!r}, not the original"
-                assert 0 <= b.x0 < b.x1 <= W and 0 <= b.y0 < b.y1 <= H, (
-                    f"view box {b.as_tuple()} not inside the {W}x{H} image")
-                assert item.frame.parent == ctx.frame.id, (
-                    f"view frame's parent is {item.frame.parent!r}, expected {ctx.frame.id!r}")
-                assert item.image.size == item.frame.size, "view image size != frame size"
+                _require(b.frame == "root",
+                         f"view box is in frame {b.frame!r}, not the original")
+                _require(0 <= b.x0 < b.x1 <= W and 0 <= b.y0 < b.y1 <= H,
+                         f"view box {b.as_tuple()} not inside the {W}x{H} image")
+                _require(item.frame.parent == ctx.frame.id,
+                         f"view frame's parent is {item.frame.parent!r}, expected {ctx.frame.id!r}")
+                _require(item.image.size == item.frame.size,
+                         "view image size != frame size")
                 fx, fy = item.frame.sx, item.frame.sy
-                assert math.isclose(float(fx) * item.frame.width, b.width) and math.isclose(
-                    float(fy) * item.frame.height, b.height), "view frame scale disagrees with box"
+                _require(math.isclose(float(fx) * item.frame.width, b.width)
+                         and math.isclose(float(fy) * item.frame.height, b.height),
+                         "view frame scale disagrees with box")
                 if fx == 1 and fy == 1:
                     expect = as_rgb(root).crop(b.as_int_tuple())
-                    assert ImageChops.difference(expect, item.image).getbbox() is None, (
-                        "a 1:1 view must hold exactly the original's pixels under its box")
+                    _require(ImageChops.difference(expect, item.image).getbbox() is None,
+                             "a 1:1 view must hold exactly the original's pixels under its box")
             else:
-                assert isinstance(item, Features)
                 import torch
 
                 t = item.tensor
-                assert isinstance(t, torch.Tensor), f"features are {type(t).__name__}, not a tensor"
-                assert torch.isfinite(t).all(), "features contain NaN or inf"
+                _require(isinstance(t, torch.Tensor),
+                         f"features are {type(t).__name__}, not a tensor")
+                _require(torch.isfinite(t).all(),
+                         "features contain NaN or inf")
                 spec = self.hub.spec(item.encoder)
                 want_ndim = 2 if spec.layout == "tokens" else 3
-                assert t.ndim == want_ndim, f"{spec.layout} layout needs {want_ndim} dims, got {tuple(t.shape)}"
+                _require(t.ndim == want_ndim,
+                         f"{spec.layout} layout needs {want_ndim} dims, got {tuple(t.shape)}")
                 if spec.feature_dim is not None and t.shape[0 if spec.layout == "map" else -1] != spec.feature_dim:
                     # tiny test encoders are narrower than the registered real ones
                     if not self.hub.tiny:
                         raise AssertionError(f"feature width {tuple(t.shape)} != {spec.feature_dim}")
-                assert item.num_placeholders > 0, "num_placeholders must be positive"
-                assert item.source == ctx.frame, "features must name the view they encode"
+                _require(item.num_placeholders > 0,
+                         "num_placeholders must be positive")
+                _require(item.source == ctx.frame,
+                         "features must name the view they encode")
 
     def box_probe(self, kind: str, photo: Image.Image) -> str:
         W, H = photo.size
@@ -209,15 +220,18 @@ class _Checker:
         args = self.action.args_for_box(box)
         res = self.run(args, self.context(photo))
         if res.failure is not None:
-            assert res.failure.typed, f"untyped failure {res.failure.error_type}: {res.failure.message}"
-            assert kind == "fully-outside", f"box {box.as_tuple()} failed: {res.failure.message}"
+            _require(res.failure.typed,
+                     f"untyped failure {res.failure.error_type}: {res.failure.message}")
+            _require(kind == "fully-outside",
+                     f"box {box.as_tuple()} failed: {res.failure.message}")
             return f"typed error: {res.failure.error_type}"
         self.check_observation(res.observation, self.context(photo), photo)
         if kind == "fully-outside" and self.action.observation == "view":
             raise AssertionError("a box fully outside the image gave a view")
         if kind == "border" and self.action.observation == "view":
             b = res.observation[0].box
-            assert b.as_tuple() == (0, 0, W, H), f"whole-image box became {b.as_tuple()}"
+            _require(b.as_tuple() == (0, 0, W, H),
+                     f"whole-image box became {b.as_tuple()}")
         return "ok"
 
     def nested(self, photo: Image.Image) -> str:
@@ -228,16 +242,24 @@ class _Checker:
         ctx = self.context(photo, frame=frame, image=as_rgb(crop))
         for args in self.action.examples():
             res = self.run(args, ctx)
-            assert res.ok, f"{args!r} on a crop failed: {res.failure}"
+            _require(res.ok,
+                     f"{args!r} on a crop failed: {res.failure}")
             for item in res.observation:
                 b = item.box
-                assert outer.x0 <= b.x0 and b.x1 <= outer.x1 and outer.y0 <= b.y0 and b.y1 <= outer.y1, (
-                    f"chosen inside crop {outer.as_tuple()}, the result maps to {b.as_tuple()}")
+                _require(outer.x0 <= b.x0 and b.x1 <= outer.x1 and outer.y0 <= b.y0 and b.y1 <= outer.y1,
+                         f"chosen inside crop {outer.as_tuple()}, the result maps to {b.as_tuple()}")
         return "boxes map back inside the crop"
 
 
 class _Skip(Exception):
     pass
+
+
+def _require(ok: bool, message: str) -> None:
+    # not `assert`: pytest rewrites asserts in installed plugin packages, which would bury the
+    # message under introspection output, and `python -O` would drop the checks entirely
+    if not ok:
+        raise AssertionError(message)
 
 
 def _same(a, b) -> bool:

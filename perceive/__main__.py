@@ -1,0 +1,3 @@
+from perceive.cli import main
+
+main()

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from perceive.plugins import load_registry, reset_registry
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def registry():
+    """The installed plugins, freshly loaded."""
+    return load_registry(autoload=True, only=None)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_default_registry(monkeypatch):
+    for var in ("PERCEIVE_DISABLE_PLUGIN_AUTOLOAD", "PERCEIVE_PLUGINS", "PERCEIVE_TRACE_PLUGINS"):
+        monkeypatch.delenv(var, raising=False)
+    reset_registry()
+    yield
+    reset_registry()
+
+
+def make_dist(site: Path, dist: str, modules: dict[str, str], entry_points: dict[str, str]) -> Path:
+    """Write an installed-looking distribution into ``site`` (a folder on sys.path): its
+    modules and a dist-info with ``perceive.plugins`` entry points. What pip would leave."""
+    site.mkdir(parents=True, exist_ok=True)
+    for name, code in modules.items():
+        (site / f"{name}.py").write_text(textwrap.dedent(code))
+    info = site / f"{dist.replace('-', '_')}-0.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.3\n")
+    eps = "\n".join(f"{k} = {v}" for k, v in entry_points.items())
+    (info / "entry_points.txt").write_text(f"[perceive.plugins]\n{eps}\n")
+    return site
+
+
+@pytest.fixture
+def fake_site(tmp_path, monkeypatch):
+    """A folder on sys.path where tests install fake plugin distributions."""
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    yield site
+    for mod in [m for m, v in sys.modules.items() if str(site) in str(getattr(v, "__file__", ""))]:
+        del sys.modules[mod]

@@ -1,0 +1,90 @@
+"""Every hook in perceive/hookspecs.py has a test here named test_hook_<name>."""
+
+from PIL import Image
+
+from perceive import ActionCall, ActionContext, Frame, View, dispatch, hookimpl
+from perceive.regions import RegionArgs
+from tests.plugins import good
+
+
+def call_region(registry, image=None, args=None):
+    image = image or Image.new("RGB", (64, 48), "red")
+    action = registry.action("region_select")
+    args = args or RegionArgs(xs=(0,), ys=(0,))
+    return dispatch(registry.pm, action, ActionCall("region_select", args), ActionContext.for_image(image))
+
+
+def test_hook_perceive_register_actions(registry):
+    info = registry.register(good, "good")
+    assert info.actions == ["left_half"]
+    assert registry.action("left_half").name == "left_half"
+
+
+def test_hook_perceive_register_encoders(registry):
+    registry.register(good, "good")
+    spec = registry.encoder("ones")
+    assert spec.layout == "tokens" and spec.placeholders == 4
+    assert registry.encoders["ones"].plugin == "good"
+
+
+def test_hook_perceive_run_action(registry):
+    class Cache:
+        """A cache plugin: answers before the core implementation, which then never runs."""
+
+        def __init__(self):
+            self.stored = None
+
+        @hookimpl(tryfirst=True)
+        def perceive_run_action(self, action, call):
+            return self.stored
+
+    class Timer:
+        """A wrapper sees the result of whichever implementation answered."""
+
+        seen = []
+
+        @hookimpl(wrapper=True)
+        def perceive_run_action(self, call):
+            result = yield
+            self.seen.append((call.action, type(result).__name__))
+            return result
+
+    cache, timer = Cache(), Timer()
+    registry.register(cache, "cache")
+    registry.register(timer, "timer")
+    first = call_region(registry)
+    assert first.ok and timer.seen == [("region_select", "View")]
+    cache.stored = View(Image.new("RGB", (2, 2)), Frame("cached", 2, 2, parent="root"))
+    second = call_region(registry)
+    assert second.observation[0].image.size == (2, 2)  # the cached one, not a new crop
+
+
+def test_hook_perceive_before_action(registry):
+    class Veto:
+        @hookimpl
+        def perceive_before_action(self, call):
+            if call.args.xs == (7,):
+                raise PermissionError("no peeking at the right edge")
+
+    registry.register(Veto(), "veto")
+    assert call_region(registry).ok
+    res = call_region(registry, args=RegionArgs(xs=(7,), ys=(0,)))
+    assert res.failure.stage == "before" and res.failure.error_type == "PermissionError"
+    assert "right edge" in res.failure.message
+
+
+def test_hook_perceive_after_action(registry):
+    class Recorder:
+        calls = []
+
+        @hookimpl
+        def perceive_after_action(self, action, observation, error, elapsed_ms):
+            self.calls.append((action.name, observation is not None, type(error).__name__, elapsed_ms >= 0))
+            raise RuntimeError("observers must not break samples")
+
+    rec = Recorder()
+    registry.register(rec, "rec")
+    assert call_region(registry).ok  # its exception was swallowed
+    bad = call_region(registry, image=Image.new("RGB", (64, 48)), args=RegionArgs(box=(500, 500, 600, 600)))
+    assert not bad.ok
+    assert rec.calls == [("region_select", True, "NoneType", True), ("region_select", False, "ActionInputError", True)]
