@@ -11,6 +11,7 @@ Environment switches:
 * ``PERCEIVE_DISABLE_PLUGIN_AUTOLOAD=1``: load no entry points.
 * ``PERCEIVE_PLUGINS=a,b``: load only these entry points (by entry-point or distribution name).
 * ``PERCEIVE_TRACE_PLUGINS=1``: log every hook call with its arguments and result.
+* ``PERCEIVE_STRICT_PLUGINS=1``: a broken plugin is an error instead of a report.
 """
 
 from __future__ import annotations
@@ -28,7 +29,13 @@ from perceive import hookspecs
 from perceive.actions import Action, action_problems
 from perceive.dispatch import CorePlugin
 from perceive.encoders import EncoderSpec, encoder_problems
-from perceive.errors import UnknownActionError, UnknownEncoderError, closest, did_you_mean
+from perceive.errors import (
+    PluginValidationError,
+    UnknownActionError,
+    UnknownEncoderError,
+    closest,
+    did_you_mean,
+)
 
 ENTRY_POINT_GROUP = "perceive.plugins"
 log = logging.getLogger(__name__)
@@ -103,6 +110,13 @@ class Registry:
     @property
     def broken(self) -> list[PluginInfo]:
         return [p for p in self.plugins.values() if not p.ok]
+
+    def raise_for_broken(self) -> None:
+        """Strict mode: raise :class:`PluginValidationError` for the first broken plugin."""
+        for p in self.broken:
+            raise PluginValidationError(p.name, p.dist, "; ".join(p.errors),
+                                        hint="fix the plugin, or uninstall it; "
+                                        "`perceive plugins list` shows every problem")
 
     # -- registration ---------------------------------------------------------------------
 
@@ -268,6 +282,8 @@ def load_registry(plugins: Iterable[Any] = (), *, autoload: bool | None = None,
     for p in plugins:
         name, obj = p if isinstance(p, tuple) else (None, p)
         reg.register(obj, name)
+    if os.environ.get("PERCEIVE_STRICT_PLUGINS"):
+        reg.raise_for_broken()
     return reg
 
 

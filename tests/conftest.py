@@ -20,7 +20,8 @@ def registry():
 
 @pytest.fixture(autouse=True)
 def _fresh_default_registry(monkeypatch):
-    for var in ("PERCEIVE_DISABLE_PLUGIN_AUTOLOAD", "PERCEIVE_PLUGINS", "PERCEIVE_TRACE_PLUGINS"):
+    for var in ("PERCEIVE_DISABLE_PLUGIN_AUTOLOAD", "PERCEIVE_PLUGINS", "PERCEIVE_TRACE_PLUGINS",
+                "PERCEIVE_STRICT_PLUGINS"):
         monkeypatch.delenv(var, raising=False)
     reset_registry()
     yield

@@ -133,3 +133,14 @@ def test_cli_list_json_shows_tokens():
     assert acts["sam"]["start"] == "<|seg_action_start|>" and "sam_vit_l" in acts["sam"]["encoders"]
     assert acts["native"]["end"] == "<|clip_action_end|>" and acts["native"]["encoders"] == ["native"]
     assert acts["zoom"]["observation"] == "view" and acts["dino"]["observation"] == "features"
+
+
+def test_strict_mode_raises_naming_plugin_and_distribution(fake_site, monkeypatch):
+    from perceive.errors import PluginValidationError
+
+    make_dist(fake_site, "perceive-crashy", {"crashy_mod": "raise ImportError('needs libfoo')\n"},
+              {"crashy": "crashy_mod"})
+    monkeypatch.setenv("PERCEIVE_STRICT_PLUGINS", "1")
+    with pytest.raises(PluginValidationError) as e:
+        load_registry()
+    assert "plugin 'crashy' (distribution perceive-crashy)" in str(e.value) and "needs libfoo" in str(e.value)
