@@ -1,0 +1,83 @@
+"""The VPT model's own config (``perceive.json`` in a checkpoint folder).
+
+Names the perception token ids, the branches (one per re-encode action) and the projector
+settings. The base MLLM's config lives beside it in standard transformers layout.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# re-encode action -> the paper's token family
+ACTION_FAMILY = {"dino": "detection", "sam": "seg", "native": "clip"}
+FAMILY_ACTION = {v: k for k, v in ACTION_FAMILY.items()}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BranchConfig(_Strict):
+    """One re-encode branch: its tokens, its encoder and its projector."""
+
+    action: Literal["dino", "sam", "native"]
+    encoder: str  # registry name of the encoder it was trained with
+    #: architecture of the encoder module stored in the checkpoint (a transformers
+    #: Dinov2Config dict, or SAM image-encoder sizes); None for the native branch
+    encoder_config: dict[str, Any] | None = None
+    feature_dim: int  # C of the encoder output fed to the projector
+    image_size: int | None = None  # encoder input side (dino crop, sam square)
+    start_id: int
+    action_id: int
+    end_id: int
+    pad_id: int
+
+    @property
+    def family(self) -> str:
+        return ACTION_FAMILY[self.action]
+
+
+class RegionConfig(_Strict):
+    start_id: int
+    end_id: int
+    x_ids: list[int]
+    y_ids: list[int]
+
+    @property
+    def grid(self) -> int:
+        return len(self.x_ids)
+
+
+class SpecialIds(_Strict):
+    """Ids of the chat template's structural tokens."""
+
+    im_start: int
+    im_end: int
+    image_pad: int
+    vision_start: int
+    vision_end: int
+    newline: int | None = None  # id of "\n" when it is a single token (tiny tokenizers)
+    eos: list[int] = Field(default_factory=list)
+
+
+class VPTConfig(_Strict):
+    format: Literal["perceive-vpt"] = "perceive-vpt"
+    version: int = 1
+    base: Literal["qwen2_vl", "qwen2_5_vl"] = "qwen2_vl"
+    hidden_size: int
+    special: SpecialIds
+    region: RegionConfig | None = None
+    branches: dict[str, BranchConfig] = Field(default_factory=dict)
+    #: 1 = single pass (projector alignment), 2 = the paper's two-pass forward
+    num_inner_forward_run: Literal[1, 2] = 2
+    projector_scale: int = Field(1, ge=1)
+    para_mask_id: Literal[0, 1, 2] = 0
+    para_mask_ratio: float = Field(0.0, ge=0, le=1)
+
+    def branch_for_token(self, token_id: int) -> BranchConfig | None:
+        for b in self.branches.values():
+            if token_id in (b.start_id, b.action_id, b.end_id):
+                return b
+        return None
