@@ -61,7 +61,10 @@ def test_two_pass_logits_loss_control_and_projections(variant):
     close(out.first_hidden, exp["first_round_hidden"], ATOL[v])
     p1, p2 = out.projected[action]
     close(p1, exp["projected_first_round"], ATOL[v])
-    close(p2, exp["projected_second_round"], ATOL[v])
+    # a_j = <F_j, c> is an unscaled dot product (|a| up to ~40 here) that amplifies rounding, and the
+    # conditioned rows reach |118|: allow 1e-6 of the largest magnitude on top of the flat tolerance
+    scale = exp["projected_second_round"].abs().max().item()
+    close(p2, exp["projected_second_round"], ATOL[v] + 1e-6 * scale)
 
 
 def test_one_pass(variant):
