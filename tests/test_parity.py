@@ -107,3 +107,18 @@ def test_plain_base_model(variant):
         seq = model(input_ids=inputs["plain_input_ids"], attention_mask=inputs["plain_attention_mask"],
                     pixel_values=inputs["pixel_values"], image_grid_thw=inputs["image_grid_thw"])
         close(seq.logits[:, -24:], exp["plain_logits_seqpos_tail"], 1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("key", ["gen_output_ids", "gen_forced_output_ids"])
+def test_greedy_generation_token_for_token(variant, key):
+    """The reference generates offline, so perception dispatch is off here; after a start token
+    the action token is forced and carries the control state, as in the reference."""
+    from perceive.loop import LoopOptions, PerceptionLoop
+
+    v, model, inputs, exp = variant
+    prompt = inputs["gen_prompt_ids" if key == "gen_output_ids" else "gen_forced_prompt_ids"][0].tolist()
+    want = exp[key][0].tolist()
+    loop = PerceptionLoop(model, options=LoopOptions(dispatch=False))
+    got = loop.generate_ids(prompt, inputs["pixel_values"][:48], inputs["image_grid_thw"][:1],
+                            max_new_tokens=len(want) - len(prompt))
+    assert got == want

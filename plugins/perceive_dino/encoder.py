@@ -50,6 +50,11 @@ class Dinov2Encoder:
 def build(weights=None, options=None, model=None, *, name: str = "dinov2") -> Dinov2Encoder:
     """Load a local DINOv2 folder (transformers layout)."""
     options = dict(options or {})
+    branches = getattr(model, "branches", None)
+    if weights is None and branches is not None and "dino" in branches:  # the VPT model's own weights
+        crop = model.config.branches["dino"].image_size or 224
+        return Dinov2Encoder(branches["dino"].encoder, crop=crop, max_side=options.get("max_side", 512),
+                             device=str(model.device))
     path = require_weights(name, weights)
     net = Dinov2Model.from_pretrained(path, local_files_only=True)
     return Dinov2Encoder(net, crop=options.get("crop", 224), max_side=options.get("max_side", 512),

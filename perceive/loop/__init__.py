@@ -1,0 +1,6 @@
+"""The online perception loop: generation with perception calls dispatched as they close."""
+
+from perceive.loop.engine import Answer, LoopOptions, PerceptionLoop
+from perceive.loop.template import ChatLayout
+
+__all__ = ["Answer", "ChatLayout", "LoopOptions", "PerceptionLoop"]

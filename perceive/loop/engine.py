@@ -1,0 +1,518 @@
+"""The online perception loop.
+
+Generate until a perception span closes, dispatch the call through the plugin registry, feed
+the observation, and keep generating on the same KV cache. Only new tokens are ever prefilled:
+the span's closing token, the end of the assistant turn, a user turn with the view's image
+tokens or the feature placeholders, and the next assistant header. Re-encode spans take their
+control signal from the decode step that fed the start token (no second pass per step), and
+encoder features are cached per image (``EncoderHub``).
+
+``reprefill=True`` is the reference-style baseline: after each observation the whole
+conversation is prefilled again from scratch (vision tower included), as the paper's offline
+second round does. Both paths give the same tokens.
+
+Many samples run together (``run``): each step feeds every active sample's pending tokens in one
+forward, right-padded to the longest and masked, so samples may take different hop paths.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+from transformers import DynamicCache
+
+from perceive.actions import ActionCall, ActionContext
+from perceive.dispatch import dispatch
+from perceive.encoders import EncoderHub
+from perceive.errors import ObservationError, PerceiveError
+from perceive.geometry import ROOT, Frame
+from perceive.images import as_rgb, load_image
+from perceive.loop.positions import sequence_positions
+from perceive.loop.template import ChatLayout
+from perceive.observations import Features, View
+from perceive.protocol import ParseError, PerceptionCall, StreamParser, codec_from_tokenizer
+from perceive.trace import Hop, Trace
+
+
+@dataclass
+class LoopOptions:
+    max_hops: int = 4
+    max_new_tokens: int = 256
+    #: after a malformed span: keep generating, or finish the sample
+    on_malformed: str = "continue"
+    #: reference-style baseline: prefill the whole conversation again after each observation
+    reprefill: bool = False
+    #: False: never dispatch (generation as the reference's offline first round does)
+    dispatch: bool = True
+    #: which view a span's coordinates refer to: the latest view shown, or the original image
+    target: str = "latest"
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int = 0
+    system: str | None = None
+    #: per-action options (e.g. {"zoom": {"size": 448}})
+    action_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: action names the parser recognises (None: every installed action)
+    actions: list[str] | None = None
+    record_logits: bool = False
+
+
+@dataclass
+class Answer:
+    text: str
+    trace: Trace
+    token_ids: list[int]
+    logits: list[torch.Tensor] | None = None
+
+    @property
+    def error(self) -> dict | None:
+        return self.trace.error
+
+    @property
+    def ok(self) -> bool:
+        return self.trace.error is None
+
+
+@dataclass
+class Segment:
+    """Tokens fed in one forward. ``overrides`` replace token embeddings at local indices
+    (control states, projected features); ``images`` fill the image-pad runs in order."""
+
+    ids: list[int]
+    positions: torch.Tensor  # (3, n)
+    kind: str  # prompt | decode | force | observe
+    overrides: dict[int, torch.Tensor] = field(default_factory=dict)
+    images: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # (pixel_values, grid_thw)
+    embeds: torch.Tensor | None = None
+
+
+@dataclass
+class _Sample:
+    index: int
+    root: Image.Image
+    trace: Trace
+    parser: StreamParser | None
+    gen: torch.Generator
+    ids: Any = field(default_factory=lambda: itertools.count(1))
+    views: dict[str, View] = field(default_factory=dict)
+    target: str = ROOT
+    segments: list[Segment] = field(default_factory=list)
+    pending: Segment | None = None
+    next_pos: int = 0
+    generated: list[int] = field(default_factory=list)
+    answer_from: int = 0  # index in generated where the current assistant turn starts
+    hops: int = 0
+    decoded_since_hop: int = 0
+    awaiting_control: Any = None  # BranchConfig whose start token was just fed
+    done: bool = False
+    logits: list[torch.Tensor] = field(default_factory=list)
+    t0: float = field(default_factory=time.perf_counter)
+
+    def frame(self, view_id: str) -> Frame:
+        return Frame.root(*self.root.size) if view_id == ROOT else self.views[view_id].frame
+
+    def image(self, view_id: str) -> Image.Image:
+        return self.root if view_id == ROOT else self.views[view_id].image
+
+
+class PerceptionLoop:
+    """Runs a VPT model with perception dispatch. One loop is one session: its encoder cache is
+    shared by every sample it runs."""
+
+    def __init__(self, model, registry=None, options: LoopOptions | None = None, hub: EncoderHub | None = None,
+                 encoder_configs: dict | None = None, policy=None):
+        from perceive.plugins import get_registry
+
+        self.model = model
+        #: optional ``policy(sample_index, generated_ids, logits) -> token id | None`` that overrides
+        #: the model's choice (constrained decoding, scripted spans in tests); None keeps it
+        self.policy = policy
+        self.registry = registry or get_registry()
+        self.options = options or LoopOptions()
+        self.hub = hub or EncoderHub(self.registry.encoder_specs(), encoder_configs or {}, model=model)
+        cfg = model.config
+        self.cfg = cfg
+        self.tokenizer = model.tokenizer
+        self.layout = ChatLayout(self.tokenizer, self.options.system) if self.tokenizer is not None else None
+        self.processor = model.image_processor
+        self.merge = model.spatial_merge_size
+        self.eos = set(cfg.special.eos) | {cfg.special.im_end}
+        self.start_branch = {b.start_id: b for b in cfg.branches.values()}
+        names = self.options.actions
+        self.actions = [a for a in self.registry.select(names) if a.grammar is not None]
+
+    # -- public API --------------------------------------------------------------------------
+
+    def ask(self, image, question: str) -> Answer:
+        """Answer one question about one image. An unreadable image raises ``ImageError``."""
+        return self.run([(load_image(image), question)])[0]
+
+    def ask_batch(self, items: list[tuple[Any, str]]) -> list[Answer]:
+        """Answer many (image, question) pairs together. A sample whose image cannot be read, or
+        whose perception call fails, finishes with the error in its trace; the rest go on."""
+        samples: list[tuple[Image.Image | None, str, dict | None]] = []
+        for image, question in items:
+            try:
+                samples.append((load_image(image), question, None))
+            except PerceiveError as exc:
+                samples.append((None, question, _err(exc)))
+        runnable = [(im, q) for im, q, e in samples if e is None]
+        results = iter(self.run(runnable))
+        out = []
+        for im, q, e in samples:
+            if e is None:
+                out.append(next(results))
+            else:
+                out.append(Answer("", Trace(question=q, error=e, finish_reason="error"), []))
+        return out
+
+    def run(self, items: list[tuple[Image.Image, str]]) -> list[Answer]:
+        if self.layout is None:
+            raise PerceiveError("this model has no tokenizer", hint="load a checkpoint that ships one")
+        samples = [self._new_sample(i, img, q) for i, (img, q) in enumerate(items)]
+        self._drive(samples)
+        return [self._answer(s) for s in samples]
+
+    def generate_ids(self, prompt_ids: list[int], pixel_values=None, image_grid_thw=None,
+                     max_new_tokens: int = 16) -> list[int]:
+        """Generate from explicit ids (images already expanded to pads), without dispatch: the
+        reference's own generation (the action token after a start token is forced and carries
+        the control state). Returns prompt and new ids."""
+        opts = self.options
+        saved = (opts.dispatch, opts.max_new_tokens)
+        opts.dispatch, opts.max_new_tokens = False, max_new_tokens
+        try:
+            s = _Sample(0, Image.new("RGB", (1, 1)), Trace(), None, torch.Generator().manual_seed(opts.seed))
+            grids = [] if image_grid_thw is None else [g.tolist() for g in image_grid_thw]
+            images = [] if pixel_values is None else [(pixel_values, image_grid_thw)]
+            s.pending = self._segment(s, list(prompt_ids), "prompt", images=images, grids=grids)
+            s.trace.prompt_tokens = len(prompt_ids)
+            # a prompt that ends with a re-encode start token: the next token is forced
+            s.awaiting_control = self.start_branch.get(int(prompt_ids[-1]))
+            self._drive([s])
+            return list(prompt_ids) + s.generated
+        finally:
+            opts.dispatch, opts.max_new_tokens = saved
+
+    # -- set-up -----------------------------------------------------------------------------
+
+    def _new_sample(self, index: int, image: Image.Image, question: str) -> _Sample:
+        root = as_rgb(image)
+        parser = StreamParser(self.actions, codec_from_tokenizer(self.tokenizer)) if self.options.dispatch else None
+        s = _Sample(index, root, Trace(question=question, image_size=root.size), parser,
+                    torch.Generator().manual_seed(self.options.seed + index))
+        pv, grid = self._pixels(root)
+        n = int(grid.prod()) // self.merge**2
+        ids = self.layout.prompt(question, n)
+        s.pending = self._segment(s, ids, "prompt", images=[(pv, grid)], grids=[grid.tolist()])
+        s.trace.prompt_tokens = len(ids)
+        return s
+
+    def _pixels(self, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs = self.processor(images=[image], return_tensors="pt")
+        return inputs["pixel_values"], inputs["image_grid_thw"][0]
+
+    def _segment(self, s: _Sample, ids: list[int], kind: str, overrides=None, images=None, grids=()) -> Segment:
+        pos, s.next_pos = sequence_positions(ids, self.cfg.special.image_pad, grids, self.merge, s.next_pos)
+        seg = Segment(ids, pos, kind, dict(overrides or {}), list(images or []))
+        seg.embeds = self._embed(seg)
+        return seg
+
+    @torch.no_grad()
+    def _embed(self, seg: Segment) -> torch.Tensor:
+        m = self.model
+        ids = torch.tensor(seg.ids, device=m.device)
+        e = m.embed(ids)
+        if seg.images:
+            pv = torch.cat([p for p, _ in seg.images]).to(m.device)
+            grid = torch.stack([g.reshape(-1, 3) for _, g in seg.images]).reshape(-1, 3).to(m.device)
+            img = m.image_embeds(pv, grid)
+            mask = ids == self.cfg.special.image_pad
+            if int(mask.sum()) != img.shape[0]:
+                raise ObservationError(f"{int(mask.sum())} image tokens for {img.shape[0]} image features")
+            e = e.masked_scatter(mask.unsqueeze(-1), img.to(e.dtype))
+        for i, vec in seg.overrides.items():
+            e[i] = vec.to(e.dtype)
+        return e
+
+    # -- the decode loop ----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _drive(self, samples: list[_Sample]) -> None:
+        if self.options.reprefill:
+            for s in samples:
+                self._drive_reprefill(s)
+            return
+        rows = [s for s in samples if not s.done]
+        cache = DynamicCache()
+        mask: torch.Tensor | None = None
+        dev = self.model.device
+        while rows:
+            segs = [s.pending for s in rows]
+            lens = [len(g.ids) for g in segs]
+            T, B = max(lens), len(rows)
+            d = segs[0].embeds.shape[-1]
+            E = torch.zeros(B, T, d, dtype=segs[0].embeds.dtype, device=dev)
+            P = torch.zeros(3, B, T, dtype=torch.long, device=dev)
+            M = torch.zeros(B, T, dtype=torch.long, device=dev)
+            for i, g in enumerate(segs):
+                n = lens[i]
+                E[i, :n] = g.embeds
+                P[:, i, :n] = g.positions.to(dev)
+                P[:, i, n:] = g.positions[:, -1:].to(dev)
+                M[i, :n] = 1
+            mask = M if mask is None else torch.cat([mask, M], dim=1)
+            t0 = time.perf_counter()
+            hidden = self.model.lm(E, P, mask if not bool(mask.all()) else None, cache, use_cache=True
+                                   ).last_hidden_state
+            ms = (time.perf_counter() - t0) * 1000
+            for i, s in enumerate(rows):
+                self._fed(s, segs[i], ms)
+                self._advance(s, hidden[i, lens[i] - 1])
+            keep = [i for i, s in enumerate(rows) if not s.done]
+            if len(keep) < len(rows):
+                if keep:
+                    idx = torch.tensor(keep, device=dev)
+                    cache.batch_select_indices(idx)
+                    mask = mask[idx]
+                rows = [rows[i] for i in keep]
+
+    def _drive_reprefill(self, s: _Sample) -> None:
+        cache = None
+        while not s.done:
+            seg = s.pending
+            t0 = time.perf_counter()
+            if cache is None or seg.kind in ("prompt", "observe"):
+                # from scratch, as the reference's second round: every embedding recomputed
+                allsegs = s.segments + [seg]
+                E = torch.cat([self._embed(g) for g in allsegs]).unsqueeze(0)
+                P = torch.cat([g.positions for g in allsegs], dim=1).unsqueeze(1).to(self.model.device)
+                cache = DynamicCache()
+            else:
+                E, P = seg.embeds.unsqueeze(0), seg.positions.unsqueeze(1).to(self.model.device)
+            hidden = self.model.lm(E, P, None, cache, use_cache=True).last_hidden_state
+            self._fed(s, seg, (time.perf_counter() - t0) * 1000)
+            self._advance(s, hidden[0, -1])
+
+    def _fed(self, s: _Sample, seg: Segment, ms: float) -> None:
+        s.segments.append(seg)
+        s.pending = None
+        if seg.kind == "observe" and s.trace.hops:
+            s.trace.hops[-1].prefill_ms = ms
+
+    def _advance(self, s: _Sample, h: torch.Tensor) -> None:
+        if s.awaiting_control is not None:
+            branch, s.awaiting_control = s.awaiting_control, None
+            self._reencode(s, branch, h)
+            return
+        logits = self.model.logits(h.unsqueeze(0))[0]
+        if self.options.record_logits:
+            s.logits.append(logits.cpu())
+        t = self.policy(s.index, s.generated, logits) if self.policy is not None else None
+        self._on_token(s, self._choose(s, logits) if t is None else int(t))
+
+    def _choose(self, s: _Sample, logits: torch.Tensor) -> int:
+        o = self.options
+        if not o.do_sample:
+            return int(torch.argmax(logits))
+        from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+        warpers = LogitsProcessorList([TemperatureLogitsWarper(o.temperature)])
+        if o.top_k:
+            warpers.append(TopKLogitsWarper(o.top_k))
+        if o.top_p:
+            warpers.append(TopPLogitsWarper(o.top_p))
+        scores = warpers(None, logits.unsqueeze(0))
+        return int(torch.multinomial(torch.softmax(scores, -1)[0].cpu(), 1, generator=s.gen))
+
+    def _on_token(self, s: _Sample, t: int) -> None:
+        s.generated.append(t)
+        s.decoded_since_hop += 1
+        ev = s.parser.feed(t) if s.parser is not None else None
+        branch = self.start_branch.get(t)
+        if branch is not None:
+            # a re-encode span opens: feed the start token; its final hidden state is the
+            # control signal the forced action token carries (§2.6 step 3, §2.9)
+            s.awaiting_control = branch
+            s.pending = self._segment(s, [t], "decode")
+            return
+        if isinstance(ev, PerceptionCall):
+            self._on_call(s, ev, closing=t)
+            return
+        if isinstance(ev, ParseError):
+            s.trace.events.append({"type": "parse_error", **ev.to_dict()})
+            if self.options.on_malformed == "stop":
+                self._finish(s, "malformed")
+                return
+        if t in self.eos:
+            self._finish(s, "eos")
+            return
+        if len(s.generated) >= self.options.max_new_tokens:
+            self._finish(s, "max_new_tokens")
+            return
+        s.pending = self._segment(s, [t], "decode")
+
+    def _finish(self, s: _Sample, reason: str, error: dict | None = None) -> None:
+        if s.parser is not None:
+            tail = s.parser.close()
+            if tail is not None:
+                s.trace.events.append({"type": "parse_error", **tail.to_dict()})
+        s.done = True
+        s.pending = None
+        s.trace.finish_reason = reason
+        if error is not None:
+            s.trace.error = error
+
+    # -- perception ---------------------------------------------------------------------------
+
+    def _context(self, s: _Sample, options: dict) -> ActionContext:
+        target = s.target if self.options.target == "latest" else ROOT
+        return ActionContext(image=s.image(target), frame=s.frame(target), root=s.root, options=options,
+                             encoders=self.hub, device=str(self.model.device), _ids=s.ids)
+
+    def _hop(self, s: _Sample, call: ActionCall, action: str) -> Hop:
+        hop = Hop(index=len(s.trace.hops), action=action, tokens=list(call.tokens),
+                  args=call.args.model_dump(mode="json"), target=call.target, decoded_tokens=s.decoded_since_hop)
+        s.trace.hops.append(hop)
+        s.decoded_since_hop = 0
+        return hop
+
+    def _dispatch(self, s: _Sample, ev: PerceptionCall, options: dict):
+        ctx = self._context(s, options)
+        call = ev.to_call(ctx.frame.id)
+        hop = self._hop(s, call, ev.action)
+        before = {k: (v.hits, v.misses) for k, v in self.hub.stats.items()}
+        res = dispatch(self.registry.pm, self.registry.action(ev.action), call, ctx)
+        for k, v in self.hub.stats.items():
+            h0, m0 = before.get(k, (0, 0))
+            hop.encoder_cache_hits += v.hits - h0
+            hop.encoder_cache_misses += v.misses - m0
+        hop.dispatch_ms = res.elapsed_ms
+        s.hops += 1
+        if not res.ok:
+            hop.error = res.failure.to_dict()
+            self._finish(s, "action_failed", {"type": "action_failed", **res.failure.to_dict()})
+            return None, hop
+        return res.observation, hop
+
+    def _budget_left(self, s: _Sample, ev: PerceptionCall) -> bool:
+        if s.hops < self.options.max_hops:
+            return True
+        s.trace.events.append({"type": "budget_exhausted", "action": ev.action, "max_hops": self.options.max_hops,
+                               "tokens": list(ev.tokens)})
+        return False
+
+    def _on_call(self, s: _Sample, ev: PerceptionCall, closing: int) -> None:
+        action = self.registry.action(ev.action)
+        if action.observation != "view":
+            s.trace.events.append({"type": "no_projector", "action": ev.action,
+                                   "message": f"the model has no branch to show {ev.action!r} features"})
+            s.pending = self._segment(s, [closing], "decode")
+            return
+        if not self._budget_left(s, ev):
+            s.pending = self._segment(s, [closing], "decode")
+            return
+        obs, hop = self._dispatch(s, ev, self.options.action_options.get(ev.action, {}))
+        if obs is None:
+            return
+        blocks, images, grids = [], [], []
+        for k, view in enumerate(obs):
+            pv, grid = self._pixels(view.image)
+            n = int(grid.prod()) // self.merge**2
+            markup = self.layout.image_markup.replace("<|image_pad|>", "<|image_pad|>" * n, 1)
+            blocks.append(markup if len(obs) == 1 else f"Region {k}: {markup}\n")  # §1.4
+            images.append((pv, grid))
+            grids.append(grid.tolist())
+            s.views[view.frame.id] = view
+            hop.views.append(view.frame.to_dict())
+        hop.box = obs[-1].box.to_dict()
+        if self.options.target == "latest":
+            s.target = obs[-1].frame.id
+        turn, _ = self.layout.observation_turn(blocks)
+        ids = [closing] + turn
+        try:
+            s.pending = self._segment(s, ids, "observe", images=images, grids=grids)
+        except PerceiveError as exc:
+            hop.error = _err(exc)
+            self._finish(s, "observation_invalid", _err(exc))
+            return
+        hop.prefilled_tokens = len(ids)
+        s.answer_from = len(s.generated)
+
+    def _reencode(self, s: _Sample, branch, control: torch.Tensor) -> None:
+        A, E = branch.action_id, branch.end_id
+        s.generated.append(A)
+        if s.parser is None:  # no dispatch: only the reference's action-token correction
+            s.pending = self._segment(s, [A], "force", overrides={0: control})
+            return
+        ev = s.parser.feed(A)
+        s.generated.append(E)
+        ev = s.parser.feed(E) or ev
+        if not isinstance(ev, PerceptionCall):
+            if isinstance(ev, ParseError):
+                s.trace.events.append({"type": "parse_error", **ev.to_dict()})
+            s.pending = self._segment(s, [A, E], "force", overrides={0: control})
+            return
+        if not self._budget_left(s, ev):
+            s.pending = self._segment(s, [A, E], "force", overrides={0: control})
+            return
+        options = {"encoder": branch.encoder, **self.options.action_options.get(ev.action, {})}
+        obs, hop = self._dispatch(s, ev, options)
+        if obs is None:
+            return
+        try:
+            feats: Features = obs[0]
+            rows = self._project(branch, feats, control)
+        except (PerceiveError, RuntimeError, ValueError) as exc:
+            hop.error = _err(exc)
+            self._finish(s, "observation_invalid", _err(exc))
+            return
+        hop.features.append(feats.summary())
+        hop.box = feats.box.to_dict()
+        pad = self.tokenizer.convert_ids_to_tokens(branch.pad_id)
+        vs, ve = (self.tokenizer.convert_ids_to_tokens(i) for i in (self.cfg.special.vision_start,
+                                                                    self.cfg.special.vision_end))
+        turn, _ = self.layout.observation_turn([vs + pad * rows.shape[0] + ve])
+        ids = [A, E] + turn
+        overrides = {0: control}
+        pads = [i for i, t in enumerate(ids) if t == branch.pad_id]
+        overrides.update({i: rows[k] for k, i in enumerate(pads)})
+        s.pending = self._segment(s, ids, "observe", overrides=overrides)
+        hop.prefilled_tokens = len(ids)
+        s.answer_from = len(s.generated)
+
+    def _project(self, branch, feats: Features, control: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        t = feats.tensor.to(m.device, m.dtype)
+        if branch.action == "native":
+            rows = m.project("native", t, control.unsqueeze(0), [t.shape[0]])
+        else:
+            rows = m.project(branch.action, t.unsqueeze(0), control.unsqueeze(0))
+        if rows.shape[0] != feats.num_placeholders:
+            raise ObservationError(
+                f"encoder {feats.encoder!r} gave {rows.shape[0]} projected rows for "
+                f"{feats.num_placeholders} placeholders", hint="the encoder's output shape does not fit this projector")
+        return rows
+
+    def _answer(self, s: _Sample) -> Answer:
+        tok = self.tokenizer
+        final = [t for t in s.generated[s.answer_from:] if t not in self.eos]
+        s.trace.answer = tok.decode(final, skip_special_tokens=True).strip()
+        s.trace.text = tok.decode(s.generated, skip_special_tokens=False)
+        s.trace.generated_tokens = len(s.generated)
+        s.trace.total_ms = (time.perf_counter() - s.t0) * 1000
+        return Answer(s.trace.answer, s.trace, list(s.generated), s.logits if self.options.record_logits else None)
+
+
+def _err(exc: BaseException) -> dict:
+    d = {"type": type(exc).__name__, "message": getattr(exc, "message", str(exc))}
+    if getattr(exc, "hint", None):
+        d["hint"] = exc.hint
+    return d

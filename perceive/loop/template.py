@@ -1,0 +1,70 @@
+"""Conversation layout, taken from the base model's own chat template.
+
+The prompt is rendered by ``tokenizer.apply_chat_template``. For the perception turns appended
+online (vpt-paper.md §1.7: the end of the assistant turn, a user turn holding the new image or
+the feature placeholders, the start of the next assistant turn), the wrapper strings are found
+by rendering a probe conversation with that same template, so a real Qwen2-VL checkpoint and
+the paper's checkpoints see exactly the layout they were trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+_A, _U = "\u00a7A\u00a7", "\u00a7U\u00a7"
+
+
+@dataclass
+class ChatLayout:
+    tokenizer: object
+    system: str | None = None
+
+    def __post_init__(self):
+        tok = self.tokenizer
+        if not getattr(tok, "chat_template", None):
+            raise ValueError("the tokenizer has no chat template; perceive renders turns with it")
+        q = [{"role": "user", "content": [{"type": "text", "text": "q"}]}]
+        base = self._render(q + [{"role": "assistant", "content": _A}], generation=False)
+        probe = self._render(q + [{"role": "assistant", "content": _A},
+                                  {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": _U}]}],
+                             generation=True)
+        if not probe.startswith(base[:base.index(_A)]):
+            raise ValueError("the chat template is not prefix-stable; online injection needs it to be")
+        cont = probe[probe.index(_A) + len(_A):]
+        before_user, after_user = cont.split(_U)
+        # the image markup is whatever the template put between the user header and the text
+        img_probe = self._render([{"role": "user", "content": [{"type": "text", "text": _U}]}], generation=False)
+        header_end = img_probe[:img_probe.index(_U)]
+        head = header_end[header_end.rindex("user"):]  # "user\n"
+        i = before_user.rindex(head) + len(head)
+        self.turn_open = before_user[:i]  # "<|im_end|>\n<|im_start|>user\n"
+        self.image_markup = before_user[i:]  # "<|vision_start|><|image_pad|><|vision_end|>"
+        self.turn_close = after_user  # "<|im_end|>\n<|im_start|>assistant\n"
+
+    def _render(self, messages, generation: bool) -> str:
+        if self.system is not None:
+            messages = [{"role": "system", "content": self.system}] + messages
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=generation, tokenize=False)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def prompt(self, question: str, image_tokens: int, image_pad: str = "<|image_pad|>") -> list[int]:
+        """Ids of the first turn: system, user (the image, then the question), assistant header.
+        The template's single image pad is expanded to ``image_tokens`` copies."""
+        text = self._render([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}],
+                            generation=True)
+        return self.encode(text.replace(image_pad, image_pad * image_tokens, 1))
+
+    def observation_turn(self, blocks: list[str]) -> tuple[list[int], list[list[int]]]:
+        """Ids closing the assistant turn, opening a user turn holding ``blocks`` (already expanded
+        markup strings), and opening the next assistant turn. Returns the ids and, for checking,
+        each block's ids."""
+        parts = [self.encode(self.turn_open)]
+        block_ids = []
+        for b in blocks:
+            ids = self.encode(b)
+            block_ids.append(ids)
+            parts.append(ids)
+        parts.append(self.encode(self.turn_close))
+        return [i for p in parts for i in p], block_ids

@@ -1,0 +1,131 @@
+"""Tiny offline models for tests: a char-level tokenizer carrying the Qwen2-VL and VPT special
+tokens, and random-weight VPT models of every family (Qwen2-VL / Qwen2.5-VL bases; dino, sam,
+native branches). Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import string
+
+import torch
+
+from perceive.vocabulary import FAMILIES, Vocabulary
+
+QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                 "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
+
+# The Qwen2-VL chat layout (vpt-paper.md §1.7), written for the tiny tokenizer.
+CHAT_TEMPLATE = (
+    "{% if messages[0]['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
+    "{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_tokenizer(grid: int = 8, families=("detection", "seg", "clip"), extra_tokens=()):
+    """A char-level ``PreTrainedTokenizerFast``: one token per printable ASCII character, then the
+    Qwen2-VL special tokens, then the VPT tokens (feature pads as special tokens, the rest as
+    ordinary added tokens, as the paper adds them)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = ["<unk>"] + list(string.printable[:-2])  # drop \x0b \x0c
+    vocab = {c: i for i, c in enumerate(dict.fromkeys(chars))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<|endoftext|>",
+                                   eos_token="<|im_end|>")
+    fast.add_special_tokens({"additional_special_tokens": QWEN_SPECIALS + [FAMILIES[f][3] for f in families]})
+    vocab_ = Vocabulary(grid)
+    ordinary = list(vocab_.region_tokens) + ["<|zoom_start|>", "<|zoom_end|>"]
+    for f in families:
+        ordinary += list(FAMILIES[f][:3])
+    fast.add_tokens(ordinary + list(extra_tokens))
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def tiny_image_processor(min_pixels: int = 28 * 28, max_pixels: int = 112 * 112):
+    from transformers import Qwen2VLImageProcessorPil
+
+    return Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels)
+
+
+def tiny_base(tokenizer, base: str = "qwen2_vl", hidden: int = 64, layers: int = 2, seed: int = 0):
+    """A random-weight Qwen2-VL (or Qwen2.5-VL) whose vocabulary fits ``tokenizer``."""
+    from perceive.model.checkpoint import base_classes
+
+    ids = tokenizer.convert_tokens_to_ids
+    vocab = (len(tokenizer) + 63) // 64 * 64
+    text = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}, rope_theta=10000.0)
+    if base == "qwen2_5_vl":
+        vision = dict(depth=2, hidden_size=32, out_hidden_size=hidden, intermediate_size=64, num_heads=2,
+                      window_size=56, fullatt_block_indexes=[1])
+    else:
+        vision = dict(depth=2, embed_dim=32, hidden_size=hidden, num_heads=2)
+    config_cls, model_cls = base_classes(base)
+    cfg = config_cls(text_config=text, vision_config=vision, image_token_id=ids("<|image_pad|>"),
+                     video_token_id=ids("<|video_pad|>"), vision_start_token_id=ids("<|vision_start|>"),
+                     vision_end_token_id=ids("<|vision_end|>"), tie_word_embeddings=False,
+                     bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"),
+                     pad_token_id=ids("<|endoftext|>"))
+    torch.manual_seed(seed)
+    return model_cls(cfg).eval()
+
+
+def tiny_vpt_config(tokenizer, base: str = "qwen2_vl", branches=("dino", "sam", "native"), hidden: int = 64,
+                    grid: int = 8):
+    from perceive.model.branches import default_encoder_config  # noqa: F401  (documented neighbour)
+    from perceive.model.config import (
+        ACTION_FAMILY,
+        BranchConfig,
+        RegionConfig,
+        SpecialIds,
+        VPTConfig,
+    )
+
+    ids = tokenizer.convert_tokens_to_ids
+    v = Vocabulary(grid)
+    bcfg = {}
+    for action in branches:
+        start, act, end, pad = FAMILIES[ACTION_FAMILY[action]]
+        if action == "dino":
+            enc = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=4, patch_size=14,
+                       image_size=518)
+            extra = dict(encoder="dinov2_small", encoder_config=enc, feature_dim=32, image_size=224)
+        elif action == "sam":
+            enc = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, image_size=256, patch_size=4,
+                       window_size=14, global_attn_indexes=[1], output_channels=256, mlp_dim=64)
+            extra = dict(encoder="sam_vit_b", encoder_config=enc, feature_dim=256, image_size=256)
+        else:
+            extra = dict(encoder="native", feature_dim=hidden)
+        bcfg[action] = BranchConfig(action=action, start_id=ids(start), action_id=ids(act), end_id=ids(end),
+                                    pad_id=ids(pad), **extra)
+    return VPTConfig(
+        base=base, hidden_size=hidden,
+        special=SpecialIds(im_start=ids("<|im_start|>"), im_end=ids("<|im_end|>"), image_pad=ids("<|image_pad|>"),
+                           vision_start=ids("<|vision_start|>"), vision_end=ids("<|vision_end|>"),
+                           newline=ids("\n"), eos=[ids("<|im_end|>")]),
+        region=RegionConfig(start_id=ids(v.region_tokens[0]), end_id=ids(v.region_tokens[1]),
+                            x_ids=[ids(t) for t in v.x_tokens], y_ids=[ids(t) for t in v.y_tokens]),
+        branches=bcfg,
+    )
+
+
+def tiny_vpt_model(base: str = "qwen2_vl", branches=("dino", "sam", "native"), seed: int = 0, tokenizer=None):
+    """A random-weight VPT model with its tokenizer and image processor attached."""
+    from perceive.model.vpt import VPTModel
+
+    tokenizer = tokenizer or build_tokenizer()
+    cfg = tiny_vpt_config(tokenizer, base, branches)
+    torch.manual_seed(seed)
+    model = VPTModel(tiny_base(tokenizer, base, seed=seed), cfg).eval()
+    model.tokenizer = tokenizer
+    model.image_processor = tiny_image_processor()
+    return model

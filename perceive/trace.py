@@ -1,0 +1,62 @@
+"""The trace of one sample: data, not log lines. JSON-serialisable and reloadable."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class Hop:
+    """One perception call the model made, and what it cost.
+
+    ``box`` is in the original image's pixels; ``views`` are the frames of the views it produced
+    (their ``parent`` is the view the call was made in: the provenance). ``prefilled_tokens`` is
+    how many tokens were fed to the model to show the observation; ``decoded_tokens`` how many the
+    model generated since the previous hop (or the prompt)."""
+
+    index: int
+    action: str
+    tokens: list[str]
+    args: dict[str, Any]
+    target: str
+    box: dict[str, Any] | None = None
+    views: list[dict[str, Any]] = field(default_factory=list)
+    features: list[dict[str, Any]] = field(default_factory=list)
+    prefilled_tokens: int = 0
+    decoded_tokens: int = 0
+    dispatch_ms: float = 0.0
+    prefill_ms: float = 0.0
+    encoder_cache_hits: int = 0
+    encoder_cache_misses: int = 0
+    error: dict[str, Any] | None = None
+
+
+@dataclass
+class Trace:
+    question: str = ""
+    image_size: tuple[int, int] | None = None
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    hops: list[Hop] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)  # parse errors, budget, failures
+    answer: str = ""
+    text: str = ""  # everything the model generated, perception tokens included
+    finish_reason: str = ""
+    error: dict[str, Any] | None = None
+    total_ms: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self, **kw) -> str:
+        return json.dumps(self.to_dict(), **kw)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Trace:
+        d = dict(d)
+        d["hops"] = [Hop(**h) for h in d.get("hops", [])]
+        if d.get("image_size") is not None:
+            d["image_size"] = tuple(d["image_size"])
+        return cls(**d)
