@@ -163,20 +163,23 @@ class PerceptionLoop:
                 samples.append((load_image(image), question, None))
             except PerceiveError as exc:
                 samples.append((None, question, _err(exc)))
-        runnable = [(im, q) for im, q, e in samples if e is None]
-        results = iter(self.run(runnable))
+        keep = [i for i, (_, _, e) in enumerate(samples) if e is None]
+        results = iter(self.run([samples[i][:2] for i in keep], indices=keep))
         out = []
-        for im, q, e in samples:
+        for _, q, e in samples:
             if e is None:
                 out.append(next(results))
             else:
                 out.append(Answer("", Trace(question=q, error=e, finish_reason="error"), []))
         return out
 
-    def run(self, items: list[tuple[Image.Image, str]]) -> list[Answer]:
+    def run(self, items: list[tuple[Image.Image, str]], indices: list[int] | None = None) -> list[Answer]:
+        """Run decoded images together. ``indices`` are the samples' positions in the caller's
+        batch (they seed sampling and key the policy); default 0..n-1."""
         if self.layout is None:
             raise PerceiveError("this model has no tokenizer", hint="load a checkpoint that ships one")
-        samples = [self._new_sample(i, img, q) for i, (img, q) in enumerate(items)]
+        indices = list(range(len(items))) if indices is None else indices
+        samples = [self._new_sample(i, img, q) for i, (img, q) in zip(indices, items, strict=True)]
         self._drive(samples)
         return [self._answer(s) for s in samples]
 

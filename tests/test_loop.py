@@ -1,0 +1,228 @@
+"""The online perception loop on tiny random-weight models, with scripted perception spans."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from perceive import hookimpl
+from perceive.errors import ImageError
+from perceive.loop import LoopOptions, PerceptionLoop
+from perceive.loop.positions import sequence_positions
+from perceive.plugins import load_registry
+from perceive.testing.images import real_photos
+from perceive.testing.scripted import ScriptedPolicy, span_tokens
+from perceive.testing.tiny import tiny_vpt_model
+from perceive.trace import Trace
+
+REGION = "<|region_token_start|><|x_2|><|y_0|><|x_3|><|y_1|><|region_token_end|>"
+DINO = "<|detection_action_start|>"
+SAM = "<|seg_action_start|>"
+NATIVE = "<|clip_action_start|>"
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_vpt_model()
+
+
+@pytest.fixture(scope="module")
+def photo():
+    return real_photos()["astronaut"]
+
+
+def make_loop(model, scripts, registry=None, **opts):
+    opts.setdefault("max_new_tokens", 24)
+    tok = model.tokenizer
+    return PerceptionLoop(model, registry=registry, options=LoopOptions(**opts),
+                          policy=ScriptedPolicy(tok, {i: span_tokens(tok, s) for i, s in scripts.items()}))
+
+
+class LMSpy:
+    """Records the length of every chunk of tokens fed to the language model."""
+
+    def __init__(self, model, monkeypatch):
+        self.calls = []
+        real = model.lm
+
+        def lm(embeds, *a, **k):
+            self.calls.append(embeds.shape[1])
+            return real(embeds, *a, **k)
+
+        monkeypatch.setattr(model, "lm", lm)
+
+
+@pytest.mark.parametrize("script", [REGION, DINO, SAM, NATIVE, f"a {REGION}"], ids=["region", "dino", "sam",
+                                                                                   "native", "text+region"])
+def test_online_equals_reprefill(model, photo, script):
+    online = make_loop(model, {0: script}, record_logits=True).ask(photo, "What is there?")
+    ref = make_loop(model, {0: script}, record_logits=True, reprefill=True).ask(photo, "What is there?")
+    assert online.ok and ref.ok
+    assert len(online.trace.hops) == 1
+    assert online.token_ids == ref.token_ids
+    assert len(online.logits) == len(ref.logits)
+    for a, b in zip(online.logits, ref.logits, strict=True):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+
+
+def test_hops_prefill_only_new_tokens(model, photo, monkeypatch):
+    spy = LMSpy(model, monkeypatch)
+    ans = make_loop(model, {0: REGION}).ask(photo, "What is there?")
+    hop = ans.trace.hops[0]
+    tok = model.tokenizer
+    # what an observation turn is: the closing token, the end of the assistant turn, a user turn
+    # with the crop's image tokens, the next assistant header
+    grid = model.image_processor(images=[Image.new("RGB", (256, 192))], return_tensors="pt")["image_grid_thw"][0]
+    n_img = int(grid.prod()) // 4
+    expected = 1 + len(tok.encode("<|im_end|>\n<|im_start|>user\n<|vision_start|><|vision_end|><|im_end|>\n"
+                                  "<|im_start|>assistant\n", add_special_tokens=False)) + n_img
+    assert hop.prefilled_tokens == expected
+    # prompt once, then one token per step, except the one observation chunk
+    assert spy.calls[0] == ans.trace.prompt_tokens
+    assert spy.calls.count(expected) == 1
+    assert all(c == 1 for i, c in enumerate(spy.calls[1:], 1) if c != expected)
+    # the reference-style path instead re-feeds the whole conversation
+    spy.calls.clear()
+    make_loop(model, {0: REGION}, reprefill=True).ask(photo, "What is there?")
+    assert max(spy.calls) == ans.trace.prompt_tokens + (len(span_tokens(tok, REGION)) - 1) + expected
+
+
+def test_trace_records_the_hop(model, photo):
+    ans = make_loop(model, {0: REGION}).ask(photo, "What is there?")
+    hop = ans.trace.hops[0]
+    assert hop.action == "region_select" and hop.tokens[0] == "<|region_token_start|>"
+    assert hop.args["xs"] == [2, 3] and hop.args["ys"] == [0, 1]
+    assert hop.box == {"x0": 64, "y0": 0, "x1": 320, "y1": 192, "frame": "root"}
+    assert hop.views[0]["parent"] == "root" and hop.decoded_tokens == len(span_tokens(model.tokenizer, REGION))
+    assert hop.dispatch_ms >= 0 and hop.prefill_ms > 0
+    again = Trace.from_dict(json.loads(ans.trace.to_json()))
+    assert again == ans.trace
+
+
+def test_encoder_runs_once_per_image_per_session(model, photo, monkeypatch):
+    loop = make_loop(model, {0: DINO, 1: DINO})
+    enc = loop.hub.get("dinov2_small")
+    calls = []
+    real = enc.encode
+    monkeypatch.setattr(enc, "encode", lambda im: calls.append(im.size) or real(im))
+    first = loop.ask(photo, "What is there?")
+    second = loop.ask(photo.copy(), "And now?")
+    assert calls == [photo.size]
+    assert (first.trace.hops[0].encoder_cache_misses, first.trace.hops[0].encoder_cache_hits) == (1, 0)
+    assert (second.trace.hops[0].encoder_cache_misses, second.trace.hops[0].encoder_cache_hits) == (0, 1)
+
+
+def test_batch_equals_one_at_a_time(model, photo):
+    photos = real_photos()
+    items = [(photo, "What is there?"), (photos["coffee"], "Which drink?"), (photos["chelsea"], "Which animal?"),
+             (photo, "Again?")]
+    scripts = {0: REGION, 1: DINO, 3: f"hm {REGION}"}  # sample 2 takes no perception call
+    batch = make_loop(model, scripts).ask_batch(items)
+    for i, (img, q) in enumerate(items):
+        single = make_loop(model, {0: scripts[i]} if i in scripts else {}).ask(img, q)
+        assert batch[i].token_ids == single.token_ids, i
+        assert [h.action for h in batch[i].trace.hops] == [h.action for h in single.trace.hops]
+        assert batch[i].text == single.text
+
+
+def test_malformed_span_is_recorded_and_generation_goes_on(model, photo):
+    bad = "<|region_token_start|><|x_1|><|region_token_end|>"
+    ans = make_loop(model, {0: bad}).ask(photo, "What is there?")
+    assert ans.ok and not ans.trace.hops
+    assert ans.trace.events[0]["type"] == "parse_error" and ans.trace.events[0]["kind"] == "missing_y"
+    assert len(ans.token_ids) > len(span_tokens(model.tokenizer, bad))  # it kept generating
+    stop = make_loop(model, {0: bad}, on_malformed="stop").ask(photo, "What is there?")
+    assert stop.trace.finish_reason == "malformed" and len(stop.token_ids) == len(span_tokens(model.tokenizer, bad))
+
+
+def test_plugin_failure_finishes_that_sample_only(model, photo):
+    class Veto:
+        @hookimpl
+        def perceive_before_action(self, context):
+            if context.root.size == photo.size:
+                raise RuntimeError("camera offline")
+
+    registry = load_registry([("veto", Veto())])
+    coffee = real_photos()["coffee"]
+    out = make_loop(model, {0: REGION, 1: REGION}, registry=registry).ask_batch(
+        [(photo, "What?"), (coffee, "What?")])
+    assert out[0].error["type"] == "action_failed" and "camera offline" in out[0].error["message"]
+    assert out[0].trace.hops[0].error["stage"] == "before"
+    assert out[1].ok and out[1].trace.hops[0].views
+
+
+def test_budget(model, photo):
+    ans = make_loop(model, {0: REGION + REGION}, max_hops=0).ask(photo, "What?")
+    assert not ans.trace.hops
+    assert [e["type"] for e in ans.trace.events][:2] == ["budget_exhausted", "budget_exhausted"]
+
+
+def test_max_new_tokens_and_unclosed_span(model, photo):
+    ans = make_loop(model, {0: "<|region_token_start|><|x_1|>"}, max_new_tokens=2).ask(photo, "What?")
+    assert ans.trace.finish_reason == "max_new_tokens"
+    assert ans.trace.events[-1]["kind"] == "unclosed"
+
+
+def test_unreadable_image(model, tmp_path, photo):
+    bad = tmp_path / "x.jpg"
+    bad.write_bytes(b"garbage")
+    loop = make_loop(model, {})
+    with pytest.raises(ImageError):
+        loop.ask(bad, "What?")
+    out = make_loop(model, {1: REGION}).ask_batch([(bad, "What?"), (photo, "What?")])
+    assert out[0].error["type"] == "ImageError" and out[1].ok and out[1].trace.hops
+
+
+def test_wrong_size_features_are_a_typed_error(model, photo, monkeypatch):
+    loop = make_loop(model, {0: DINO})
+    monkeypatch.setattr(loop.hub, "features", lambda name, image: torch.zeros(10, 32))
+    ans = loop.ask(photo, "What?")
+    assert ans.trace.finish_reason == "observation_invalid"
+    assert ans.error["type"] == "ObservationError" and "10 projected rows for 256 placeholders" in ans.error["message"]
+
+
+def test_iterative_region_selection_maps_back(model, photo):
+    """Two region hops: the second span's cells are read in the first crop's frame. (Injected
+    observation turns are not model choices, so the script resumes right after the first one.)"""
+    second = "<|region_token_start|><|x_0|><|y_7|><|region_token_end|>"
+    ans = make_loop(model, {0: REGION + second}, max_hops=2, max_new_tokens=40).ask(photo, "What?")
+    h1, h2 = ans.trace.hops
+    assert h1.box == {"x0": 64, "y0": 0, "x1": 320, "y1": 192, "frame": "root"}
+    assert h2.target == h1.views[0]["id"] and h2.views[0]["parent"] == h1.views[0]["id"]
+    # cells x 0..1, y 6..7 of the 256x192 crop -> (0, 144, 64, 192) in the crop -> +(64, 0)
+    assert h2.box == {"x0": 64, "y0": 144, "x1": 128, "y1": 192, "frame": "root"}
+    root = make_loop(model, {0: REGION + second}, max_hops=2, max_new_tokens=40, target="root").ask(photo, "What?")
+    assert root.trace.hops[1].box == {"x0": 0, "y0": 384, "x1": 128, "y1": 512, "frame": "root"}
+
+
+def test_segment_positions_equal_a_full_pass(model, photo):
+    """M-RoPE positions of appended segments equal those of the whole sequence at once, and
+    transformers' own get_rope_index."""
+    loop = make_loop(model, {0: REGION})
+    seen = []
+    real = loop._drive
+
+    def drive(samples):
+        real(samples)
+        seen.extend(samples)
+
+    loop._drive = drive
+    loop.ask(photo, "What?")
+    s = seen[0]
+    ids = [i for g in s.segments for i in g.ids]
+    grids = [grid.tolist() for g in s.segments for _, grid in g.images]
+    incremental = torch.cat([g.positions for g in s.segments], dim=1)
+    full, _ = sequence_positions(ids, model.config.special.image_pad, grids, 2)
+    assert torch.equal(incremental, full)
+    t = torch.tensor([ids])
+    hf, _ = model.base.model.get_rope_index(t, mm_token_type_ids=(t == model.config.special.image_pad).int(),
+                                            image_grid_thw=torch.tensor(grids))
+    assert torch.equal(hf[:, 0], full)
+
+
+def test_qwen2_5_vl_base(photo):
+    m = tiny_vpt_model("qwen2_5_vl", branches=("dino",))
+    online = make_loop(m, {0: REGION}).ask(photo, "What?")
+    ref = make_loop(m, {0: REGION}, reprefill=True).ask(photo, "What?")
+    assert online.trace.hops[0].views and online.token_ids == ref.token_ids
