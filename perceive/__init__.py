@@ -18,8 +18,35 @@ from perceive.protocol import ParseError, PerceptionCall, StreamParser
 
 __version__ = "0.1.0"
 
+# Model-side names import torch and transformers: load them on first use so that plugin
+# discovery and the CLI's light commands stay fast.
+_LAZY = {
+    "load_model": "perceive.model",
+    "save_model": "perceive.model",
+    "VPTModel": "perceive.model",
+    "PerceptionLoop": "perceive.loop",
+    "LoopOptions": "perceive.loop",
+    "Answer": "perceive.loop",
+    "Trace": "perceive.trace",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'perceive' has no attribute {name!r}")
+
 __all__ = [
     "Action",
+    "Answer",
+    "LoopOptions",
+    "PerceptionLoop",
+    "Trace",
+    "VPTModel",
+    "load_model",
+    "save_model",
     "ActionCall",
     "ActionContext",
     "ActionFailure",

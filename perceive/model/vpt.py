@@ -123,6 +123,26 @@ class VPTModel(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden).float()
 
+    def load_branch_encoder(self, action: str, weights: str) -> None:
+        """Load encoder weights into a branch from local files: an official segment-anything
+        ``.pth`` for ``sam``; a transformers DINOv2 folder for ``dino``. Strict."""
+        from pathlib import Path
+
+        from perceive.model.checkpoint import strict_load
+
+        enc = self.branches[action].encoder
+        if action == "sam":
+            from perceive.model.sam import load_official
+
+            load_official(enc, str(weights))
+        elif action == "dino":
+            from transformers import Dinov2Model
+
+            src = Dinov2Model.from_pretrained(str(Path(weights)), local_files_only=True)
+            strict_load(enc, src.state_dict(), str(weights))
+        else:
+            raise ValueError(f"the {action} branch has no separate encoder weights")
+
     # -- the paper's training forward -----------------------------------------------------
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

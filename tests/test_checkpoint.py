@@ -1,0 +1,128 @@
+"""Checkpoints: the project's format round-trips, the paper's loads strictly, nothing partial."""
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from perceive.errors import ModelLoadError
+from perceive.model import load_model, save_model
+from perceive.model.checkpoint import WEIGHTS_FILE
+from perceive.testing.tiny import tiny_vpt_model
+from tests.test_parity import FIXTURES, _require_fixtures
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    model = tiny_vpt_model()
+    path = save_model(model, tmp_path_factory.mktemp("ckpt") / "tiny")
+    return model, path
+
+
+def logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def test_round_trip(saved):
+    model, path = saved
+    again = load_model(path)
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    assert torch.equal(logits(model, ids), logits(again, ids))
+    assert again.config == model.config
+    assert again.tokenizer is not None and len(again.tokenizer) == len(model.tokenizer)
+    for a, b in zip(model.branches.state_dict().values(), again.branches.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_base_loads_with_plain_transformers(saved):
+    from transformers import Qwen2VLForConditionalGeneration
+
+    model, path = saved
+    base = Qwen2VLForConditionalGeneration.from_pretrained(str(path), local_files_only=True)
+    for (k, a), b in zip(model.base.state_dict().items(), base.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+
+
+def test_missing_branch_key_is_an_error(saved, tmp_path):
+    _, path = saved
+    broken = tmp_path / "broken"
+    shutil.copytree(path, broken)
+    state = load_file(str(broken / WEIGHTS_FILE))
+    del state["dino.projector.linear_condition.weight"]
+    state["dino.projector.surprise"] = torch.zeros(1)
+    save_file(state, str(broken / WEIGHTS_FILE))
+    with pytest.raises(ModelLoadError) as e:
+        load_model(broken)
+    assert "1 missing keys [dino.projector.linear_condition.weight]" in str(e.value)
+    assert "1 unexpected keys [dino.projector.surprise]" in str(e.value)
+
+
+def test_not_a_model_folder(tmp_path):
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        load_model(tmp_path)
+
+
+def test_paper_checkpoint_with_a_missing_key_is_an_error(tmp_path):
+    _require_fixtures()
+    dst = tmp_path / "dino"
+    shutil.copytree(FIXTURES / "dino", dst)
+    state = torch.load(dst / "pytorch_model.bin", weights_only=True)
+    del state["detection_projector.linear_feature.weight"]
+    state["vision_tower.extra"] = torch.zeros(1)
+    torch.save(state, dst / "pytorch_model.bin")
+    with pytest.raises(ModelLoadError) as e:
+        load_model(dst)
+    msg = str(e.value)
+    assert "branches.dino.projector.linear_feature.weight" in msg and "vision_tower.extra" in msg
+
+
+def test_convert_cli(tmp_path):
+    _require_fixtures()
+    out = subprocess.run([sys.executable, "-m", "perceive", "convert", str(FIXTURES / "sam"), str(tmp_path / "sam")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    paper, ours = load_model(FIXTURES / "sam"), load_model(tmp_path / "sam")
+    inputs = torch.load(FIXTURES / "sam" / "inputs.pt", weights_only=True)
+    kw = {k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids", "pixel_values", "image_grid_thw",
+                                 "seg_images")}
+    with torch.no_grad():
+        assert torch.equal(paper(**kw).logits, ours(**kw).logits)
+
+
+def test_official_sam_weights_load_into_the_branch(tmp_path):
+    model = tiny_vpt_model(branches=("sam",))
+    enc = model.branches["sam"].encoder
+    state = {f"image_encoder.{k}": v + 1 for k, v in enc.state_dict().items()}
+    state["prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"] = torch.zeros(2, 64)
+    torch.save(state, tmp_path / "sam.pth")
+    model.load_branch_encoder("sam", tmp_path / "sam.pth")
+    assert torch.equal(enc.state_dict()["neck.0.weight"], state["image_encoder.neck.0.weight"])
+
+
+def test_ask_cli_needs_a_model(tmp_path):
+    from PIL import Image
+
+    img = tmp_path / "a.png"
+    Image.new("RGB", (32, 32)).save(img)
+    out = subprocess.run([sys.executable, "-m", "perceive", "ask", str(img), "What?"], capture_output=True, text=True,
+                         timeout=120, env={"COLUMNS": "200", "PATH": ""})
+    assert out.returncode == 2 and "no model given" in out.stdout
+
+
+def test_ask_cli_with_a_model(saved, tmp_path):
+    import json
+
+    from PIL import Image
+
+    _, path = saved
+    img = tmp_path / "a.png"
+    Image.new("RGB", (64, 48), "navy").save(img)
+    out = subprocess.run([sys.executable, "-m", "perceive", "ask", str(img), "What?", "--model", str(path), "--json",
+                          "--max-new-tokens", "5", "--device", "cpu"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["trace"]["generated_tokens"] == 5 and data["trace"]["finish_reason"] == "max_new_tokens"
