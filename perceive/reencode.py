@@ -34,6 +34,8 @@ class ReencodeAction(Action):
     Args: ClassVar[type[BaseModel]] = ReencodeArgs
     observation: ClassVar[str] = "features"
     family: ClassVar[str] = ""
+    #: the feature layout the branch's projector takes ("tokens" (N, C) or "map" (C, H, W))
+    layout: ClassVar[str] = "tokens"
 
     def __init__(self):
         start, action, end, pad = FAMILIES[self.family]
@@ -53,14 +55,15 @@ class ReencodeAction(Action):
         return ReencodeArgs()
 
     def run(self, call: ActionCall, context: ActionContext) -> Features:
+        # any registered encoder whose layout the projector takes; ``encoders`` are the defaults
         name = call.args.encoder or context.options.get("encoder") or self.encoders[0]
-        if name not in self.encoders and not context.options.get("allow_any_encoder"):
-            raise ActionInputError(f"action {self.name!r} cannot use encoder {name!r}",
-                                   hint=f"use one of {list(self.encoders)}")
         if context.encoders is None:
             raise EncoderUnavailableError(f"action {self.name!r} needs an encoder hub",
                                           hint="run it through a perceive session or model")
         spec = context.encoders.spec(name)
+        if spec.layout != self.layout:
+            raise ActionInputError(f"action {self.name!r} takes {self.layout} features; encoder {name!r} gives "
+                                   f"a {spec.layout}", hint=f"use one of {list(self.encoders)}")
         tensor = context.encoders.features(name, context.image)
         n = spec.placeholders if spec.placeholders is not None else int(tensor.shape[0])
         return Features(tensor=tensor, encoder=name, placeholder=self.placeholder,

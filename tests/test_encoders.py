@@ -45,14 +45,14 @@ def test_encoder_runs_once_per_image(hub, registry):
     assert len(calls) == 2
 
 
-def test_reencode_uses_configured_encoder_and_rejects_foreign(registry, hub):
+def test_reencode_uses_configured_encoder_and_rejects_wrong_layout(registry, hub):
     photo = Image.new("RGB", (64, 64), "white")
     dino = registry.action("dino")
     ctx = ActionContext.for_image(photo, encoders=hub, options={"encoder": "dinov2_small"})
     res = dispatch(registry.pm, dino, ActionCall("dino", ReencodeArgs()), ctx)
     assert res.observation[0].encoder == "dinov2_small"
     res = dispatch(registry.pm, dino, ActionCall("dino", ReencodeArgs(encoder="sam_vit_b")), ctx)
-    assert res.failure.typed and "cannot use encoder 'sam_vit_b'" in res.failure.message
+    assert res.failure.typed and "takes tokens features; encoder 'sam_vit_b' gives a map" in res.failure.message
 
 
 def test_unknown_encoder_and_missing_weights(registry):

@@ -226,3 +226,40 @@ def test_qwen2_5_vl_base(photo):
     online = make_loop(m, {0: REGION}).ask(photo, "What?")
     ref = make_loop(m, {0: REGION}, reprefill=True).ask(photo, "What?")
     assert online.trace.hops[0].views and online.token_ids == ref.token_ids
+
+
+def test_encoder_swapped_through_config(photo, tmp_path):
+    """A plugin adds an encoder; the config points the dino action at it; a mismatched one is
+    refused before anything runs."""
+    from perceive import EncoderSpec
+    from perceive.config import PerceiveConfig
+    from perceive.errors import ConfigError
+    from perceive.model import save_model
+
+    class Grey:
+        calls = 0
+
+        def encode(self, image):
+            Grey.calls += 1
+            return torch.full((256, 32), float(sum(image.convert("L").resize((4, 4)).tobytes()) % 7))
+
+    class Plugin:
+        @hookimpl
+        def perceive_register_encoders(self):
+            return [EncoderSpec(name="grey32", family="test", layout="tokens", feature_dim=32, placeholders=256,
+                                build=lambda **kw: Grey()),
+                    EncoderSpec(name="grey64", family="test", layout="tokens", feature_dim=64, placeholders=256,
+                                build=lambda **kw: Grey())]
+
+    registry = load_registry([("grey", Plugin())])
+    path = save_model(tiny_vpt_model(branches=("dino",)), tmp_path / "m")
+    cfg = PerceiveConfig.model_validate({"model": {"path": str(path)}, "device": "cpu",
+                                         "actions": {"region_select": {}, "dino": {"encoder": "grey32"}},
+                                         "runtime": {"max_new_tokens": 12}})
+    tok = tiny_vpt_model(branches=("dino",)).tokenizer
+    loop = PerceptionLoop.from_config(cfg, registry=registry, policy=ScriptedPolicy(tok, {0: span_tokens(tok, DINO)}))
+    ans = loop.ask(photo, "What?")
+    assert ans.ok and ans.trace.hops[0].features[0]["encoder"] == "grey32" and Grey.calls == 1
+    cfg.actions["dino"].encoder = "grey64"
+    with pytest.raises(ConfigError, match="'grey64' gives 64-wide features but the model's dino projector takes 32"):
+        PerceptionLoop.from_config(cfg, registry=registry)

@@ -147,6 +147,48 @@ class PerceptionLoop:
         self.start_branch = {b.start_id: b for b in cfg.branches.values()}
         names = self.options.actions
         self.actions = [a for a in self.registry.select(names) if a.grammar is not None]
+        self._check_encoders()
+
+    def _check_encoders(self) -> None:
+        """A re-encode action may use any registered encoder whose output its projector accepts."""
+        from perceive.errors import ConfigError
+
+        for action, opts in self.options.action_options.items():
+            name = opts.get("encoder")
+            branch = self.cfg.branches.get(action)
+            if not name or branch is None:
+                continue
+            spec = self.registry.encoder(name)
+            want = branch.feature_dim
+            if spec.feature_dim is not None and spec.feature_dim != want:
+                raise ConfigError(
+                    f"actions.{action}.encoder: {name!r} gives {spec.feature_dim}-wide features but the model's "
+                    f"{action} projector takes {want}",
+                    hint=f"use an encoder with {want}-wide output, e.g. {branch.encoder!r}")
+
+    @classmethod
+    def from_config(cls, config, registry=None, policy=None) -> PerceptionLoop:
+        """Build model and loop from a :class:`perceive.config.PerceiveConfig` (or a YAML path)."""
+        from perceive.config import PerceiveConfig, load_config
+        from perceive.errors import ConfigError
+        from perceive.model import load_model
+        from perceive.plugins import get_registry
+
+        cfg = config if isinstance(config, PerceiveConfig) else load_config(config)
+        registry = registry or get_registry()
+        errors = cfg.check_names(registry)
+        if errors:
+            raise ConfigError("; ".join(errors))
+        if cfg.model.path is None:
+            raise ConfigError("model.path is not set", hint="point it at a local model folder")
+        model = load_model(cfg.model.path, device=cfg.device, dtype=None if cfg.dtype == "auto" else cfg.dtype)
+        action_options = {}
+        for name, a in (cfg.actions or {}).items():
+            action_options[name] = {**a.options, **({"encoder": a.encoder} if a.encoder else {})}
+        rt = cfg.runtime
+        options = LoopOptions(max_hops=rt.max_hops, max_new_tokens=rt.max_new_tokens, on_malformed=rt.on_malformed,
+                              action_options=action_options, actions=cfg.enabled_actions())
+        return cls(model, registry=registry, options=options, encoder_configs=cfg.encoder_configs(), policy=policy)
 
     # -- public API --------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ class SamReencode(ReencodeAction):
     family = "seg"
     description = "Re-encode the image with SAM's image encoder; conditioned on the control token."
     encoders = ("sam_vit_l", "sam_vit_b", "sam_vit_h")
+    layout = "map"
 
 
 @hookimpl
