@@ -64,7 +64,8 @@ def main() -> None:
         loop = PerceptionLoop(model, options=opts, policy=ScriptedPolicy(tok, {i: script for i in range(len(items))}))
         t0 = time.perf_counter()
         loop.ask_batch(items)
-        print(f"{'batch':10s} {((time.perf_counter() - t0) * 1000) / len(items):8.1f} ms/sample (ask_batch of {len(items)})")
+        per = (time.perf_counter() - t0) * 1000 / len(items)
+        print(f"{'batch':10s} {per:8.1f} ms/sample (ask_batch of {len(items)})")
     on, ref = results["online"], results["reprefill"]
     print(f"speed-up {ref[0] / on[0]:.2f}x, tokens fed {ref[1] / on[1]:.2f}x fewer "
           f"(device {model.device}, torch {torch.__version__}, threads {torch.get_num_threads()})")

@@ -241,6 +241,15 @@ def paragraph_mask(embeds: torch.Tensor, input_ids: torch.Tensor, rows: torch.Te
     return embeds * keep.unsqueeze(-1)
 
 
+def mask_action_labels(labels: torch.Tensor, input_ids: torch.Tensor, config: VPTConfig) -> torch.Tensor:
+    """vpt-paper.md §2.8: the middle action token of every re-encode family is never a target
+    (the start and end tokens stay supervised). Returns a new tensor."""
+    labels = labels.clone()
+    for b in config.branches.values():
+        labels[input_ids == b.action_id] = IGNORE_INDEX
+    return labels
+
+
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy over labels != -100."""
     return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
