@@ -31,6 +31,7 @@ class Hop:
     encoder_cache_hits: int = 0
     encoder_cache_misses: int = 0
     error: dict[str, Any] | None = None
+    node: str | None = None  # the graph node that ran it (graph runs)
 
 
 @dataclass

@@ -65,6 +65,40 @@ class LoopOptions:
 
 
 @dataclass
+class Decision:
+    """What a controller wants done.
+
+    ``dispatch``: run the call the model made (``options``, ``target`` view, optional ``args``
+    overriding the parsed ones); ``ignore``: no observation, keep generating; ``stop``: finish the
+    sample; ``finish``: the answer stands; ``force``: run ``action`` with ``args`` (no tokens from
+    the model) and continue."""
+
+    kind: str
+    options: dict[str, Any] = field(default_factory=dict)
+    target: str | None = None
+    action: str | None = None
+    args: Any = None
+    reason: str | None = None
+
+
+class FreeChoice:
+    """The default controller: the model decides what to call, hop after hop, until it answers
+    or ``max_hops`` is spent."""
+
+    def start(self, loop: PerceptionLoop, s: _Sample) -> list[Decision]:
+        return []
+
+    def on_call(self, loop: PerceptionLoop, s: _Sample, ev: PerceptionCall) -> Decision:
+        if s.hops >= loop.options.max_hops:
+            loop._budget_event(s, ev.action, ev.tokens, loop.options.max_hops)
+            return Decision("ignore")
+        return Decision("dispatch", options=dict(loop.options.action_options.get(ev.action, {})))
+
+    def on_answer(self, loop: PerceptionLoop, s: _Sample) -> Decision:
+        return Decision("finish", reason="eos")
+
+
+@dataclass
 class Answer:
     text: str
     trace: Trace
@@ -111,6 +145,9 @@ class _Sample:
     hops: int = 0
     decoded_since_hop: int = 0
     awaiting_control: Any = None  # BranchConfig whose start token was just fed
+    forced_reencode: Decision | None = None  # a re-encode the controller wrote into the first turn
+    node: str | None = None  # the graph node running (graph runs)
+    state: dict[str, Any] = field(default_factory=dict)  # the controller's per-sample state
     done: bool = False
     logits: list[torch.Tensor] = field(default_factory=list)
     t0: float = field(default_factory=time.perf_counter)
@@ -127,13 +164,15 @@ class PerceptionLoop:
     shared by every sample it runs."""
 
     def __init__(self, model, registry=None, options: LoopOptions | None = None, hub: EncoderHub | None = None,
-                 encoder_configs: dict | None = None, policy=None):
+                 encoder_configs: dict | None = None, policy=None, controller=None):
         from perceive.plugins import get_registry
 
         self.model = model
         #: optional ``policy(sample_index, generated_ids, logits) -> token id | None`` that overrides
         #: the model's choice (constrained decoding, scripted spans in tests); None keeps it
         self.policy = policy
+        #: decides what happens at each closed call and at each answer (default: free choice)
+        self.controller = controller or FreeChoice()
         self.registry = registry or get_registry()
         self.options = options or LoopOptions()
         self.hub = hub or EncoderHub(self.registry.encoder_specs(), encoder_configs or {}, model=model)
@@ -222,7 +261,7 @@ class PerceptionLoop:
             raise PerceiveError("this model has no tokenizer", hint="load a checkpoint that ships one")
         indices = list(range(len(items))) if indices is None else indices
         samples = [self._new_sample(i, img, q) for i, (img, q) in zip(indices, items, strict=True)]
-        self._drive(samples)
+        self._drive([s for s in samples if not s.done])
         return [self._answer(s) for s in samples]
 
     def generate_ids(self, prompt_ids: list[int], pixel_values=None, image_grid_thw=None,
@@ -254,9 +293,39 @@ class PerceptionLoop:
         s = _Sample(index, root, Trace(question=question, image_size=root.size), parser,
                     torch.Generator().manual_seed(self.options.seed + index))
         pv, grid = self._pixels(root)
+        images, grids, blocks, reencode = [(pv, grid)], [grid.tolist()], [], None
+        for d in self.controller.start(self, s):
+            # calls the controller makes before the model speaks: views join the first user turn,
+            # a re-encode opens the first assistant turn
+            action = self.registry.action(d.action)
+            if action.observation == "view":
+                obs, hop = self._dispatch(s, ActionCall(d.action, d.args, forced=True), d.options, d.target)
+                if obs is None:
+                    return s
+                b, im, g = self._view_blocks(s, obs, hop, d.target)
+                blocks += b
+                images += im
+                grids += g
+            else:
+                reencode = next((b for b in self.cfg.branches.values() if b.action == d.action), None)
+                if reencode is None:
+                    self._finish(s, "graph_error", {"type": "graph_error",
+                                                    "message": f"the model has no {d.action!r} branch to force"})
+                    return s
+                s.forced_reencode = Decision("dispatch", options=d.options, target=d.target, args=d.args)
         n = int(grid.prod()) // self.merge**2
-        ids = self.layout.prompt(question, n)
-        s.pending = self._segment(s, ids, "prompt", images=[(pv, grid)], grids=[grid.tolist()])
+        question = s.state.get("question", question)
+        ids = self.layout.prompt(question, n, blocks)
+        if reencode is not None:
+            ids = ids + [reencode.start_id]
+            s.generated.append(reencode.start_id)
+            if s.parser is not None:
+                s.parser.feed(reencode.start_id)
+            s.awaiting_control = reencode
+        try:
+            s.pending = self._segment(s, ids, "prompt", images=images, grids=grids)
+        except PerceiveError as exc:
+            self._finish(s, "observation_invalid", _err(exc))
         s.trace.prompt_tokens = len(ids)
         return s
 
@@ -397,7 +466,7 @@ class PerceptionLoop:
                 self._finish(s, "malformed")
                 return
         if t in self.eos:
-            self._finish(s, "eos")
+            self._on_answer(s, t)
             return
         if len(s.generated) >= self.options.max_new_tokens:
             self._finish(s, "max_new_tokens")
@@ -417,24 +486,27 @@ class PerceptionLoop:
 
     # -- perception ---------------------------------------------------------------------------
 
-    def _context(self, s: _Sample, options: dict) -> ActionContext:
-        target = s.target if self.options.target == "latest" else ROOT
+    def _context(self, s: _Sample, options: dict, target: str | None = None) -> ActionContext:
+        if target is None:
+            target = s.target if self.options.target == "latest" else ROOT
         return ActionContext(image=s.image(target), frame=s.frame(target), root=s.root, options=options,
                              encoders=self.hub, device=str(self.model.device), _ids=s.ids)
 
-    def _hop(self, s: _Sample, call: ActionCall, action: str) -> Hop:
-        hop = Hop(index=len(s.trace.hops), action=action, tokens=list(call.tokens),
-                  args=call.args.model_dump(mode="json"), target=call.target, decoded_tokens=s.decoded_since_hop)
+    def _hop(self, s: _Sample, call: ActionCall) -> Hop:
+        hop = Hop(index=len(s.trace.hops), action=call.action, tokens=list(call.tokens),
+                  args=call.args.model_dump(mode="json"), target=call.target, decoded_tokens=s.decoded_since_hop,
+                  node=s.node)
         s.trace.hops.append(hop)
         s.decoded_since_hop = 0
         return hop
 
-    def _dispatch(self, s: _Sample, ev: PerceptionCall, options: dict):
-        ctx = self._context(s, options)
-        call = ev.to_call(ctx.frame.id)
-        hop = self._hop(s, call, ev.action)
+    def _dispatch(self, s: _Sample, call: ActionCall, options: dict, target: str | None = None):
+        """Run one call on the view it targets; the hop is recorded whatever happens."""
+        ctx = self._context(s, options, target)
+        call = ActionCall(call.action, call.args, ctx.frame.id, call.tokens, call.token_ids, call.forced)
+        hop = self._hop(s, call)
         before = {k: (v.hits, v.misses) for k, v in self.hub.stats.items()}
-        res = dispatch(self.registry.pm, self.registry.action(ev.action), call, ctx)
+        res = dispatch(self.registry.pm, self.registry.action(call.action), call, ctx)
         for k, v in self.hub.stats.items():
             h0, m0 = before.get(k, (0, 0))
             hop.encoder_cache_hits += v.hits - h0
@@ -447,41 +519,35 @@ class PerceptionLoop:
             return None, hop
         return res.observation, hop
 
-    def _budget_left(self, s: _Sample, ev: PerceptionCall) -> bool:
-        if s.hops < self.options.max_hops:
-            return True
-        s.trace.events.append({"type": "budget_exhausted", "action": ev.action, "max_hops": self.options.max_hops,
-                               "tokens": list(ev.tokens)})
-        return False
-
-    def _on_call(self, s: _Sample, ev: PerceptionCall, closing: int) -> None:
-        action = self.registry.action(ev.action)
-        if action.observation != "view":
-            s.trace.events.append({"type": "no_projector", "action": ev.action,
-                                   "message": f"the model has no branch to show {ev.action!r} features"})
-            s.pending = self._segment(s, [closing], "decode")
-            return
-        if not self._budget_left(s, ev):
-            s.pending = self._segment(s, [closing], "decode")
-            return
-        obs, hop = self._dispatch(s, ev, self.options.action_options.get(ev.action, {}))
-        if obs is None:
-            return
+    def _view_blocks(self, s: _Sample, views, hop: Hop | None, target: str | None):
+        """Markup, pixels and grids of views shown as images; records them as the sample's views."""
         blocks, images, grids = [], [], []
-        for k, view in enumerate(obs):
+        for k, view in enumerate(views):
             pv, grid = self._pixels(view.image)
             n = int(grid.prod()) // self.merge**2
             markup = self.layout.image_markup.replace("<|image_pad|>", "<|image_pad|>" * n, 1)
-            blocks.append(markup if len(obs) == 1 else f"Region {k}: {markup}\n")  # §1.4
+            blocks.append(markup if len(views) == 1 else f"Region {k}: {markup}\n")  # §1.4
             images.append((pv, grid))
             grids.append(grid.tolist())
             s.views[view.frame.id] = view
-            hop.views.append(view.frame.to_dict())
-        hop.box = obs[-1].box.to_dict()
-        if self.options.target == "latest":
-            s.target = obs[-1].frame.id
+            if hop is not None:
+                hop.views.append(view.frame.to_dict())
+        if hop is not None and views:
+            hop.box = views[-1].box.to_dict()
+        if (target or self.options.target) == "latest" and views:
+            s.target = views[-1].frame.id
+        return blocks, images, grids
+
+    def _show_views(self, s: _Sample, call: ActionCall, decision, closing: list[int]) -> None:
+        """Dispatch a view action and feed its observation turn after ``closing`` tokens."""
+        obs, hop = self._dispatch(s, call, decision.options, decision.target)
+        if obs is None:
+            return
+        blocks, images, grids = self._view_blocks(s, obs, hop, decision.target)
         turn, _ = self.layout.observation_turn(blocks)
-        ids = [closing] + turn
+        if closing and closing[-1] == self.cfg.special.im_end and turn and turn[0] == self.cfg.special.im_end:
+            turn = turn[1:]  # the model already closed its turn
+        ids = closing + turn
         try:
             s.pending = self._segment(s, ids, "observe", images=images, grids=grids)
         except PerceiveError as exc:
@@ -490,6 +556,37 @@ class PerceptionLoop:
             return
         hop.prefilled_tokens = len(ids)
         s.answer_from = len(s.generated)
+
+    def _budget_event(self, s: _Sample, action: str, tokens, limit: int) -> None:
+        s.trace.events.append({"type": "budget_exhausted", "action": action, "max_hops": limit, "tokens": list(tokens)})
+
+    def _on_call(self, s: _Sample, ev: PerceptionCall, closing: int) -> None:
+        action = self.registry.action(ev.action)
+        if action.observation != "view":
+            s.trace.events.append({"type": "no_projector", "action": ev.action,
+                                   "message": f"the model has no branch to show {ev.action!r} features"})
+            s.pending = self._segment(s, [closing], "decode")
+            return
+        decision = self.controller.on_call(self, s, ev)
+        if decision.kind == "dispatch":
+            self._show_views(s, ev.to_call(), decision, [closing])
+        elif decision.kind == "stop":
+            self._finish(s, decision.reason or "stopped")
+        else:
+            s.pending = self._segment(s, [closing], "decode")
+
+    def _on_answer(self, s: _Sample, closing: int) -> None:
+        decision = self.controller.on_answer(self, s)
+        if decision.kind != "force":
+            self._finish(s, decision.reason or "eos")
+            return
+        action = self.registry.action(decision.action)
+        if action.observation != "view":
+            self._finish(s, "graph_error", {"type": "graph_error", "message":
+                                            f"cannot force {decision.action!r} after an answer: only view actions"})
+            return
+        call = ActionCall(decision.action, decision.args, forced=True)
+        self._show_views(s, call, decision, [closing])
 
     def _reencode(self, s: _Sample, branch, control: torch.Tensor) -> None:
         A, E = branch.action_id, branch.end_id
@@ -505,11 +602,18 @@ class PerceptionLoop:
                 s.trace.events.append({"type": "parse_error", **ev.to_dict()})
             s.pending = self._segment(s, [A, E], "force", overrides={0: control})
             return
-        if not self._budget_left(s, ev):
+        decision, s.forced_reencode = (s.forced_reencode or self.controller.on_call(self, s, ev)), None
+        if decision.kind != "dispatch":
+            if decision.kind == "stop":
+                self._finish(s, decision.reason or "stopped")
+                return
             s.pending = self._segment(s, [A, E], "force", overrides={0: control})
             return
-        options = {"encoder": branch.encoder, **self.options.action_options.get(ev.action, {})}
-        obs, hop = self._dispatch(s, ev, options)
+        options = {"encoder": branch.encoder, **decision.options}
+        call = ev.to_call()
+        if decision.args is not None:
+            call = ActionCall(call.action, decision.args, call.target, call.tokens, call.token_ids, True)
+        obs, hop = self._dispatch(s, call, options, decision.target)
         if obs is None:
             return
         try:

@@ -49,11 +49,14 @@ class ChatLayout:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
-    def prompt(self, question: str, image_tokens: int, image_pad: str = "<|image_pad|>") -> list[int]:
-        """Ids of the first turn: system, user (the image, then the question), assistant header.
-        The template's single image pad is expanded to ``image_tokens`` copies."""
-        text = self._render([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}],
-                            generation=True)
+    def prompt(self, question: str, image_tokens: int, extra_blocks: list[str] = (),
+               image_pad: str = "<|image_pad|>") -> list[int]:
+        """Ids of the first turn: system, user (the image, any ``extra_blocks`` of already expanded
+        view markup, then the question), assistant header. The template's image pad is expanded to
+        ``image_tokens`` copies."""
+        content = [{"type": "image"}] + [{"type": "text", "text": b} for b in extra_blocks]
+        content.append({"type": "text", "text": question})
+        text = self._render([{"role": "user", "content": content}], generation=True)
         return self.encode(text.replace(image_pad, image_pad * image_tokens, 1))
 
     def observation_turn(self, blocks: list[str]) -> tuple[list[int], list[list[int]]]:
