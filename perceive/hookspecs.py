@@ -78,3 +78,20 @@ def perceive_after_action(
     spent in ``perceive_run_action``. Exceptions raised here are logged and swallowed: an
     observer must never fail a sample.
     """
+
+
+@hookspec
+def perceive_before_node(graph: str, node: str, kind: str, state: dict) -> None:
+    """Called when a graph run enters a node (for a ``generate`` node: when generation there
+    begins). ``state`` holds ``hops``, ``generated_tokens``, ``answered``, ``last_action`` and
+    ``visits`` of the sample. Return values are ignored; exceptions are logged and swallowed.
+    """
+
+
+@hookspec
+def perceive_after_node(graph: str, node: str, kind: str, state: dict, outcome: str) -> None:
+    """Called when a graph run leaves a node. ``outcome`` says what happened: ``"-> NODE"`` for a
+    route, ``"dispatch ACTION"`` / ``"force ACTION"`` for an action, ``"call ACTION"`` or
+    ``"answer"`` for a generate node, ``"end"`` for an answer node. Return values are ignored;
+    exceptions are logged and swallowed.
+    """

@@ -32,6 +32,7 @@ class Hop:
     encoder_cache_misses: int = 0
     error: dict[str, Any] | None = None
     node: str | None = None  # the graph node that ran it (graph runs)
+    cached: bool = False  # the observation was reused from an identical earlier call
 
 
 @dataclass

@@ -79,6 +79,7 @@ class Decision:
     action: str | None = None
     args: Any = None
     reason: str | None = None
+    node: str | None = None  # the graph node that decided (recorded on the hop)
 
 
 class FreeChoice:
@@ -148,6 +149,7 @@ class _Sample:
     forced_reencode: Decision | None = None  # a re-encode the controller wrote into the first turn
     node: str | None = None  # the graph node running (graph runs)
     state: dict[str, Any] = field(default_factory=dict)  # the controller's per-sample state
+    observations: dict[tuple, Any] = field(default_factory=dict)  # dispatched calls, for reuse
     done: bool = False
     logits: list[torch.Tensor] = field(default_factory=list)
     t0: float = field(default_factory=time.perf_counter)
@@ -299,7 +301,7 @@ class PerceptionLoop:
             # a re-encode opens the first assistant turn
             action = self.registry.action(d.action)
             if action.observation == "view":
-                obs, hop = self._dispatch(s, ActionCall(d.action, d.args, forced=True), d.options, d.target)
+                obs, hop = self._dispatch(s, ActionCall(d.action, d.args, forced=True), d.options, d.target, d.node)
                 if obs is None:
                     return s
                 b, im, g = self._view_blocks(s, obs, hop, d.target)
@@ -312,7 +314,7 @@ class PerceptionLoop:
                     self._finish(s, "graph_error", {"type": "graph_error",
                                                     "message": f"the model has no {d.action!r} branch to force"})
                     return s
-                s.forced_reencode = Decision("dispatch", options=d.options, target=d.target, args=d.args)
+                s.forced_reencode = Decision("dispatch", options=d.options, target=d.target, args=d.args, node=d.node)
         n = int(grid.prod()) // self.merge**2
         question = s.state.get("question", question)
         ids = self.layout.prompt(question, n, blocks)
@@ -487,24 +489,32 @@ class PerceptionLoop:
     # -- perception ---------------------------------------------------------------------------
 
     def _context(self, s: _Sample, options: dict, target: str | None = None) -> ActionContext:
-        if target is None:
-            target = s.target if self.options.target == "latest" else ROOT
+        """``target``: "latest" (the last view shown), "root" (the original), or None for the
+        loop's default."""
+        target = s.target if (target or self.options.target) == "latest" else ROOT
         return ActionContext(image=s.image(target), frame=s.frame(target), root=s.root, options=options,
                              encoders=self.hub, device=str(self.model.device), _ids=s.ids)
 
-    def _hop(self, s: _Sample, call: ActionCall) -> Hop:
+    def _hop(self, s: _Sample, call: ActionCall, node: str | None = None) -> Hop:
         hop = Hop(index=len(s.trace.hops), action=call.action, tokens=list(call.tokens),
                   args=call.args.model_dump(mode="json"), target=call.target, decoded_tokens=s.decoded_since_hop,
-                  node=s.node)
+                  node=node or s.node)
         s.trace.hops.append(hop)
         s.decoded_since_hop = 0
         return hop
 
-    def _dispatch(self, s: _Sample, call: ActionCall, options: dict, target: str | None = None):
+    def _dispatch(self, s: _Sample, call: ActionCall, options: dict, target: str | None = None,
+                  node: str | None = None):
         """Run one call on the view it targets; the hop is recorded whatever happens."""
         ctx = self._context(s, options, target)
         call = ActionCall(call.action, call.args, ctx.frame.id, call.tokens, call.token_ids, call.forced)
-        hop = self._hop(s, call)
+        hop = self._hop(s, call, node)
+        # shared work: the same call on the same view with the same options runs once per sample
+        key = (call.action, call.args.model_dump_json(), ctx.frame.id, repr(sorted(options.items())))
+        if key in s.observations:
+            hop.cached = True
+            s.hops += 1
+            return s.observations[key], hop
         before = {k: (v.hits, v.misses) for k, v in self.hub.stats.items()}
         res = dispatch(self.registry.pm, self.registry.action(call.action), call, ctx)
         for k, v in self.hub.stats.items():
@@ -517,6 +527,7 @@ class PerceptionLoop:
             hop.error = res.failure.to_dict()
             self._finish(s, "action_failed", {"type": "action_failed", **res.failure.to_dict()})
             return None, hop
+        s.observations[key] = res.observation
         return res.observation, hop
 
     def _view_blocks(self, s: _Sample, views, hop: Hop | None, target: str | None):
@@ -540,7 +551,7 @@ class PerceptionLoop:
 
     def _show_views(self, s: _Sample, call: ActionCall, decision, closing: list[int]) -> None:
         """Dispatch a view action and feed its observation turn after ``closing`` tokens."""
-        obs, hop = self._dispatch(s, call, decision.options, decision.target)
+        obs, hop = self._dispatch(s, call, decision.options, decision.target, decision.node)
         if obs is None:
             return
         blocks, images, grids = self._view_blocks(s, obs, hop, decision.target)
@@ -570,6 +581,8 @@ class PerceptionLoop:
         decision = self.controller.on_call(self, s, ev)
         if decision.kind == "dispatch":
             self._show_views(s, ev.to_call(), decision, [closing])
+        elif decision.kind == "force" and self.registry.action(decision.action).observation == "view":
+            self._show_views(s, ActionCall(decision.action, decision.args, forced=True), decision, [closing])
         elif decision.kind == "stop":
             self._finish(s, decision.reason or "stopped")
         else:
@@ -613,7 +626,7 @@ class PerceptionLoop:
         call = ev.to_call()
         if decision.args is not None:
             call = ActionCall(call.action, decision.args, call.target, call.tokens, call.token_ids, True)
-        obs, hop = self._dispatch(s, call, options, decision.target)
+        obs, hop = self._dispatch(s, call, options, decision.target, decision.node)
         if obs is None:
             return
         try:

@@ -1,0 +1,122 @@
+"""``perceive graph validate|run|show``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(no_args_is_help=True, help="Validate, run and draw perception graphs.")
+console = Console()
+
+
+def parse_sets(sets: list[str] | None) -> dict:
+    import yaml
+
+    out = {}
+    for item in sets or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"--set takes KEY=VALUE, got {item!r}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+@app.command()
+def validate(file: str = typer.Argument(..., help="Graph YAML file, or a shipped graph's name."),
+             set_: list[str] = typer.Option(None, "--set", help="Override a param: KEY=VALUE.")) -> None:
+    """Report every problem of a graph at once, with YAML lines. Exit 1 if there is any."""
+    from perceive.graph import check, resolve
+
+    try:
+        path = resolve(file)
+    except FileNotFoundError as exc:
+        console.print(f"[red]error[/]: {exc}", markup=False)
+        raise typer.Exit(2) from None
+    spec, issues = check(path, params=parse_sets(set_))
+    for issue in issues:
+        console.print(issue.render(str(path)), markup=False, highlight=False)
+    if issues:
+        console.print(f"{len(issues)} problem(s)")
+        raise typer.Exit(1)
+    console.print(f"{path}: ok ({len(spec.nodes)} nodes, budget {spec.budget})")
+
+
+@app.command()
+def show(file: str = typer.Argument(...), mermaid: bool = typer.Option(False, "--mermaid", help="Print Mermaid text."),
+         out: Path = typer.Option(None, "--out", help="PNG path (default: <graph name>.png)."),
+         set_: list[str] = typer.Option(None, "--set")) -> None:
+    """Draw the graph (PNG), or print it as Mermaid text."""
+    from perceive.graph import compile_graph
+    from perceive.graph.render import render_graph
+
+    g = compile_graph(file, params=parse_sets(set_))
+    if mermaid:
+        typer.echo(g.to_mermaid(), nl=False)
+        return
+    path = out or Path(f"{g.name}.png")
+    render_graph(g.spec, path)
+    console.print(f"wrote {path}")
+
+
+def run_graph(file: str, image: Path, question: str, model: Path | None, as_json: bool, render: Path | None,
+              sets: dict, max_new_tokens: int, device: str, dtype: str, reprefill: bool) -> None:
+    from perceive.errors import PerceiveError
+    from perceive.graph import GraphValidationError, compile_graph
+    from perceive.graph.render import render_trace
+    from perceive.graph.trace_graph import to_json, trace_to_graph
+    from perceive.images import load_image
+    from perceive.loop import LoopOptions
+    from perceive.model import load_model
+
+    if model is None:
+        from perceive.defaults import default_model_path
+
+        model = default_model_path()
+        if model is None:
+            console.print("[red]error[/]: no model given. Pass --model DIR with a local VPT or Qwen2-VL checkpoint.")
+            raise typer.Exit(2)
+    try:
+        g = compile_graph(file, params=sets)
+        img = load_image(image)
+        m = load_model(model, device=device, dtype=None if dtype == "auto" else dtype)
+        answer = g.loop(m, LoopOptions(max_new_tokens=max_new_tokens, reprefill=reprefill)).ask(img, question)
+    except GraphValidationError as exc:
+        console.print(str(exc), markup=False)
+        raise typer.Exit(1) from None
+    except PerceiveError as exc:
+        console.print(f"[red]error[/]: {exc}", markup=False)
+        raise typer.Exit(1) from None
+    if render:
+        render_trace(img, answer.trace, render)
+    if as_json:
+        typer.echo(json.dumps({"answer": answer.text, "graph": g.name, "trace": answer.trace.to_dict(),
+                               "trace_graph": to_json(trace_to_graph(answer.trace))}, indent=2))
+    else:
+        typer.echo(answer.text)
+        for h in answer.trace.hops:
+            box = tuple(h.box[k] for k in ("x0", "y0", "x1", "y1")) if h.box else None
+            console.print(f"  hop {h.index + 1} [{h.node}]: {h.action} in view {h.target} -> box {box}"
+                          + (" (reused)" if h.cached else "") + (f", error: {h.error['message']}" if h.error else ""),
+                          markup=False, highlight=False)
+        for e in answer.trace.events:
+            console.print(f"  event: {e.get('type')}: {e.get('message') or e.get('kind') or ''}", markup=False)
+        if render:
+            console.print(f"  trace picture: {render}", markup=False)
+    if answer.error:
+        raise typer.Exit(1)
+
+
+@app.command()
+def run(file: str = typer.Argument(..., help="Graph YAML file, or a shipped graph's name."),
+        image: Path = typer.Option(..., "--image"), question: str = typer.Option(..., "--question"),
+        model: Path = typer.Option(None, "--model"), as_json: bool = typer.Option(False, "--json"),
+        render: Path = typer.Option(None, "--render", help="Write the trace picture (PNG)."),
+        set_: list[str] = typer.Option(None, "--set", help="Override a param: KEY=VALUE."),
+        max_new_tokens: int = typer.Option(256, "--max-new-tokens"), device: str = typer.Option("auto", "--device"),
+        dtype: str = typer.Option("auto", "--dtype"), reprefill: bool = typer.Option(False, "--reprefill")) -> None:
+    """Run a graph on one image and question."""
+    run_graph(file, image, question, model, as_json, render, parse_sets(set_), max_new_tokens, device, dtype,
+              reprefill)

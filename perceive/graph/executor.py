@@ -1,0 +1,177 @@
+"""Running a compiled graph: the graph is the perception loop's controller.
+
+Generation stays in the loop (one KV cache per sample, samples batched); at each event the
+model produces (a closed call, or its answer) the sample's cursor walks the graph from the
+generate node that produced it: routes pick a branch, an action node runs the model's call or
+a forced one, and the walk stops at the next generate node (the model continues, seeing the
+observation) or at an answer node. ``perceive_before_node`` / ``perceive_after_node`` fire
+around every node.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from perceive.graph.predicates import parse_predicate
+from perceive.graph.spec import ANY
+from perceive.loop.engine import Decision
+
+if TYPE_CHECKING:
+    from perceive.graph.compiled import CompiledGraph
+
+log = logging.getLogger(__name__)
+
+
+class GraphController:
+    def __init__(self, graph: CompiledGraph, pm):
+        self.graph = graph
+        self.spec = graph.spec
+        self.pm = pm
+        self.preds = {(n, i): parse_predicate(w.if_) for n, s in self.spec.nodes.items()
+                      for i, w in enumerate(s.when)}
+        # a walk may revisit nodes only as often as the budget lets hops happen
+        self.visit_cap = (len(self.spec.nodes) + 1) * ((self.spec.budget or 0) + 2)
+
+    # -- controller protocol ---------------------------------------------------------------------
+
+    def start(self, loop, s) -> list[Decision]:
+        st = s.state
+        st.update(cursor=self.spec.start, visits=0, answered=False, last_action=None)
+        if self.spec.prompt_suffix:
+            st["question"] = s.trace.question + self.spec.prompt_suffix
+        forced = []
+        node = self.spec.start
+        while True:
+            n = self._enter(s, node)
+            if n is None:
+                return forced
+            if n.kind == "generate" or n.kind == "answer":
+                st["cursor"] = node
+                self._hook_before(s, node, n.kind)
+                return forced
+            if n.kind == "route":
+                node = self._route(s, node, None)
+            elif n.kind == "action":
+                if not self._budget_ok(loop, s, n):
+                    node = n.next
+                    continue
+                forced.append(self._force(n, node))
+                self._hook_after(s, node, n.kind, f"force {n.action}")
+                node = n.next
+
+    def on_call(self, loop, s, ev) -> Decision:
+        return self._walk(loop, s, ev)
+
+    def on_answer(self, loop, s) -> Decision:
+        s.state["answered"] = True
+        return self._walk(loop, s, None)
+
+    # -- the walk ---------------------------------------------------------------------------------
+
+    def _walk(self, loop, s, ev) -> Decision:
+        st = s.state
+        node = st["cursor"]
+        n = self.spec.nodes[node]
+        if n.kind == "generate":
+            self._hook_after(s, node, "generate", f"call {ev.action}" if ev else "answer")
+            node = n.next
+        while node is not None:
+            n = self._enter(s, node)
+            if n is None:
+                return Decision("stop", reason="graph_error")
+            if n.kind == "route":
+                node = self._route(s, node, ev)
+                continue
+            if n.kind == "answer":
+                st["cursor"] = node
+                self._hook_after(s, node, "answer", "end")
+                return Decision("finish" if ev is None else "stop", reason="answer")
+            if n.kind == "generate":
+                st["cursor"] = node
+                self._hook_before(s, node, "generate")
+                if ev is None:  # answered, and nothing new to show: the answer stands
+                    s.trace.events.append({"type": "graph", "message": f"{node!r} has nothing new to look at"})
+                    return Decision("finish", reason="answer")
+                return Decision("ignore")  # the call goes unanswered; the model keeps generating
+            # action
+            if not self._budget_ok(loop, s, n):
+                node = n.next
+                continue
+            st["cursor"] = n.next or node
+            st["last_action"] = n.action if n.action != ANY else (ev.action if ev else None)
+            if n.forced:
+                self._hook_after(s, node, "action", f"force {n.action}")
+                return self._force(n, node)
+            if ev is None or (n.action != ANY and n.action != ev.action):
+                got = ev.action if ev else "an answer"
+                s.trace.events.append({"type": "graph_error", "node": node,
+                                       "message": f"{node!r} runs the model's {n.action!r} call but got {got}"})
+                return Decision("stop", reason="graph_error")
+            self._hook_after(s, node, "action", f"dispatch {ev.action}")
+            s.node = node
+            opts = {**loop.options.action_options.get(ev.action, {}), **n.options}
+            if n.encoder:
+                opts["encoder"] = n.encoder
+            return Decision("dispatch", options=opts, target=n.target, node=node)
+        return Decision("finish" if ev is None else "stop", reason="answer")
+
+    def _enter(self, s, node: str):
+        st = s.state
+        st["visits"] += 1
+        if st["visits"] > self.visit_cap:
+            s.trace.events.append({"type": "graph_error", "message": "node visit cap reached (a cycle without "
+                                   "progress?)"})
+            return None
+        s.node = node
+        n = self.spec.nodes[node]
+        if n.kind not in ("generate",):
+            self._hook_before(s, node, n.kind)
+        return n
+
+    def _route(self, s, node: str, ev) -> str | None:
+        n = self.spec.nodes[node]
+        if n.switch == "call":
+            nxt = (n.cases.get(ev.action) or n.cases.get(ANY)) if ev is not None else None
+            nxt = nxt or n.default
+        else:
+            state = self._state(s)
+            nxt = next((w.then for i, w in enumerate(n.when) if self.preds[(node, i)](state)), n.default)
+        self._hook_after(s, node, "route", f"-> {nxt}")
+        return nxt
+
+    def _budget_ok(self, loop, s, n) -> bool:
+        limit = self.spec.budget if self.spec.budget is not None else loop.options.max_hops
+        if s.hops < limit:
+            return True
+        loop._budget_event(s, n.action, (), limit)
+        return False
+
+    def _force(self, n, node: str) -> Decision:
+        from perceive.plugins import get_registry
+
+        registry = self.graph.registry or get_registry()
+        args = registry.action(n.action).Args.model_validate(n.args)
+        opts = dict(n.options)
+        if n.encoder:
+            opts["encoder"] = n.encoder
+        return Decision("force", options=opts, target=n.target, action=n.action, args=args, node=node)
+
+    def _state(self, s) -> dict[str, Any]:
+        return {"hops": s.hops, "generated_tokens": len(s.generated), "answered": s.state.get("answered", False),
+                "last_action": s.state.get("last_action"), "visits": s.state.get("visits", 0)}
+
+    # -- hooks ------------------------------------------------------------------------------------
+
+    def _hook_before(self, s, node: str, kind: str) -> None:
+        try:
+            self.pm.hook.perceive_before_node(graph=self.spec.name, node=node, kind=kind, state=self._state(s))
+        except Exception:
+            log.exception("perceive_before_node raised; ignored")
+
+    def _hook_after(self, s, node: str, kind: str, outcome: str) -> None:
+        try:
+            self.pm.hook.perceive_after_node(graph=self.spec.name, node=node, kind=kind, state=self._state(s),
+                                             outcome=outcome)
+        except Exception:
+            log.exception("perceive_after_node raised; ignored")

@@ -1,0 +1,215 @@
+"""Pictures: what a run did (the trace over the image), and the graph itself."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+from perceive.geometry import Box
+from perceive.graph.spec import GraphSpec
+from perceive.images import as_rgb
+from perceive.trace import Trace
+
+COLORS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
+          (240, 50, 230), (210, 245, 60)]
+
+
+def _font(size: int):
+    return ImageFont.load_default(size=size)
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    words = [w[i:i + width] for w in text.split() for i in range(0, len(w), width)]  # split long runs
+    lines, cur = [], ""
+    for w in words:
+        if len(cur) + len(w) + 1 > width and cur:
+            lines.append(cur)
+            cur = w
+        else:
+            cur = f"{cur} {w}".strip()
+    return lines + ([cur] if cur else [])
+
+
+def render_trace(image: Image.Image, trace: Trace, out: str | Path | None = None, height: int = 480) -> Image.Image:
+    """The original image with each hop's box numbered, the hops' views in a strip beside it,
+    labelled with their action, and the question and answer below. Returns the picture (and
+    writes it to ``out`` when given)."""
+    root = as_rgb(image)
+    scale = height / root.height
+    shown = root.resize((max(1, round(root.width * scale)), height), Image.Resampling.BICUBIC)
+    thumbs = []
+    for hop in trace.hops:
+        views = hop.views or ([hop.features[0]["source"]] if hop.features else [])
+        for v in views[:4]:
+            box = Box.from_dict(hop.box) if not hop.views else _frame_box(v)
+            crop = root.crop(tuple(int(round(x)) for x in box.as_tuple()))
+            label = f"{hop.index + 1}: {hop.action}" + (" (features)" if hop.features else "")
+            if hop.error:
+                label += " - failed"
+            thumbs.append((hop.index, crop, label))
+    thumb = 150
+    cols = 2 if len(thumbs) > 3 else 1
+    strip_w = (thumb + 16) * cols if thumbs else 0
+    text_lines = _wrap(f"Q: {trace.question}", 90) + _wrap(f"A: {trace.answer or '(no answer)'}", 90)
+    events = [e for e in trace.events if e.get("type") in ("parse_error", "budget_exhausted", "graph_error")]
+    if trace.error:
+        text_lines += _wrap(f"error: {trace.error.get('message')}", 90)
+    if events:
+        text_lines += _wrap("events: " + "; ".join(e.get("kind") or e["type"] for e in events), 90)
+    text_h = 20 * len(text_lines) + 16
+    W = shown.width + strip_w + 24
+    H = max(height, (len(thumbs) + cols - 1) // cols * (thumb + 30)) + text_h + 16
+    canvas = Image.new("RGB", (W, H), "white")
+    canvas.paste(shown, (8, 8))
+    draw = ImageDraw.Draw(canvas)
+    f = _font(16)
+    for hop in trace.hops:
+        if not hop.box:
+            continue
+        color = COLORS[hop.index % len(COLORS)]
+        b = Box.from_dict(hop.box)
+        x0, y0, x1, y1 = (8 + v * scale for v in b.as_tuple())
+        draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=color, width=3)
+        tag = str(hop.index + 1)
+        tw = draw.textlength(tag, font=f)
+        draw.rectangle([x0, y0, x0 + tw + 8, y0 + 20], fill=color)
+        draw.text((x0 + 4, y0 + 1), tag, fill="white", font=f)
+    for k, (idx, crop, label) in enumerate(thumbs):
+        c, r = k % cols, k // cols
+        x = shown.width + 16 + c * (thumb + 16)
+        y = 8 + r * (thumb + 30)
+        s = thumb / max(crop.size)  # fit the strip cell, upscaling small crops (nearest: show pixels)
+        t = crop.resize((max(1, round(crop.width * s)), max(1, round(crop.height * s))),
+                        Image.Resampling.NEAREST if s > 1 else Image.Resampling.BICUBIC)
+        canvas.paste(t, (x, y))
+        draw.rectangle([x - 1, y - 1, x + t.width, y + t.height], outline=COLORS[idx % len(COLORS)], width=2)
+        draw.text((x, y + t.height + 4), label, fill="black", font=_font(13))
+    y = H - text_h
+    for line in text_lines:
+        draw.text((8, y), line, fill="black", font=_font(15))
+        y += 20
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        canvas.save(out)
+    return canvas
+
+
+def _frame_box(frame: dict) -> Box:
+    from perceive.geometry import Frame
+
+    return Frame.from_dict(frame).root_box()
+
+
+SHAPES = {"generate": ("([", "])"), "action": ("[", "]"), "route": ("{", "}"), "answer": ("((", "))")}
+
+
+def to_mermaid(spec: GraphSpec) -> str:
+    """Mermaid flowchart text of a graph."""
+    lines = ["flowchart TD"]
+    for name, n in spec.nodes.items():
+        a, b = SHAPES[n.kind]
+        detail = {"action": f"{n.action}{' (forced)' if n.forced else ''}", "route": "on call" if n.switch else "when",
+                  "generate": "generate", "answer": "answer"}[n.kind]
+        lines.append(f'    {name}{a}"{name}<br/>{detail}"{b}')
+    for name, n in spec.nodes.items():
+        for label, target in n.successors():
+            lines.append(f"    {name} -->|{label.replace('*', 'any')}| {target}" if label != "next"
+                         else f"    {name} --> {target}")
+    if spec.budget is not None:
+        lines.append(f"    %% hop budget: {spec.budget}")
+    return "\n".join(lines) + "\n"
+
+
+def _layers(g, start: str) -> tuple[dict[str, int], set[tuple[str, str]]]:
+    """Longest-path layers over the graph minus its back edges (found by DFS from the start)."""
+    import networkx as nx
+
+    back, state = set(), {}
+
+    def dfs(u):
+        state[u] = 1
+        for v in g.successors(u):
+            if state.get(v) == 1:
+                back.add((u, v))
+            elif v not in state:
+                dfs(v)
+        state[u] = 2
+
+    if start in g:
+        dfs(start)
+    for n in g.nodes:
+        if n not in state:
+            dfs(n)
+    dag = nx.DiGraph([e for e in g.edges if e not in back])
+    dag.add_nodes_from(g.nodes)
+    depth = {n: 0 for n in g.nodes}
+    for n in nx.topological_sort(dag):
+        for v in dag.successors(n):
+            depth[v] = max(depth[v], depth[n] + 1)
+    return depth, back
+
+
+def _arrow(draw, a, b, color) -> None:
+    import math
+
+    draw.line([a, b], fill=color, width=2)
+    ang = math.atan2(b[1] - a[1], b[0] - a[0])
+    tip = [b, (b[0] - 10 * math.cos(ang - 0.4), b[1] - 10 * math.sin(ang - 0.4)),
+           (b[0] - 10 * math.cos(ang + 0.4), b[1] - 10 * math.sin(ang + 0.4))]
+    draw.polygon(tip, fill=color)
+
+
+def render_graph(spec: GraphSpec, out: str | Path | None = None) -> Image.Image:
+    """A layered drawing of the graph: nodes by longest distance from the start, loops drawn on
+    the right side."""
+    from perceive.graph.validate import to_networkx
+
+    g = to_networkx(spec)
+    depth, back = _layers(g, spec.start)
+    rows: dict[int, list[str]] = {}
+    for n in sorted(depth, key=lambda n: (depth[n], n)):
+        rows.setdefault(depth[n], []).append(n)
+    bw, bh, gx, gy = 180, 48, 40, 64
+    W = max(len(r) for r in rows.values()) * (bw + gx) + gx + 80
+    pad_left = 40
+    H = len(rows) * (bh + gy) + gy
+    img = Image.new("RGB", (W, H), "white")
+    draw = ImageDraw.Draw(img)
+    pos = {}
+    for d, names in rows.items():
+        total = len(names) * bw + (len(names) - 1) * gx
+        for i, n in enumerate(names):
+            pos[n] = (pad_left + (W - 80 - pad_left - total) // 2 + i * (bw + gx) + 20, gy // 2 + d * (bh + gy))
+    fill = {"generate": (220, 235, 255), "action": (225, 245, 225), "route": (255, 240, 210), "answer": (235, 235, 235)}
+    grey = (90, 90, 90)
+    for k, (u, v, data) in enumerate(g.edges(data=True)):
+        (x0, y0), (x1, y1) = pos[u], pos[v]
+        if (u, v) in back:  # a loop: down out of the source, along the nearer side, into the target's side
+            left = x0 + bw // 2 < (W - 80) // 2
+            lane = (14 + (k % 3) * 10) if left else (W - 60 + (k % 3) * 10)
+            below = y0 + bh + 14 + (k % 3) * 6
+            side = x1 if left else x1 + bw
+            pts = [(x0 + bw // 2, y0 + bh), (x0 + bw // 2, below), (lane, below), (lane, y1 + bh // 2)]
+            draw.line(pts, fill=grey, width=2)
+            _arrow(draw, pts[-1], (side, y1 + bh // 2), grey)
+            a, b = pts[2], pts[3]
+        else:
+            a, b = (x0 + bw // 2, y0 + bh), (x1 + bw // 2, y1)
+            _arrow(draw, a, b, grey)
+        if data["label"] != "next":
+            mid = ((a[0] + b[0]) // 2 + 6, (a[1] + b[1]) // 2 - 8)
+            draw.text(mid, data["label"].replace("*", "any"), fill=(120, 60, 0), font=_font(12))
+    f = _font(14)
+    for n, (x, y) in pos.items():
+        kind = spec.nodes[n].kind
+        draw.rounded_rectangle([x, y, x + bw, y + bh], radius=10, fill=fill[kind], outline=(60, 60, 60), width=2)
+        node = spec.nodes[n]
+        sub = f"{node.action}{' (forced)' if node.forced else ''}" if kind == "action" else kind
+        draw.text((x + 10, y + 6), n, fill="black", font=f)
+        draw.text((x + 10, y + 26), sub, fill=(80, 80, 80), font=_font(12))
+    if spec.budget is not None:
+        draw.text((8, H - 20), f"hop budget: {spec.budget}", fill=(80, 80, 80), font=_font(12))
+    if out is not None:
+        img.save(out)
+    return img
