@@ -88,3 +88,52 @@ def test_hook_perceive_after_action(registry):
     bad = call_region(registry, image=Image.new("RGB", (64, 48)), args=RegionArgs(box=(500, 500, 600, 600)))
     assert not bad.ok
     assert rec.calls == [("region_select", True, "NoneType", True), ("region_select", False, "ActionInputError", True)]
+
+
+def _node_log(registry):
+    log = []
+
+    class Watch:
+        @hookimpl
+        def perceive_before_node(self, graph, node, kind, state):
+            log.append(("before", graph, node, kind, state["hops"]))
+
+        @hookimpl
+        def perceive_after_node(self, node, kind, outcome):
+            log.append(("after", node, kind, outcome))
+            raise RuntimeError("observers must not break graph runs")
+
+    registry.register(Watch(), "watch")
+    return log
+
+
+def _run_region_graph(registry):
+    from perceive.graph import compile_graph
+    from perceive.loop import LoopOptions
+    from perceive.testing.images import real_photos
+    from perceive.testing.scripted import ScriptedPolicy, span_tokens
+    from perceive.testing.tiny import tiny_vpt_model
+
+    model = tiny_vpt_model(branches=())
+    tok = model.tokenizer
+    span = span_tokens(tok, "<|region_token_start|><|x_1|><|y_1|><|region_token_end|>")
+    g = compile_graph("region_then_answer", registry=registry)
+    return g.run(model, [(real_photos()["coffee"], "What?")], options=LoopOptions(max_new_tokens=12),
+                 policy=ScriptedPolicy(tok, {0: span}))[0]
+
+
+def test_hook_perceive_before_node(registry):
+    log = _node_log(registry)
+    ans = _run_region_graph(registry)
+    assert ans.ok
+    before = [e[1:4] for e in log if e[0] == "before"]
+    assert before[:4] == [("region_then_answer", "select", "generate"), ("region_then_answer", "called", "route"),
+                          ("region_then_answer", "crop", "action"), ("region_then_answer", "answer", "generate")]
+
+
+def test_hook_perceive_after_node(registry):
+    log = _node_log(registry)
+    assert _run_region_graph(registry).ok  # the observer's exceptions were swallowed
+    after = [e[1:] for e in log if e[0] == "after"]
+    assert after[:3] == [("select", "generate", "call region_select"), ("called", "route", "-> crop"),
+                         ("crop", "action", "dispatch region_select")]

@@ -263,3 +263,12 @@ def test_encoder_swapped_through_config(photo, tmp_path):
     cfg.actions["dino"].encoder = "grey64"
     with pytest.raises(ConfigError, match="'grey64' gives 64-wide features but the model's dino projector takes 32"):
         PerceptionLoop.from_config(cfg, registry=registry)
+
+
+def test_extreme_view_is_a_typed_error_not_a_crash(model):
+    """A crop Qwen2-VL's processor cannot take (aspect ratio over 200) fails that sample only."""
+    wide = Image.new("RGB", (4000, 19), "white")
+    span = "<|region_token_start|><|x_0|><|y_3|><|region_token_end|>"  # a 1000x19 crop... then a thin slice
+    out = make_loop(model, {0: span}).ask_batch([(wide, "What?"), (real_photos()["coffee"], "What?")])
+    assert out[0].error is not None and out[0].error["type"] in ("ObservationError",)
+    assert out[1].ok

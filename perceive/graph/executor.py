@@ -37,7 +37,8 @@ class GraphController:
 
     def start(self, loop, s) -> list[Decision]:
         st = s.state
-        st.update(cursor=self.spec.start, visits=0, answered=False, last_action=None)
+        # forced calls before the first turn run after this walk returns: count them meanwhile
+        st.update(cursor=self.spec.start, visits=0, answered=False, last_action=None, planned=0)
         if self.spec.prompt_suffix:
             st["question"] = s.trace.question + self.spec.prompt_suffix
         forced = []
@@ -49,6 +50,7 @@ class GraphController:
             if n.kind == "generate" or n.kind == "answer":
                 st["cursor"] = node
                 self._hook_before(s, node, n.kind)
+                st["planned"] = 0
                 return forced
             if n.kind == "route":
                 node = self._route(s, node, None)
@@ -57,6 +59,7 @@ class GraphController:
                     node = n.next
                     continue
                 forced.append(self._force(n, node))
+                st["planned"] += 1
                 self._hook_after(s, node, n.kind, f"force {n.action}")
                 node = n.next
 
@@ -102,6 +105,7 @@ class GraphController:
             st["last_action"] = n.action if n.action != ANY else (ev.action if ev else None)
             if n.forced:
                 self._hook_after(s, node, "action", f"force {n.action}")
+                self._arrive(s, st["cursor"])
                 return self._force(n, node)
             if ev is None or (n.action != ANY and n.action != ev.action):
                 got = ev.action if ev else "an answer"
@@ -109,12 +113,18 @@ class GraphController:
                                        "message": f"{node!r} runs the model's {n.action!r} call but got {got}"})
                 return Decision("stop", reason="graph_error")
             self._hook_after(s, node, "action", f"dispatch {ev.action}")
+            self._arrive(s, st["cursor"])
             s.node = node
             opts = {**loop.options.action_options.get(ev.action, {}), **n.options}
             if n.encoder:
                 opts["encoder"] = n.encoder
             return Decision("dispatch", options=opts, target=n.target, node=node)
         return Decision("finish" if ev is None else "stop", reason="answer")
+
+    def _arrive(self, s, node: str) -> None:
+        """After an action the model generates next: if that is a generate node, it begins now."""
+        if self.spec.nodes[node].kind == "generate":
+            self._hook_before(s, node, "generate")
 
     def _enter(self, s, node: str):
         st = s.state
@@ -142,7 +152,7 @@ class GraphController:
 
     def _budget_ok(self, loop, s, n) -> bool:
         limit = self.spec.budget if self.spec.budget is not None else loop.options.max_hops
-        if s.hops < limit:
+        if s.hops + s.state.get("planned", 0) < limit:
             return True
         loop._budget_event(s, n.action, (), limit)
         return False
@@ -158,7 +168,7 @@ class GraphController:
         return Decision("force", options=opts, target=n.target, action=n.action, args=args, node=node)
 
     def _state(self, s) -> dict[str, Any]:
-        return {"hops": s.hops, "generated_tokens": len(s.generated), "answered": s.state.get("answered", False),
+        return {"hops": s.hops + s.state.get("planned", 0), "generated_tokens": len(s.generated), "answered": s.state.get("answered", False),
                 "last_action": s.state.get("last_action"), "visits": s.state.get("visits", 0)}
 
     # -- hooks ------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from perceive.encoders import EncoderHub
 from perceive.errors import ObservationError, PerceiveError
 from perceive.geometry import ROOT, Frame
 from perceive.images import as_rgb, load_image
-from perceive.loop.positions import sequence_positions
+from perceive.loop.positions import sequence_positions, text_positions
 from perceive.loop.template import ChatLayout
 from perceive.observations import Features, View
 from perceive.protocol import ParseError, PerceptionCall, StreamParser, codec_from_tokenizer
@@ -294,7 +294,11 @@ class PerceptionLoop:
         parser = StreamParser(self.actions, codec_from_tokenizer(self.tokenizer)) if self.options.dispatch else None
         s = _Sample(index, root, Trace(question=question, image_size=root.size), parser,
                     torch.Generator().manual_seed(self.options.seed + index))
-        pv, grid = self._pixels(root)
+        try:
+            pv, grid = self._pixels(root)
+        except PerceiveError as exc:
+            self._finish(s, "error", _err(exc))
+            return s
         images, grids, blocks, reencode = [(pv, grid)], [grid.tolist()], [], None
         for d in self.controller.start(self, s):
             # calls the controller makes before the model speaks: views join the first user turn,
@@ -304,7 +308,12 @@ class PerceptionLoop:
                 obs, hop = self._dispatch(s, ActionCall(d.action, d.args, forced=True), d.options, d.target, d.node)
                 if obs is None:
                     return s
-                b, im, g = self._view_blocks(s, obs, hop, d.target)
+                try:
+                    b, im, g = self._view_blocks(s, obs, hop, d.target)
+                except PerceiveError as exc:
+                    hop.error = _err(exc)
+                    self._finish(s, "observation_invalid", _err(exc))
+                    return s
                 blocks += b
                 images += im
                 grids += g
@@ -332,11 +341,18 @@ class PerceptionLoop:
         return s
 
     def _pixels(self, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
-        inputs = self.processor(images=[image], return_tensors="pt")
+        try:
+            inputs = self.processor(images=[image], return_tensors="pt")
+        except ValueError as exc:  # e.g. an aspect ratio over 200, which Qwen2-VL cannot tile
+            raise ObservationError(f"the model's image processor cannot take a {image.width}x{image.height} "
+                                   f"image: {exc}", hint="choose a less extreme region") from exc
         return inputs["pixel_values"], inputs["image_grid_thw"][0]
 
     def _segment(self, s: _Sample, ids: list[int], kind: str, overrides=None, images=None, grids=()) -> Segment:
-        pos, s.next_pos = sequence_positions(ids, self.cfg.special.image_pad, grids, self.merge, s.next_pos)
+        if grids:
+            pos, s.next_pos = sequence_positions(ids, self.cfg.special.image_pad, grids, self.merge, s.next_pos)
+        else:  # generated tokens are text, whatever their id (a model may emit <|image_pad|>)
+            pos, s.next_pos = text_positions(len(ids), s.next_pos)
         seg = Segment(ids, pos, kind, dict(overrides or {}), list(images or []))
         seg.embeds = self._embed(seg)
         return seg
@@ -545,8 +561,9 @@ class PerceptionLoop:
                 hop.views.append(view.frame.to_dict())
         if hop is not None and views:
             hop.box = views[-1].box.to_dict()
-        if (target or self.options.target) == "latest" and views:
-            s.target = views[-1].frame.id
+        # one new view becomes "the latest"; several (tiles) leave the target where it was
+        if (target or self.options.target) == "latest" and len(views) == 1:
+            s.target = views[0].frame.id
         return blocks, images, grids
 
     def _show_views(self, s: _Sample, call: ActionCall, decision, closing: list[int]) -> None:
@@ -554,7 +571,12 @@ class PerceptionLoop:
         obs, hop = self._dispatch(s, call, decision.options, decision.target, decision.node)
         if obs is None:
             return
-        blocks, images, grids = self._view_blocks(s, obs, hop, decision.target)
+        try:
+            blocks, images, grids = self._view_blocks(s, obs, hop, decision.target)
+        except PerceiveError as exc:
+            hop.error = _err(exc)
+            self._finish(s, "observation_invalid", _err(exc))
+            return
         turn, _ = self.layout.observation_turn(blocks)
         if closing and closing[-1] == self.cfg.special.im_end and turn and turn[0] == self.cfg.special.im_end:
             turn = turn[1:]  # the model already closed its turn
