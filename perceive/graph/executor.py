@@ -168,7 +168,8 @@ class GraphController:
         return Decision("force", options=opts, target=n.target, action=n.action, args=args, node=node)
 
     def _state(self, s) -> dict[str, Any]:
-        return {"hops": s.hops + s.state.get("planned", 0), "generated_tokens": len(s.generated), "answered": s.state.get("answered", False),
+        return {"hops": s.hops + s.state.get("planned", 0), "generated_tokens": len(s.generated),
+                "answered": s.state.get("answered", False),
                 "last_action": s.state.get("last_action"), "visits": s.state.get("visits", 0)}
 
     # -- hooks ------------------------------------------------------------------------------------
