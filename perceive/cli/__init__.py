@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import typer
 
-from perceive.cli import config_cmd, demo, graph_cmd, model_cmds, plugins_cmd
+from perceive.cli import config_cmd, demo, graph_cmd, model_cmds, plugins_cmd, train_cmds
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="perceive: perception tokens as tool calls for multimodal LLMs.")
 app.add_typer(plugins_cmd.app, name="plugins")
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(graph_cmd.app, name="graph")
+app.add_typer(train_cmds.data_app, name="data")
+app.command("train")(train_cmds.train)
 app.command("demo")(demo.demo)
 app.command("ask")(model_cmds.ask)
 app.command("convert")(model_cmds.convert)

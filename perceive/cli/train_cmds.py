@@ -1,0 +1,69 @@
+"""``perceive train``, ``perceive data cards``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+console = Console()
+data_app = typer.Typer(no_args_is_help=True, help="Generate and check datasets.")
+
+
+@data_app.command()
+def cards(n: int = typer.Option(..., "--n", min=1, help="Number of images."),
+          out: Path = typer.Option(..., "--out", help="Output folder."),
+          seed: int = typer.Option(0, "--seed"),
+          backgrounds: Path = typer.Option(None, "--backgrounds", help="Folder of background photos."),
+          split: str = typer.Option("train", "--split", help="scikit-image photo set: train or eval (held out).")
+          ) -> None:
+    """Write the number-card task in the paper's dataset layout (plain, region, reencode)."""
+    from rich.progress import Progress
+
+    from perceive.data.cards import generate
+
+    with Progress() as bar:
+        task = bar.add_task("cards", total=n)
+        generate(out, n, seed=seed, backgrounds=backgrounds, split=split,
+                 progress=lambda k: bar.update(task, completed=k))
+    console.print(f"wrote {n} images and plain.json, region.json, reencode.json, cards.json to {out}")
+
+
+@data_app.command("check")
+def check(path: Path, grid: int = typer.Option(8, "--grid")) -> None:
+    """Report every item of a dataset that does not fit the layout."""
+    from perceive.data.dataset import VPTDataset
+
+    ds = VPTDataset(path, grid=grid)
+    for issue in ds.issues:
+        console.print(str(issue), markup=False)
+    console.print(f"{len(ds)} usable items, {len(ds.issues)} problem(s)")
+    if ds.issues:
+        raise typer.Exit(1)
+
+
+def train(config: Path = typer.Argument(..., help="Training config (YAML)."),
+          resume: Path = typer.Option(None, "--resume", help="A checkpoint folder to continue from."),
+          steps: int = typer.Option(None, "--steps", help="Override optim.steps.")) -> None:
+    """Fine-tune a VPT model (projector alignment or instruction tuning)."""
+    from perceive.errors import PerceiveError
+    from perceive.train import Trainer, load_train_config
+
+    try:
+        cfg = load_train_config(config)
+        if steps is not None:
+            cfg.optim.steps = steps
+        t = Trainer(cfg)
+    except PerceiveError as exc:
+        console.print(f"[red]error[/]: {exc}", markup=False)
+        raise typer.Exit(1) from None
+    if t.skipped:
+        console.print(f"[yellow]{len(t.skipped)} dataset item(s) skipped[/]: " + "; ".join(t.skipped[:5]))
+    history = t.train(resume)
+    out = t.save_model()
+    evals = [h for h in history if "eval" in h]
+    if evals:
+        console.print(json.dumps(evals[-1], indent=1), markup=False)
+    console.print(f"model written to {out}")

@@ -1,0 +1,1 @@
+"""Datasets in the paper's layout, and the number-card task generator."""

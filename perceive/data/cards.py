@@ -1,0 +1,142 @@
+"""The number-card task: a white card with a three-digit number on a real photo.
+
+Exact specification (so anyone can generate matching data):
+
+* canvas 448x448 RGB; background: a random square crop (side uniform between half and all of
+  the photo's shorter side) of a real photo, resized to 448x448 (bicubic);
+* a card: white fill, 2 px black outline, width uniform in [40, 64] px, height round(0.6 * width),
+  placed uniformly so that it lies fully inside the canvas;
+* on it a three-digit number (000-999, uniform) in black, Pillow's bundled font
+  ``ImageFont.load_default(size=round(0.55 * card height))``, centred;
+* question "What number is written on the card?", answer the three digits;
+* region-selection items carry the ground-truth grid cells (8x8 on the 448 canvas) as the
+  assistant's region span, then the crop as the next image, then the answer.
+
+Backgrounds: scikit-image's bundled photos, split into a training set and a held-out set that
+training never sees; or any folder of images.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+from perceive.geometry import Box, box_to_grid_cells, grid_cells_to_box
+from perceive.vocabulary import REGION_END, REGION_START, Vocabulary
+
+CANVAS = 448
+GRID = 8
+QUESTION = "What number is written on the card?"
+REGION_PROMPT = "Identify the region that can help you answer the question, and then answer the question."
+REENCODE_PROMPT = "Require additional perception features, and then answer the question."
+# scikit-image photos: the evaluation backgrounds are never used in training
+TRAIN_PHOTOS = ("astronaut", "coffee", "chelsea", "immunohistochemistry", "retina", "hubble_deep_field", "camera",
+                "brick", "grass", "moon")
+EVAL_PHOTOS = ("rocket", "coins", "clock", "gravel")
+
+
+def skimage_photos(names) -> dict[str, Image.Image]:
+    from skimage import data
+
+    return {n: Image.fromarray(getattr(data, n)()).convert("RGB") for n in names}
+
+
+def folder_photos(path: str | Path) -> dict[str, Image.Image]:
+    from perceive.images import as_rgb, load_image
+
+    files = sorted(p for p in Path(path).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp"))
+    if not files:
+        raise FileNotFoundError(f"no images in {path}")
+    return {p.stem: as_rgb(load_image(p)) for p in files}
+
+
+@dataclass
+class Card:
+    number: str
+    box: tuple[int, int, int, int]  # the card, in canvas pixels
+    xs: list[int]  # grid columns the card touches
+    ys: list[int]
+    crop: tuple[int, int, int, int]  # the region the span selects (cells +-1, §1.2)
+    background: str
+
+
+def make_card(rng: random.Random, photos: dict[str, Image.Image]) -> tuple[Image.Image, Card]:
+    name = rng.choice(sorted(photos))
+    photo = photos[name]
+    short = min(photo.size)
+    side = rng.randint((short + 1) // 2, short)
+    x = rng.randint(0, photo.width - side)
+    y = rng.randint(0, photo.height - side)
+    canvas = photo.crop((x, y, x + side, y + side)).resize((CANVAS, CANVAS), Image.Resampling.BICUBIC)
+    w = rng.randint(40, 64)
+    h = round(0.6 * w)
+    x0 = rng.randint(0, CANVAS - w)
+    y0 = rng.randint(0, CANVAS - h)
+    draw = ImageDraw.Draw(canvas)
+    draw.rectangle([x0, y0, x0 + w - 1, y0 + h - 1], fill="white", outline="black", width=2)
+    number = f"{rng.randint(0, 999):03d}"
+    font = ImageFont.load_default(size=round(0.55 * h))
+    draw.text((x0 + w / 2, y0 + h / 2), number, fill="black", font=font, anchor="mm")
+    box = Box(x0, y0, x0 + w, y0 + h)
+    xs, ys = box_to_grid_cells(box, CANVAS, CANVAS, grid=GRID)
+    crop = grid_cells_to_box(set(xs), set(ys), CANVAS, CANVAS, grid=GRID)
+    return canvas, Card(number, box.as_int_tuple(), xs, ys, crop.as_int_tuple(), name)
+
+
+def region_span(card: Card, grid: int = GRID) -> str:
+    """The paper's layout: start, x_min, y_min, x_max, y_max, end."""
+    v = Vocabulary(grid)
+    return REGION_START + v.x(min(card.xs)) + v.y(min(card.ys)) + v.x(max(card.xs)) + v.y(max(card.ys)) + REGION_END
+
+
+def items_for(path: str, card: Card) -> dict[str, dict]:
+    """The dataset items of one image, in the paper's layout (§3.2), one per variant."""
+    crop = ",".join(str(v) for v in card.crop)
+    return {
+        "plain": {"messages": [{"role": "user", "content": f"<image>{QUESTION}"},
+                               {"role": "assistant", "content": card.number}],
+                  "images": [path]},
+        "region": {"messages": [{"role": "user", "content": f"<image>{QUESTION} \n{REGION_PROMPT}"},
+                                {"role": "assistant", "content": region_span(card)},
+                                {"role": "user", "content": "<image>"},
+                                {"role": "assistant", "content": card.number}],
+                   "images": [path, f"{path}_{crop}"]},
+        "reencode": {"messages": [{"role": "user", "content": f"<image>{QUESTION} \n{REENCODE_PROMPT}"},
+                                  {"role": "assistant",
+                                   "content": "<|detection_action_start|><|detection_action|><|detection_action_end|>"},
+                                  {"role": "user", "content": "<detection_image>"},
+                                  {"role": "assistant", "content": card.number}],
+                     "images": [path], "detection_images": [path]},
+    }
+
+
+def generate(out: str | Path, n: int, seed: int = 0, backgrounds: str | Path | None = None,
+             split: str = "train", progress=None) -> Path:
+    """Write ``n`` card images and the datasets ``plain.json``, ``region.json``, ``reencode.json``
+    and ``cards.json`` (ground truth: number, card box, cells, crop) into ``out``."""
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    photos = folder_photos(backgrounds) if backgrounds else skimage_photos(
+        TRAIN_PHOTOS if split == "train" else EVAL_PHOTOS)
+    rng = random.Random(seed)
+    sets: dict[str, list] = {"plain": [], "region": [], "reencode": []}
+    cards = []
+    for i in range(n):
+        img, card = make_card(rng, photos)
+        rel = f"images/{i:06d}.png"
+        img.save(out / rel)
+        for k, item in items_for(rel, card).items():
+            sets[k].append(item)
+        cards.append(asdict(card))
+        if progress:
+            progress(i + 1)
+    for k, items in sets.items():
+        (out / f"{k}.json").write_text(json.dumps(items, indent=1))
+    meta = {"n": n, "seed": seed, "canvas": CANVAS, "grid": GRID, "split": split,
+            "backgrounds": str(backgrounds) if backgrounds else sorted(photos)}
+    (out / "cards.json").write_text(json.dumps({"meta": meta, "cards": cards}, indent=1))
+    return out

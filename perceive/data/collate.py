@@ -1,0 +1,173 @@
+"""From conversations to model inputs.
+
+Each turn is rendered with the model's own chat template; user-turn placeholders become image
+blocks (``<image>``: the Qwen2-VL vision pads, one per merged patch; ``<detection_image>`` and
+friends: the family's feature pads, as the paper's data plugin expands them, §1.5). Labels follow
+the paper (§2.8): every assistant turn is supervised (its content and ``<|im_end|>``), everything
+else is -100, and the middle action token of each re-encode family is never a target.
+M-RoPE positions are computed as at inference, so training and generation agree (the reference
+trains with 1-D positions, §2.6; ``positions="sequential"`` reproduces that).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from perceive.data.dataset import Example
+from perceive.loop.positions import sequence_positions
+from perceive.model.vpt import IGNORE_INDEX
+
+_EXTRA = {"<detection_image>": ("dino", "detection_images"), "<seg_image>": ("sam", "seg_images"),
+          "<clip_image>": ("native", "clip_images")}
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+    positions: torch.Tensor  # (3, L)
+    pixel_values: torch.Tensor | None
+    image_grid_thw: torch.Tensor | None
+    extra: dict[str, Any]
+
+
+class Collator:
+    """Encode examples for a :class:`~perceive.model.vpt.VPTModel` (its tokenizer, processors and
+    config). ``view_processor`` processes every image after the first (crops), default the same."""
+
+    def __init__(self, model, positions: str = "mrope", max_length: int | None = None):
+        self.model = model
+        self.tok = model.tokenizer
+        self.cfg = model.config
+        self.proc = model.image_processor
+        self.view_proc = getattr(model, "view_image_processor", None) or self.proc
+        self.merge = model.spatial_merge_size
+        self.positions = positions
+        self.max_length = max_length
+        self.image_pad = self.tok.convert_ids_to_tokens(self.cfg.special.image_pad)
+        self.vs = self.tok.convert_ids_to_tokens(self.cfg.special.vision_start)
+        self.ve = self.tok.convert_ids_to_tokens(self.cfg.special.vision_end)
+
+    def _render(self, messages) -> str:
+        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+
+    def encode(self, ex: Example) -> Encoded:
+        images = list(ex.images.get("images", []))
+        pix, grids = [], []
+        extra: dict[str, list] = {}
+        counters = {k: 0 for k in ("images", *(v[1] for v in _EXTRA.values()))}
+
+        def expand(text: str) -> str:
+            out, i = [], 0
+            while i < len(text):
+                if text.startswith("<image>", i):
+                    img = images[counters["images"]]
+                    proc = self.proc if counters["images"] == 0 else self.view_proc
+                    counters["images"] += 1
+                    inputs = proc(images=[img], return_tensors="pt")
+                    pix.append(inputs["pixel_values"])
+                    grids.append(inputs["image_grid_thw"][0])
+                    n = int(inputs["image_grid_thw"][0].prod()) // self.merge**2
+                    out.append(self.vs + self.image_pad * n + self.ve)
+                    i += len("<image>")
+                    continue
+                for ph, (action, key) in _EXTRA.items():
+                    if text.startswith(ph, i):
+                        out.append(self._extra_block(action, key, ex, counters, extra))
+                        i += len(ph)
+                        break
+                else:
+                    out.append(text[i])
+                    i += 1
+            return "".join(out)
+
+        msgs = [{"role": m["role"], "content": expand(m["content"]) if m["role"] == "user" else m["content"]}
+                for m in ex.messages]
+        ids: list[int] = []
+        labels: list[int] = []
+        prev = ""
+        for k in range(len(msgs)):
+            text = self._render(msgs[: k + 1])
+            piece = text[len(prev):] if text.startswith(prev) else text
+            prev = text
+            if msgs[k]["role"] != "assistant":
+                t = self.tok.encode(piece, add_special_tokens=False)
+                ids += t
+                labels += [IGNORE_INDEX] * len(t)
+                continue
+            content = msgs[k]["content"]
+            at = piece.index(content) if content else piece.index("<|im_end|>")
+            head, body, tail = piece[:at], piece[at:at + len(content)], piece[at + len(content):]
+            h = self.tok.encode(head, add_special_tokens=False)
+            b = self.tok.encode(body, add_special_tokens=False)
+            t = self.tok.encode(tail, add_special_tokens=False)
+            ids += h + b + t
+            # the content and the <|im_end|> that closes it are targets
+            sup_tail = [t[0]] + [IGNORE_INDEX] * (len(t) - 1) if t else []
+            labels += [IGNORE_INDEX] * len(h) + b + sup_tail
+        for branch in self.cfg.branches.values():
+            labels = [IGNORE_INDEX if i == branch.action_id else lab for i, lab in zip(ids, labels, strict=True)]
+        if self.positions == "mrope":
+            pos, _ = sequence_positions(ids, self.cfg.special.image_pad, [g.tolist() for g in grids], self.merge)
+        else:
+            pos = torch.arange(len(ids)).expand(3, -1).clone()
+        if self.max_length and len(ids) > self.max_length:
+            raise ValueError(f"item {ex.index}: {len(ids)} tokens exceed max_length {self.max_length}")
+        return Encoded(ids, labels, pos, torch.cat(pix) if pix else None,
+                       torch.stack(grids) if grids else None, extra)
+
+    def _extra_block(self, action: str, key: str, ex: Example, counters: dict, extra: dict) -> str:
+        branch = self.cfg.branches.get(action)
+        if branch is None:
+            raise ValueError(f"item {ex.index}: a {key} placeholder but the model has no {action} branch")
+        img = ex.images[key][counters[key]]
+        counters[key] += 1
+        pad = self.tok.convert_ids_to_tokens(branch.pad_id)
+        if action == "dino":
+            from perceive_dino.encoder import dinov2_processor
+
+            t = dinov2_processor(branch.image_size or 224)(images=img, return_tensors="pt")["pixel_values"]
+            extra.setdefault("detection_images", []).append(t)
+            n = (t.shape[-1] // 14) ** 2
+        elif action == "sam":
+            from transformers import SamImageProcessorPil
+
+            size = branch.image_size or 1024
+            proc = SamImageProcessorPil(size={"longest_edge": size}, pad_size={"height": size, "width": size})
+            extra.setdefault("seg_images", []).append(proc(images=img, return_tensors="pt")["pixel_values"])
+            n = 256
+        else:
+            inputs = self.view_proc(images=[img], return_tensors="pt")
+            extra.setdefault("clip_pixel_values", []).append(inputs["pixel_values"])
+            extra.setdefault("clip_images_grid_thw", []).append(inputs["image_grid_thw"])
+            n = int(inputs["image_grid_thw"][0].prod()) // self.merge**2
+        return self.vs + pad * n + self.ve
+
+    def __call__(self, examples: list[Example]) -> dict[str, torch.Tensor]:
+        enc = [self.encode(e) for e in examples]
+        L = max(len(e.input_ids) for e in enc)
+        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+        B = len(enc)
+        input_ids = torch.full((B, L), pad, dtype=torch.long)
+        labels = torch.full((B, L), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros(B, L, dtype=torch.long)
+        positions = torch.zeros(3, B, L, dtype=torch.long)
+        for i, e in enumerate(enc):
+            n = len(e.input_ids)
+            input_ids[i, :n] = torch.tensor(e.input_ids)
+            labels[i, :n] = torch.tensor(e.labels)
+            mask[i, :n] = 1
+            positions[:, i, :n] = e.positions
+        batch = {"input_ids": input_ids, "labels": labels, "attention_mask": mask, "position_ids": positions}
+        pv = [e.pixel_values for e in enc if e.pixel_values is not None]
+        if pv:
+            batch["pixel_values"] = torch.cat(pv)
+            batch["image_grid_thw"] = torch.cat([e.image_grid_thw for e in enc if e.image_grid_thw is not None])
+        for key in ("detection_images", "seg_images", "clip_pixel_values", "clip_images_grid_thw"):
+            parts = [t for e in enc for t in e.extra.get(key, [])]
+            if parts:
+                batch[key] = torch.cat(parts)
+        return batch

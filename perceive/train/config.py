@@ -1,0 +1,104 @@
+"""Training config (YAML), validated like every perceive config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from perceive.config import format_validation_error, load_yaml
+from perceive.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TinyModel(_Strict):
+    """A from-scratch Qwen2-VL-architecture model (no pretrained weights needed)."""
+
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 4
+    kv_heads: int = 2
+    vision_depth: int = 2
+    vision_dim: int = 32
+    vision_heads: int = 2
+    branches: list[Literal["dino", "sam", "native"]] = Field(default_factory=list)
+    image_max_pixels: int = 112 * 112  # the full image
+    view_max_pixels: int = 112 * 112  # crops and other views
+    seed: int = 0
+
+
+class ModelSource(_Strict):
+    path: Path | None = None  # a local checkpoint to start from
+    tiny: TinyModel | None = None  # or build one
+
+
+class DataConfig(_Strict):
+    train: Path
+    eval: Path | None = None
+    policy: Literal["skip", "reject"] = "skip"
+    max_eval_samples: int = 200
+
+
+class OptimConfig(_Strict):
+    steps: int = Field(100, ge=1)
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    max_grad_norm: float = 1.0
+    seed: int = 0
+
+
+class LoraConfig(_Strict):
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+class TrainConfig(_Strict):
+    """``stage``: ``alignment`` trains only the projectors with one pass; ``instruct`` runs the
+    two-pass forward with the paragraph mask. ``freeze`` lists module-name prefixes kept fixed
+    (``base.model.visual``, ``branches.dino.encoder``, ...); ``trainable`` (if set) lists the only
+    prefixes that train."""
+
+    model: ModelSource
+    data: DataConfig
+    stage: Literal["alignment", "instruct"] = "instruct"
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    freeze: list[str] = Field(default_factory=list)
+    trainable: list[str] | None = None
+    lora: LoraConfig | None = None
+    para_mask_id: Literal[0, 1, 2] = 1
+    para_mask_ratio: float = 0.5
+    positions: Literal["mrope", "sequential"] = "mrope"
+    precision: Literal["auto", "no", "bf16"] = "auto"
+    output: Path = Path("runs/train")
+    log_every: int = 10
+    eval_every: int = 0  # 0: only at the end
+    save_every: int = 0  # 0: only at the end
+    num_workers: int = 0
+
+
+def load_train_config(path: str | Path, **overrides: Any) -> TrainConfig:
+    data = load_yaml(path) or {}
+    try:
+        cfg = TrainConfig.model_validate({**data, **overrides})
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, str(path), data, TrainConfig)) from None
+    base = Path(path).parent
+    for attr in ("train", "eval"):
+        p = getattr(cfg.data, attr)
+        if p is not None and not p.is_absolute():
+            setattr(cfg.data, attr, base / p)
+    if cfg.model.path and not cfg.model.path.is_absolute():
+        cfg.model.path = base / cfg.model.path
+    if not cfg.output.is_absolute():
+        cfg.output = base / cfg.output
+    return cfg

@@ -1,0 +1,158 @@
+"""Data layout checks, the card generator, and the trainer (including exact resume)."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from perceive.data.cards import CANVAS, generate
+from perceive.data.collate import Collator
+from perceive.data.dataset import DatasetError, VPTDataset, split_crop
+from perceive.model.vpt import IGNORE_INDEX
+from perceive.testing.tiny import tiny_vpt_model
+from perceive.train import TrainConfig, Trainer
+
+
+@pytest.fixture(scope="module")
+def cards(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("cards"), 12, seed=7)
+
+
+def test_cards_follow_the_spec(cards):
+    meta = json.loads((cards / "cards.json").read_text())
+    for i, c in enumerate(meta["cards"]):
+        img = Image.open(cards / f"images/{i:06d}.png")
+        assert img.size == (CANVAS, CANVAS) and img.mode == "RGB"
+        x0, y0, x1, y1 = c["box"]
+        w, h = x1 - x0, y1 - y0
+        assert 40 <= w <= 64 and h == round(0.6 * w) and 0 <= x0 and x1 <= CANVAS and y1 <= CANVAS
+        assert len(c["number"]) == 3 and c["number"].isdigit()
+        assert img.getpixel((x0, y0)) == (0, 0, 0) and img.getpixel((x0 + 3, y0 + 3)) == (255, 255, 255)
+        cx0, cy0, cx1, cy1 = c["crop"]  # the selected region holds the whole card
+        assert cx0 <= x0 and cy0 <= y0 and x1 <= cx1 and y1 <= cy1
+    assert meta["meta"]["backgrounds"][0] in ("astronaut", "brick", "camera")  # training photos only
+    region = json.loads((cards / "region.json").read_text())
+    assert region[0]["messages"][1]["content"].startswith("<|region_token_start|><|x_")
+    assert split_crop(region[0]["images"][1]) == ("images/000000.png", tuple(meta["cards"][0]["crop"]))
+
+
+def test_eval_backgrounds_are_held_out(tmp_path):
+    from perceive.data.cards import EVAL_PHOTOS, TRAIN_PHOTOS
+
+    assert not set(EVAL_PHOTOS) & set(TRAIN_PHOTOS)
+    generate(tmp_path, 3, seed=1, split="eval")
+    meta = json.loads((tmp_path / "cards.json").read_text())
+    assert {c["background"] for c in meta["cards"]} <= set(EVAL_PHOTOS)
+
+
+def test_generation_is_reproducible(tmp_path):
+    a, b = generate(tmp_path / "a", 3, seed=5), generate(tmp_path / "b", 3, seed=5)
+    assert (a / "region.json").read_text() == (b / "region.json").read_text()
+    assert (a / "images/000002.png").read_bytes() == (b / "images/000002.png").read_bytes()
+
+
+def test_bad_items_are_reported_with_their_index(cards, tmp_path):
+    items = json.loads((cards / "region.json").read_text())[:3]
+    items[0]["messages"][1]["content"] = "<|region_token_start|><|x_0|><|y_0|><|x_8|><|y_6|><|region_token_end|>"
+    items[1]["images"] = items[1]["images"][:1]  # a placeholder without its image
+    items[2]["images"][0] = "images/nope.png"
+    for it in items:
+        it["images"] = [str(cards / p) if not p.startswith("/") else p for p in it["images"]]
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(items + json.loads((cards / "plain.json").read_text())[:2]))
+    ds = VPTDataset(path, root=cards)
+    msgs = [str(i) for i in ds.issues]
+    assert any(m.startswith("item 0:") and "<|x_8|>" in m for m in msgs)
+    assert any(m.startswith("item 1:") and "2 <image> placeholder(s) but 1 entries" in m for m in msgs)
+    assert any(m.startswith("item 2:") and "missing file" in m for m in msgs)
+    assert len(ds) == 2
+    with pytest.raises(DatasetError, match="3 problem"):
+        VPTDataset(path, root=cards, policy="reject")
+
+
+def test_labels_supervise_assistant_turns_and_mask_the_action_token(cards):
+    model = tiny_vpt_model(branches=("dino",))
+    col = Collator(model)
+    tok = model.tokenizer
+    region = VPTDataset(cards / "region.json")[0]
+    e = col.encode(region)
+    supervised = tok.decode([i for i, lab in zip(e.input_ids, e.labels, strict=True) if lab != IGNORE_INDEX])
+    assert supervised == region_span_text(region) + "<|im_end|>" + region.answer + "<|im_end|>"
+    assert e.image_grid_thw.shape[0] == 2  # the image and the crop
+    re = col.encode(VPTDataset(cards / "reencode.json")[0])
+    sup = tok.decode([i for i, lab in zip(re.input_ids, re.labels, strict=True) if lab != IGNORE_INDEX])
+    assert "<|detection_action|>" not in sup and sup.startswith("<|detection_action_start|><|detection_action_end|>")
+    assert re.input_ids.count(model.config.branches["dino"].pad_id) == 256
+
+
+def region_span_text(ex):
+    return ex.messages[1]["content"]
+
+
+def config(cards, tmp_path, steps, **kw):
+    return TrainConfig.model_validate({
+        "model": {"tiny": {"hidden": 32, "layers": 1, "heads": 2, "kv_heads": 1, "vision_depth": 1,
+                           "vision_dim": 16, "branches": []}},
+        "data": {"train": str(cards / "region.json"), "eval": str(cards / "region.json"), "max_eval_samples": 4},
+        "optim": {"steps": steps, "batch_size": 2, "lr": 3e-3, "seed": 11},
+        "output": str(tmp_path), **kw})
+
+
+def test_resume_is_exact(cards, tmp_path):
+    full = Trainer(config(cards, tmp_path / "full", 6), progress=False)
+    full.train()
+    part = Trainer(config(cards, tmp_path / "part", 6, save_every=3), progress=False)
+    part.train(until=3)  # interrupted after step 3
+    resumed = Trainer(config(cards, tmp_path / "part", 6), progress=False)
+    resumed.train(resume=tmp_path / "part" / "checkpoint-3")
+    a = [h["loss"] for h in full.history if "loss" in h]
+    b = [h["loss"] for h in resumed.history if "loss" in h]
+    assert len(a) == len(b) == 6
+    assert a == b  # bit for bit
+    for (n, p), q in zip(full.model.named_parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(p, q), n
+
+
+def test_alignment_trains_only_the_projector(cards, tmp_path):
+    cfg = config(cards, tmp_path, 1, stage="alignment")
+    cfg.model.tiny.branches = ["dino"]
+    cfg.data.train = cards / "reencode.json"
+    cfg.data.eval = None
+    t = Trainer(cfg, progress=False)
+    trainable = {n for n, p in t.model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("branches.dino.projector") for n in trainable)
+    before = {n: p.detach().clone() for n, p in t.model.named_parameters()}
+    t.train()
+    changed = {n for n, p in t.model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and changed <= trainable
+
+
+def test_lora_option_and_plain_save(cards, tmp_path):
+    from perceive.model import load_model
+
+    cfg = config(cards, tmp_path, 2, lora={"r": 4, "alpha": 8})
+    t = Trainer(cfg, progress=False)
+    names = [n for n, p in t.model.named_parameters() if p.requires_grad]
+    assert any("lora_A" in n for n in names) and not any(
+        n.startswith("base.model.language_model") and "lora_" not in n for n in names)
+    t.train()
+    out = t.save_model(tmp_path / "merged")
+    again = load_model(out)  # a plain checkpoint again: no adapter keys
+    assert not any("lora" in k for k in again.state_dict())
+
+
+def test_train_cli(cards, tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "c.yaml").write_text(f"""
+model: {{tiny: {{hidden: 32, layers: 1, heads: 2, kv_heads: 1, vision_depth: 1, vision_dim: 16}}}}
+data: {{train: {cards / 'plain.json'}, eval: {cards / 'plain.json'}, max_eval_samples: 2}}
+optim: {{steps: 2, batch_size: 2}}
+output: {tmp_path / 'run'}
+""")
+    out = subprocess.run([sys.executable, "-m", "perceive", "train", str(tmp_path / "c.yaml")], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert (tmp_path / "run/model/perceive.json").exists() and "token_accuracy" in out.stdout
