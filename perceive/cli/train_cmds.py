@@ -67,3 +67,55 @@ def train(config: Path = typer.Argument(..., help="Training config (YAML)."),
     if evals:
         console.print(json.dumps(evals[-1], indent=1), markup=False)
     console.print(f"model written to {out}")
+
+
+eval_app = typer.Typer(help="Evaluate models and graphs; compare runs.", invoke_without_command=True)
+
+
+@eval_app.callback()
+def eval_(ctx: typer.Context,
+          config: Path = typer.Argument(None, help="Eval config (YAML); or use --model and --data."),
+          model: Path = typer.Option(None, "--model"), data: Path = typer.Option(None, "--data"),
+          graph: str = typer.Option(None, "--graph"), out: Path = typer.Option(None, "--out"),
+          max_samples: int = typer.Option(None, "--max-samples"),
+          max_new_tokens: int = typer.Option(None, "--max-new-tokens")) -> None:
+    """Run a model with a graph over a dataset: exact match, ANLS, relaxed accuracy, optional LLM
+    judge, per-hop telemetry. Writes eval.json and eval.md."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from perceive.errors import PerceiveError
+    from perceive.eval.runner import EvalConfig, evaluate, load_eval_config, markdown
+
+    overrides = {"model": model, "data": data, "graph": graph, "output": out, "max_samples": max_samples,
+                 "max_new_tokens": max_new_tokens}
+    try:
+        if config is not None:
+            cfg = load_eval_config(config, **overrides)
+        else:
+            if model is None or data is None:
+                console.print("[red]error[/]: give a config file, or --model and --data")
+                raise typer.Exit(2)
+            cfg = EvalConfig.model_validate({k: v for k, v in overrides.items() if v is not None})
+        result = evaluate(cfg)
+    except PerceiveError as exc:
+        console.print(f"[red]error[/]: {exc}", markup=False)
+        raise typer.Exit(1) from None
+    typer.echo(markdown([result]))
+    if cfg.output:
+        console.print(f"wrote {cfg.output / 'eval.json'} and eval.md")
+
+
+@eval_app.command("compare")
+def compare(runs: list[Path] = typer.Argument(..., help="eval.json files (or their folders)."),
+            out: Path = typer.Option(None, "--out", help="Write the table here (markdown).")) -> None:
+    """Put several runs side by side."""
+    from perceive.eval.runner import markdown
+
+    results = []
+    for r in runs:
+        p = r / "eval.json" if r.is_dir() else r
+        results.append(json.loads(p.read_text()))
+    table = markdown(results)
+    typer.echo(table)
+    if out:
+        out.write_text(table)
