@@ -17,7 +17,8 @@ def cards(n: int = typer.Option(..., "--n", min=1, help="Number of images."),
           out: Path = typer.Option(..., "--out", help="Output folder."),
           seed: int = typer.Option(0, "--seed"),
           backgrounds: Path = typer.Option(None, "--backgrounds", help="Folder of background photos."),
-          split: str = typer.Option("train", "--split", help="scikit-image photo set: train or eval (held out).")
+          split: str = typer.Option("train", "--split", help="scikit-image photo set: train or eval (held out)."),
+          fmt: str = typer.Option("png", "--format", help="png (lossless) or jpg (smaller, for large sets).")
           ) -> None:
     """Write the number-card task in the paper's dataset layout (plain, region, reencode)."""
     from rich.progress import Progress
@@ -26,7 +27,7 @@ def cards(n: int = typer.Option(..., "--n", min=1, help="Number of images."),
 
     with Progress() as bar:
         task = bar.add_task("cards", total=n)
-        generate(out, n, seed=seed, backgrounds=backgrounds, split=split,
+        generate(out, n, seed=seed, backgrounds=backgrounds, split=split, fmt=fmt,
                  progress=lambda k: bar.update(task, completed=k))
     console.print(f"wrote {n} images and plain.json, region.json, reencode.json, cards.json to {out}")
 

@@ -115,7 +115,7 @@ def items_for(path: str, card: Card) -> dict[str, dict]:
 
 
 def generate(out: str | Path, n: int, seed: int = 0, backgrounds: str | Path | None = None,
-             split: str = "train", progress=None) -> Path:
+             split: str = "train", progress=None, fmt: str = "png") -> Path:
     """Write ``n`` card images and the datasets ``plain.json``, ``region.json``, ``reencode.json``
     and ``cards.json`` (ground truth: number, card box, cells, crop) into ``out``."""
     out = Path(out)
@@ -127,8 +127,9 @@ def generate(out: str | Path, n: int, seed: int = 0, backgrounds: str | Path | N
     cards = []
     for i in range(n):
         img, card = make_card(rng, photos)
-        rel = f"images/{i:06d}.png"
-        img.save(out / rel)
+        rel = f"images/{i:06d}.{fmt}"
+        # fast PNG compression; JPEG (quality 95) for training-scale sets, 4x smaller
+        img.save(out / rel, **({"compress_level": 1} if fmt == "png" else {"quality": 95}))
         for k, item in items_for(rel, card).items():
             sets[k].append(item)
         cards.append(asdict(card))

@@ -178,6 +178,9 @@ class VPTModel(nn.Module):
             p0 = self.project(action, f, None, sizes)
             out.projected[action] = (p0, None)
             first = _scatter(first, input_ids == cfg.branches[action].pad_id, p0)
+        has_action = any(bool((input_ids == b.action_id).any()) for b in cfg.branches.values())
+        if run == 2 and not has_action and not feats:
+            run = 1  # nothing to condition: the second pass would repeat the first exactly (§6.2 #7)
         if run == 1:
             hidden = self.lm(first, position_ids, attention_mask).last_hidden_state
         else:

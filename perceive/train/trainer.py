@@ -53,7 +53,8 @@ def build_model(cfg: TrainConfig):
         text_config=dict(vocab_size=vocab, hidden_size=t.hidden, intermediate_size=2 * t.hidden,
                          num_hidden_layers=t.layers, num_attention_heads=t.heads, num_key_value_heads=t.kv_heads,
                          max_position_embeddings=4096, rope_scaling={"type": "mrope", "mrope_section": mrope},
-                         rope_theta=10000.0),
+                         rope_theta=10000.0, bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"),
+                         pad_token_id=ids("<|endoftext|>")),
         vision_config=dict(depth=t.vision_depth, embed_dim=t.vision_dim, hidden_size=t.hidden,
                            num_heads=t.vision_heads),
         image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
@@ -82,8 +83,15 @@ def perception_ids(model) -> dict[int, str]:
     return out
 
 
-def token_accuracy(logits: torch.Tensor, labels: torch.Tensor, ids: dict[int, str]) -> dict[str, list[int]]:
-    """Correct/total counts: overall, over perception tokens, and per perception token."""
+def digit_ids(model) -> set[int]:
+    tok = model.tokenizer
+    return {i for i in (tok.convert_tokens_to_ids(str(d)) for d in range(10)) if i is not None}
+
+
+def token_accuracy(logits: torch.Tensor, labels: torch.Tensor, ids: dict[int, str],
+                   digits: set[int] = frozenset()) -> dict[str, list[int]]:
+    """Correct/total counts: overall, over perception tokens, per perception token, and over digit
+    targets (the number-card answers)."""
     pred = logits[:, :-1].argmax(-1)
     tgt = labels[:, 1:]
     valid = tgt != IGNORE_INDEX
@@ -95,6 +103,11 @@ def token_accuracy(logits: torch.Tensor, labels: torch.Tensor, ids: dict[int, st
             counts[name] = [int((pred == tgt)[m].sum()), int(m.sum())]
             pmask |= m
     counts["perception"] = [int((pred == tgt)[pmask].sum()), int(pmask.sum())]
+    if digits:
+        dmask = torch.zeros_like(valid)
+        for i in digits:
+            dmask |= tgt == i
+        counts["digits"] = [int((pred == tgt)[dmask].sum()), int(dmask.sum())]
     return counts
 
 
@@ -225,6 +238,7 @@ class Trainer:
     def evaluate(self) -> dict:
         self.model.eval()
         ids = perception_ids(self.acc.unwrap_model(self.model))
+        digits = digit_ids(self.acc.unwrap_model(self.model))
         counts: dict[str, list[int]] = {}
         losses = []
         n = min(len(self.eval_ds), self.cfg.data.max_eval_samples)
@@ -234,7 +248,7 @@ class Trainer:
             out = self.model(**batch, num_inner_forward_run=1 if self.cfg.stage == "alignment" else 2,
                              para_mask_id=0)
             losses.append(out.loss.item())
-            for k, (c, t) in token_accuracy(out.logits, batch["labels"], ids).items():
+            for k, (c, t) in token_accuracy(out.logits, batch["labels"], ids, digits).items():
                 counts.setdefault(k, [0, 0])
                 counts[k][0] += c
                 counts[k][1] += t
