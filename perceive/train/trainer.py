@@ -224,6 +224,8 @@ class Trainer:
                        "seconds": time.perf_counter() - t0}
                 self.history.append(rec)
                 bar.update(task, completed=self.step, loss=f"{total:.4f}")
+                if cfg.log_every and self.step % cfg.log_every == 0:
+                    self.write_log()  # headless runs can be watched through history.json
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and self.eval_ds is not None:
                     self.history.append({"step": self.step, "eval": self.evaluate()})
                 if cfg.save_every and self.step % cfg.save_every == 0:
