@@ -51,3 +51,18 @@ def fake_site(tmp_path, monkeypatch):
     yield site
     for mod in [m for m, v in sys.modules.items() if str(site) in str(getattr(v, "__file__", ""))]:
         del sys.modules[mod]
+
+
+@pytest.fixture(scope="module")
+def model():
+    """A tiny random-weight VPT model with every branch (module-scoped: build it once)."""
+    from perceive.testing.tiny import tiny_vpt_model
+
+    return tiny_vpt_model()
+
+
+@pytest.fixture(scope="module")
+def photo():
+    from perceive.testing.images import real_photos
+
+    return real_photos()["astronaut"]

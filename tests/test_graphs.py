@@ -29,16 +29,6 @@ SCRIPTS = {"free_choice": R1 + DINO, "region_then_answer": R1, "reencode_then_an
            "iterative_zoom": R1 + R2, "tiles_then_answer": ""}
 
 
-@pytest.fixture(scope="module")
-def model():
-    return tiny_vpt_model()
-
-
-@pytest.fixture(scope="module")
-def photo():
-    return real_photos()["astronaut"]
-
-
 def run(model, graph, scripts, items, **opts):
     opts.setdefault("max_new_tokens", 40)
     tok = model.tokenizer

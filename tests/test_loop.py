@@ -22,16 +22,6 @@ SAM = "<|seg_action_start|>"
 NATIVE = "<|clip_action_start|>"
 
 
-@pytest.fixture(scope="module")
-def model():
-    return tiny_vpt_model()
-
-
-@pytest.fixture(scope="module")
-def photo():
-    return real_photos()["astronaut"]
-
-
 def make_loop(model, scripts, registry=None, **opts):
     opts.setdefault("max_new_tokens", 24)
     tok = model.tokenizer

@@ -79,49 +79,47 @@ def load_official(net: torch.nn.Module, path: str) -> None:
     load_strict(net, enc, path)
 
 
-_HF_TO_SAM = [
-    (r"^patch_embed\.projection\.", "patch_embed.proj."),
-    (r"^layers\.(\d+)\.layer_norm1\.", r"blocks.\1.norm1."),
-    (r"^layers\.(\d+)\.layer_norm2\.", r"blocks.\1.norm2."),
-    (r"^layers\.(\d+)\.", r"blocks.\1."),
-    (r"^neck\.conv1\.", "neck.0."),
-    (r"^neck\.layer_norm1\.", "neck.1."),
-    (r"^neck\.conv2\.", "neck.2."),
-    (r"^neck\.layer_norm2\.", "neck.3."),
+# transformers SamVisionEncoder prefix -> segment_anything ImageEncoderViT prefix
+_LAYOUT = [
+    (r"patch_embed\.projection\.", "patch_embed.proj."),
+    (r"layers\.(\d+)\.layer_norm1\.", r"blocks.\1.norm1."),
+    (r"layers\.(\d+)\.layer_norm2\.", r"blocks.\1.norm2."),
+    (r"layers\.(\d+)\.", r"blocks.\1."),
+    (r"neck\.conv1\.", "neck.0."),
+    (r"neck\.layer_norm1\.", "neck.1."),
+    (r"neck\.conv2\.", "neck.2."),
+    (r"neck\.layer_norm2\.", "neck.3."),
 ]
+_INVERSE = [
+    (r"patch_embed\.proj\.", "patch_embed.projection."),
+    (r"blocks\.(\d+)\.norm1\.", r"layers.\1.layer_norm1."),
+    (r"blocks\.(\d+)\.norm2\.", r"layers.\1.layer_norm2."),
+    (r"blocks\.(\d+)\.", r"layers.\1."),
+    (r"neck\.0\.", "neck.conv1."),
+    (r"neck\.1\.", "neck.layer_norm1."),
+    (r"neck\.2\.", "neck.conv2."),
+    (r"neck\.3\.", "neck.layer_norm2."),
+]
+
+
+def _rename(state: dict[str, torch.Tensor], rules) -> dict[str, torch.Tensor]:
+    """Apply the first matching prefix rule to every key."""
+    out = {}
+    for k, v in state.items():
+        for pat, rep in rules:
+            new = re.sub("^" + pat, rep, k)
+            if new != k:
+                k = new
+                break
+        out[k] = v
+    return out
 
 
 def from_transformers_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """transformers ``SamVisionEncoder`` keys -> ``segment_anything`` ``ImageEncoderViT`` keys."""
-    out = {}
-    for k, v in state.items():
-        for pat, rep in _HF_TO_SAM:
-            new = re.sub(pat, rep, k)
-            if new != k:
-                k = new
-                break
-        out[k] = v
-    return out
+    return _rename(state, _LAYOUT)
 
 
 def to_transformers_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The inverse of :func:`from_transformers_layout` (for writing paper-format checkpoints)."""
-    inverse = [
-        (r"^patch_embed\.proj\.", "patch_embed.projection."),
-        (r"^blocks\.(\d+)\.norm1\.", r"layers.\1.layer_norm1."),
-        (r"^blocks\.(\d+)\.norm2\.", r"layers.\1.layer_norm2."),
-        (r"^blocks\.(\d+)\.", r"layers.\1."),
-        (r"^neck\.0\.", "neck.conv1."),
-        (r"^neck\.1\.", "neck.layer_norm1."),
-        (r"^neck\.2\.", "neck.conv2."),
-        (r"^neck\.3\.", "neck.layer_norm2."),
-    ]
-    out = {}
-    for k, v in state.items():
-        for pat, rep in inverse:
-            new = re.sub(pat, rep, k)
-            if new != k:
-                k = new
-                break
-        out[k] = v
-    return out
+    return _rename(state, _INVERSE)
