@@ -35,6 +35,12 @@ def test_cards_follow_the_spec(cards):
     region = json.loads((cards / "region.json").read_text())
     assert region[0]["messages"][1]["content"].startswith("<|region_token_start|><|x_")
     assert split_crop(region[0]["images"][1]) == ("images/000000.png", tuple(meta["cards"][0]["crop"]))
+    read = json.loads((cards / "read.json").read_text())  # the reading curriculum: the crop alone
+    assert read[0]["images"] == [region[0]["images"][1]] and read[0]["messages"][-1]["content"] == c0(meta)
+
+
+def c0(meta):
+    return meta["cards"][0]["number"]
 
 
 def test_eval_backgrounds_are_held_out(tmp_path):
