@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,7 +98,3 @@ class CorePlugin:
     @hookimpl(trylast=True)
     def perceive_run_action(self, action: Action, call: ActionCall, context: ActionContext):
         return action.run(call, context)
-
-
-def summarise(observation: Sequence | None) -> list[dict]:
-    return [o.summary() for o in observation or ()]

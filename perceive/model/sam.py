@@ -90,18 +90,6 @@ _LAYOUT = [
     (r"neck\.conv2\.", "neck.2."),
     (r"neck\.layer_norm2\.", "neck.3."),
 ]
-_INVERSE = [
-    (r"patch_embed\.proj\.", "patch_embed.projection."),
-    (r"blocks\.(\d+)\.norm1\.", r"layers.\1.layer_norm1."),
-    (r"blocks\.(\d+)\.norm2\.", r"layers.\1.layer_norm2."),
-    (r"blocks\.(\d+)\.", r"layers.\1."),
-    (r"neck\.0\.", "neck.conv1."),
-    (r"neck\.1\.", "neck.layer_norm1."),
-    (r"neck\.2\.", "neck.conv2."),
-    (r"neck\.3\.", "neck.layer_norm2."),
-]
-
-
 def _rename(state: dict[str, torch.Tensor], rules) -> dict[str, torch.Tensor]:
     """Apply the first matching prefix rule to every key."""
     out = {}
@@ -118,8 +106,3 @@ def _rename(state: dict[str, torch.Tensor], rules) -> dict[str, torch.Tensor]:
 def from_transformers_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """transformers ``SamVisionEncoder`` keys -> ``segment_anything`` ``ImageEncoderViT`` keys."""
     return _rename(state, _LAYOUT)
-
-
-def to_transformers_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The inverse of :func:`from_transformers_layout` (for writing paper-format checkpoints)."""
-    return _rename(state, _INVERSE)

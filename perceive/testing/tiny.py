@@ -82,7 +82,6 @@ def tiny_base(tokenizer, base: str = "qwen2_vl", hidden: int = 64, layers: int =
 
 def tiny_vpt_config(tokenizer, base: str = "qwen2_vl", branches=("dino", "sam", "native"), hidden: int = 64,
                     grid: int = 8):
-    from perceive.model.branches import default_encoder_config  # noqa: F401  (documented neighbour)
     from perceive.model.config import (
         ACTION_FAMILY,
         BranchConfig,
