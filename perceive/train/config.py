@@ -28,6 +28,8 @@ class TinyModel(_Strict):
     branches: list[Literal["dino", "sam", "native"]] = Field(default_factory=list)
     image_max_pixels: int = 112 * 112  # the full image
     view_max_pixels: int = 112 * 112  # crops and other views
+    image_min_pixels: int = 28 * 28
+    view_min_pixels: int = 28 * 28  # raise it to upscale small crops (digits span more patches)
     seed: int = 0
 
 

@@ -65,8 +65,8 @@ def build_model(cfg: TrainConfig):
     vcfg = tiny_vpt_config(tok, branches=tuple(t.branches), hidden=t.hidden)
     model = VPTModel(model_cls(bcfg), vcfg)
     model.tokenizer = tok
-    model.image_processor = tiny_image_processor(max_pixels=t.image_max_pixels)
-    model.view_image_processor = tiny_image_processor(max_pixels=t.view_max_pixels)
+    model.image_processor = tiny_image_processor(min_pixels=t.image_min_pixels, max_pixels=t.image_max_pixels)
+    model.view_image_processor = tiny_image_processor(min_pixels=t.view_min_pixels, max_pixels=t.view_max_pixels)
     return model
 
 
