@@ -37,6 +37,8 @@ def test_cards_follow_the_spec(cards):
     assert split_crop(region[0]["images"][1]) == ("images/000000.png", tuple(meta["cards"][0]["crop"]))
     read = json.loads((cards / "read.json").read_text())  # the reading curriculum: the crop alone
     assert read[0]["images"] == [region[0]["images"][1]] and read[0]["messages"][-1]["content"] == c0(meta)
+    card = json.loads((cards / "read_card.json").read_text())[0]
+    assert split_crop(card["images"][0])[1] == tuple(meta["cards"][0]["box"])
 
 
 def c0(meta):

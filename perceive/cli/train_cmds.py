@@ -29,7 +29,7 @@ def cards(n: int = typer.Option(..., "--n", min=1, help="Number of images."),
         task = bar.add_task("cards", total=n)
         generate(out, n, seed=seed, backgrounds=backgrounds, split=split, fmt=fmt,
                  progress=lambda k: bar.update(task, completed=k))
-    console.print(f"wrote {n} images and plain.json, region.json, read.json, reencode.json, cards.json to {out}")
+    console.print(f"wrote {n} images and plain, region, read_card, read, reencode and cards .json to {out}")
 
 
 @data_app.command("check")

@@ -105,7 +105,11 @@ def items_for(path: str, card: Card) -> dict[str, dict]:
                                 {"role": "user", "content": "<image>"},
                                 {"role": "assistant", "content": card.number}],
                    "images": [path, f"{path}_{crop}"]},
-        # curriculum: only the selected region, so reading can be learned before localising
+        # curriculum, easiest first: the card alone, then the selected region; reading can be
+        # learned before localising
+        "read_card": {"messages": [{"role": "user", "content": f"<image>{QUESTION}"},
+                                   {"role": "assistant", "content": card.number}],
+                      "images": [f"{path}_{','.join(str(v) for v in card.box)}"]},
         "read": {"messages": [{"role": "user", "content": f"<image>{QUESTION}"},
                               {"role": "assistant", "content": card.number}],
                  "images": [f"{path}_{crop}"]},
@@ -120,15 +124,15 @@ def items_for(path: str, card: Card) -> dict[str, dict]:
 
 def generate(out: str | Path, n: int, seed: int = 0, backgrounds: str | Path | None = None,
              split: str = "train", progress=None, fmt: str = "png") -> Path:
-    """Write ``n`` card images and the datasets ``plain.json``, ``region.json``, ``read.json`` (the
-    selected crop alone: a reading curriculum), ``reencode.json`` and ``cards.json`` (ground truth:
+    """Write ``n`` card images and the datasets ``plain.json``, ``region.json``, ``read_card.json``
+    and ``read.json`` (the card alone, then the selected crop alone: a reading curriculum), ``reencode.json`` and ``cards.json`` (ground truth:
     number, card box, cells, crop) into ``out``."""
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     photos = folder_photos(backgrounds) if backgrounds else skimage_photos(
         TRAIN_PHOTOS if split == "train" else EVAL_PHOTOS)
     rng = random.Random(seed)
-    sets: dict[str, list] = {"plain": [], "region": [], "read": [], "reencode": []}
+    sets: dict[str, list] = {"plain": [], "region": [], "read_card": [], "read": [], "reencode": []}
     cards = []
     for i in range(n):
         img, card = make_card(rng, photos)
