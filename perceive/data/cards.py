@@ -124,9 +124,9 @@ def items_for(path: str, card: Card) -> dict[str, dict]:
 
 def generate(out: str | Path, n: int, seed: int = 0, backgrounds: str | Path | None = None,
              split: str = "train", progress=None, fmt: str = "png") -> Path:
-    """Write ``n`` card images and the datasets ``plain.json``, ``region.json``, ``read_card.json``
-    and ``read.json`` (the card alone, then the selected crop alone: a reading curriculum), ``reencode.json`` and ``cards.json`` (ground truth:
-    number, card box, cells, crop) into ``out``."""
+    """Write ``n`` card images and the datasets into ``out``: ``plain.json``, ``region.json``,
+    ``read_card.json`` and ``read.json`` (the card alone, then the selected crop alone: a reading
+    curriculum), ``reencode.json``, and ``cards.json`` (ground truth: number, card box, cells, crop)."""
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     photos = folder_photos(backgrounds) if backgrounds else skimage_photos(
