@@ -126,3 +126,22 @@ def test_ask_cli_with_a_model(saved, tmp_path):
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert data["trace"]["generated_tokens"] == 5 and data["trace"]["finish_reason"] == "max_new_tokens"
+
+
+def test_view_processor_round_trips_and_shows_views(tmp_path):
+    from perceive.loop import LoopOptions, PerceptionLoop
+    from perceive.testing.images import real_photos
+    from perceive.testing.scripted import ScriptedPolicy, span_tokens
+    from perceive.testing.tiny import tiny_image_processor
+
+    model = tiny_vpt_model(branches=())
+    model.view_image_processor = tiny_image_processor(min_pixels=224 * 224, max_pixels=224 * 224)
+    again = load_model(save_model(model, tmp_path / "m"))
+    assert again.view_image_processor.size["shortest_edge"] == 224 * 224  # transformers 5: min_pixels
+    assert again.image_processor.size == model.image_processor.size
+    tok = again.tokenizer
+    span = span_tokens(tok, "<|region_token_start|><|x_1|><|y_1|><|region_token_end|>")
+    ans = PerceptionLoop(again, options=LoopOptions(max_new_tokens=8), policy=ScriptedPolicy(tok, {0: span})).ask(
+        real_photos()["coffee"], "What?")
+    # a 225x150 crop shown at ~224x224 px: 8x8 merged tokens, plus the turn's other tokens
+    assert ans.trace.hops[0].prefilled_tokens > 64

@@ -183,6 +183,7 @@ class PerceptionLoop:
         self.tokenizer = model.tokenizer
         self.layout = ChatLayout(self.tokenizer, self.options.system) if self.tokenizer is not None else None
         self.processor = model.image_processor
+        self.view_processor = getattr(model, "view_image_processor", None) or self.processor
         self.merge = model.spatial_merge_size
         self.eos = set(cfg.special.eos) | {cfg.special.im_end}
         self.start_branch = {b.start_id: b for b in cfg.branches.values()}
@@ -340,9 +341,9 @@ class PerceptionLoop:
         s.trace.prompt_tokens = len(ids)
         return s
 
-    def _pixels(self, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
+    def _pixels(self, image: Image.Image, view: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         try:
-            inputs = self.processor(images=[image], return_tensors="pt")
+            inputs = (self.view_processor if view else self.processor)(images=[image], return_tensors="pt")
         except ValueError as exc:  # e.g. an aspect ratio over 200, which Qwen2-VL cannot tile
             raise ObservationError(f"the model's image processor cannot take a {image.width}x{image.height} "
                                    f"image: {exc}", hint="choose a less extreme region") from exc
@@ -550,7 +551,7 @@ class PerceptionLoop:
         """Markup, pixels and grids of views shown as images; records them as the sample's views."""
         blocks, images, grids = [], [], []
         for k, view in enumerate(views):
-            pv, grid = self._pixels(view.image)
+            pv, grid = self._pixels(view.image, view=True)
             n = int(grid.prod()) // self.merge**2
             markup = self.layout.image_markup.replace("<|image_pad|>", "<|image_pad|>" * n, 1)
             blocks.append(markup if len(views) == 1 else f"Region {k}: {markup}\n")  # §1.4

@@ -26,6 +26,7 @@ from perceive.model.config import VPTConfig
 from perceive.model.vpt import VPTModel
 
 CONFIG_FILE = "perceive.json"
+VIEW_PROCESSOR_DIR = "view_processor"  # how crops and other views are shown, when it differs
 WEIGHTS_FILE = "perception.safetensors"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -77,6 +78,8 @@ def save_model(model: VPTModel, path: str | Path) -> Path:
         model.tokenizer.save_pretrained(path)
     if model.image_processor is not None:
         model.image_processor.save_pretrained(path)
+    if getattr(model, "view_image_processor", None) is not None:
+        model.view_image_processor.save_pretrained(path / VIEW_PROCESSOR_DIR)
     (path / CONFIG_FILE).write_text(model.config.model_dump_json(indent=2))
     state = {k: v.detach().contiguous() for k, v in model.branches.state_dict().items()}
     save_file(state, str(path / WEIGHTS_FILE), metadata={"format": "perceive-vpt"})
@@ -94,6 +97,9 @@ def _load_side_files(model: VPTModel, path: Path) -> None:
         model.image_processor = Qwen2VLImageProcessorPil.from_pretrained(str(path), local_files_only=True)
     else:
         model.image_processor = Qwen2VLImageProcessorPil()
+    view = path / VIEW_PROCESSOR_DIR
+    if (view / "preprocessor_config.json").exists():
+        model.view_image_processor = Qwen2VLImageProcessorPil.from_pretrained(str(view), local_files_only=True)
 
 
 def load_model(path: str | Path, *, device: str | None = "cpu", dtype: str | None = None) -> VPTModel:

@@ -53,7 +53,8 @@ class VPTModel(nn.Module):
             }
         self.branches = nn.ModuleDict(branches)
         self.tokenizer = None  # set by the loader when the checkpoint has one
-        self.image_processor = None
+        self.image_processor = None  # the first image
+        self.view_image_processor = None  # crops and other views (None: the same as the first image)
 
     # -- parts of the stock model ---------------------------------------------------------
 
