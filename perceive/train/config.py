@@ -36,6 +36,9 @@ class TinyModel(_Strict):
 class ModelSource(_Strict):
     path: Path | None = None  # a local checkpoint to start from
     tiny: TinyModel | None = None  # or build one
+    #: override the checkpoint's processors (curriculum stages that change resolutions)
+    image_pixels: tuple[int, int] | None = None  # (min, max) for the first image
+    view_pixels: tuple[int, int] | None = None  # (min, max) for crops and other views
 
 
 class DataConfig(_Strict):

@@ -35,7 +35,14 @@ def build_model(cfg: TrainConfig):
     from perceive.model import load_model
 
     if cfg.model.path is not None:
-        return load_model(cfg.model.path, device="cpu", dtype="float32")
+        from perceive.testing.tiny import tiny_image_processor
+
+        model = load_model(cfg.model.path, device="cpu", dtype="float32")
+        if cfg.model.image_pixels:
+            model.image_processor = tiny_image_processor(*cfg.model.image_pixels)
+        if cfg.model.view_pixels:
+            model.view_image_processor = tiny_image_processor(*cfg.model.view_pixels)
+        return model
     from perceive.model.checkpoint import base_classes
     from perceive.model.vpt import VPTModel
     from perceive.testing.tiny import build_tokenizer, tiny_image_processor, tiny_vpt_config
