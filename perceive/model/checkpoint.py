@@ -41,6 +41,13 @@ def base_classes(base: str):
     return Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
 
+def image_processor(min_pixels: int = 28 * 28, max_pixels: int = 112 * 112):
+    """A Qwen2-VL image processor (PIL backend: no torchvision needed) with these pixel bounds."""
+    from transformers import Qwen2VLImageProcessorPil
+
+    return Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels)
+
+
 def resolve_device(device: str | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

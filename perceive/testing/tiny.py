@@ -51,9 +51,9 @@ def build_tokenizer(grid: int = 8, families=("detection", "seg", "clip"), extra_
 
 def tiny_image_processor(min_pixels: int = 28 * 28, max_pixels: int = 112 * 112):
     """A Qwen2-VL image processor (PIL backend) with the given pixel bounds."""
-    from transformers import Qwen2VLImageProcessorPil
+    from perceive.model.checkpoint import image_processor
 
-    return Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels)
+    return image_processor(min_pixels, max_pixels)
 
 
 def tiny_base(tokenizer, base: str = "qwen2_vl", hidden: int = 64, layers: int = 2, seed: int = 0):

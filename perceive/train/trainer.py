@@ -35,17 +35,17 @@ def build_model(cfg: TrainConfig):
     from perceive.model import load_model
 
     if cfg.model.path is not None:
-        from perceive.testing.tiny import tiny_image_processor
+        from perceive.model.checkpoint import image_processor
 
         model = load_model(cfg.model.path, device="cpu", dtype="float32")
         if cfg.model.image_pixels:
-            model.image_processor = tiny_image_processor(*cfg.model.image_pixels)
+            model.image_processor = image_processor(*cfg.model.image_pixels)
         if cfg.model.view_pixels:
-            model.view_image_processor = tiny_image_processor(*cfg.model.view_pixels)
+            model.view_image_processor = image_processor(*cfg.model.view_pixels)
         return model
-    from perceive.model.checkpoint import base_classes
+    from perceive.model.checkpoint import base_classes, image_processor
     from perceive.model.vpt import VPTModel
-    from perceive.testing.tiny import build_tokenizer, tiny_image_processor, tiny_vpt_config
+    from perceive.testing.tiny import build_tokenizer, tiny_vpt_config
     from perceive.train.config import TinyModel
 
     t = cfg.model.tiny or TinyModel()
@@ -72,8 +72,8 @@ def build_model(cfg: TrainConfig):
     vcfg = tiny_vpt_config(tok, branches=tuple(t.branches), hidden=t.hidden)
     model = VPTModel(model_cls(bcfg), vcfg)
     model.tokenizer = tok
-    model.image_processor = tiny_image_processor(min_pixels=t.image_min_pixels, max_pixels=t.image_max_pixels)
-    model.view_image_processor = tiny_image_processor(min_pixels=t.view_min_pixels, max_pixels=t.view_max_pixels)
+    model.image_processor = image_processor(t.image_min_pixels, t.image_max_pixels)
+    model.view_image_processor = image_processor(t.view_min_pixels, t.view_max_pixels)
     return model
 
 
