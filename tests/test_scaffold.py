@@ -71,6 +71,7 @@ def perceive_register_actions():
     assert "[FAIL] run[astronaut]: the action mutated its input image" in out.stdout
     missing = sh(sys.executable, "-m", "perceive", "plugins", "check", "nosuch", env=env)
     assert missing.returncode == 2 and "no perception action named 'nosuch'" in missing.stdout
+    assert missing.stdout.startswith("error: ") and "[red]" not in missing.stdout  # markup rendered, not printed
 
 
 def test_scaffold_rejects_bad_names_and_existing_dirs(tmp_path):

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
+
+from perceive.cli.output import console
 
 app = typer.Typer(no_args_is_help=True, help="Validate run configs.")
-console = Console()
 
 
 @app.command()

@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
+
+from perceive.cli.output import console
 
 
 def demo(out: Path = typer.Option(Path("out/demo"), help="Where to write the views.")) -> None:
@@ -23,7 +24,6 @@ def demo(out: Path = typer.Option(Path("out/demo"), help="Where to write the vie
     from perceive.testing.images import real_photos
     from perceive.vocabulary import REGION_END, REGION_START, Vocabulary
 
-    console = Console()
     reg = get_registry()
     photo = real_photos()["astronaut"]
     console.print(f"image: scikit-image 'astronaut', {photo.width}x{photo.height} px")

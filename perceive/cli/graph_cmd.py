@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
+
+from perceive.cli.output import console, fail
 
 app = typer.Typer(no_args_is_help=True, help="Validate, run and draw perception graphs.")
-console = Console()
 
 
 def parse_sets(sets: list[str] | None) -> dict:
@@ -33,8 +33,7 @@ def validate(file: str = typer.Argument(..., help="Graph YAML file, or a shipped
     try:
         path = resolve(file)
     except FileNotFoundError as exc:
-        console.print(f"[red]error[/]: {exc}", markup=False)
-        raise typer.Exit(2) from None
+        raise fail(exc, 2) from None
     spec, issues = check(path, params=parse_sets(set_))
     for issue in issues:
         console.print(issue.render(str(path)), markup=False, highlight=False)
@@ -76,8 +75,7 @@ def run_graph(file: str, image: Path, question: str, model: Path | None, as_json
 
         model = default_model_path()
         if model is None:
-            console.print("[red]error[/]: no model given. Pass --model DIR with a local VPT or Qwen2-VL checkpoint.")
-            raise typer.Exit(2)
+            raise fail("no model given. Pass --model DIR with a local VPT or Qwen2-VL checkpoint.", 2)
     try:
         g = compile_graph(file, params=sets)
         img = load_image(image)
@@ -87,8 +85,7 @@ def run_graph(file: str, image: Path, question: str, model: Path | None, as_json
         console.print(str(exc), markup=False)
         raise typer.Exit(1) from None
     except PerceiveError as exc:
-        console.print(f"[red]error[/]: {exc}", markup=False)
-        raise typer.Exit(1) from None
+        raise fail(exc, 1) from None
     if render:
         render_trace(img, answer.trace, render)
     if as_json:

@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
-console = Console()
+from perceive.cli.output import console, fail
 
 
 def ask(
@@ -40,6 +39,5 @@ def convert(src: Path = typer.Argument(..., help="Paper checkpoint folder (qwen2
     try:
         out = do_convert(src, dst)
     except PerceiveError as exc:
-        console.print(f"[red]error[/]: {exc}", markup=False)
-        raise typer.Exit(1) from None
+        raise fail(exc, 1) from None
     console.print(f"wrote {out}")

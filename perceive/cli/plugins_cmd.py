@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from perceive.cli.output import console, fail
+
 app = typer.Typer(no_args_is_help=True, help="List, scaffold and check plugins.")
-console = Console()
 
 
 @app.command("list")
@@ -59,8 +59,7 @@ def new(name: str = typer.Argument(..., help="Action and plugin name, e.g. 'quad
     try:
         root = new_plugin(name, dir)
     except PerceiveError as exc:
-        console.print(f"[red]error[/]: {exc}", markup=True)
-        raise typer.Exit(2) from None
+        raise fail(exc, 2) from None
     console.print(f"created {root}")
     console.print(f"next: pip install -e {root} && perceive plugins check {name}")
 
@@ -78,13 +77,12 @@ def check(name: str = typer.Argument(..., help="Registered action name."),
     try:
         report = check_action(name, registry=reg, quick=quick)
     except UnknownActionError as exc:
-        broken = [p for p in reg.broken if p.name == name]
-        console.print(f"[red]error[/]: {exc}", markup=False)
-        for p in broken:
-            console.print(f"plugin {p.name!r} is installed but broken:", markup=False)
-            for err in p.errors:
-                console.print(f"  - {err}", markup=False)
-        raise typer.Exit(2) from None
+        for p in reg.broken:
+            if p.name == name:
+                console.print(f"plugin {p.name!r} is installed but broken:", markup=False)
+                for err in p.errors:
+                    console.print(f"  - {err}", markup=False)
+        raise fail(exc, 2) from None
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
     else:

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
-console = Console()
+from perceive.cli.output import console, fail
+
 data_app = typer.Typer(no_args_is_help=True, help="Generate and check datasets.")
 
 
@@ -58,8 +58,7 @@ def train(config: Path = typer.Argument(..., help="Training config (YAML)."),
             cfg.optim.steps = steps
         t = Trainer(cfg)
     except PerceiveError as exc:
-        console.print(f"[red]error[/]: {exc}", markup=False)
-        raise typer.Exit(1) from None
+        raise fail(exc, 1) from None
     if t.skipped:
         console.print(f"[yellow]{len(t.skipped)} dataset item(s) skipped[/]: " + "; ".join(t.skipped[:5]))
     history = t.train(resume)
@@ -94,13 +93,11 @@ def eval_(ctx: typer.Context,
             cfg = load_eval_config(config, **overrides)
         else:
             if model is None or data is None:
-                console.print("[red]error[/]: give a config file, or --model and --data")
-                raise typer.Exit(2)
+                raise fail("give a config file, or --model and --data", 2)
             cfg = EvalConfig.model_validate({k: v for k, v in overrides.items() if v is not None})
         result = evaluate(cfg)
     except PerceiveError as exc:
-        console.print(f"[red]error[/]: {exc}", markup=False)
-        raise typer.Exit(1) from None
+        raise fail(exc, 1) from None
     typer.echo(markdown([result]))
     if cfg.output:
         console.print(f"wrote {cfg.output / 'eval.json'} and eval.md")
