@@ -56,27 +56,32 @@ def tiny_image_processor(min_pixels: int = 28 * 28, max_pixels: int = 112 * 112)
     return image_processor(min_pixels, max_pixels)
 
 
-def tiny_base(tokenizer, base: str = "qwen2_vl", hidden: int = 64, layers: int = 2, seed: int = 0):
-    """A random-weight Qwen2-VL (or Qwen2.5-VL) whose vocabulary fits ``tokenizer``."""
+def tiny_base(tokenizer, base: str = "qwen2_vl", hidden: int = 64, layers: int = 2, seed: int = 0, heads: int = 4,
+              kv_heads: int = 2, vision_depth: int = 2, vision_dim: int = 32, vision_heads: int = 2):
+    """A random-weight Qwen2-VL (or Qwen2.5-VL) of the given sizes whose vocabulary and special
+    token ids fit ``tokenizer``."""
     from perceive.model.checkpoint import base_classes
 
     ids = tokenizer.convert_tokens_to_ids
-    vocab = (len(tokenizer) + 63) // 64 * 64
-    text = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}, rope_theta=10000.0,
-                bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"), pad_token_id=ids("<|endoftext|>"))
+    specials = dict(bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"),
+                    pad_token_id=ids("<|endoftext|>"))
+    # M-RoPE sections in Qwen2-VL's proportions (16, 24, 24 of 64): they sum to head_dim / 2
+    half = hidden // heads // 2
+    mrope = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
+    text = dict(vocab_size=(len(tokenizer) + 63) // 64 * 64, hidden_size=hidden, intermediate_size=2 * hidden,
+                num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                max_position_embeddings=4096, rope_scaling={"type": "mrope", "mrope_section": mrope},
+                rope_theta=10000.0, **specials)
     if base == "qwen2_5_vl":
-        vision = dict(depth=2, hidden_size=32, out_hidden_size=hidden, intermediate_size=64, num_heads=2,
-                      window_size=56, fullatt_block_indexes=[1])
+        vision = dict(depth=vision_depth, hidden_size=vision_dim, out_hidden_size=hidden,
+                      intermediate_size=2 * vision_dim, num_heads=vision_heads, window_size=56,
+                      fullatt_block_indexes=[vision_depth - 1])
     else:
-        vision = dict(depth=2, embed_dim=32, hidden_size=hidden, num_heads=2)
+        vision = dict(depth=vision_depth, embed_dim=vision_dim, hidden_size=hidden, num_heads=vision_heads)
     config_cls, model_cls = base_classes(base)
     cfg = config_cls(text_config=text, vision_config=vision, image_token_id=ids("<|image_pad|>"),
                      video_token_id=ids("<|video_pad|>"), vision_start_token_id=ids("<|vision_start|>"),
-                     vision_end_token_id=ids("<|vision_end|>"), tie_word_embeddings=False,
-                     bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"),
-                     pad_token_id=ids("<|endoftext|>"))
+                     vision_end_token_id=ids("<|vision_end|>"), tie_word_embeddings=False, **specials)
     torch.manual_seed(seed)
     return model_cls(cfg).eval()
 

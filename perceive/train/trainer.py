@@ -43,34 +43,17 @@ def build_model(cfg: TrainConfig):
         if cfg.model.view_pixels:
             model.view_image_processor = image_processor(*cfg.model.view_pixels)
         return model
-    from perceive.model.checkpoint import base_classes, image_processor
+    from perceive.model.checkpoint import image_processor
     from perceive.model.vpt import VPTModel
-    from perceive.testing.tiny import build_tokenizer, tiny_vpt_config
+    from perceive.testing.tiny import build_tokenizer, tiny_base, tiny_vpt_config
     from perceive.train.config import TinyModel
 
     t = cfg.model.tiny or TinyModel()
     tok = build_tokenizer()
-    ids = tok.convert_tokens_to_ids
-    vocab = (len(tok) + 63) // 64 * 64
-    config_cls, model_cls = base_classes("qwen2_vl")
-    # M-RoPE sections in Qwen2-VL's proportions (16, 24, 24 of 64): they sum to head_dim / 2
-    half = t.hidden // t.heads // 2
-    mrope = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
-    bcfg = config_cls(
-        text_config=dict(vocab_size=vocab, hidden_size=t.hidden, intermediate_size=2 * t.hidden,
-                         num_hidden_layers=t.layers, num_attention_heads=t.heads, num_key_value_heads=t.kv_heads,
-                         max_position_embeddings=4096, rope_scaling={"type": "mrope", "mrope_section": mrope},
-                         rope_theta=10000.0, bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"),
-                         pad_token_id=ids("<|endoftext|>")),
-        vision_config=dict(depth=t.vision_depth, embed_dim=t.vision_dim, hidden_size=t.hidden,
-                           num_heads=t.vision_heads),
-        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
-        tie_word_embeddings=False, bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"),
-        pad_token_id=ids("<|endoftext|>"))
-    torch.manual_seed(t.seed)
+    base = tiny_base(tok, hidden=t.hidden, layers=t.layers, seed=t.seed, heads=t.heads, kv_heads=t.kv_heads,
+                     vision_depth=t.vision_depth, vision_dim=t.vision_dim, vision_heads=t.vision_heads).train()
     vcfg = tiny_vpt_config(tok, branches=tuple(t.branches), hidden=t.hidden)
-    model = VPTModel(model_cls(bcfg), vcfg)
+    model = VPTModel(base, vcfg)
     model.tokenizer = tok
     model.image_processor = image_processor(t.image_min_pixels, t.image_max_pixels)
     model.view_image_processor = image_processor(t.view_min_pixels, t.view_max_pixels)
