@@ -50,6 +50,20 @@ class Collator:
         self.image_pad = self.tok.convert_ids_to_tokens(self.cfg.special.image_pad)
         self.vs = self.tok.convert_ids_to_tokens(self.cfg.special.vision_start)
         self.ve = self.tok.convert_ids_to_tokens(self.cfg.special.vision_end)
+        self._extra_procs: dict[str, Any] = {}  # built once per branch
+
+    def _extra_processor(self, action: str, size: int):
+        if action not in self._extra_procs:
+            if action == "dino":
+                from perceive_dino.encoder import dinov2_processor
+
+                self._extra_procs[action] = dinov2_processor(size)
+            else:
+                from transformers import SamImageProcessorPil
+
+                self._extra_procs[action] = SamImageProcessorPil(
+                    size={"longest_edge": size}, pad_size={"height": size, "width": size})
+        return self._extra_procs[action]
 
     def _render(self, messages) -> str:
         return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
@@ -127,16 +141,12 @@ class Collator:
         counters[key] += 1
         pad = self.tok.convert_ids_to_tokens(branch.pad_id)
         if action == "dino":
-            from perceive_dino.encoder import dinov2_processor
-
-            t = dinov2_processor(branch.image_size or 224)(images=img, return_tensors="pt")["pixel_values"]
+            proc = self._extra_processor("dino", branch.image_size or 224)
+            t = proc(images=img, return_tensors="pt")["pixel_values"]
             extra.setdefault("detection_images", []).append(t)
             n = (t.shape[-1] // 14) ** 2
         elif action == "sam":
-            from transformers import SamImageProcessorPil
-
-            size = branch.image_size or 1024
-            proc = SamImageProcessorPil(size={"longest_edge": size}, pad_size={"height": size, "width": size})
+            proc = self._extra_processor("sam", branch.image_size or 1024)
             extra.setdefault("seg_images", []).append(proc(images=img, return_tensors="pt")["pixel_values"])
             n = 256
         else:

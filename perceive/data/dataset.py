@@ -52,11 +52,17 @@ def split_crop(ref: str) -> tuple[str, tuple[int, int, int, int] | None]:
     return m.group("path"), (x0, y0, x1, y1)
 
 
-def load_ref(ref: str, root: Path) -> Image.Image:
-    """The RGB image an item refers to, cropped when the path carries a box."""
+def load_ref(ref: str, root: Path, decoded: dict[str, Image.Image] | None = None) -> Image.Image:
+    """The RGB image an item refers to, cropped when the path carries a box. ``decoded`` caches
+    files by path, so an image and its crops are decoded once."""
     path, box = split_crop(ref)
     p = Path(path) if Path(path).is_absolute() else root / path
-    image = as_rgb(load_image(p))
+    if decoded is not None and path in decoded:
+        image = decoded[path]
+    else:
+        image = as_rgb(load_image(p))
+        if decoded is not None:
+            decoded[path] = image
     if box is not None:
         x0, y0, x1, y1 = box
         if not (0 <= x0 < x1 <= image.width and 0 <= y0 < y1 <= image.height):
@@ -145,7 +151,8 @@ class VPTDataset:
     def __getitem__(self, k: int) -> Example:
         index, item = self.items[k]
         refs = {key: [str(r) for r in item.get(key) or []] for key in PLACEHOLDERS}
-        images = {key: [load_ref(r, self.root) for r in rs] for key, rs in refs.items() if rs}
+        decoded: dict[str, Image.Image] = {}
+        images = {key: [load_ref(r, self.root, decoded) for r in rs] for key, rs in refs.items() if rs}
         return Example(index, item["messages"], images, refs, item)
 
     def report(self) -> str:
