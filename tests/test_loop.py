@@ -262,3 +262,12 @@ def test_extreme_view_is_a_typed_error_not_a_crash(model):
     out = make_loop(model, {0: span}).ask_batch([(wide, "What?"), (real_photos()["coffee"], "What?")])
     assert out[0].error is not None and out[0].error["type"] in ("ObservationError",)
     assert out[1].ok
+
+
+def test_sampling_is_seeded_and_top_k_1_is_greedy(model, photo):
+    greedy = make_loop(model, {}, max_new_tokens=8).ask(photo, "What?")
+    top1 = make_loop(model, {}, max_new_tokens=8, do_sample=True, top_k=1, temperature=0.7).ask(photo, "What?")
+    assert top1.token_ids == greedy.token_ids
+    a = make_loop(model, {}, max_new_tokens=8, do_sample=True, temperature=1.5, seed=3).ask(photo, "What?")
+    b = make_loop(model, {}, max_new_tokens=8, do_sample=True, temperature=1.5, seed=3).ask(photo, "What?")
+    assert a.token_ids == b.token_ids

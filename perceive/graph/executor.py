@@ -158,10 +158,7 @@ class GraphController:
         return False
 
     def _force(self, n, node: str) -> Decision:
-        from perceive.plugins import get_registry
-
-        registry = self.graph.registry or get_registry()
-        args = registry.action(n.action).Args.model_validate(n.args)
+        args = self.graph.registry.action(n.action).Args.model_validate(n.args)
         opts = dict(n.options)
         if n.encoder:
             opts["encoder"] = n.encoder

@@ -190,6 +190,19 @@ class PerceptionLoop:
         names = self.options.actions
         self.actions = [a for a in self.registry.select(names) if a.grammar is not None]
         self._check_encoders()
+        self._warpers = self._sampling_warpers()
+
+    def _sampling_warpers(self):
+        """transformers' logits warpers for sampling (built once per loop)."""
+        from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+        o = self.options
+        warpers = LogitsProcessorList([TemperatureLogitsWarper(o.temperature)] if o.do_sample else [])
+        if o.do_sample and o.top_k:
+            warpers.append(TopKLogitsWarper(o.top_k))
+        if o.do_sample and o.top_p:
+            warpers.append(TopPLogitsWarper(o.top_p))
+        return warpers
 
     def _check_encoders(self) -> None:
         """A re-encode action may use any registered encoder whose output its projector accepts."""
@@ -406,9 +419,13 @@ class PerceptionLoop:
             hidden = self.model.lm(E, P, mask if not bool(mask.all()) else None, cache, use_cache=True
                                    ).last_hidden_state
             ms = (time.perf_counter() - t0) * 1000
+            last = hidden[torch.arange(B, device=dev), torch.tensor(lens, device=dev) - 1]
+            decoding = [i for i, s in enumerate(rows) if s.awaiting_control is None]
+            # one lm_head call for every sample that picks a token this step
+            logits = dict(zip(decoding, self.model.logits(last[decoding]), strict=True)) if decoding else {}
             for i, s in enumerate(rows):
                 self._fed(s, segs[i], ms)
-                self._advance(s, hidden[i, lens[i] - 1])
+                self._advance(s, last[i], logits.get(i))
             keep = [i for i, s in enumerate(rows) if not s.done]
             if len(keep) < len(rows):
                 if keep:
@@ -440,29 +457,24 @@ class PerceptionLoop:
         if seg.kind == "observe" and s.trace.hops:
             s.trace.hops[-1].prefill_ms = ms
 
-    def _advance(self, s: _Sample, h: torch.Tensor) -> None:
+    def _advance(self, s: _Sample, h: torch.Tensor, logits: torch.Tensor | None = None) -> None:
+        """After a forward: ``h`` is the sample's last final-norm state, ``logits`` its next-token
+        logits when already computed."""
         if s.awaiting_control is not None:
             branch, s.awaiting_control = s.awaiting_control, None
             self._reencode(s, branch, h)
             return
-        logits = self.model.logits(h.unsqueeze(0))[0]
+        if logits is None:
+            logits = self.model.logits(h.unsqueeze(0))[0]
         if self.options.record_logits:
             s.logits.append(logits.cpu())
         t = self.policy(s.index, s.generated, logits) if self.policy is not None else None
         self._on_token(s, self._choose(s, logits) if t is None else int(t))
 
     def _choose(self, s: _Sample, logits: torch.Tensor) -> int:
-        o = self.options
-        if not o.do_sample:
+        if not self.options.do_sample:
             return int(torch.argmax(logits))
-        from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
-
-        warpers = LogitsProcessorList([TemperatureLogitsWarper(o.temperature)])
-        if o.top_k:
-            warpers.append(TopKLogitsWarper(o.top_k))
-        if o.top_p:
-            warpers.append(TopPLogitsWarper(o.top_p))
-        scores = warpers(None, logits.unsqueeze(0))
+        scores = self._warpers(None, logits.unsqueeze(0))
         return int(torch.multinomial(torch.softmax(scores, -1)[0].cpu(), 1, generator=s.gen))
 
     def _on_token(self, s: _Sample, t: int) -> None:
@@ -578,7 +590,7 @@ class PerceptionLoop:
             hop.error = _err(exc)
             self._finish(s, "observation_invalid", _err(exc))
             return
-        turn, _ = self.layout.observation_turn(blocks)
+        turn = self.layout.observation_turn(blocks)
         if closing and closing[-1] == self.cfg.special.im_end and turn and turn[0] == self.cfg.special.im_end:
             turn = turn[1:]  # the model already closed its turn
         ids = closing + turn
@@ -664,7 +676,7 @@ class PerceptionLoop:
         pad = self.tokenizer.convert_ids_to_tokens(branch.pad_id)
         vs, ve = (self.tokenizer.convert_ids_to_tokens(i) for i in (self.cfg.special.vision_start,
                                                                     self.cfg.special.vision_end))
-        turn, _ = self.layout.observation_turn([vs + pad * rows.shape[0] + ve])
+        turn = self.layout.observation_turn([vs + pad * rows.shape[0] + ve])
         ids = [A, E] + turn
         overrides = {0: control}
         pads = [i for i, t in enumerate(ids) if t == branch.pad_id]

@@ -59,15 +59,7 @@ class ChatLayout:
         text = self._render([{"role": "user", "content": content}], generation=True)
         return self.encode(text.replace(image_pad, image_pad * image_tokens, 1))
 
-    def observation_turn(self, blocks: list[str]) -> tuple[list[int], list[list[int]]]:
+    def observation_turn(self, blocks: list[str]) -> list[int]:
         """Ids closing the assistant turn, opening a user turn holding ``blocks`` (already expanded
-        markup strings), and opening the next assistant turn. Returns the ids and, for checking,
-        each block's ids."""
-        parts = [self.encode(self.turn_open)]
-        block_ids = []
-        for b in blocks:
-            ids = self.encode(b)
-            block_ids.append(ids)
-            parts.append(ids)
-        parts.append(self.encode(self.turn_close))
-        return [i for p in parts for i in p], block_ids
+        markup strings), and opening the next assistant turn."""
+        return [i for text in (self.turn_open, *blocks, self.turn_close) for i in self.encode(text)]

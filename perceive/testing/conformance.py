@@ -89,8 +89,6 @@ class _Checker:
         try:
             detail = fn()
             self.report.results.append(CheckResult(name, "pass", detail or ""))
-        except _Skip as s:
-            self.report.results.append(CheckResult(name, "skip", str(s)))
         except AssertionError as exc:
             self.report.results.append(CheckResult(name, "fail", str(exc)))
         except Exception as exc:
@@ -249,10 +247,6 @@ class _Checker:
                 _require(outer.x0 <= b.x0 and b.x1 <= outer.x1 and outer.y0 <= b.y0 and b.y1 <= outer.y1,
                          f"chosen inside crop {outer.as_tuple()}, the result maps to {b.as_tuple()}")
         return "boxes map back inside the crop"
-
-
-class _Skip(Exception):
-    pass
 
 
 def _require(ok: bool, message: str) -> None:
