@@ -145,3 +145,44 @@ def test_view_processor_round_trips_and_shows_views(tmp_path):
         real_photos()["coffee"], "What?")
     # a 225x150 crop shown at ~224x224 px: 8x8 merged tokens, plus the turn's other tokens
     assert ans.trace.hops[0].prefilled_tokens > 64
+
+
+def test_view_scale_and_action_defaults_reach_training_and_the_loop(tmp_path):
+    """A model trained to see crops at 3x with margin-0 regions keeps both through save/load, and
+    the collator and the loop show a view the same way."""
+    from perceive.data.collate import Collator
+    from perceive.data.dataset import Example
+    from perceive.loop import LoopOptions, PerceptionLoop
+    from perceive.testing.images import real_photos
+    from perceive.testing.scripted import ScriptedPolicy, span_tokens
+    from perceive.testing.tiny import tiny_image_processor
+
+    model = tiny_vpt_model(branches=())
+    model.view_image_processor = tiny_image_processor(min_pixels=28 * 28, max_pixels=1000 * 1000)
+    model.config.view_scale = 3.0
+    model.config.action_defaults = {"region_select": {"margin": 0}}
+    again = load_model(save_model(model, tmp_path / "m"))
+    assert again.config.view_scale == 3.0 and again.config.action_defaults == {"region_select": {"margin": 0}}
+
+    photo = real_photos()["coffee"].resize((448, 448))
+    crop = photo.crop((56, 56, 168, 112))  # cells x 1-2, y 1: 112x56 px
+    _, grid = again.view_pixels(crop)
+    assert grid.tolist() == [1, 12, 24]  # 336x168 px in 14-px patches
+    enc = Collator(again).encode(Example(0, [{"role": "user", "content": "<image>Q"},
+                                             {"role": "assistant", "content": "1"},
+                                             {"role": "user", "content": "<image>"},
+                                             {"role": "assistant", "content": "2"}],
+                                         {"images": [photo, crop]}))
+    assert enc.image_grid_thw[1].tolist() == [1, 12, 24]  # the collator shows it the same way
+
+    tok = again.tokenizer
+    span = span_tokens(tok, "<|region_token_start|><|x_1|><|y_1|><|x_2|><|y_1|><|region_token_end|>")
+    loop = PerceptionLoop(again, options=LoopOptions(max_new_tokens=8), policy=ScriptedPolicy(tok, {0: span}))
+    assert loop.options.action_options["region_select"] == {"margin": 0}
+    hop = loop.ask(photo, "What?").trace.hops[0]
+    assert [hop.box[k] for k in ("x0", "y0", "x1", "y1")] == [56, 56, 168, 112]  # touched cells, no +-1 margin
+    # 12x24 patches -> 6x12 = 72 merged tokens in the observation turn
+    assert hop.prefilled_tokens >= 72
+    # a run's own options override the model's
+    loop = PerceptionLoop(again, options=LoopOptions(action_options={"region_select": {"margin": 1}}))
+    assert loop.options.action_options["region_select"] == {"margin": 1}

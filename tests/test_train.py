@@ -54,6 +54,20 @@ def test_eval_backgrounds_are_held_out(tmp_path):
     assert {c["background"] for c in meta["cards"]} <= set(EVAL_PHOTOS)
 
 
+def test_margin_zero_crops_exactly_the_touched_cells(tmp_path):
+    from perceive.geometry import grid_cells_to_box
+
+    generate(tmp_path, 4, seed=3, margin=0, fmt="jpg")
+    meta = json.loads((tmp_path / "cards.json").read_text())
+    assert meta["meta"]["margin"] == 0
+    for c in meta["cards"]:
+        cells = grid_cells_to_box(set(c["xs"]), set(c["ys"]), CANVAS, CANVAS, margin=0)
+        assert tuple(c["crop"]) == cells.as_int_tuple()
+        x0, y0, x1, y1 = c["box"]  # the card lies inside, within one cell of each side
+        assert c["crop"][0] <= x0 < c["crop"][0] + 56 and c["crop"][2] - 56 < x1 <= c["crop"][2]
+    assert (tmp_path / "images/000000.jpg").exists()
+
+
 def test_generation_is_reproducible(tmp_path):
     a, b = generate(tmp_path / "a", 3, seed=5), generate(tmp_path / "b", 3, seed=5)
     assert (a / "region.json").read_text() == (b / "region.json").read_text()

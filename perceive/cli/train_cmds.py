@@ -18,7 +18,9 @@ def cards(n: int = typer.Option(..., "--n", min=1, help="Number of images."),
           seed: int = typer.Option(0, "--seed"),
           backgrounds: Path = typer.Option(None, "--backgrounds", help="Folder of background photos."),
           split: str = typer.Option("train", "--split", help="scikit-image photo set: train or eval (held out)."),
-          fmt: str = typer.Option("png", "--format", help="png (lossless) or jpg (smaller, for large sets).")
+          fmt: str = typer.Option("png", "--format", help="png (lossless) or jpg (smaller, for large sets)."),
+          margin: int = typer.Option(1, "--margin", min=0,
+                                     help="Cells added around the card's cells in the crop (1: the paper).")
           ) -> None:
     """Write the number-card task in the paper's dataset layout (plain, region, reencode)."""
     from rich.progress import Progress
@@ -27,7 +29,7 @@ def cards(n: int = typer.Option(..., "--n", min=1, help="Number of images."),
 
     with Progress() as bar:
         task = bar.add_task("cards", total=n)
-        generate(out, n, seed=seed, backgrounds=backgrounds, split=split, fmt=fmt,
+        generate(out, n, seed=seed, backgrounds=backgrounds, split=split, fmt=fmt, margin=margin,
                  progress=lambda k: bar.update(task, completed=k))
     console.print(f"wrote {n} images and plain, region, read_card, read, reencode and cards .json to {out}")
 

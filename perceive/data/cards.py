@@ -10,7 +10,8 @@ Exact specification (so anyone can generate matching data):
   ``ImageFont.load_default(size=round(0.55 * card height))``, centred;
 * question "What number is written on the card?", answer the three digits;
 * region-selection items carry the ground-truth grid cells (8x8 on the 448 canvas) as the
-  assistant's region span, then the crop as the next image, then the answer.
+  assistant's region span, then the crop as the next image, then the answer. The crop is the
+  cells grown by ``margin`` cells per side: 1 as in the paper (§1.2), 0 for the touched cells.
 
 Backgrounds: scikit-image's bundled photos, split into a training set and a held-out set that
 training never sees; or any folder of images.
@@ -60,11 +61,11 @@ class Card:
     box: tuple[int, int, int, int]  # the card, in canvas pixels
     xs: list[int]  # grid columns the card touches
     ys: list[int]
-    crop: tuple[int, int, int, int]  # the region the span selects (cells +-1, §1.2)
+    crop: tuple[int, int, int, int]  # the region the span selects (cells +- margin, §1.2)
     background: str
 
 
-def make_card(rng: random.Random, photos: dict[str, Image.Image]) -> tuple[Image.Image, Card]:
+def make_card(rng: random.Random, photos: dict[str, Image.Image], margin: int = 1) -> tuple[Image.Image, Card]:
     name = rng.choice(sorted(photos))
     photo = photos[name]
     short = min(photo.size)
@@ -83,7 +84,7 @@ def make_card(rng: random.Random, photos: dict[str, Image.Image]) -> tuple[Image
     draw.text((x0 + w / 2, y0 + h / 2), number, fill="black", font=font, anchor="mm")
     box = Box(x0, y0, x0 + w, y0 + h)
     xs, ys = box_to_grid_cells(box, CANVAS, CANVAS, grid=GRID)
-    crop = grid_cells_to_box(set(xs), set(ys), CANVAS, CANVAS, grid=GRID)
+    crop = grid_cells_to_box(set(xs), set(ys), CANVAS, CANVAS, grid=GRID, margin=margin)
     return canvas, Card(number, box.as_int_tuple(), xs, ys, crop.as_int_tuple(), name)
 
 
@@ -123,7 +124,7 @@ def items_for(path: str, card: Card) -> dict[str, dict]:
 
 
 def generate(out: str | Path, n: int, seed: int = 0, backgrounds: str | Path | None = None,
-             split: str = "train", progress=None, fmt: str = "png") -> Path:
+             split: str = "train", progress=None, fmt: str = "png", margin: int = 1) -> Path:
     """Write ``n`` card images and the datasets into ``out``: ``plain.json``, ``region.json``,
     ``read_card.json`` and ``read.json`` (the card alone, then the selected crop alone: a reading
     curriculum), ``reencode.json``, and ``cards.json`` (ground truth: number, card box, cells, crop)."""
@@ -135,7 +136,7 @@ def generate(out: str | Path, n: int, seed: int = 0, backgrounds: str | Path | N
     sets: dict[str, list] = {"plain": [], "region": [], "read_card": [], "read": [], "reencode": []}
     cards = []
     for i in range(n):
-        img, card = make_card(rng, photos)
+        img, card = make_card(rng, photos, margin)
         rel = f"images/{i:06d}.{fmt}"
         # fast PNG compression; JPEG (quality 95) for training-scale sets, 4x smaller
         img.save(out / rel, **({"compress_level": 1} if fmt == "png" else {"quality": 95}))
@@ -146,7 +147,7 @@ def generate(out: str | Path, n: int, seed: int = 0, backgrounds: str | Path | N
             progress(i + 1)
     for k, items in sets.items():
         (out / f"{k}.json").write_text(json.dumps(items, indent=1))
-    meta = {"n": n, "seed": seed, "canvas": CANVAS, "grid": GRID, "split": split,
+    meta = {"n": n, "seed": seed, "canvas": CANVAS, "grid": GRID, "margin": margin, "split": split,
             "backgrounds": str(backgrounds) if backgrounds else sorted(photos)}
     (out / "cards.json").write_text(json.dumps({"meta": meta, "cards": cards}, indent=1))
     return out

@@ -36,14 +36,13 @@ class Encoded:
 
 class Collator:
     """Encode examples for a :class:`~perceive.model.vpt.VPTModel` (its tokenizer, processors and
-    config). ``view_processor`` processes every image after the first (crops), default the same."""
+    config). Every image after the first (crops) goes through ``model.view_pixels``."""
 
     def __init__(self, model, positions: str = "mrope", max_length: int | None = None):
         self.model = model
         self.tok = model.tokenizer
         self.cfg = model.config
         self.proc = model.image_processor
-        self.view_proc = getattr(model, "view_image_processor", None) or self.proc
         self.merge = model.spatial_merge_size
         self.positions = positions
         self.max_length = max_length
@@ -79,12 +78,15 @@ class Collator:
             while i < len(text):
                 if text.startswith("<image>", i):
                     img = images[counters["images"]]
-                    proc = self.proc if counters["images"] == 0 else self.view_proc
+                    if counters["images"] == 0:
+                        inputs = self.proc(images=[img], return_tensors="pt")
+                        px, grid = inputs["pixel_values"], inputs["image_grid_thw"][0]
+                    else:  # views: the model's own zoom and processor, as in the loop
+                        px, grid = self.model.view_pixels(img)
                     counters["images"] += 1
-                    inputs = proc(images=[img], return_tensors="pt")
-                    pix.append(inputs["pixel_values"])
-                    grids.append(inputs["image_grid_thw"][0])
-                    n = int(inputs["image_grid_thw"][0].prod()) // self.merge**2
+                    pix.append(px)
+                    grids.append(grid)
+                    n = int(grid.prod()) // self.merge**2
                     out.append(self.vs + self.image_pad * n + self.ve)
                     i += len("<image>")
                     continue
@@ -150,7 +152,8 @@ class Collator:
             extra.setdefault("seg_images", []).append(proc(images=img, return_tensors="pt")["pixel_values"])
             n = 256
         else:
-            inputs = self.view_proc(images=[img], return_tensors="pt")
+            # the native encoder in the loop uses the first image's processor: the same here
+            inputs = self.proc(images=[img], return_tensors="pt")
             extra.setdefault("clip_pixel_values", []).append(inputs["pixel_values"])
             extra.setdefault("clip_images_grid_thw", []).append(inputs["image_grid_thw"])
             n = int(inputs["image_grid_thw"][0].prod()) // self.merge**2

@@ -17,6 +17,7 @@ forward, right-padded to the longest and masked, so samples may take different h
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from dataclasses import dataclass, field
@@ -176,14 +177,18 @@ class PerceptionLoop:
         #: decides what happens at each closed call and at each answer (default: free choice)
         self.controller = controller or FreeChoice()
         self.registry = registry or get_registry()
-        self.options = options or LoopOptions()
+        options = options or LoopOptions()
+        # the options the model was trained with (a region margin, ...), under the run's own
+        defaults = model.config.action_defaults
+        merged = {a: {**defaults.get(a, {}), **options.action_options.get(a, {})}
+                  for a in {*defaults, *options.action_options}}
+        self.options = dataclasses.replace(options, action_options=merged)
         self.hub = hub or EncoderHub(self.registry.encoder_specs(), encoder_configs or {}, model=model)
         cfg = model.config
         self.cfg = cfg
         self.tokenizer = model.tokenizer
         self.layout = ChatLayout(self.tokenizer, self.options.system) if self.tokenizer is not None else None
         self.processor = model.image_processor
-        self.view_processor = getattr(model, "view_image_processor", None) or self.processor
         self.merge = model.spatial_merge_size
         self.eos = set(cfg.special.eos) | {cfg.special.im_end}
         self.start_branch = {b.start_id: b for b in cfg.branches.values()}
@@ -356,7 +361,9 @@ class PerceptionLoop:
 
     def _pixels(self, image: Image.Image, view: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         try:
-            inputs = (self.view_processor if view else self.processor)(images=[image], return_tensors="pt")
+            if view:
+                return self.model.view_pixels(image)
+            inputs = self.processor(images=[image], return_tensors="pt")
         except ValueError as exc:  # e.g. an aspect ratio over 200, which Qwen2-VL cannot tile
             raise ObservationError(f"the model's image processor cannot take a {image.width}x{image.height} "
                                    f"image: {exc}", hint="choose a less extreme region") from exc

@@ -75,6 +75,13 @@ class VPTConfig(_Strict):
     projector_scale: int = Field(1, ge=1)
     para_mask_id: Literal[0, 1, 2] = 0
     para_mask_ratio: float = Field(0.0, ge=0, le=1)
+    #: every view (each image after the first) is resized by this factor before the image
+    #: processor, so a crop is seen at one fixed zoom whatever its size; None: the processor's
+    #: pixel bounds alone decide
+    view_scale: float | None = Field(None, gt=0)
+    #: options the model was trained with, per action (``{"region_select": {"margin": 0}}``);
+    #: a run's config overrides them
+    action_defaults: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     def branch_for_token(self, token_id: int) -> BranchConfig | None:
         for b in self.branches.values():

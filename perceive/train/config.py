@@ -39,6 +39,10 @@ class ModelSource(_Strict):
     #: override the checkpoint's processors (curriculum stages that change resolutions)
     image_pixels: tuple[int, int] | None = None  # (min, max) for the first image
     view_pixels: tuple[int, int] | None = None  # (min, max) for crops and other views
+    #: resize every view by this factor before its processor (stored in the model's perceive.json)
+    view_scale: float | None = Field(None, gt=0)
+    #: action options the model is trained for, e.g. {region_select: {margin: 0}} (stored likewise)
+    action_defaults: dict[str, dict[str, Any]] | None = None
 
 
 class DataConfig(_Strict):

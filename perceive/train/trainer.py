@@ -32,6 +32,16 @@ class _Examples(Dataset):
 
 
 def build_model(cfg: TrainConfig):
+    model = _base_model(cfg)
+    src = cfg.model
+    if src.view_scale is not None:
+        model.config.view_scale = src.view_scale
+    if src.action_defaults is not None:
+        model.config.action_defaults = src.action_defaults
+    return model
+
+
+def _base_model(cfg: TrainConfig):
     from perceive.model import load_model
 
     if cfg.model.path is not None:

@@ -15,12 +15,16 @@ from perceive.vocabulary import REGION_END, REGION_START
 
 class RegionSelect(GridSpanAction):
     name = "region_select"
-    description = "Crop the grid cells the model names (+-1 cell) and show the crop as a new image."
+    description = ("Crop the grid cells the model names (+-1 cell, option `margin`) and show the crop as a "
+                   "new image.")
     start_token = REGION_START
     end_token = REGION_END
 
     def run(self, call: ActionCall, context: ActionContext) -> View:
-        box = call.args.box_in(context.frame.width, context.frame.height, context.frame.id)
+        args = call.args
+        if "margin" in context.options:  # a model trained on tighter (or wider) crops says so
+            args = args.model_copy(update={"margin": int(context.options["margin"])})
+        box = args.box_in(context.frame.width, context.frame.height, context.frame.id)
         return context.crop_root(box, label="region")
 
 
