@@ -1,11 +1,19 @@
-"""Where the default model lives (shipped with the repository, once trained)."""
+"""The default model shipped with the repository, and its example images."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "default"
+EXAMPLES_DIR = DEFAULT_MODEL_DIR / "examples"
 
 
 def default_model_path() -> Path | None:
     return DEFAULT_MODEL_DIR if (DEFAULT_MODEL_DIR / "config.json").exists() else None
+
+
+def default_examples() -> list[tuple[Path, str]]:
+    """Shipped card images (held-out backgrounds) and the number each shows, in file order."""
+    table = json.loads((EXAMPLES_DIR / "examples.json").read_text())
+    return [(EXAMPLES_DIR / name, number) for name, number in table.items()]

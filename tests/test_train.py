@@ -68,6 +68,28 @@ def test_margin_zero_crops_exactly_the_touched_cells(tmp_path):
     assert (tmp_path / "images/000000.jpg").exists()
 
 
+def test_reading_sets_crop_around_the_card_at_a_fixed_scale(tmp_path):
+    from perceive.data.cards import mix, reading_set
+
+    tight = reading_set(tmp_path / "tight", 3, seed=4, context=0, scale=2.0)
+    cells = reading_set(tmp_path / "cells", 3, seed=4, context=None, scale=2.0)
+    ref = generate(tmp_path / "ref", 3, seed=4, margin=0)  # the same cards, drawn the same way
+    cards = json.loads((ref / "cards.json").read_text())["cards"]
+    for i, c in enumerate(cards):
+        cx0, cy0, cx1, cy1 = c["crop"]
+        assert Image.open(cells / f"images/{i:06d}.jpg").size == (2 * (cx1 - cx0), 2 * (cy1 - cy0))
+    items = json.loads((cells / "read.json").read_text())
+    assert [it["messages"][1]["content"] for it in items] == [c["number"] for c in cards]
+    x0, y0, x1, y1 = cards[0]["box"]  # the context draws come after the first card
+    assert Image.open(tight / "images/000000.jpg").size == (2 * (x1 - x0), 2 * (y1 - y0))
+
+    out = mix(tmp_path / "mixes/m.json", [(tight / "read.json", None), (cells / "read.json", 2)], seed=1)
+    mixed = json.loads(out.read_text())
+    assert len(mixed) == 5
+    ds = VPTDataset(out)  # paths were rewritten relative to the mixed file: every item loads
+    assert len(ds) == 5 and not ds.issues and ds[0].images["images"][0].size[0] > 0
+
+
 def test_generation_is_reproducible(tmp_path):
     a, b = generate(tmp_path / "a", 3, seed=5), generate(tmp_path / "b", 3, seed=5)
     assert (a / "region.json").read_text() == (b / "region.json").read_text()

@@ -1,4 +1,4 @@
-"""``perceive train``, ``perceive data cards``."""
+"""``perceive train``, ``perceive data cards|reading|mix|check``."""
 
 from __future__ import annotations
 
@@ -32,6 +32,45 @@ def cards(n: int = typer.Option(..., "--n", min=1, help="Number of images."),
         generate(out, n, seed=seed, backgrounds=backgrounds, split=split, fmt=fmt, margin=margin,
                  progress=lambda k: bar.update(task, completed=k))
     console.print(f"wrote {n} images and plain, region, read_card, read, reencode and cards .json to {out}")
+
+
+@data_app.command("reading")
+def reading(n: int = typer.Option(..., "--n", min=1, help="Number of crops."),
+            out: Path = typer.Option(..., "--out", help="Output folder."),
+            context: int = typer.Option(None, "--context", min=0,
+                                        help="Card plus 0..J px of surroundings per side; omit for the touched cells."),
+            scale: float = typer.Option(3.0, "--scale", min=0.1, help="Resize factor of each crop."),
+            seed: int = typer.Option(0, "--seed"),
+            split: str = typer.Option("train", "--split", help="scikit-image photo set: train or eval (held out).")
+            ) -> None:
+    """Write a reading curriculum set: crops around the card, with question and answer."""
+    from rich.progress import Progress
+
+    from perceive.data.cards import reading_set
+
+    with Progress() as bar:
+        task = bar.add_task("crops", total=n)
+        reading_set(out, n, seed=seed, split=split, context=context, scale=scale,
+                    progress=lambda k: bar.update(task, completed=k))
+    console.print(f"wrote {n} crops and read.json to {out}")
+
+
+@data_app.command("mix")
+def mix_cmd(out: Path = typer.Argument(..., help="The dataset file to write."),
+            parts: list[str] = typer.Argument(..., help="FILE or FILE:COUNT (a random COUNT of its items)."),
+            seed: int = typer.Option(0, "--seed")) -> None:
+    """Mix datasets into one file (curriculum stages keep a share of earlier items)."""
+    from perceive.data.cards import mix
+
+    spec = []
+    for part in parts:
+        path, _, k = part.partition(":")
+        spec.append((Path(path), int(k) if k else None))
+    try:
+        mix(out, spec, seed=seed)
+    except (OSError, ValueError) as exc:
+        raise fail(f"cannot mix {parts}: {exc}", 1) from None
+    console.print(f"wrote {out}")
 
 
 @data_app.command("check")

@@ -151,3 +151,63 @@ def generate(out: str | Path, n: int, seed: int = 0, backgrounds: str | Path | N
             "backgrounds": str(backgrounds) if backgrounds else sorted(photos)}
     (out / "cards.json").write_text(json.dumps({"meta": meta, "cards": cards}, indent=1))
     return out
+
+
+def reading_set(out: str | Path, n: int, seed: int = 0, split: str = "train", context: int | None = None,
+                scale: float = 3.0, backgrounds: str | Path | None = None, progress=None) -> Path:
+    """A reading curriculum: ``n`` crops around the card, each resized by ``scale`` (bicubic) and
+    saved as its own JPEG (quality 95), with question and answer (``read.json``).
+
+    ``context=J`` crops the card plus a uniform 0..J px of its surroundings per side (J=0: the
+    card alone); ``context=None`` crops the grid cells the card touches, which is what a
+    margin-0 Region Selection shows. Cards are drawn exactly as :func:`make_card` draws them.
+    """
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    photos = folder_photos(backgrounds) if backgrounds else skimage_photos(
+        TRAIN_PHOTOS if split == "train" else EVAL_PHOTOS)
+    rng = random.Random(seed)
+    items = []
+    for i in range(n):
+        img, card = make_card(rng, photos)
+        if context is None:
+            box = grid_cells_to_box(set(card.xs), set(card.ys), CANVAS, CANVAS, grid=GRID, margin=0).as_int_tuple()
+        else:
+            x0, y0, x1, y1 = card.box
+            box = (max(0, x0 - rng.randint(0, context)), max(0, y0 - rng.randint(0, context)),
+                   min(CANVAS, x1 + rng.randint(0, context)), min(CANVAS, y1 + rng.randint(0, context)))
+        crop = img.crop(box)
+        crop = crop.resize((round(crop.width * scale), round(crop.height * scale)), Image.Resampling.BICUBIC)
+        rel = f"images/{i:06d}.jpg"
+        crop.save(out / rel, quality=95)
+        items.append({"messages": [{"role": "user", "content": f"<image>{QUESTION}"},
+                                   {"role": "assistant", "content": card.number}], "images": [rel]})
+        if progress:
+            progress(i + 1)
+    (out / "read.json").write_text(json.dumps(items))
+    return out
+
+
+def mix(out: str | Path, parts: list[tuple[str | Path, int | None]], seed: int = 0) -> Path:
+    """One dataset file from several: ``(json file, how many items or None for all)``, sampled
+    and shuffled with ``seed``; image paths are rewritten relative to ``out``'s folder."""
+    import os
+
+    out = Path(out)
+    rng = random.Random(seed)
+    items = []
+    for path, k in parts:
+        path = Path(path)
+        rel = Path(os.path.relpath(path.parent, out.parent))
+        part = json.loads(path.read_text())
+        part = part if k is None else rng.sample(part, k)
+        for it in part:
+            it = dict(it)
+            for key in ("images", "detection_images", "seg_images", "clip_images"):
+                if key in it:
+                    it[key] = [str(rel / p) for p in it[key]]
+            items.append(it)
+    rng.shuffle(items)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(items))
+    return out
