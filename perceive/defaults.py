@@ -15,5 +15,9 @@ def default_model_path() -> Path | None:
 
 def default_examples() -> list[tuple[Path, str]]:
     """Shipped card images (held-out backgrounds) and the number each shows, in file order."""
-    table = json.loads((EXAMPLES_DIR / "examples.json").read_text())
-    return [(EXAMPLES_DIR / name, number) for name, number in table.items()]
+    return [(EXAMPLES_DIR / name, ex["number"]) for name, ex in example_table().items()]
+
+
+def example_table() -> dict[str, dict]:
+    """``examples.json``: per image file, the number and the card's box (original pixels)."""
+    return json.loads((EXAMPLES_DIR / "examples.json").read_text())

@@ -200,3 +200,37 @@ output: {tmp_path / 'run'}
                          text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     assert (tmp_path / "run/model/perceive.json").exists() and "token_accuracy" in out.stdout
+
+
+def test_a_checkpoint_gains_a_branch_and_keeps_its_zoom(cards, tmp_path):
+    """Later stages start from a checkpoint: a new DINOv2 branch trains with it, and the view zoom
+    and action options the config names are stored in the saved model."""
+    from perceive.loop import LoopOptions, PerceptionLoop
+    from perceive.model import load_model
+
+    first = Trainer(config(cards, tmp_path / "a", 1), progress=False)
+    first.train()
+    start = first.save_model(tmp_path / "start")
+    cfg = config(cards, tmp_path / "b", 2)
+    cfg.model = type(cfg.model).model_validate({
+        "path": str(start), "view_scale": 2.0, "action_defaults": {"region_select": {"margin": 0}},
+        "add_branches": [{"action": "dino", "image_size": 112,
+                          "encoder_config": {"hidden_size": 24, "num_hidden_layers": 1, "num_attention_heads": 2,
+                                             "patch_size": 14, "image_size": 112}}]})
+    cfg.data.train = cards / "reencode.json"
+    cfg.data.eval = None
+    t = Trainer(cfg, progress=False)
+    before = {n: p.detach().clone() for n, p in t.model.named_parameters() if n.startswith("branches.dino")}
+    t.train()
+    assert any(not torch.equal(p, before[n]) for n, p in t.model.named_parameters() if n in before)
+    again = load_model(t.save_model(tmp_path / "out"))
+    assert again.config.view_scale == 2.0 and again.config.action_defaults["region_select"] == {"margin": 0}
+    b = again.config.branches["dino"]
+    assert b.feature_dim == 24 and b.image_size == 112
+    ans = PerceptionLoop(again, options=LoopOptions(max_new_tokens=4)).ask(cards / "images/000000.png", "Q?")
+    assert ans.error is None
+
+    cfg.model.add_branches = cfg.model.add_branches * 1
+    cfg.model.path = tmp_path / "out"
+    with pytest.raises(Exception, match="already has a dino branch"):
+        Trainer(cfg, progress=False)

@@ -20,7 +20,9 @@ def cards(n: int = typer.Option(..., "--n", min=1, help="Number of images."),
           split: str = typer.Option("train", "--split", help="scikit-image photo set: train or eval (held out)."),
           fmt: str = typer.Option("png", "--format", help="png (lossless) or jpg (smaller, for large sets)."),
           margin: int = typer.Option(1, "--margin", min=0,
-                                     help="Cells added around the card's cells in the crop (1: the paper).")
+                                     help="Cells added around the card's cells in the crop (1: the paper)."),
+          prompts: bool = typer.Option(True, "--prompts/--no-prompts",
+                                       help="End region/re-encode questions with the paper's instruction.")
           ) -> None:
     """Write the number-card task in the paper's dataset layout (plain, region, reencode)."""
     from rich.progress import Progress
@@ -29,7 +31,7 @@ def cards(n: int = typer.Option(..., "--n", min=1, help="Number of images."),
 
     with Progress() as bar:
         task = bar.add_task("cards", total=n)
-        generate(out, n, seed=seed, backgrounds=backgrounds, split=split, fmt=fmt, margin=margin,
+        generate(out, n, seed=seed, backgrounds=backgrounds, split=split, fmt=fmt, margin=margin, prompts=prompts,
                  progress=lambda k: bar.update(task, completed=k))
     console.print(f"wrote {n} images and plain, region, read_card, read, reencode and cards .json to {out}")
 

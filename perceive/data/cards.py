@@ -94,14 +94,18 @@ def region_span(card: Card, grid: int = GRID) -> str:
     return REGION_START + v.x(min(card.xs)) + v.y(min(card.ys)) + v.x(max(card.xs)) + v.y(max(card.ys)) + REGION_END
 
 
-def items_for(path: str, card: Card) -> dict[str, dict]:
-    """The dataset items of one image, in the paper's layout (§3.2), one per variant."""
+def items_for(path: str, card: Card, prompts: bool = True) -> dict[str, dict]:
+    """The dataset items of one image, in the paper's layout (§3.2), one per variant. With
+    ``prompts`` the region and re-encode questions end with the paper's instruction to use the
+    token; without, the bare question (the model decides to look closer by itself)."""
     crop = ",".join(str(v) for v in card.crop)
+    region_q = f"{QUESTION} \n{REGION_PROMPT}" if prompts else QUESTION
+    reencode_q = f"{QUESTION} \n{REENCODE_PROMPT}" if prompts else QUESTION
     return {
         "plain": {"messages": [{"role": "user", "content": f"<image>{QUESTION}"},
                                {"role": "assistant", "content": card.number}],
                   "images": [path]},
-        "region": {"messages": [{"role": "user", "content": f"<image>{QUESTION} \n{REGION_PROMPT}"},
+        "region": {"messages": [{"role": "user", "content": f"<image>{region_q}"},
                                 {"role": "assistant", "content": region_span(card)},
                                 {"role": "user", "content": "<image>"},
                                 {"role": "assistant", "content": card.number}],
@@ -114,7 +118,7 @@ def items_for(path: str, card: Card) -> dict[str, dict]:
         "read": {"messages": [{"role": "user", "content": f"<image>{QUESTION}"},
                               {"role": "assistant", "content": card.number}],
                  "images": [f"{path}_{crop}"]},
-        "reencode": {"messages": [{"role": "user", "content": f"<image>{QUESTION} \n{REENCODE_PROMPT}"},
+        "reencode": {"messages": [{"role": "user", "content": f"<image>{reencode_q}"},
                                   {"role": "assistant",
                                    "content": "<|detection_action_start|><|detection_action|><|detection_action_end|>"},
                                   {"role": "user", "content": "<detection_image>"},
@@ -124,7 +128,7 @@ def items_for(path: str, card: Card) -> dict[str, dict]:
 
 
 def generate(out: str | Path, n: int, seed: int = 0, backgrounds: str | Path | None = None,
-             split: str = "train", progress=None, fmt: str = "png", margin: int = 1) -> Path:
+             split: str = "train", progress=None, fmt: str = "png", margin: int = 1, prompts: bool = True) -> Path:
     """Write ``n`` card images and the datasets into ``out``: ``plain.json``, ``region.json``,
     ``read_card.json`` and ``read.json`` (the card alone, then the selected crop alone: a reading
     curriculum), ``reencode.json``, and ``cards.json`` (ground truth: number, card box, cells, crop)."""
@@ -140,14 +144,14 @@ def generate(out: str | Path, n: int, seed: int = 0, backgrounds: str | Path | N
         rel = f"images/{i:06d}.{fmt}"
         # fast PNG compression; JPEG (quality 95) for training-scale sets, 4x smaller
         img.save(out / rel, **({"compress_level": 1} if fmt == "png" else {"quality": 95}))
-        for k, item in items_for(rel, card).items():
+        for k, item in items_for(rel, card, prompts).items():
             sets[k].append(item)
         cards.append(asdict(card))
         if progress:
             progress(i + 1)
     for k, items in sets.items():
         (out / f"{k}.json").write_text(json.dumps(items, indent=1))
-    meta = {"n": n, "seed": seed, "canvas": CANVAS, "grid": GRID, "margin": margin, "split": split,
+    meta = {"n": n, "seed": seed, "canvas": CANVAS, "grid": GRID, "margin": margin, "prompts": prompts, "split": split,
             "backgrounds": str(backgrounds) if backgrounds else sorted(photos)}
     (out / "cards.json").write_text(json.dumps({"meta": meta, "cards": cards}, indent=1))
     return out

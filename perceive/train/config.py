@@ -33,6 +33,16 @@ class TinyModel(_Strict):
     seed: int = 0
 
 
+class NewBranch(_Strict):
+    """A re-encode branch added to a checkpoint: its encoder and projector start random and
+    train with the model. ``encoder_config`` sizes the encoder (a transformers ``Dinov2Config``
+    dict, or SAM image-encoder sizes; None: the tiny test sizes); ``image_size`` is its input side."""
+
+    action: Literal["dino", "sam", "native"]
+    encoder_config: dict[str, Any] | None = None
+    image_size: int | None = None
+
+
 class ModelSource(_Strict):
     path: Path | None = None  # a local checkpoint to start from
     tiny: TinyModel | None = None  # or build one
@@ -43,6 +53,7 @@ class ModelSource(_Strict):
     view_scale: float | None = Field(None, gt=0)
     #: action options the model is trained for, e.g. {region_select: {margin: 0}} (stored likewise)
     action_defaults: dict[str, dict[str, Any]] | None = None
+    add_branches: list[NewBranch] = Field(default_factory=list)
 
 
 class DataConfig(_Strict):

@@ -38,7 +38,33 @@ def build_model(cfg: TrainConfig):
         model.config.view_scale = src.view_scale
     if src.action_defaults is not None:
         model.config.action_defaults = src.action_defaults
+    for nb in src.add_branches:
+        add_branch(model, nb)
     return model
+
+
+def add_branch(model, nb) -> None:
+    """Give ``model`` a new re-encode branch (random encoder and projector) for ``nb.action``."""
+    from perceive.errors import ConfigError
+    from perceive.model.branches import Branch, build_encoder
+    from perceive.model.projectors import build_projector
+    from perceive.testing.tiny import tiny_vpt_config
+
+    if nb.action in model.config.branches:
+        raise ConfigError(f"model.add_branches: the model already has a {nb.action} branch",
+                          hint="remove it from add_branches, or start from a model without it")
+    b = tiny_vpt_config(model.tokenizer, branches=(nb.action,), hidden=model.config.hidden_size).branches[nb.action]
+    update = {}
+    if nb.encoder_config is not None:
+        update["encoder_config"] = nb.encoder_config
+        if nb.action == "dino":
+            update["feature_dim"] = nb.encoder_config["hidden_size"]
+    if nb.image_size is not None:
+        update["image_size"] = nb.image_size
+    b = b.model_copy(update=update)
+    model.config.branches[nb.action] = b
+    model.branches[nb.action] = Branch(build_encoder(b), build_projector(
+        b.action, b.feature_dim, model.config.hidden_size, model.config.projector_scale))
 
 
 def _base_model(cfg: TrainConfig):
