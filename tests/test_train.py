@@ -234,3 +234,18 @@ def test_a_checkpoint_gains_a_branch_and_keeps_its_zoom(cards, tmp_path):
     cfg.model.path = tmp_path / "out"
     with pytest.raises(Exception, match="already has a dino branch"):
         Trainer(cfg, progress=False)
+
+
+def test_rope_base_can_change_between_stages(cards, tmp_path):
+    from perceive.model import load_model
+    from perceive.train.trainer import set_rope_theta
+
+    model = tiny_vpt_model(branches=())
+    before = model.language_model.rotary_emb.inv_freq.clone()
+    set_rope_theta(model, 10.0)
+    after = model.language_model.rotary_emb.inv_freq
+    assert after[-1] > 100 * before[-1]  # the columns' (lowest) frequencies rise most
+    from perceive.model import save_model
+
+    again = load_model(save_model(model, tmp_path / "m"))
+    assert torch.allclose(again.language_model.rotary_emb.inv_freq, after)

@@ -57,7 +57,8 @@ def tiny_image_processor(min_pixels: int = 28 * 28, max_pixels: int = 112 * 112)
 
 
 def tiny_base(tokenizer, base: str = "qwen2_vl", hidden: int = 64, layers: int = 2, seed: int = 0, heads: int = 4,
-              kv_heads: int = 2, vision_depth: int = 2, vision_dim: int = 32, vision_heads: int = 2):
+              kv_heads: int = 2, vision_depth: int = 2, vision_dim: int = 32, vision_heads: int = 2,
+              rope_theta: float = 10000.0):
     """A random-weight Qwen2-VL (or Qwen2.5-VL) of the given sizes whose vocabulary and special
     token ids fit ``tokenizer``."""
     from perceive.model.checkpoint import base_classes
@@ -71,7 +72,7 @@ def tiny_base(tokenizer, base: str = "qwen2_vl", hidden: int = 64, layers: int =
     text = dict(vocab_size=(len(tokenizer) + 63) // 64 * 64, hidden_size=hidden, intermediate_size=2 * hidden,
                 num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
                 max_position_embeddings=4096, rope_scaling={"type": "mrope", "mrope_section": mrope},
-                rope_theta=10000.0, **specials)
+                rope_theta=rope_theta, **specials)
     if base == "qwen2_5_vl":
         vision = dict(depth=vision_depth, hidden_size=vision_dim, out_hidden_size=hidden,
                       intermediate_size=2 * vision_dim, num_heads=vision_heads, window_size=56,

@@ -30,6 +30,9 @@ class TinyModel(_Strict):
     view_max_pixels: int = 112 * 112  # crops and other views
     image_min_pixels: int = 28 * 28
     view_min_pixels: int = 28 * 28  # raise it to upscale small crops (digits span more patches)
+    #: the language model's RoPE base. M-RoPE gives the image's columns the lowest frequencies;
+    #: with 10000 and a 32-wide head, four columns of tokens are almost indistinguishable
+    rope_theta: float = Field(10000.0, gt=1)
     seed: int = 0
 
 
@@ -54,6 +57,8 @@ class ModelSource(_Strict):
     #: action options the model is trained for, e.g. {region_select: {margin: 0}} (stored likewise)
     action_defaults: dict[str, dict[str, Any]] | None = None
     add_branches: list[NewBranch] = Field(default_factory=list)
+    #: a new RoPE base for the language model (see TinyModel.rope_theta); the weights are kept
+    rope_theta: float | None = Field(None, gt=1)
 
 
 class DataConfig(_Strict):

@@ -40,7 +40,17 @@ def build_model(cfg: TrainConfig):
         model.config.action_defaults = src.action_defaults
     for nb in src.add_branches:
         add_branch(model, nb)
+    if src.rope_theta is not None:
+        set_rope_theta(model, src.rope_theta)
     return model
+
+
+def set_rope_theta(model, theta: float) -> None:
+    """Give the language model a new RoPE base (its rotary table is rebuilt; weights are kept)."""
+    tc = model.base.config.text_config
+    tc.rope_parameters["rope_theta"] = float(theta)
+    lm = model.language_model
+    lm.rotary_emb = type(lm.rotary_emb)(config=tc).to(lm.rotary_emb.inv_freq.device)
 
 
 def add_branch(model, nb) -> None:
@@ -87,7 +97,8 @@ def _base_model(cfg: TrainConfig):
     t = cfg.model.tiny or TinyModel()
     tok = build_tokenizer()
     base = tiny_base(tok, hidden=t.hidden, layers=t.layers, seed=t.seed, heads=t.heads, kv_heads=t.kv_heads,
-                     vision_depth=t.vision_depth, vision_dim=t.vision_dim, vision_heads=t.vision_heads).train()
+                     vision_depth=t.vision_depth, vision_dim=t.vision_dim, vision_heads=t.vision_heads,
+                     rope_theta=t.rope_theta).train()
     vcfg = tiny_vpt_config(tok, branches=tuple(t.branches), hidden=t.hidden)
     model = VPTModel(base, vcfg)
     model.tokenizer = tok

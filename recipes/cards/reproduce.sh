@@ -16,14 +16,12 @@ perceive data reading --n 8000 --out data/cells3-train --seed 0
 perceive data reading --n 200 --out data/cells3-eval --seed 1 --split eval
 # later stages keep a share of the earlier ones
 perceive data mix data/mix_j16.json data/j16-train/read.json data/j4-train/read.json:3000
-perceive data mix data/mix_cells.json data/cells3-train/read.json data/j16-train/read.json:2000 data/j4-train/read.json:1000
 perceive data mix data/mix_region.json data/cards-train/region.json data/cells3-train/read.json:2000 data/j16-train/read.json:1000
 perceive data mix data/mix_plain.json data/cards-train/plain.json data/cells3-train/read.json:2000 data/j16-train/read.json:1000
 
-# training: three reading stages, then the full task (b)
+# training: two reading stages, then the full task (b)
 perceive train read1_j4.yaml
 perceive train read2_j16.yaml
-perceive train read3_cells.yaml
 perceive train region.yaml          # -> runs/region/model = models/default
 # baselines with the same architecture, curriculum and steps: one view of the full image
 perceive train plain_112.yaml       # (a) 112x112, as (b)'s first view
