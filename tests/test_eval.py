@@ -95,3 +95,14 @@ def test_evaluate_end_to_end_with_an_oracle_policy(tmp_path, endpoint):
     assert plain["summary"]["exact_match"] == 0.0 and plain["summary"]["crop_iou"] is None
     table = markdown([result, plain])
     assert table.count("\n") == 4 and "judge" in table
+
+
+def test_oracle_spans_force_the_ground_truth_region_then_the_model_answers(tmp_path):
+    data = generate(tmp_path / "cards", 3, seed=4, split="eval", margin=0)
+    model = tiny_vpt_model(branches=())
+    cfg = EvalConfig(model=tmp_path, data=data / "region.json", graph="free_choice", batch_size=2,
+                     max_new_tokens=10, oracle_spans=True, action_options={"region_select": {"margin": 0}})
+    result = evaluate(cfg, model=model, progress=False)
+    # every sample crops exactly its ground-truth cells; what follows is the untrained model's own
+    assert result["summary"]["crop_iou"] == 1.0 and result["summary"]["action_counts"]["region_select"] >= 3
+    assert all(r["actions"][0] == "region_select" for r in result["records"])

@@ -121,7 +121,9 @@ def eval_(ctx: typer.Context,
           model: Path = typer.Option(None, "--model"), data: Path = typer.Option(None, "--data"),
           graph: str = typer.Option(None, "--graph"), out: Path = typer.Option(None, "--out"),
           max_samples: int = typer.Option(None, "--max-samples"),
-          max_new_tokens: int = typer.Option(None, "--max-new-tokens")) -> None:
+          max_new_tokens: int = typer.Option(None, "--max-new-tokens"),
+          oracle_spans: bool = typer.Option(None, "--oracle-spans/--no-oracle-spans",
+                                            help="Force each item's ground-truth perception span first.")) -> None:
     """Run a model with a graph over a dataset: exact match, ANLS, relaxed accuracy, optional LLM
     judge, per-hop telemetry. Writes eval.json and eval.md."""
     if ctx.invoked_subcommand is not None:
@@ -130,7 +132,7 @@ def eval_(ctx: typer.Context,
     from perceive.eval.runner import EvalConfig, evaluate, load_eval_config, markdown
 
     overrides = {"model": model, "data": data, "graph": graph, "output": out, "max_samples": max_samples,
-                 "max_new_tokens": max_new_tokens}
+                 "max_new_tokens": max_new_tokens, "oracle_spans": oracle_spans}
     try:
         if config is not None:
             cfg = load_eval_config(config, **overrides)

@@ -49,6 +49,9 @@ class EvalConfig(_Strict):
     device: str = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     action_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    #: force each item's own first assistant turn (its ground-truth perception span) before the
+    #: model continues: separates finding the region from reading it
+    oracle_spans: bool = False
     judge: JudgeSettings | None = None
     output: Path | None = None
 
@@ -100,6 +103,8 @@ def evaluate(cfg: EvalConfig, model=None, registry=None, progress: bool = True, 
         task = bar.add_task("eval", total=n)
         for lo in range(0, n, cfg.batch_size):
             exs = [ds[k] for k in range(lo, min(n, lo + cfg.batch_size))]
+            if cfg.oracle_spans:
+                loop.policy = _oracle(model.tokenizer, exs)
             answers = loop.ask_batch([(e.images["images"][0], question_of(e.question)) for e in exs])
             for e, a in zip(exs, answers, strict=True):
                 gt = e.answer
@@ -132,6 +137,17 @@ def evaluate(cfg: EvalConfig, model=None, registry=None, progress: bool = True, 
         (cfg.output / "eval.json").write_text(json.dumps(result, indent=1))
         (cfg.output / "eval.md").write_text(markdown([result]))
     return result
+
+
+def _oracle(tokenizer, examples):
+    from perceive.testing.scripted import ScriptedPolicy, span_tokens
+
+    spans = {}
+    for i, e in enumerate(examples):
+        turns = [m["content"] for m in e.messages if m["role"] == "assistant"]
+        if len(turns) > 1:  # a perception turn, then the answer
+            spans[i] = span_tokens(tokenizer, turns[0])
+    return ScriptedPolicy(tokenizer, spans)
 
 
 def summarize(records: list[dict], judge=None) -> dict[str, Any]:
