@@ -29,6 +29,7 @@ perceive train plain_224.yaml       # (d) 224x224: four times the image tokens o
 
 # evaluation on 500 images with held-out backgrounds
 perceive eval eval_region.yaml
+perceive eval eval_region_oracle.yaml   # the same model, the region forced: how well it reads
 perceive eval eval_plain_112.yaml
 perceive eval eval_plain_224.yaml
-perceive eval compare runs/eval-plain-112 runs/eval-region runs/eval-plain-224
+perceive eval compare runs/eval-plain-112 runs/eval-region runs/eval-region-oracle runs/eval-plain-224
