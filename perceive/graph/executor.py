@@ -58,7 +58,7 @@ class GraphController:
                 if not self._budget_ok(loop, s, n):
                     node = n.next
                     continue
-                forced.append(self._force(n, node))
+                forced.append(self._force(loop, n, node))
                 st["planned"] += 1
                 self._hook_after(s, node, n.kind, f"force {n.action}")
                 node = n.next
@@ -106,7 +106,7 @@ class GraphController:
             if n.forced:
                 self._hook_after(s, node, "action", f"force {n.action}")
                 self._arrive(s, st["cursor"])
-                return self._force(n, node)
+                return self._force(loop, n, node)
             if ev is None or (n.action != ANY and n.action != ev.action):
                 got = ev.action if ev else "an answer"
                 s.trace.events.append({"type": "graph_error", "node": node,
@@ -157,9 +157,10 @@ class GraphController:
         loop._budget_event(s, n.action, (), limit)
         return False
 
-    def _force(self, n, node: str) -> Decision:
+    def _force(self, loop, n, node: str) -> Decision:
         args = self.graph.registry.action(n.action).Args.model_validate(n.args)
-        opts = dict(n.options)
+        # the run's options for this action (with the model's defaults under them), then the node's
+        opts = {**loop.options.action_options.get(n.action, {}), **n.options}
         if n.encoder:
             opts["encoder"] = n.encoder
         return Decision("force", options=opts, target=n.target, action=n.action, args=args, node=node)
