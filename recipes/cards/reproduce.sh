@@ -26,10 +26,15 @@ perceive train region.yaml          # -> runs/region/model = models/default
 # baselines with the same architecture, curriculum and steps: one view of the full image
 perceive train plain_112.yaml       # (a) 112x112, as (b)'s first view
 perceive train plain_224.yaml       # (d) 224x224: four times the image tokens of (a)
+perceive train reencode.yaml        # (c) a DINOv2 branch on the whole image at 224x224 (fewer steps: see the card)
 
 # evaluation on 500 images with held-out backgrounds
 perceive eval eval_region.yaml
 perceive eval eval_region_oracle.yaml   # the same model, the region forced: how well it reads
 perceive eval eval_plain_112.yaml
 perceive eval eval_plain_224.yaml
-perceive eval compare runs/eval-plain-112 runs/eval-region runs/eval-region-oracle runs/eval-plain-224
+perceive eval eval_reencode.yaml
+perceive eval compare runs/eval-plain-112 runs/eval-region runs/eval-region-oracle runs/eval-reencode runs/eval-plain-224
+
+# ship: the model and the first held-out cards it reads correctly, as examples
+python ship.py runs/region/model runs/eval-region/eval.json data/cards-eval --n 4
