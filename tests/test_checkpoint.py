@@ -103,14 +103,24 @@ def test_official_sam_weights_load_into_the_branch(tmp_path):
     assert torch.equal(enc.state_dict()["neck.0.weight"], state["image_encoder.neck.0.weight"])
 
 
-def test_ask_cli_needs_a_model(tmp_path):
-    from PIL import Image
+def test_ask_cli_without_a_model_uses_the_shipped_one(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
 
-    img = tmp_path / "a.png"
-    Image.new("RGB", (32, 32)).save(img)
-    out = subprocess.run([sys.executable, "-m", "perceive", "ask", str(img), "What?"], capture_output=True, text=True,
-                         timeout=120, env={"COLUMNS": "200", "PATH": ""})
-    assert out.returncode == 2 and "no model given" in out.stdout
+    from perceive import defaults
+    from perceive.cli import app
+    from perceive.data.cards import QUESTION
+
+    if defaults.default_model_path() is None:
+        pytest.skip("models/default is not in this checkout")
+    image, number = defaults.default_examples()[0]
+    out = subprocess.run([sys.executable, "-m", "perceive", "ask", str(image), QUESTION, "--device", "cpu"],
+                         capture_output=True, text=True, timeout=120, env={"COLUMNS": "200", "PATH": ""})
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.splitlines()[0] == number and "region_select" in out.stdout
+    # without the shipped folder, the error says what to pass
+    monkeypatch.setattr(defaults, "DEFAULT_MODEL_DIR", tmp_path / "none")
+    res = CliRunner().invoke(app, ["ask", str(image), QUESTION])
+    assert res.exit_code == 2 and "no model given" in res.output
 
 
 def test_ask_cli_with_a_model(saved, tmp_path):

@@ -106,3 +106,24 @@ def test_oracle_spans_force_the_ground_truth_region_then_the_model_answers(tmp_p
     # every sample crops exactly its ground-truth cells; what follows is the untrained model's own
     assert result["summary"]["crop_iou"] == 1.0 and result["summary"]["action_counts"]["region_select"] >= 3
     assert all(r["actions"][0] == "region_select" for r in result["records"])
+
+
+def test_eval_compare_cli_puts_runs_side_by_side(tmp_path):
+    import subprocess
+    import sys
+
+    data = generate(tmp_path / "cards", 2, seed=5, split="eval")
+    model = tiny_vpt_model(branches=())
+    for name in ("one", "two"):
+        evaluate(EvalConfig(model=tmp_path, data=data / "plain.json", name=name, max_new_tokens=2,
+                            output=tmp_path / name), model=model, progress=False)
+    out = subprocess.run([sys.executable, "-m", "perceive", "eval", "compare", str(tmp_path / "one"),
+                          str(tmp_path / "two" / "eval.json"), "--out", str(tmp_path / "t.md")],
+                         capture_output=True, text=True, timeout=120, env={"COLUMNS": "200", "PATH": ""})
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows = [line for line in (tmp_path / "t.md").read_text().splitlines() if line.startswith("| one") or
+            line.startswith("| two")]
+    assert len(rows) == 2
+    bad = subprocess.run([sys.executable, "-m", "perceive", "eval", "compare", str(tmp_path / "missing")],
+                         capture_output=True, text=True, timeout=120, env={"COLUMNS": "200", "PATH": ""})
+    assert bad.returncode == 1 and "cannot read the run" in bad.stdout

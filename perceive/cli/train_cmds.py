@@ -112,22 +112,26 @@ def train(config: Path = typer.Argument(..., help="Training config (YAML)."),
     console.print(f"model written to {out}")
 
 
-eval_app = typer.Typer(help="Evaluate models and graphs; compare runs.", invoke_without_command=True)
-
-
-@eval_app.callback()
-def eval_(ctx: typer.Context,
-          config: Path = typer.Argument(None, help="Eval config (YAML); or use --model and --data."),
+def eval_(targets: list[str] = typer.Argument(None, metavar="[CONFIG | compare RUN...]",
+                                         help="An eval config (YAML); or `compare` and eval.json files or folders."),
           model: Path = typer.Option(None, "--model"), data: Path = typer.Option(None, "--data"),
-          graph: str = typer.Option(None, "--graph"), out: Path = typer.Option(None, "--out"),
+          graph: str = typer.Option(None, "--graph"), out: Path = typer.Option(None, "--out",
+                                                                           help="Output folder (compare: a .md file)."),
           max_samples: int = typer.Option(None, "--max-samples"),
           max_new_tokens: int = typer.Option(None, "--max-new-tokens"),
           oracle_spans: bool = typer.Option(None, "--oracle-spans/--no-oracle-spans",
                                             help="Force each item's ground-truth perception span first.")) -> None:
     """Run a model with a graph over a dataset: exact match, ANLS, relaxed accuracy, optional LLM
-    judge, per-hop telemetry. Writes eval.json and eval.md."""
-    if ctx.invoked_subcommand is not None:
-        return
+    judge, per-hop telemetry; writes eval.json and eval.md. `perceive eval compare RUN...` puts
+    several runs side by side."""
+    targets = targets or []
+    if targets and targets[0] == "compare":
+        if len(targets) < 2:
+            raise fail("compare needs at least one run: perceive eval compare RUN [RUN...]", 2)
+        return compare([Path(t) for t in targets[1:]], out)
+    if len(targets) > 1:
+        raise fail(f"one config at a time, got {len(targets)}: {' '.join(targets)}", 2)
+    config = Path(targets[0]) if targets else None
     from perceive.errors import PerceiveError
     from perceive.eval.runner import EvalConfig, evaluate, load_eval_config, markdown
 
@@ -148,16 +152,17 @@ def eval_(ctx: typer.Context,
         console.print(f"wrote {cfg.output / 'eval.json'} and eval.md")
 
 
-@eval_app.command("compare")
-def compare(runs: list[Path] = typer.Argument(..., help="eval.json files (or their folders)."),
-            out: Path = typer.Option(None, "--out", help="Write the table here (markdown).")) -> None:
-    """Put several runs side by side."""
+def compare(runs: list[Path], out: Path | None = None) -> None:
+    """Put several runs side by side (one markdown table)."""
     from perceive.eval.runner import markdown
 
     results = []
     for r in runs:
         p = r / "eval.json" if r.is_dir() else r
-        results.append(json.loads(p.read_text()))
+        try:
+            results.append(json.loads(p.read_text()))
+        except (OSError, ValueError) as exc:
+            raise fail(f"cannot read the run {r}: {exc}", 1) from None
     table = markdown(results)
     typer.echo(table)
     if out:
