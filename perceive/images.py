@@ -57,3 +57,11 @@ def as_rgb(image: Image.Image) -> Image.Image:
         bg.paste(rgba, mask=rgba.split()[-1])
         return bg
     return image.convert("RGB")
+
+
+def rescale(image: Image.Image, factor: float) -> Image.Image:
+    """``image`` resized by ``factor`` on both sides (bicubic; at least 1x1 px)."""
+    if factor == 1:
+        return image
+    size = (max(1, round(image.width * factor)), max(1, round(image.height * factor)))
+    return image.resize(size, Image.Resampling.BICUBIC)

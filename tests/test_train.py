@@ -69,7 +69,8 @@ def test_margin_zero_crops_exactly_the_touched_cells(tmp_path):
 
 
 def test_reading_sets_crop_around_the_card_at_a_fixed_scale(tmp_path):
-    from perceive.data.cards import mix, reading_set
+    from perceive.data.cards import reading_set
+    from perceive.data.mix import mix
 
     tight = reading_set(tmp_path / "tight", 3, seed=4, context=0, scale=2.0)
     cells = reading_set(tmp_path / "cells", 3, seed=4, context=None, scale=2.0)

@@ -62,7 +62,7 @@ def mix_cmd(out: Path = typer.Argument(..., help="The dataset file to write."),
             parts: list[str] = typer.Argument(..., help="FILE or FILE:COUNT (a random COUNT of its items)."),
             seed: int = typer.Option(0, "--seed")) -> None:
     """Mix datasets into one file (curriculum stages keep a share of earlier items)."""
-    from perceive.data.cards import mix
+    from perceive.data.mix import mix
 
     spec = []
     for part in parts:

@@ -27,6 +27,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from perceive.geometry import Box, box_to_grid_cells, grid_cells_to_box
+from perceive.images import rescale
 from perceive.vocabulary import REGION_END, REGION_START, Vocabulary
 
 CANVAS = 448
@@ -173,15 +174,14 @@ def reading_set(out: str | Path, n: int, seed: int = 0, split: str = "train", co
     rng = random.Random(seed)
     items = []
     for i in range(n):
-        img, card = make_card(rng, photos)
+        img, card = make_card(rng, photos, margin=0)
         if context is None:
-            box = grid_cells_to_box(set(card.xs), set(card.ys), CANVAS, CANVAS, grid=GRID, margin=0).as_int_tuple()
+            box = card.crop
         else:
             x0, y0, x1, y1 = card.box
             box = (max(0, x0 - rng.randint(0, context)), max(0, y0 - rng.randint(0, context)),
                    min(CANVAS, x1 + rng.randint(0, context)), min(CANVAS, y1 + rng.randint(0, context)))
-        crop = img.crop(box)
-        crop = crop.resize((round(crop.width * scale), round(crop.height * scale)), Image.Resampling.BICUBIC)
+        crop = rescale(img.crop(box), scale)
         rel = f"images/{i:06d}.jpg"
         crop.save(out / rel, quality=95)
         items.append({"messages": [{"role": "user", "content": f"<image>{QUESTION}"},
@@ -191,27 +191,3 @@ def reading_set(out: str | Path, n: int, seed: int = 0, split: str = "train", co
     (out / "read.json").write_text(json.dumps(items))
     return out
 
-
-def mix(out: str | Path, parts: list[tuple[str | Path, int | None]], seed: int = 0) -> Path:
-    """One dataset file from several: ``(json file, how many items or None for all)``, sampled
-    and shuffled with ``seed``; image paths are rewritten relative to ``out``'s folder."""
-    import os
-
-    out = Path(out)
-    rng = random.Random(seed)
-    items = []
-    for path, k in parts:
-        path = Path(path)
-        rel = Path(os.path.relpath(path.parent, out.parent))
-        part = json.loads(path.read_text())
-        part = part if k is None else rng.sample(part, k)
-        for it in part:
-            it = dict(it)
-            for key in ("images", "detection_images", "seg_images", "clip_images"):
-                if key in it:
-                    it[key] = [str(rel / p) for p in it[key]]
-            items.append(it)
-    rng.shuffle(items)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(items))
-    return out

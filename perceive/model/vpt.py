@@ -86,12 +86,10 @@ class VPTModel(nn.Module):
         """Pixel patches and ``(t, h, w)`` grid of a view (any image after the first), as the
         model was trained to see it: resized by ``config.view_scale`` (bicubic) when set, then the
         view processor. Training (the collator) and the loop both call this."""
-        from PIL import Image
+        from perceive.images import rescale
 
-        s = self.config.view_scale
-        if s is not None and s != 1:
-            image = image.resize((max(1, round(image.width * s)), max(1, round(image.height * s))),
-                                 Image.Resampling.BICUBIC)
+        if self.config.view_scale is not None:
+            image = rescale(image, self.config.view_scale)
         inputs = (self.view_image_processor or self.image_processor)(images=[image], return_tensors="pt")
         return inputs["pixel_values"], inputs["image_grid_thw"][0]
 
