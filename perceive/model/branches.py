@@ -8,6 +8,7 @@ from typing import Any
 from torch import nn
 
 from perceive.model.config import BranchConfig
+from perceive.model.projectors import build_projector
 
 # Official architectures, for checkpoints that do not carry an encoder config
 # (the paper's released models were built from hub ids).
@@ -63,3 +64,9 @@ class Branch(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.projector = projector
+
+    @classmethod
+    def build(cls, branch: BranchConfig, hidden_size: int, projector_scale: int = 1) -> Branch:
+        """A randomly initialised branch of ``branch``'s architecture for a ``hidden_size`` LM."""
+        return cls(build_encoder(branch), build_projector(branch.action, branch.feature_dim, hidden_size,
+                                                          projector_scale))

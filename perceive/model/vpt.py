@@ -15,9 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from perceive.model.branches import Branch, build_encoder
+from perceive.model.branches import Branch
 from perceive.model.config import VPTConfig
-from perceive.model.projectors import build_projector
 
 IGNORE_INDEX = -100
 
@@ -46,11 +45,8 @@ class VPTModel(nn.Module):
         self.base = base
         self.config = config
         if branches is None:
-            branches = {
-                name: Branch(build_encoder(b), build_projector(b.action, b.feature_dim, config.hidden_size,
-                                                               config.projector_scale))
-                for name, b in config.branches.items()
-            }
+            branches = {name: Branch.build(b, config.hidden_size, config.projector_scale)
+                        for name, b in config.branches.items()}
         self.branches = nn.ModuleDict(branches)
         self.tokenizer = None  # set by the loader when the checkpoint has one
         self.image_processor = None  # the first image

@@ -56,8 +56,7 @@ def set_rope_theta(model, theta: float) -> None:
 def add_branch(model, nb) -> None:
     """Give ``model`` a new re-encode branch (random encoder and projector) for ``nb.action``."""
     from perceive.errors import ConfigError
-    from perceive.model.branches import Branch, build_encoder
-    from perceive.model.projectors import build_projector
+    from perceive.model.branches import Branch
     from perceive.testing.tiny import tiny_vpt_config
 
     if nb.action in model.config.branches:
@@ -73,23 +72,20 @@ def add_branch(model, nb) -> None:
         update["image_size"] = nb.image_size
     b = b.model_copy(update=update)
     model.config.branches[nb.action] = b
-    model.branches[nb.action] = Branch(build_encoder(b), build_projector(
-        b.action, b.feature_dim, model.config.hidden_size, model.config.projector_scale))
+    model.branches[nb.action] = Branch.build(b, model.config.hidden_size, model.config.projector_scale)
 
 
 def _base_model(cfg: TrainConfig):
     from perceive.model import load_model
+    from perceive.model.checkpoint import image_processor
 
     if cfg.model.path is not None:
-        from perceive.model.checkpoint import image_processor
-
         model = load_model(cfg.model.path, device="cpu", dtype="float32")
         if cfg.model.image_pixels:
             model.image_processor = image_processor(*cfg.model.image_pixels)
         if cfg.model.view_pixels:
             model.view_image_processor = image_processor(*cfg.model.view_pixels)
         return model
-    from perceive.model.checkpoint import image_processor
     from perceive.model.vpt import VPTModel
     from perceive.testing.tiny import build_tokenizer, tiny_base, tiny_vpt_config
     from perceive.train.config import TinyModel
