@@ -250,3 +250,27 @@ def test_rope_base_can_change_between_stages(cards, tmp_path):
 
     again = load_model(save_model(model, tmp_path / "m"))
     assert torch.allclose(again.language_model.rotary_emb.inv_freq, after)
+
+
+def test_one_patch_per_token_model(cards, tmp_path):
+    """``merge: 1``: at 112x112 the first image is 8x8 tokens, one per region cell; the processors
+    that training overrides and the saved checkpoint keep the same merge size, and the loop runs."""
+    from perceive.loop import LoopOptions, PerceptionLoop
+    from perceive.model import load_model
+
+    cfg = config(cards, tmp_path / "a", 1)
+    cfg.model.tiny.merge = 1
+    cfg.model.tiny.image_min_pixels = cfg.model.tiny.image_max_pixels = 112 * 112
+    t = Trainer(cfg, progress=False)
+    t.train()
+    grid = t.model.image_processor(images=[Image.open(cards / "images/000000.png")])["image_grid_thw"][0]
+    assert grid.tolist() == [1, 8, 8]
+    assert t.model.spatial_merge_size == 1
+    start = t.save_model(tmp_path / "m")
+    cfg.model = type(cfg.model).model_validate({"path": str(start), "image_pixels": [12544, 12544]})
+    again = Trainer(cfg, progress=False).model  # a later stage overriding the processors
+    assert again.image_processor.merge_size == again.view_image_processor.merge_size == 1
+    loaded = load_model(start)
+    assert loaded.image_processor.merge_size == 1 and loaded.spatial_merge_size == 1
+    ans = PerceptionLoop(loaded, options=LoopOptions(max_new_tokens=4)).ask(cards / "images/000000.png", "Q?")
+    assert ans.error is None

@@ -41,11 +41,12 @@ def base_classes(base: str):
     return Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
 
-def image_processor(min_pixels: int = 28 * 28, max_pixels: int = 112 * 112):
-    """A Qwen2-VL image processor (PIL backend: no torchvision needed) with these pixel bounds."""
+def image_processor(min_pixels: int = 28 * 28, max_pixels: int = 112 * 112, merge: int = 2):
+    """A Qwen2-VL image processor (PIL backend: no torchvision needed) with these pixel bounds;
+    ``merge`` must equal the vision tower's ``spatial_merge_size``."""
     from transformers import Qwen2VLImageProcessorPil
 
-    return Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels)
+    return Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels, merge_size=merge)
 
 
 def resolve_device(device: str | None) -> torch.device:

@@ -58,7 +58,7 @@ def tiny_image_processor(min_pixels: int = 28 * 28, max_pixels: int = 112 * 112)
 
 def tiny_base(tokenizer, base: str = "qwen2_vl", hidden: int = 64, layers: int = 2, seed: int = 0, heads: int = 4,
               kv_heads: int = 2, vision_depth: int = 2, vision_dim: int = 32, vision_heads: int = 2,
-              rope_theta: float = 10000.0):
+              rope_theta: float = 10000.0, merge: int = 2):
     """A random-weight Qwen2-VL (or Qwen2.5-VL) of the given sizes whose vocabulary and special
     token ids fit ``tokenizer``."""
     from perceive.model.checkpoint import base_classes
@@ -76,9 +76,10 @@ def tiny_base(tokenizer, base: str = "qwen2_vl", hidden: int = 64, layers: int =
     if base == "qwen2_5_vl":
         vision = dict(depth=vision_depth, hidden_size=vision_dim, out_hidden_size=hidden,
                       intermediate_size=2 * vision_dim, num_heads=vision_heads, window_size=56,
-                      fullatt_block_indexes=[vision_depth - 1])
+                      fullatt_block_indexes=[vision_depth - 1], spatial_merge_size=merge)
     else:
-        vision = dict(depth=vision_depth, embed_dim=vision_dim, hidden_size=hidden, num_heads=vision_heads)
+        vision = dict(depth=vision_depth, embed_dim=vision_dim, hidden_size=hidden, num_heads=vision_heads,
+                      spatial_merge_size=merge)
     config_cls, model_cls = base_classes(base)
     cfg = config_cls(text_config=text, vision_config=vision, image_token_id=ids("<|image_pad|>"),
                      video_token_id=ids("<|video_pad|>"), vision_start_token_id=ids("<|vision_start|>"),

@@ -33,6 +33,9 @@ class TinyModel(_Strict):
     #: the language model's RoPE base. M-RoPE gives the image's columns the lowest frequencies;
     #: with 10000 and a 32-wide head, four columns of tokens are almost indistinguishable
     rope_theta: float = Field(10000.0, gt=1)
+    #: Qwen2-VL's spatial_merge_size: 2x2 patches per language-model token (2), or one patch (1),
+    #: so that at 112x112 each token is one cell of the 8x8 region grid
+    merge: Literal[1, 2] = 2
     seed: int = 0
 
 

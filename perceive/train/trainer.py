@@ -82,9 +82,9 @@ def _base_model(cfg: TrainConfig):
     if cfg.model.path is not None:
         model = load_model(cfg.model.path, device="cpu", dtype="float32")
         if cfg.model.image_pixels:
-            model.image_processor = image_processor(*cfg.model.image_pixels)
+            model.image_processor = image_processor(*cfg.model.image_pixels, merge=model.spatial_merge_size)
         if cfg.model.view_pixels:
-            model.view_image_processor = image_processor(*cfg.model.view_pixels)
+            model.view_image_processor = image_processor(*cfg.model.view_pixels, merge=model.spatial_merge_size)
         return model
     from perceive.model.vpt import VPTModel
     from perceive.testing.tiny import build_tokenizer, tiny_base, tiny_vpt_config
@@ -94,12 +94,12 @@ def _base_model(cfg: TrainConfig):
     tok = build_tokenizer()
     base = tiny_base(tok, hidden=t.hidden, layers=t.layers, seed=t.seed, heads=t.heads, kv_heads=t.kv_heads,
                      vision_depth=t.vision_depth, vision_dim=t.vision_dim, vision_heads=t.vision_heads,
-                     rope_theta=t.rope_theta).train()
+                     rope_theta=t.rope_theta, merge=t.merge).train()
     vcfg = tiny_vpt_config(tok, branches=tuple(t.branches), hidden=t.hidden)
     model = VPTModel(base, vcfg)
     model.tokenizer = tok
-    model.image_processor = image_processor(t.image_min_pixels, t.image_max_pixels)
-    model.view_image_processor = image_processor(t.view_min_pixels, t.view_max_pixels)
+    model.image_processor = image_processor(t.image_min_pixels, t.image_max_pixels, merge=t.merge)
+    model.view_image_processor = image_processor(t.view_min_pixels, t.view_max_pixels, merge=t.merge)
     return model
 
 
