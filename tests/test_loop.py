@@ -271,3 +271,27 @@ def test_sampling_is_seeded_and_top_k_1_is_greedy(model, photo):
     a = make_loop(model, {}, max_new_tokens=8, do_sample=True, temperature=1.5, seed=3).ask(photo, "What?")
     b = make_loop(model, {}, max_new_tokens=8, do_sample=True, temperature=1.5, seed=3).ask(photo, "What?")
     assert a.token_ids == b.token_ids
+
+
+def test_sequential_positions_model_runs_as_trained(photo, tmp_path):
+    """A model trained with 1-D positions (``positions: sequential`` in perceive.json) keeps them
+    through save/load, and the loop gives every token, image tokens included, its own index."""
+    from perceive.data.collate import Collator
+    from perceive.model import load_model, save_model
+
+    model = tiny_vpt_model(branches=())
+    model.config.positions = "sequential"
+    model = load_model(save_model(model, tmp_path / "m"))
+    assert model.config.positions == "sequential"
+    loop = make_loop(model, {0: REGION})
+    seen = []
+    real = loop._drive
+    loop._drive = lambda samples: (real(samples), seen.extend(samples))
+    assert loop.ask(photo, "What?").ok
+    pos = torch.cat([g.positions for g in seen[0].segments], dim=1)
+    assert torch.equal(pos, torch.arange(pos.shape[1]).expand(3, -1))  # images included (M-RoPE would repeat)
+    online = make_loop(model, {0: REGION}, record_logits=True).ask(photo, "What?")
+    ref = make_loop(model, {0: REGION}, record_logits=True, reprefill=True).ask(photo, "What?")
+    for a, b in zip(online.logits, ref.logits, strict=True):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+    assert Collator(model).positions == "sequential"

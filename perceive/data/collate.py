@@ -5,8 +5,9 @@ blocks (``<image>``: the Qwen2-VL vision pads, one per merged patch; ``<detectio
 friends: the family's feature pads, as the paper's data plugin expands them, §1.5). Labels follow
 the paper (§2.8): every assistant turn is supervised (its content and ``<|im_end|>``), everything
 else is -100, and the middle action token of each re-encode family is never a target.
-M-RoPE positions are computed as at inference, so training and generation agree (the reference
-trains with 1-D positions, §2.6; ``positions="sequential"`` reproduces that).
+Positions are computed as at inference, so training and generation agree: the model's
+``config.positions`` (M-RoPE, or 1-D ``"sequential"`` as the reference trains, §2.6) unless the
+collator is told otherwise.
 """
 
 from __future__ import annotations
@@ -38,13 +39,13 @@ class Collator:
     """Encode examples for a :class:`~perceive.model.vpt.VPTModel` (its tokenizer, processors and
     config). Every image after the first (crops) goes through ``model.view_pixels``."""
 
-    def __init__(self, model, positions: str = "mrope", max_length: int | None = None):
+    def __init__(self, model, positions: str | None = None, max_length: int | None = None):
         self.model = model
         self.tok = model.tokenizer
         self.cfg = model.config
         self.proc = model.image_processor
         self.merge = model.spatial_merge_size
-        self.positions = positions
+        self.positions = positions or model.config.positions
         self.max_length = max_length
         self.image_pad = self.tok.convert_ids_to_tokens(self.cfg.special.image_pad)
         self.vs = self.tok.convert_ids_to_tokens(self.cfg.special.vision_start)
@@ -126,10 +127,8 @@ class Collator:
             labels += [IGNORE_INDEX] * len(h) + b + sup_tail
         for branch in self.cfg.branches.values():
             labels = [IGNORE_INDEX if i == branch.action_id else lab for i, lab in zip(ids, labels, strict=True)]
-        if self.positions == "mrope":
-            pos, _ = sequence_positions(ids, self.cfg.special.image_pad, [g.tolist() for g in grids], self.merge)
-        else:
-            pos = torch.arange(len(ids)).expand(3, -1).clone()
+        pos, _ = sequence_positions(ids, self.cfg.special.image_pad, [g.tolist() for g in grids], self.merge,
+                                    sequential=self.positions == "sequential")
         if self.max_length and len(ids) > self.max_length:
             raise ValueError(f"item {ex.index}: {len(ids)} tokens exceed max_length {self.max_length}")
         return Encoded(ids, labels, pos, torch.cat(pix) if pix else None,

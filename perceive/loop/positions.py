@@ -5,6 +5,12 @@ Text tokens take one position each, the same on all three axes. An image block o
 next position to ``p + max(h, w)``. Feature placeholders of the re-encode families are text
 tokens here, as in the paper. Computing segment by segment gives exactly the positions a full
 pass over the whole sequence gives.
+
+``sequential`` positions give every token, image tokens included, its own 1-D index (row-major
+over an image), as the reference's training does (vpt-paper.md §2.6). A model trained that way is
+run that way: the setting lives in its ``perceive.json`` (``positions``). Small models trained from
+scratch need it: under M-RoPE with a narrow head the image's columns and rows get only the lowest
+rotary frequencies, and tokens of one image are nearly indistinguishable by position.
 """
 
 from __future__ import annotations
@@ -27,9 +33,10 @@ def image_positions(grid_thw, merge: int, start: int) -> tuple[torch.Tensor, int
     return pos, start + max(h, w)
 
 
-def sequence_positions(ids: list[int], image_pad: int, grids, merge: int, start: int = 0) -> tuple[torch.Tensor, int]:
+def sequence_positions(ids: list[int], image_pad: int, grids, merge: int, start: int = 0,
+                       sequential: bool = False) -> tuple[torch.Tensor, int]:
     """Positions of a whole id sequence whose runs of ``image_pad`` are images with ``grids``
-    (one ``(t, h, w)`` per run, in order)."""
+    (one ``(t, h, w)`` per run, in order); ``sequential``: 1-D positions for images too."""
     parts, pos, i, g = [], start, 0, iter(grids)
     n = len(ids)
     while i < n:
@@ -38,9 +45,12 @@ def sequence_positions(ids: list[int], image_pad: int, grids, merge: int, start:
             while j < n and ids[j] == image_pad:
                 j += 1
             grid = next(g)
-            p, pos = image_positions(grid, merge, pos)
+            p, after = image_positions(grid, merge, pos)
             if p.shape[1] != j - i:
                 raise ValueError(f"{j - i} image tokens for a grid of {p.shape[1]}")
+            if sequential:
+                p, after = text_positions(j - i, pos)
+            pos = after
         else:
             while j < n and ids[j] != image_pad:
                 j += 1

@@ -82,6 +82,9 @@ class VPTConfig(_Strict):
     #: options the model was trained with, per action (``{"region_select": {"margin": 0}}``);
     #: a run's config overrides them
     action_defaults: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    #: rotary positions of image tokens: Qwen2-VL's 3-D M-RoPE, or one 1-D index per token as the
+    #: reference trains (see ``perceive.loop.positions``); training and inference use the same
+    positions: Literal["mrope", "sequential"] = "mrope"
 
     def branch_for_token(self, token_id: int) -> BranchConfig | None:
         for b in self.branches.values():

@@ -105,7 +105,9 @@ class TrainConfig(_Strict):
     lora: LoraConfig | None = None
     para_mask_id: Literal[0, 1, 2] = 1
     para_mask_ratio: float = 0.5
-    positions: Literal["mrope", "sequential"] = "mrope"
+    #: image-token positions; None: the model's own (``perceive.json``). Setting it stores it in
+    #: the model, so the loop runs the model with the positions it was trained with
+    positions: Literal["mrope", "sequential"] | None = None
     precision: Literal["auto", "no", "bf16"] = "auto"
     output: Path = Path("runs/train")
     log_every: int = 10

@@ -42,6 +42,8 @@ def build_model(cfg: TrainConfig):
         add_branch(model, nb)
     if src.rope_theta is not None:
         set_rope_theta(model, src.rope_theta)
+    if cfg.positions is not None:
+        model.config.positions = cfg.positions
     return model
 
 
@@ -156,7 +158,7 @@ class Trainer:
                                project_dir=str(cfg.output))
         torch.manual_seed(cfg.optim.seed)
         self.model = model if model is not None else build_model(cfg)
-        self.collate = Collator(self.model, positions=cfg.positions)
+        self.collate = Collator(self.model)
         self.train_ds = VPTDataset(cfg.data.train, policy=cfg.data.policy)
         self.eval_ds = VPTDataset(cfg.data.eval, policy=cfg.data.policy) if cfg.data.eval else None
         self.skipped = [str(i) for i in self.train_ds.issues]
