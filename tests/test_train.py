@@ -274,3 +274,17 @@ def test_one_patch_per_token_model(cards, tmp_path):
     assert loaded.image_processor.merge_size == 1 and loaded.spatial_merge_size == 1
     ans = PerceptionLoop(loaded, options=LoopOptions(max_new_tokens=4)).ask(cards / "images/000000.png", "Q?")
     assert ans.error is None
+
+
+def test_token_accuracy_separates_the_first_region_cell():
+    """A model that gets every later cell right but the first one wrong localises nothing: the
+    first-cell count says so where the per-token counts cannot."""
+    from perceive.train.trainer import token_accuracy
+
+    ids = {10: "region_start", 11: "region_end", 20: "x_0", 21: "x_1", 30: "y_0", 31: "y_1"}
+    labels = torch.tensor([[IGNORE_INDEX, 10, 20, 30, 21, 31, 11, 5]])
+    wrong_first = [10, 21, 31, 21, 31, 11, 5]  # what each position predicts for the next one
+    logits = torch.nn.functional.one_hot(torch.tensor([wrong_first + [0]]), 40).float()
+    acc = token_accuracy(logits, labels, ids)
+    assert acc["region_first_cell"] == [0, 2] and acc["region_later_cells"] == [2, 2]
+    assert acc["x_1"] == [1, 1] and acc["perception"] == [4, 6]

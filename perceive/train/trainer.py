@@ -125,8 +125,11 @@ def digit_ids(model) -> set[int]:
 
 def token_accuracy(logits: torch.Tensor, labels: torch.Tensor, ids: dict[int, str],
                    digits: set[int] = frozenset()) -> dict[str, list[int]]:
-    """Correct/total counts: overall, over perception tokens, per perception token, and over digit
-    targets (the number-card answers)."""
+    """Correct/total counts: overall, over perception tokens, per perception token, over digit
+    targets (the number-card answers), and over the region span's first cell (the two tokens after
+    ``<|region_token_start|>``) apart from its later cells. Per-token counts mix the two roles, and
+    a later cell is easy given the first (it is the first plus the card's extent), so only
+    ``region_first_cell`` says whether the model localises."""
     pred = logits[:, :-1].argmax(-1)
     tgt = labels[:, 1:]
     valid = tgt != IGNORE_INDEX
@@ -138,12 +141,32 @@ def token_accuracy(logits: torch.Tensor, labels: torch.Tensor, ids: dict[int, st
             counts[name] = [int((pred == tgt)[m].sum()), int(m.sum())]
             pmask |= m
     counts["perception"] = [int((pred == tgt)[pmask].sum()), int(pmask.sum())]
+    names = {n: i for i, n in ids.items()}
+    if "region_start" in names:
+        first, later = _region_roles(tgt, names["region_start"], names.get("region_end"))
+        for key, m in (("region_first_cell", first), ("region_later_cells", later)):
+            if m.any():
+                counts[key] = [int((pred == tgt)[m].sum()), int(m.sum())]
     if digits:
         dmask = torch.zeros_like(valid)
         for i in digits:
             dmask |= tgt == i
         counts["digits"] = [int((pred == tgt)[dmask].sum()), int(dmask.sum())]
     return counts
+
+
+def _region_roles(tgt: torch.Tensor, start: int, end: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masks over ``tgt`` ``(B, L)``: the two targets after each region start, and the targets
+    from there to the region end."""
+    first = torch.zeros_like(tgt, dtype=torch.bool)
+    later = torch.zeros_like(first)
+    for b, j in (tgt == start).nonzero().tolist():
+        first[b, j + 1:j + 3] = True
+        k = j + 3
+        while k < tgt.shape[1] and tgt[b, k] not in (end, IGNORE_INDEX):
+            later[b, k] = True
+            k += 1
+    return first, later
 
 
 class Trainer:
