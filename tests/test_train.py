@@ -34,6 +34,8 @@ def test_cards_follow_the_spec(cards):
     assert meta["meta"]["backgrounds"][0] in ("astronaut", "brick", "camera")  # training photos only
     region = json.loads((cards / "region.json").read_text())
     assert region[0]["messages"][1]["content"].startswith("<|region_token_start|><|x_")
+    locate = json.loads((cards / "locate.json").read_text())[0]  # localisation alone: the span, no crop
+    assert locate["messages"] == region[0]["messages"][:2] and locate["images"] == region[0]["images"][:1]
     assert split_crop(region[0]["images"][1]) == ("images/000000.png", tuple(meta["cards"][0]["crop"]))
     read = json.loads((cards / "read.json").read_text())  # the reading curriculum: the crop alone
     assert read[0]["images"] == [region[0]["images"][1]] and read[0]["messages"][-1]["content"] == c0(meta)

@@ -111,6 +111,10 @@ def items_for(path: str, card: Card, prompts: bool = True) -> dict[str, dict]:
                                 {"role": "user", "content": "<image>"},
                                 {"role": "assistant", "content": card.number}],
                    "images": [path, f"{path}_{crop}"]},
+        # localisation alone: the span is the whole answer (a stage of its own)
+        "locate": {"messages": [{"role": "user", "content": f"<image>{region_q}"},
+                                {"role": "assistant", "content": region_span(card)}],
+                   "images": [path]},
         # curriculum, easiest first: the card alone, then the selected region; reading can be
         # learned before localising
         "read_card": {"messages": [{"role": "user", "content": f"<image>{QUESTION}"},
@@ -131,14 +135,16 @@ def items_for(path: str, card: Card, prompts: bool = True) -> dict[str, dict]:
 def generate(out: str | Path, n: int, seed: int = 0, backgrounds: str | Path | None = None,
              split: str = "train", progress=None, fmt: str = "png", margin: int = 1, prompts: bool = True) -> Path:
     """Write ``n`` card images and the datasets into ``out``: ``plain.json``, ``region.json``,
-    ``read_card.json`` and ``read.json`` (the card alone, then the selected crop alone: a reading
-    curriculum), ``reencode.json``, and ``cards.json`` (ground truth: number, card box, cells, crop)."""
+    ``locate.json`` (the region span alone), ``read_card.json`` and ``read.json`` (the card alone,
+    then the selected crop alone: a reading curriculum), ``reencode.json``, and ``cards.json``
+    (ground truth: number, card box, cells, crop)."""
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     photos = folder_photos(backgrounds) if backgrounds else skimage_photos(
         TRAIN_PHOTOS if split == "train" else EVAL_PHOTOS)
     rng = random.Random(seed)
-    sets: dict[str, list] = {"plain": [], "region": [], "read_card": [], "read": [], "reencode": []}
+    sets: dict[str, list] = {"plain": [], "region": [], "locate": [], "read_card": [], "read": [],
+                             "reencode": []}
     cards = []
     for i in range(n):
         img, card = make_card(rng, photos, margin)
