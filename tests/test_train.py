@@ -56,6 +56,17 @@ def test_eval_backgrounds_are_held_out(tmp_path):
     assert {c["background"] for c in meta["cards"]} <= set(EVAL_PHOTOS)
 
 
+def test_flat_backgrounds_leave_only_the_card(tmp_path):
+    generate(tmp_path, 2, seed=1, split="flat")
+    meta = json.loads((tmp_path / "cards.json").read_text())
+    for i, c in enumerate(meta["cards"]):
+        img = Image.open(tmp_path / f"images/{i:06d}.png")
+        x0, y0, x1, y1 = c["box"]
+        corners = ((0, 0), (447, 447), (0, 447), (447, 0))
+        outside = [img.getpixel(p) for p in corners if not (x0 <= p[0] < x1 and y0 <= p[1] < y1)]
+        assert len(set(outside)) == 1 and max(outside[0]) <= 160 and c["background"].startswith("flat")
+
+
 def test_margin_zero_crops_exactly_the_touched_cells(tmp_path):
     from perceive.geometry import grid_cells_to_box
 

@@ -17,7 +17,9 @@ def cards(n: int = typer.Option(..., "--n", min=1, help="Number of images."),
           out: Path = typer.Option(..., "--out", help="Output folder."),
           seed: int = typer.Option(0, "--seed"),
           backgrounds: Path = typer.Option(None, "--backgrounds", help="Folder of background photos."),
-          split: str = typer.Option("train", "--split", help="scikit-image photo set: train or eval (held out)."),
+          split: str = typer.Option("train", "--split",
+                                    help="Backgrounds: train or eval (held-out) scikit-image photos, or flat "
+                                         "(single colours: a first localisation stage)."),
           fmt: str = typer.Option("png", "--format", help="png (lossless) or jpg (smaller, for large sets)."),
           margin: int = typer.Option(1, "--margin", min=0,
                                      help="Cells added around the card's cells in the crop (1: the paper)."),
@@ -33,7 +35,7 @@ def cards(n: int = typer.Option(..., "--n", min=1, help="Number of images."),
         task = bar.add_task("cards", total=n)
         generate(out, n, seed=seed, backgrounds=backgrounds, split=split, fmt=fmt, margin=margin, prompts=prompts,
                  progress=lambda k: bar.update(task, completed=k))
-    console.print(f"wrote {n} images and plain, region, read_card, read, reencode and cards .json to {out}")
+    console.print(f"wrote {n} images and plain, region, locate, read_card, read, reencode and cards .json to {out}")
 
 
 @data_app.command("reading")

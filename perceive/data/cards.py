@@ -47,6 +47,14 @@ def skimage_photos(names) -> dict[str, Image.Image]:
     return {n: Image.fromarray(getattr(data, n)()).convert("RGB") for n in names}
 
 
+def flat_photos(n: int = 8) -> dict[str, Image.Image]:
+    """``n`` single-colour backgrounds, each channel in [40, 160] (darker than the white card):
+    the card is then the only thing in the image, a first stage for learning to localise it."""
+    rng = random.Random(0)
+    return {f"flat{i}": Image.new("RGB", (512, 512), tuple(rng.randint(40, 160) for _ in range(3)))
+            for i in range(n)}
+
+
 def folder_photos(path: str | Path) -> dict[str, Image.Image]:
     from perceive.images import as_rgb, load_image
 
@@ -140,8 +148,12 @@ def generate(out: str | Path, n: int, seed: int = 0, backgrounds: str | Path | N
     (ground truth: number, card box, cells, crop)."""
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    photos = folder_photos(backgrounds) if backgrounds else skimage_photos(
-        TRAIN_PHOTOS if split == "train" else EVAL_PHOTOS)
+    if backgrounds:
+        photos = folder_photos(backgrounds)
+    elif split == "flat":
+        photos = flat_photos()
+    else:
+        photos = skimage_photos(TRAIN_PHOTOS if split == "train" else EVAL_PHOTOS)
     rng = random.Random(seed)
     sets: dict[str, list] = {"plain": [], "region": [], "locate": [], "read_card": [], "read": [],
                              "reencode": []}
