@@ -8,9 +8,9 @@ pass over the whole sequence gives.
 
 ``sequential`` positions give every token, image tokens included, its own 1-D index (row-major
 over an image), as the reference's training does (vpt-paper.md §2.6). A model trained that way is
-run that way: the setting lives in its ``perceive.json`` (``positions``). Small models trained from
-scratch need it: under M-RoPE with a narrow head the image's columns and rows get only the lowest
-rotary frequencies, and tokens of one image are nearly indistinguishable by position.
+run that way: the setting lives in its ``perceive.json`` (``positions``). Under M-RoPE with a
+narrow head an image's rows and columns get only the lowest rotary frequencies; 1-D positions are
+one way round that (a smaller RoPE base is another; recipes/cards/NOTES.md compares them).
 """
 
 from __future__ import annotations

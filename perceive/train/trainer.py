@@ -163,7 +163,7 @@ def _region_roles(tgt: torch.Tensor, start: int, end: int | None) -> tuple[torch
     for b, j in (tgt == start).nonzero().tolist():
         first[b, j + 1:j + 3] = True
         k = j + 3
-        while k < tgt.shape[1] and tgt[b, k] not in (end, IGNORE_INDEX):
+        while k < tgt.shape[1] and int(tgt[b, k]) not in (end, IGNORE_INDEX):
             later[b, k] = True
             k += 1
     return first, later
