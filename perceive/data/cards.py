@@ -110,19 +110,18 @@ def items_for(path: str, card: Card, prompts: bool = True) -> dict[str, dict]:
     crop = ",".join(str(v) for v in card.crop)
     region_q = f"{QUESTION} \n{REGION_PROMPT}" if prompts else QUESTION
     reencode_q = f"{QUESTION} \n{REENCODE_PROMPT}" if prompts else QUESTION
+    region = {"messages": [{"role": "user", "content": f"<image>{region_q}"},
+                           {"role": "assistant", "content": region_span(card)},
+                           {"role": "user", "content": "<image>"},
+                           {"role": "assistant", "content": card.number}],
+              "images": [path, f"{path}_{crop}"]}
     return {
         "plain": {"messages": [{"role": "user", "content": f"<image>{QUESTION}"},
                                {"role": "assistant", "content": card.number}],
                   "images": [path]},
-        "region": {"messages": [{"role": "user", "content": f"<image>{region_q}"},
-                                {"role": "assistant", "content": region_span(card)},
-                                {"role": "user", "content": "<image>"},
-                                {"role": "assistant", "content": card.number}],
-                   "images": [path, f"{path}_{crop}"]},
-        # localisation alone: the span is the whole answer (a stage of its own)
-        "locate": {"messages": [{"role": "user", "content": f"<image>{region_q}"},
-                                {"role": "assistant", "content": region_span(card)}],
-                   "images": [path]},
+        "region": region,
+        # localisation alone: the region item's first turn (a stage of its own)
+        "locate": {"messages": region["messages"][:2], "images": region["images"][:1]},
         # curriculum, easiest first: the card alone, then the selected region; reading can be
         # learned before localising
         "read_card": {"messages": [{"role": "user", "content": f"<image>{QUESTION}"},

@@ -128,7 +128,7 @@ class Collator:
         for branch in self.cfg.branches.values():
             labels = [IGNORE_INDEX if i == branch.action_id else lab for i, lab in zip(ids, labels, strict=True)]
         pos, _ = sequence_positions(ids, self.cfg.special.image_pad, [g.tolist() for g in grids], self.merge,
-                                    sequential=self.positions == "sequential")
+                                    positions=self.positions)
         if self.max_length and len(ids) > self.max_length:
             raise ValueError(f"item {ex.index}: {len(ids)} tokens exceed max_length {self.max_length}")
         return Encoded(ids, labels, pos, torch.cat(pix) if pix else None,

@@ -372,7 +372,7 @@ class PerceptionLoop:
     def _segment(self, s: _Sample, ids: list[int], kind: str, overrides=None, images=None, grids=()) -> Segment:
         if grids:
             pos, s.next_pos = sequence_positions(ids, self.cfg.special.image_pad, grids, self.merge, s.next_pos,
-                                                 sequential=self.cfg.positions == "sequential")
+                                                 positions=self.cfg.positions)
         else:  # generated tokens are text, whatever their id (a model may emit <|image_pad|>)
             pos, s.next_pos = text_positions(len(ids), s.next_pos)
         seg = Segment(ids, pos, kind, dict(overrides or {}), list(images or []))

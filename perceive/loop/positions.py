@@ -6,7 +6,7 @@ next position to ``p + max(h, w)``. Feature placeholders of the re-encode famili
 tokens here, as in the paper. Computing segment by segment gives exactly the positions a full
 pass over the whole sequence gives.
 
-``sequential`` positions give every token, image tokens included, its own 1-D index (row-major
+Sequential positions give every token, image tokens included, its own 1-D index (row-major
 over an image), as the reference's training does (vpt-paper.md §2.6). A model trained that way is
 run that way: the setting lives in its ``perceive.json`` (``positions``). Under M-RoPE with a
 narrow head an image's rows and columns get only the lowest rotary frequencies; 1-D positions are
@@ -34,9 +34,9 @@ def image_positions(grid_thw, merge: int, start: int) -> tuple[torch.Tensor, int
 
 
 def sequence_positions(ids: list[int], image_pad: int, grids, merge: int, start: int = 0,
-                       sequential: bool = False) -> tuple[torch.Tensor, int]:
+                       positions: str = "mrope") -> tuple[torch.Tensor, int]:
     """Positions of a whole id sequence whose runs of ``image_pad`` are images with ``grids``
-    (one ``(t, h, w)`` per run, in order); ``sequential``: 1-D positions for images too."""
+    (one ``(t, h, w)`` per run, in order); ``positions="sequential"``: 1-D for images too."""
     parts, pos, i, g = [], start, 0, iter(grids)
     n = len(ids)
     while i < n:
@@ -48,7 +48,7 @@ def sequence_positions(ids: list[int], image_pad: int, grids, merge: int, start:
             p, after = image_positions(grid, merge, pos)
             if p.shape[1] != j - i:
                 raise ValueError(f"{j - i} image tokens for a grid of {p.shape[1]}")
-            if sequential:
+            if positions == "sequential":
                 p, after = text_positions(j - i, pos)
             pos = after
         else:
