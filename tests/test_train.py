@@ -186,6 +186,25 @@ def test_alignment_trains_only_the_projector(cards, tmp_path):
     assert changed and changed <= trainable
 
 
+@pytest.mark.parametrize("reference_no_grad", [False, True])
+def test_vision_tower_and_embeddings_train_unless_the_reference_quirk_is_asked(cards, tmp_path, reference_no_grad):
+    cfg = config(cards, tmp_path, 1, reference_no_grad=reference_no_grad)
+    cfg.model.tiny.branches = ["dino"]
+    cfg.data.train = cards / "reencode.json"
+    cfg.data.eval = None
+    t = Trainer(cfg, progress=False)
+    inputs = ("base.model.visual.", "base.model.language_model.embed_tokens.", "branches.dino.encoder.")
+    before = {n: p.detach().clone() for n, p in t.model.named_parameters() if n.startswith(inputs)}
+    assert {n.split(".")[2] for n in before} >= {"visual", "language_model"}
+    assert any("dino.encoder" in n for n in before)
+    t.train()
+    params = dict(t.model.named_parameters())
+    moved = {prefix: any(not torch.equal(params[n], before[n]) for n in before if n.startswith(prefix))
+             for prefix in inputs}
+    # the reference computes these under no_grad (vpt-paper.md §2.6 step 0): with it they never move
+    assert moved == dict.fromkeys(inputs, not reference_no_grad)
+
+
 def test_lora_option_and_plain_save(cards, tmp_path):
     from perceive.model import load_model
 

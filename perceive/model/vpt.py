@@ -9,6 +9,7 @@ building blocks (:meth:`embed`, :meth:`image_embeds`, :meth:`project`, :meth:`lm
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -159,16 +160,21 @@ class VPTModel(nn.Module):
                 detection_images: torch.Tensor | None = None, seg_images: torch.Tensor | None = None,
                 clip_pixel_values: torch.Tensor | None = None, clip_images_grid_thw: torch.Tensor | None = None,
                 num_inner_forward_run: int | None = None, para_mask_id: int | None = None,
-                para_mask_ratio: float | None = None, generator: torch.Generator | None = None) -> VPTOutput:
+                para_mask_ratio: float | None = None, generator: torch.Generator | None = None,
+                reference_no_grad: bool = False) -> VPTOutput:
         """vpt-paper.md §2.6. ``input_ids`` (B, L); ``position_ids`` (3, B, L) M-RoPE or None
         (then 0..L-1 on every axis, as the reference's training does). Extra images are
         preprocessed tensors: ``detection_images`` (N, 3, 224, 224), ``seg_images`` (N, 3, S, S),
-        ``clip_pixel_values`` Qwen2-VL patches with ``clip_images_grid_thw``."""
+        ``clip_pixel_values`` Qwen2-VL patches with ``clip_images_grid_thw``.
+
+        Gradients reach the token embeddings and the encoders whenever their parameters require
+        them. ``reference_no_grad`` computes those under ``no_grad`` as the reference does (§2.6
+        step 0): then they never train, whatever is frozen. Outputs are the same either way."""
         cfg = self.config
         run = num_inner_forward_run or cfg.num_inner_forward_run
         extras = {"dino": detection_images, "sam": seg_images, "native": clip_pixel_values}
-        # The reference computes lookups and all encoders without gradient (§2.6 step 0).
-        with torch.no_grad():
+        # The reference's quirk: a model trained from scratch under it keeps a random vision tower.
+        with torch.no_grad() if reference_no_grad else contextlib.nullcontext():
             embeds = self.embed(input_ids)
             if pixel_values is not None:
                 img = self.image_embeds(pixel_values, image_grid_thw)

@@ -105,6 +105,10 @@ class TrainConfig(_Strict):
     lora: LoraConfig | None = None
     para_mask_id: Literal[0, 1, 2] = 1
     para_mask_ratio: float = 0.5
+    #: True: the token-embedding lookup and every encoder run under no_grad, as in the reference
+    #: (vpt-paper.md §2.6 step 0), so they stay fixed whatever ``freeze`` says. False: ``freeze``
+    #: and ``trainable`` alone decide (a model trained from scratch needs its vision tower to learn)
+    reference_no_grad: bool = False
     #: image-token positions; None: the model's own (``perceive.json``). Setting it stores it in
     #: the model, so the loop runs the model with the positions it was trained with
     positions: Literal["mrope", "sequential"] | None = None

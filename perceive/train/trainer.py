@@ -245,7 +245,7 @@ class Trainer:
     def forward(self, batch):
         run = 1 if self.cfg.stage == "alignment" else 2
         return self.model(**batch, num_inner_forward_run=run, para_mask_id=self.cfg.para_mask_id if run == 2 else 0,
-                          para_mask_ratio=self.cfg.para_mask_ratio)
+                          para_mask_ratio=self.cfg.para_mask_ratio, reference_no_grad=self.cfg.reference_no_grad)
 
     def train(self, resume: str | Path | None = None, until: int | None = None) -> list[dict]:
         """Train to ``optim.steps`` (or stop after step ``until``, as an interruption would)."""
