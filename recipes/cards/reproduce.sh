@@ -17,21 +17,34 @@ perceive data reading --n 200 --out data/j4-eval --context 4 --seed 1 --split ev
 # the last stage keeps localisation-only items and a share of the flat task
 perceive data mix data/mix_joint.json data/cards-train/region.json data/cards-train/locate.json:3000 data/flat-train/region.json:1500
 
-# training (b): read, then the task on flat backgrounds, then on photos
+# training (b): read, then the task on flat backgrounds, then on photos. Stages 1-3 ran with the
+# reference's no_grad section (reference_no_grad: true), so the vision tower and embeddings kept
+# their random init; stages 4-5 train everything (session 4)
 perceive train read1_j4_rope10.yaml   # stage 1, from scratch: read the card (RoPE base 10)
 perceive train flat_region.yaml       # stage 2: 112x112 image -> span -> 3x crop -> answer, flat backgrounds
-perceive train joint.yaml             # stage 3: the same on photos -> runs/joint/model = models/default
-# baselines from the same stage-1 model, as many steps as stages 2 and 3: one view of the whole image
-perceive train plain_112_rope10.yaml  # (a) 112x112, as (b)'s first view
+perceive train joint.yaml             # stage 3: the same on photos (the session-3 model)
+perceive train joint_all.yaml         # stage 4: stage 3 continued, everything training
+perceive train joint_all2.yaml        # stage 5: at a lower learning rate -> runs/joint_all2/model = models/default
+# baselines from the same stage-1 model with the same steps: one view of the whole image
+perceive train plain_112_rope10.yaml  # (a) 112x112, as (b)'s first view (steps of stages 2-3)
+perceive train plain_112_all.yaml     # (a) as stage 4
+perceive train plain_112_all2.yaml    # (a) as stage 5
 perceive train plain_224_rope10.yaml  # (d) 224x224: four times the image tokens of (a)
-# (c), the DINOv2 branch, is the session-2 run: session2/reproduce.sh
+perceive train plain_224_all.yaml     # (d) as stage 4 (no stage-5 counterpart: see the model card)
+# (c) a DINOv2 branch added to the stage-3 model, everything training
+perceive train reencode_all.yaml
 
 # evaluation on 500 images with held-out backgrounds
+perceive eval eval_joint_all2.yaml
+perceive eval eval_joint_all2_oracle.yaml     # the same model, the region forced: how well it reads
+perceive eval eval_plain_112_all2.yaml
+perceive eval eval_reencode_all.yaml
+perceive eval eval_plain_224_all.yaml
+perceive eval compare runs/eval-plain-112-all2 runs/eval-joint-all2 runs/eval-joint-all2-oracle \
+  runs/eval-reencode-all runs/eval-plain-224-all
+# the session-3 rows (stage 3, before the vision tower trained)
 perceive eval eval_joint.yaml
-perceive eval eval_joint_oracle.yaml          # the same model, the region forced: how well it reads
-perceive eval eval_plain_112_rope10.yaml
-perceive eval eval_plain_224_rope10.yaml
-perceive eval compare runs/eval-plain-112-rope10 runs/eval-joint runs/eval-joint-oracle runs/eval-plain-224-rope10
+perceive eval eval_joint_oracle.yaml
 
 # ship: the model and the first held-out cards it reads correctly, as examples
-python ship.py runs/joint/model runs/eval-joint/eval.json data/cards-eval --n 4
+python ship.py runs/joint_all2/model runs/eval-joint-all2/eval.json data/cards-eval --n 4
