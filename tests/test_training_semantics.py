@@ -1,5 +1,6 @@
 """§2.6-2.8 semantics beyond the recorded numbers: label masking and where gradients flow."""
 
+import pytest
 import torch
 
 from perceive.model.vpt import IGNORE_INDEX, mask_action_labels
@@ -21,7 +22,8 @@ def test_action_label_masking_matches_the_reference():
     assert (ref[ids == action.start_id] != IGNORE_INDEX).all()  # start and end stay supervised
 
 
-def test_gradients_flow_as_in_the_reference():
+@pytest.mark.parametrize("reference_no_grad", [True, False])
+def test_gradients_flow_as_in_the_reference(reference_no_grad):
     model = tiny_vpt_model(branches=("dino",)).train()
     tok = model.tokenizer
     cfg = model.config
@@ -33,16 +35,21 @@ def test_gradients_flow_as_in_the_reference():
         cfg.special.vision_end, cfg.special.im_end] + tok.encode("a", add_special_tokens=False)
     input_ids = torch.tensor([ids])
     labels = mask_action_labels(input_ids.clone(), input_ids, cfg)
-    out = model(input_ids=input_ids, labels=labels, detection_images=torch.randn(1, 3, 224, 224))
+    out = model(input_ids=input_ids, labels=labels, detection_images=torch.randn(1, 3, 224, 224),
+                reference_no_grad=reference_no_grad)
     out.loss.backward()
     grads = {n: p.grad for n, p in model.named_parameters()}
     assert grads["branches.dino.projector.linear_condition.weight"].abs().sum() > 0  # through the control state
     assert grads["branches.dino.projector.linear_feature.weight"].abs().sum() > 0
     assert grads["base.model.language_model.layers.0.self_attn.q_proj.weight"].abs().sum() > 0
     assert grads["base.lm_head.weight"].abs().sum() > 0
-    # the lookup, the vision tower and the extra encoder run without gradient (§2.6 step 0)
-    assert grads["base.model.language_model.embed_tokens.weight"] is None
-    assert all(g is None for n, g in grads.items() if n.startswith(("base.model.visual.", "branches.dino.encoder.")))
+    if reference_no_grad:  # the lookup, the vision tower and the extra encoder: no gradient (§2.6 step 0)
+        assert grads["base.model.language_model.embed_tokens.weight"] is None
+        encoders = ("base.model.visual.", "branches.dino.encoder.")
+        assert all(g is None for n, g in grads.items() if n.startswith(encoders))
+    else:  # by default they train unless frozen
+        assert grads["base.model.language_model.embed_tokens.weight"].abs().sum() > 0
+        assert grads["branches.dino.encoder.embeddings.patch_embeddings.projection.weight"].abs().sum() > 0
 
 
 def test_control_state_carries_gradient_through_the_first_pass():
