@@ -42,6 +42,9 @@ perceive eval eval_reencode_all.yaml
 perceive eval eval_plain_224_all.yaml
 perceive eval compare runs/eval-plain-112-all2 runs/eval-joint-all2 runs/eval-joint-all2-oracle \
   runs/eval-reencode-all runs/eval-plain-224-all
+# stage 4 and its one-view counterpart (figures in NOTES.md)
+perceive eval eval_joint_all.yaml
+perceive eval eval_plain_112_all.yaml
 # the session-3 rows (stage 3, before the vision tower trained)
 perceive eval eval_joint.yaml
 perceive eval eval_joint_oracle.yaml
