@@ -209,6 +209,8 @@ def test_segment_positions_equal_a_full_pass(model, photo):
     hf, _ = model.base.model.get_rope_index(t, mm_token_type_ids=(t == model.config.special.image_pad).int(),
                                             image_grid_thw=torch.tensor(grids))
     assert torch.equal(hf[:, 0], full)
+    with pytest.raises(ValueError, match="'mrope' or 'sequential'"):
+        sequence_positions(ids, model.config.special.image_pad, grids, 2, positions="sequentail")
 
 
 def test_qwen2_5_vl_base(photo):

@@ -15,6 +15,8 @@ one way round that (a smaller RoPE base is another; recipes/cards/NOTES.md compa
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
 
@@ -34,9 +36,11 @@ def image_positions(grid_thw, merge: int, start: int) -> tuple[torch.Tensor, int
 
 
 def sequence_positions(ids: list[int], image_pad: int, grids, merge: int, start: int = 0,
-                       positions: str = "mrope") -> tuple[torch.Tensor, int]:
+                       positions: Literal["mrope", "sequential"] = "mrope") -> tuple[torch.Tensor, int]:
     """Positions of a whole id sequence whose runs of ``image_pad`` are images with ``grids``
     (one ``(t, h, w)`` per run, in order); ``positions="sequential"``: 1-D for images too."""
+    if positions not in ("mrope", "sequential"):  # a typo would silently run M-RoPE
+        raise ValueError(f"positions must be 'mrope' or 'sequential', not {positions!r}")
     parts, pos, i, g = [], start, 0, iter(grids)
     n = len(ids)
     while i < n:
