@@ -56,6 +56,35 @@ def test_eval_backgrounds_are_held_out(tmp_path):
     assert {c["background"] for c in meta["cards"]} <= set(EVAL_PHOTOS)
 
 
+def test_wide_jittered_backgrounds_are_training_only_and_keep_the_card_exact(tmp_path):
+    from perceive.data.cards import EVAL_PHOTOS, WIDE_PHOTOS
+
+    assert not set(EVAL_PHOTOS) & set(WIDE_PHOTOS)
+    generate(tmp_path, 6, seed=2, split="train_wide", augment=True)
+    meta = json.loads((tmp_path / "cards.json").read_text())
+    assert meta["meta"]["augment"] is True and set(meta["meta"]["backgrounds"]) == set(WIDE_PHOTOS)
+    for i, c in enumerate(meta["cards"]):  # the jitter touches the background, never the card
+        img = Image.open(tmp_path / f"images/{i:06d}.png")
+        x0, y0, x1, y1 = c["box"]
+        assert img.getpixel((x0, y0)) == (0, 0, 0) and img.getpixel((x0 + 3, y0 + 3)) == (255, 255, 255)
+    with pytest.raises(ValueError, match="held-out"):
+        generate(tmp_path / "e", 1, split="eval", augment=True)
+    with pytest.raises(ValueError, match="train_wide"):
+        generate(tmp_path / "u", 1, split="wide")
+
+
+def test_background_jitter_is_seeded_and_changes_the_photo():
+    import random
+
+    from perceive.data.cards import jitter_background, skimage_photos
+
+    photo = skimage_photos(["astronaut"])["astronaut"].resize((64, 64))
+    a, b = (jitter_background(random.Random(5), photo) for _ in range(2))
+    assert a.tobytes() == b.tobytes() and a.size == photo.size and a.mode == "RGB"
+    outs = {jitter_background(random.Random(s), photo).tobytes() for s in range(6)}
+    assert photo.tobytes() not in outs and len(outs) == 6
+
+
 def test_flat_backgrounds_leave_only_the_card(tmp_path):
     generate(tmp_path, 2, seed=1, split="flat")
     meta = json.loads((tmp_path / "cards.json").read_text())

@@ -18,13 +18,17 @@ def cards(n: int = typer.Option(..., "--n", min=1, help="Number of images."),
           seed: int = typer.Option(0, "--seed"),
           backgrounds: Path = typer.Option(None, "--backgrounds", help="Folder of background photos."),
           split: str = typer.Option("train", "--split",
-                                    help="Backgrounds: train or eval (held-out) scikit-image photos, or flat "
-                                         "(single colours: a first localisation stage)."),
+                                    help="Backgrounds: train or eval (held-out) scikit-image photos, train_wide "
+                                         "(train plus the other bundled photos), or flat (single colours: a "
+                                         "first localisation stage)."),
           fmt: str = typer.Option("png", "--format", help="png (lossless) or jpg (smaller, for large sets)."),
           margin: int = typer.Option(1, "--margin", min=0,
                                      help="Cells added around the card's cells in the crop (1: the paper)."),
           prompts: bool = typer.Option(True, "--prompts/--no-prompts",
-                                       help="End region/re-encode questions with the paper's instruction.")
+                                       help="End region/re-encode questions with the paper's instruction."),
+          augment: bool = typer.Option(False, "--augment",
+                                       help="Training only: jitter each background (flips, turns, greyscale, "
+                                            "gamma, contrast) before drawing the card.")
           ) -> None:
     """Write the number-card task in the paper's dataset layout (plain, region, reencode)."""
     from rich.progress import Progress
@@ -33,8 +37,11 @@ def cards(n: int = typer.Option(..., "--n", min=1, help="Number of images."),
 
     with Progress() as bar:
         task = bar.add_task("cards", total=n)
-        generate(out, n, seed=seed, backgrounds=backgrounds, split=split, fmt=fmt, margin=margin, prompts=prompts,
-                 progress=lambda k: bar.update(task, completed=k))
+        try:
+            generate(out, n, seed=seed, backgrounds=backgrounds, split=split, fmt=fmt, margin=margin, prompts=prompts,
+                     augment=augment, progress=lambda k: bar.update(task, completed=k))
+        except ValueError as e:
+            raise fail(e) from None
     console.print(f"wrote {n} images and plain, region, locate, read_card, read, reencode and cards .json to {out}")
 
 

@@ -14,7 +14,11 @@ Exact specification (so anyone can generate matching data):
   cells grown by ``margin`` cells per side: 1 as in the paper (§1.2), 0 for the touched cells.
 
 Backgrounds: scikit-image's bundled photos, split into a training set and a held-out set that
-training never sees; or any folder of images.
+training never sees; or any folder of images. Two training-only options, off by default so that
+the specification above stays exact: the ``train_wide`` split adds the remaining bundled photos
+(cells, a scanned page, text), and ``augment`` jitters each background before the card is drawn
+(flips, quarter turns, greyscale, gamma, contrast), so that white or bright background objects
+(coins, a clock face) are seen in training as things that are not the card.
 """
 
 from __future__ import annotations
@@ -39,6 +43,9 @@ REENCODE_PROMPT = "Require additional perception features, and then answer the q
 TRAIN_PHOTOS = ("astronaut", "coffee", "chelsea", "immunohistochemistry", "retina", "hubble_deep_field", "camera",
                 "brick", "grass", "moon")
 EVAL_PHOTOS = ("rocket", "coins", "clock", "gravel")
+# the other bundled photos (not the synthetic images); training-only, never the held-out set
+WIDE_PHOTOS = TRAIN_PHOTOS + ("cell", "page", "text", "microaneurysms")
+SPLITS = ("train", "train_wide", "eval", "flat")
 
 
 def skimage_photos(names) -> dict[str, Image.Image]:
@@ -74,7 +81,24 @@ class Card:
     background: str
 
 
-def make_card(rng: random.Random, photos: dict[str, Image.Image], margin: int = 1) -> tuple[Image.Image, Card]:
+def jitter_background(rng: random.Random, img: Image.Image) -> Image.Image:
+    """A random photometric and geometric change of a background (RGB in, RGB out, same size):
+    a flip and a quarter turn, greyscale with probability 1/2, then gamma in [0.4, 2.5] (below 1
+    brightens: many near-white areas) and contrast in [0.6, 1.6]."""
+    from PIL import ImageEnhance, ImageOps
+
+    if rng.random() < 0.5:
+        img = ImageOps.mirror(img)
+    img = img.rotate(90 * rng.randint(0, 3))
+    if rng.random() < 0.5:
+        img = ImageOps.grayscale(img).convert("RGB")
+    gamma = rng.uniform(0.4, 2.5)
+    img = img.point([round(255 * (v / 255) ** gamma) for v in range(256)] * 3)
+    return ImageEnhance.Contrast(img).enhance(rng.uniform(0.6, 1.6))
+
+
+def make_card(rng: random.Random, photos: dict[str, Image.Image], margin: int = 1,
+              augment: bool = False) -> tuple[Image.Image, Card]:
     name = rng.choice(sorted(photos))
     photo = photos[name]
     short = min(photo.size)
@@ -82,6 +106,8 @@ def make_card(rng: random.Random, photos: dict[str, Image.Image], margin: int = 
     x = rng.randint(0, photo.width - side)
     y = rng.randint(0, photo.height - side)
     canvas = photo.crop((x, y, x + side, y + side)).resize((CANVAS, CANVAS), Image.Resampling.BICUBIC)
+    if augment:
+        canvas = jitter_background(rng, canvas)
     w = rng.randint(40, 64)
     h = round(0.6 * w)
     x0 = rng.randint(0, CANVAS - w)
@@ -139,26 +165,32 @@ def items_for(path: str, card: Card, prompts: bool = True) -> dict[str, dict]:
     }
 
 
+def photos_for(split: str) -> dict[str, Image.Image]:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
+    if split == "flat":
+        return flat_photos()
+    return skimage_photos({"train": TRAIN_PHOTOS, "train_wide": WIDE_PHOTOS, "eval": EVAL_PHOTOS}[split])
+
+
 def generate(out: str | Path, n: int, seed: int = 0, backgrounds: str | Path | None = None,
-             split: str = "train", progress=None, fmt: str = "png", margin: int = 1, prompts: bool = True) -> Path:
+             split: str = "train", progress=None, fmt: str = "png", margin: int = 1, prompts: bool = True,
+             augment: bool = False) -> Path:
     """Write ``n`` card images and the datasets into ``out``: ``plain.json``, ``region.json``,
     ``locate.json`` (the region span alone), ``read_card.json`` and ``read.json`` (the card alone,
     then the selected crop alone: a reading curriculum), ``reencode.json``, and ``cards.json``
     (ground truth: number, card box, cells, crop)."""
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    if backgrounds:
-        photos = folder_photos(backgrounds)
-    elif split == "flat":
-        photos = flat_photos()
-    else:
-        photos = skimage_photos(TRAIN_PHOTOS if split == "train" else EVAL_PHOTOS)
+    if augment and split == "eval":
+        raise ValueError("augment is for training data; the held-out set follows the specification exactly")
+    photos = folder_photos(backgrounds) if backgrounds else photos_for(split)
     rng = random.Random(seed)
     sets: dict[str, list] = {"plain": [], "region": [], "locate": [], "read_card": [], "read": [],
                              "reencode": []}
     cards = []
     for i in range(n):
-        img, card = make_card(rng, photos, margin)
+        img, card = make_card(rng, photos, margin, augment)
         rel = f"images/{i:06d}.{fmt}"
         # fast PNG compression; JPEG (quality 95) for training-scale sets, 4x smaller
         img.save(out / rel, **({"compress_level": 1} if fmt == "png" else {"quality": 95}))
@@ -170,6 +202,7 @@ def generate(out: str | Path, n: int, seed: int = 0, backgrounds: str | Path | N
     for k, items in sets.items():
         (out / f"{k}.json").write_text(json.dumps(items, indent=1))
     meta = {"n": n, "seed": seed, "canvas": CANVAS, "grid": GRID, "margin": margin, "prompts": prompts, "split": split,
+            "augment": augment,
             "backgrounds": str(backgrounds) if backgrounds else sorted(photos)}
     (out / "cards.json").write_text(json.dumps({"meta": meta, "cards": cards}, indent=1))
     return out
@@ -186,8 +219,7 @@ def reading_set(out: str | Path, n: int, seed: int = 0, split: str = "train", co
     """
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    photos = folder_photos(backgrounds) if backgrounds else skimage_photos(
-        TRAIN_PHOTOS if split == "train" else EVAL_PHOTOS)
+    photos = folder_photos(backgrounds) if backgrounds else photos_for(split)
     rng = random.Random(seed)
     items = []
     for i in range(n):
