@@ -60,15 +60,17 @@ def test_wide_jittered_backgrounds_are_training_only_and_keep_the_card_exact(tmp
     from perceive.data.cards import EVAL_PHOTOS, WIDE_PHOTOS
 
     assert not set(EVAL_PHOTOS) & set(WIDE_PHOTOS)
-    generate(tmp_path, 6, seed=2, split="train_wide", augment=True)
+    generate(tmp_path, 6, seed=2, split="train_wide", augment=True, distractors=True)
     meta = json.loads((tmp_path / "cards.json").read_text())
-    assert meta["meta"]["augment"] is True and set(meta["meta"]["backgrounds"]) == set(WIDE_PHOTOS)
-    for i, c in enumerate(meta["cards"]):  # the jitter touches the background, never the card
+    assert meta["meta"]["augment"] is meta["meta"]["distractors"] is True
+    assert set(meta["meta"]["backgrounds"]) == set(WIDE_PHOTOS)
+    for i, c in enumerate(meta["cards"]):  # jitter and distractors touch the background, never the card
         img = Image.open(tmp_path / f"images/{i:06d}.png")
         x0, y0, x1, y1 = c["box"]
         assert img.getpixel((x0, y0)) == (0, 0, 0) and img.getpixel((x0 + 3, y0 + 3)) == (255, 255, 255)
-    with pytest.raises(ValueError, match="held-out"):
-        generate(tmp_path / "e", 1, split="eval", augment=True)
+    for option in ("augment", "distractors"):
+        with pytest.raises(ValueError, match="held-out"):
+            generate(tmp_path / "e", 1, split="eval", **{option: True})
     with pytest.raises(ValueError, match="train_wide"):
         generate(tmp_path / "u", 1, split="wide")
 
@@ -83,6 +85,19 @@ def test_background_jitter_is_seeded_and_changes_the_photo():
     assert a.tobytes() == b.tobytes() and a.size == photo.size and a.mode == "RGB"
     outs = {jitter_background(random.Random(s), photo).tobytes() for s in range(6)}
     assert photo.tobytes() not in outs and len(outs) == 6
+
+
+def test_distractors_are_light_blobs_painted_on_the_background():
+    import random
+
+    from perceive.data.cards import CANVAS, paste_distractors
+
+    grey = Image.new("RGB", (CANVAS, CANVAS), (100, 100, 100))
+    for seed in range(4):
+        out = paste_distractors(random.Random(seed), grey)
+        assert out.size == grey.size and grey.getpixel((0, 0)) == (100, 100, 100)  # the input is left alone
+        light = sum(1 for v in out.convert("L").getdata() if v >= 140)  # brightened grey: 160
+        assert 24 * 24 * 0.5 <= light <= 6 * 80 * 80  # at least one blob, at most six of the largest
 
 
 def test_flat_backgrounds_leave_only_the_card(tmp_path):

@@ -28,7 +28,10 @@ def cards(n: int = typer.Option(..., "--n", min=1, help="Number of images."),
                                        help="End region/re-encode questions with the paper's instruction."),
           augment: bool = typer.Option(False, "--augment",
                                        help="Training only: jitter each background (flips, turns, greyscale, "
-                                            "gamma, contrast) before drawing the card.")
+                                            "gamma, contrast) before drawing the card."),
+          distractors: bool = typer.Option(False, "--distractors",
+                                           help="Training only: paint light card-sized blobs (hard negatives) "
+                                                "under the card.")
           ) -> None:
     """Write the number-card task in the paper's dataset layout (plain, region, reencode)."""
     from rich.progress import Progress
@@ -39,7 +42,7 @@ def cards(n: int = typer.Option(..., "--n", min=1, help="Number of images."),
         task = bar.add_task("cards", total=n)
         try:
             generate(out, n, seed=seed, backgrounds=backgrounds, split=split, fmt=fmt, margin=margin, prompts=prompts,
-                     augment=augment, progress=lambda k: bar.update(task, completed=k))
+                     augment=augment, distractors=distractors, progress=lambda k: bar.update(task, completed=k))
         except ValueError as e:
             raise fail(e) from None
     console.print(f"wrote {n} images and plain, region, locate, read_card, read, reencode and cards .json to {out}")

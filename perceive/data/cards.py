@@ -17,8 +17,9 @@ Backgrounds: scikit-image's bundled photos, split into a training set and a held
 training never sees; or any folder of images. Two training-only options, off by default so that
 the specification above stays exact: the ``train_wide`` split adds the remaining bundled photos
 (cells, a scanned page, text), and ``augment`` jitters each background before the card is drawn
-(flips, quarter turns, greyscale, gamma, contrast), so that white or bright background objects
-(coins, a clock face) are seen in training as things that are not the card.
+(flips, quarter turns, greyscale, gamma, contrast), and ``distractors`` paints light card-sized
+blobs under the card (hard negatives), so that bright background objects (coins, a clock face)
+are seen in training as things that are not the card.
 """
 
 from __future__ import annotations
@@ -97,8 +98,35 @@ def jitter_background(rng: random.Random, img: Image.Image) -> Image.Image:
     return ImageEnhance.Contrast(img).enhance(rng.uniform(0.6, 1.6))
 
 
+def paste_distractors(rng: random.Random, img: Image.Image) -> Image.Image:
+    """Paint 1-6 light blobs, each 24-80 px, on a 448x448 background (RGB): ellipses or plain
+    rectangles, flat grey-white (170-245) or textured (a brightened piece of the image itself),
+    some with a dark rim. None is a white card with a black outline and digits: the card drawn
+    afterwards stays the only one."""
+    from PIL import ImageChops
+
+    img = img.copy()
+    for _ in range(rng.randint(1, 6)):
+        w, h = rng.randint(24, 80), rng.randint(24, 80)
+        x, y = rng.randint(0, CANVAS - w), rng.randint(0, CANVAS - h)
+        mask = Image.new("L", (w, h), 0)
+        shape = ImageDraw.Draw(mask)
+        ellipse = rng.random() < 0.6
+        (shape.ellipse if ellipse else shape.rectangle)([0, 0, w - 1, h - 1], fill=255)
+        if rng.random() < 0.5:
+            patch = Image.new("RGB", (w, h), (rng.randint(170, 245),) * 3)
+        else:
+            sx, sy = rng.randint(0, CANVAS - w), rng.randint(0, CANVAS - h)
+            piece = img.crop((sx, sy, sx + w, sy + h))
+            patch = ImageChops.screen(piece, piece)  # brighter, texture kept
+        img.paste(patch, (x, y), mask)
+        if ellipse and rng.random() < 0.5:
+            ImageDraw.Draw(img).ellipse([x, y, x + w - 1, y + h - 1], outline=(rng.randint(0, 90),) * 3, width=2)
+    return img
+
+
 def make_card(rng: random.Random, photos: dict[str, Image.Image], margin: int = 1,
-              augment: bool = False) -> tuple[Image.Image, Card]:
+              augment: bool = False, distractors: bool = False) -> tuple[Image.Image, Card]:
     name = rng.choice(sorted(photos))
     photo = photos[name]
     short = min(photo.size)
@@ -108,6 +136,8 @@ def make_card(rng: random.Random, photos: dict[str, Image.Image], margin: int = 
     canvas = photo.crop((x, y, x + side, y + side)).resize((CANVAS, CANVAS), Image.Resampling.BICUBIC)
     if augment:
         canvas = jitter_background(rng, canvas)
+    if distractors:
+        canvas = paste_distractors(rng, canvas)
     w = rng.randint(40, 64)
     h = round(0.6 * w)
     x0 = rng.randint(0, CANVAS - w)
@@ -175,22 +205,23 @@ def photos_for(split: str) -> dict[str, Image.Image]:
 
 def generate(out: str | Path, n: int, seed: int = 0, backgrounds: str | Path | None = None,
              split: str = "train", progress=None, fmt: str = "png", margin: int = 1, prompts: bool = True,
-             augment: bool = False) -> Path:
+             augment: bool = False, distractors: bool = False) -> Path:
     """Write ``n`` card images and the datasets into ``out``: ``plain.json``, ``region.json``,
     ``locate.json`` (the region span alone), ``read_card.json`` and ``read.json`` (the card alone,
     then the selected crop alone: a reading curriculum), ``reencode.json``, and ``cards.json``
     (ground truth: number, card box, cells, crop)."""
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    if augment and split == "eval":
-        raise ValueError("augment is for training data; the held-out set follows the specification exactly")
+    if (augment or distractors) and split == "eval":
+        raise ValueError("augment and distractors are for training data; the held-out set follows the "
+                         "specification exactly")
     photos = folder_photos(backgrounds) if backgrounds else photos_for(split)
     rng = random.Random(seed)
     sets: dict[str, list] = {"plain": [], "region": [], "locate": [], "read_card": [], "read": [],
                              "reencode": []}
     cards = []
     for i in range(n):
-        img, card = make_card(rng, photos, margin, augment)
+        img, card = make_card(rng, photos, margin, augment, distractors)
         rel = f"images/{i:06d}.{fmt}"
         # fast PNG compression; JPEG (quality 95) for training-scale sets, 4x smaller
         img.save(out / rel, **({"compress_level": 1} if fmt == "png" else {"quality": 95}))
@@ -202,7 +233,7 @@ def generate(out: str | Path, n: int, seed: int = 0, backgrounds: str | Path | N
     for k, items in sets.items():
         (out / f"{k}.json").write_text(json.dumps(items, indent=1))
     meta = {"n": n, "seed": seed, "canvas": CANVAS, "grid": GRID, "margin": margin, "prompts": prompts, "split": split,
-            "augment": augment,
+            "augment": augment, "distractors": distractors,
             "backgrounds": str(backgrounds) if backgrounds else sorted(photos)}
     (out / "cards.json").write_text(json.dumps({"meta": meta, "cards": cards}, indent=1))
     return out
