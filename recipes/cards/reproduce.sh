@@ -16,6 +16,10 @@ perceive data reading --n 8000 --out data/j4-train --context 4 --seed 0
 perceive data reading --n 200 --out data/j4-eval --context 4 --seed 1 --split eval
 # the last stage keeps localisation-only items and a share of the flat task
 perceive data mix data/mix_joint.json data/cards-train/region.json data/cards-train/locate.json:3000 data/flat-train/region.json:1500
+# stage 6 (session 5): more photos, each background jittered, plus a share of the stage-3 images
+perceive data cards --n 9000 --out data/wide-train --split train_wide --augment --format jpg --margin 0 --no-prompts --seed 7
+perceive data mix data/mix_wide6.json data/wide-train/region.json data/wide-train/locate.json:3000 data/cards-train/region.json:3000
+perceive data mix data/mix_wide6_plain.json data/wide-train/plain.json data/cards-train/plain.json:6000
 
 # training (b): read, then the task on flat backgrounds, then on photos. Stages 1-3 ran with the
 # reference's no_grad section (reference_no_grad: true), so the vision tower and embeddings kept
@@ -24,24 +28,30 @@ perceive train read1_j4_rope10.yaml   # stage 1, from scratch: read the card (Ro
 perceive train flat_region.yaml       # stage 2: 112x112 image -> span -> 3x crop -> answer, flat backgrounds
 perceive train joint.yaml             # stage 3: the same on photos (the session-3 model)
 perceive train joint_all.yaml         # stage 4: stage 3 continued, everything training
-perceive train joint_all2.yaml        # stage 5: at a lower learning rate -> runs/joint_all2/model = models/default
+perceive train joint_all2.yaml        # stage 5: at a lower learning rate (the session-4 model)
+perceive train wide6.yaml             # stage 6: more, jittered backgrounds -> runs/wide6/model = models/default
 # baselines from the same stage-1 model with the same steps: one view of the whole image
 perceive train plain_112_rope10.yaml  # (a) 112x112, as (b)'s first view (steps of stages 2-3)
 perceive train plain_112_all.yaml     # (a) as stage 4
 perceive train plain_112_all2.yaml    # (a) as stage 5
+perceive train plain_112_all3.yaml    # (a) as stage 6, on the same images
 perceive train plain_224_rope10.yaml  # (d) 224x224: four times the image tokens of (a)
 perceive train plain_224_all.yaml     # (d) as stage 4 (no stage-5 counterpart: see the model card)
 # (c) a DINOv2 branch added to the stage-3 model, everything training
 perceive train reencode_all.yaml
 
 # evaluation on 500 images with held-out backgrounds
-perceive eval eval_joint_all2.yaml
-perceive eval eval_joint_all2_oracle.yaml     # the same model, the region forced: how well it reads
-perceive eval eval_plain_112_all2.yaml
+perceive eval eval_wide6.yaml
+perceive eval eval_wide6_oracle.yaml          # the same model, the region forced: how well it reads
+perceive eval eval_plain_112_all3.yaml
 perceive eval eval_reencode_all.yaml
 perceive eval eval_plain_224_all.yaml
-perceive eval compare runs/eval-plain-112-all2 runs/eval-joint-all2 runs/eval-joint-all2-oracle \
+perceive eval compare runs/eval-plain-112-all3 runs/eval-wide6 runs/eval-wide6-oracle \
   runs/eval-reencode-all runs/eval-plain-224-all
+# stage 5 (the session-4 model) and its one-view counterpart
+perceive eval eval_joint_all2.yaml
+perceive eval eval_joint_all2_oracle.yaml
+perceive eval eval_plain_112_all2.yaml
 # stage 4 and its one-view counterpart (figures in NOTES.md)
 perceive eval eval_joint_all.yaml
 perceive eval eval_plain_112_all.yaml
@@ -50,4 +60,4 @@ perceive eval eval_joint.yaml
 perceive eval eval_joint_oracle.yaml
 
 # ship: the model and the first held-out cards it reads correctly, as examples
-python ship.py runs/joint_all2/model runs/eval-joint-all2/eval.json data/cards-eval --n 4
+python ship.py runs/wide6/model runs/eval-wide6/eval.json data/cards-eval --n 4
