@@ -14,9 +14,9 @@ Exact specification (so anyone can generate matching data):
   cells grown by ``margin`` cells per side: 1 as in the paper (§1.2), 0 for the touched cells.
 
 Backgrounds: scikit-image's bundled photos, split into a training set and a held-out set that
-training never sees; or any folder of images. Two training-only options, off by default so that
+training never sees; or any folder of images. Three training-only options, off by default so that
 the specification above stays exact: the ``train_wide`` split adds the remaining bundled photos
-(cells, a scanned page, text), and ``augment`` jitters each background before the card is drawn
+(cells, a scanned page, text, retinal microaneurysms), ``augment`` jitters each background before the card is drawn
 (flips, quarter turns, greyscale, gamma, contrast), and ``distractors`` paints light card-sized
 blobs under the card (hard negatives), so that bright background objects (coins, a clock face)
 are seen in training as things that are not the card.
