@@ -38,9 +38,9 @@ perceive train wd6.yaml               # stage 6 with distractors -> runs/wd6/mod
 perceive train plain_112_rope10.yaml  # (a) 112x112, as (b)'s first view (steps of stages 2-3)
 perceive train plain_112_all.yaml     # (a) as stage 4
 perceive train plain_112_all2.yaml    # (a) as stage 5
-perceive train plain_112_all3.yaml    # (a) as stage 6, on the same images
+perceive train plain_112_all3.yaml    # (a) as stage 6, on wide6's images
 perceive train plain_224_rope10.yaml  # (d) 224x224: four times the image tokens of (a)
-perceive train plain_224_all.yaml     # (d) as stage 4 (no stage-5 counterpart: see the model card)
+perceive train plain_224_all.yaml     # (d) as stage 4 (no stage-5 or stage-6 counterpart: see the model card)
 # (c) a DINOv2 branch added to the stage-3 model, everything training
 perceive train reencode_all.yaml
 
