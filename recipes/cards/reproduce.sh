@@ -23,6 +23,11 @@ perceive data mix data/mix_wide6_plain.json data/wide-train/plain.json data/card
 # ... and the shipped variant: light card-sized blobs painted under the card (hard negatives)
 perceive data cards --n 9000 --out data/wd-train --split train_wide --augment --distractors --format jpg --margin 0 --no-prompts --seed 8
 perceive data mix data/mix_wd6.json data/wd-train/region.json data/wd-train/locate.json:3000 data/cards-train/region.json:3000
+# stage 7 (session 6): 18000 fresh images made the same way; stage 8 revisits stage 6's
+perceive data cards --n 9000 --out data/wd2-train --split train_wide --augment --distractors --format jpg --margin 0 --no-prompts --seed 9
+perceive data cards --n 9000 --out data/wd3-train --split train_wide --augment --distractors --format jpg --margin 0 --no-prompts --seed 10
+perceive data mix data/mix_wd7.json data/wd2-train/region.json data/wd3-train/region.json data/wd2-train/locate.json:3000 data/cards-train/region.json:3000
+perceive data mix data/mix_wd8.json data/wd-train/region.json data/wd3-train/region.json:4000 data/wd-train/locate.json:2000 data/cards-train/region.json:2000 --seed 8
 
 # training (b): read, then the task on flat backgrounds, then on photos. Stages 1-3 ran with the
 # reference's no_grad section (reference_no_grad: true), so the vision tower and embeddings kept
@@ -33,7 +38,9 @@ perceive train joint.yaml             # stage 3: the same on photos (the session
 perceive train joint_all.yaml         # stage 4: stage 3 continued, everything training
 perceive train joint_all2.yaml        # stage 5: at a lower learning rate (the session-4 model)
 perceive train wide6.yaml             # stage 6: more, jittered backgrounds
-perceive train wd6.yaml               # stage 6 with distractors -> runs/wd6/model = models/default
+perceive train wd6.yaml               # stage 6 with distractors (the session-5 model)
+perceive train wd7.yaml               # stage 7: fresh images of the same kind, lr 2e-4
+OMP_NUM_THREADS=2 perceive train wd8.yaml   # stage 8: lr 1e-4 -> runs/wd8/model = models/default
 # baselines from the same stage-1 model with the same steps: one view of the whole image
 perceive train plain_112_rope10.yaml  # (a) 112x112, as (b)'s first view (steps of stages 2-3)
 perceive train plain_112_all.yaml     # (a) as stage 4
@@ -45,14 +52,18 @@ perceive train plain_224_all.yaml     # (d) as stage 4 (no stage-5 or stage-6 co
 perceive train reencode_all.yaml
 
 # evaluation on 500 images with held-out backgrounds
+perceive eval eval_wd8.yaml
+perceive eval eval_wd8_oracle.yaml            # the same model, the region forced: how well it reads
+perceive eval eval_wd7.yaml
+perceive eval eval_wd7_oracle.yaml
 perceive eval eval_wd6.yaml
-perceive eval eval_wd6_oracle.yaml            # the same model, the region forced: how well it reads
+perceive eval eval_wd6_oracle.yaml
 perceive eval eval_wide6.yaml
 perceive eval eval_wide6_oracle.yaml
 perceive eval eval_plain_112_all3.yaml
 perceive eval eval_reencode_all.yaml
 perceive eval eval_plain_224_all.yaml
-perceive eval compare runs/eval-plain-112-all3 runs/eval-wd6 runs/eval-wd6-oracle \
+perceive eval compare runs/eval-plain-112-all3 runs/eval-wd8 runs/eval-wd8-oracle \
   runs/eval-reencode-all runs/eval-plain-224-all
 # stage 5 (the session-4 model) and its one-view counterpart
 perceive eval eval_joint_all2.yaml
@@ -66,4 +77,4 @@ perceive eval eval_joint.yaml
 perceive eval eval_joint_oracle.yaml
 
 # ship: the model and the first held-out cards it reads correctly, as examples
-python ship.py runs/wd6/model runs/eval-wd6/eval.json data/cards-eval --n 4
+python ship.py runs/wd8/model runs/eval-wd8/eval.json data/cards-eval --n 4
