@@ -75,6 +75,18 @@ def test_wide_jittered_backgrounds_are_training_only_and_keep_the_card_exact(tmp
         generate(tmp_path / "u", 1, split="wide")
 
 
+def test_card_widths_narrow_the_range_for_training_only(tmp_path):
+    generate(tmp_path, 8, seed=3, widths=(40, 42))
+    meta = json.loads((tmp_path / "cards.json").read_text())
+    assert meta["meta"]["widths"] == [40, 42]
+    assert {x1 - x0 for x0, _, x1, _ in (c["box"] for c in meta["cards"])} <= {40, 41, 42}
+    with pytest.raises(ValueError, match="held-out"):
+        generate(tmp_path / "e", 1, split="eval", widths=(40, 50))
+    for bad in ((30, 50), (50, 40), (40, 70)):
+        with pytest.raises(ValueError, match="inside 40-64"):
+            generate(tmp_path / "b", 1, widths=bad)
+
+
 def test_background_jitter_is_seeded_and_changes_the_photo():
     import random
 

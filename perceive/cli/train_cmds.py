@@ -31,7 +31,10 @@ def cards(n: int = typer.Option(..., "--n", min=1, help="Number of images."),
                                             "gamma, contrast) before drawing the card."),
           distractors: bool = typer.Option(False, "--distractors",
                                            help="Training only: paint light card-sized blobs (hard negatives) "
-                                                "under the card.")
+                                                "under the card."),
+          widths: tuple[int, int] = typer.Option((40, 64), "--card-widths",
+                                                 help="Training only: the card's width range LO HI in px, inside "
+                                                      "40 64 (narrow it to over-sample small cards).")
           ) -> None:
     """Write the number-card task in the paper's dataset layout (plain, region, reencode)."""
     from rich.progress import Progress
@@ -42,7 +45,8 @@ def cards(n: int = typer.Option(..., "--n", min=1, help="Number of images."),
         task = bar.add_task("cards", total=n)
         try:
             generate(out, n, seed=seed, backgrounds=backgrounds, split=split, fmt=fmt, margin=margin, prompts=prompts,
-                     augment=augment, distractors=distractors, progress=lambda k: bar.update(task, completed=k))
+                     augment=augment, distractors=distractors, widths=widths,
+                     progress=lambda k: bar.update(task, completed=k))
         except ValueError as e:
             raise fail(e) from None
     console.print(f"wrote {n} images and plain, region, locate, read_card, read, reencode and cards .json to {out}")

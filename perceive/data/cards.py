@@ -19,7 +19,8 @@ the specification above stays exact: the ``train_wide`` split adds the remaining
 (cells, a scanned page, text, retinal microaneurysms), ``augment`` jitters each background before the card is drawn
 (flips, quarter turns, greyscale, gamma, contrast), and ``distractors`` paints light card-sized
 blobs under the card (hard negatives), so that bright background objects (coins, a clock face)
-are seen in training as things that are not the card.
+are seen in training as things that are not the card. A fourth, ``widths``, narrows the card's width
+range inside [40, 64] to over-sample the small cards, whose digits are hardest to read.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ EVAL_PHOTOS = ("rocket", "coins", "clock", "gravel")
 # the other bundled photos (not the synthetic images); training-only, never the held-out set
 WIDE_PHOTOS = TRAIN_PHOTOS + ("cell", "page", "text", "microaneurysms")
 SPLITS = ("train", "train_wide", "eval", "flat")
+WIDTHS = (40, 64)  # the card's width range in px (the specification)
 
 
 def skimage_photos(names) -> dict[str, Image.Image]:
@@ -126,7 +128,8 @@ def paste_distractors(rng: random.Random, img: Image.Image) -> Image.Image:
 
 
 def make_card(rng: random.Random, photos: dict[str, Image.Image], margin: int = 1,
-              augment: bool = False, distractors: bool = False) -> tuple[Image.Image, Card]:
+              augment: bool = False, distractors: bool = False,
+              widths: tuple[int, int] = WIDTHS) -> tuple[Image.Image, Card]:
     name = rng.choice(sorted(photos))
     photo = photos[name]
     short = min(photo.size)
@@ -138,7 +141,7 @@ def make_card(rng: random.Random, photos: dict[str, Image.Image], margin: int = 
         canvas = jitter_background(rng, canvas)
     if distractors:
         canvas = paste_distractors(rng, canvas)
-    w = rng.randint(40, 64)
+    w = rng.randint(*widths)
     h = round(0.6 * w)
     x0 = rng.randint(0, CANVAS - w)
     y0 = rng.randint(0, CANVAS - h)
@@ -205,23 +208,27 @@ def photos_for(split: str) -> dict[str, Image.Image]:
 
 def generate(out: str | Path, n: int, seed: int = 0, backgrounds: str | Path | None = None,
              split: str = "train", progress=None, fmt: str = "png", margin: int = 1, prompts: bool = True,
-             augment: bool = False, distractors: bool = False) -> Path:
+             augment: bool = False, distractors: bool = False, widths: tuple[int, int] = WIDTHS) -> Path:
     """Write ``n`` card images and the datasets into ``out``: ``plain.json``, ``region.json``,
     ``locate.json`` (the region span alone), ``read_card.json`` and ``read.json`` (the card alone,
     then the selected crop alone: a reading curriculum), ``reencode.json``, and ``cards.json``
-    (ground truth: number, card box, cells, crop)."""
+    (ground truth: number, card box, cells, crop). ``widths``: the card's width range in px, a
+    training-only narrowing of [40, 64]."""
+    widths = tuple(widths)
+    if not (len(widths) == 2 and WIDTHS[0] <= widths[0] <= widths[1] <= WIDTHS[1]):
+        raise ValueError(f"card widths {widths} must be a range LO HI inside {WIDTHS[0]}-{WIDTHS[1]} px")
+    if (augment or distractors or widths != WIDTHS) and split == "eval":
+        raise ValueError("augment, distractors and card widths are for training data; the held-out set follows "
+                         "the specification exactly")
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    if (augment or distractors) and split == "eval":
-        raise ValueError("augment and distractors are for training data; the held-out set follows the "
-                         "specification exactly")
     photos = folder_photos(backgrounds) if backgrounds else photos_for(split)
     rng = random.Random(seed)
     sets: dict[str, list] = {"plain": [], "region": [], "locate": [], "read_card": [], "read": [],
                              "reencode": []}
     cards = []
     for i in range(n):
-        img, card = make_card(rng, photos, margin, augment, distractors)
+        img, card = make_card(rng, photos, margin, augment, distractors, widths)
         rel = f"images/{i:06d}.{fmt}"
         # fast PNG compression; JPEG (quality 95) for training-scale sets, 4x smaller
         img.save(out / rel, **({"compress_level": 1} if fmt == "png" else {"quality": 95}))
@@ -233,7 +240,7 @@ def generate(out: str | Path, n: int, seed: int = 0, backgrounds: str | Path | N
     for k, items in sets.items():
         (out / f"{k}.json").write_text(json.dumps(items, indent=1))
     meta = {"n": n, "seed": seed, "canvas": CANVAS, "grid": GRID, "margin": margin, "prompts": prompts, "split": split,
-            "augment": augment, "distractors": distractors,
+            "augment": augment, "distractors": distractors, "widths": list(widths),
             "backgrounds": str(backgrounds) if backgrounds else sorted(photos)}
     (out / "cards.json").write_text(json.dumps({"meta": meta, "cards": cards}, indent=1))
     return out
