@@ -28,6 +28,13 @@ perceive data cards --n 9000 --out data/wd2-train --split train_wide --augment -
 perceive data cards --n 9000 --out data/wd3-train --split train_wide --augment --distractors --format jpg --margin 0 --no-prompts --seed 10
 perceive data mix data/mix_wd7.json data/wd2-train/region.json data/wd3-train/region.json data/wd2-train/locate.json:3000 data/cards-train/region.json:3000
 perceive data mix data/mix_wd8.json data/wd-train/region.json data/wd3-train/region.json:4000 data/wd-train/locate.json:2000 data/cards-train/region.json:2000 --seed 8
+# stage 9 (session 7): fresh images, small cards (40-50 px wide) over-sampled; (a)'s images for stages 7-9
+perceive data cards --n 9000 --out data/small-train --split train_wide --augment --distractors --card-widths 40 50 --format jpg --margin 0 --no-prompts --seed 11
+perceive data cards --n 9000 --out data/wd4-train --split train_wide --augment --distractors --format jpg --margin 0 --no-prompts --seed 12
+perceive data mix data/mix_small9.json data/small-train/region.json data/wd4-train/region.json:4000 data/wd4-train/locate.json:2000 data/cards-train/region.json:2000 --seed 11
+perceive data mix data/mix_a79_plain.json data/wd2-train/plain.json data/wd3-train/plain.json data/small-train/plain.json data/wd4-train/plain.json data/cards-train/plain.json:4000 --seed 13
+# a second held-out set (same four photos, another seed), used for no choice at all
+perceive data cards --n 500 --out data/cards-eval2 --split eval --format jpg --margin 0 --no-prompts --seed 2
 
 # training (b): read, then the task on flat backgrounds, then on photos. Stages 1-3 ran with the
 # reference's no_grad section (reference_no_grad: true), so the vision tower and embeddings kept
@@ -40,20 +47,26 @@ perceive train joint_all2.yaml        # stage 5: at a lower learning rate (the s
 perceive train wide6.yaml             # stage 6: more, jittered backgrounds
 perceive train wd6.yaml               # stage 6 with distractors (the session-5 model)
 perceive train wd7.yaml               # stage 7: fresh images of the same kind, lr 2e-4
-OMP_NUM_THREADS=2 perceive train wd8.yaml   # stage 8: lr 1e-4 -> runs/wd8/model = models/default
+OMP_NUM_THREADS=2 perceive train wd8.yaml   # stage 8: lr 1e-4 (the session-6 model)
+perceive train small9.yaml            # stage 9: small cards over-sampled -> runs/small9/model = models/default
 # baselines from the same stage-1 model with the same steps: one view of the whole image
 perceive train plain_112_rope10.yaml  # (a) 112x112, as (b)'s first view (steps of stages 2-3)
 perceive train plain_112_all.yaml     # (a) as stage 4
 perceive train plain_112_all2.yaml    # (a) as stage 5
 perceive train plain_112_all3.yaml    # (a) as stage 6, on wide6's images
+perceive train plain_112_all4.yaml    # (a) as stages 7-9, on their images
 perceive train plain_224_rope10.yaml  # (d) 224x224: four times the image tokens of (a)
 perceive train plain_224_all.yaml     # (d) as stage 4 (no stage-5 or stage-6 counterpart: see the model card)
 # (c) a DINOv2 branch added to the stage-3 model, everything training
 perceive train reencode_all.yaml
 
 # evaluation on 500 images with held-out backgrounds
+perceive eval eval_small9.yaml
+perceive eval eval_small9_oracle.yaml         # the same model, the region forced: how well it reads
+perceive eval eval_small9_seed2.yaml          # the second held-out set
+perceive eval eval_plain_112_all4.yaml
 perceive eval eval_wd8.yaml
-perceive eval eval_wd8_oracle.yaml            # the same model, the region forced: how well it reads
+perceive eval eval_wd8_oracle.yaml
 perceive eval eval_wd7.yaml
 perceive eval eval_wd7_oracle.yaml
 perceive eval eval_wd6.yaml
@@ -63,7 +76,7 @@ perceive eval eval_wide6_oracle.yaml
 perceive eval eval_plain_112_all3.yaml
 perceive eval eval_reencode_all.yaml
 perceive eval eval_plain_224_all.yaml
-perceive eval compare runs/eval-plain-112-all3 runs/eval-wd8 runs/eval-wd8-oracle \
+perceive eval compare runs/eval-plain-112-all4 runs/eval-small9 runs/eval-small9-oracle runs/eval-small9-seed2 \
   runs/eval-reencode-all runs/eval-plain-224-all
 # stage 5 (the session-4 model) and its one-view counterpart
 perceive eval eval_joint_all2.yaml
@@ -77,4 +90,4 @@ perceive eval eval_joint.yaml
 perceive eval eval_joint_oracle.yaml
 
 # ship: the model and the first held-out cards it reads correctly, as examples
-python ship.py runs/wd8/model runs/eval-wd8/eval.json data/cards-eval --n 4
+python ship.py runs/small9/model runs/eval-small9/eval.json data/cards-eval --n 4
