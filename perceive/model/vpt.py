@@ -125,9 +125,9 @@ class VPTModel(nn.Module):
     def lm(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor | None = None,
            attention_mask: torch.Tensor | None = None, past_key_values=None, use_cache: bool = False):
         """Run the language model; returns its output (``last_hidden_state`` after the final norm)."""
+        # transformers' keyword is `cache` (`past_key_values` warns, and goes in 5.40)
         return self.language_model(inputs_embeds=inputs_embeds, position_ids=position_ids,
-                                   attention_mask=attention_mask, past_key_values=past_key_values,
-                                   use_cache=use_cache)
+                                   attention_mask=attention_mask, cache=past_key_values, use_cache=use_cache)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden).float()
