@@ -47,6 +47,9 @@ class RuntimeConfig(_Strict):
     max_new_tokens: int = Field(256, ge=1)
     #: what to do after a malformed perception span: keep generating, or stop the sample
     on_malformed: Literal["continue", "stop"] = "continue"
+    #: deadline of one perception call, in seconds; a call past it fails its own sample only
+    #: (``action_timeout`` in the trace). null: no deadline
+    action_timeout_s: float | None = Field(120.0, gt=0)
 
 
 class PerceiveConfig(_Strict):

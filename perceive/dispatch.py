@@ -1,33 +1,60 @@
-"""Running one perception call through the hooks, with failures recorded as values."""
+"""Running one perception call through the hooks, with failures recorded as values.
+
+A call may have a deadline (``timeout_s``). Python cannot kill a thread, so a call past its
+deadline is abandoned, not stopped: it runs on in a daemon thread (it never blocks the process
+from exiting) and its result is thrown away. To keep abandoned calls from piling up without
+bound, an action with :data:`MAX_ABANDONED` calls still running is *quarantined*: its next calls
+fail at once with ``action_timeout`` until one of the abandoned calls returns.
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from perceive.actions import Action, ActionCall, ActionContext
-from perceive.errors import ObservationError, PerceiveError
+from perceive.errors import ActionTimeoutError, ObservationError, PerceiveError
 from perceive.hookspecs import hookimpl
 from perceive.observations import Features, Observation, View
 
 log = logging.getLogger(__name__)
 
 
+#: abandoned (timed-out) calls of one action that may still be running before it is quarantined
+MAX_ABANDONED = 2
+
+_abandoned: Counter[str] = Counter()
+_abandoned_lock = threading.Lock()
+
+
+class FailureStage(str, Enum):
+    BEFORE = "before"  # perceive_before_action raised
+    RUN = "run"  # the action (or a perceive_run_action hook) raised
+    OBSERVATION = "observation"  # the action returned something that is not its observation
+    TIMEOUT = "timeout"  # the call passed its deadline, or the action is quarantined
+
+
 @dataclass(frozen=True)
 class ActionFailure:
-    """A call that did not produce an observation. ``stage`` is ``before``, ``run`` or
-    ``observation`` (the action returned the wrong thing)."""
+    """A call that did not produce an observation."""
 
     action: str
-    stage: str
+    stage: FailureStage
     error_type: str
     message: str
     typed: bool  # True when the error is a PerceiveError (the plugin reported bad input)
 
+    @property
+    def timed_out(self) -> bool:
+        return self.stage is FailureStage.TIMEOUT
+
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {**self.__dict__, "stage": self.stage.value}
 
 
 @dataclass(frozen=True)
@@ -66,23 +93,79 @@ def normalise_observation(action: Action, result: Any) -> Observation:
     return items
 
 
-def dispatch(pm, action: Action, call: ActionCall, context: ActionContext) -> DispatchResult:
-    """Run ``call`` through ``perceive_before_action``, ``perceive_run_action`` and
-    ``perceive_after_action``. Never raises for a plugin's fault: the failure is returned."""
+def _run_hooks(pm, action: Action, call: ActionCall, context: ActionContext):
+    """``(observation, failure, error)`` of the before and run hooks."""
     hook = pm.hook
-    t0 = time.perf_counter()
-    observation = failure = error = None
-    stage = "before"
+    stage = FailureStage.BEFORE
     try:
         hook.perceive_before_action(action=action, call=call, context=context)
-        stage = "run"
+        stage = FailureStage.RUN
         result = hook.perceive_run_action(action=action, call=call, context=context)
-        stage = "observation"
-        observation = normalise_observation(action, result)
+        stage = FailureStage.OBSERVATION
+        return normalise_observation(action, result), None, None
     except Exception as exc:  # a plugin's failure is data, not a crash
-        error = exc
-        failure = ActionFailure(call.action, stage, type(exc).__name__, str(exc),
-                                isinstance(exc, PerceiveError))
+        return None, ActionFailure(call.action, stage, type(exc).__name__, str(exc),
+                                   isinstance(exc, PerceiveError)), exc
+
+
+def _timeout(call: ActionCall, message: str, hint: str):
+    exc = ActionTimeoutError(message, hint=hint)
+    return None, ActionFailure(call.action, FailureStage.TIMEOUT, type(exc).__name__, str(exc), True), exc
+
+
+def _run_with_deadline(pm, action: Action, call: ActionCall, context: ActionContext, timeout_s: float):
+    import torch
+
+    with _abandoned_lock:
+        stuck = _abandoned[call.action]
+    if stuck >= MAX_ABANDONED:
+        return _timeout(call, f"action {call.action!r} is quarantined: {stuck} earlier calls passed their deadline "
+                        "and are still running",
+                        "fix or remove the plugin; the quarantine lifts when one of those calls returns")
+    box: dict[str, Any] = {}
+    done = threading.Event()
+    grad = torch.is_grad_enabled()  # grad mode is per thread: keep the caller's
+
+    def work():
+        with torch.set_grad_enabled(grad):
+            box["out"] = _run_hooks(pm, action, call, context)
+        with _abandoned_lock:
+            if box.pop("abandoned", False):
+                _abandoned[call.action] -= 1
+            done.set()
+
+    threading.Thread(target=work, name=f"perceive-action-{call.action}", daemon=True).start()
+    if done.wait(timeout_s):
+        return box["out"]
+    with _abandoned_lock:
+        if done.is_set():  # it finished between the wait and the lock
+            return box["out"]
+        box["abandoned"] = True
+        _abandoned[call.action] += 1
+    return _timeout(call, f"action {call.action!r} did not return within {timeout_s:g} s",
+                    "raise runtime.action_timeout_s (or --action-timeout), or fix the plugin; the abandoned call "
+                    "runs on in a background thread")
+
+
+def abandoned_calls() -> dict[str, int]:
+    """Timed-out calls still running, per action."""
+    with _abandoned_lock:
+        return {k: v for k, v in _abandoned.items() if v > 0}
+
+
+def dispatch(pm, action: Action, call: ActionCall, context: ActionContext,
+             timeout_s: float | None = None) -> DispatchResult:
+    """Run ``call`` through ``perceive_before_action``, ``perceive_run_action`` and
+    ``perceive_after_action``. Never raises for a plugin's fault: the failure is returned.
+
+    ``timeout_s``: the call's deadline (None or 0: none). A call past it fails with stage
+    ``timeout``; see the module docstring for what happens to its thread."""
+    hook = pm.hook
+    t0 = time.perf_counter()
+    if timeout_s:
+        observation, failure, error = _run_with_deadline(pm, action, call, context, timeout_s)
+    else:
+        observation, failure, error = _run_hooks(pm, action, call, context)
     elapsed = (time.perf_counter() - t0) * 1000
     try:
         hook.perceive_after_action(action=action, call=call, context=context,

@@ -21,6 +21,8 @@ class ErrorCode(str, Enum):
     OBSERVATION_INVALID = "observation-invalid"
     ENCODER_UNAVAILABLE = "encoder-unavailable"
     MODEL_LOAD = "model-load"
+    ACTION_TIMEOUT = "action-timeout"
+    INPUT_INVALID = "input-invalid"
 
 
 class PerceiveError(Exception):
@@ -87,6 +89,19 @@ class EncoderUnavailableError(PerceiveError, RuntimeError):
 
 class ModelLoadError(PerceiveError, RuntimeError):
     code = ErrorCode.MODEL_LOAD
+
+
+class ActionTimeoutError(PerceiveError, TimeoutError):
+    """A perception call passed its deadline (recorded in the trace, finish reason
+    ``action_timeout``); or its action is quarantined after earlier calls did."""
+
+    code = ErrorCode.ACTION_TIMEOUT
+
+
+class InputError(PerceiveError, ValueError):
+    """A question the model cannot take: empty, or longer than its context."""
+
+    code = ErrorCode.INPUT_INVALID
 
 
 def closest(name: str, choices, n: int = 3) -> list[str]:

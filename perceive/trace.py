@@ -4,7 +4,24 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from typing import Any
+
+
+class FinishReason(str, Enum):
+    """Why a sample stopped. ``docs/reference/errors.md`` says what to do about each."""
+
+    EOS = "eos"  # the model ended its answer
+    ANSWER = "answer"  # a graph reached its answer node
+    MAX_NEW_TOKENS = "max_new_tokens"  # the token budget ran out (generated and forced tokens)
+    CONTEXT_FULL = "context_full"  # the next tokens would pass the model's max_position_embeddings
+    MALFORMED = "malformed"  # a malformed span, with on_malformed: stop
+    ACTION_FAILED = "action_failed"  # a plugin raised, or returned the wrong observation
+    ACTION_TIMEOUT = "action_timeout"  # a plugin call passed its deadline
+    OBSERVATION_INVALID = "observation_invalid"  # an observation the model cannot be shown
+    GRAPH_ERROR = "graph_error"  # the graph could not route the sample
+    STOPPED = "stopped"  # a controller stopped the sample
+    ERROR = "error"  # the sample could not start (unreadable image, prompt too long, ...)
 
 
 @dataclass
@@ -45,7 +62,7 @@ class Trace:
     events: list[dict[str, Any]] = field(default_factory=list)  # parse errors, budget, failures
     answer: str = ""
     text: str = ""  # everything the model generated, perception tokens included
-    finish_reason: str = ""
+    finish_reason: FinishReason | None = None
     error: dict[str, Any] | None = None
     total_ms: float = 0.0
 
@@ -59,6 +76,10 @@ class Trace:
     def from_dict(cls, d: dict[str, Any]) -> Trace:
         d = dict(d)
         d["hops"] = [Hop(**h) for h in d.get("hops", [])]
+        if d.get("finish_reason"):
+            d["finish_reason"] = FinishReason(d["finish_reason"])
+        else:
+            d["finish_reason"] = None
         if d.get("image_size") is not None:
             d["image_size"] = tuple(d["image_size"])
         return cls(**d)

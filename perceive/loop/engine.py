@@ -30,14 +30,14 @@ from transformers import DynamicCache
 from perceive.actions import ActionCall, ActionContext
 from perceive.dispatch import dispatch
 from perceive.encoders import EncoderHub
-from perceive.errors import ObservationError, PerceiveError
+from perceive.errors import InputError, ObservationError, PerceiveError
 from perceive.geometry import ROOT, Frame
 from perceive.images import as_rgb, load_image
 from perceive.loop.positions import sequence_positions, text_positions
 from perceive.loop.template import ChatLayout
 from perceive.observations import Features, View
 from perceive.protocol import ParseError, PerceptionCall, StreamParser, codec_from_tokenizer
-from perceive.trace import Hop, Trace
+from perceive.trace import FinishReason, Hop, Trace
 
 
 @dataclass
@@ -63,6 +63,9 @@ class LoopOptions:
     #: action names the parser recognises (None: every installed action)
     actions: list[str] | None = None
     record_logits: bool = False
+    #: deadline of one perception call in seconds (None: none); a call past it fails its sample
+    #: with ``action_timeout`` (see perceive.dispatch for what happens to its thread)
+    action_timeout_s: float | None = 120.0
 
 
 @dataclass
@@ -79,7 +82,7 @@ class Decision:
     target: str | None = None
     action: str | None = None
     args: Any = None
-    reason: str | None = None
+    reason: FinishReason | None = None
     node: str | None = None  # the graph node that decided (recorded on the hop)
 
 
@@ -97,7 +100,7 @@ class FreeChoice:
         return Decision("dispatch", options=dict(loop.options.action_options.get(ev.action, {})))
 
     def on_answer(self, loop: PerceptionLoop, s: _Sample) -> Decision:
-        return Decision("finish", reason="eos")
+        return Decision("finish", reason=FinishReason.EOS)
 
 
 @dataclass
@@ -194,8 +197,24 @@ class PerceptionLoop:
         self.start_branch = {b.start_id: b for b in cfg.branches.values()}
         names = self.options.actions
         self.actions = [a for a in self.registry.select(names) if a.grammar is not None]
+        self.perception_ids = self._perception_ids()
         self._check_encoders()
         self._warpers = self._sampling_warpers()
+
+    def _perception_ids(self) -> frozenset[int]:
+        """Ids of every perception token (each installed action's span tokens, the model's region
+        and branch tokens): never part of an answer's text."""
+        tok, cfg = self.tokenizer, self.cfg
+        ids = set()
+        if tok is not None:
+            words = {w for a in self.registry.select(None) if a.grammar is not None for w in a.grammar.tokens}
+            unk = tok.unk_token_id
+            ids |= {i for i in tok.convert_tokens_to_ids(sorted(words)) if i is not None and i != unk}
+        if cfg.region is not None:
+            ids |= {cfg.region.start_id, cfg.region.end_id, *cfg.region.x_ids, *cfg.region.y_ids}
+        for b in cfg.branches.values():
+            ids |= {b.start_id, b.action_id, b.end_id, b.pad_id}
+        return frozenset(ids)
 
     def _sampling_warpers(self):
         """transformers' logits warpers for sampling (built once per loop)."""
@@ -247,14 +266,19 @@ class PerceptionLoop:
             action_options[name] = {**a.options, **({"encoder": a.encoder} if a.encoder else {})}
         rt = cfg.runtime
         options = LoopOptions(max_hops=rt.max_hops, max_new_tokens=rt.max_new_tokens, on_malformed=rt.on_malformed,
-                              action_options=action_options, actions=cfg.enabled_actions())
+                              action_options=action_options, actions=cfg.enabled_actions(),
+                              action_timeout_s=rt.action_timeout_s)
         return cls(model, registry=registry, options=options, encoder_configs=cfg.encoder_configs(), policy=policy)
 
     # -- public API --------------------------------------------------------------------------
 
     def ask(self, image, question: str) -> Answer:
-        """Answer one question about one image. An unreadable image raises ``ImageError``."""
-        return self.run([(load_image(image), question)])[0]
+        """Answer one question about one image. An unreadable image raises ``ImageError``; an
+        empty question, or one longer than the model's context, ``InputError``."""
+        answer = self.run([(load_image(image), question)])[0]
+        if answer.trace.finish_reason is FinishReason.ERROR and answer.error["type"] == InputError.__name__:
+            raise InputError(answer.error["message"], hint=answer.error.get("hint"))
+        return answer
 
     def ask_batch(self, items: list[tuple[Any, str]]) -> list[Answer]:
         """Answer many (image, question) pairs together. A sample whose image cannot be read, or
@@ -272,7 +296,7 @@ class PerceptionLoop:
             if e is None:
                 out.append(next(results))
             else:
-                out.append(Answer("", Trace(question=q, error=e, finish_reason="error"), []))
+                out.append(Answer("", Trace(question=q, error=e, finish_reason=FinishReason.ERROR), []))
         return out
 
     def run(self, items: list[tuple[Image.Image, str]], indices: list[int] | None = None) -> list[Answer]:
@@ -311,12 +335,13 @@ class PerceptionLoop:
     def _new_sample(self, index: int, image: Image.Image, question: str) -> _Sample:
         root = as_rgb(image)
         parser = StreamParser(self.actions, codec_from_tokenizer(self.tokenizer)) if self.options.dispatch else None
-        s = _Sample(index, root, Trace(question=question, image_size=root.size), parser,
-                    torch.Generator().manual_seed(self.options.seed + index))
+        s = _Sample(index, root, Trace(question=question if isinstance(question, str) else "", image_size=root.size),
+                    parser, torch.Generator().manual_seed(self.options.seed + index))
         try:
+            _check_question(question)
             pv, grid = self._pixels(root)
         except PerceiveError as exc:
-            self._finish(s, "error", _err(exc))
+            self._finish(s, FinishReason.ERROR, _err(exc))
             return s
         images, grids, blocks, reencode = [(pv, grid)], [grid.tolist()], [], None
         for d in self.controller.start(self, s):
@@ -331,7 +356,7 @@ class PerceptionLoop:
                     b, im, g = self._view_blocks(s, obs, hop, d.target)
                 except PerceiveError as exc:
                     hop.error = _err(exc)
-                    self._finish(s, "observation_invalid", _err(exc))
+                    self._finish(s, FinishReason.OBSERVATION_INVALID, _err(exc))
                     return s
                 blocks += b
                 images += im
@@ -339,24 +364,32 @@ class PerceptionLoop:
             else:
                 reencode = next((b for b in self.cfg.branches.values() if b.action == d.action), None)
                 if reencode is None:
-                    self._finish(s, "graph_error", {"type": "graph_error",
-                                                    "message": f"the model has no {d.action!r} branch to force"})
+                    msg = f"the model has no {d.action!r} branch to force"
+                    self._finish(s, FinishReason.GRAPH_ERROR, {"type": "graph_error", "message": msg})
                     return s
                 s.forced_reencode = Decision("dispatch", options=d.options, target=d.target, args=d.args, node=d.node)
         n = int(grid.prod()) // self.merge**2
         question = s.state.get("question", question)
         ids = self.layout.prompt(question, n, blocks)
+        limit = self.model.max_positions
+        if len(ids) + (reencode is not None) >= limit:
+            # refuse before any forward: past the trained context the model only answers noise
+            self._finish(s, FinishReason.ERROR, _err(InputError(
+                f"the prompt is {len(ids)} tokens (image tokens included) but the model's context "
+                f"(max_position_embeddings) is {limit}",
+                hint="shorten the question, or use a smaller image")))
+            return s
         if reencode is not None:
             ids = ids + [reencode.start_id]
             s.generated.append(reencode.start_id)
             if s.parser is not None:
                 s.parser.feed(reencode.start_id)
             s.awaiting_control = reencode
+        s.trace.prompt_tokens = len(ids)
         try:
             s.pending = self._segment(s, ids, "prompt", images=images, grids=grids)
         except PerceiveError as exc:
-            self._finish(s, "observation_invalid", _err(exc))
-        s.trace.prompt_tokens = len(ids)
+            self._finish(s, FinishReason.OBSERVATION_INVALID, _err(exc))
         return s
 
     def _pixels(self, image: Image.Image, view: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -485,6 +518,14 @@ class PerceptionLoop:
         scores = self._warpers(None, logits.unsqueeze(0))
         return int(torch.multinomial(torch.softmax(scores, -1)[0].cpu(), 1, generator=s.gen))
 
+    def _spent(self, s: _Sample, reserve: int = 0) -> bool:
+        """Finish the sample when its token budget cannot take ``reserve`` more tokens. Every
+        generated or forced token counts, on every path."""
+        if len(s.generated) + reserve < self.options.max_new_tokens:
+            return False
+        self._finish(s, FinishReason.MAX_NEW_TOKENS)
+        return True
+
     def _on_token(self, s: _Sample, t: int) -> None:
         s.generated.append(t)
         s.decoded_since_hop += 1
@@ -492,34 +533,40 @@ class PerceptionLoop:
         branch = self.start_branch.get(t)
         if branch is not None:
             # a re-encode span opens: feed the start token; its final hidden state is the
-            # control signal the forced action token carries (§2.6 step 3, §2.9)
+            # control signal the forced action token carries (§2.6 step 3, §2.9). The forced
+            # tokens (action, and end when dispatching) must fit the budget too.
+            if isinstance(ev, ParseError):
+                s.trace.events.append({"type": "parse_error", **ev.to_dict()})
+            if self._spent(s, reserve=1 if s.parser is None else 2):
+                return
             s.awaiting_control = branch
             s.pending = self._segment(s, [t], "decode")
             return
         if isinstance(ev, PerceptionCall):
+            if self._spent(s):  # no token left to use an observation
+                return
             self._on_call(s, ev, closing=t)
             return
         if isinstance(ev, ParseError):
             s.trace.events.append({"type": "parse_error", **ev.to_dict()})
             if self.options.on_malformed == "stop":
-                self._finish(s, "malformed")
+                self._finish(s, FinishReason.MALFORMED)
                 return
         if t in self.eos:
             self._on_answer(s, t)
             return
-        if len(s.generated) >= self.options.max_new_tokens:
-            self._finish(s, "max_new_tokens")
+        if self._spent(s):
             return
         s.pending = self._segment(s, [t], "decode")
 
-    def _finish(self, s: _Sample, reason: str, error: dict | None = None) -> None:
+    def _finish(self, s: _Sample, reason: FinishReason, error: dict | None = None) -> None:
         if s.parser is not None:
             tail = s.parser.close()
             if tail is not None:
                 s.trace.events.append({"type": "parse_error", **tail.to_dict()})
         s.done = True
         s.pending = None
-        s.trace.finish_reason = reason
+        s.trace.finish_reason = FinishReason(reason)
         if error is not None:
             s.trace.error = error
 
@@ -529,7 +576,10 @@ class PerceptionLoop:
         """``target``: "latest" (the last view shown), "root" (the original), or None for the
         loop's default."""
         target = s.target if (target or self.options.target) == "latest" else ROOT
-        return ActionContext(image=s.image(target), frame=s.frame(target), root=s.root, options=options,
+        # copies: a plugin that paints on its input must not change the sample's images
+        root = s.root.copy()
+        image = root if target == ROOT else s.image(target).copy()
+        return ActionContext(image=image, frame=s.frame(target), root=root, options=options,
                              encoders=self.hub, device=str(self.model.device), _ids=s.ids)
 
     def _hop(self, s: _Sample, call: ActionCall, node: str | None = None) -> Hop:
@@ -553,7 +603,8 @@ class PerceptionLoop:
             s.hops += 1
             return s.observations[key], hop
         before = {k: (v.hits, v.misses) for k, v in self.hub.stats.items()}
-        res = dispatch(self.registry.pm, self.registry.action(call.action), call, ctx)
+        res = dispatch(self.registry.pm, self.registry.action(call.action), call, ctx,
+                       timeout_s=self.options.action_timeout_s)
         for k, v in self.hub.stats.items():
             h0, m0 = before.get(k, (0, 0))
             hop.encoder_cache_hits += v.hits - h0
@@ -562,7 +613,8 @@ class PerceptionLoop:
         s.hops += 1
         if not res.ok:
             hop.error = res.failure.to_dict()
-            self._finish(s, "action_failed", {"type": "action_failed", **res.failure.to_dict()})
+            reason = FinishReason.ACTION_TIMEOUT if res.failure.timed_out else FinishReason.ACTION_FAILED
+            self._finish(s, reason, {"type": reason.value, **res.failure.to_dict()})
             return None, hop
         s.observations[key] = res.observation
         return res.observation, hop
@@ -596,7 +648,7 @@ class PerceptionLoop:
             blocks, images, grids = self._view_blocks(s, obs, hop, decision.target)
         except PerceiveError as exc:
             hop.error = _err(exc)
-            self._finish(s, "observation_invalid", _err(exc))
+            self._finish(s, FinishReason.OBSERVATION_INVALID, _err(exc))
             return
         turn = self.layout.observation_turn(blocks)
         if closing and closing[-1] == self.cfg.special.im_end and turn and turn[0] == self.cfg.special.im_end:
@@ -606,7 +658,7 @@ class PerceptionLoop:
             s.pending = self._segment(s, ids, "observe", images=images, grids=grids)
         except PerceiveError as exc:
             hop.error = _err(exc)
-            self._finish(s, "observation_invalid", _err(exc))
+            self._finish(s, FinishReason.OBSERVATION_INVALID, _err(exc))
             return
         hop.prefilled_tokens = len(ids)
         s.answer_from = len(s.generated)
@@ -627,19 +679,21 @@ class PerceptionLoop:
         elif decision.kind == "force" and self.registry.action(decision.action).observation == "view":
             self._show_views(s, ActionCall(decision.action, decision.args, forced=True), decision, [closing])
         elif decision.kind == "stop":
-            self._finish(s, decision.reason or "stopped")
+            self._finish(s, decision.reason or FinishReason.STOPPED)
         else:
             s.pending = self._segment(s, [closing], "decode")
 
     def _on_answer(self, s: _Sample, closing: int) -> None:
         decision = self.controller.on_answer(self, s)
         if decision.kind != "force":
-            self._finish(s, decision.reason or "eos")
+            self._finish(s, decision.reason or FinishReason.EOS)
             return
         action = self.registry.action(decision.action)
         if action.observation != "view":
-            self._finish(s, "graph_error", {"type": "graph_error", "message":
-                                            f"cannot force {decision.action!r} after an answer: only view actions"})
+            msg = f"cannot force {decision.action!r} after an answer: only view actions"
+            self._finish(s, FinishReason.GRAPH_ERROR, {"type": "graph_error", "message": msg})
+            return
+        if self._spent(s):
             return
         call = ActionCall(decision.action, decision.args, forced=True)
         self._show_views(s, call, decision, [closing])
@@ -648,20 +702,23 @@ class PerceptionLoop:
         A, E = branch.action_id, branch.end_id
         s.generated.append(A)
         if s.parser is None:  # no dispatch: only the reference's action-token correction
-            s.pending = self._segment(s, [A], "force", overrides={0: control})
+            if not self._spent(s):
+                s.pending = self._segment(s, [A], "force", overrides={0: control})
             return
         ev = s.parser.feed(A)
         s.generated.append(E)
         ev = s.parser.feed(E) or ev
+        if isinstance(ev, ParseError):
+            s.trace.events.append({"type": "parse_error", **ev.to_dict()})
+        if self._spent(s):  # the span is complete but no token is left to use an observation
+            return
         if not isinstance(ev, PerceptionCall):
-            if isinstance(ev, ParseError):
-                s.trace.events.append({"type": "parse_error", **ev.to_dict()})
             s.pending = self._segment(s, [A, E], "force", overrides={0: control})
             return
         decision, s.forced_reencode = (s.forced_reencode or self.controller.on_call(self, s, ev)), None
         if decision.kind != "dispatch":
             if decision.kind == "stop":
-                self._finish(s, decision.reason or "stopped")
+                self._finish(s, decision.reason or FinishReason.STOPPED)
                 return
             s.pending = self._segment(s, [A, E], "force", overrides={0: control})
             return
@@ -677,7 +734,7 @@ class PerceptionLoop:
             rows = self._project(branch, feats, control)
         except (PerceiveError, RuntimeError, ValueError) as exc:
             hop.error = _err(exc)
-            self._finish(s, "observation_invalid", _err(exc))
+            self._finish(s, FinishReason.OBSERVATION_INVALID, _err(exc))
             return
         hop.features.append(feats.summary())
         hop.box = feats.box.to_dict()
@@ -708,12 +765,20 @@ class PerceptionLoop:
 
     def _answer(self, s: _Sample) -> Answer:
         tok = self.tokenizer
-        final = [t for t in s.generated[s.answer_from:] if t not in self.eos]
+        # an answer is text: a perception token left in it (a malformed span) is a parse_error
+        # event in the trace, never part of the answer
+        final = [t for t in s.generated[s.answer_from:] if t not in self.eos and t not in self.perception_ids]
         s.trace.answer = tok.decode(final, skip_special_tokens=True).strip()
         s.trace.text = tok.decode(s.generated, skip_special_tokens=False)
         s.trace.generated_tokens = len(s.generated)
         s.trace.total_ms = (time.perf_counter() - s.t0) * 1000
         return Answer(s.trace.answer, s.trace, list(s.generated), s.logits if self.options.record_logits else None)
+
+
+def _check_question(question) -> None:
+    if not isinstance(question, str) or not question.strip():
+        got = "no question" if question is None else f"the question {question!r}"
+        raise InputError(f"{got}: a question must be non-empty text", hint="ask something about the image")
 
 
 def _err(exc: BaseException) -> dict:

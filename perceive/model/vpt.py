@@ -72,6 +72,13 @@ class VPTModel(nn.Module):
         return int(self.base.config.vision_config.spatial_merge_size)
 
     @property
+    def max_positions(self) -> int:
+        """The language model's context: ``max_position_embeddings`` of its text config."""
+        cfg = self.base.config
+        return int(getattr(getattr(cfg, "text_config", None), "max_position_embeddings", None)
+                   or cfg.max_position_embeddings)
+
+    @property
     def device(self) -> torch.device:
         return self.lm_head.weight.device
 

@@ -1,0 +1,172 @@
+"""The loop ends, and says why: budgets on every path, deadlines on plugin calls, refused inputs,
+answers that are text, images plugins cannot paint on."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import ImageDraw
+
+from perceive import hookimpl
+from perceive.dispatch import MAX_ABANDONED, abandoned_calls
+from perceive.errors import InputError
+from perceive.loop import LoopOptions, PerceptionLoop
+from perceive.plugins import load_registry
+from perceive.testing.images import real_photos
+from perceive.testing.scripted import ScriptedPolicy, span_tokens
+from perceive.trace import FinishReason
+
+REGION = "<|region_token_start|><|x_2|><|y_0|><|x_3|><|y_1|><|region_token_end|>"
+STARTS = {"dino": "<|detection_action_start|>", "sam": "<|seg_action_start|>", "native": "<|clip_action_start|>"}
+
+
+class Forever:
+    """A policy whose every choice is one token: a model stuck on a re-encode start token (a real
+    reference checkpoint does this after a forced action token)."""
+
+    def __init__(self, token_id: int):
+        self.token_id = token_id
+
+    def __call__(self, index, generated, logits):
+        return self.token_id
+
+
+def scripted(model, scripts, registry=None, **opts):
+    opts.setdefault("max_new_tokens", 24)
+    tok = model.tokenizer
+    return PerceptionLoop(model, registry=registry, options=LoopOptions(**opts),
+                          policy=ScriptedPolicy(tok, {i: span_tokens(tok, s) for i, s in scripts.items()}))
+
+
+@pytest.mark.parametrize("family", sorted(STARTS))
+@pytest.mark.parametrize("mode", ["online", "reprefill", "batched"])
+@pytest.mark.parametrize("dispatching", [True, False], ids=["dispatch", "no-dispatch"])
+def test_start_tokens_forever_end_at_the_token_budget(model, photo, family, mode, dispatching):
+    start = model.tokenizer.convert_tokens_to_ids(STARTS[family])
+    opts = LoopOptions(max_new_tokens=20, max_hops=100, reprefill=mode == "reprefill", dispatch=dispatching)
+    loop = PerceptionLoop(model, options=opts, policy=Forever(start))
+    items = [(photo, "What?")] * (3 if mode == "batched" else 1)
+    answers = loop.ask_batch(items)
+    for ans in answers:
+        assert ans.trace.finish_reason is FinishReason.MAX_NEW_TOKENS
+        assert len(ans.token_ids) <= 20  # forced action and end tokens count too
+        assert start not in model.tokenizer.encode(ans.text, add_special_tokens=False)
+
+
+def test_forced_tokens_count_and_a_span_that_cannot_fit_is_not_opened(model, photo):
+    start = model.tokenizer.convert_tokens_to_ids(STARTS["dino"])
+    # 2 tokens of budget: the start token fits, its forced action and end tokens would not
+    ans = PerceptionLoop(model, options=LoopOptions(max_new_tokens=2), policy=Forever(start)).ask(photo, "What?")
+    assert ans.token_ids == [start] and ans.trace.finish_reason is FinishReason.MAX_NEW_TOKENS
+    assert not ans.trace.hops
+
+
+class Hang:
+    """A plugin whose call never returns for one image (until the test releases it)."""
+
+    def __init__(self, size):
+        self.size = size
+        self.release = threading.Event()
+
+    @hookimpl
+    def perceive_before_action(self, context):
+        if context.root.size == self.size:
+            self.release.wait(60)
+
+
+def test_a_hung_call_times_out_its_own_sample_only(model, photo):
+    hang = Hang(photo.size)
+    registry = load_registry([("hang", hang)])
+    coffee = real_photos()["coffee"]
+    try:
+        t0 = time.perf_counter()
+        out = scripted(model, {0: REGION, 1: REGION}, registry=registry, action_timeout_s=0.5).ask_batch(
+            [(photo, "What?"), (coffee, "What?")])
+        assert time.perf_counter() - t0 < 30
+        assert out[0].trace.finish_reason is FinishReason.ACTION_TIMEOUT
+        assert out[0].error["type"] == "action_timeout" and "within 0.5 s" in out[0].error["message"]
+        assert out[0].trace.hops[0].error["stage"] == "timeout"
+        assert out[1].ok and out[1].trace.hops[0].views
+        assert abandoned_calls() == {"region_select": 1}
+    finally:
+        hang.release.set()
+    deadline = time.time() + 10
+    while abandoned_calls() and time.time() < deadline:
+        time.sleep(0.05)
+    assert abandoned_calls() == {}  # the abandoned call returned, and was let go
+
+
+def test_hung_calls_cannot_pile_up(model, photo):
+    hang = Hang(photo.size)
+    loop = scripted(model, {0: REGION}, registry=load_registry([("hang", hang)]), action_timeout_s=0.2)
+    try:
+        for _ in range(MAX_ABANDONED):
+            assert loop.ask(photo, "What?").trace.finish_reason is FinishReason.ACTION_TIMEOUT
+        assert threading.active_count() >= MAX_ABANDONED + 1
+        t0 = time.perf_counter()
+        ans = loop.ask(photo, "What?")
+        assert time.perf_counter() - t0 < 0.2  # refused at once: no new thread
+        assert ans.trace.finish_reason is FinishReason.ACTION_TIMEOUT and "quarantined" in ans.error["message"]
+        assert abandoned_calls() == {"region_select": MAX_ABANDONED}
+    finally:
+        hang.release.set()
+
+
+@pytest.mark.parametrize("question", ["", "   ", None])
+def test_an_empty_question_is_a_clear_error(model, photo, question):
+    loop = scripted(model, {})
+    with pytest.raises(InputError, match="question must be non-empty"):
+        loop.ask(photo, question)
+    out = loop.ask_batch([(photo, question), (photo, "What?")])
+    assert out[0].trace.finish_reason is FinishReason.ERROR and out[0].error["type"] == "InputError"
+    assert out[1].ok
+
+
+def test_a_prompt_longer_than_the_context_is_refused_before_any_forward(model, photo, monkeypatch):
+    calls = []
+    monkeypatch.setattr(model, "lm", lambda *a, **k: calls.append(1))
+    limit = model.max_positions
+    with pytest.raises(InputError) as info:
+        scripted(model, {}).ask(photo, "why " * limit)
+    assert str(limit) in info.value.message and "max_position_embeddings" in info.value.message
+    assert not calls
+
+
+def test_perception_tokens_never_reach_the_answer(model, photo):
+    stray = "61<|y_1|>1<|region_token_end|>5<|im_end|>"
+    ans = scripted(model, {0: stray}).ask(photo, "What?")
+    assert ans.text == "6115"
+    assert "<|" not in ans.text
+    assert any(e["type"] == "parse_error" for e in ans.trace.events)  # the trace says what happened
+    assert "<|y_1|>" in ans.trace.text  # the raw generation keeps everything
+
+
+class Painter:
+    """A rude plugin: paints on the images it is given."""
+
+    @hookimpl
+    def perceive_before_action(self, context):
+        ImageDraw.Draw(context.image).rectangle((0, 0, 50, 50), fill=(255, 0, 0))
+        ImageDraw.Draw(context.root).rectangle((0, 0, 50, 50), fill=(0, 255, 0))
+
+
+def test_a_plugin_cannot_corrupt_the_original(model, photo):
+    image = photo.copy()
+    before = np.asarray(image).copy()
+    loop = scripted(model, {0: REGION + REGION}, registry=load_registry([("painter", Painter())]))
+    ans = loop.ask(image, "What?")
+    assert len(ans.trace.hops) == 2
+    np.testing.assert_array_equal(np.asarray(image), before)
+
+
+def test_action_timeout_comes_from_the_run_config(tmp_path):
+    from perceive.config import load_config
+    from perceive.errors import ConfigError
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("runtime:\n  action_timeout_s: 7.5\n")
+    assert load_config(cfg).runtime.action_timeout_s == 7.5
+    cfg.write_text("runtime:\n  action_timeout_s: 0\n")
+    with pytest.raises(ConfigError, match="action_timeout_s"):
+        load_config(cfg)
