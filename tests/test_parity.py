@@ -38,6 +38,20 @@ def variant(request):
     return v, model, inputs, expected
 
 
+def image_rows(inputs, rows, pixels="pixel_values", grids="image_grid_thw"):
+    """The patches and grids of the images of batch rows ``rows`` (a slice). Each image has one
+    row of ``grids`` (t, h, w) and ``t*h*w`` rows of patches, stored image after image."""
+    grid = inputs[grids]
+    offsets = [0, *torch.cumsum(grid.prod(-1), 0).tolist()]
+    first, last, _ = rows.indices(len(grid))
+    return inputs[pixels][offsets[first]:offsets[last]], grid[rows]
+
+
+def tail(out_logits, expected):
+    """The last positions of ``out_logits``, as many as the recorded tail has."""
+    return out_logits[:, -expected.shape[1]:]
+
+
 def close(actual, expected, atol, rtol=1e-5):
     torch.testing.assert_close(actual.float(), expected.float(), atol=atol, rtol=rtol)
 
@@ -49,6 +63,20 @@ def run(model, inputs, **kw):
     args.update(kw)
     with torch.no_grad():
         return model(**args)
+
+
+def test_fixture_images_match_their_grids(variant):
+    """The slicing above holds for this fixture set: patches are stored image after image, as
+    many per image as its grid has, and each row's placeholders count its merged tokens."""
+    v, model, inputs, exp = variant
+    for pixels, grids in (("pixel_values", "image_grid_thw"), ("clip_pixel_values", "clip_images_grid_thw")):
+        if grids in inputs:
+            assert len(inputs[pixels]) == int(inputs[grids].prod(-1).sum())
+            assert len(image_rows(inputs, slice(0, None), pixels, grids)[0]) == len(inputs[pixels])
+    merged = (inputs["image_grid_thw"].prod(-1) // model.spatial_merge_size**2).tolist()
+    pad = model.config.special.image_pad
+    assert [int((row == pad).sum()) for row in inputs["input_ids"]] == merged
+    assert int((inputs["gen_prompt_ids"][0] == pad).sum()) == merged[0]
 
 
 def test_two_pass_logits_loss_control_and_projections(variant):
@@ -70,19 +98,19 @@ def test_two_pass_logits_loss_control_and_projections(variant):
 def test_one_pass(variant):
     v, model, inputs, exp = variant
     out = run(model, inputs, position_ids=inputs["position_ids"], num_inner_forward_run=1)
-    close(out.logits[:, -24:], exp["logits_run1_tail"], ATOL[v], rtol=0)
+    close(tail(out.logits, exp["logits_run1_tail"]), exp["logits_run1_tail"], ATOL[v], rtol=0)
 
 
 def test_paragraph_mask(variant):
     v, model, inputs, exp = variant
     out = run(model, inputs, position_ids=inputs["position_ids"], para_mask_id=1, para_mask_ratio=1.0)
-    close(out.logits[:, -24:], exp["logits_paramask_tail"], ATOL[v], rtol=0)
+    close(tail(out.logits, exp["logits_paramask_tail"]), exp["logits_paramask_tail"], ATOL[v], rtol=0)
 
 
 def test_sequential_positions(variant):
     v, model, inputs, exp = variant
     out = run(model, inputs)  # position_ids=None: 0..L-1 on all axes, as the reference trains
-    close(out.logits[:, -24:], exp["logits_seqpos_tail"], ATOL[v], rtol=0)
+    close(tail(out.logits, exp["logits_seqpos_tail"]), exp["logits_seqpos_tail"], ATOL[v], rtol=0)
 
 
 def test_main_image_and_encoder_features(variant):
@@ -106,7 +134,7 @@ def test_plain_base_model(variant):
         close(out.logits, exp["plain_logits"], 1e-5, rtol=0)
         seq = model(input_ids=inputs["plain_input_ids"], attention_mask=inputs["plain_attention_mask"],
                     pixel_values=inputs["pixel_values"], image_grid_thw=inputs["image_grid_thw"])
-        close(seq.logits[:, -24:], exp["plain_logits_seqpos_tail"], 1e-5, rtol=0)
+        close(tail(seq.logits, exp["plain_logits_seqpos_tail"]), exp["plain_logits_seqpos_tail"], 1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("key", ["gen_output_ids", "gen_forced_output_ids"])
@@ -119,6 +147,6 @@ def test_greedy_generation_token_for_token(variant, key):
     prompt = inputs["gen_prompt_ids" if key == "gen_output_ids" else "gen_forced_prompt_ids"][0].tolist()
     want = exp[key][0].tolist()
     loop = PerceptionLoop(model, options=LoopOptions(dispatch=False))
-    got = loop.generate_ids(prompt, inputs["pixel_values"][:48], inputs["image_grid_thw"][:1],
-                            max_new_tokens=len(want) - len(prompt))
+    pixels, grid = image_rows(inputs, slice(0, 1))  # the prompt is row 0's: its image only
+    got = loop.generate_ids(prompt, pixels, grid, max_new_tokens=len(want) - len(prompt))
     assert got == want
