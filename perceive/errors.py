@@ -23,6 +23,8 @@ class ErrorCode(str, Enum):
     MODEL_LOAD = "model-load"
     ACTION_TIMEOUT = "action-timeout"
     INPUT_INVALID = "input-invalid"
+    DATA_UNUSABLE = "data-unusable"
+    CHECKPOINT_INVALID = "checkpoint-invalid"
 
 
 class PerceiveError(Exception):
@@ -102,6 +104,19 @@ class InputError(PerceiveError, ValueError):
     """A question the model cannot take: empty, or longer than its context."""
 
     code = ErrorCode.INPUT_INVALID
+
+
+class DataUnusableError(PerceiveError, ValueError):
+    """A dataset leaves nothing to train or evaluate on, or skips more of its items than allowed
+    (``max_skipped_fraction``): a half-broken set must not pass for a clean run."""
+
+    code = ErrorCode.DATA_UNUSABLE
+
+
+class CheckpointError(PerceiveError, RuntimeError):
+    """A training checkpoint to resume from is missing, incomplete or does not fit the run."""
+
+    code = ErrorCode.CHECKPOINT_INVALID
 
 
 def closest(name: str, choices, n: int = 3) -> list[str]:
