@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -80,3 +81,15 @@ def test_scaffold_rejects_bad_names_and_existing_dirs(tmp_path):
     new_plugin("ok", tmp_path)
     with pytest.raises(PerceiveError, match="already exists"):
         new_plugin("ok", tmp_path)
+
+
+def test_scaffolded_readme_has_no_empty_or_placeholder_links(tmp_path):
+    import re
+
+    root = new_plugin("quadrant", tmp_path)
+    readme = (root / "README.md").read_text()
+    assert "]()" not in readme and "${" not in readme
+    for target in re.findall(r"\]\(([^)]*)\)", readme):  # any link left must go somewhere real
+        assert target.strip() and not re.fullmatch(r"https?://[^/]+/?", target.strip()), target
+    assert "`quadrant` perception" in readme and "docs/how-to/write-a-plugin.md" in readme
+    assert (Path(__file__).resolve().parents[1] / "docs/how-to/write-a-plugin.md").exists()
