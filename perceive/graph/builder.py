@@ -17,9 +17,9 @@ from perceive.graph.spec import GraphSpec
 
 
 class GraphBuilder:
-    def __init__(self, name: str, *, start: str | None = None, budget: int | None = None, prompt_suffix: str = "",
-                 description: str = ""):
-        self.data: dict[str, Any] = {"name": name, "description": description, "budget": budget,
+    def __init__(self, name: str, *, start: str | None = None, budget: int | None = None, trigger: str | None = None,
+                 prompt_suffix: str = "", description: str = ""):
+        self.data: dict[str, Any] = {"name": name, "description": description, "budget": budget, "trigger": trigger,
                                      "prompt_suffix": prompt_suffix, "nodes": {}}
         self.start = start
 

@@ -10,7 +10,8 @@ from typing import Any
 import networkx as nx
 
 from perceive.config import load_yaml
-from perceive.graph.spec import GraphSpec, substitute
+from perceive.errors import ConfigError
+from perceive.graph.spec import ANY, GraphSpec, substitute
 from perceive.graph.validate import GraphIssue, GraphValidationError, parse, to_networkx, validate
 
 GRAPHS_DIR = Path(os.environ.get("PERCEIVE_GRAPHS_DIR", Path(__file__).resolve().parents[2] / "graphs"))
@@ -27,17 +28,45 @@ class CompiledGraph:
     def name(self) -> str:
         return self.spec.name
 
-    def controller(self, pm=None):
+    def controller(self, pm=None, model=None):
+        """The loop controller that runs this graph; with ``model``, checked against it first."""
         from perceive.graph.executor import GraphController
 
-        return GraphController(self, pm or self.registry.pm)
+        suffix, note = self.check_model(model) if model is not None else (self.spec.prompt_suffix, None)
+        return GraphController(self, pm or self.registry.pm, question_suffix=suffix, prompt_note=note)
+
+    def check_model(self, model) -> tuple[str, str | None]:
+        """What this graph appends to the question on ``model`` (see :mod:`perceive.prompts`), and
+        a note when it leaves a trigger out. Raises :class:`~perceive.errors.ConfigError` when the
+        graph cannot run on the model: a features action it has no branch for, or a literal
+        ``prompt_suffix`` it was not trained with."""
+        from perceive.errors import ConfigError
+        from perceive.prompts import question_suffix
+
+        cfg = model.config
+        have = {b.action for b in cfg.branches.values()}
+        for name, n in self.spec.nodes.items():
+            if n.kind != "action" or n.action == ANY or n.action not in self.registry.actions:
+                continue
+            if self.registry.action(n.action).observation == "features" and n.action not in have:
+                raise ConfigError(
+                    f"graph {self.name!r} node {name!r} runs {n.action!r}, but the model has no {n.action!r} branch "
+                    f"(its perceive.json branches: {sorted(have) or 'none'})",
+                    hint="use a model trained with that branch, or a graph without it (free_choice)")
+            if self.registry.action(n.action).observation == "view" and cfg.views is not None \
+                    and n.action not in cfg.views:
+                raise ConfigError(
+                    f"graph {self.name!r} node {name!r} shows {n.action!r} views, but the model was trained to read "
+                    f"only {cfg.views} views (perceive.json views)",
+                    hint="use a graph with those actions (free_choice lets the model choose), or another model")
+        return question_suffix(cfg.prompts, self.spec.trigger, self.spec.prompt_suffix, self.name)
 
     def loop(self, model, options=None, policy=None, **kw):
-        """A :class:`~perceive.loop.PerceptionLoop` driven by this graph."""
+        """A :class:`~perceive.loop.PerceptionLoop` driven by this graph, checked against ``model``."""
         from perceive.loop import PerceptionLoop
 
         return PerceptionLoop(model, registry=self.registry, options=options, policy=policy,
-                              controller=self.controller(), **kw)
+                              controller=self.controller(model=model), **kw)
 
     def run(self, model, items, options=None, policy=None) -> list:
         """Run ``(image, question)`` pairs through the graph, batched."""
@@ -65,8 +94,19 @@ def check(source: str | Path | dict, registry=None, params: dict | None = None) 
     from perceive.plugins import get_registry
 
     registry = registry or get_registry()
-    data = load_yaml(resolve(source)) if not isinstance(source, dict) else source
-    data = data or {}
+    try:
+        data = load_yaml(resolve(source)) if not isinstance(source, dict) else source
+    except ConfigError as exc:  # unreadable, malformed, or over perceive.yamlio's limits
+        detail = getattr(exc, "detail", exc.message)
+        return None, [GraphIssue("yaml", f"{detail}; {exc.hint}" if exc.hint else detail,
+                                 line=getattr(exc, "line", None))]
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        return None, [GraphIssue("schema", f"a graph is a mapping (name, start, nodes, ...), not a "
+                                 f"{type(data).__name__}")]
+    if not isinstance(data.get("params") or {}, dict):
+        return None, [GraphIssue("schema", "params: must be a mapping of name: default value",
+                                 line=getattr(data, "lines", {}).get("params"))]
     merged = {**(data.get("params") or {}), **(params or {})}
     data = substitute(data, merged)
     spec, issues = parse(data)

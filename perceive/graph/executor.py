@@ -24,10 +24,13 @@ log = logging.getLogger(__name__)
 
 
 class GraphController:
-    def __init__(self, graph: CompiledGraph, pm):
+    def __init__(self, graph: CompiledGraph, pm, question_suffix: str = "", prompt_note: str | None = None):
         self.graph = graph
         self.spec = graph.spec
         self.pm = pm
+        #: what the graph appends to the question on this model (``CompiledGraph.check_model``)
+        self.question_suffix = question_suffix
+        self.prompt_note = prompt_note
         self.preds = {(n, i): parse_predicate(w.if_) for n, s in self.spec.nodes.items()
                       for i, w in enumerate(s.when)}
         # a walk may revisit nodes only as often as the budget lets hops happen
@@ -39,8 +42,10 @@ class GraphController:
         st = s.state
         # forced calls before the first turn run after this walk returns: count them meanwhile
         st.update(cursor=self.spec.start, visits=0, answered=False, last_action=None, planned=0)
-        if self.spec.prompt_suffix:
-            st["question"] = s.trace.question + self.spec.prompt_suffix
+        if self.question_suffix:
+            st["question"] = s.trace.question + self.question_suffix
+        if self.prompt_note:
+            s.trace.events.append({"type": "prompt", "message": self.prompt_note})
         forced = []
         node = self.spec.start
         while True:

@@ -20,6 +20,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from perceive.prompts import Trigger
+
 ANY = "*"
 
 
@@ -97,8 +99,17 @@ class GraphSpec(_Strict):
     start: str
     nodes: dict[str, NodeSpec]
     budget: int | None = Field(None, ge=0)
+    #: the kind of trigger prompt to append; its text is the model's own (perceive.json prompts)
+    trigger: Trigger | None = None
+    #: literal text appended to the question; refused for a model that declares other prompts
     prompt_suffix: str = ""
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> GraphSpec:
+        if self.trigger is not None and self.prompt_suffix:
+            raise ValueError("set trigger or prompt_suffix, not both")
+        return self
 
 
 _PARAM = re.compile(r"\$\{(\w+)\}")

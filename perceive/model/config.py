@@ -62,6 +62,14 @@ class SpecialIds(_Strict):
     eos: list[int] = Field(default_factory=list)
 
 
+class PromptConventions(_Strict):
+    """The trigger prompts (text appended to the question) a model was trained with; ``None``: it
+    was trained without one and decides by itself (see :mod:`perceive.prompts`)."""
+
+    region: str | None
+    reencode: str | None
+
+
 class VPTConfig(_Strict):
     format: Literal["perceive-vpt"] = "perceive-vpt"
     version: int = 1
@@ -85,6 +93,11 @@ class VPTConfig(_Strict):
     #: rotary positions of image tokens: Qwen2-VL's 3-D M-RoPE, or one 1-D index per token as the
     #: reference trains (see ``perceive.loop.positions``); training and inference use the same
     positions: Literal["mrope", "sequential"] = "mrope"
+    #: trigger prompts the model was trained with; None: not declared (the paper's are assumed)
+    prompts: PromptConventions | None = None
+    #: the view actions whose observations the model was trained to read (``["region_select"]``);
+    #: a graph that forces another on it is refused. None: not declared
+    views: list[str] | None = None
 
     def branch_for_token(self, token_id: int) -> BranchConfig | None:
         for b in self.branches.values():
