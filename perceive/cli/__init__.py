@@ -5,6 +5,9 @@ from __future__ import annotations
 import typer
 
 from perceive.cli import config_cmd, demo, graph_cmd, model_cmds, plugins_cmd, train_cmds
+from perceive.cli.typer_compat import hide_flag_types
+
+hide_flag_types()  # no `<bool>` beside flags in help pages
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="perceive: perception tokens as tool calls for multimodal LLMs.")

@@ -7,10 +7,31 @@ from pathlib import Path
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from perceive.cli.output import console, fail
 
 app = typer.Typer(no_args_is_help=True, help="List, scaffold and check plugins.")
+
+
+def _lay_out(lead: str, pieces: list[str], width: int, hang: int | None = None) -> list[str]:
+    """``lead`` then ``pieces`` (token names, encoder names, words) in lines of at most ``width``
+    columns, broken only between pieces: a name is never split (one wider than a line gets a line
+    of its own). Continuation lines are indented by ``hang`` (default: the lead's width)."""
+    hang = len(lead) if hang is None else hang
+    lines, cur = [], ""
+    for p in pieces:
+        if cur and (len(lead) if not lines else hang) + len(cur) + 1 + len(p) > width:
+            lines.append(cur)
+            cur = p
+        else:
+            cur = f"{cur} {p}" if cur else p
+    lines.append(cur)
+    return [(lead if i == 0 else " " * hang) + line for i, line in enumerate(lines)]
+
+
+def _field(label: str, pieces: list[str], width: int) -> list[str]:
+    return _lay_out(f"    {label:<9} ", pieces, width)
 
 
 @app.command("list")
@@ -24,19 +45,27 @@ def list_(as_json: bool = typer.Option(False, "--json", help="Machine-readable o
     if as_json:
         typer.echo(json.dumps(data, indent=2))
         return
-    t = Table(title="perception actions")
-    for col in ("action", "from", "gives", "span", "encoders"):
-        t.add_column(col, overflow="fold")
+    console.print(Text("perception actions", style="bold"))
+    console.print()
+    width = max(40, console.width)
     for a in data["actions"]:
         inner = a["inner"]
-        shown = " ".join(inner) if len(inner) <= 2 else f"{inner[0]} .. {inner[-1]}"
-        origin = a["plugin"] + (f" ({a['distribution']} {a['version']})" if a["distribution"] else "")
-        t.add_row(a["name"], origin, a["observation"], f"{a['start']} {shown} {a['end']}",
-                  ", ".join(a["encoders"]))
-    console.print(t)
+        shown = inner if len(inner) <= 2 else [inner[0], "..", inner[-1]]
+        origin = [a["plugin"]] + ([f"({a['distribution']} {a['version']})"] if a["distribution"] else [])
+        head = _lay_out(a["name"] + "  ", ["gives", a["observation"] + ",", "from", *origin], width, hang=4)
+        console.print(Text(head[0][:len(a["name"])], style="bold cyan") + Text(head[0][len(a["name"]):]),
+                      soft_wrap=True, highlight=False)
+        for line in head[1:]:
+            console.print(line, soft_wrap=True, markup=False, highlight=False)
+        for line in _field("span", [a["start"], *shown, a["end"]], width):
+            console.print(line, soft_wrap=True, markup=False, highlight=False)
+        if a["encoders"]:
+            for line in _field("encoders", [e + "," for e in a["encoders"][:-1]] + a["encoders"][-1:], width):
+                console.print(line, soft_wrap=True, markup=False, highlight=False)
+    console.print()
     e = Table(title="vision encoders")
     for col in ("encoder", "plugin", "family", "layout", "dim", "placeholders"):
-        e.add_column(col)
+        e.add_column(col, no_wrap=col == "encoder")
     for x in data["encoders"]:
         e.add_row(x["name"], x["plugin"], x["family"], x["layout"], str(x["feature_dim"] or "model"),
                   str(x["placeholders"] or "per token"))
@@ -67,7 +96,9 @@ def new(name: str = typer.Argument(..., help="Action and plugin name, e.g. 'quad
 @app.command()
 def check(name: str = typer.Argument(..., help="Registered action name."),
           as_json: bool = typer.Option(False, "--json"),
-          quick: bool = typer.Option(False, "--quick", help="One photo, fewer awkward inputs.")) -> None:
+          quick: bool = typer.Option(False, "--quick", help="One photo, fewer awkward inputs."),
+          action_timeout: float = typer.Option(120.0, "--action-timeout", min=0.001, metavar="S",
+                                               help="Deadline of each call, in seconds.")) -> None:
     """Run the conformance kit on an action; exit 1 with a readable report if it fails."""
     from perceive.errors import UnknownActionError
     from perceive.plugins import get_registry
@@ -75,7 +106,7 @@ def check(name: str = typer.Argument(..., help="Registered action name."),
 
     reg = get_registry()
     try:
-        report = check_action(name, registry=reg, quick=quick)
+        report = check_action(name, registry=reg, quick=quick, timeout_s=action_timeout)
     except UnknownActionError as exc:
         for p in reg.broken:
             if p.name == name:
