@@ -170,3 +170,39 @@ def test_action_timeout_comes_from_the_run_config(tmp_path):
     cfg.write_text("runtime:\n  action_timeout_s: 0\n")
     with pytest.raises(ConfigError, match="action_timeout_s"):
         load_config(cfg)
+
+
+HANGING_PLUGIN = '''
+import time
+from perceive import Action, TriggerGrammar, View, hookimpl
+
+
+class Slow(Action):
+    name = "slow"
+    grammar = TriggerGrammar(start="<|slow_start|>", end="<|slow_end|>")
+    observation = "view"
+
+    def run(self, call, context):
+        time.sleep(3)  # a hung call, as far as a 0.2 s deadline can tell
+        return View(image=context.image.copy(), frame=context.frame)
+
+
+@hookimpl
+def perceive_register_actions():
+    return [Slow()]
+'''
+
+
+def test_plugins_check_gives_every_call_a_deadline(fake_site):
+    from conftest import make_dist
+    from typer.testing import CliRunner
+
+    from perceive.cli import app
+
+    make_dist(fake_site, "perceive-slow", {"perceive_slow": HANGING_PLUGIN}, {"slow": "perceive_slow"})
+    t0 = time.perf_counter()
+    result = CliRunner().invoke(app, ["plugins", "check", "slow", "--quick", "--action-timeout", "0.2"])
+    assert time.perf_counter() - t0 < 10  # not 3 s per call: two time out, the rest are refused
+    assert result.exit_code == 1, result.output
+    assert "did not return within 0.2 s" in result.output and "quarantined" in result.output
+    assert "Traceback" not in result.output

@@ -78,8 +78,10 @@ class ConformanceReport:
 
 
 class _Checker:
-    def __init__(self, action: Action, registry, hub: EncoderHub | None, options: dict):
+    def __init__(self, action: Action, registry, hub: EncoderHub | None, options: dict,
+                 timeout_s: float | None = None):
         self.action = action
+        self.timeout_s = timeout_s
         self.pm = registry.pm
         self.hub = hub
         self.options = options
@@ -102,7 +104,10 @@ class _Checker:
 
     def run(self, args: BaseModel, ctx: ActionContext):
         call = ActionCall(self.action.name, args, target=ctx.frame.id, forced=True)
-        return dispatch(self.pm, self.action, call, ctx)
+        res = dispatch(self.pm, self.action, call, ctx, timeout_s=self.timeout_s)
+        # a hung call is never an acceptable answer, even to an awkward input
+        _require(res.failure is None or not res.failure.timed_out, f"{args!r}: {res.failure and res.failure.message}")
+        return res
 
     # -- checks -----------------------------------------------------------------------------
 
@@ -279,11 +284,14 @@ def _plugin_of(registry, name: str) -> str | None:
 
 
 def check_action(action: Action | str, *, registry=None, hub: EncoderHub | None = None,
-                 options: dict | None = None, quick: bool = False) -> ConformanceReport:
+                 options: dict | None = None, quick: bool = False,
+                 timeout_s: float | None = 120.0) -> ConformanceReport:
     """Run the conformance checks on one action (an instance, or a registered name).
 
     ``registry`` defaults to the installed plugins. Re-encode actions get tiny random-weight
     encoders unless ``hub`` is given. ``quick`` uses one photo and fewer awkward inputs.
+    ``timeout_s`` is every call's deadline: a call past it fails its check (and after two, the
+    action is quarantined, so the rest fail at once instead of hanging).
     """
     from perceive.plugins import get_registry
 
@@ -292,7 +300,7 @@ def check_action(action: Action | str, *, registry=None, hub: EncoderHub | None 
         action = registry.action(action)
     if hub is None:
         hub = EncoderHub(registry.encoder_specs(), tiny=True)
-    c = _Checker(action, registry, hub, options or {})
+    c = _Checker(action, registry, hub, options or {}, timeout_s)
     c.record("declaration", c.declaration)
     if c.report.failures:
         return c.report
