@@ -1,62 +1,219 @@
-"""Loading images with clear errors. Nothing here mutates the caller's image."""
+"""Loading images with clear errors. Nothing here mutates the caller's image.
+
+Two guards apply to every image :func:`load_image` returns:
+
+* **size**: an image with no pixels (0xN) is an :class:`~perceive.errors.ImageError`; so is a
+  file or byte string that would decode to more than ``PERCEIVE_MAX_IMAGE_PIXELS`` pixels
+  (default 89,478,485, Pillow's own limit: about 9459x9459). That guards against decompression
+  bombs, small files that expand to gigabytes. Raise the limit for images you trust with the
+  environment variable (``PERCEIVE_MAX_IMAGE_PIXELS=200000000``; ``0`` turns the check off) or
+  the ``max_pixels=`` argument.
+* **bit depth**: :func:`as_rgb` turns images of more than 8 bits into 8-bit RGB by their range,
+  not by clipping (Pillow's own ``convert("RGB")`` clips, so a 16-bit image comes out white).
+  See :func:`to_uint8` for the rules.
+"""
 
 from __future__ import annotations
 
 import io
+import os
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from perceive.errors import ImageError
 
+MAX_PIXELS_ENV = "PERCEIVE_MAX_IMAGE_PIXELS"
+#: the default pixel limit: Pillow's (89,478,485 px, a 9459x9459 image)
+DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+#: modes of more than 8 bits per sample, with one channel
+DEEP_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
-def load_image(source: Any) -> Image.Image:
-    """A fully decoded PIL image from a path, bytes, a numpy array (HWC uint8) or a PIL image.
 
-    Raises :class:`~perceive.errors.ImageError` for a missing, corrupt or unsupported image.
-    The mode is kept (convert with ``.convert("RGB")`` where RGB is needed).
-    """
-    if isinstance(source, Image.Image):
-        return source
-    if isinstance(source, str | Path):
-        path = Path(source)
-        if not path.exists():
-            raise ImageError(f"image not found: {path}", hint="check the path")
+def max_image_pixels() -> int | None:
+    """The pixel limit in force: ``PERCEIVE_MAX_IMAGE_PIXELS`` if set (``0``: none), else
+    :data:`DEFAULT_MAX_PIXELS`."""
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(float(raw.replace("_", "")))
+    except ValueError:
+        raise ImageError(f"{MAX_PIXELS_ENV}={raw!r} is not a number of pixels",
+                         hint=f"set it to a whole number such as 200000000 (0 turns the check off), "
+                              f"or unset it for the default {DEFAULT_MAX_PIXELS}") from None
+    if value < 0:
+        raise ImageError(f"{MAX_PIXELS_ENV}={raw!r} is negative",
+                         hint="set it to a positive number of pixels, or 0 to turn the check off")
+    return value or None
+
+
+def _too_large(what: str, size: tuple[int, int] | None, limit: int | None, detail: str = "") -> ImageError:
+    if size:
+        pixels, shown = size[0] * size[1], f" is {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels,"
+    else:  # Pillow's own guard stopped it; its message carries the pixel count
+        m = re.search(r"\((\d+) pixels\)", detail)
+        pixels = int(m.group(1)) if m else None
+        shown = f" is {pixels:,} pixels," if pixels else f" is too large ({detail}),"
+    need = str(pixels) if pixels else str(10 * (limit or DEFAULT_MAX_PIXELS))
+    return ImageError(
+        f"{what}{shown} over the limit of {limit:,} pixels (a guard against decompression bombs: "
+        f"small files that decode to huge images)",
+        hint=f"if you trust the image, raise the limit: set the environment variable {MAX_PIXELS_ENV}={need} "
+             f"(0 turns the check off), or pass max_pixels= to perceive.images.load_image",
+    )
+
+
+def _decode(fp: Any, what: str, limit: int | None) -> Image.Image:
+    """Open, check the size against ``limit``, then decode fully (so truncation shows up here)."""
+    pil_limit = Image.MAX_IMAGE_PIXELS
+    if pil_limit is not None and (limit is None or limit > pil_limit):
+        # Pillow's own guard would stop first (at twice its limit); ours decides, so lift Pillow's
+        Image.MAX_IMAGE_PIXELS = limit
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            with Image.open(path) as im:
-                im.load()  # decode now, so truncation shows up here and not later
-                return im.copy()
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            raise ImageError(f"cannot read image {path}: {exc}",
-                             hint="the file is corrupt or not an image PIL can open") from exc
-    if isinstance(source, bytes | bytearray):
-        try:
-            with Image.open(io.BytesIO(source)) as im:
+            with Image.open(fp) as im:
+                if limit is not None and im.width * im.height > limit:
+                    raise _too_large(what, im.size, limit)
                 im.load()
                 return im.copy()
+        except Image.DecompressionBombError as exc:
+            raise _too_large(what, None, limit, str(exc)) from exc
+
+
+def _check_size(image: Image.Image, what: str) -> Image.Image:
+    if image.width == 0 or image.height == 0:
+        raise ImageError(f"{what} is empty ({image.width}x{image.height} px)",
+                         hint="pass an image of at least 1x1 px")
+    return image
+
+
+def load_image(source: Any, *, max_pixels: int | None = -1) -> Image.Image:
+    """A fully decoded PIL image from a path, bytes, a numpy array (HxW, HxWx1, HxWx3 or HxWx4)
+    or a PIL image.
+
+    Raises :class:`~perceive.errors.ImageError` for a missing, corrupt, empty (0xN) or
+    unsupported image, and for a file or byte string of more than ``max_pixels`` pixels
+    (default: ``PERCEIVE_MAX_IMAGE_PIXELS``, else 89,478,485; ``None`` or ``0``: no limit).
+    The mode is kept for files and PIL images (convert with :func:`as_rgb` where RGB is needed);
+    an array that is not uint8 becomes 8-bit by the rules of :func:`to_uint8`.
+    """
+    limit = max_image_pixels() if max_pixels == -1 else (max_pixels or None)
+    if isinstance(source, Image.Image):
+        return _check_size(source, "the image")
+    if isinstance(source, str | Path):
+        path = Path(source)
+        if not str(source).strip():
+            raise ImageError("the image path is empty", hint="pass the path of an image file")
+        if not path.exists():
+            raise ImageError(f"image not found: {path}", hint="check the path")
+        if path.is_dir():
+            raise ImageError(f"{path} is a folder, not an image file", hint="pass the path of one image file")
+        try:
+            image = _decode(path, f"image {path}", limit)
+        except ImageError:
+            raise
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            raise ImageError(f"cannot read image {path}: {exc}",
+                             hint="the file is corrupt or not an image PIL can open") from exc
+        return _check_size(image, f"image {path}")
+    if isinstance(source, bytes | bytearray):
+        try:
+            image = _decode(io.BytesIO(source), "the image bytes", limit)
+        except ImageError:
+            raise
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             raise ImageError(f"cannot decode image bytes: {exc}") from exc
+        return _check_size(image, "the image bytes")
     if hasattr(source, "__array_interface__"):
-        try:
-            return Image.fromarray(source)
-        except (TypeError, ValueError) as exc:
-            raise ImageError(f"cannot make an image from array: {exc}",
-                             hint="pass an HxW or HxWx3/4 uint8 array") from exc
+        return _check_size(from_array(source), "the array")
     raise ImageError(f"unsupported image source of type {type(source).__name__}",
                      hint="pass a path, bytes, a numpy array or a PIL image")
 
 
+def from_array(source: Any) -> Image.Image:
+    """A PIL image from a numpy array: HxW (``L``), HxWx1, HxWx3 (``RGB``) or HxWx4 (``RGBA``);
+    other dtypes than uint8 are brought to 8 bits by :func:`to_uint8`."""
+    hint = "pass an HxW, HxWx3 or HxWx4 array (uint8, or uint16 / float scaled to 8 bits)"
+    try:
+        a = np.asarray(source)
+    except (TypeError, ValueError) as exc:
+        raise ImageError(f"cannot make an image from array: {exc}", hint=hint) from exc
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (3, 4)):
+        raise ImageError(f"cannot make an image from an array of shape {a.shape}", hint=hint)
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise ImageError(f"the array is empty (shape {a.shape}: {a.shape[1]}x{a.shape[0]} px)",
+                         hint="pass an image of at least 1x1 px")
+    if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
+        raise ImageError(f"cannot make an image from an array of dtype {a.dtype}", hint=hint)
+    try:
+        return Image.fromarray(np.ascontiguousarray(to_uint8(a, sixteen_bit=a.dtype == np.uint16)))
+    except (TypeError, ValueError) as exc:
+        raise ImageError(f"cannot make an image from array: {exc}", hint=hint) from exc
+
+
+def to_uint8(a: np.ndarray, *, sixteen_bit: bool = False) -> np.ndarray:
+    """Samples of any depth as uint8, by what a vision user expects them to mean:
+
+    * uint8: unchanged; bool: 0 or 255;
+    * ``sixteen_bit`` (uint16 arrays, Pillow's ``I;16`` modes, 16-bit PNG/TIFF): the full
+      0-65535 range maps to 0-255 (a 16-bit file shows as its 8-bit version does);
+    * other integers (Pillow's ``I``): values inside 0-255 are taken as 8-bit, inside 0-65535 as
+      16-bit, anything else (negative values, more than 16 bits) is stretched from the image's
+      minimum to its maximum;
+    * floats (Pillow's ``F``): values inside 0-1 map to 0-255, inside 0-255 are taken as they
+      are, anything else is stretched from minimum to maximum; NaN and infinities become 0.
+    """
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype == np.bool_:
+        return a.astype(np.uint8) * 255
+    x = a.astype(np.float64)
+    if sixteen_bit:
+        x *= 255 / 65535
+    else:
+        finite = np.isfinite(x)
+        if not finite.all():
+            x = np.where(finite, x, 0.0)
+        lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
+        is_float = np.issubdtype(a.dtype, np.floating)
+        if is_float and lo >= 0 and hi <= 1:
+            x *= 255
+        elif lo >= 0 and hi <= 255:
+            pass
+        elif not is_float and lo >= 0 and hi <= 65535:
+            x *= 255 / 65535
+        else:
+            x = (x - lo) * (255 / (hi - lo)) if hi > lo else np.zeros_like(x)
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
 def as_rgb(image: Image.Image) -> Image.Image:
-    """RGB copy (or the image itself when already RGB). Alpha is composited on white."""
+    """RGB copy (or the image itself when already RGB). Alpha is composited on white; images of
+    more than 8 bits (``I;16``, ``I``, ``F``) are scaled to 8 bits by :func:`to_uint8`."""
     if image.mode == "RGB":
         return image
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+    if image.mode in DEEP_MODES:
+        a = np.asarray(image)
+        gray = to_uint8(a, sixteen_bit=image.mode.startswith("I;16"))
+        return Image.fromarray(np.ascontiguousarray(gray)).convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         bg = Image.new("RGB", rgba.size, (255, 255, 255))
         bg.paste(rgba, mask=rgba.split()[-1])
         return bg
-    return image.convert("RGB")
+    try:
+        return image.convert("RGB")
+    except ValueError as exc:
+        raise ImageError(f"cannot convert a {image.mode} image to RGB: {exc}",
+                         hint="convert it to RGB yourself before passing it") from exc
 
 
 def rescale(image: Image.Image, factor: float) -> Image.Image:

@@ -1,16 +1,71 @@
-"""The ``perceive`` command line."""
+"""The ``perceive`` command line.
+
+Errors: a :class:`~perceive.errors.PerceiveError` (the user's mistake: a missing file, a bad
+config, a corrupt model) prints ``error: MESSAGE`` and ``  -> HINT`` and exits 1; a usage error
+(a wrong option) exits 2; an operating-system error (a folder where a file belongs, a full disk)
+prints ``error: ...`` and exits 1; any other exception is a bug and prints one line saying so
+and exits 1. ``perceive --debug COMMAND ...`` or ``PERCEIVE_DEBUG=1`` shows the full traceback
+instead.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
+
+import click
 import typer
+from typer.core import TyperGroup
 
 from perceive.cli import config_cmd, demo, graph_cmd, model_cmds, plugins_cmd, train_cmds
-from perceive.cli.typer_compat import hide_flag_types
+from perceive.cli.output import DEBUG_HINT, fail, internal_error, print_error
 
-hide_flag_types()  # no `<bool>` beside flags in help pages
+DEBUG_ENV = "PERCEIVE_DEBUG"
+_state = {"debug": False}
 
-app = typer.Typer(no_args_is_help=True, add_completion=False,
+
+def debug_enabled() -> bool:
+    return _state["debug"] or os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def error_exit(exc: Exception) -> typer.Exit:
+    """Print ``exc`` as the CLI reports errors and return the ``typer.Exit`` to raise."""
+    from perceive.errors import PerceiveError
+
+    if isinstance(exc, PerceiveError):
+        return fail(exc, 1)
+    if isinstance(exc, OSError) and not isinstance(exc, BrokenPipeError):
+        print_error(exc, hint=DEBUG_HINT)
+        return typer.Exit(1)
+    return internal_error(exc)
+
+
+class _Boundary(TyperGroup):
+    """The root command: every exception a command raises ends here (also under typer's
+    ``CliRunner``), and becomes one clear message and a non-zero exit."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort, typer.Exit,
+                typer.Abort, BrokenPipeError):
+            raise
+        except Exception as exc:
+            if debug_enabled():
+                raise
+            raise error_exit(exc) from None
+
+
+app = typer.Typer(cls=_Boundary, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="perceive: perception tokens as tool calls for multimodal LLMs.")
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", envvar=DEBUG_ENV,
+                                     help="Show the full traceback of an error (also: PERCEIVE_DEBUG=1).")) -> None:
+    _state["debug"] = debug
+
+
 app.add_typer(plugins_cmd.app, name="plugins")
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(graph_cmd.app, name="graph")
@@ -31,4 +86,14 @@ def version() -> None:
 
 
 def main() -> None:
-    app()
+    """The console script. What escapes the commands' own boundary (an error while click parses
+    or builds the commands) is reported the same way."""
+    try:
+        app()
+    except SystemExit:
+        raise
+    except Exception as exc:
+        if debug_enabled() or "--debug" in sys.argv[1:]:
+            raise
+        exit_ = error_exit(exc)
+        sys.exit(exit_.exit_code)

@@ -13,14 +13,18 @@ app = typer.Typer(no_args_is_help=True, help="Validate, run and draw perception 
 
 
 def parse_sets(sets: list[str] | None) -> dict:
-    import yaml
+    from perceive.errors import ConfigError
+    from perceive.yamlio import loads
 
     out = {}
     for item in sets or []:
         key, sep, value = item.partition("=")
         if not sep:
             raise typer.BadParameter(f"--set takes KEY=VALUE, got {item!r}")
-        out[key] = yaml.safe_load(value)
+        try:  # the values are YAML, read by the same safe, limited reader as files
+            out[key] = loads(value, f"--set {key}")
+        except ConfigError as exc:
+            raise typer.BadParameter(str(exc)) from None
     return out
 
 

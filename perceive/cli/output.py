@@ -8,9 +8,33 @@ from rich.markup import escape
 
 console = Console()
 
+DEBUG_HINT = "rerun with `perceive --debug ...` or PERCEIVE_DEBUG=1 for the traceback"
+
+
+def print_error(message: object, hint: str | None = None) -> None:
+    """``error: MESSAGE`` and, when there is one, ``  -> HINT`` on the next line. Escaped (brackets
+    stay text) and never wrapped, so a path in the message stays whole."""
+    console.print(f"[red]error[/]: {escape(str(message))}", soft_wrap=True, highlight=False)
+    if hint:
+        console.print(f"  -> {escape(hint)}", soft_wrap=True, highlight=False)
+
 
 def fail(message: object, code: int = 1) -> typer.Exit:
-    """Print ``error: MESSAGE`` (the message escaped, so brackets in it stay text) and return the
-    ``typer.Exit`` to raise."""
-    console.print(f"[red]error[/]: {escape(str(message))}")
+    """Print ``error: MESSAGE`` (a :class:`~perceive.errors.PerceiveError` with its hint on the
+    next line) and return the ``typer.Exit`` to raise."""
+    from perceive.errors import PerceiveError
+
+    if isinstance(message, PerceiveError):
+        print_error(message.message, message.hint)
+    else:
+        print_error(message)
     return typer.Exit(code)
+
+
+def internal_error(exc: BaseException) -> typer.Exit:
+    """One line for an exception that is not the user's mistake: what it was, and how to see more."""
+    text = str(exc).strip().splitlines()
+    what = type(exc).__name__ + (f": {text[0]}" if text else "")
+    console.print(f"[red]internal error[/] (a bug in perceive or a plugin): {escape(what)}; {DEBUG_HINT}",
+                  soft_wrap=True, highlight=False)
+    return typer.Exit(1)

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from perceive.config import format_validation_error, load_yaml
+from perceive.config import format_validation_error, load_yaml_mapping
 from perceive.errors import ConfigError
 from perceive.eval.metrics import anls, exact_match, relaxed_accuracy
 
@@ -57,7 +57,7 @@ class EvalConfig(_Strict):
 
 
 def load_eval_config(path: str | Path, **overrides) -> EvalConfig:
-    data = load_yaml(path) or {}
+    data = load_yaml_mapping(path)
     try:
         cfg = EvalConfig.model_validate({**data, **{k: v for k, v in overrides.items() if v is not None}})
     except ValidationError as exc:

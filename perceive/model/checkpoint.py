@@ -15,12 +15,15 @@ folder (a model without perception branches, for graphs that need none).
 from __future__ import annotations
 
 import json
+import logging
+import struct
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from perceive.errors import ModelLoadError
+from perceive.errors import ConfigError, ModelLoadError, PerceiveError
 from perceive.model import paper
 from perceive.model.config import VPTConfig
 from perceive.model.vpt import VPTModel
@@ -49,15 +52,36 @@ def image_processor(min_pixels: int = 28 * 28, max_pixels: int = 112 * 112, merg
     return Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels, merge_size=merge)
 
 
-def resolve_device(device: str | None) -> torch.device:
+log = logging.getLogger("perceive")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``auto`` (or None): CUDA when there is one, else the CPU. A device this machine does not
+    have is a :class:`~perceive.errors.ConfigError`, not a failure halfway through loading."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"unknown device {device!r}", hint="use cpu, cuda, cuda:1, ..., mps or auto") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} asked for, but CUDA is not available on this machine",
+                              hint="use --device cpu (or auto, which picks CUDA only when there is one)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {device!r} asked for, but this machine has {torch.cuda.device_count()} "
+                              "CUDA device(s)", hint="use cuda:0 .. cuda:N-1, or auto")
+    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError(f"device {device!r} asked for, but MPS is not available on this machine",
+                          hint="use --device cpu or auto")
+    return dev
 
 
 def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
     if dtype in (None, "auto"):
         return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ConfigError(f"unknown dtype {dtype!r}", hint=f"use {', '.join(DTYPES)} or auto")
     return DTYPES[dtype]
 
 
@@ -65,7 +89,15 @@ def strict_load(model: torch.nn.Module, state: dict[str, torch.Tensor], source: 
                 allow_missing: set[str] = frozenset()) -> None:
     """Load ``state``; any missing or unexpected key is a :class:`ModelLoadError` listing them
     (the reference silently kept random weights instead)."""
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # tensors of other shapes: torch raises even when not strict
+        sizes = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
+        shown = "; ".join(sizes[:4]) + (f" ... (+{len(sizes) - 4})" if len(sizes) > 4 else "")
+        raise ModelLoadError(f"{source} does not match the model: {len(sizes)} tensor(s) of other shapes"
+                             + (f" [{shown}]" if shown else f": {exc}"),
+                             hint="the weights and the config that describes them (perceive.json, config.json) "
+                                  "must come from the same model; nothing was loaded partially") from None
     missing = [k for k in result.missing_keys if k not in allow_missing]
     if missing or result.unexpected_keys:
         def show(keys):
@@ -95,84 +127,287 @@ def save_model(model: VPTModel, path: str | Path) -> Path:
 
 
 def _load_side_files(model: VPTModel, path: Path) -> None:
-    if (path / "tokenizer.json").exists() or (path / "tokenizer_config.json").exists():
-        from transformers import AutoTokenizer
+    try:
+        if (path / "tokenizer.json").exists() or (path / "tokenizer_config.json").exists():
+            from transformers import AutoTokenizer
 
-        model.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    from transformers import Qwen2VLImageProcessorPil
+            model.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        from transformers import Qwen2VLImageProcessorPil
 
-    if (path / "preprocessor_config.json").exists():
-        model.image_processor = Qwen2VLImageProcessorPil.from_pretrained(str(path), local_files_only=True)
-    else:
-        model.image_processor = Qwen2VLImageProcessorPil()
-    view = path / VIEW_PROCESSOR_DIR
-    if (view / "preprocessor_config.json").exists():
-        model.view_image_processor = Qwen2VLImageProcessorPil.from_pretrained(str(view), local_files_only=True)
+        if (path / "preprocessor_config.json").exists():
+            model.image_processor = Qwen2VLImageProcessorPil.from_pretrained(str(path), local_files_only=True)
+        else:
+            model.image_processor = Qwen2VLImageProcessorPil()
+        view = path / VIEW_PROCESSOR_DIR
+        if (view / "preprocessor_config.json").exists():
+            model.view_image_processor = Qwen2VLImageProcessorPil.from_pretrained(str(view), local_files_only=True)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise ModelLoadError(f"cannot read the tokenizer or image processor files in {path}: "
+                             f"{type(exc).__name__}: {_first_line(exc)}",
+                             hint="check tokenizer.json, tokenizer_config.json and preprocessor_config.json "
+                                  "(restore them from where the model came from)") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def read_json(file: Path, what: str = "config") -> dict[str, Any]:
+    """A JSON object from ``file``; anything else is a :class:`ConfigError` naming the file."""
+    try:
+        data = json.loads(file.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read {file}: {exc}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{file} is not valid JSON: {exc}",
+                          hint=f"fix the {what} file, or restore it from where the model came from") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file} must hold a JSON object, got {type(data).__name__}",
+                          hint=f"restore the {what} file from where the model came from")
+    return data
+
+
+def check_safetensors(file: Path) -> None:
+    """Read a ``.safetensors`` file's header and check that the file holds every tensor it lists,
+    so a truncated or corrupt file is named before anything is loaded."""
+    hint = ("the file is incomplete or damaged (an interrupted copy or download?); copy it again from where "
+            "the model came from")
+    size = file.stat().st_size
+    try:
+        with file.open("rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise ModelLoadError(f"{file} is truncated: {size} bytes, not even a safetensors header", hint=hint)
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8:
+                raise ModelLoadError(f"{file} is truncated or not a safetensors file: its header claims {n} bytes "
+                                     f"but the file has {size}", hint=hint)
+            header = json.loads(f.read(n))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ModelLoadError(f"{file} is corrupt: its safetensors header is not valid JSON", hint=hint) from None
+    if not isinstance(header, dict):
+        raise ModelLoadError(f"{file} is corrupt: its safetensors header is not a JSON object", hint=hint)
+    ends = [v.get("data_offsets", [0, 0])[1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
+    need = 8 + n + max(ends, default=0)
+    if size < need:
+        raise ModelLoadError(f"{file} is truncated: it has {size:,} bytes, its header lists tensors up to byte "
+                             f"{need:,}", hint=hint)
+
+
+def _from_pretrained(base_cls, path: Path, dtype: torch.dtype):
+    """The base MLLM from ``path`` (standard transformers layout), strictly: truncated weights, a
+    ``config.json`` whose sizes do not match the weights, or weights missing from the checkpoint
+    are a :class:`ModelLoadError` naming the files, never a model with random tensors."""
+    files = sorted(path.glob("*.safetensors"))
+    weights = [f for f in files if f.name != WEIGHTS_FILE]
+    if not weights and not any(path.glob("pytorch_model*.bin")):
+        raise ModelLoadError(f"{path} has a config.json but no weights (model.safetensors)",
+                             hint="copy the weights files into the folder")
+    for f in weights:
+        check_safetensors(f)
+    shown = weights[0] if len(weights) == 1 else path
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its load report would repeat what the error below says
+    try:
+        base, info = base_cls.from_pretrained(str(path), local_files_only=True, dtype=dtype,
+                                              ignore_mismatched_sizes=True, output_loading_info=True)
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # transformers raises many kinds; each means the folder is unusable
+        raise ModelLoadError(f"cannot load the model in {path}: {type(exc).__name__}: {_first_line(exc)}",
+                             hint="check that config.json and the weights files belong together and are complete"
+                             ) from exc
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    mismatched = sorted(info.get("mismatched_keys") or [], key=lambda m: m[0])
+    if mismatched:
+        def fmt(m):
+            key, ckpt, model = m
+            return f"{key}: weights {tuple(ckpt)}, config {tuple(model)}"
+
+        raise ModelLoadError(
+            f"{path / 'config.json'} does not match the weights in {shown}: {len(mismatched)} tensor(s) have other "
+            f"shapes, e.g. {'; '.join(fmt(m) for m in mismatched[:3])}",
+            hint="config.json must be the one saved with these weights (check text_config.hidden_size, "
+                 "intermediate_size, num_hidden_layers, vocab_size and vision_config); restore it from where the "
+                 "model came from")
+    missing = info.get("missing_keys") or []
+    if missing:
+        keys = sorted(missing)
+        raise ModelLoadError(
+            f"{shown} lacks {len(keys)} tensor(s) that {path / 'config.json'} asks for: {', '.join(keys[:6])}"
+            + (f" ... (+{len(keys) - 6})" if len(keys) > 6 else ""),
+            hint="the weights are incomplete or belong to another model; nothing is left randomly initialised")
+    return base
 
 
 def load_model(path: str | Path, *, device: str | None = "cpu", dtype: str | None = None) -> VPTModel:
     """Load a VPT model from a local folder: the project's format, the paper's released
-    format, or a plain Qwen2-VL / Qwen2.5-VL folder (no perception branches)."""
+    format, or a plain Qwen2-VL / Qwen2.5-VL folder (no perception branches).
+
+    Every problem with the folder is a :class:`~perceive.errors.ModelLoadError` or, for a config
+    file (``config.json``, ``perceive.json``) that is malformed, a
+    :class:`~perceive.errors.ConfigError`, naming the file and what to do."""
+    if path is None or not str(path).strip():
+        raise ModelLoadError("no model folder given", hint="pass the path of a local model folder")
     path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"model folder not found: {path}",
+                             hint="pass a local folder; perceive never downloads models")
+    if not path.is_dir():
+        raise ModelLoadError(f"{path} is a file, not a model folder",
+                             hint="pass the folder that holds config.json and the weights")
     if not (path / "config.json").exists():
         raise ModelLoadError(f"{path} is not a model folder (no config.json)",
                              hint="pass a local folder; perceive never downloads models")
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    raw = read_json(path / "config.json", "config.json")
     if (path / CONFIG_FILE).exists():
         model = _load_own(path, dt)
     elif paper.is_paper_checkpoint(path):
         model = load_paper(path)
     else:
-        model = _load_plain(path, dt)
+        model = _load_plain(path, dt, raw)
     _load_side_files(model, path)
     return model.to(dev, dt).eval()
 
 
+def read_vpt_config(path: str | Path) -> VPTConfig:
+    """``perceive.json`` of a model folder, validated; a :class:`ConfigError` naming the file and
+    each wrong field otherwise."""
+    from pydantic import ValidationError
+
+    file = Path(path) / CONFIG_FILE
+    data = read_json(file, CONFIG_FILE)
+    try:
+        return VPTConfig.model_validate(data)
+    except ValidationError as exc:
+        from perceive.config import format_validation_error
+
+        raise ConfigError(format_validation_error(exc, str(file), None, VPTConfig),
+                          hint=f"{CONFIG_FILE} is written by perceive (save_model, perceive convert, perceive train); "
+                               "restore the one saved with this model, or fix the fields named") from None
+
+
+def _check_ids(cfg: VPTConfig, base, file: Path) -> None:
+    """perceive.json's sizes and token ids must fit the base model it sits beside."""
+    text = getattr(base.config, "text_config", base.config)
+    hidden, vocab = getattr(text, "hidden_size", None), getattr(text, "vocab_size", None)
+    if hidden is not None and cfg.hidden_size != hidden:
+        raise ConfigError(f"{file}: hidden_size is {cfg.hidden_size} but the model in config.json has {hidden}",
+                          hint=f"set hidden_size to {hidden}, or restore the {CONFIG_FILE} saved with this model")
+    if vocab:
+        ids = {**cfg.special.model_dump(exclude={"eos", "newline"}), "newline": cfg.special.newline}
+        ids.update({f"eos[{i}]": v for i, v in enumerate(cfg.special.eos)})
+        if cfg.region is not None:
+            ids.update({"region.start_id": cfg.region.start_id, "region.end_id": cfg.region.end_id})
+            ids.update({f"region.x_ids[{i}]": v for i, v in enumerate(cfg.region.x_ids)})
+            ids.update({f"region.y_ids[{i}]": v for i, v in enumerate(cfg.region.y_ids)})
+        for name, b in cfg.branches.items():
+            ids.update({f"branches.{name}.{k}": getattr(b, k) for k in ("start_id", "action_id", "end_id", "pad_id")})
+        bad = [f"{k}={v}" for k, v in ids.items() if v is not None and not 0 <= v < vocab]
+        if bad:
+            raise ConfigError(f"{file}: token id(s) outside the model's vocabulary of {vocab}: {', '.join(bad[:6])}",
+                              hint=f"restore the {CONFIG_FILE} saved with this model")
+    if cfg.region is not None and (not cfg.region.x_ids or len(cfg.region.x_ids) != len(cfg.region.y_ids)):
+        raise ConfigError(f"{file}: region has {len(cfg.region.x_ids)} x ids and {len(cfg.region.y_ids)} y ids",
+                          hint="the region grid needs as many x ids as y ids, at least one")
+
+
 def _load_own(path: Path, dtype: torch.dtype) -> VPTModel:
-    cfg = VPTConfig.model_validate_json((path / CONFIG_FILE).read_text())
+    cfg = read_vpt_config(path)
     _, base_cls = base_classes(cfg.base)
-    base = base_cls.from_pretrained(str(path), local_files_only=True, dtype=dtype)
+    base = _from_pretrained(base_cls, path, dtype)
+    _check_ids(cfg, base, path / CONFIG_FILE)
     model = VPTModel(base, cfg)
     if cfg.branches:
         wf = path / WEIGHTS_FILE
         if not wf.exists():
-            raise ModelLoadError(f"{wf} is missing but {CONFIG_FILE} names branches {sorted(cfg.branches)}")
-        strict_load(model.branches, load_file(str(wf)), str(wf))
+            raise ModelLoadError(f"{wf} is missing but {CONFIG_FILE} names branches {sorted(cfg.branches)}",
+                                 hint=f"copy {WEIGHTS_FILE} saved with this model into the folder")
+        check_safetensors(wf)
+        try:
+            state = load_file(str(wf))
+        except Exception as exc:  # safetensors' own error type
+            raise ModelLoadError(f"cannot read {wf}: {_first_line(exc)}",
+                                 hint="the file is damaged; copy it again from where the model came from") from exc
+        strict_load(model.branches, state, str(wf))
     return model
 
 
 def load_paper(path: str | Path) -> VPTModel:
     """Build from the paper's config and load its ``.bin`` shards strictly."""
     path = Path(path)
-    raw = json.loads((path / "config.json").read_text())
-    cfg = paper.vpt_config(path, raw)
-    config_cls, base_cls = base_classes("qwen2_vl")
-    base = base_cls(config_cls(**paper.base_config_dict(raw)))
-    model = VPTModel(base, cfg)
+    raw = read_json(path / "config.json", "config.json")
+    try:
+        cfg = paper.vpt_config(path, raw)
+        config_cls, base_cls = base_classes("qwen2_vl")
+        base = base_cls(config_cls(**paper.base_config_dict(raw)))
+        model = VPTModel(base, cfg)
+        state = paper.read_state(path)
+    except PerceiveError:
+        raise
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load the paper checkpoint in {path}: {type(exc).__name__}: {_first_line(exc)}",
+                             hint="check that config.json and the pytorch_model*.bin shards are complete and belong "
+                                  "together") from exc
     tied = {"base.lm_head.weight"} if base.config.tie_word_embeddings else set()
-    strict_load(model, paper.convert_state(paper.read_state(path), model), str(path), allow_missing=tied)
+    strict_load(model, paper.convert_state(state, model), str(path), allow_missing=tied)
     if tied:
         base.tie_weights()
     return model
 
 
-def _load_plain(path: Path, dtype: torch.dtype) -> VPTModel:
+def perception_tokens(path: Path) -> list[str]:
+    """The perceive vocabulary tokens (region, grid, re-encode and zoom tokens) that the tokenizer
+    files in ``path`` carry."""
+    from perceive.vocabulary import FAMILIES, GRID_TOKEN_RE, REGION_END, REGION_START
+
+    table = set(paper.token_table(path))
+    tc = path / "tokenizer_config.json"
+    if tc.exists():
+        try:
+            decoder = json.loads(tc.read_text()).get("added_tokens_decoder") or {}
+            table.update(t.get("content", "") for t in decoder.values() if isinstance(t, dict))
+        except (ValueError, AttributeError):
+            pass
+    known = {REGION_START, REGION_END, "<|zoom_start|>", "<|zoom_end|>"}
+    known.update(t for fam in FAMILIES.values() for t in fam)
+    return sorted(t for t in table if t in known or GRID_TOKEN_RE.fullmatch(t))
+
+
+def _load_plain(path: Path, dtype: torch.dtype, raw: dict[str, Any]) -> VPTModel:
     from perceive.model.config import SpecialIds
 
-    raw = json.loads((path / "config.json").read_text())
     kind = raw.get("model_type")
     if kind not in ("qwen2_vl", "qwen2_5_vl"):
         raise ModelLoadError(f"{path}: model_type {kind!r} is not supported",
                              hint="perceive loads Qwen2-VL, Qwen2.5-VL and VPT checkpoints")
+    found = perception_tokens(path)
+    if found:
+        shown = ", ".join(found[:4]) + (f" (+{len(found) - 4} more)" if len(found) > 4 else "")
+        raise ModelLoadError(
+            f"{path} has no {CONFIG_FILE}, but its tokenizer carries perception tokens ({shown}): perceive cannot "
+            "tell which token is which action, nor load the perception branches",
+            hint=f"for one of the paper's checkpoints, config.json should say model_type 'qwen2_vl_vpt' or "
+                 f"'vrt_qwen2_vl' (then `perceive convert SRC DST` writes perceive's format); for a model saved by "
+                 f"perceive, restore {CONFIG_FILE} (and {WEIGHTS_FILE}) from where it came from")
     _, base_cls = base_classes(kind)
-    base = base_cls.from_pretrained(str(path), local_files_only=True, dtype=dtype)
+    base = _from_pretrained(base_cls, path, dtype)
     c = base.config
     table = paper.token_table(path)
     special = SpecialIds(im_start=table.get("<|im_start|>", 151644), im_end=table.get("<|im_end|>", 151645),
                          image_pad=c.image_token_id, vision_start=c.vision_start_token_id,
                          vision_end=c.vision_end_token_id)
     cfg = VPTConfig(base=kind, hidden_size=c.text_config.hidden_size, special=special)
+    log.warning("%s has no %s and no perception tokens: loaded as a plain %s model, without perception branches "
+                "(it answers directly; graphs that call perception actions need a VPT model)", path, CONFIG_FILE, kind)
     return VPTModel(base, cfg)
 
 

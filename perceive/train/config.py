@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from perceive.config import format_validation_error, load_yaml
+from perceive.config import format_validation_error, load_yaml_mapping
 from perceive.errors import ConfigError
 
 
@@ -121,7 +121,7 @@ class TrainConfig(_Strict):
 
 
 def load_train_config(path: str | Path, **overrides: Any) -> TrainConfig:
-    data = load_yaml(path) or {}
+    data = load_yaml_mapping(path)
     try:
         cfg = TrainConfig.model_validate({**data, **overrides})
     except ValidationError as exc:
