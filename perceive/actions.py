@@ -11,6 +11,10 @@ An action declares
 * ``run(call, context)``: returns one :class:`~perceive.View` / :class:`~perceive.Features`
   or a list of them.
 
+Optionally ``Options``: a pydantic model (``extra="forbid"``) of the options ``run`` reads from
+``context.options`` (config ``actions.<name>.options``), so that a wrong option is refused when
+the config is loaded; see :func:`validate_action_options`. Without one, options are not checked.
+
 and, for the conformance kit, ``examples()`` (argument values to run it with) and optionally
 ``args_for_box(box)`` (arguments that target an explicit box, for actions that take one).
 """
@@ -21,12 +25,12 @@ import dataclasses
 import itertools
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from perceive.geometry import ROOT, Box, Frame
 from perceive.images import as_rgb
@@ -77,6 +81,20 @@ class SpanError(ValueError):
 
 class NoArgs(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class NoOptions(BaseModel):
+    """``Options`` of an action that reads no options: any option given is an error."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class EncoderOptions(BaseModel):
+    """``Options`` of a features action: ``encoder``, the registered encoder to use (config
+    ``actions.<name>.encoder``, or a graph node's ``encoder``); default: the action's first."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    encoder: str | None = None
 
 
 @dataclass(frozen=True)
@@ -172,6 +190,9 @@ class Action:
     observation: ClassVar[ObservationKind] = "view"
     #: encoder names (registry keys) this action can use; empty for view actions.
     encoders: ClassVar[tuple[str, ...]] = ()
+    #: the options ``run`` reads from ``context.options``: a pydantic model, ideally with
+    #: ``extra="forbid"``. ``None``: options reach ``run`` unchecked, as a plain dict.
+    Options: ClassVar[type[BaseModel] | None] = None
 
     def parse(self, pieces: Sequence[str]) -> BaseModel:
         """Typed arguments from a closed span.
@@ -222,5 +243,62 @@ def action_problems(action: Any) -> list[str]:
         problems.append("encoders must be a tuple of encoder names")
     if action.observation == "features" and not action.encoders:
         problems.append("a features action must name the encoders it can use")
+    opts = getattr(action, "Options", None)
+    if opts is not None and not (isinstance(opts, type) and issubclass(opts, BaseModel)):
+        problems.append("Options must be None or a pydantic BaseModel subclass")
     return problems
+
+
+def option_errors(model: type[BaseModel] | None, options: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """pydantic's error dicts for ``options`` against an Options ``model`` (none without a model)."""
+    if model is None:
+        return []
+    try:
+        model.model_validate(dict(options or {}))
+    except ValidationError as exc:
+        return exc.errors()
+    return []
+
+
+def describe_options(model: type[BaseModel] | None) -> str:
+    """``size (int, default 448), ...`` for hints; ``no options`` for an empty model."""
+    if model is None:
+        return "options not declared (unchecked)"
+    parts = []
+    for name, f in model.model_fields.items():
+        ann = f.annotation
+        kind = ann.__name__ if isinstance(ann, type) else str(ann).replace("typing.", "")
+        parts.append(f"{name} ({kind}" + ("" if f.is_required() else f", default {f.default!r}") + ")")
+    return ", ".join(parts) or "no options"
+
+
+def validate_action_options(action: Action, options: Mapping[str, Any] | None,
+                            source: str | None = None) -> dict[str, Any]:
+    """``options`` for ``action`` checked against its ``Options`` model: the dict to give the
+    action as ``context.options``. Only the options given are returned (coerced to the field
+    types), so the action's own defaults still apply. An action without an ``Options`` model gets
+    a copy of ``options`` unchecked.
+
+    Raises :class:`~perceive.errors.ConfigError` naming the action, each bad field and ``source``
+    (where the options came from, e.g. ``LoopOptions.action_options``).
+    """
+    from perceive.errors import ConfigError, did_you_mean
+
+    model = getattr(action, "Options", None)
+    opts = dict(options or {})
+    errors = option_errors(model, opts)
+    if not errors:
+        return model.model_validate(opts).model_dump(exclude_unset=True) if model is not None else opts
+    lines = []
+    for err in errors:
+        field = ".".join(str(p) for p in err["loc"]) or "(options)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            hint = did_you_mean(str(err["loc"][-1]), model.model_fields)
+            msg = f"not an option of {action.name!r}" + (f" ({hint})" if hint else " (it takes none)")
+        given = f"={err['input']!r}" if err["type"] != "missing" else ""
+        lines.append(f"{field}{given}: {msg}")
+    where = f"{source}: " if source else ""
+    raise ConfigError(f"{where}action {action.name!r} options: " + "; ".join(lines),
+                      hint=f"{action.name} takes {describe_options(model)}; see docs/reference/config.md")
 

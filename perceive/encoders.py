@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from PIL import Image
+from pydantic import BaseModel
 
 from perceive.errors import EncoderUnavailableError, UnknownEncoderError, did_you_mean
 
@@ -37,7 +38,9 @@ class EncoderSpec:
     reuse its parts (``requires_model``). ``build_tiny()`` returns a small random-weight
     instance of the same architecture, for tests and the conformance kit; optional.
     ``placeholders`` is how many placeholder tokens one image's features fill (``None``: one
-    per output token, variable).
+    per output token, variable). ``Options`` is a pydantic model (``extra="forbid"``) of the
+    ``options`` ``build`` reads, checked when a config is loaded and before ``build`` runs;
+    ``None``: options reach ``build`` unchecked.
     """
 
     name: str
@@ -49,6 +52,7 @@ class EncoderSpec:
     placeholders: int | None = None
     requires_model: bool = False
     description: str = ""
+    Options: type[BaseModel] | None = None
 
 
 def encoder_problems(spec: Any) -> list[str]:
@@ -63,7 +67,34 @@ def encoder_problems(spec: Any) -> list[str]:
         problems.append("build must be callable")
     if spec.build_tiny is not None and not callable(spec.build_tiny):
         problems.append("build_tiny must be callable or None")
+    if spec.Options is not None and not (isinstance(spec.Options, type) and issubclass(spec.Options, BaseModel)):
+        problems.append("Options must be None or a pydantic BaseModel subclass")
     return problems
+
+
+def validate_encoder_options(spec: EncoderSpec, options: Mapping[str, Any] | None,
+                             source: str | None = None) -> dict[str, Any]:
+    """``options`` checked against ``spec.Options``: the options given, coerced, for ``build``
+    (a copy, unchecked, when the spec has no Options model). Raises
+    :class:`~perceive.errors.ConfigError` naming the encoder and each bad field."""
+    from perceive.actions import describe_options, option_errors
+    from perceive.errors import ConfigError
+
+    opts = dict(options or {})
+    errors = option_errors(spec.Options, opts)
+    if not errors:
+        return spec.Options.model_validate(opts).model_dump(exclude_unset=True) if spec.Options else opts
+    bad = []
+    for err in errors:
+        field = ".".join(str(p) for p in err["loc"]) or "(options)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            hint = did_you_mean(str(err["loc"][-1]), spec.Options.model_fields)
+            msg = f"not an option of encoder {spec.name!r}" + (f" ({hint})" if hint else " (it takes none)")
+        bad.append(f"{field}: {msg}")
+    where = f"{source}: " if source else ""
+    raise ConfigError(f"{where}encoder {spec.name!r} options: " + "; ".join(bad),
+                      hint=f"{spec.name} takes {describe_options(spec.Options)}; see docs/reference/config.md")
 
 
 def image_key(image: Image.Image) -> str:
@@ -115,6 +146,7 @@ class EncoderHub:
                 cfg = self.configs.get(name)
                 weights = getattr(cfg, "weights", None) if cfg is not None else None
                 options = dict(getattr(cfg, "options", {}) or {}) if cfg is not None else {}
+                options = validate_encoder_options(spec, options, f"encoders.{name}.options")
                 self._built[name] = spec.build(weights=weights, options=options, model=self.model)
         return self._built[name]
 

@@ -11,7 +11,6 @@ import networkx as nx
 
 from perceive.config import load_yaml
 from perceive.errors import ConfigError
-from perceive.errors import ConfigError
 from perceive.graph.spec import ANY, GraphSpec, substitute
 from perceive.graph.validate import GraphIssue, GraphValidationError, parse, to_networkx, validate
 

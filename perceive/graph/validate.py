@@ -103,6 +103,8 @@ def validate(spec: GraphSpec, registry, data: Any = None) -> list[GraphIssue]:
                 parse_predicate(w.if_)
             except ValueError as exc:
                 add("bad-predicate", str(exc), name, "when")
+        if n.kind == "action" and (n.options or n.encoder):
+            issues += _option_issues(n, name, registry, line)
         if n.forced and n.action in actions:
             action = actions[n.action].obj
             try:
@@ -131,6 +133,36 @@ def validate(spec: GraphSpec, registry, data: Any = None) -> list[GraphIssue]:
                 break
         issues += _dataflow(spec, g, line)
     return issues
+
+
+def _option_issues(n, name: str, registry, line) -> list[GraphIssue]:
+    """A node's ``options`` (and ``encoder``) against the action's ``Options`` model, and an
+    encoder whose layout the action cannot take; for ``action: "*"``, against every action."""
+    from perceive.actions import option_errors
+
+    names = [n.action] if n.action != ANY else list(registry.actions)
+    opts = {**n.options, **({"encoder": n.encoder} if n.encoder else {})}
+    out = []
+    for a in names:
+        if a not in registry.actions:
+            continue
+        action = registry.actions[a].obj
+        model = getattr(action, "Options", None)
+        for err in option_errors(model, opts):
+            field = ".".join(str(p) for p in err["loc"]) or "options"
+            where = "encoder" if field == "encoder" else "options"
+            msg = "not an option of this action" if err["type"] == "extra_forbidden" else err["msg"]
+            if where == "encoder" and err["type"] == "extra_forbidden":
+                msg = "uses no encoder"
+            out.append(GraphIssue("bad-options", f"{where}: action {a!r} {msg}" if where == "encoder"
+                                  else f"options.{field}: action {a!r}: {msg}", name, line(name, where)))
+        spec = registry.encoders[n.encoder].obj if n.encoder in registry.encoders else None
+        layout = getattr(action, "layout", None)
+        if spec is not None and action.encoders and layout is not None and spec.layout != layout:
+            out.append(GraphIssue("bad-encoder", f"encoder {n.encoder!r} gives a {spec.layout}, but action {a!r} "
+                                  f"takes {layout} features; use one of {list(action.encoders)}", name,
+                                  line(name, "encoder")))
+    return out
 
 
 def _dataflow(spec: GraphSpec, g: nx.DiGraph, line) -> list[GraphIssue]:

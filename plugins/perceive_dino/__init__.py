@@ -4,11 +4,24 @@ features placed at ``<|detection_image_pad|>`` x 256. Encoders ``dinov2_small`` 
 
 from __future__ import annotations
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from perceive import hookimpl
+from perceive.actions import EncoderOptions
+from perceive.config import Device
 from perceive.encoders import EncoderSpec, lazy
 from perceive.reencode import ReencodeAction
 
 HIDDEN = {"small": 384, "base": 768, "large": 1024, "giant": 1536}
+
+
+class DinoEncoderOptions(BaseModel):
+    """Options of a ``dinov2_*`` encoder (config ``encoders[].options``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    crop: int = Field(224, ge=14, le=4096)  # the processor's centre-crop side, pixels
+    max_side: int | None = Field(512, ge=1)  # longer side capped first (nearest); None: no cap
+    device: Device = "cpu"
 
 
 class DinoReencode(ReencodeAction):
@@ -16,6 +29,7 @@ class DinoReencode(ReencodeAction):
     family = "detection"
     description = "Re-encode the image with DINOv2; features conditioned on the control token."
     encoders = ("dinov2_large", "dinov2_small", "dinov2_base", "dinov2_giant")
+    Options = EncoderOptions
 
 
 @hookimpl
@@ -31,6 +45,7 @@ def perceive_register_encoders():
             build=lazy("perceive_dino.encoder:build", name=f"dinov2_{size}"),
             build_tiny=lazy("perceive_dino.encoder:build_tiny"),
             placeholders=256, description=f"DINOv2-{size} patch tokens (CLS dropped), 224 px",
+            Options=DinoEncoderOptions,
         )
         for size, dim in HIDDEN.items()
     ]

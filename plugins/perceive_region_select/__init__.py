@@ -6,11 +6,20 @@ image; its box is kept in the original image's pixel frame.
 
 from __future__ import annotations
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from perceive import hookimpl
 from perceive.actions import ActionCall, ActionContext
 from perceive.observations import View
 from perceive.regions import GridSpanAction
 from perceive.vocabulary import REGION_END, REGION_START
+
+
+class RegionSelectOptions(BaseModel):
+    """``margin``: grid cells added around the named ones (unset: the span's own, 1 as in the paper)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    margin: int | None = Field(None, ge=0)
 
 
 class RegionSelect(GridSpanAction):
@@ -19,11 +28,13 @@ class RegionSelect(GridSpanAction):
                    "new image.")
     start_token = REGION_START
     end_token = REGION_END
+    Options = RegionSelectOptions
 
     def run(self, call: ActionCall, context: ActionContext) -> View:
         args = call.args
-        if "margin" in context.options:  # a model trained on tighter (or wider) crops says so
-            args = args.model_copy(update={"margin": int(context.options["margin"])})
+        margin = RegionSelectOptions.model_validate(context.options).margin
+        if margin is not None:  # a model trained on tighter (or wider) crops says so
+            args = args.model_copy(update={"margin": margin})
         box = args.box_in(context.frame.width, context.frame.height, context.frame.id)
         return context.crop_root(box, label="region")
 

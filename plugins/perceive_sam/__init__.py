@@ -4,9 +4,20 @@
 
 from __future__ import annotations
 
+from pydantic import BaseModel, ConfigDict
+
 from perceive import hookimpl
+from perceive.actions import EncoderOptions
+from perceive.config import Device
 from perceive.encoders import EncoderSpec, lazy
 from perceive.reencode import ReencodeAction
+
+
+class SamEncoderOptions(BaseModel):
+    """Options of a ``sam_*`` encoder (config ``encoders[].options``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    device: Device = "cpu"
 
 
 class SamReencode(ReencodeAction):
@@ -15,6 +26,7 @@ class SamReencode(ReencodeAction):
     description = "Re-encode the image with SAM's image encoder; conditioned on the control token."
     encoders = ("sam_vit_l", "sam_vit_b", "sam_vit_h")
     layout = "map"
+    Options = EncoderOptions
 
 
 @hookimpl
@@ -30,6 +42,7 @@ def perceive_register_encoders():
             build=lazy("perceive_sam.encoder:build", variant=v),
             build_tiny=lazy("perceive_sam.encoder:build_tiny"),
             placeholders=256, description=f"SAM {v} image encoder neck map (256, 64, 64) at 1024 px",
+            Options=SamEncoderOptions,
         )
         for v in ("vit_b", "vit_l", "vit_h")
     ]

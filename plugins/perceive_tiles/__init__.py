@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pydantic import BaseModel, ConfigDict, Field
 
 from perceive import hookimpl
-from perceive.actions import Action, ActionCall, ActionContext, SpanError, TriggerGrammar
+from perceive.actions import Action, ActionCall, ActionContext, NoOptions, SpanError, TriggerGrammar
 from perceive.geometry import Box
 from perceive.observations import View
 
@@ -24,6 +24,7 @@ class Tiles(Action):
     description = "Cut the image into rows x cols tiles, each shown as a new image (row-major)."
     grammar = TriggerGrammar(start="<|tiles_start|>", end="<|tiles_end|>")
     Args = TilesArgs
+    Options = NoOptions  # rows and cols are call arguments, not options
     observation = "view"
 
     def parse(self, pieces: Sequence[str]) -> TilesArgs:

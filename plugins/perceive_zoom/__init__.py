@@ -6,10 +6,19 @@ The view's frame keeps the exact map back to the original image.
 
 from __future__ import annotations
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from perceive import hookimpl
 from perceive.actions import ActionCall, ActionContext
 from perceive.observations import View
 from perceive.regions import GridSpanAction
+
+
+class ZoomOptions(BaseModel):
+    """``size``: the longest side of the zoomed view, in pixels."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    size: int = Field(448, ge=1, le=8192)  # the cap keeps a typo from allocating gigapixels
 
 
 class Zoom(GridSpanAction):
@@ -18,11 +27,12 @@ class Zoom(GridSpanAction):
     start_token = "<|zoom_start|>"
     end_token = "<|zoom_end|>"
     default_size = 448
+    Options = ZoomOptions
 
     def run(self, call: ActionCall, context: ActionContext) -> View:
         box = call.args.box_in(context.frame.width, context.frame.height, context.frame.id)
         rb = context.root_box(box)  # bounds-checked, whole pixels of the original
-        size = int(context.options.get("size", self.default_size))
+        size = ZoomOptions.model_validate({"size": self.default_size, **context.options}).size
         scale = size / max(rb.width, rb.height)
         out = (max(1, round(rb.width * scale)), max(1, round(rb.height * scale)))
         return context.crop_root(box, out_size=out, label="zoom")
