@@ -24,6 +24,18 @@ class FinishReason(str, Enum):
     ERROR = "error"  # the sample could not start (unreadable image, prompt too long, ...)
 
 
+class EventType(str, Enum):
+    """The ``type`` of a trace event (``Trace.events``): things that happened without ending the
+    sample. ``docs/reference/errors.md`` says what each means."""
+
+    PARSE_ERROR = "parse_error"  # a malformed perception span (``kind`` says how)
+    BUDGET_EXHAUSTED = "budget_exhausted"  # a call past the hop budget went unanswered
+    NO_PROJECTOR = "no_projector"  # a features call the model has no branch to show
+    GRAPH_ERROR = "graph_error"  # the graph could not route a call
+    GRAPH = "graph"  # a note from the graph executor
+    PROMPT = "prompt"  # a trigger prompt left out: the model was trained without it
+
+
 @dataclass
 class Hop:
     """One perception call the model made, and what it cost.

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from perceive.graph.predicates import parse_predicate
 from perceive.graph.spec import ANY
 from perceive.loop.engine import Decision
+from perceive.trace import EventType
 
 if TYPE_CHECKING:
     from perceive.graph.compiled import CompiledGraph
@@ -45,7 +46,7 @@ class GraphController:
         if self.question_suffix:
             st["question"] = s.trace.question + self.question_suffix
         if self.prompt_note:
-            s.trace.events.append({"type": "prompt", "message": self.prompt_note})
+            s.trace.events.append({"type": EventType.PROMPT, "message": self.prompt_note})
         forced = []
         node = self.spec.start
         while True:
@@ -99,7 +100,7 @@ class GraphController:
                 st["cursor"] = node
                 self._hook_before(s, node, "generate")
                 if ev is None:  # answered, and nothing new to show: the answer stands
-                    s.trace.events.append({"type": "graph", "message": f"{node!r} has nothing new to look at"})
+                    s.trace.events.append({"type": EventType.GRAPH, "message": f"{node!r} has nothing new to look at"})
                     return Decision("finish", reason="answer")
                 return Decision("ignore")  # the call goes unanswered; the model keeps generating
             # action
@@ -114,7 +115,7 @@ class GraphController:
                 return self._force(loop, n, node)
             if ev is None or (n.action != ANY and n.action != ev.action):
                 got = ev.action if ev else "an answer"
-                s.trace.events.append({"type": "graph_error", "node": node,
+                s.trace.events.append({"type": EventType.GRAPH_ERROR, "node": node,
                                        "message": f"{node!r} runs the model's {n.action!r} call but got {got}"})
                 return Decision("stop", reason="graph_error")
             self._hook_after(s, node, "action", f"dispatch {ev.action}")
@@ -135,7 +136,7 @@ class GraphController:
         st = s.state
         st["visits"] += 1
         if st["visits"] > self.visit_cap:
-            s.trace.events.append({"type": "graph_error", "message": "node visit cap reached (a cycle without "
+            s.trace.events.append({"type": EventType.GRAPH_ERROR, "message": "node visit cap reached (a cycle without "
                                    "progress?)"})
             return None
         s.node = node

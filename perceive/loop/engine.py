@@ -37,7 +37,7 @@ from perceive.loop.positions import sequence_positions, text_positions
 from perceive.loop.template import ChatLayout
 from perceive.observations import Features, View
 from perceive.protocol import ParseError, PerceptionCall, StreamParser, codec_from_tokenizer
-from perceive.trace import FinishReason, Hop, Trace
+from perceive.trace import EventType, FinishReason, Hop, Trace
 
 
 @dataclass
@@ -536,7 +536,7 @@ class PerceptionLoop:
             # control signal the forced action token carries (§2.6 step 3, §2.9). The forced
             # tokens (action, and end when dispatching) must fit the budget too.
             if isinstance(ev, ParseError):
-                s.trace.events.append({"type": "parse_error", **ev.to_dict()})
+                s.trace.events.append({"type": EventType.PARSE_ERROR, **ev.to_dict()})
             if self._spent(s, reserve=1 if s.parser is None else 2):
                 return
             s.awaiting_control = branch
@@ -548,7 +548,7 @@ class PerceptionLoop:
             self._on_call(s, ev, closing=t)
             return
         if isinstance(ev, ParseError):
-            s.trace.events.append({"type": "parse_error", **ev.to_dict()})
+            s.trace.events.append({"type": EventType.PARSE_ERROR, **ev.to_dict()})
             if self.options.on_malformed == "stop":
                 self._finish(s, FinishReason.MALFORMED)
                 return
@@ -563,7 +563,7 @@ class PerceptionLoop:
         if s.parser is not None:
             tail = s.parser.close()
             if tail is not None:
-                s.trace.events.append({"type": "parse_error", **tail.to_dict()})
+                s.trace.events.append({"type": EventType.PARSE_ERROR, **tail.to_dict()})
         s.done = True
         s.pending = None
         s.trace.finish_reason = FinishReason(reason)
@@ -664,12 +664,13 @@ class PerceptionLoop:
         s.answer_from = len(s.generated)
 
     def _budget_event(self, s: _Sample, action: str, tokens, limit: int) -> None:
-        s.trace.events.append({"type": "budget_exhausted", "action": action, "max_hops": limit, "tokens": list(tokens)})
+        s.trace.events.append({"type": EventType.BUDGET_EXHAUSTED, "action": action, "max_hops": limit,
+                               "tokens": list(tokens)})
 
     def _on_call(self, s: _Sample, ev: PerceptionCall, closing: int) -> None:
         action = self.registry.action(ev.action)
         if action.observation != "view":
-            s.trace.events.append({"type": "no_projector", "action": ev.action,
+            s.trace.events.append({"type": EventType.NO_PROJECTOR, "action": ev.action,
                                    "message": f"the model has no branch to show {ev.action!r} features"})
             s.pending = self._segment(s, [closing], "decode")
             return
@@ -709,7 +710,7 @@ class PerceptionLoop:
         s.generated.append(E)
         ev = s.parser.feed(E) or ev
         if isinstance(ev, ParseError):
-            s.trace.events.append({"type": "parse_error", **ev.to_dict()})
+            s.trace.events.append({"type": EventType.PARSE_ERROR, **ev.to_dict()})
         if self._spent(s):  # the span is complete but no token is left to use an observation
             return
         if not isinstance(ev, PerceptionCall):
