@@ -33,6 +33,7 @@ _abandoned_lock = threading.Lock()
 
 
 class FailureStage(str, Enum):
+    __str__ = str.__str__
     BEFORE = "before"  # perceive_before_action raised
     RUN = "run"  # the action (or a perceive_run_action hook) raised
     OBSERVATION = "observation"  # the action returned something that is not its observation

@@ -14,6 +14,7 @@ from perceive.errors import ConfigError
 
 
 class Trigger(str, Enum):
+    __str__ = str.__str__
     REGION = "region"  # ask for a Region Selection span
     REENCODE = "reencode"  # ask for a Vision Re-Encoding span
 

@@ -11,6 +11,8 @@ from typing import Any
 class FinishReason(str, Enum):
     """Why a sample stopped. ``docs/reference/errors.md`` says what to do about each."""
 
+    __str__ = str.__str__  # print the value, as JSON does
+
     EOS = "eos"  # the model ended its answer
     ANSWER = "answer"  # a graph reached its answer node
     MAX_NEW_TOKENS = "max_new_tokens"  # the token budget ran out (generated and forced tokens)
@@ -27,6 +29,8 @@ class FinishReason(str, Enum):
 class EventType(str, Enum):
     """The ``type`` of a trace event (``Trace.events``): things that happened without ending the
     sample. ``docs/reference/errors.md`` says what each means."""
+
+    __str__ = str.__str__
 
     PARSE_ERROR = "parse_error"  # a malformed perception span (``kind`` says how)
     BUDGET_EXHAUSTED = "budget_exhausted"  # a call past the hop budget went unanswered

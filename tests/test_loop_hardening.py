@@ -206,3 +206,13 @@ def test_plugins_check_gives_every_call_a_deadline(fake_site):
     assert result.exit_code == 1, result.output
     assert "did not return within 0.2 s" in result.output and "quarantined" in result.output
     assert "Traceback" not in result.output
+
+
+def test_enums_print_as_their_values():
+    from perceive.dispatch import FailureStage
+    from perceive.prompts import Trigger
+    from perceive.trace import EventType
+
+    for enum in (FinishReason, EventType, FailureStage, Trigger):
+        for member in enum:
+            assert f"{member}" == str(member) == member.value
