@@ -13,12 +13,11 @@ from __future__ import annotations
 import os
 import sys
 
-import click
 import typer
 from typer.core import TyperGroup
 
 from perceive.cli import config_cmd, demo, graph_cmd, model_cmds, plugins_cmd, train_cmds
-from perceive.cli.output import DEBUG_HINT, fail, internal_error, print_error
+from perceive.cli.output import DEBUG_HINT, console, fail, internal_error, print_error
 
 DEBUG_ENV = "PERCEIVE_DEBUG"
 _state = {"debug": False}
@@ -34,6 +33,11 @@ def error_exit(exc: Exception) -> typer.Exit:
 
     if isinstance(exc, PerceiveError):
         return fail(exc, 1)
+    graphs = sys.modules.get("perceive.graph.validate")
+    if graphs is not None and isinstance(exc, graphs.GraphValidationError):
+        print_error(f"the graph has {len(exc.issues)} problem(s):")
+        console.print(str(exc), markup=False, highlight=False, soft_wrap=True)
+        return typer.Exit(1)
     if isinstance(exc, OSError) and not isinstance(exc, BrokenPipeError):
         print_error(exc, hint=DEBUG_HINT)
         return typer.Exit(1)
@@ -44,11 +48,10 @@ class _Boundary(TyperGroup):
     """The root command: every exception a command raises ends here (also under typer's
     ``CliRunner``), and becomes one clear message and a non-zero exit."""
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort, typer.Exit,
-                typer.Abort, BrokenPipeError):
+        except (typer.TyperException, typer.Exit, typer.Abort, BrokenPipeError):  # usage errors, exits
             raise
         except Exception as exc:
             if debug_enabled():

@@ -21,12 +21,19 @@ def ask(
     dtype: str = typer.Option("auto", "--dtype", help="float32, bfloat16, float16 or auto."),
     reprefill: bool = typer.Option(False, "--reprefill", help="Reference-style: re-prefill after each hop."),
     render: Path | None = typer.Option(None, "--render", help="Write the trace picture (PNG)."),
+    action_timeout: float = typer.Option(120.0, "--action-timeout", min=0.001, metavar="S",
+                                         help="Deadline of each perception call, in seconds."),
 ) -> None:
     """Answer a question about an image, letting the model call perception actions."""
     from perceive.cli.graph_cmd import run_graph
 
+    if not question.strip():
+        raise fail("the question is empty: pass it as the second argument, e.g. "
+                   f"perceive ask {image} \"What is written on the sign?\"", 2)
+
     sets = {"max_hops": max_hops} if graph == "free_choice" else {}
-    run_graph(graph, image, question, model, as_json, render, sets, max_new_tokens, device, dtype, reprefill)
+    run_graph(graph, image, question, model, as_json, render, sets, max_new_tokens, device, dtype, reprefill,
+              action_timeout)
 
 
 def convert(src: Path = typer.Argument(..., help="Paper checkpoint folder (qwen2_vl_vpt / vrt_qwen2_vl)."),

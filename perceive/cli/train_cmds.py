@@ -78,21 +78,20 @@ def mix_cmd(out: Path = typer.Argument(..., help="The dataset file to write."),
             parts: list[str] = typer.Argument(..., help="FILE or FILE:COUNT (a random COUNT of its items)."),
             seed: int = typer.Option(0, "--seed")) -> None:
     """Mix datasets into one file (curriculum stages keep a share of earlier items)."""
-    from perceive.data.mix import mix
+    from perceive.data.mix import mix, parse_part
+    from perceive.errors import PerceiveError
 
-    spec = []
-    for part in parts:
-        path, _, k = part.partition(":")
-        spec.append((Path(path), int(k) if k else None))
     try:
-        mix(out, spec, seed=seed)
-    except (OSError, ValueError) as exc:
-        raise fail(f"cannot mix {parts}: {exc}", 1) from None
+        mix(out, [parse_part(part) for part in parts], seed=seed)
+    except PerceiveError as exc:
+        raise fail(exc, 1) from None
+    except OSError as exc:
+        raise fail(f"cannot mix {' '.join(parts)} into {out}: {exc}", 1) from None
     console.print(f"wrote {out}")
 
 
 @data_app.command("check")
-def check(path: Path, grid: int = typer.Option(8, "--grid")) -> None:
+def check(path: Path, grid: int = typer.Option(8, "--grid", min=1)) -> None:
     """Report every item of a dataset that does not fit the layout."""
     from perceive.data.dataset import VPTDataset
 

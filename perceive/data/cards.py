@@ -32,6 +32,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from perceive.data.dataset import DatasetError
 from perceive.geometry import Box, box_to_grid_cells, grid_cells_to_box
 from perceive.images import rescale
 from perceive.vocabulary import REGION_END, REGION_START, Vocabulary
@@ -68,10 +69,31 @@ def flat_photos(n: int = 8) -> dict[str, Image.Image]:
 def folder_photos(path: str | Path) -> dict[str, Image.Image]:
     from perceive.images import as_rgb, load_image
 
-    files = sorted(p for p in Path(path).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp"))
+    path = Path(path)
+    if not path.is_dir():
+        raise DatasetError(f"the backgrounds folder {path} " + ("is a file" if path.exists() else "does not exist"),
+                           hint="pass a folder of background photos (.png, .jpg, .webp, .bmp)")
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp"))
     if not files:
-        raise FileNotFoundError(f"no images in {path}")
+        raise DatasetError(f"no images in the backgrounds folder {path}",
+                           hint="it needs .png, .jpg, .jpeg, .webp or .bmp photos")
     return {p.stem: as_rgb(load_image(p)) for p in files}
+
+
+def output_folder(out: str | Path) -> Path:
+    """``out`` as a folder to write a set into: created when missing; a file there is an error."""
+    out = Path(out)
+    if not str(out).strip():
+        raise DatasetError("the output folder is empty", hint="pass --out DIR")
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"the output {out} is a file; a set is written into a folder (images/ and .json files)",
+                           hint="pass the path of a new or existing folder")
+    try:
+        (out / "images").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DatasetError(f"cannot create the output folder {out}: {exc.strerror or exc}",
+                           hint="pass a folder you can write to (every part of the path a folder)") from None
+    return out
 
 
 @dataclass
@@ -200,7 +222,7 @@ def items_for(path: str, card: Card, prompts: bool = True) -> dict[str, dict]:
 
 def photos_for(split: str) -> dict[str, Image.Image]:
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
+        raise DatasetError(f"unknown split {split!r}", hint=f"use one of {', '.join(SPLITS)}")
     if split == "flat":
         return flat_photos()
     return skimage_photos({"train": TRAIN_PHOTOS, "train_wide": WIDE_PHOTOS, "eval": EVAL_PHOTOS}[split])
@@ -216,12 +238,18 @@ def generate(out: str | Path, n: int, seed: int = 0, backgrounds: str | Path | N
     training-only narrowing of [40, 64]."""
     widths = tuple(widths)
     if not (len(widths) == 2 and WIDTHS[0] <= widths[0] <= widths[1] <= WIDTHS[1]):
-        raise ValueError(f"card widths {widths} must be a range LO HI inside {WIDTHS[0]}-{WIDTHS[1]} px")
+        raise DatasetError(f"card widths {widths} must be a range LO HI inside {WIDTHS[0]}-{WIDTHS[1]} px",
+                           hint=f"e.g. --card-widths {WIDTHS[0]} 52")
     if (augment or distractors or widths != WIDTHS) and split == "eval":
-        raise ValueError("augment, distractors and card widths are for training data; the held-out set follows "
-                         "the specification exactly")
-    out = Path(out)
-    (out / "images").mkdir(parents=True, exist_ok=True)
+        raise DatasetError("augment, distractors and card widths are for training data; the held-out set follows "
+                           "the specification exactly", hint="drop those options, or use a training split")
+    if fmt not in ("png", "jpg"):
+        raise DatasetError(f"unknown image format {fmt!r}", hint="use png or jpg")
+    if n < 1:
+        raise DatasetError(f"the number of images must be at least 1, got {n}")
+    if backgrounds is None and split not in SPLITS:
+        raise DatasetError(f"unknown split {split!r}", hint=f"use one of {', '.join(SPLITS)}")
+    out = output_folder(out)
     photos = folder_photos(backgrounds) if backgrounds else photos_for(split)
     rng = random.Random(seed)
     sets: dict[str, list] = {"plain": [], "region": [], "locate": [], "read_card": [], "read": [],
@@ -255,8 +283,13 @@ def reading_set(out: str | Path, n: int, seed: int = 0, split: str = "train", co
     card alone); ``context=None`` crops the grid cells the card touches, which is what a
     margin-0 Region Selection shows. Cards are drawn exactly as :func:`make_card` draws them.
     """
-    out = Path(out)
-    (out / "images").mkdir(parents=True, exist_ok=True)
+    if n < 1:
+        raise DatasetError(f"the number of crops must be at least 1, got {n}")
+    if scale <= 0:
+        raise DatasetError(f"the scale must be above 0, got {scale}")
+    if backgrounds is None and split not in SPLITS:
+        raise DatasetError(f"unknown split {split!r}", hint=f"use one of {', '.join(SPLITS)}")
+    out = output_folder(out)
     photos = folder_photos(backgrounds) if backgrounds else photos_for(split)
     rng = random.Random(seed)
     items = []

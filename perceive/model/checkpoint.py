@@ -413,5 +413,9 @@ def _load_plain(path: Path, dtype: torch.dtype, raw: dict[str, Any]) -> VPTModel
 
 def convert(src: str | Path, dst: str | Path) -> Path:
     """Convert a paper checkpoint folder into the project's format."""
+    dst = Path(dst)
+    if dst.exists() and not dst.is_dir():
+        raise ModelLoadError(f"the destination {dst} is a file; convert writes a model folder",
+                             hint="pass the path of a new folder")
     model = load_model(src, device="cpu", dtype="float32")
     return save_model(model, dst)
