@@ -292,7 +292,7 @@ def validate_action_options(action: Action, options: Mapping[str, Any] | None,
     lines = []
     for err in errors:
         field = ".".join(str(p) for p in err["loc"]) or "(options)"
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             hint = did_you_mean(str(err["loc"][-1]), model.model_fields)
             msg = f"not an option of {action.name!r}" + (f" ({hint})" if hint else " (it takes none)")

@@ -87,7 +87,7 @@ def validate_encoder_options(spec: EncoderSpec, options: Mapping[str, Any] | Non
     bad = []
     for err in errors:
         field = ".".join(str(p) for p in err["loc"]) or "(options)"
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             hint = did_you_mean(str(err["loc"][-1]), spec.Options.model_fields)
             msg = f"not an option of encoder {spec.name!r}" + (f" ({hint})" if hint else " (it takes none)")

@@ -72,11 +72,20 @@ def test_unknown_names_against_the_registry(registry):
     assert any("sam_vit_x" in e for e in errors)
 
 
+def model_dir(tmp_path):
+    """A folder that passes config check's model-folder test (config check loads no weights)."""
+    m = tmp_path / "models" / "vpt"
+    m.mkdir(parents=True)
+    (m / "config.json").write_text("{}")
+    return m
+
+
 def test_cli_config_check(tmp_path):
     import subprocess
     import sys
 
-    good = write(tmp_path, "actions: {zoom: {}}\n")
+    model_dir(tmp_path)
+    good = write(tmp_path, "model: {path: models/vpt}\nactions: {zoom: {}}\n")
     out = subprocess.run([sys.executable, "-m", "perceive", "config", "check", str(good)], capture_output=True,
                          text=True)
     assert out.returncode == 0 and "ok" in out.stdout
@@ -85,3 +94,197 @@ def test_cli_config_check(tmp_path):
     out = subprocess.run([sys.executable, "-m", "perceive", "config", "check", str(bad)], capture_output=True,
                          text=True)
     assert out.returncode == 1 and "did you mean 'zoom'" in out.stdout
+
+
+# -- what fails at run time is refused by config load or config check -----------------------------
+
+def check_cli(*args):
+    from typer.testing import CliRunner
+
+    from perceive.cli import app
+
+    result = CliRunner().invoke(app, ["config", "check", *map(str, args)], env={"COLUMNS": "400"})
+    return result.exit_code, result.output
+
+
+def test_device_is_parsed_like_torch(tmp_path):
+    for ok in ("auto", "cpu", "cuda", "cuda:1", "mps"):
+        assert load_config(write(tmp_path, f"device: '{ok}'\n")).device == ok
+    for bad in ("quantum", "cuda:x", "CPU", "gpu"):
+        with pytest.raises(ConfigError) as e:
+            load_config(write(tmp_path, f"model: {{path: m}}\ndevice: {bad}\n"))
+        assert f"device (line 2): '{bad}' is not a device: use auto, cpu, cuda, cuda:N, mps" in str(e.value)
+
+
+def test_ill_typed_action_option_names_action_field_and_line(tmp_path):
+    p = write(tmp_path, """
+        model: {path: m}
+        actions:
+          region_select:
+            options:
+              margin: "lots"
+    """)
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert str(p) in msg and "actions.region_select.options.margin (line 6): action 'region_select': " in msg
+    assert "valid integer" in msg and "'lots'" in msg
+
+
+def test_unknown_action_and_encoder_options(tmp_path):
+    p = write(tmp_path, """
+        encoders:
+          - name: dinov2_large
+            options: {crop: 224, max_sid: 512}
+        actions:
+          zoom: {options: {sise: 336}}
+          tiles: {options: {rows: 3}}
+    """)
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert "3 invalid option(s)" in msg
+    assert "encoders.0.options.max_sid (line 4): encoder 'dinov2_large': not an option of encoder " \
+           "'dinov2_large'; did you mean 'max_side'?" in msg
+    assert "actions.zoom.options.sise (line 6): action 'zoom': not an option of action 'zoom'; did you mean " \
+           "'size'?" in msg
+    assert "actions.tiles.options.rows (line 7): action 'tiles': not an option of action 'tiles'; tiles takes " \
+           "no options" in msg
+
+
+def test_config_check_refuses_what_fails_at_run_time(tmp_path):
+    p = write(tmp_path, """
+        model: {path: nowhere}
+        encoders:
+          - name: sam_vit_l
+            weights: weights/sam.pth
+        actions:
+          dino: {encoder: sam_vit_l}
+          zoom: {encoder: dinov2_large}
+    """)
+    code, out = check_cli(p)
+    assert code == 1
+    assert f"{p}: actions.dino.encoder (line 7): action 'dino' takes tokens features but encoder 'sam_vit_l' " \
+           "gives a map" in out
+    assert f"{p}: actions.zoom.encoder (line 8): action 'zoom' is a view action and uses no encoder" in out
+    assert f"{p}: model.path (line 2): {tmp_path / 'nowhere'} is not a folder (no such path)" in out
+    assert f"{p}: encoders.0.weights (line 5): {tmp_path / 'weights/sam.pth'} does not exist" in out
+    assert "4 problem(s); checked as a run config" in out
+
+
+def test_config_check_model_folder_needs_a_config_json(tmp_path):
+    (tmp_path / "m").mkdir()
+    code, out = check_cli(write(tmp_path, "model: {path: m}\n"))
+    assert code == 1 and "model.path (line 1): " in out and "has no config.json" in out
+    code, out = check_cli(write(tmp_path, "device: cpu\n"))
+    assert code == 1 and "model.path: not set" in out
+
+
+def test_config_check_on_a_train_config(tmp_path):
+    (tmp_path / "train.json").write_text("[]")
+    p = tmp_path / "train.yaml"
+    p.write_text(textwrap.dedent("""
+        model:
+          tiny: {hidden: 32}
+          action_defaults: {region_select: {margin: 0}}
+        data: {train: train.json}
+        optim: {steps: 10}
+    """))
+    code, out = check_cli(p)
+    assert code == 0, out
+    assert "ok, checked as a train config (top-level keys data, model, optim; --kind to choose)" in out
+    p.write_text(textwrap.dedent("""
+        model:
+          tiny: {hidden: 32}
+          action_defaults: {region_select: {margin: wide}}
+        data: {train: missing.json}
+        optim: {stepz: 10}
+    """))
+    code, out = check_cli(p)
+    assert code == 1 and "optim.stepz (line 6): Extra inputs are not permitted" in out
+    assert "checked as a train config" in out and "invalid field(s)" in out
+    p.write_text(p.read_text().replace("stepz", "steps"))
+    code, out = check_cli(p)
+    assert code == 1
+    assert "model.action_defaults.region_select.margin (line 4): action 'region_select': Input should be a valid " \
+           "integer" in out
+    assert f"data.train (line 5): {tmp_path / 'missing.json'} does not exist" in out
+
+
+def test_config_check_on_an_eval_config(tmp_path):
+    model_dir(tmp_path)
+    (tmp_path / "eval.json").write_text("[]")
+    p = tmp_path / "eval.yaml"
+    p.write_text("model: models/vpt\ndata: eval.json\ngraph: free_choice\nmax_new_tokens: 16\n")
+    code, out = check_cli(p)
+    assert code == 0, out
+    assert "ok, checked as an eval config" in out
+    p.write_text("model: models/vpt\ndata: eval.json\ngraph: region_then_answr\ndevice: quantum\n"
+                 "action_options: {zoom: {size: -1}}\n")
+    code, out = check_cli(p)
+    assert code == 1
+    assert "device (line 4): 'quantum' is not a device" in out
+    assert "graph (line 3): no graph file region_then_answr" in out
+    assert "action_options.zoom.size (line 5): action 'zoom': Input should be greater than or equal to 1" in out
+    code, out = check_cli(p, "--kind", "run")
+    assert code == 1 and "checked as a run config (--kind" in out
+
+
+def test_graph_node_options_are_validated(tmp_path, registry):
+    from perceive.graph import check
+
+    p = tmp_path / "g.yaml"
+    p.write_text(textwrap.dedent("""
+        name: g
+        start: ask
+        nodes:
+          ask: {kind: generate, next: crop}
+          crop:
+            kind: action
+            action: zoom
+            args: {box: [0, 0, 10, 10]}
+            options: {size: huge}
+            next: done
+          done: {kind: answer}
+    """))
+    _, issues = check(p, registry)
+    assert [(i.code, i.node, i.line) for i in issues] == [("bad-options", "crop", 10)]
+    assert "options.size: action 'zoom': Input should be a valid integer" in issues[0].message
+
+
+def test_validate_action_options(registry):
+    from perceive.actions import validate_action_options
+
+    rs, zoom, dino = (registry.action(n) for n in ("region_select", "zoom", "dino"))
+    assert validate_action_options(rs, {"margin": "2"}) == {"margin": 2}  # coerced, only what was given
+    assert validate_action_options(zoom, {}) == {}
+    assert validate_action_options(dino, {"encoder": "dinov2_small"}) == {"encoder": "dinov2_small"}
+    with pytest.raises(ConfigError) as e:
+        validate_action_options(rs, {"margin": "lots", "colour": "red"}, source="LoopOptions.action_options")
+    msg = str(e.value)
+    assert msg.startswith("LoopOptions.action_options: action 'region_select' options: margin='lots': ")
+    assert "colour='red': not an option of 'region_select'" in msg and "region_select takes margin" in msg
+
+
+def test_third_party_action_without_options_keeps_working(tmp_path, registry):
+    from perceive.actions import validate_action_options
+    from tests.plugins import good
+
+    assert registry.register(good, "good").ok
+    action = registry.action("left_half")
+    assert action.Options is None
+    opts = {"anything": [1, 2], "goes": "here"}
+    assert validate_action_options(action, opts) == opts
+    cfg = load_config(write(tmp_path, "actions: {left_half: {options: {anything: 1}}}\n"), registry)
+    assert cfg.actions["left_half"].options == {"anything": 1} and cfg.check_names(registry) == []
+
+
+def test_encoder_hub_checks_options_before_building(registry):
+    from perceive.config import EncoderConfig
+    from perceive.encoders import EncoderHub
+
+    hub = EncoderHub(registry.encoder_specs(), {"sam_vit_b": EncoderConfig(name="sam_vit_b",
+                                                                           options={"device": "quantum"})})
+    with pytest.raises(ConfigError, match=r"encoders.sam_vit_b.options: encoder 'sam_vit_b' options: device: "
+                                          r"'quantum' is not a device"):
+        hub.get("sam_vit_b")

@@ -1,0 +1,142 @@
+"""Every YAML perceive reads goes through perceive.yamlio: hostile files are refused quickly and
+cleanly (a ConfigError naming the file, the line and the limit), never a hang or a RecursionError."""
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from perceive.errors import ConfigError
+
+# 9 levels of 9 aliases: ~90 values written, 9**9 (387M) once expanded
+BOMB_ANCHORS = "\n".join(
+    ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    + [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]
+)
+EXPANDED = "the YAML holds more than 100000 values once its aliases (*name) are expanded"
+
+
+def _cli(*args, timeout=60):
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "perceive", *map(str, args)], capture_output=True, text=True,
+                         timeout=timeout, env={"COLUMNS": "400", "PATH": ""})
+    return out, time.perf_counter() - t0
+
+
+def test_alias_bomb_graph_validate_refused_quickly(tmp_path):
+    # graph params are substituted into every string of the graph: walking the bomb would hang
+    p = tmp_path / "graph.yaml"
+    p.write_text(BOMB_ANCHORS + "\nname: g\nstart: a\nparams: {x: *a8}\nnodes: {a: {kind: answer}}\n")
+    out, took = _cli("graph", "validate", p)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert EXPANDED in out.stdout and f"{p}" in out.stdout and "[yaml]" in out.stdout
+    assert took < 30
+
+
+def test_alias_bomb_config_check_refused_by_the_reader(tmp_path):
+    p = tmp_path / "run.yaml"
+    p.write_text(BOMB_ANCHORS + "\n")
+    out, took = _cli("config", "check", p)
+    assert out.returncode == 1
+    assert f"{p}: {EXPANDED}" in out.stdout and "invalid field" not in out.stdout
+    assert took < 30
+
+
+def test_alias_bomb_in_train_and_eval_configs(tmp_path):
+    from perceive.eval.runner import load_eval_config
+    from perceive.train.config import load_train_config
+
+    p = tmp_path / "cfg.yaml"
+    # an eval config's params go into the graph's ${...} placeholders: a walk over the bomb
+    p.write_text(BOMB_ANCHORS + "\nmodel: m\ndata: d.json\nparams: {x: *a8}\n")
+    for load in (load_eval_config, load_train_config):
+        t0 = time.perf_counter()
+        with pytest.raises(ConfigError, match=r"more than 100000 values") as e:
+            load(p)
+        assert str(p) in str(e.value) and time.perf_counter() - t0 < 5
+
+
+def test_alias_bomb_in_a_set_value():
+    value = "{" + ", ".join(BOMB_ANCHORS.splitlines()) + "}"
+    out, took = _cli("graph", "validate", "free_choice", "--set", f"x={value}")
+    assert out.returncode == 1 and f"error: --set x: {EXPANDED}" in out.stdout + out.stderr
+    assert took < 30
+
+
+def test_100k_nested_brackets_are_a_clean_error(tmp_path):
+    from perceive.config import load_config
+    from perceive.eval.runner import load_eval_config
+    from perceive.graph import check
+    from perceive.train.config import load_train_config
+
+    p = tmp_path / "deep.yaml"
+    p.write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    for load in (load_config, load_train_config, load_eval_config):
+        with pytest.raises(ConfigError) as e:
+            load(p)
+        msg = str(e.value)
+        assert f"{p}:1:65: YAML nested more than 64 levels deep" in msg and "flatten" in msg
+    spec, issues = check(p)
+    assert spec is None and [i.code for i in issues] == ["yaml"] and "nested more than 64" in issues[0].message
+    out, _ = _cli("graph", "validate", p)
+    assert out.returncode == 1 and "RecursionError" not in out.stdout + out.stderr and "64 levels" in out.stdout
+
+
+def test_oversize_file_is_refused_before_parsing(tmp_path):
+    from perceive.config import load_config
+    from perceive.yamlio import MAX_BYTES
+
+    p = tmp_path / "big.yaml"
+    p.write_text("device: cpu\n" + "# padding\n" * (MAX_BYTES // 10 + 1))  # valid YAML, only too large
+    with pytest.raises(ConfigError, match=rf"larger than the {MAX_BYTES}-byte limit") as e:
+        load_config(p)
+    assert str(p) in str(e.value) and "JSONL" in str(e.value)
+
+
+def test_alias_count_limit_and_self_reference():
+    from perceive.yamlio import MAX_ALIASES, loads
+
+    many = "a: &a 1\nb: [" + ", ".join(["*a"] * (MAX_ALIASES + 1)) + "]\n"
+    with pytest.raises(ConfigError, match=rf"x.yaml:2:\d+: more than {MAX_ALIASES} YAML aliases"):
+        loads(many, "x.yaml")
+    with pytest.raises(ConfigError, match=r"x.yaml:1:\d+: a YAML alias refers to the collection that contains it"):
+        loads("a: &a [1, *a]\n", "x.yaml")
+    # a few aliases and merge keys are fine
+    assert loads("base: &b {x: 1, y: 2}\nother:\n  <<: *b\n  y: 3\n") == {"base": {"x": 1, "y": 2},
+                                                                          "other": {"x": 1, "y": 3}}
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path):
+    from perceive.config import load_config
+
+    p = tmp_path / "run.yaml"
+    p.write_text("model:\n  path: m\nruntime: {max_hops: [1, 2}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert msg.startswith(f"{p}:3:") and "not valid YAML" in msg and "fix the YAML syntax at line 3" in msg
+
+
+def test_duplicate_keys_and_unreadable_values_are_refused():
+    from perceive.yamlio import loads
+
+    with pytest.raises(ConfigError, match=r"x.yaml:3:1: not valid YAML: .*duplicate key 'device' \(first at line 1\)"):
+        loads("device: cpu\ndtype: auto\ndevice: cuda\n", "x.yaml")
+    with pytest.raises(ConfigError, match=r"x.yaml:1:\d+: not valid YAML: .*cannot read this value"):
+        loads("n: " + "1" * 5000, "x.yaml")  # Python's int() limit: a ValueError without a line
+    with pytest.raises(ConfigError, match="could not determine a constructor"):
+        loads("a: !!python/object/apply:os.system [echo hi]\n", "x.yaml")
+
+
+def test_every_shipped_yaml_reads_as_before():
+    import yaml
+
+    from perceive.config import load_yaml
+
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    files = subprocess.run(["git", "ls-files", "*.yaml", "*.yml"], capture_output=True, text=True,
+                           cwd=root).stdout.split()
+    assert files
+    for f in files:
+        assert load_yaml(root / f) == yaml.safe_load((root / f).read_text()), f
