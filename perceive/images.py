@@ -136,6 +136,37 @@ def load_image(source: Any, *, max_pixels: int | None = -1) -> Image.Image:
                      hint="pass a path, bytes, a numpy array or a PIL image")
 
 
+def check_image_file(path: str | Path, *, max_pixels: int | None = -1) -> tuple[int, int]:
+    """The size of the image file at ``path``, reading its header only: a cheap early check for
+    a missing, unreadable or too large image (truncated pixel data shows up only when
+    :func:`load_image` decodes it)."""
+    limit = max_image_pixels() if max_pixels == -1 else (max_pixels or None)
+    path = Path(path)
+    if not str(path).strip() or str(path) == ".":  # the command line turns "" into "."
+        raise ImageError(f"no image file given: the path is {str(path).strip()!r}",
+                         hint="pass the path of an image file")
+    if not path.exists():
+        raise ImageError(f"image not found: {path}", hint="check the path")
+    if path.is_dir():
+        raise ImageError(f"{path} is a folder, not an image file", hint="pass the path of one image file")
+    what = f"image {path}"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                size = im.size
+    except Image.DecompressionBombError as exc:
+        raise _too_large(what, None, limit, str(exc)) from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"cannot read image {path}: {exc}",
+                         hint="the file is corrupt or not an image PIL can open") from exc
+    if limit is not None and size[0] * size[1] > limit:
+        raise _too_large(what, size, limit)
+    if size[0] == 0 or size[1] == 0:
+        raise ImageError(f"{what} is empty ({size[0]}x{size[1]} px)", hint="pass an image of at least 1x1 px")
+    return size
+
+
 def from_array(source: Any) -> Image.Image:
     """A PIL image from a numpy array: HxW (``L``), HxWx1, HxWx3 (``RGB``) or HxWx4 (``RGBA``);
     other dtypes than uint8 are brought to 8 bits by :func:`to_uint8`."""

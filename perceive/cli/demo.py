@@ -27,6 +27,10 @@ def demo(out: Path = typer.Option(Path("out/demo"), help="Where to write the tra
         raise fail("the default model is not in this checkout (models/default); "
                    "pass --model to `perceive ask` or restore the folder with git", 2)
     expected = None
+    if image is not None:
+        from perceive.images import check_image_file
+
+        check_image_file(image)  # header only: a wrong image fails before the model loads
     if image is None:
         examples = default_examples()
         image, expected = examples[0]

@@ -30,6 +30,9 @@ def ask(
     if not question.strip():
         raise fail("the question is empty: pass it as the second argument, e.g. "
                    f"perceive ask {image} \"What is written on the sign?\"", 2)
+    from perceive.images import check_image_file
+
+    check_image_file(image)  # header only: a wrong image fails before the model loads
 
     sets = {"max_hops": max_hops} if graph == "free_choice" else {}
     run_graph(graph, image, question, model, as_json, render, sets, max_new_tokens, device, dtype, reprefill,
