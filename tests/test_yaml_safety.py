@@ -1,9 +1,12 @@
 """Every YAML perceive reads goes through perceive.yamlio: hostile files are refused quickly and
 cleanly (a ConfigError naming the file, the line and the limit), never a hang or a RecursionError."""
 
+import os
+import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -20,7 +23,8 @@ EXPANDED = "the YAML holds more than 100000 values once its aliases (*name) are 
 def _cli(*args, timeout=60):
     t0 = time.perf_counter()
     out = subprocess.run([sys.executable, "-m", "perceive", *map(str, args)], capture_output=True, text=True,
-                         timeout=timeout, env={"COLUMNS": "400", "PATH": ""})
+                         timeout=timeout, env={"COLUMNS": "400", "PATH": "",
+                                               **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"}})
     return out, time.perf_counter() - t0
 
 
@@ -94,17 +98,19 @@ def test_oversize_file_is_refused_before_parsing(tmp_path):
     assert str(p) in str(e.value) and "JSONL" in str(e.value)
 
 
-def test_alias_count_limit_and_self_reference():
-    from perceive.yamlio import MAX_ALIASES, loads
+def test_alias_count_limit_and_self_reference(tmp_path):
+    from perceive.config import load_yaml
 
-    many = "a: &a 1\nb: [" + ", ".join(["*a"] * (MAX_ALIASES + 1)) + "]\n"
-    with pytest.raises(ConfigError, match=rf"x.yaml:2:\d+: more than {MAX_ALIASES} YAML aliases"):
-        loads(many, "x.yaml")
-    with pytest.raises(ConfigError, match=r"x.yaml:1:\d+: a YAML alias refers to the collection that contains it"):
-        loads("a: &a [1, *a]\n", "x.yaml")
+    p = tmp_path / "x.yaml"
+    p.write_text("a: &a 1\nb: [" + ", ".join(["*a"] * 257) + "]\n")
+    with pytest.raises(ConfigError, match=rf"{p}:2:\d+: more than 256 YAML aliases"):
+        load_yaml(p)
+    p.write_text("a: &a [1, *a]\n")
+    with pytest.raises(ConfigError, match=rf"{p}:1:\d+: a YAML alias refers to the collection that contains it"):
+        load_yaml(p)
     # a few aliases and merge keys are fine
-    assert loads("base: &b {x: 1, y: 2}\nother:\n  <<: *b\n  y: 3\n") == {"base": {"x": 1, "y": 2},
-                                                                          "other": {"x": 1, "y": 3}}
+    p.write_text("base: &b {x: 1, y: 2}\nother:\n  <<: *b\n  y: 3\n")
+    assert load_yaml(p) == {"base": {"x": 1, "y": 2}, "other": {"x": 1, "y": 3}}
 
 
 def test_malformed_yaml_names_file_and_line(tmp_path):
@@ -118,25 +124,33 @@ def test_malformed_yaml_names_file_and_line(tmp_path):
     assert msg.startswith(f"{p}:3:") and "not valid YAML" in msg and "fix the YAML syntax at line 3" in msg
 
 
-def test_duplicate_keys_and_unreadable_values_are_refused():
-    from perceive.yamlio import loads
+def test_duplicate_keys_and_unreadable_values_are_refused(tmp_path):
+    from perceive.config import load_yaml
 
-    with pytest.raises(ConfigError, match=r"x.yaml:3:1: not valid YAML: .*duplicate key 'device' \(first at line 1\)"):
-        loads("device: cpu\ndtype: auto\ndevice: cuda\n", "x.yaml")
-    with pytest.raises(ConfigError, match=r"x.yaml:1:\d+: not valid YAML: .*cannot read this value"):
-        loads("n: " + "1" * 5000, "x.yaml")  # Python's int() limit: a ValueError without a line
-    with pytest.raises(ConfigError, match="could not determine a constructor"):
-        loads("a: !!python/object/apply:os.system [echo hi]\n", "x.yaml")
+    p = tmp_path / "x.yaml"
+    for text, message in [
+        ("device: cpu\ndtype: auto\ndevice: cuda\n",
+         ":3:1: not valid YAML: .*duplicate key 'device' \\(first at line 1\\)"),
+        ("n: " + "1" * 5000, r":1:\d+: not valid YAML: .*cannot read this value"),  # int(): a ValueError, no line
+        ("a: !!python/object/apply:os.system [echo hi]\n", ":1:.*could not determine a constructor"),
+    ]:
+        p.write_text(text)
+        with pytest.raises(ConfigError, match=str(p) + message):
+            load_yaml(p)
 
 
-def test_every_shipped_yaml_reads_as_before():
+def test_the_reader_reads_every_shipped_yaml_as_before_and_refuses_a_bomb(tmp_path):
     import yaml
 
     from perceive.config import load_yaml
 
-    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[1]
     files = subprocess.run(["git", "ls-files", "*.yaml", "*.yml"], capture_output=True, text=True,
                            cwd=root).stdout.split()
     assert files
     for f in files:
         assert load_yaml(root / f) == yaml.safe_load((root / f).read_text()), f
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(BOMB_ANCHORS + "\n")
+    with pytest.raises(ConfigError, match=re.escape(EXPANDED)):
+        load_yaml(bomb)
