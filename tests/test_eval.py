@@ -6,6 +6,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
+from perceive import hookimpl
 from perceive.data.cards import generate
 from perceive.eval import EvalConfig, anls, evaluate, exact_match, relaxed_accuracy
 from perceive.eval.judge import Judge, JudgeConfig
@@ -127,3 +128,148 @@ def test_eval_compare_cli_puts_runs_side_by_side(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "perceive", "eval", "compare", str(tmp_path / "missing")],
                          capture_output=True, text=True, timeout=120, env={"COLUMNS": "200", "PATH": ""})
     assert bad.returncode == 1 and "cannot read the run" in bad.stdout
+
+
+# -- evaluations that must not report a score on nothing -----------------------------------------
+
+
+def cli(*args):
+    """``perceive ARGS`` in this process: (exit code, output with whitespace runs collapsed)."""
+    from typer.testing import CliRunner
+
+    from perceive.cli import app
+
+    res = CliRunner().invoke(app, [str(a) for a in args])
+    assert not isinstance(res.exception, Exception) or isinstance(res.exception, SystemExit), res.exception
+    return res.exit_code, " ".join(res.output.split())
+
+
+def test_eval_refuses_data_with_no_usable_item(tmp_path):
+    from perceive.errors import DataUnusableError
+
+    data = generate(tmp_path / "cards", 3, seed=6, split="eval")
+    moved = tmp_path / "elsewhere/region.json"  # the data file moved away from its images
+    moved.parent.mkdir()
+    moved.write_text((data / "region.json").read_text())
+    cfg = EvalConfig(model=tmp_path / "no-model", data=moved)  # refused before any model loads
+    with pytest.raises(DataUnusableError, match="no usable item") as exc:
+        evaluate(cfg, progress=False)
+    assert "moved away from its images" in exc.value.hint and str(moved.parent) in exc.value.hint
+    code, out = cli("eval", "--model", tmp_path / "no-model", "--data", moved, "--out", tmp_path / "out")
+    assert code == 1 and "Traceback" not in out and "| run |" not in out
+    assert out.startswith(f"error: no usable item in {moved}: all 3 skipped missing image file: 3 item(s), e.g. "
+                          "item 0: missing file images/000000.png; item 1: missing file images/000001.png; "
+                          "item 2: missing file images/000002.png")
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "empty.json").write_text("[]")
+    with pytest.raises(DataUnusableError, match="holds no items"):
+        evaluate(EvalConfig(model=tmp_path, data=tmp_path / "empty.json"), progress=False)
+
+
+def test_eval_refuses_a_half_broken_set_and_lists_each_skipped_item_once(tmp_path):
+    from perceive.errors import DataUnusableError
+    from perceive.model import save_model
+
+    data = generate(tmp_path / "cards", 4, seed=6, split="eval")
+    items = json.loads((data / "region.json").read_text())
+    items[0]["images"] = [p.replace("000000", "gone") for p in items[0]["images"]]  # the image and its crop
+    broken = data / "broken.json"
+    broken.write_text(json.dumps(items))
+    model = tiny_vpt_model(branches=())
+    cfg = EvalConfig(model=tmp_path, data=broken, max_new_tokens=2, output=tmp_path / "out")
+    with pytest.raises(DataUnusableError, match=r"1 of 4 item\(s\) in .* skipped \(25.0%\)") as exc:
+        evaluate(cfg, model=model, progress=False)
+    assert "more than the 5.0% that max_skipped_fraction allows" in str(exc.value)
+    assert "--max-skipped-fraction 0.25" in exc.value.hint
+    cfg.max_skipped_fraction = 0.25
+    result = evaluate(cfg, model=model, progress=False)
+    assert result["skipped_items"] == [{"index": 0, "problems": ["missing file images/gone.png"]}]  # once
+    assert result["summary"]["skipped"] == 1 and result["summary"]["samples"] == 3 and result["data_items"] == 4
+    assert json.loads((tmp_path / "out/eval.json").read_text())["skipped_items"] == result["skipped_items"]
+    assert "| samples | skipped |" in markdown([result]) and "| 3 | 1 |" in markdown([result])
+
+    path = save_model(model, tmp_path / "m")
+    code, out = cli("eval", "--model", path, "--data", broken, "--max-new-tokens", "2")
+    assert code == 1 and "error: 1 of 4 item(s)" in out
+    code, out = cli("eval", "--model", path, "--data", broken, "--max-new-tokens", "2",
+                    "--max-skipped-fraction", "0.3")
+    assert code == 0, out
+    assert (f"warning: 1 of 4 item(s) in {broken} skipped (25.0%): missing image file: 1 item(s), e.g. item 0: "
+            "missing file images/gone.png | run |") in out
+
+
+def test_eval_compare_tells_runs_with_the_same_name_apart(tmp_path):
+    from perceive.eval.runner import run_name
+
+    def run(folder, name):
+        folder.mkdir(parents=True)
+        (folder / "eval.json").write_text(json.dumps({"name": name, "graph": "free_choice",
+                                                      "summary": {"exact_match": 0.5, "samples": 2}}))
+        return folder
+
+    a, b = run(tmp_path / "runs/stage-a", "model+free_choice"), run(tmp_path / "runs/stage-b", "model+free_choice")
+    c = run(tmp_path / "other", "mine")
+    x, y = run(tmp_path / "x/eval", "model+free_choice"), run(tmp_path / "y/eval", "model+free_choice")
+    code, out = cli("eval", "compare", a, b, c, x / "eval.json", y, c, "--out", tmp_path / "t.md")
+    assert code == 0, out
+    names = [row.split(" | ")[0].removeprefix("| ") for row in (tmp_path / "t.md").read_text().splitlines()[2:]]
+    assert names == ["stage-a", "stage-b", "mine", "x/eval", "y/eval", "mine #2"]
+    # a run's default name is its folder, or its model's (with the run above a trained `model`)
+    assert run_name(EvalConfig(model="runs/cards/model", data="d.json", output="runs/eval-b")) == "eval-b"
+    assert run_name(EvalConfig(model="runs/cards/model", data="d.json")) == "cards/model"
+
+
+class Hang:
+    """A plugin whose calls never return (until the test releases them)."""
+
+    def __init__(self):
+        self.release = threading.Event()
+
+    @hookimpl
+    def perceive_before_action(self, context):
+        self.release.wait(60)
+
+
+def test_action_timeout_reaches_the_evaluation_loop(tmp_path, monkeypatch):
+    import time
+
+    from perceive.dispatch import abandoned_calls
+    from perceive.errors import PerceiveError
+    from perceive.plugins import load_registry
+
+    data = generate(tmp_path / "cards", 1, seed=3, split="eval")
+    items = json.loads((data / "region.json").read_text())
+    model = tiny_vpt_model(branches=())
+    tok = model.tokenizer
+    policy = ScriptedPolicy(tok, {0: span_tokens(tok, items[0]["messages"][1]["content"])})
+    hang = Hang()
+    cfg = EvalConfig(model=tmp_path, data=data / "region.json", graph="region_then_answer", max_new_tokens=12,
+                     action_timeout_s=0.3)
+    try:
+        t0 = time.perf_counter()
+        result = evaluate(cfg, model=model, registry=load_registry([("hang", hang)]), policy=policy, progress=False)
+        assert time.perf_counter() - t0 < 30
+    finally:
+        hang.release.set()
+    assert result["records"][0]["error"]["type"] == "action_timeout"
+    assert "within 0.3 s" in result["records"][0]["error"]["message"]
+    deadline = time.time() + 10
+    while abandoned_calls() and time.time() < deadline:
+        time.sleep(0.05)
+    assert abandoned_calls() == {}
+
+    seen = []
+
+    def fake(cfg, **kw):
+        seen.append(cfg.action_timeout_s)
+        raise PerceiveError("stop here")
+
+    monkeypatch.setattr("perceive.eval.runner.evaluate", fake)
+    for extra, want in (([], 120.0), (["--action-timeout", "2.5"], 2.5)):
+        code, _ = cli("eval", "--model", tmp_path, "--data", data / "region.json", *extra)
+        assert code == 1 and seen[-1] == want
+    (tmp_path / "e.yaml").write_text(f"model: {tmp_path}\ndata: {data / 'region.json'}\naction_timeout_s: 7\n")
+    cli("eval", tmp_path / "e.yaml")
+    assert seen[-1] == 7.0
+    cli("eval", tmp_path / "e.yaml", "--action-timeout", "0.5")
+    assert seen[-1] == 0.5

@@ -376,3 +376,241 @@ def test_token_accuracy_separates_the_first_region_cell():
     acc = token_accuracy(logits, labels, ids)
     assert acc["region_first_cell"] == [0, 2] and acc["region_later_cells"] == [2, 2]
     assert acc["x_1"] == [1, 1] and acc["perception"] == [4, 6]
+
+
+# -- runs that must not succeed on nothing ------------------------------------------------------
+
+
+def cli(*args):
+    """``perceive ARGS`` in this process: (exit code, output with whitespace runs collapsed, so
+    the console's line wrapping does not matter)."""
+    from typer.testing import CliRunner
+
+    from perceive.cli import app
+
+    res = CliRunner().invoke(app, [str(a) for a in args])
+    assert not isinstance(res.exception, Exception) or isinstance(res.exception, SystemExit), res.exception
+    return res.exit_code, " ".join(res.output.split())
+
+
+def tiny_yaml(path, data, output, steps=1, **extra):
+    """A tiny training config file (``data``: the training set, also its eval set)."""
+    lines = [f"{k}: {v}" for k, v in extra.items()]
+    path.write_text("\n".join([
+        "model: {tiny: {hidden: 32, layers: 1, heads: 2, kv_heads: 1, vision_depth: 1, vision_dim: 16}}",
+        f"data: {{train: {data}, max_eval_samples: 2}}",
+        f"optim: {{steps: {steps}, batch_size: 2, seed: 3}}", f"output: {output}", *lines]) + "\n")
+    return path
+
+
+def moved_away(cards, tmp_path, name="region.json"):
+    """The data file copied away from its images: no image path it holds resolves any more."""
+    dst = tmp_path / "elsewhere" / name
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_text((cards / name).read_text())
+    return dst
+
+
+def with_missing_images(cards, tmp_path, k, name="region.json"):
+    """``name`` with absolute image paths, and the first ``k`` items' image (and crop) gone."""
+    items = json.loads((cards / name).read_text())
+    for j, it in enumerate(items):
+        it["images"] = [str(cards / (p.replace(".png", "-gone.png") if j < k else p)) for p in it["images"]]
+    path = tmp_path / f"missing{k}.json"
+    path.write_text(json.dumps(items))
+    return path
+
+
+def test_training_refuses_a_set_with_no_usable_item(cards, tmp_path):
+    from perceive.errors import DataUnusableError
+
+    data = moved_away(cards, tmp_path)
+    cfg = config(cards, tmp_path / "run", 2)
+    cfg.data.train = data
+    with pytest.raises(DataUnusableError, match="no usable item") as exc:
+        Trainer(cfg, progress=False)
+    assert "moved away from its images" in exc.value.hint and "missing image file: 12 item(s)" in str(exc.value)
+    cfg.data.train, cfg.data.eval = cards / "region.json", data  # the eval set counts as much
+    with pytest.raises(DataUnusableError, match="no usable item"):
+        Trainer(cfg, progress=False)
+    code, out = cli("train", tiny_yaml(tmp_path / "c.yaml", data, tmp_path / "cli"))
+    assert code == 1 and out.startswith("error: no usable item in") and "Traceback" not in out
+    assert "all 12 skipped missing image file: 12 item(s), e.g. item 0: missing file images/000000.png;" in out
+    assert "loss" not in out and not (tmp_path / "cli").exists()  # nothing trained, nothing written
+
+
+def test_training_refuses_a_half_broken_set_and_reports_what_it_skipped(cards, tmp_path):
+    from perceive.errors import DataUnusableError
+
+    data = with_missing_images(cards, tmp_path, 2)  # 2 of 12: 16.7%
+    cfg = config(cards, tmp_path / "run", 1)
+    cfg.data.train, cfg.data.eval = data, None
+    with pytest.raises(DataUnusableError, match=r"2 of 12 item\(s\) in .* skipped \(16.7%\)") as exc:
+        Trainer(cfg, progress=False)
+    assert "more than the 5.0% that data.max_skipped_fraction allows" in str(exc.value)
+    assert "--max-skipped-fraction 0.17" in exc.value.hint
+    cfg.data.max_skipped_fraction = 0.2
+    t = Trainer(cfg, progress=False)
+    assert t.skips["train"].count == 2 and len(t.train_ds) == 10
+    assert t.skipped[0].startswith("item 0: missing file") and len(t.skipped) == 2  # image and crop: one item
+
+    yaml = tiny_yaml(tmp_path / "c.yaml", data, tmp_path / "cli")
+    code, out = cli("train", yaml)
+    assert code == 1 and "error: 2 of 12 item(s)" in out and "--max-skipped-fraction 0.17" in out
+    code, out = cli("train", yaml, "--max-skipped-fraction", "0.2")
+    assert code == 0, out
+    assert f"warning: 2 of 12 item(s) in {data} skipped (16.7%): missing image file: 2 item(s), e.g. item 0: " \
+           f"missing file {cards}/images/000000-gone.png; item 1: missing file" in out
+    assert "model written to" in out
+
+
+def test_an_output_folder_holding_a_run_is_refused_unless_overwritten_or_resumed(cards, tmp_path):
+    from perceive.errors import ConfigError
+
+    run = tmp_path / "run"
+    first = Trainer(config(cards, run, 2, save_every=1), progress=False)
+    first.train()
+    first.save_model()
+    (run / "notes.txt").write_text("mine")  # not the trainer's: never deleted
+    with pytest.raises(ConfigError, match="already holds a run") as exc:
+        Trainer(config(cards, run, 1), progress=False).train()
+    assert "checkpoint-1, checkpoint-2, history.json, model" in str(exc.value)
+    assert "--overwrite" in exc.value.hint and f"--resume {run / 'checkpoint-2'}" in exc.value.hint
+    again = Trainer(config(cards, run, 1), progress=False)
+    again.train(overwrite=True)  # clears the earlier run: no stale checkpoint beside the new one
+    assert sorted(p.name for p in run.iterdir()) == ["history.json", "notes.txt"]
+    assert len(json.loads((run / "history.json").read_text())) == 2  # one step, and its eval
+
+    yaml = tiny_yaml(tmp_path / "c.yaml", cards / "plain.json", run)
+    code, out = cli("train", yaml)
+    assert code == 1 and f"error: the output folder {run} already holds a run (history.json)" in out
+    code, out = cli("train", yaml, "--overwrite")
+    assert code == 0 and f"--overwrite: clearing the earlier run in {run} (history.json)" in out
+    assert (run / "model/perceive.json").exists() and (run / "notes.txt").exists()
+
+
+def test_resume_refuses_a_missing_or_truncated_checkpoint(cards, tmp_path):
+    import shutil
+
+    from perceive.errors import CheckpointError
+
+    run = tmp_path / "run"
+    Trainer(config(cards, run, 2, save_every=1), progress=False).train()
+    resumed = Trainer(config(cards, run, 2), progress=False)
+    with pytest.raises(CheckpointError, match="there is no checkpoint") as exc:
+        resumed.train(resume=run / "checkpoint-7")
+    assert f"the latest checkpoint in {run} is {run / 'checkpoint-2'}" in exc.value.hint
+    with pytest.raises(CheckpointError, match="it is a run folder, not a checkpoint"):
+        resumed.train(resume=run)
+    cut = run / "cut"
+    shutil.copytree(run / "checkpoint-2", cut)
+    (cut / "optimizer.bin").unlink()
+    with pytest.raises(CheckpointError, match=r"is incomplete \(optimizer.bin missing\)") as exc:
+        resumed.train(resume=cut)
+    assert "checkpoint-1" in exc.value.hint
+    shutil.copy(run / "checkpoint-2/optimizer.bin", cut)
+    weights = cut / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a copy that did not finish
+    with pytest.raises(CheckpointError, match="cannot be loaded"):
+        resumed.train(resume=cut)
+    (cut / "trainer_state.json").write_text('{"step": 2, "hist')
+    with pytest.raises(CheckpointError, match="is damaged"):
+        resumed.train(resume=cut)
+    code, out = cli("train", tiny_yaml(tmp_path / "c.yaml", cards / "plain.json", run), "--resume", run / "nope")
+    assert code == 1 and f"error: cannot resume: there is no checkpoint {run / 'nope'}" in out
+    assert "Traceback" not in out
+
+
+def test_freeze_and_trainable_patterns_must_match_and_leave_something_to_train(cards, tmp_path):
+    from perceive.errors import ConfigError
+
+    for key, pattern in (("trainable", "nothing.matches"), ("freeze", "totally.bogus")):
+        with pytest.raises(ConfigError, match=f"{key}: '{pattern}' matches no parameter") as exc:
+            Trainer(config(cards, tmp_path, 1, **{key: [pattern]}), progress=False)
+        assert "parameter names start with: base.model.visual, base.model.language_model" in exc.value.hint
+    with pytest.raises(ConfigError) as exc:
+        Trainer(config(cards, tmp_path, 1, freeze=["base.model.visul"]), progress=False)
+    assert "did you mean 'base.model.visual'" in exc.value.hint
+    with pytest.raises(ConfigError, match="nothing to train: trainable: .'base.lm_head'., freeze: .'base.lm_head'."):
+        Trainer(config(cards, tmp_path, 1, trainable=["base.lm_head"], freeze=["base.lm_head"]), progress=False)
+    with pytest.raises(ConfigError, match="stage alignment trains only the re-encode branches' projectors"):
+        Trainer(config(cards, tmp_path, 1, stage="alignment"), progress=False)  # a model without branches
+    (tmp_path / "c.yaml").write_text(tiny_yaml(tmp_path / "c.yaml", cards / "plain.json", tmp_path / "o").read_text()
+                                     + "freeze: [totally.bogus]\n")
+    code, out = cli("train", tmp_path / "c.yaml")
+    assert code == 1 and f"error: {tmp_path / 'c.yaml'}: freeze: 'totally.bogus' matches no parameter" in out
+
+
+def test_an_interrupted_run_saves_a_checkpoint_that_resumes_exactly(cards, tmp_path):
+    from perceive.train.trainer import TrainingInterrupted
+
+    full = Trainer(config(cards, tmp_path / "full", 5), progress=False)
+    full.train()
+
+    def interrupt_at(k):
+        def hook(step):
+            if step == k:
+                raise KeyboardInterrupt
+        return hook
+
+    part = Trainer(config(cards, tmp_path / "part", 5), progress=False)
+    with pytest.raises(TrainingInterrupted, match="interrupted after step 2 of 5: saved a checkpoint") as exc:
+        part.train(on_step=interrupt_at(2))
+    assert exc.value.saved and exc.value.checkpoint == tmp_path / "part/checkpoint-2"
+    assert not list((tmp_path / "part").glob("*.tmp"))
+    resumed = Trainer(config(cards, tmp_path / "part", 5), progress=False)
+    resumed.train(resume=exc.value.checkpoint)
+    assert [h["loss"] for h in resumed.history if "loss" in h] == [h["loss"] for h in full.history if "loss" in h]
+    for (n, p), q in zip(full.model.named_parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(p, q), n
+
+    # an interruption in the middle of a step (a second Ctrl-C) saves nothing half-updated
+    mid = Trainer(config(cards, tmp_path / "mid", 5, save_every=2), progress=False)
+    forward, calls = mid.forward, []
+
+    def failing_forward(batch):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return forward(batch)
+
+    mid.forward = failing_forward
+    with pytest.raises(TrainingInterrupted, match="interrupted during step 4 of 5") as exc:
+        mid.train()
+    assert not exc.value.saved and exc.value.checkpoint == tmp_path / "mid/checkpoint-2"
+    assert not (tmp_path / "mid/checkpoint-3").exists()
+
+
+def test_sigint_stops_the_train_command_with_a_checkpoint_and_the_command_to_resume(cards, tmp_path):
+    import os
+    import shlex
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    yaml = tiny_yaml(tmp_path / "c.yaml", cards / "plain.json", tmp_path / "run", steps=150, log_every=1)
+    env = {**os.environ, "COLUMNS": "300"}
+    proc = subprocess.Popen([sys.executable, "-m", "perceive", "train", str(yaml), "--steps", "40"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    history = tmp_path / "run/history.json"
+    deadline = time.time() + 240
+    while not history.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 130, out
+    assert "Traceback" not in out and "model written" not in out
+    line = next(s for s in out.splitlines() if s.startswith("resume with: "))
+    args = shlex.split(line.removeprefix("resume with: "))
+    step = int(args[args.index("--resume") + 1].rsplit("-", 1)[1])
+    assert args == ["perceive", "train", str(yaml), "--resume", str(tmp_path / f"run/checkpoint-{step}"),
+                    "--steps", "40"]
+    assert f"interrupted after step {step} of 40: saved a checkpoint to {tmp_path / 'run'}/checkpoint-{step}" in out
+    assert 1 <= step < 40
+    again = subprocess.run([sys.executable, "-m", "perceive", *args[1:]], capture_output=True, text=True, timeout=300,
+                           env=env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "model written to" in again.stdout
+    losses = [h["step"] for h in json.loads(history.read_text()) if "loss" in h]
+    assert losses == list(range(1, 41))  # the resumed run carried on from the checkpoint's step

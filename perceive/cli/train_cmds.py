@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from perceive.cli.output import console, fail
 
@@ -103,23 +105,72 @@ def check(path: Path, grid: int = typer.Option(8, "--grid", min=1)) -> None:
         raise typer.Exit(1)
 
 
+def _warn_skipped(skipped) -> None:
+    """Print a dataset's skipped items (how many, why, the first few) on the console."""
+    if skipped.items:
+        console.print(f"[yellow]warning[/]: {escape(skipped.describe())}")
+
+
+def _command(*args: object) -> str:
+    return " ".join(shlex.quote(str(a)) for a in args)
+
+
 def train(config: Path = typer.Argument(..., help="Training config (YAML)."),
-          resume: Path = typer.Option(None, "--resume", help="A checkpoint folder to continue from."),
-          steps: int = typer.Option(None, "--steps", help="Override optim.steps.")) -> None:
-    """Fine-tune a VPT model (projector alignment or instruction tuning)."""
+          resume: Path = typer.Option(None, "--resume", help="A checkpoint folder (OUTPUT/checkpoint-N) to continue "
+                                                             "from."),
+          steps: int = typer.Option(None, "--steps", min=1, help="Override optim.steps."),
+          overwrite: bool = typer.Option(False, "--overwrite",
+                                         help="Clear the run already in the output folder (its model, checkpoints "
+                                              "and history) and start again."),
+          max_skipped_fraction: float = typer.Option(
+              None, "--max-skipped-fraction", min=0.0, max=1.0,
+              help="Override data.max_skipped_fraction: the share of a set's items that may be skipped (missing "
+                   "images, malformed items) before training refuses to start (default 0.05).")) -> None:
+    """Fine-tune a VPT model (projector alignment or instruction tuning).
+
+    Ctrl-C stops after the current step and saves a checkpoint there; the command to resume is
+    printed."""
     from perceive.errors import PerceiveError
     from perceive.train import Trainer, load_train_config
+    from perceive.train.trainer import TrainingInterrupted, check_checkpoint, check_output, run_files
 
+    extra: list[object] = []  # the overrides a resumed run needs too
     try:
         cfg = load_train_config(config)
         if steps is not None:
             cfg.optim.steps = steps
+            extra += ["--steps", steps]
+        if max_skipped_fraction is not None:
+            cfg.data.max_skipped_fraction = max_skipped_fraction
+            extra += ["--max-skipped-fraction", max_skipped_fraction]
+        # cheap checks first: a wrong folder or checkpoint fails before the model is built
+        clear = check_output(cfg.output, resume, overwrite)
+        if resume is not None:
+            check_checkpoint(resume)
         t = Trainer(cfg)
     except PerceiveError as exc:
         raise fail(exc, 1) from None
-    if t.skipped:
-        console.print(f"[yellow]{len(t.skipped)} dataset item(s) skipped[/]: " + "; ".join(t.skipped[:5]))
-    history = t.train(resume)
+    except KeyboardInterrupt:
+        raise fail("interrupted before training started: nothing was written", 130) from None
+    for skipped in t.skips.values():
+        _warn_skipped(skipped)
+    if clear:
+        console.print(f"--overwrite: clearing the earlier run in {cfg.output} "
+                      f"({', '.join(p.name for p in clear)})", markup=False)
+    try:
+        history = t.train(resume, overwrite=overwrite)
+    except TrainingInterrupted as exc:
+        console.print(str(exc), markup=False, highlight=False, soft_wrap=True)
+        if exc.checkpoint is not None:
+            console.print("resume with: " + _command("perceive", "train", config, "--resume", exc.checkpoint, *extra),
+                          markup=False, highlight=False, soft_wrap=True)
+        else:
+            again = ["--overwrite"] if run_files(cfg.output) else []
+            console.print("start again with: " + _command("perceive", "train", config, *extra, *again),
+                          markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
+    except PerceiveError as exc:
+        raise fail(exc, 1) from None
     out = t.save_model()
     evals = [h for h in history if "eval" in h]
     if evals:
@@ -135,7 +186,15 @@ def eval_(targets: list[str] = typer.Argument(None, metavar="[CONFIG | compare R
           max_samples: int = typer.Option(None, "--max-samples"),
           max_new_tokens: int = typer.Option(None, "--max-new-tokens"),
           oracle_spans: bool = typer.Option(None, "--oracle-spans/--no-oracle-spans",
-                                            help="Force each item's ground-truth perception span first.")) -> None:
+                                            help="Force each item's ground-truth perception span first."),
+          max_skipped_fraction: float = typer.Option(
+              None, "--max-skipped-fraction", min=0.0, max=1.0,
+              help="The share of the data's items that may be skipped (missing images, malformed items) before the "
+                   "run refuses to report a score (default 0.05)."),
+          action_timeout: float = typer.Option(
+              None, "--action-timeout", metavar="S",
+              help="Deadline of one perception call in seconds; a call past it fails its own sample (default: "
+                   "runtime.action_timeout_s's, 120).")) -> None:
     """Run a model with a graph over a dataset: exact match, ANLS, relaxed accuracy, optional LLM
     judge, per-hop telemetry; writes eval.json and eval.md. `perceive eval compare RUN...` puts
     several runs side by side."""
@@ -147,37 +206,81 @@ def eval_(targets: list[str] = typer.Argument(None, metavar="[CONFIG | compare R
     if len(targets) > 1:
         raise fail(f"one config at a time, got {len(targets)}: {' '.join(targets)}", 2)
     config = Path(targets[0]) if targets else None
+    from pydantic import ValidationError
+
+    from perceive.config import format_validation_error
     from perceive.errors import PerceiveError
     from perceive.eval.runner import EvalConfig, evaluate, load_eval_config, markdown
+    from perceive.eval.skipped import Skipped
 
     overrides = {"model": model, "data": data, "graph": graph, "output": out, "max_samples": max_samples,
-                 "max_new_tokens": max_new_tokens, "oracle_spans": oracle_spans}
+                 "max_new_tokens": max_new_tokens, "oracle_spans": oracle_spans,
+                 "max_skipped_fraction": max_skipped_fraction, "action_timeout_s": action_timeout}
     try:
         if config is not None:
             cfg = load_eval_config(config, **overrides)
         else:
             if model is None or data is None:
                 raise fail("give a config file, or --model and --data", 2)
-            cfg = EvalConfig.model_validate({k: v for k, v in overrides.items() if v is not None})
+            try:
+                cfg = EvalConfig.model_validate({k: v for k, v in overrides.items() if v is not None})
+            except ValidationError as exc:
+                raise fail(" ".join(format_validation_error(exc, "the command line").split()), 2) from None
         result = evaluate(cfg)
     except PerceiveError as exc:
         raise fail(exc, 1) from None
+    _warn_skipped(Skipped.from_json(result["data"], result["data_items"], result["skipped_items"]))
     typer.echo(markdown([result]))
     if cfg.output:
         console.print(f"wrote {cfg.output / 'eval.json'} and eval.md")
 
 
+def run_labels(results: list[dict], paths: list[Path]) -> list[str]:
+    """Names for the compare table, one per run and all different: a run's own name, unless
+    another run has it too; then its run folder (with the folders above it, as many as tell the
+    runs apart), and a ``#k`` suffix for a run given twice."""
+
+    def tail(f: Path, depth: int) -> str:
+        return "/".join([x for x in f.parts if x != f.anchor][-depth:])
+
+    names = [str(r.get("name") or "") for r in results]
+    folders = [(p.parent if p.name == "eval.json" else p.with_suffix("")).resolve() for p in paths]
+    labels = list(names)
+    groups: dict[str, list[int]] = {}
+    for i, n in enumerate(names):
+        groups.setdefault(n, []).append(i)
+    for n, idx in groups.items():
+        distinct = sorted({folders[i] for i in idx})
+        if n and len(distinct) == 1:
+            continue  # one run, or the same run given again: the suffix below
+        for i in idx:  # each folder with as few parents as tell it from the others
+            f, depth = folders[i], 1
+            while depth < len(f.parts) - 1 and any(tail(g, depth) == tail(f, depth) for g in distinct if g != f):
+                depth += 1
+            labels[i] = tail(f, depth)
+    seen: dict[str, int] = {}
+    for i, label in enumerate(list(labels)):
+        seen[label] = seen.get(label, 0) + 1
+        if seen[label] > 1:
+            labels[i] = f"{label} #{seen[label]}"
+    return labels
+
+
 def compare(runs: list[Path], out: Path | None = None) -> None:
-    """Put several runs side by side (one markdown table)."""
+    """Put several runs side by side (one markdown table); runs that share a name are told apart
+    by their folders."""
     from perceive.eval.runner import markdown
 
-    results = []
+    results, paths = [], []
     for r in runs:
         p = r / "eval.json" if r.is_dir() else r
         try:
             results.append(json.loads(p.read_text()))
         except (OSError, ValueError) as exc:
             raise fail(f"cannot read the run {r}: {exc}", 1) from None
+        paths.append(p)
+    for res, label in zip(results, run_labels(results, paths), strict=True):
+        res["name"] = label
     table = markdown(results)
     typer.echo(table)
     if out:

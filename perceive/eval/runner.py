@@ -16,9 +16,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from perceive.config import format_validation_error, load_yaml_mapping
+from perceive.config import RuntimeConfig, format_validation_error, load_yaml_mapping
 from perceive.errors import ConfigError
 from perceive.eval.metrics import anls, exact_match, relaxed_accuracy
+from perceive.eval.skipped import DEFAULT_MAX_SKIPPED_FRACTION, Skipped
 
 TRIGGERS = ("Identify the region that can help you answer the question, and then answer the question.",
             "Require additional perception features, and then answer the question.",
@@ -54,6 +55,12 @@ class EvalConfig(_Strict):
     oracle_spans: bool = False
     judge: JudgeSettings | None = None
     output: Path | None = None
+    #: the share of the data's items that may be skipped (missing images, malformed items) before
+    #: the run refuses: a score on what is left would pass for a score on the whole set
+    max_skipped_fraction: float = Field(DEFAULT_MAX_SKIPPED_FRACTION, ge=0, le=1)
+    #: deadline of one perception call, in seconds (a call past it fails its own sample); null:
+    #: none. The default is the run config's ``runtime.action_timeout_s``
+    action_timeout_s: float | None = Field(RuntimeConfig.model_fields["action_timeout_s"].default, gt=0)
 
 
 def load_eval_config(path: str | Path, **overrides) -> EvalConfig:
@@ -91,11 +98,13 @@ def evaluate(cfg: EvalConfig, model=None, registry=None, progress: bool = True, 
     from perceive.model import load_model
 
     ds = VPTDataset(cfg.data)
+    skipped = Skipped.of(ds)
+    skipped.check(cfg.max_skipped_fraction)  # before the model loads: nothing to score, or too little
     n = len(ds) if cfg.max_samples is None else min(len(ds), cfg.max_samples)
     model = model or load_model(cfg.model, device=cfg.device, dtype=None if cfg.dtype == "auto" else cfg.dtype)
     graph = compile_graph(cfg.graph, registry=registry, params=cfg.params)
-    loop = graph.loop(model, LoopOptions(max_new_tokens=cfg.max_new_tokens, action_options=cfg.action_options),
-                      policy=policy)
+    loop = graph.loop(model, LoopOptions(max_new_tokens=cfg.max_new_tokens, action_options=cfg.action_options,
+                                         action_timeout_s=cfg.action_timeout_s), policy=policy)
     judge = Judge(JudgeConfig(**cfg.judge.model_dump())) if cfg.judge else None
     records = []
     t_start = time.perf_counter()
@@ -129,14 +138,25 @@ def evaluate(cfg: EvalConfig, model=None, registry=None, progress: bool = True, 
             bar.update(task, completed=len(records))
     summary = summarize(records, judge)
     summary["seconds"] = time.perf_counter() - t_start
-    result = {"name": cfg.name or f"{Path(cfg.model).name}+{graph.name}", "model": str(cfg.model),
-              "graph": graph.name, "params": cfg.params, "data": str(cfg.data), "summary": summary,
-              "records": records, "skipped_items": [str(i) for i in ds.issues]}
+    summary["skipped"] = skipped.count
+    # skipped items: one entry per item (an image and its crop both missing is one item)
+    result = {"name": cfg.name or run_name(cfg), "model": str(cfg.model),
+              "graph": graph.name, "params": cfg.params, "data": str(cfg.data), "data_items": skipped.total,
+              "summary": summary, "records": records, "skipped_items": skipped.to_json()}
     if cfg.output:
         cfg.output.mkdir(parents=True, exist_ok=True)
         (cfg.output / "eval.json").write_text(json.dumps(result, indent=1))
         (cfg.output / "eval.md").write_text(markdown([result]))
     return result
+
+
+def run_name(cfg: EvalConfig) -> str:
+    """A run's default name: its output folder's, else its model's folder (with the folder above
+    when that is a run's ``model``, as training writes it)."""
+    if cfg.output is not None:
+        return cfg.output.name
+    p = Path(cfg.model)
+    return "/".join(p.parts[-2:]) if p.name == "model" and len(p.parts) > 1 else p.name
 
 
 def _oracle(tokenizer, examples):
@@ -178,7 +198,8 @@ def markdown(results: list[dict]) -> str:
     """One row per run: the comparison table."""
     cols = [("exact match", "exact_match"), ("ANLS", "anls"), ("relaxed acc.", "relaxed_accuracy"),
             ("hop rate", "samples_with_a_hop"), ("crop IoU", "crop_iou"), ("tokens/sample", "tokens_per_sample"),
-            ("ms/sample", "ms_per_sample_median"), ("errors", "errors"), ("samples", "samples")]
+            ("ms/sample", "ms_per_sample_median"), ("errors", "errors"), ("samples", "samples"),
+            ("skipped", "skipped")]
     has_judge = any("judge" in r["summary"] for r in results)
     if has_judge:
         cols.insert(3, ("judge", "judge"))

@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from perceive.config import format_validation_error, load_yaml_mapping
 from perceive.errors import ConfigError
+from perceive.eval.skipped import DEFAULT_MAX_SKIPPED_FRACTION
+from perceive.model.config import PromptConventions
 
 
 class _Strict(BaseModel):
@@ -69,6 +71,10 @@ class DataConfig(_Strict):
     eval: Path | None = None
     policy: Literal["skip", "reject"] = "skip"
     max_eval_samples: int = 200
+    #: with ``policy: skip``, the share of a set's items (train and eval alike) that may be skipped
+    #: before training refuses to start: more is a broken set (say, a data file moved away from
+    #: its images), not a few bad items
+    max_skipped_fraction: float = Field(DEFAULT_MAX_SKIPPED_FRACTION, ge=0, le=1)
 
 
 class OptimConfig(_Strict):
@@ -112,12 +118,24 @@ class TrainConfig(_Strict):
     #: image-token positions; None: the model's own (``perceive.json``). Setting it stores it in
     #: the model, so the loop runs the model with the positions it was trained with
     positions: Literal["mrope", "sequential"] | None = None
+    #: the trigger prompts the training data appends to questions (``{region: null, reencode:
+    #: null}`` for data without them); stored in the model so graphs use the same. None: keep the
+    #: model's own
+    prompts: PromptConventions | None = None
+    #: the view actions the training data shows (stored in the model, as ``prompts``)
+    views: list[str] | None = None
     precision: Literal["auto", "no", "bf16"] = "auto"
     output: Path = Path("runs/train")
     log_every: int = 10
     eval_every: int = 0  # 0: only at the end
     save_every: int = 0  # 0: only at the end
     num_workers: int = 0
+    #: the file the config was read from (None: built in Python), for error messages
+    _source: Path | None = PrivateAttr(None)
+
+    @property
+    def source(self) -> str:
+        return str(self._source) if self._source is not None else "the training config"
 
 
 def load_train_config(path: str | Path, **overrides: Any) -> TrainConfig:
@@ -135,4 +153,5 @@ def load_train_config(path: str | Path, **overrides: Any) -> TrainConfig:
         cfg.model.path = base / cfg.model.path
     if not cfg.output.is_absolute():
         cfg.output = base / cfg.output
+    cfg._source = Path(path)
     return cfg

@@ -2,12 +2,25 @@
 
 Checkpoints every ``save_every`` steps hold the model, optimizer, scheduler and RNG states
 (accelerate's ``save_state``) and the step; the data order is a seeded permutation per epoch,
-so a resumed run sees exactly the batches the uninterrupted run would have seen.
+so a resumed run sees exactly the batches the uninterrupted run would have seen. A checkpoint is
+written to ``checkpoint-N.tmp`` and renamed when complete, so a run killed while saving leaves no
+truncated ``checkpoint-N``. Ctrl-C (SIGINT) finishes the current step, saves a checkpoint there
+and raises :class:`TrainingInterrupted`, which names it.
+
+A run refuses what would make it succeed on nothing: a dataset with no usable item or with more
+skipped items than ``data.max_skipped_fraction``, an output folder holding another run (unless
+overwritten or resumed), a ``freeze``/``trainable`` pattern that matches no parameter, a set of
+patterns that leaves nothing to train, and a checkpoint that is missing or incomplete.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
+import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -16,8 +29,140 @@ from torch.utils.data import Dataset
 
 from perceive.data.collate import Collator
 from perceive.data.dataset import VPTDataset
+from perceive.errors import CheckpointError, ConfigError, closest
+from perceive.eval.skipped import Skipped
 from perceive.model.vpt import IGNORE_INDEX
 from perceive.train.config import TrainConfig
+
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on Ctrl-C (or another ``KeyboardInterrupt``). ``saved``: a checkpoint was
+    written at ``step``, the last finished step; otherwise ``checkpoint`` is the latest earlier one
+    in the output folder, or None. Resume with ``Trainer.train(resume=checkpoint)``."""
+
+    def __init__(self, step: int, steps: int, checkpoint: Path | None, saved: bool):
+        self.step, self.steps, self.checkpoint, self.saved = step, steps, checkpoint, saved
+        if saved:
+            msg = f"interrupted after step {step} of {steps}: saved a checkpoint to {checkpoint}"
+        elif checkpoint is not None:
+            msg = (f"interrupted during step {step + 1} of {steps}, with no checkpoint saved for it: "
+                   f"the latest checkpoint is {checkpoint}")
+        else:
+            msg = f"interrupted at step {step} of {steps}, before any checkpoint was saved: nothing to resume"
+        super().__init__(msg)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """N for a complete ``checkpoint-N`` folder (its trainer state written last), else None."""
+    m = _CHECKPOINT.match(path.name)
+    return int(m.group(1)) if m and (path / "trainer_state.json").is_file() else None
+
+
+def checkpoints(folder: str | Path) -> list[Path]:
+    """The complete checkpoints in a run folder, oldest first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [(checkpoint_step(p), p) for p in folder.iterdir() if p.is_dir()]
+    return [p for step, p in sorted((s, p) for s, p in found if s is not None)]
+
+
+def latest_checkpoint(folder: str | Path) -> Path | None:
+    found = checkpoints(folder)
+    return found[-1] if found else None
+
+
+def run_files(output: str | Path) -> list[Path]:
+    """What a training run leaves in its output folder: ``model``, ``history.json``,
+    ``checkpoint-*``. Other files there are not the trainer's, and are left alone."""
+    output = Path(output)
+    if not output.is_dir():
+        return []
+    return sorted(p for p in output.iterdir()
+                  if p.name in ("model", "history.json") or p.name.startswith("checkpoint-"))
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        Path(path).resolve().relative_to(Path(folder).resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def check_output(output: str | Path, resume: str | Path | None = None, overwrite: bool = False) -> list[Path]:
+    """Refuse to train into a folder that holds another run, unless ``overwrite`` (its run files
+    are returned, to clear) or ``resume`` (the run continues). Nothing is deleted here."""
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"the output {output} is a file, not a folder", hint="set output: to a folder")
+    if resume is not None and overwrite and _inside(Path(resume), output):
+        raise ConfigError(f"--overwrite would delete the checkpoint --resume {resume} continues from",
+                          hint="--resume continues the run in that folder; --overwrite clears it to start "
+                               "again: give one of them")
+    found = run_files(output)
+    if not found or overwrite or (resume is not None and _inside(Path(resume), output)):
+        return found if overwrite else []
+    latest = latest_checkpoint(output)
+    cont = f"--resume {latest} to continue it, " if latest else ""
+    raise ConfigError(f"the output folder {output} already holds a run ({', '.join(p.name for p in found)}); "
+                      f"training into it would mix the two (a new model beside the old run's checkpoints)",
+                      hint=f"pass --overwrite to clear it and start again, {cont}or set output: to another folder")
+
+
+def prepare_output(output: str | Path, resume: str | Path | None = None, overwrite: bool = False) -> list[str]:
+    """:func:`check_output`, then delete the earlier run's files when ``overwrite``: their names."""
+    found = check_output(output, resume, overwrite)
+    for p in found:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+    return [p.name for p in found]
+
+
+def _other_checkpoints(path: Path) -> str:
+    others = [p for p in checkpoints(path.parent) if p.name != path.name]
+    return ", ".join(str(p) for p in others[-3:])
+
+
+def check_checkpoint(path: str | Path) -> dict:
+    """The trainer state of a checkpoint to resume from, or a ``CheckpointError`` saying what is
+    wrong with it (missing, a run folder rather than a checkpoint, incomplete, damaged)."""
+    path = Path(path)
+    restart = "or start again without --resume (and with --overwrite)"
+    if not path.exists():
+        latest = latest_checkpoint(path.parent)
+        hint = (f"the latest checkpoint in {path.parent} is {latest}" if latest else
+                f"{path.parent} holds no checkpoint" if path.parent.is_dir() else f"{path.parent} does not exist")
+        raise CheckpointError(f"cannot resume: there is no checkpoint {path}",
+                              hint=f"{hint}; a run writes OUTPUT/checkpoint-N every save_every steps and "
+                                   f"when it is interrupted")
+    if not path.is_dir():
+        raise CheckpointError(f"cannot resume from {path}: a checkpoint is a folder (OUTPUT/checkpoint-N)")
+    if not (path / "trainer_state.json").exists() and latest_checkpoint(path):
+        raise CheckpointError(f"cannot resume from {path}: it is a run folder, not a checkpoint",
+                              hint=f"resume from one of its checkpoints; the latest: {latest_checkpoint(path)}")
+    missing = [f for f in ("trainer_state.json", "optimizer.bin", "scheduler.bin") if not (path / f).is_file()]
+    if not any(path.glob("model*.safetensors")) and not any(path.glob("pytorch_model*.bin")):
+        missing.insert(0, "model.safetensors")
+    others = _other_checkpoints(path)
+    earlier = f"resume from another checkpoint ({others}) " if others else ""
+    if missing:
+        raise CheckpointError(f"cannot resume: the checkpoint {path} is incomplete ({', '.join(missing)} missing)",
+                              hint=f"it was cut short (a copy that did not finish, a full disk?): {earlier}{restart}")
+    try:
+        state = json.loads((path / "trainer_state.json").read_text())
+        int(state["step"]), list(state["history"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"cannot resume: the checkpoint {path} is damaged (trainer_state.json: {exc})",
+                              hint=f"{earlier}{restart}") from None
+    return state
 
 
 class _Examples(Dataset):
@@ -44,6 +189,10 @@ def build_model(cfg: TrainConfig):
         set_rope_theta(model, src.rope_theta)
     if cfg.positions is not None:
         model.config.positions = cfg.positions
+    if cfg.prompts is not None:
+        model.config.prompts = cfg.prompts
+    if cfg.views is not None:
+        model.config.views = cfg.views
     return model
 
 
@@ -179,12 +328,19 @@ class Trainer:
             prec = "bf16" if torch.cuda.is_available() else "no"
         self.acc = Accelerator(mixed_precision=prec, gradient_accumulation_steps=cfg.optim.grad_accum,
                                project_dir=str(cfg.output))
+        # the data first: a set with nothing usable (or too little) fails before a model is built
+        self.train_ds = VPTDataset(cfg.data.train, policy=cfg.data.policy)
+        self.eval_ds = VPTDataset(cfg.data.eval, policy=cfg.data.policy) if cfg.data.eval else None
+        #: the skipped items of each set ("train", "eval"), below the limit (else an error)
+        self.skips = {"train": Skipped.of(self.train_ds)}
+        if self.eval_ds is not None:
+            self.skips["eval"] = Skipped.of(self.eval_ds)
+        for skipped in self.skips.values():
+            skipped.check(cfg.data.max_skipped_fraction, setting="data.max_skipped_fraction")
+        self.skipped = [f"item {i}: {'; '.join(p)}" for i, p in self.skips["train"].items]
         torch.manual_seed(cfg.optim.seed)
         self.model = model if model is not None else build_model(cfg)
         self.collate = Collator(self.model)
-        self.train_ds = VPTDataset(cfg.data.train, policy=cfg.data.policy)
-        self.eval_ds = VPTDataset(cfg.data.eval, policy=cfg.data.policy) if cfg.data.eval else None
-        self.skipped = [str(i) for i in self.train_ds.issues]
         self._freeze()
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
@@ -193,6 +349,9 @@ class Trainer:
         self.step = 0
         self.history: list[dict] = []
         self.show_progress = progress
+        self._output_ready = False  # the output folder was checked (and cleared, if asked)
+        self._stop = False  # Ctrl-C asked to stop after the current step
+        self._in_step = False  # model and optimizer are mid-update: no checkpoint can be taken
 
     def _freeze(self) -> None:
         cfg, m = self.cfg, self.model
@@ -205,6 +364,12 @@ class Trainer:
         trainable = cfg.trainable
         if cfg.stage == "alignment" and trainable is None:
             trainable = [f"branches.{b}.projector" for b in m.config.branches]  # §3.1: only the projector
+        names = [n for n, _ in m.named_parameters()]
+        for key, patterns in (("trainable", cfg.trainable or []), ("freeze", cfg.freeze)):
+            for pattern in patterns:
+                if not any(n.startswith(pattern) for n in names):
+                    raise ConfigError(f"{cfg.source}: {key}: {pattern!r} matches no parameter of the model "
+                                      f"(a pattern is a prefix of parameter names)", hint=_prefix_hint(pattern, names))
         for name, p in m.named_parameters():
             train = True
             if trainable is not None:
@@ -214,6 +379,18 @@ class Trainer:
             if cfg.lora is not None and name.startswith("base.model.language_model") and "lora_" not in name:
                 train = False
             p.requires_grad_(train)
+        if not any(p.requires_grad for p in m.parameters()):
+            if cfg.stage == "alignment" and cfg.trainable is None and not m.config.branches:
+                why, hint = ("stage alignment trains only the re-encode branches' projectors, and this model has no "
+                             "branch", "add one (model.add_branches), use stage: instruct, or list what trains in "
+                                       "trainable:")
+            else:
+                why = ", ".join(f"{k}: {v}" for k, v in (("trainable", cfg.trainable), ("freeze", cfg.freeze or None),
+                                                          ("lora", "on" if cfg.lora else None)) if v is not None)
+                why, hint = (f"{why} leave(s) no parameter to train",
+                             "trainable: names what trains, freeze: what is then kept fixed (and lora: trains only "
+                             "the adapters of the language model); " + _prefix_hint("", names))
+            raise ConfigError(f"{cfg.source}: nothing to train: {why}", hint=hint)
 
     def _scheduler(self):
         from transformers import get_scheduler
@@ -247,9 +424,18 @@ class Trainer:
         return self.model(**batch, num_inner_forward_run=run, para_mask_id=self.cfg.para_mask_id if run == 2 else 0,
                           para_mask_ratio=self.cfg.para_mask_ratio, reference_no_grad=self.cfg.reference_no_grad)
 
-    def train(self, resume: str | Path | None = None, until: int | None = None) -> list[dict]:
-        """Train to ``optim.steps`` (or stop after step ``until``, as an interruption would)."""
+    def train(self, resume: str | Path | None = None, until: int | None = None, overwrite: bool = False,
+              on_step=None) -> list[dict]:
+        """Train to ``optim.steps`` (or stop after step ``until``, as an interruption would).
+
+        The output folder must not hold another run unless ``overwrite`` (its run files are
+        deleted first) or ``resume`` (a checkpoint in it). Ctrl-C stops after the current step,
+        saves ``checkpoint-N`` there and raises :class:`TrainingInterrupted`; a second Ctrl-C stops
+        at once, without one. ``on_step(step)`` runs after each step (tests interrupt through it)."""
         cfg = self.cfg
+        if not self._output_ready:
+            prepare_output(cfg.output, resume, overwrite)
+            self._output_ready = True
         last = min(cfg.optim.steps, until) if until is not None else cfg.optim.steps
         if resume:
             self.load(resume)
@@ -257,42 +443,102 @@ class Trainer:
 
         cols = [TextColumn("step {task.completed}/{task.total}"), BarColumn(), TextColumn("loss {task.fields[loss]}"),
                 TimeElapsedColumn(), TimeRemainingColumn()]
-        with Progress(*cols, disable=not self.show_progress or not self.acc.is_main_process) as bar:
+        self._stop = self._in_step = False
+        with Progress(*cols, disable=not self.show_progress or not self.acc.is_main_process) as bar, \
+                self._sigint_stops():
             task = bar.add_task("train", total=cfg.optim.steps, completed=self.step, loss="-")
-            self.model.train()
-            for step, micro in self.batches(self.step):
-                if step >= last:
-                    break
-                t0 = time.perf_counter()
-                total = 0.0
-                for batch in micro:
-                    with self.acc.accumulate(self.model):
-                        # draws of the paragraph mask come from the step's own generator
-                        torch.manual_seed(cfg.optim.seed * 100003 + step)
-                        out = self.forward(batch)
-                        self.acc.backward(out.loss)
-                        if self.acc.sync_gradients and cfg.optim.max_grad_norm:
-                            self.acc.clip_grad_norm_(self.model.parameters(), cfg.optim.max_grad_norm)
-                        self.opt.step()
-                        self.sched.step()
-                        self.opt.zero_grad()
-                    total += out.loss.item() / len(micro)
-                self.step = step + 1
-                rec = {"step": self.step, "loss": total, "lr": self.sched.get_last_lr()[0],
-                       "seconds": time.perf_counter() - t0}
-                self.history.append(rec)
-                bar.update(task, completed=self.step, loss=f"{total:.4f}")
-                if cfg.log_every and self.step % cfg.log_every == 0:
-                    self.write_log()  # headless runs can be watched through history.json
-                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.eval_ds is not None:
-                    self.history.append({"step": self.step, "eval": self.evaluate()})
-                if cfg.save_every and self.step % cfg.save_every == 0:
-                    self.save(cfg.output / f"checkpoint-{self.step}")
+            try:
+                self._loop(last, bar, task, on_step)
+            except KeyboardInterrupt:
+                raise self._interrupted(clean=not self._in_step) from None
+        return self.history
+
+    def _loop(self, last: int, bar, task, on_step) -> None:
+        cfg = self.cfg
+        self.model.train()
+        for step, micro in self.batches(self.step):
+            if step >= last:
+                break
+            t0 = time.perf_counter()
+            total = 0.0
+            self._in_step = True
+            for batch in micro:
+                with self.acc.accumulate(self.model):
+                    # draws of the paragraph mask come from the step's own generator
+                    torch.manual_seed(cfg.optim.seed * 100003 + step)
+                    out = self.forward(batch)
+                    self.acc.backward(out.loss)
+                    if self.acc.sync_gradients and cfg.optim.max_grad_norm:
+                        self.acc.clip_grad_norm_(self.model.parameters(), cfg.optim.max_grad_norm)
+                    self.opt.step()
+                    self.sched.step()
+                    self.opt.zero_grad()
+                total += out.loss.item() / len(micro)
+            self.step = step + 1
+            rec = {"step": self.step, "loss": total, "lr": self.sched.get_last_lr()[0],
+                   "seconds": time.perf_counter() - t0}
+            self.history.append(rec)
+            self._in_step = False
+            bar.update(task, completed=self.step, loss=f"{total:.4f}")
+            if cfg.log_every and self.step % cfg.log_every == 0:
+                self.write_log()  # headless runs can be watched through history.json
+            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.eval_ds is not None:
+                self.history.append({"step": self.step, "eval": self.evaluate()})
+            if cfg.save_every and self.step % cfg.save_every == 0:
+                self.save(cfg.output / f"checkpoint-{self.step}")
+            if on_step is not None:
+                on_step(self.step)
+            if self._stop_requested():
+                raise KeyboardInterrupt
         if self.step == cfg.optim.steps and self.eval_ds is not None and not (
                 cfg.eval_every and self.step % cfg.eval_every == 0):
             self.history.append({"step": self.step, "eval": self.evaluate()})
         self.write_log()
-        return self.history
+
+    @contextlib.contextmanager
+    def _sigint_stops(self):
+        """While training: the first Ctrl-C asks to stop after the current step (so the checkpoint
+        taken there resumes exactly); a second one interrupts at once."""
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def stop(signum, frame):
+            if self._stop:
+                raise KeyboardInterrupt
+            self._stop = True
+            if self.acc.is_main_process:
+                sys.stderr.write("\nCtrl-C: stopping after this step to save a checkpoint there "
+                                 "(Ctrl-C again to stop at once, without one)\n")
+
+        previous = signal.signal(signal.SIGINT, stop)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _stop_requested(self) -> bool:
+        stop = self._stop
+        if self.acc.num_processes > 1:  # every process stops after the same step
+            flag = torch.tensor([1.0 if stop else 0.0], device=self.acc.device)
+            stop = bool(self.acc.reduce(flag, reduction="sum").item() > 0)
+        return stop
+
+    def _interrupted(self, clean: bool) -> TrainingInterrupted:
+        """After a ``KeyboardInterrupt``: between steps (``clean``), save a checkpoint at the last
+        finished step; in the middle of one, the model may be half updated: point at the latest
+        checkpoint already saved."""
+        out = self.cfg.output
+        if clean and self.step > 0:
+            ckpt = out / f"checkpoint-{self.step}"
+            if checkpoint_step(ckpt) is None:  # else save_every has just written it
+                self.save(ckpt)
+            self.write_log()
+            return TrainingInterrupted(self.step, self.cfg.optim.steps, ckpt, saved=True)
+        return TrainingInterrupted(self.step, self.cfg.optim.steps, latest_checkpoint(out), saved=False)
 
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -317,14 +563,37 @@ class Trainer:
         return {"loss": sum(losses) / max(1, len(losses)), "token_accuracy": acc, "samples": n}
 
     def save(self, path: Path) -> None:
+        """Write a checkpoint to ``path.tmp``, then rename it: a run killed while saving leaves no
+        truncated ``path``. The trainer state is written last (it marks a complete checkpoint)."""
         path = Path(path)
-        self.acc.save_state(str(path))
-        (path / "trainer_state.json").write_text(json.dumps({"step": self.step, "history": self.history}))
+        tmp = path.with_name(path.name + ".tmp")
+        if self.acc.is_main_process and tmp.exists():
+            shutil.rmtree(tmp)
+        self.acc.wait_for_everyone()
+        self.acc.save_state(str(tmp))
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            (tmp / "trainer_state.json").write_text(json.dumps({"step": self.step, "history": self.history}))
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        self.acc.wait_for_everyone()
 
     def load(self, path: str | Path) -> None:
         path = Path(path)
-        self.acc.load_state(str(path))
-        state = json.loads((path / "trainer_state.json").read_text())
+        state = check_checkpoint(path)
+        if state["step"] > self.cfg.optim.steps:
+            raise CheckpointError(f"cannot resume: the checkpoint {path} is at step {state['step']}, past this "
+                                  f"run's optim.steps {self.cfg.optim.steps}",
+                                  hint=f"set optim.steps (or --steps) to at least {state['step']}")
+        try:
+            self.acc.load_state(str(path))
+        except Exception as exc:  # noqa: BLE001 - torch, safetensors and pickle each raise their own
+            detail = " ".join(f"{type(exc).__name__}: {exc}".split())
+            raise CheckpointError(f"cannot resume: the checkpoint {path} cannot be loaded ({detail[:300]})",
+                                  hint="a file in it is truncated or damaged, or it was written by another model "
+                                       "or optimizer setting; resume from a checkpoint of this config, or start "
+                                       "again without --resume (and with --overwrite)") from None
         self.step = state["step"]
         self.history = state["history"]
 
@@ -341,6 +610,29 @@ class Trainer:
         return save_model(model, path or self.cfg.output / "model")
 
 
+def _prefixes(names: list[str], depth: int = 3) -> list[str]:
+    """Module-name prefixes of parameter names, up to ``depth`` parts (and before any layer
+    index): ``base.model.visual``, ``base.lm_head``, ``branches.dino.projector``, ..."""
+    out: dict[str, None] = {}
+    for n in names:
+        keep = []
+        for part in n.split(".")[:-1][:depth]:
+            if part.isdigit():
+                break
+            keep.append(part)
+        out[".".join(keep) or n] = None
+    return list(out)
+
+
+def _prefix_hint(pattern: str, names: list[str]) -> str:
+    every = {".".join(n.split(".")[:k]) for n in names for k in range(1, n.count(".") + 2)}
+    near = closest(pattern, every) if pattern else []
+    known = _prefixes(names)
+    shown = ", ".join(known[:12]) + (", ..." if len(known) > 12 else "")
+    mean = ("did you mean " + " or ".join(repr(x) for x in near) + "? ") if near else ""
+    return f"{mean}the model's parameter names start with: {shown}"
+
+
 def merge_lora(model) -> None:
     """Fold LoRA adapters into their base layers and put the plain layers back, so the saved base
     model is a standard transformers checkpoint."""
@@ -353,11 +645,15 @@ def merge_lora(model) -> None:
             setattr(model.get_submodule(parent), attr, module.get_base_layer())
 
 
-def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = True):
+def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = True, overwrite: bool = False):
+    check_output(cfg.output, resume, overwrite)  # before the model is built
+    if resume:
+        check_checkpoint(resume)
     t = Trainer(cfg, progress=progress)
-    t.train(resume)
+    t.train(resume, overwrite=overwrite)
     out = t.save_model()
     return t, out
 
 
-__all__ = ["Trainer", "build_model", "merge_lora", "token_accuracy", "train"]
+__all__ = ["Trainer", "TrainingInterrupted", "build_model", "check_checkpoint", "check_output", "latest_checkpoint",
+           "merge_lora", "prepare_output", "token_accuracy", "train"]
