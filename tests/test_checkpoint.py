@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from perceive.errors import ModelLoadError
+from perceive.errors import ConfigError, ModelLoadError
 from perceive.model import load_model, save_model
 from perceive.model.checkpoint import WEIGHTS_FILE
 from perceive.testing.tiny import tiny_vpt_model
@@ -196,3 +196,134 @@ def test_view_scale_and_action_defaults_reach_training_and_the_loop(tmp_path):
     # a run's own options override the model's
     loop = PerceptionLoop(again, options=LoopOptions(action_options={"region_select": {"margin": 1}}))
     assert loop.options.action_options["region_select"] == {"margin": 1}
+
+
+def _copy(path, tmp_path, name):
+    dst = tmp_path / name
+    shutil.copytree(path, dst)
+    return dst
+
+
+def test_truncated_weights_are_named_before_anything_loads(saved, tmp_path):
+    _, path = saved
+    for name in ("model.safetensors", WEIGHTS_FILE):
+        broken = _copy(path, tmp_path, name)
+        f = broken / name
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+        with pytest.raises(ModelLoadError, match=f"{name} is truncated: it has") as e:
+            load_model(broken)
+        assert "copy it again" in e.value.hint
+    empty = _copy(path, tmp_path, "empty")
+    (empty / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ModelLoadError, match="model.safetensors is truncated: 0 bytes"):
+        load_model(empty)
+
+
+def test_config_json_that_does_not_match_the_weights(saved, tmp_path):
+    import json
+
+    _, path = saved
+    broken = _copy(path, tmp_path, "sizes")
+    cfg = json.loads((broken / "config.json").read_text())
+    cfg["text_config"]["hidden_size"] = 32
+    (broken / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelLoadError) as e:
+        load_model(broken)
+    msg = str(e.value)
+    assert f"{broken / 'config.json'} does not match the weights in {broken / 'model.safetensors'}" in msg
+    assert "lm_head.weight: weights (" in msg and "hidden_size" in e.value.hint
+    (broken / "config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match=r"config.json is not valid JSON"):
+        load_model(broken)
+
+
+def test_invalid_perceive_json_is_a_config_error_naming_the_file_and_fields(saved, tmp_path):
+    import json
+
+    _, path = saved
+    broken = _copy(path, tmp_path, "pj")
+    pj = json.loads((broken / "perceive.json").read_text())
+    (broken / "perceive.json").write_text(json.dumps({**pj, "grid": 0, "view_scale": "three"}))
+    with pytest.raises(ConfigError) as e:
+        load_model(broken)
+    msg = str(e.value)
+    assert msg.startswith(f"{broken / 'perceive.json'}: 2 invalid field(s)")
+    assert "view_scale: Input should be a valid number" in msg and "grid: Extra inputs are not permitted" in msg
+    (broken / "perceive.json").write_text(json.dumps({**pj, "hidden_size": 7}))
+    with pytest.raises(ConfigError, match="hidden_size is 7 but the model in config.json has 64"):
+        load_model(broken)
+    region = {**pj["region"], "start_id": 10**6}
+    (broken / "perceive.json").write_text(json.dumps({**pj, "region": region}))
+    with pytest.raises(ConfigError, match=r"token id\(s\) outside the model's vocabulary of \d+: region.start_id="):
+        load_model(broken)
+    (broken / "perceive.json").write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="perceive.json must hold a JSON object"):
+        load_model(broken)
+
+
+def test_bad_device_and_dtype_are_config_errors(saved):
+    _, path = saved
+    with pytest.raises(ConfigError, match="unknown device 'gpu9'"):
+        load_model(path, device="gpu9")
+    with pytest.raises(ConfigError, match="unknown dtype 'float64'"):
+        load_model(path, dtype="float64")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            load_model(path, device="cuda")
+
+
+def test_perception_tokens_without_perceive_json_is_an_error(saved, tmp_path):
+    _, path = saved
+    broken = _copy(path, tmp_path, "nopj")
+    (broken / "perceive.json").unlink()
+    with pytest.raises(ModelLoadError) as e:
+        load_model(broken)
+    assert str(e.value).startswith(f"{broken} has no perceive.json, but its tokenizer carries perception tokens (")
+    assert "<|region_token_start|>" in str(e.value)
+    assert "perceive convert SRC DST" in e.value.hint and "restore perceive.json" in e.value.hint
+
+
+def _plain_tokenizer():
+    """A char-level tokenizer with Qwen2-VL's special tokens and none of perceive's."""
+    import string
+
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from perceive.testing.tiny import CHAT_TEMPLATE, QWEN_SPECIALS
+
+    vocab = {c: i for i, c in enumerate(dict.fromkeys(["<unk>", *string.printable[:-2]]))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<|endoftext|>",
+                                   eos_token="<|im_end|>")
+    fast.add_special_tokens({"additional_special_tokens": QWEN_SPECIALS})
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def test_a_plain_qwen2_vl_loads_with_a_notice(tmp_path, caplog):
+    from perceive.model.checkpoint import perception_tokens
+    from perceive.testing.tiny import tiny_base
+
+    tok = _plain_tokenizer()
+    folder = tmp_path / "plain"
+    tiny_base(tok).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    assert perception_tokens(folder) == []
+    with caplog.at_level("WARNING", logger="perceive"):
+        model = load_model(folder)
+    assert model.config.region is None and not model.config.branches and model.tokenizer is not None
+    notices = [r.getMessage() for r in caplog.records if r.name == "perceive"]
+    assert notices == [f"{folder} has no perceive.json and no perception tokens: loaded as a plain qwen2_vl model, "
+                       "without perception branches (it answers directly; graphs that call perception actions need "
+                       "a VPT model)"]
+
+
+def test_paper_checkpoints_have_no_perceive_json_and_still_load():
+    _require_fixtures()
+    for variant in ("dino", "sam", "clip"):
+        assert not (FIXTURES / variant / "perceive.json").exists()
+        model = load_model(FIXTURES / variant)
+        assert model.config.region is not None and model.config.branches

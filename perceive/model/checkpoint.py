@@ -195,7 +195,7 @@ def check_safetensors(file: Path) -> None:
                              f"{need:,}", hint=hint)
 
 
-def _from_pretrained(base_cls, path: Path, dtype: torch.dtype):
+def _from_pretrained(kind: str, path: Path, dtype: torch.dtype):
     """The base MLLM from ``path`` (standard transformers layout), strictly: truncated weights, a
     ``config.json`` whose sizes do not match the weights, or weights missing from the checkpoint
     are a :class:`ModelLoadError` naming the files, never a model with random tensors."""
@@ -204,9 +204,10 @@ def _from_pretrained(base_cls, path: Path, dtype: torch.dtype):
     if not weights and not any(path.glob("pytorch_model*.bin")):
         raise ModelLoadError(f"{path} has a config.json but no weights (model.safetensors)",
                              hint="copy the weights files into the folder")
-    for f in weights:
+    for f in weights:  # before the (slow) transformers import: a truncated file fails at once
         check_safetensors(f)
     shown = weights[0] if len(weights) == 1 else path
+    _, base_cls = base_classes(kind)
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
@@ -320,8 +321,7 @@ def _check_ids(cfg: VPTConfig, base, file: Path) -> None:
 
 def _load_own(path: Path, dtype: torch.dtype) -> VPTModel:
     cfg = read_vpt_config(path)
-    _, base_cls = base_classes(cfg.base)
-    base = _from_pretrained(base_cls, path, dtype)
+    base = _from_pretrained(cfg.base, path, dtype)
     _check_ids(cfg, base, path / CONFIG_FILE)
     model = VPTModel(base, cfg)
     if cfg.branches:
@@ -377,9 +377,10 @@ def perception_tokens(path: Path) -> list[str]:
             table.update(t.get("content", "") for t in decoder.values() if isinstance(t, dict))
         except (ValueError, AttributeError):
             pass
-    known = {REGION_START, REGION_END, "<|zoom_start|>", "<|zoom_end|>"}
-    known.update(t for fam in FAMILIES.values() for t in fam)
-    return sorted(t for t in table if t in known or GRID_TOKEN_RE.fullmatch(t))
+    known = [REGION_START, REGION_END, *(t for fam in FAMILIES.values() for t in fam), "<|zoom_start|>",
+             "<|zoom_end|>"]
+    grid = sorted((t for t in table if GRID_TOKEN_RE.fullmatch(t)), key=lambda t: (t[2], int(t[4:-2])))
+    return [t for t in known if t in table] + grid
 
 
 def _load_plain(path: Path, dtype: torch.dtype, raw: dict[str, Any]) -> VPTModel:
@@ -398,8 +399,7 @@ def _load_plain(path: Path, dtype: torch.dtype, raw: dict[str, Any]) -> VPTModel
             hint=f"for one of the paper's checkpoints, config.json should say model_type 'qwen2_vl_vpt' or "
                  f"'vrt_qwen2_vl' (then `perceive convert SRC DST` writes perceive's format); for a model saved by "
                  f"perceive, restore {CONFIG_FILE} (and {WEIGHTS_FILE}) from where it came from")
-    _, base_cls = base_classes(kind)
-    base = _from_pretrained(base_cls, path, dtype)
+    base = _from_pretrained(kind, path, dtype)
     c = base.config
     table = paper.token_table(path)
     special = SpecialIds(im_start=table.get("<|im_start|>", 151644), im_end=table.get("<|im_end|>", 151645),

@@ -1,0 +1,286 @@
+"""Every CLI command, fed bad input, fails cleanly: a non-zero exit, a message that says what is
+wrong, and never a Python traceback.
+
+Each case is a process of its own running the console script's entry point in a folder of bad
+inputs (missing files, folders where files belong and files where folders belong, corrupt and
+oversized images, malformed YAML and JSON, bad numbers, empty strings, broken model folders).
+Importing torch costs seconds per process, so one driver process imports perceive once and forks
+a child per case (see ``DRIVER``); two more cases run through the installed ``perceive`` script
+and ``python -m perceive`` from scratch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TIME_BOUND_S = 60  # per command; a clean failure takes seconds
+IMG = "good.png"
+Q = "What number is written on the card?"
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares ``width`` x ``height`` pixels but holds almost no data: a
+    decompression bomb as far as the header is concerned."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+def _model_folder(dst: Path) -> Path:
+    """A working model folder: the shipped default model, or a tiny one when it is absent."""
+    from perceive.defaults import default_model_path
+
+    src = default_model_path()
+    if src is not None:
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("examples"))
+        return dst
+    from perceive.model import save_model
+    from perceive.testing.tiny import tiny_vpt_model
+
+    return save_model(tiny_vpt_model(branches=()), dst)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    from PIL import Image
+
+    d = tmp_path_factory.mktemp("bad_inputs")
+    Image.new("RGB", (64, 48), "navy").save(d / IMG)
+    (d / "afile").write_text("just text\n")
+    (d / "adir").mkdir()
+    (d / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    (d / "empty.png").write_bytes(b"")
+    (d / "bomb.png").write_bytes(_png_header_only(30000, 30000))
+    (d / "bad.yaml").write_text("model: {path: [1, 2\n  steps: : :\n")
+    (d / "list.yaml").write_text("- 1\n- 2\n")
+    (d / "corrupt.json").write_text("{not json")
+    (d / "obj.json").write_text('{"a": 1}')
+    (d / "region.json").write_text("[]")
+    (d / "tiny.yaml").write_text(
+        "model: {tiny: {hidden: 32, layers: 1, heads: 2, kv_heads: 1, vision_depth: 1, vision_dim: 16}}\n"
+        "data: {train: region.json}\noptim: {steps: 1, batch_size: 1}\noutput: run\n")
+
+    good = _model_folder(d / "model")
+    trunc = d / "model_truncated"
+    shutil.copytree(good, trunc)
+    weights = trunc / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    wrong = d / "model_wrong_sizes"
+    shutil.copytree(good, wrong)
+    cfg = json.loads((wrong / "config.json").read_text())
+    cfg["text_config"]["hidden_size"] = cfg["text_config"]["hidden_size"] // 2
+    (wrong / "config.json").write_text(json.dumps(cfg))
+    badpj = d / "model_bad_perceive_json"
+    shutil.copytree(good, badpj)
+    pj = json.loads((badpj / "perceive.json").read_text())
+    pj.update(grid=0, view_scale="three")
+    (badpj / "perceive.json").write_text(json.dumps(pj))
+    nopj = d / "model_no_perceive_json"
+    shutil.copytree(good, nopj)
+    (nopj / "perceive.json").unlink()
+    return d
+
+
+# (id, argv, exit code, text the output must contain). Each command of `perceive --help` is here.
+CASES = [
+    # ask: images, question, options
+    ("ask-missing-image", ["ask", "missing.png", Q], 1, "error: image not found: missing.png"),
+    ("ask-dir-as-image", ["ask", "adir", Q], 1, "error: adir is a folder, not an image file"),
+    ("ask-corrupt-image", ["ask", "corrupt.png", Q], 1, "error: cannot read image corrupt.png"),
+    ("ask-empty-file-image", ["ask", "empty.png", Q], 1, "error: cannot read image empty.png"),
+    ("ask-empty-image-path", ["ask", "", Q], 1, "error: no image file given"),
+    ("ask-bomb-image", ["ask", "bomb.png", Q], 1,
+     "error: image bomb.png is 900,000,000 pixels, over the limit of 89,478,485 pixels"),
+    ("ask-empty-question", ["ask", IMG, ""], 2, "error: the question is empty"),
+    ("ask-negative-hops", ["ask", IMG, Q, "--max-hops", "-1"], 2, "Invalid value for '--max-hops'"),
+    ("ask-hops-not-a-number", ["ask", IMG, Q, "--max-hops", "many"], 2, "Invalid value for '--max-hops'"),
+    # ask: model folders
+    ("ask-model-missing", ["ask", IMG, Q, "--model", "nowhere"], 1, "error: model folder not found: nowhere"),
+    ("ask-model-is-a-file", ["ask", IMG, Q, "--model", "afile"], 1, "error: afile is a file, not a model folder"),
+    ("ask-model-truncated", ["ask", IMG, Q, "--model", "model_truncated"], 1,
+     "error: model_truncated/model.safetensors is truncated"),
+    ("ask-model-wrong-sizes", ["ask", IMG, Q, "--model", "model_wrong_sizes"], 1,
+     "error: model_wrong_sizes/config.json does not match the weights in model_wrong_sizes/model.safetensors"),
+    ("ask-model-bad-perceive-json", ["ask", IMG, Q, "--model", "model_bad_perceive_json"], 1,
+     "error: model_bad_perceive_json/perceive.json: 2 invalid field(s)"),
+    ("ask-model-no-perceive-json", ["ask", IMG, Q, "--model", "model_no_perceive_json"], 1,
+     "error: model_no_perceive_json has no perceive.json, but its tokenizer carries perception tokens"),
+    ("ask-bad-device", ["ask", IMG, Q, "--model", "model", "--device", "gpu9"], 1, "error: unknown device 'gpu9'"),
+    # convert
+    ("convert-missing-source", ["convert", "nowhere", "out"], 1, "error: model folder not found: nowhere"),
+    ("convert-into-a-file", ["convert", "model", "afile"], 1, "error: the destination afile is a file"),
+    # demo (needs the default model for an answer; a wrong image fails before it loads)
+    ("demo-missing-image", ["demo", "--image", "missing.png"], 1, "error: image not found: missing.png"),
+    # config
+    ("config-missing", ["config", "check", "missing.yaml"], 1, "missing.yaml"),
+    ("config-bad-yaml", ["config", "check", "bad.yaml"], 1, "bad.yaml"),
+    ("config-dir", ["config", "check", "adir"], 1, "adir"),
+    # graph
+    ("graph-validate-bad-yaml", ["graph", "validate", "bad.yaml"], 1, "bad.yaml"),
+    ("graph-validate-missing", ["graph", "validate", "missing.yaml"], 2, "missing.yaml"),
+    ("graph-validate-bad-set", ["graph", "validate", "free_choice", "--set", "novalue"], 2, "KEY=VALUE"),
+    ("graph-show-bad-yaml", ["graph", "show", "bad.yaml"], 1, "error: the graph has 1 problem(s)"),
+    ("graph-show-out-in-a-file", ["graph", "show", "free_choice", "--out", "afile/g.png"], 1, "afile/g.png"),
+    ("graph-run-bad-yaml", ["graph", "run", "bad.yaml", "--image", IMG, "--question", Q], 1, "bad.yaml"),
+    # data
+    ("data-cards-out-is-a-file", ["data", "cards", "--n", "1", "--out", "afile"], 1,
+     "error: the output afile is a file"),
+    ("data-cards-zero", ["data", "cards", "--n", "0", "--out", "cards"], 2, "Invalid value for '--n'"),
+    ("data-cards-bad-split", ["data", "cards", "--n", "1", "--out", "cards", "--split", "nope"], 1,
+     "error: unknown split 'nope'"),
+    ("data-cards-bad-widths", ["data", "cards", "--n", "1", "--out", "cards", "--card-widths", "60", "50"], 1,
+     "error: card widths (60, 50) must be a range"),
+    ("data-cards-missing-backgrounds", ["data", "cards", "--n", "1", "--out", "cards", "--backgrounds", "nowhere"],
+     1, "error: the backgrounds folder nowhere does not exist"),
+    ("data-reading-out-is-a-file", ["data", "reading", "--n", "1", "--out", "afile"], 1,
+     "error: the output afile is a file"),
+    ("data-mix-bad-count", ["data", "mix", "out.json", "region.json:abc"], 1,
+     "error: bad dataset part 'region.json:abc': the COUNT after ':' must be a whole number"),
+    ("data-mix-too-many", ["data", "mix", "out.json", "region.json:5"], 1,
+     "error: cannot take 5 items from region.json: it has 0"),
+    ("data-mix-missing", ["data", "mix", "out.json", "missing.json"], 1, "error: dataset not found: missing.json"),
+    ("data-mix-not-a-list", ["data", "mix", "out.json", "obj.json"], 1, "expected a JSON list of items"),
+    ("data-mix-out-is-a-dir", ["data", "mix", "adir", "region.json"], 1, "error: the output adir is a folder"),
+    ("data-check-missing", ["data", "check", "missing.json"], 1, "error: cannot read dataset missing.json"),
+    ("data-check-corrupt", ["data", "check", "corrupt.json"], 1, "error: cannot read dataset corrupt.json"),
+    ("data-check-dir", ["data", "check", "adir"], 1, "error: cannot read dataset adir"),
+    ("data-check-grid-zero", ["data", "check", "region.json", "--grid", "0"], 2, "Invalid value for '--grid'"),
+    # plugins
+    ("plugins-list-bad-option", ["plugins", "list", "--bogus"], 2, "--bogus"),
+    ("plugins-new-empty-name", ["plugins", "new", "", "--dir", "adir"], 2, "error: plugin name '' is not valid"),
+    ("plugins-new-dir-is-a-file", ["plugins", "new", "quadrant", "--dir", "afile"], 1, "afile"),
+    ("plugins-check-unknown", ["plugins", "check", "nope"], 2, "error: no perception action named 'nope'"),
+    # train
+    ("train-missing-config", ["train", "missing.yaml"], 1, "missing.yaml"),
+    ("train-bad-yaml", ["train", "bad.yaml"], 1, "bad.yaml"),
+    ("train-not-a-mapping", ["train", "list.yaml"], 1, "list.yaml"),
+    ("train-bad-steps", ["train", "tiny.yaml", "--steps", "ten"], 2, "Invalid value for '--steps'"),
+    ("train-resume-missing", ["train", "tiny.yaml", "--resume", "run/checkpoint-9"], 1,
+     "error: cannot resume: there is no checkpoint run/checkpoint-9"),
+    # eval
+    ("eval-missing-config", ["eval", "missing.yaml"], 1, "missing.yaml"),
+    ("eval-bad-yaml", ["eval", "bad.yaml"], 1, "bad.yaml"),
+    ("eval-model-without-data", ["eval", "--model", "model"], 2, "error: give a config file, or --model and --data"),
+    ("eval-compare-missing", ["eval", "compare", "nowhere"], 1, "error: cannot read the run nowhere"),
+    ("eval-compare-corrupt", ["eval", "compare", "corrupt.json"], 1, "error: cannot read the run corrupt.json"),
+]
+
+
+def test_every_command_is_in_the_corpus():
+    """A command added to the CLI gets bad-input cases here."""
+    from typer.main import get_command
+
+    from perceive.cli import app
+
+    root = get_command(app)
+    commands = set()
+    for name, cmd in root.commands.items():
+        subs = getattr(cmd, "commands", None)
+        commands.update(f"{name} {s}" for s in subs) if subs else commands.add(name)
+    covered = {" ".join(argv[:2]) if " ".join(argv[:2]) in commands else argv[0] for _, argv, _, _ in CASES}
+    covered.add("version")  # takes no input
+    assert commands - covered == set()
+
+
+# Runs the cases in one interpreter that imports perceive (and torch) once, then forks a child
+# per case; the child runs the console script's entry point, perceive.cli.main, with its own argv
+# and its stdout and stderr in a file. Each case is still a process of its own, with a deadline.
+DRIVER = r"""
+import json, os, sys, tempfile, time, traceback
+cases, bound = json.loads(sys.argv[1]), float(sys.argv[2])
+from perceive.cli import main
+for heavy in ("perceive.model", "perceive.loop", "perceive.train", "perceive.eval.runner"):
+    try:
+        __import__(heavy)
+    except Exception:
+        pass
+results = {}
+for case_id, argv in cases:
+    out = tempfile.TemporaryFile(mode="w+b")
+    sys.stdout.flush(); sys.stderr.flush()
+    start = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        os.dup2(out.fileno(), 1); os.dup2(out.fileno(), 2)
+        sys.argv = ["perceive", *argv]
+        code = 0
+        try:
+            main()
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        except BaseException:
+            traceback.print_exc()
+            code = 99
+        finally:
+            sys.stdout.flush(); sys.stderr.flush()
+        os._exit(code)
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            code = os.waitstatus_to_exitcode(status)
+            break
+        if time.monotonic() - start > bound:
+            os.kill(pid, 9); os.waitpid(pid, 0); code = "timeout"
+            break
+        time.sleep(0.01)
+    took = time.monotonic() - start
+    out.seek(0)
+    results[case_id] = {"code": code, "output": out.read().decode(errors="replace"), "seconds": round(took, 2)}
+print(json.dumps(results))
+"""
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PERCEIVE_DEBUG", "PERCEIVE_MAX_IMAGE_PIXELS")}
+    env["COLUMNS"] = "200"
+    return env
+
+
+@pytest.fixture(scope="module")
+def results(corpus) -> dict[str, dict]:
+    cases = json.dumps([(c[0], c[1]) for c in CASES])
+    out = subprocess.run([sys.executable, "-c", DRIVER, cases, str(TIME_BOUND_S)], cwd=corpus, env=_env(),
+                         capture_output=True, text=True, timeout=TIME_BOUND_S * len(CASES))
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+@pytest.mark.parametrize(("case", "code", "expect"), [(c[0], c[2], c[3]) for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_fails_cleanly(results, case, code, expect):
+    r = results[case]
+    text = r["output"]
+    assert r["code"] == code, text
+    assert "Traceback" not in text and "internal error" not in text, text
+    assert expect in " ".join(text.split()), text
+    assert r["seconds"] < TIME_BOUND_S, f"{case} took {r['seconds']} s"
+
+
+@pytest.mark.parametrize(("how", "argv", "expect"), [
+    ("console-script", ["data", "mix", "out.json", "region.json:abc"], "error: bad dataset part 'region.json:abc'"),
+    ("python-m", ["ask", IMG, Q, "--model", "model_truncated"],
+     "error: model_truncated/model.safetensors is truncated"),
+], ids=["console-script", "python-m"])
+def test_the_real_entry_points_fail_cleanly(corpus, how, argv, expect):
+    """The same, through the installed ``perceive`` script and ``python -m perceive``, each a fresh
+    interpreter."""
+    script = Path(sys.executable).parent / "perceive"
+    cmd = [str(script)] if how == "console-script" and script.exists() else [sys.executable, "-m", "perceive"]
+    start = time.monotonic()
+    out = subprocess.run([*cmd, *argv], cwd=corpus, env=_env(), capture_output=True, text=True,
+                         timeout=TIME_BOUND_S * 2)
+    text = out.stdout + out.stderr
+    assert out.returncode == 1 and "Traceback" not in text and expect in " ".join(text.split()), text
+    assert time.monotonic() - start < TIME_BOUND_S
