@@ -216,3 +216,13 @@ def test_enums_print_as_their_values():
     for enum in (FinishReason, EventType, FailureStage, Trigger):
         for member in enum:
             assert f"{member}" == str(member) == member.value
+
+
+def test_ill_typed_action_options_are_refused_when_the_loop_is_built(model):
+    from perceive.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="region_select") as info:
+        PerceptionLoop(model, options=LoopOptions(action_options={"region_select": {"margin": "lots"}}))
+    assert "margin" in str(info.value)
+    loop = PerceptionLoop(model, options=LoopOptions(action_options={"region_select": {"margin": "2"}}))
+    assert loop.options.action_options["region_select"] == {"margin": 2}

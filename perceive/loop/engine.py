@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from transformers import DynamicCache
 
-from perceive.actions import ActionCall, ActionContext
+from perceive.actions import ActionCall, ActionContext, validate_action_options
 from perceive.dispatch import dispatch
 from perceive.encoders import EncoderHub
 from perceive.errors import InputError, ObservationError, PerceiveError
@@ -185,6 +185,9 @@ class PerceptionLoop:
         defaults = model.config.action_defaults
         merged = {a: {**defaults.get(a, {}), **options.action_options.get(a, {})}
                   for a in {*defaults, *options.action_options}}
+        # each action's Options model checks them now, not halfway through a batch
+        merged = {a: validate_action_options(self.registry.action(a), o, "action options")
+                  if a in self.registry.actions else o for a, o in merged.items()}
         self.options = dataclasses.replace(options, action_options=merged)
         self.hub = hub or EncoderHub(self.registry.encoder_specs(), encoder_configs or {}, model=model)
         cfg = model.config
@@ -253,8 +256,8 @@ class PerceptionLoop:
         from perceive.model import load_model
         from perceive.plugins import get_registry
 
-        cfg = config if isinstance(config, PerceiveConfig) else load_config(config)
         registry = registry or get_registry()
+        cfg = config if isinstance(config, PerceiveConfig) else load_config(config, registry=registry)
         errors = cfg.check_names(registry)
         if errors:
             raise ConfigError("; ".join(errors))
