@@ -62,7 +62,8 @@ def show(file: str = typer.Argument(...), mermaid: bool = typer.Option(False, "-
 
 
 def run_graph(file: str, image: Path, question: str, model: Path | None, as_json: bool, render: Path | None,
-              sets: dict, max_new_tokens: int, device: str, dtype: str, reprefill: bool) -> None:
+              sets: dict, max_new_tokens: int, device: str, dtype: str, reprefill: bool,
+              action_timeout: float | None = 120.0) -> None:
     from perceive.errors import PerceiveError
     from perceive.graph import GraphValidationError, compile_graph
     from perceive.graph.render import render_trace
@@ -81,7 +82,8 @@ def run_graph(file: str, image: Path, question: str, model: Path | None, as_json
         g = compile_graph(file, params=sets)
         img = load_image(image)
         m = load_model(model, device=device, dtype=None if dtype == "auto" else dtype)
-        answer = g.loop(m, LoopOptions(max_new_tokens=max_new_tokens, reprefill=reprefill)).ask(img, question)
+        options = LoopOptions(max_new_tokens=max_new_tokens, reprefill=reprefill, action_timeout_s=action_timeout)
+        answer = g.loop(m, options).ask(img, question)
     except GraphValidationError as exc:
         console.print(str(exc), markup=False)
         raise typer.Exit(1) from None
@@ -114,7 +116,9 @@ def run(file: str = typer.Argument(..., help="Graph YAML file, or a shipped grap
         render: Path = typer.Option(None, "--render", help="Write the trace picture (PNG)."),
         set_: list[str] = typer.Option(None, "--set", help="Override a param: KEY=VALUE."),
         max_new_tokens: int = typer.Option(256, "--max-new-tokens"), device: str = typer.Option("auto", "--device"),
-        dtype: str = typer.Option("auto", "--dtype"), reprefill: bool = typer.Option(False, "--reprefill")) -> None:
+        dtype: str = typer.Option("auto", "--dtype"), reprefill: bool = typer.Option(False, "--reprefill"),
+        action_timeout: float = typer.Option(120.0, "--action-timeout", min=0.001, metavar="S",
+                                             help="Deadline of each perception call, in seconds.")) -> None:
     """Run a graph on one image and question."""
     run_graph(file, image, question, model, as_json, render, parse_sets(set_), max_new_tokens, device, dtype,
-              reprefill)
+              reprefill, action_timeout)
