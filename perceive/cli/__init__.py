@@ -18,6 +18,9 @@ from typer.core import TyperGroup
 
 from perceive.cli import config_cmd, demo, graph_cmd, model_cmds, plugins_cmd, train_cmds
 from perceive.cli.output import DEBUG_HINT, console, fail, internal_error, print_error
+from perceive.cli.typer_compat import hide_flag_types
+
+hide_flag_types()  # no `<bool>` beside flags in help pages (see perceive/cli/typer_compat.py)
 
 DEBUG_ENV = "PERCEIVE_DEBUG"
 _state = {"debug": False}
