@@ -107,6 +107,7 @@ CASES = [
     ("ask-empty-question", ["ask", IMG, ""], 2, "error: the question is empty"),
     ("ask-negative-hops", ["ask", IMG, Q, "--max-hops", "-1"], 2, "Invalid value for '--max-hops'"),
     ("ask-hops-not-a-number", ["ask", IMG, Q, "--max-hops", "many"], 2, "Invalid value for '--max-hops'"),
+    ("ask-render-into-a-folder", ["ask", IMG, Q, "--render", "adir"], 2, "error: --render adir is a folder"),
     # ask: model folders
     ("ask-model-missing", ["ask", IMG, Q, "--model", "nowhere"], 1, "error: model folder not found: nowhere"),
     ("ask-model-is-a-file", ["ask", IMG, Q, "--model", "afile"], 1, "error: afile is a file, not a model folder"),
@@ -135,6 +136,8 @@ CASES = [
     ("graph-show-bad-yaml", ["graph", "show", "bad.yaml"], 1, "error: the graph has 1 problem(s)"),
     ("graph-show-out-in-a-file", ["graph", "show", "free_choice", "--out", "afile/g.png"], 1, "afile/g.png"),
     ("graph-run-bad-yaml", ["graph", "run", "bad.yaml", "--image", IMG, "--question", Q], 1, "bad.yaml"),
+    ("graph-run-render-no-format", ["graph", "run", "free_choice", "--image", IMG, "--question", Q, "--render",
+                                    "trace.txt"], 2, "error: --render trace.txt: the picture's format comes from"),
     # data
     ("data-cards-out-is-a-file", ["data", "cards", "--n", "1", "--out", "afile"], 1,
      "error: the output afile is a file"),

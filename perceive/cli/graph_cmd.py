@@ -64,9 +64,13 @@ def show(file: str = typer.Argument(...), mermaid: bool = typer.Option(False, "-
 def run_graph(file: str, image: Path, question: str, model: Path | None, as_json: bool, render: Path | None,
               sets: dict, max_new_tokens: int, device: str, dtype: str, reprefill: bool,
               action_timeout: float | None = 120.0) -> None:
+    from perceive.cli.output import check_picture_path
     from perceive.errors import PerceiveError
     from perceive.graph import GraphValidationError, compile_graph
     from perceive.graph.render import render_trace
+
+    if render is not None:
+        check_picture_path(render)
     from perceive.graph.trace_graph import to_json, trace_to_graph
     from perceive.images import load_image
     from perceive.loop import LoopOptions

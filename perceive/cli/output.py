@@ -38,3 +38,18 @@ def internal_error(exc: BaseException) -> typer.Exit:
     console.print(f"[red]internal error[/] (a bug in perceive or a plugin): {escape(what)}; {DEBUG_HINT}",
                   soft_wrap=True, highlight=False)
     return typer.Exit(1)
+
+
+def check_picture_path(path, option: str = "--render") -> None:
+    """A picture is about to be written to ``path``: fail early (before a model loads) when it is a
+    folder or has an extension no image format uses."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    path = Path(path)
+    if path.is_dir():
+        raise fail(f"{option} {path} is a folder; give a file path such as {path / 'trace.png'}", 2)
+    Image.init()
+    if path.suffix.lower() not in Image.registered_extensions():
+        raise fail(f"{option} {path}: the picture's format comes from its extension; give a path ending in .png", 2)
