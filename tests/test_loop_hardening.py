@@ -226,3 +226,12 @@ def test_ill_typed_action_options_are_refused_when_the_loop_is_built(model):
     assert "margin" in str(info.value)
     loop = PerceptionLoop(model, options=LoopOptions(action_options={"region_select": {"margin": "2"}}))
     assert loop.options.action_options["region_select"] == {"margin": 2}
+
+
+@pytest.mark.parametrize("reprefill", [False, True], ids=["online", "reprefill"])
+def test_generation_stops_when_the_context_is_full(model, photo, monkeypatch, reprefill):
+    prompt = scripted(model, {}, max_new_tokens=1).ask(photo, "What?").trace.prompt_tokens
+    monkeypatch.setattr(type(model), "max_positions", property(lambda self: prompt + 5))
+    ans = scripted(model, {}, max_new_tokens=50, reprefill=reprefill).ask(photo, "What?")
+    assert ans.trace.finish_reason is FinishReason.CONTEXT_FULL
+    assert len(ans.token_ids) == 6  # 5 fed after the prompt fill the context; the 6th is never fed

@@ -148,6 +148,7 @@ class _Sample:
     generated: list[int] = field(default_factory=list)
     answer_from: int = 0  # index in generated where the current assistant turn starts
     hops: int = 0
+    fed: int = 0  # tokens fed to the model so far (its context in use)
     decoded_since_hop: int = 0
     awaiting_control: Any = None  # BranchConfig whose start token was just fed
     forced_reencode: Decision | None = None  # a re-encode the controller wrote into the first turn
@@ -470,6 +471,7 @@ class PerceptionLoop:
             for i, s in enumerate(rows):
                 self._fed(s, segs[i], ms)
                 self._advance(s, last[i], logits.get(i))
+                self._check_context(s)
             keep = [i for i, s in enumerate(rows) if not s.done]
             if len(keep) < len(rows):
                 if keep:
@@ -494,9 +496,16 @@ class PerceptionLoop:
             hidden = self.model.lm(E, P, None, cache, use_cache=True).last_hidden_state
             self._fed(s, seg, (time.perf_counter() - t0) * 1000)
             self._advance(s, hidden[0, -1])
+            self._check_context(s)
+
+    def _check_context(self, s: _Sample) -> None:
+        """Finish a sample whose next tokens would not fit the model's context."""
+        if s.pending is not None and s.fed + len(s.pending.ids) > self.model.max_positions:
+            self._finish(s, FinishReason.CONTEXT_FULL)
 
     def _fed(self, s: _Sample, seg: Segment, ms: float) -> None:
         s.segments.append(seg)
+        s.fed += len(seg.ids)
         s.pending = None
         if seg.kind == "observe" and s.trace.hops:
             s.trace.hops[-1].prefill_ms = ms
