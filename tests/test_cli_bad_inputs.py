@@ -215,6 +215,17 @@ for case_id, argv in cases:
     out = tempfile.TemporaryFile(mode="w+b")
     sys.stdout.flush(); sys.stderr.flush()
     start = time.monotonic()
+    if not hasattr(os, "fork"):  # no fork (Windows): a fresh interpreter per case, slower
+        import subprocess
+        try:
+            p = subprocess.run([sys.executable, "-m", "perceive", *argv], stdout=out, stderr=out, timeout=bound)
+            code = p.returncode
+        except subprocess.TimeoutExpired:
+            code = "timeout"
+        out.seek(0)
+        results[case_id] = {"code": code, "output": out.read().decode(errors="replace"),
+                            "seconds": round(time.monotonic() - start, 2)}
+        continue
     pid = os.fork()
     if pid == 0:
         os.dup2(out.fileno(), 1); os.dup2(out.fileno(), 2)
