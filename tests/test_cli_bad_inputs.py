@@ -66,6 +66,8 @@ def corpus(tmp_path_factory) -> Path:
     (d / "bomb.png").write_bytes(_png_header_only(30000, 30000))
     (d / "bad.yaml").write_text("model: {path: [1, 2\n  steps: : :\n")
     (d / "list.yaml").write_text("- 1\n- 2\n")
+    (d / "laughs.yaml").write_text("a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{k}: &{k} [{', '.join([f'*{p}'] * 10)}]\n" for p, k in zip("abcdef", "bcdefg", strict=True)))  # 10^7
     (d / "corrupt.json").write_text("{not json")
     (d / "obj.json").write_text('{"a": 1}')
     (d / "region.json").write_text("[]")
@@ -131,6 +133,7 @@ CASES = [
     ("config-dir", ["config", "check", "adir"], 1, "adir"),
     # graph
     ("graph-validate-bad-yaml", ["graph", "validate", "bad.yaml"], 1, "bad.yaml"),
+    ("graph-validate-yaml-bomb", ["graph", "validate", "laughs.yaml"], 1, "once its aliases (*name) are expanded"),
     ("graph-validate-missing", ["graph", "validate", "missing.yaml"], 2, "missing.yaml"),
     ("graph-validate-bad-set", ["graph", "validate", "free_choice", "--set", "novalue"], 2, "KEY=VALUE"),
     ("graph-show-bad-yaml", ["graph", "show", "bad.yaml"], 1, "error: the graph has 1 problem(s)"),
