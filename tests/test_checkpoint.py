@@ -327,3 +327,12 @@ def test_paper_checkpoints_have_no_perceive_json_and_still_load():
         assert not (FIXTURES / variant / "perceive.json").exists()
         model = load_model(FIXTURES / variant)
         assert model.config.region is not None and model.config.branches
+
+
+def test_loading_prints_no_progress_bar(capfd):
+    from perceive.defaults import default_model_path
+    from perceive.model import load_model
+
+    load_model(default_model_path(), device="cpu", dtype="float32")
+    out, err = capfd.readouterr()
+    assert "Loading weights" not in out + err

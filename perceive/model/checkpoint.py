@@ -210,8 +210,9 @@ def _from_pretrained(kind: str, path: Path, dtype: torch.dtype):
     _, base_cls = base_classes(kind)
     from transformers.utils import logging as hf_logging
 
-    verbosity = hf_logging.get_verbosity()
+    verbosity, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # its load report would repeat what the error below says
+    hf_logging.disable_progress_bar()  # a "Loading weights" bar on every CLI run says nothing
     try:
         base, info = base_cls.from_pretrained(str(path), local_files_only=True, dtype=dtype,
                                               ignore_mismatched_sizes=True, output_loading_info=True)
@@ -223,6 +224,8 @@ def _from_pretrained(kind: str, path: Path, dtype: torch.dtype):
                              ) from exc
     finally:
         hf_logging.set_verbosity(verbosity)
+        if bar:
+            hf_logging.enable_progress_bar()
     mismatched = sorted(info.get("mismatched_keys") or [], key=lambda m: m[0])
     if mismatched:
         def fmt(m):
