@@ -18,9 +18,11 @@ from __future__ import annotations
 import io
 import os
 import re
+import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -32,6 +34,7 @@ MAX_PIXELS_ENV = "PERCEIVE_MAX_IMAGE_PIXELS"
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 #: modes of more than 8 bits per sample, with one channel
 DEEP_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+T = TypeVar("T")
 
 
 def max_image_pixels() -> int | None:
@@ -56,34 +59,86 @@ def _too_large(what: str, size: tuple[int, int] | None, limit: int | None, detai
     if size:
         pixels, shown = size[0] * size[1], f" is {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels,"
     else:  # Pillow's own guard stopped it; its message carries the pixel count
-        m = re.search(r"\((\d+) pixels\)", detail)
-        pixels = int(m.group(1)) if m else None
+        pixels = _bomb_pixels(detail)
         shown = f" is {pixels:,} pixels," if pixels else f" is too large ({detail}),"
     need = str(pixels) if pixels else str(10 * (limit or DEFAULT_MAX_PIXELS))
+    over = f"over the limit of {limit:,} pixels" if limit else "over Pillow's own limit"
     return ImageError(
-        f"{what}{shown} over the limit of {limit:,} pixels (a guard against decompression bombs: "
-        f"small files that decode to huge images)",
+        f"{what}{shown} {over} (a guard against decompression bombs: small files that decode to huge images)",
         hint=f"if you trust the image, raise the limit: set the environment variable {MAX_PIXELS_ENV}={need} "
              f"(0 turns the check off), or pass max_pixels= to perceive.images.load_image",
     )
 
 
-def _decode(fp: Any, what: str, limit: int | None) -> Image.Image:
-    """Open, check the size against ``limit``, then decode fully (so truncation shows up here)."""
-    pil_limit = Image.MAX_IMAGE_PIXELS
-    if pil_limit is not None and (limit is None or limit > pil_limit):
-        # Pillow's own guard would stop first (at twice its limit); ours decides, so lift Pillow's
-        Image.MAX_IMAGE_PIXELS = limit
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            with Image.open(fp) as im:
+def _bomb_pixels(detail: str) -> int | None:
+    """The pixel count in the message of Pillow's ``DecompressionBombError``, if it gives one."""
+    m = re.search(r"\((\d+) pixels\)", detail)
+    return int(m.group(1)) if m else None
+
+
+#: held while Pillow's own guard is lifted for one image (see :func:`_open_checked`)
+_PILLOW_GUARD = threading.Lock()
+
+
+def _image_path(source: str | Path) -> Path:
+    """``source`` as the path of an existing file, else the :class:`ImageError` that says why not."""
+    text = str(source).strip()
+    if not text or text == ".":  # the command line turns "" into "."
+        raise ImageError(f"no image file given: the path is {text!r}", hint="pass the path of an image file")
+    path = Path(source)
+    if not path.exists():
+        raise ImageError(f"image not found: {path}", hint="check the path")
+    if path.is_dir():
+        raise ImageError(f"{path} is a folder, not an image file", hint="pass the path of one image file")
+    return path
+
+
+def _open_checked(source: Path | bytes | bytearray, limit: int | None, then: Callable[[Image.Image], T]) -> T:
+    """``then(im)`` for the image in the file ``source`` (a checked :class:`Path`) or the bytes
+    ``source``, once its size (read from the header) is within ``limit`` (``None``: no limit);
+    :class:`ImageError` for a too large, corrupt or unreadable image.
+
+    Our limit decides, not Pillow's: Pillow warns over its ``Image.MAX_IMAGE_PIXELS`` and refuses
+    twice that. The warning is silenced; where Pillow refuses an image our limit allows (a limit
+    raised for trusted images), the image is opened again with Pillow's guard set to our limit,
+    under a lock, and restored at once: Pillow's global setting is never left changed."""
+    if isinstance(source, Path):
+        what, cannot, hint = f"image {source}", f"cannot read image {source}", \
+            "the file is corrupt or not an image PIL can open"
+    else:
+        what, cannot, hint = "the image bytes", "cannot decode image bytes", "the bytes are corrupt or not an image"
+
+    def attempt() -> T:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(source if isinstance(source, Path) else io.BytesIO(source)) as im:
                 if limit is not None and im.width * im.height > limit:
                     raise _too_large(what, im.size, limit)
-                im.load()
-                return im.copy()
+                return then(im)
+
+    try:
+        try:
+            return attempt()
         except Image.DecompressionBombError as exc:
-            raise _too_large(what, None, limit, str(exc)) from exc
+            pixels = _bomb_pixels(str(exc))
+            if limit is not None and (pixels is None or pixels > limit):
+                raise _too_large(what, None, limit, str(exc)) from exc
+            with _PILLOW_GUARD:  # our limit allows it: Pillow's, for this image only
+                saved = Image.MAX_IMAGE_PIXELS
+                Image.MAX_IMAGE_PIXELS = limit
+                try:
+                    return attempt()
+                finally:
+                    Image.MAX_IMAGE_PIXELS = saved
+    except ImageError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:  # DecompressionBombError too
+        raise ImageError(f"{cannot}: {exc}", hint=hint) from exc
+
+
+def _decoded(im: Image.Image) -> Image.Image:
+    im.load()  # fully: a truncated file fails here, not later in a caller
+    return im.copy()
 
 
 def _check_size(image: Image.Image, what: str) -> Image.Image:
@@ -107,29 +162,10 @@ def load_image(source: Any, *, max_pixels: int | None = -1) -> Image.Image:
     if isinstance(source, Image.Image):
         return _check_size(source, "the image")
     if isinstance(source, str | Path):
-        path = Path(source)
-        if not str(source).strip():
-            raise ImageError("the image path is empty", hint="pass the path of an image file")
-        if not path.exists():
-            raise ImageError(f"image not found: {path}", hint="check the path")
-        if path.is_dir():
-            raise ImageError(f"{path} is a folder, not an image file", hint="pass the path of one image file")
-        try:
-            image = _decode(path, f"image {path}", limit)
-        except ImageError:
-            raise
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-            raise ImageError(f"cannot read image {path}: {exc}",
-                             hint="the file is corrupt or not an image PIL can open") from exc
-        return _check_size(image, f"image {path}")
+        path = _image_path(source)
+        return _check_size(_open_checked(path, limit, _decoded), f"image {path}")
     if isinstance(source, bytes | bytearray):
-        try:
-            image = _decode(io.BytesIO(source), "the image bytes", limit)
-        except ImageError:
-            raise
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            raise ImageError(f"cannot decode image bytes: {exc}") from exc
-        return _check_size(image, "the image bytes")
+        return _check_size(_open_checked(source, limit, _decoded), "the image bytes")
     if hasattr(source, "__array_interface__"):
         return _check_size(from_array(source), "the array")
     raise ImageError(f"unsupported image source of type {type(source).__name__}",
@@ -139,31 +175,12 @@ def load_image(source: Any, *, max_pixels: int | None = -1) -> Image.Image:
 def check_image_file(path: str | Path, *, max_pixels: int | None = -1) -> tuple[int, int]:
     """The size of the image file at ``path``, reading its header only: a cheap early check for
     a missing, unreadable or too large image (truncated pixel data shows up only when
-    :func:`load_image` decodes it)."""
+    :func:`load_image` decodes it). ``max_pixels`` as for :func:`load_image`."""
     limit = max_image_pixels() if max_pixels == -1 else (max_pixels or None)
-    path = Path(path)
-    if not str(path).strip() or str(path) == ".":  # the command line turns "" into "."
-        raise ImageError(f"no image file given: the path is {str(path).strip()!r}",
-                         hint="pass the path of an image file")
-    if not path.exists():
-        raise ImageError(f"image not found: {path}", hint="check the path")
-    if path.is_dir():
-        raise ImageError(f"{path} is a folder, not an image file", hint="pass the path of one image file")
-    what = f"image {path}"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                size = im.size
-    except Image.DecompressionBombError as exc:
-        raise _too_large(what, None, limit, str(exc)) from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"cannot read image {path}: {exc}",
-                         hint="the file is corrupt or not an image PIL can open") from exc
-    if limit is not None and size[0] * size[1] > limit:
-        raise _too_large(what, size, limit)
+    path = _image_path(path)
+    size = _open_checked(path, limit, lambda im: im.size)
     if size[0] == 0 or size[1] == 0:
-        raise ImageError(f"{what} is empty ({size[0]}x{size[1]} px)", hint="pass an image of at least 1x1 px")
+        raise ImageError(f"image {path} is empty ({size[0]}x{size[1]} px)", hint="pass an image of at least 1x1 px")
     return size
 
 

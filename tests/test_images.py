@@ -147,3 +147,53 @@ def test_the_default_model_reads_a_16_bit_card_as_it_reads_the_8_bit_one(tmp_pat
     loop = perceive.PerceptionLoop(perceive.load_model(default_model_path()))
     question = "What number is written on the card?"
     assert loop.ask(gray, question).text == loop.ask(sixteen, question).text == number
+
+
+def test_a_raised_or_disabled_limit_lets_check_image_file_past_pillows_own_guard(tmp_path, monkeypatch):
+    """Over twice Pillow's limit (~179 M px) Pillow refuses by itself; our limit decides."""
+    from perceive.images import check_image_file
+
+    big = tmp_path / "big.png"
+    big.write_bytes(_header_only_png(20000, 10000))  # 200 M pixels
+    for raised in ("0", "500000000"):
+        monkeypatch.setenv("PERCEIVE_MAX_IMAGE_PIXELS", raised)
+        assert check_image_file(big) == (20000, 10000)
+        with pytest.raises(ImageError, match="cannot read image") as e:  # no pixel data: not "too large"
+            load_image(big)
+        assert "pixels" not in str(e.value)
+    assert check_image_file(big, max_pixels=None) == (20000, 10000)
+    monkeypatch.setenv("PERCEIVE_MAX_IMAGE_PIXELS", "150000000")
+    for load in (load_image, check_image_file):
+        with pytest.raises(ImageError, match=r"is 200,000,000 pixels, over the limit of 150,000,000 pixels"):
+            load(big)
+
+
+def test_the_too_large_message_has_no_limit_to_show_when_there_is_none():
+    from perceive.images import _too_large
+
+    err = _too_large("image x.png", None, None, "Image size (200000000 pixels) exceeds limit of 178956970 pixels")
+    assert str(err).startswith("image x.png is 200,000,000 pixels, over Pillow's own limit")
+    assert "PERCEIVE_MAX_IMAGE_PIXELS=200000000" in err.hint
+
+
+def test_loading_leaves_pillows_own_guard_as_it_was(tmp_path, monkeypatch):
+    import PIL.Image
+
+    from perceive.images import check_image_file
+
+    before = PIL.Image.MAX_IMAGE_PIXELS
+    big, small = tmp_path / "big.png", tmp_path / "small.png"
+    big.write_bytes(_header_only_png(20000, 10000))  # past Pillow's guard: it must be lifted for this one
+    Image.new("RGB", (20, 20)).save(small)
+    for raised in ("0", "500000000"):
+        monkeypatch.setenv("PERCEIVE_MAX_IMAGE_PIXELS", raised)
+        assert load_image(small).size == (20, 20)
+        with pytest.raises(ImageError, match="cannot read image"):
+            load_image(big)
+        with pytest.raises(ImageError, match="cannot decode image bytes"):  # bytes are opened again too
+            load_image(big.read_bytes())
+        check_image_file(big)
+        assert PIL.Image.MAX_IMAGE_PIXELS == before
+    # and Pillow, for anyone else in the process, still refuses the bomb by itself
+    with pytest.raises(PIL.Image.DecompressionBombError):
+        PIL.Image.open(big)
