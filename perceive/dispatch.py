@@ -4,7 +4,13 @@ A call may have a deadline (``timeout_s``). Python cannot kill a thread, so a ca
 deadline is abandoned, not stopped: it runs on in a daemon thread (it never blocks the process
 from exiting) and its result is thrown away. To keep abandoned calls from piling up without
 bound, an action with :data:`MAX_ABANDONED` calls still running is *quarantined*: its next calls
-fail at once with ``action_timeout`` until one of the abandoned calls returns.
+fail at once with ``action_timeout`` until one of the abandoned calls returns. (Callers that
+dispatch from several threads at once may each start a call before the first is abandoned, so the
+bound is ``MAX_ABANDONED`` plus their number less one.)
+
+An abandoned call keeps the context it was given: the image copies, and the session's encoder
+hub, which it may still call. Its encoder cache hits and misses then count towards whichever hop
+is running when they happen.
 """
 
 from __future__ import annotations
@@ -104,7 +110,7 @@ def _run_hooks(pm, action: Action, call: ActionCall, context: ActionContext):
         result = hook.perceive_run_action(action=action, call=call, context=context)
         stage = FailureStage.OBSERVATION
         return normalise_observation(action, result), None, None
-    except Exception as exc:  # a plugin's failure is data, not a crash
+    except (Exception, SystemExit) as exc:  # a plugin's failure is data, not a crash (even sys.exit)
         return None, ActionFailure(call.action, stage, type(exc).__name__, str(exc),
                                    isinstance(exc, PerceiveError)), exc
 
@@ -128,15 +134,20 @@ def _run_with_deadline(pm, action: Action, call: ActionCall, context: ActionCont
     grad = torch.is_grad_enabled()  # grad mode is per thread: keep the caller's
 
     def work():
-        with torch.set_grad_enabled(grad):
-            box["out"] = _run_hooks(pm, action, call, context)
-        with _abandoned_lock:
-            if box.pop("abandoned", False):
-                _abandoned[call.action] -= 1
-            done.set()
+        try:
+            with torch.set_grad_enabled(grad):
+                out = _run_hooks(pm, action, call, context)
+        except BaseException as exc:  # a KeyboardInterrupt the plugin raised itself: still its failure
+            out = None, ActionFailure(call.action, FailureStage.RUN, type(exc).__name__, str(exc), False), exc
+        finally:  # whatever happened, the caller hears of it and an abandoned call is let go
+            with _abandoned_lock:
+                box["out"] = out
+                if box.pop("abandoned", False):
+                    _abandoned[call.action] -= 1
+                done.set()
 
     threading.Thread(target=work, name=f"perceive-action-{call.action}", daemon=True).start()
-    if done.wait(timeout_s):
+    if done.wait(min(timeout_s, threading.TIMEOUT_MAX)):  # inf means no deadline, not OverflowError
         return box["out"]
     with _abandoned_lock:
         if done.is_set():  # it finished between the wait and the lock

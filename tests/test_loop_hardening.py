@@ -62,6 +62,14 @@ def test_forced_tokens_count_and_a_span_that_cannot_fit_is_not_opened(model, pho
     assert not ans.trace.hops
 
 
+def drained(seconds: float = 10) -> bool:
+    """Wait until no abandoned call is running (they are process-wide state)."""
+    deadline = time.time() + seconds
+    while abandoned_calls() and time.time() < deadline:
+        time.sleep(0.05)
+    return not abandoned_calls()
+
+
 class Hang:
     """A plugin whose call never returns for one image (until the test releases it)."""
 
@@ -91,10 +99,7 @@ def test_a_hung_call_times_out_its_own_sample_only(model, photo):
         assert abandoned_calls() == {"region_select": 1}
     finally:
         hang.release.set()
-    deadline = time.time() + 10
-    while abandoned_calls() and time.time() < deadline:
-        time.sleep(0.05)
-    assert abandoned_calls() == {}  # the abandoned call returned, and was let go
+    assert drained()  # the abandoned call returned, and was let go
 
 
 def test_hung_calls_cannot_pile_up(model, photo):
@@ -111,6 +116,7 @@ def test_hung_calls_cannot_pile_up(model, photo):
         assert abandoned_calls() == {"region_select": MAX_ABANDONED}
     finally:
         hang.release.set()
+    assert drained()
 
 
 @pytest.mark.parametrize("question", ["", "   ", None])
@@ -206,6 +212,7 @@ def test_plugins_check_gives_every_call_a_deadline(fake_site):
     assert result.exit_code == 1, result.output
     assert "did not return within 0.2 s" in result.output and "quarantined" in result.output
     assert "Traceback" not in result.output
+    assert drained()  # each abandoned call returns after its 3 s
 
 
 def test_enums_print_as_their_values():
@@ -235,3 +242,39 @@ def test_generation_stops_when_the_context_is_full(model, photo, monkeypatch, re
     ans = scripted(model, {}, max_new_tokens=50, reprefill=reprefill).ask(photo, "What?")
     assert ans.trace.finish_reason is FinishReason.CONTEXT_FULL
     assert len(ans.token_ids) == 6  # 5 fed after the prompt fill the context; the 6th is never fed
+
+
+class Exits:
+    """A plugin that calls sys.exit (or raises KeyboardInterrupt itself) inside its call."""
+
+    def __init__(self, exc):
+        self.exc = exc
+
+    @hookimpl
+    def perceive_before_action(self, context):
+        raise self.exc
+
+
+@pytest.mark.parametrize("exc", [SystemExit(3), KeyboardInterrupt()], ids=["sys.exit", "KeyboardInterrupt"])
+def test_a_plugin_that_exits_fails_its_call_at_once_and_is_not_quarantined(model, photo, exc):
+    loop = scripted(model, {0: REGION}, registry=load_registry([("exits", Exits(exc))]), action_timeout_s=30)
+    for _ in range(MAX_ABANDONED + 1):
+        t0 = time.perf_counter()
+        ans = loop.ask(photo, "What?")
+        assert time.perf_counter() - t0 < 10  # not the 30 s deadline
+        assert ans.trace.finish_reason is FinishReason.ACTION_FAILED, ans.error
+        assert ans.trace.hops[0].error["error_type"] == type(exc).__name__
+    assert "region_select" not in abandoned_calls()
+
+
+def test_an_unknown_finish_reason_fails_in_the_controller():
+    from perceive.loop.engine import Decision
+
+    with pytest.raises(ValueError, match="custom"):
+        Decision("stop", reason="custom")
+    assert Decision("stop", reason="answer").reason is FinishReason.ANSWER
+
+
+def test_an_infinite_deadline_is_no_deadline(model, photo):
+    ans = scripted(model, {0: REGION}, action_timeout_s=float("inf")).ask(photo, "What?")
+    assert ans.ok and ans.trace.hops[0].views

@@ -121,7 +121,7 @@ def run(file: str = typer.Argument(..., help="Graph YAML file, or a shipped grap
         set_: list[str] = typer.Option(None, "--set", help="Override a param: KEY=VALUE."),
         max_new_tokens: int = typer.Option(256, "--max-new-tokens"), device: str = typer.Option("auto", "--device"),
         dtype: str = typer.Option("auto", "--dtype"), reprefill: bool = typer.Option(False, "--reprefill"),
-        action_timeout: float = typer.Option(120.0, "--action-timeout", min=0.001, metavar="S",
+        action_timeout: float = typer.Option(120.0, "--action-timeout", min=0.001, max=86400, metavar="S",
                                              help="Deadline of each perception call, in seconds.")) -> None:
     """Run a graph on one image and question."""
     run_graph(file, image, question, model, as_json, render, parse_sets(set_), max_new_tokens, device, dtype,

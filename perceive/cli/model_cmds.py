@@ -21,7 +21,7 @@ def ask(
     dtype: str = typer.Option("auto", "--dtype", help="float32, bfloat16, float16 or auto."),
     reprefill: bool = typer.Option(False, "--reprefill", help="Reference-style: re-prefill after each hop."),
     render: Path | None = typer.Option(None, "--render", help="Write the trace picture (PNG)."),
-    action_timeout: float = typer.Option(120.0, "--action-timeout", min=0.001, metavar="S",
+    action_timeout: float = typer.Option(120.0, "--action-timeout", min=0.001, max=86400, metavar="S",
                                          help="Deadline of each perception call, in seconds."),
 ) -> None:
     """Answer a question about an image, letting the model call perception actions."""

@@ -85,6 +85,10 @@ class Decision:
     reason: FinishReason | None = None
     node: str | None = None  # the graph node that decided (recorded on the hop)
 
+    def __post_init__(self):
+        if self.reason is not None:  # an unknown reason fails here, in the controller, not mid-batch
+            self.reason = FinishReason(self.reason)
+
 
 class FreeChoice:
     """The default controller: the model decides what to call, hop after hop, until it answers
@@ -584,10 +588,12 @@ class PerceptionLoop:
 
     # -- perception ---------------------------------------------------------------------------
 
-    def _context(self, s: _Sample, options: dict, target: str | None = None) -> ActionContext:
-        """``target``: "latest" (the last view shown), "root" (the original), or None for the
-        loop's default."""
-        target = s.target if (target or self.options.target) == "latest" else ROOT
+    def _target(self, s: _Sample, target: str | None) -> str:
+        """The view id a call runs on. ``target``: "latest" (the last view shown), "root" (the
+        original), or None for the loop's default."""
+        return s.target if (target or self.options.target) == "latest" else ROOT
+
+    def _context(self, s: _Sample, options: dict, target: str) -> ActionContext:
         # copies: a plugin that paints on its input must not change the sample's images
         root = s.root.copy()
         image = root if target == ROOT else s.image(target).copy()
@@ -605,15 +611,16 @@ class PerceptionLoop:
     def _dispatch(self, s: _Sample, call: ActionCall, options: dict, target: str | None = None,
                   node: str | None = None):
         """Run one call on the view it targets; the hop is recorded whatever happens."""
-        ctx = self._context(s, options, target)
-        call = ActionCall(call.action, call.args, ctx.frame.id, call.tokens, call.token_ids, call.forced)
+        target = self._target(s, target)
+        call = ActionCall(call.action, call.args, target, call.tokens, call.token_ids, call.forced)
         hop = self._hop(s, call, node)
         # shared work: the same call on the same view with the same options runs once per sample
-        key = (call.action, call.args.model_dump_json(), ctx.frame.id, repr(sorted(options.items())))
+        key = (call.action, call.args.model_dump_json(), target, repr(sorted(options.items())))
         if key in s.observations:
             hop.cached = True
             s.hops += 1
             return s.observations[key], hop
+        ctx = self._context(s, options, target)
         before = {k: (v.hits, v.misses) for k, v in self.hub.stats.items()}
         res = dispatch(self.registry.pm, self.registry.action(call.action), call, ctx,
                        timeout_s=self.options.action_timeout_s)
