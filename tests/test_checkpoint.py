@@ -336,3 +336,90 @@ def test_loading_prints_no_progress_bar(capfd):
     load_model(default_model_path(), device="cpu", dtype="float32")
     out, err = capfd.readouterr()
     assert "Loading weights" not in out + err
+
+
+def _plain_folder(tmp_path, name="plain"):
+    from perceive.testing.tiny import tiny_base
+
+    tok = _plain_tokenizer()
+    folder = tmp_path / name
+    tiny_base(tok).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def test_a_corrupt_tokenizer_file_is_a_model_load_error_naming_it(saved, tmp_path):
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from perceive.cli import app
+
+    plain = _plain_folder(tmp_path)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        broken = _copy(plain, tmp_path, f"bad-{name}")
+        (broken / name).write_text("{not json")
+        with pytest.raises(ModelLoadError, match=f"{broken / name} is not valid JSON") as e:
+            load_model(broken)
+        assert "restore it from where the model came from" in e.value.hint
+    (broken / "tokenizer_config.json").write_text("{}")
+    (broken / "tokenizer.json").write_text('{"added_tokens": [{"content": "<|im_start|>"}]}')
+    with pytest.raises(ModelLoadError, match=r"tokenizer.json is damaged: its added_tokens are not a table"):
+        load_model(broken)
+    own = _copy(saved[1], tmp_path, "own")  # perceive's format: transformers reads it, the error is ours
+    (own / "tokenizer.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match="cannot read the tokenizer or image processor files"):
+        load_model(own)
+    # on the command line: `error: ...`, not an internal error
+    img = tmp_path / "a.png"
+    Image.new("RGB", (8, 8)).save(img)
+    bad = tmp_path / "bad-tokenizer.json"
+    res = CliRunner().invoke(app, ["ask", str(img), "What?", "--model", str(bad), "--device", "cpu"])
+    assert res.exit_code == 1, res.output
+    assert "internal error" not in res.output and "tokenizer.json is not valid JSON" in " ".join(res.output.split())
+
+
+def test_each_json_file_of_a_folder_is_read_once(tmp_path, monkeypatch):
+    from collections import Counter
+    from pathlib import Path
+
+    plain = _plain_folder(tmp_path)
+    reads, read_text = Counter(), Path.read_text
+
+    def counted(self, *a, **kw):
+        reads[self.name] += 1
+        return read_text(self, *a, **kw)
+
+    monkeypatch.setattr(Path, "read_text", counted)
+    load_model(plain)
+    assert reads["config.json"] == 1 and reads["tokenizer.json"] == 1, reads
+    if FIXTURES.exists():  # a paper checkpoint: config.json once too
+        reads.clear()
+        load_model(FIXTURES / "dino")
+        assert reads["config.json"] == 1, reads
+
+
+def test_a_safetensors_header_length_over_the_format_limit_is_refused_unread(tmp_path):
+    import struct
+
+    from perceive.model.checkpoint import check_safetensors
+
+    f = tmp_path / "model.safetensors"
+    with f.open("wb") as out:  # claims a 150 MB header, and (sparsely) has the bytes
+        out.write(struct.pack("<Q", 150_000_000))
+        out.truncate(8 + 150_000_000 + 100)
+    with pytest.raises(ModelLoadError, match=r"its header claims 150,000,000 bytes, over safetensors' limit of "
+                                             r"100,000,000") as e:
+        check_safetensors(f)
+    assert "copy it again" in e.value.hint
+
+
+def test_checkpoint_names_stay_importable_after_the_split():
+    from perceive.model import checkpoint, checks
+
+    for name in ("CONFIG_FILE", "WEIGHTS_FILE", "check_safetensors", "perception_tokens", "read_json",
+                 "read_vpt_config", "strict_load", "base_classes", "image_processor"):
+        assert hasattr(checkpoint, name), name
+    assert checkpoint.read_json is checks.read_json
+    from pathlib import Path
+
+    assert len(Path(checkpoint.__file__).read_text().splitlines()) <= 400

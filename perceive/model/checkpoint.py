@@ -14,9 +14,7 @@ folder (a model without perception branches, for graphs that need none).
 
 from __future__ import annotations
 
-import json
 import logging
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +23,21 @@ from safetensors.torch import load_file, save_file
 
 from perceive.errors import ConfigError, ModelLoadError, PerceiveError
 from perceive.model import paper
+from perceive.model.checks import (  # re-exported: perceive.model.checkpoint.read_json etc. keep working
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    check_ids,
+    check_safetensors,
+    first_line,
+    perception_tokens,
+    read_json,
+    read_vpt_config,
+    token_table,
+)
 from perceive.model.config import VPTConfig
 from perceive.model.vpt import VPTModel
 
-CONFIG_FILE = "perceive.json"
 VIEW_PROCESSOR_DIR = "view_processor"  # how crops and other views are shown, when it differs
-WEIGHTS_FILE = "perception.safetensors"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -143,56 +150,9 @@ def _load_side_files(model: VPTModel, path: Path) -> None:
             model.view_image_processor = Qwen2VLImageProcessorPil.from_pretrained(str(view), local_files_only=True)
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
         raise ModelLoadError(f"cannot read the tokenizer or image processor files in {path}: "
-                             f"{type(exc).__name__}: {_first_line(exc)}",
+                             f"{type(exc).__name__}: {first_line(exc)}",
                              hint="check tokenizer.json, tokenizer_config.json and preprocessor_config.json "
                                   "(restore them from where the model came from)") from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def read_json(file: Path, what: str = "config") -> dict[str, Any]:
-    """A JSON object from ``file``; anything else is a :class:`ConfigError` naming the file."""
-    try:
-        data = json.loads(file.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read {file}: {exc}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{file} is not valid JSON: {exc}",
-                          hint=f"fix the {what} file, or restore it from where the model came from") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{file} must hold a JSON object, got {type(data).__name__}",
-                          hint=f"restore the {what} file from where the model came from")
-    return data
-
-
-def check_safetensors(file: Path) -> None:
-    """Read a ``.safetensors`` file's header and check that the file holds every tensor it lists,
-    so a truncated or corrupt file is named before anything is loaded."""
-    hint = ("the file is incomplete or damaged (an interrupted copy or download?); copy it again from where "
-            "the model came from")
-    size = file.stat().st_size
-    try:
-        with file.open("rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise ModelLoadError(f"{file} is truncated: {size} bytes, not even a safetensors header", hint=hint)
-            (n,) = struct.unpack("<Q", head)
-            if n > size - 8:
-                raise ModelLoadError(f"{file} is truncated or not a safetensors file: its header claims {n} bytes "
-                                     f"but the file has {size}", hint=hint)
-            header = json.loads(f.read(n))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ModelLoadError(f"{file} is corrupt: its safetensors header is not valid JSON", hint=hint) from None
-    if not isinstance(header, dict):
-        raise ModelLoadError(f"{file} is corrupt: its safetensors header is not a JSON object", hint=hint)
-    ends = [v.get("data_offsets", [0, 0])[1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
-    need = 8 + n + max(ends, default=0)
-    if size < need:
-        raise ModelLoadError(f"{file} is truncated: it has {size:,} bytes, its header lists tensors up to byte "
-                             f"{need:,}", hint=hint)
 
 
 def _from_pretrained(kind: str, path: Path, dtype: torch.dtype):
@@ -216,10 +176,10 @@ def _from_pretrained(kind: str, path: Path, dtype: torch.dtype):
     try:
         base, info = base_cls.from_pretrained(str(path), local_files_only=True, dtype=dtype,
                                               ignore_mismatched_sizes=True, output_loading_info=True)
-    except (MemoryError, KeyboardInterrupt):
+    except MemoryError:
         raise
     except Exception as exc:  # transformers raises many kinds; each means the folder is unusable
-        raise ModelLoadError(f"cannot load the model in {path}: {type(exc).__name__}: {_first_line(exc)}",
+        raise ModelLoadError(f"cannot load the model in {path}: {type(exc).__name__}: {first_line(exc)}",
                              hint="check that config.json and the weights files belong together and are complete"
                              ) from exc
     finally:
@@ -269,63 +229,21 @@ def load_model(path: str | Path, *, device: str | None = "cpu", dtype: str | Non
                              hint="pass a local folder; perceive never downloads models")
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    raw = read_json(path / "config.json", "config.json")
+    raw = read_json(path / "config.json", "config.json")  # read once, here
     if (path / CONFIG_FILE).exists():
         model = _load_own(path, dt)
-    elif paper.is_paper_checkpoint(path):
-        model = load_paper(path)
+    elif raw.get("model_type") in paper.MODEL_TYPES:
+        model = _load_paper(path, raw)
     else:
         model = _load_plain(path, dt, raw)
     _load_side_files(model, path)
     return model.to(dev, dt).eval()
 
 
-def read_vpt_config(path: str | Path) -> VPTConfig:
-    """``perceive.json`` of a model folder, validated; a :class:`ConfigError` naming the file and
-    each wrong field otherwise."""
-    from pydantic import ValidationError
-
-    file = Path(path) / CONFIG_FILE
-    data = read_json(file, CONFIG_FILE)
-    try:
-        return VPTConfig.model_validate(data)
-    except ValidationError as exc:
-        from perceive.config import format_validation_error
-
-        raise ConfigError(format_validation_error(exc, str(file), None, VPTConfig),
-                          hint=f"{CONFIG_FILE} is written by perceive (save_model, perceive convert, perceive train); "
-                               "restore the one saved with this model, or fix the fields named") from None
-
-
-def _check_ids(cfg: VPTConfig, base, file: Path) -> None:
-    """perceive.json's sizes and token ids must fit the base model it sits beside."""
-    text = getattr(base.config, "text_config", base.config)
-    hidden, vocab = getattr(text, "hidden_size", None), getattr(text, "vocab_size", None)
-    if hidden is not None and cfg.hidden_size != hidden:
-        raise ConfigError(f"{file}: hidden_size is {cfg.hidden_size} but the model in config.json has {hidden}",
-                          hint=f"set hidden_size to {hidden}, or restore the {CONFIG_FILE} saved with this model")
-    if vocab:
-        ids = {**cfg.special.model_dump(exclude={"eos", "newline"}), "newline": cfg.special.newline}
-        ids.update({f"eos[{i}]": v for i, v in enumerate(cfg.special.eos)})
-        if cfg.region is not None:
-            ids.update({"region.start_id": cfg.region.start_id, "region.end_id": cfg.region.end_id})
-            ids.update({f"region.x_ids[{i}]": v for i, v in enumerate(cfg.region.x_ids)})
-            ids.update({f"region.y_ids[{i}]": v for i, v in enumerate(cfg.region.y_ids)})
-        for name, b in cfg.branches.items():
-            ids.update({f"branches.{name}.{k}": getattr(b, k) for k in ("start_id", "action_id", "end_id", "pad_id")})
-        bad = [f"{k}={v}" for k, v in ids.items() if v is not None and not 0 <= v < vocab]
-        if bad:
-            raise ConfigError(f"{file}: token id(s) outside the model's vocabulary of {vocab}: {', '.join(bad[:6])}",
-                              hint=f"restore the {CONFIG_FILE} saved with this model")
-    if cfg.region is not None and (not cfg.region.x_ids or len(cfg.region.x_ids) != len(cfg.region.y_ids)):
-        raise ConfigError(f"{file}: region has {len(cfg.region.x_ids)} x ids and {len(cfg.region.y_ids)} y ids",
-                          hint="the region grid needs as many x ids as y ids, at least one")
-
-
 def _load_own(path: Path, dtype: torch.dtype) -> VPTModel:
     cfg = read_vpt_config(path)
     base = _from_pretrained(cfg.base, path, dtype)
-    _check_ids(cfg, base, path / CONFIG_FILE)
+    check_ids(cfg, base, path / CONFIG_FILE)
     model = VPTModel(base, cfg)
     if cfg.branches:
         wf = path / WEIGHTS_FILE
@@ -336,7 +254,7 @@ def _load_own(path: Path, dtype: torch.dtype) -> VPTModel:
         try:
             state = load_file(str(wf))
         except Exception as exc:  # safetensors' own error type
-            raise ModelLoadError(f"cannot read {wf}: {_first_line(exc)}",
+            raise ModelLoadError(f"cannot read {wf}: {first_line(exc)}",
                                  hint="the file is damaged; copy it again from where the model came from") from exc
         strict_load(model.branches, state, str(wf))
     return model
@@ -345,19 +263,20 @@ def _load_own(path: Path, dtype: torch.dtype) -> VPTModel:
 def load_paper(path: str | Path) -> VPTModel:
     """Build from the paper's config and load its ``.bin`` shards strictly."""
     path = Path(path)
-    raw = read_json(path / "config.json", "config.json")
+    return _load_paper(path, read_json(path / "config.json", "config.json"))
+
+
+def _load_paper(path: Path, raw: dict[str, Any]) -> VPTModel:
     try:
         cfg = paper.vpt_config(path, raw)
         config_cls, base_cls = base_classes("qwen2_vl")
         base = base_cls(config_cls(**paper.base_config_dict(raw)))
         model = VPTModel(base, cfg)
         state = paper.read_state(path)
-    except PerceiveError:
-        raise
-    except (MemoryError, KeyboardInterrupt):
+    except (PerceiveError, MemoryError):
         raise
     except Exception as exc:
-        raise ModelLoadError(f"cannot load the paper checkpoint in {path}: {type(exc).__name__}: {_first_line(exc)}",
+        raise ModelLoadError(f"cannot load the paper checkpoint in {path}: {type(exc).__name__}: {first_line(exc)}",
                              hint="check that config.json and the pytorch_model*.bin shards are complete and belong "
                                   "together") from exc
     tied = {"base.lm_head.weight"} if base.config.tie_word_embeddings else set()
@@ -367,25 +286,6 @@ def load_paper(path: str | Path) -> VPTModel:
     return model
 
 
-def perception_tokens(path: Path) -> list[str]:
-    """The perceive vocabulary tokens (region, grid, re-encode and zoom tokens) that the tokenizer
-    files in ``path`` carry."""
-    from perceive.vocabulary import FAMILIES, GRID_TOKEN_RE, REGION_END, REGION_START
-
-    table = set(paper.token_table(path))
-    tc = path / "tokenizer_config.json"
-    if tc.exists():
-        try:
-            decoder = json.loads(tc.read_text()).get("added_tokens_decoder") or {}
-            table.update(t.get("content", "") for t in decoder.values() if isinstance(t, dict))
-        except (ValueError, AttributeError):
-            pass
-    known = [REGION_START, REGION_END, *(t for fam in FAMILIES.values() for t in fam), "<|zoom_start|>",
-             "<|zoom_end|>"]
-    grid = sorted((t for t in table if GRID_TOKEN_RE.fullmatch(t)), key=lambda t: (t[2], int(t[4:-2])))
-    return [t for t in known if t in table] + grid
-
-
 def _load_plain(path: Path, dtype: torch.dtype, raw: dict[str, Any]) -> VPTModel:
     from perceive.model.config import SpecialIds
 
@@ -393,7 +293,8 @@ def _load_plain(path: Path, dtype: torch.dtype, raw: dict[str, Any]) -> VPTModel
     if kind not in ("qwen2_vl", "qwen2_5_vl"):
         raise ModelLoadError(f"{path}: model_type {kind!r} is not supported",
                              hint="perceive loads Qwen2-VL, Qwen2.5-VL and VPT checkpoints")
-    found = perception_tokens(path)
+    table = token_table(path)  # tokens.json and tokenizer.json, read once
+    found = perception_tokens(path, table)
     if found:
         shown = ", ".join(found[:4]) + (f" (+{len(found) - 4} more)" if len(found) > 4 else "")
         raise ModelLoadError(
@@ -404,7 +305,6 @@ def _load_plain(path: Path, dtype: torch.dtype, raw: dict[str, Any]) -> VPTModel
                  f"perceive, restore {CONFIG_FILE} (and {WEIGHTS_FILE}) from where it came from")
     base = _from_pretrained(kind, path, dtype)
     c = base.config
-    table = paper.token_table(path)
     special = SpecialIds(im_start=table.get("<|im_start|>", 151644), im_end=table.get("<|im_end|>", 151645),
                          image_pad=c.image_token_id, vision_start=c.vision_start_token_id,
                          vision_end=c.vision_end_token_id)
