@@ -1,6 +1,8 @@
 """Pictures: the trace picture stays readable at any aspect; the graph picture draws every edge,
 each with its own label, checked against the graph."""
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -89,7 +91,7 @@ def shipped_graphs():
 def longest_shared_run(path, other, near=1.5, step=1.0):
     """The longest stretch (pixels) of ``path`` that lies within ``near`` px of ``other``: a
     crossing shares a few pixels; edges drawn over each other share their length."""
-    from perceive.graph.render import _sample, path_distance
+    from perceive.graph.layout import _sample, path_distance
 
     run = best = 0
     for q in _sample(path, step):
@@ -102,7 +104,7 @@ def check_layout(spec):
     """Every problem of ``spec``'s picture, checked on its geometry against the graph."""
     from collections import Counter
 
-    from perceive.graph.render import _inside, _overlap, graph_edges, layout_graph, path_distance, rect_distance
+    from perceive.graph.layout import _inside, _overlap, graph_edges, layout_graph, path_distance, rect_distance
 
     L = layout_graph(spec)
     problems = []
@@ -186,7 +188,7 @@ def test_region_then_answer_default_edge_goes_around_the_chain():
     """The reported bug: called -> done was drawn straight down behind crop and answer, and its
     'default' label sat on called -> crop."""
     from perceive.graph import compile_graph
-    from perceive.graph.render import layout_graph, path_distance
+    from perceive.graph.layout import layout_graph, path_distance
 
     layout = layout_graph(compile_graph("region_then_answer").spec)
     edges = {(e.source, e.target): e for e in layout.edges}
@@ -198,3 +200,49 @@ def test_region_then_answer_default_edge_goes_around_the_chain():
     b = default.label_box
     centre = ((b[0] + b[2]) / 2, (b[1] + b[3]) / 2)
     assert path_distance(centre, default.path) < path_distance(centre, call.path)
+
+
+def chain(n: int, loop: bool = False):
+    """A graph of ``n`` nodes one after another (with ``loop``, the last but one routes back to the
+    first until a hop count)."""
+    from perceive.graph.spec import GraphSpec
+
+    nodes = {f"n{i}": {"kind": "generate", "next": f"n{i + 1}"} for i in range(n - 1)}
+    nodes[f"n{n - 1}"] = {"kind": "answer"}
+    if loop:
+        nodes[f"n{n - 2}"] = {"kind": "route", "default": f"n{n - 1}", "when": [{"if": "hops < 2", "then": "n0"}]}
+    return GraphSpec.model_validate({"name": f"chain{n}", "start": "n0", "budget": 3, "nodes": nodes})
+
+
+@pytest.mark.parametrize("loop", [False, True])
+def test_a_long_chain_is_laid_out_without_recursion(loop):
+    """The layers and the order within them came from recursive depth-first searches, which ran
+    out of Python's recursion limit on a chain of about 1000 nodes."""
+    import sys
+
+    from perceive.graph.layout import layout_graph
+
+    spec = chain(1500, loop)
+    assert len(spec.nodes) > sys.getrecursionlimit()
+    layout = layout_graph(spec)
+    tops = [layout.nodes[f"n{i}"].box[1] for i in range(1500)]
+    assert all(a < b for a, b in pairwise(tops))  # one node per layer, in chain order
+    assert len(layout.edges) == 1499 + loop
+    if loop:  # the loop back is routed along a lane beside the chain, and labelled
+        back = next(e for e in layout.edges if e.target == "n0")
+        assert back.label_box is not None
+        assert min(x for x, _ in back.path) < layout.nodes["n0"].box[0] or \
+            max(x for x, _ in back.path) > layout.nodes["n0"].box[2]
+
+
+def test_rect_distance_measures_the_sampled_path():
+    """The placing of labels measures each edge from many candidate boxes on points sampled once;
+    the distance is the same as from the path itself."""
+    from perceive.graph.layout import _sample, rect_distance
+
+    path = [(0.0, 0.0), (10.0, 0.0), (10.0, 10.0)]
+    pts = np.asarray(_sample(path, 1.0))
+    for box, want in (((2, 2, 8, 8), 2.0), ((4, -1, 6, 1), 0.0), ((13, 13, 20, 20), 3 * 2 ** 0.5),
+                      ((-5, 3, -2, 6), (4 + 9) ** 0.5)):
+        assert rect_distance(box, path) == pytest.approx(want)
+        assert rect_distance(box, path, samples=pts) == rect_distance(box, path)
