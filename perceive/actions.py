@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from perceive.errors import ConfigError, did_you_mean
 from perceive.geometry import ROOT, Box, Frame
 from perceive.images import as_rgb
 from perceive.observations import Features, ObservationKind, View
@@ -249,15 +250,57 @@ def action_problems(action: Any) -> list[str]:
     return problems
 
 
-def option_errors(model: type[BaseModel] | None, options: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    """pydantic's error dicts for ``options`` against an Options ``model`` (none without a model)."""
+def option_problems(owner_kind: str, name: str, model: type[BaseModel] | None,
+                    options: Mapping[str, Any] | None) -> tuple[dict[str, Any] | None, list[tuple[tuple, str]]]:
+    """Check ``options`` against an ``Options`` ``model``, validating once: ``(validated, problems)``.
+
+    The one check behind every source of options (a run config's ``actions`` and ``encoders``, a
+    graph node, an eval or train config, :func:`validate_action_options`,
+    :func:`~perceive.encoders.validate_encoder_options`). ``validated``: the options given, coerced
+    to the field types (the model's defaults are not filled in), or a copy unchecked when there is
+    no model; ``None`` when there are problems. ``problems``: ``(location inside the options,
+    message)``, each message ``"<owner_kind> '<name>': ..."``."""
+    opts = dict(options or {})
     if model is None:
-        return []
+        return opts, []
     try:
-        model.model_validate(dict(options or {}))
+        return model.model_validate(opts).model_dump(exclude_unset=True), []
     except ValidationError as exc:
-        return exc.errors()
-    return []
+        errors = exc.errors()
+    problems = []
+    for err in errors:
+        loc = tuple(err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "not an option; " + (did_you_mean(str(loc[-1]), model.model_fields) or f"{name} takes no options")
+        elif err["type"] != "missing" and loc:  # (a whole-model error would repeat every option)
+            msg += f" (got {err['input']!r})"
+        problems.append((loc, f"{owner_kind} {name!r}: {msg}"))
+    return None, problems
+
+
+def options_error(owner_kind: str, name: str, model: type[BaseModel] | None, problems: list[tuple[tuple, str]],
+                  source: str | None = None) -> ConfigError:
+    """The :class:`~perceive.errors.ConfigError` for :func:`option_problems`' ``problems``: one line
+    each, ``field: message``, under ``source`` (where the options came from)."""
+    lines = [(f"{source}: " if source else "") + f"{len(problems)} invalid option(s)"]
+    lines += [f"  {'.'.join(map(str, loc)) or '(options)'}: {msg}" for loc, msg in problems]
+    return ConfigError("\n".join(lines), hint=f"{owner_kind} {name} takes {describe_options(model)}; "
+                       "see docs/reference/config.md")
+
+
+def encoder_problem(action: Action, encoder: str, spec: Any) -> str | None:
+    """Why ``action`` cannot use the encoder ``encoder`` (its ``EncoderSpec``; ``None`` for a name
+    the registry does not know, which callers report their own way), or ``None``: a view action
+    uses no encoder; a features action needs the feature layout it takes. The one check behind a
+    run config's ``actions.<name>.encoder`` and a graph node's ``encoder``."""
+    if not action.encoders:
+        return f"action {action.name!r} is a {action.observation} action and uses no encoder: remove `encoder`"
+    layout = getattr(action, "layout", None)
+    if spec is not None and layout is not None and spec.layout != layout:
+        return (f"action {action.name!r} takes {layout} features but encoder {encoder!r} gives a {spec.layout}: "
+                f"use one of {list(action.encoders)}")
+    return None
 
 
 def describe_options(model: type[BaseModel] | None) -> str:
@@ -282,23 +325,8 @@ def validate_action_options(action: Action, options: Mapping[str, Any] | None,
     Raises :class:`~perceive.errors.ConfigError` naming the action, each bad field and ``source``
     (where the options came from, e.g. ``LoopOptions.action_options``).
     """
-    from perceive.errors import ConfigError, did_you_mean
-
     model = getattr(action, "Options", None)
-    opts = dict(options or {})
-    errors = option_errors(model, opts)
-    if not errors:
-        return model.model_validate(opts).model_dump(exclude_unset=True) if model is not None else opts
-    lines = []
-    for err in errors:
-        field = ".".join(str(p) for p in err["loc"]) or "(options)"
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            hint = did_you_mean(str(err["loc"][-1]), model.model_fields)
-            msg = f"not an option of {action.name!r}" + (f" ({hint})" if hint else " (it takes none)")
-        given = f"={err['input']!r}" if err["type"] != "missing" else ""
-        lines.append(f"{field}{given}: {msg}")
-    where = f"{source}: " if source else ""
-    raise ConfigError(f"{where}action {action.name!r} options: " + "; ".join(lines),
-                      hint=f"{action.name} takes {describe_options(model)}; see docs/reference/config.md")
-
+    validated, problems = option_problems("action", action.name, model, options)
+    if problems:
+        raise options_error("action", action.name, model, problems, source)
+    return validated

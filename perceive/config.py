@@ -65,14 +65,22 @@ class ActionConfig(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+#: the longest deadline of one perception call, in seconds (a day); ``threading.Event.wait``
+#: overflows on huge timeouts, so ``.inf`` and ``1e12`` are refused when the config is loaded
+MAX_ACTION_TIMEOUT_S = 86400
+
+#: seconds, above 0, at most :data:`MAX_ACTION_TIMEOUT_S`, finite (``.inf`` and ``.nan`` refused)
+ActionTimeout = Annotated[float, Field(gt=0, le=MAX_ACTION_TIMEOUT_S, allow_inf_nan=False)]
+
+
 class RuntimeConfig(_Strict):
     max_hops: int = Field(4, ge=0)
     max_new_tokens: int = Field(256, ge=1)
     #: what to do after a malformed perception span: keep generating, or stop the sample
     on_malformed: Literal["continue", "stop"] = "continue"
     #: deadline of one perception call, in seconds; a call past it fails its own sample only
-    #: (``action_timeout`` in the trace). null: no deadline
-    action_timeout_s: float | None = Field(120.0, gt=0)
+    #: (``action_timeout`` in the trace), at most a day. null: no deadline
+    action_timeout_s: ActionTimeout | None = 120.0
 
 
 class PerceiveConfig(_Strict):
@@ -105,60 +113,43 @@ class PerceiveConfig(_Strict):
         """Errors for local paths that cannot work: ``model.path`` unset or not a model folder,
         encoder ``weights`` that do not exist."""
         errors = []
-        p = self.model.path
-        if p is None:
+        if self.model.path is None:
             errors.append((("model", "path"), "not set: point it at a local model folder (perceive never "
                            "downloads)"))
-        elif not p.is_dir():
-            errors.append((("model", "path"), f"{p} is not a folder" + (" (no such path)" if not p.exists() else "")
-                           + ": point it at a local model folder"))
-        elif not (p / "config.json").is_file():
-            errors.append((("model", "path"), f"{p} has no config.json, so it is not a model folder"))
+        else:
+            errors.append((("model", "path"), path_problem(self.model.path, "point it at a local model folder",
+                                                          folder=True, model=True)))
         for i, e in enumerate(self.encoders):
-            if e.weights is not None and not e.weights.exists():
-                errors.append((("encoders", i, "weights"), f"{e.weights} does not exist: encoder {e.name!r} "
-                               "loads local weights only (a folder or a checkpoint file)"))
-        return [self._render(loc, msg) for loc, msg in errors]
+            errors.append((("encoders", i, "weights"), path_problem(
+                e.weights, f"encoder {e.name!r} loads local weights only (a folder or a checkpoint file)",
+                folder=None)))
+        return [self._render(loc, msg) for loc, msg in errors if msg]
 
     def problems(self, registry) -> list[str]:
         """Everything :meth:`check_names` and :meth:`check_paths` find: what would fail at run time."""
         return self.check_names(registry) + self.check_paths()
 
     def _render(self, loc: tuple, msg: str) -> str:
-        field = ".".join(str(p) for p in loc)
-        line = _line_of(self._data, loc) if self._data is not None else None
-        return f"{field}" + (f" (line {line})" if line else "") + f": {msg}"
+        return render_problem(loc, msg, self._data)
 
 
 def registry_problems(cfg: PerceiveConfig, registry, *, options_only: bool = False) -> list[tuple[tuple, str]]:
     """``(location, message)`` for every part of ``cfg`` the registry refuses (see
     :meth:`PerceiveConfig.check_names`); ``options_only``: only options that do not fit a known
     action's or encoder's ``Options`` model (what :func:`load_config` refuses)."""
-    from perceive.actions import option_errors
+    from perceive.actions import encoder_problem, option_problems
 
-    out: list[tuple[tuple, str]] = []
-    for name, a in (cfg.actions or {}).items():
-        reg = registry.actions.get(name)
-        if reg is None:
-            if not options_only:
-                out.append((("actions", name), f"no such action; {did_you_mean(name, registry.actions)}"))
+    actions = cfg.actions or {}
+    out = action_option_problems({n: a.options for n, a in actions.items()}, registry, ("actions",),
+                                 inner=("options",), unknown=not options_only)
+    for name, a in actions.items():
+        if options_only or not a.encoder or name not in registry.actions:
             continue
-        action = reg.obj
-        model = getattr(action, "Options", None)
-        for err in option_errors(model, a.options):
-            out.append((("actions", name, "options", *err["loc"]), _option_msg("action", name, model, err)))
-        if options_only or not a.encoder:
-            continue
-        spec = registry.encoders[a.encoder].obj if a.encoder in registry.encoders else None
-        if spec is None:
-            out.append((("actions", name, "encoder"), f"no encoder {a.encoder!r}; "
-                        f"{did_you_mean(a.encoder, registry.encoders)}"))
-        elif not action.encoders:
-            out.append((("actions", name, "encoder"), f"action {name!r} is a {action.observation} action and uses "
-                        "no encoder: remove `encoder`"))
-        elif getattr(action, "layout", spec.layout) != spec.layout:
-            out.append((("actions", name, "encoder"), f"action {name!r} takes {action.layout} features but encoder "
-                        f"{a.encoder!r} gives a {spec.layout}: use one of {list(action.encoders)}"))
+        reg = registry.encoders.get(a.encoder)
+        bad = (encoder_problem(registry.actions[name].obj, a.encoder, reg.obj) if reg is not None
+               else f"no encoder {a.encoder!r}; {did_you_mean(a.encoder, registry.encoders)}")
+        if bad:
+            out.append((("actions", name, "encoder"), bad))
     seen: set[str] = set()
     for i, e in enumerate(cfg.encoders):
         reg = registry.encoders.get(e.name)
@@ -170,20 +161,52 @@ def registry_problems(cfg: PerceiveConfig, registry, *, options_only: bool = Fal
         if e.name in seen and not options_only:
             out.append((("encoders", i, "name"), f"encoder {e.name!r} is listed twice: merge the entries"))
         seen.add(e.name)
-        model = getattr(reg.obj, "Options", None)
-        for err in option_errors(model, e.options):
-            out.append((("encoders", i, "options", *err["loc"]), _option_msg("encoder", e.name, model, err)))
+        problems = option_problems("encoder", e.name, getattr(reg.obj, "Options", None), e.options)[1]
+        out += [(("encoders", i, "options", *loc), msg) for loc, msg in problems]
     return out
 
 
-def _option_msg(kind: str, name: str, model, err: dict) -> str:
-    msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
-        hint = did_you_mean(str(err["loc"][-1]), model.model_fields) if model.model_fields else None
-        msg = f"not an option of {kind} {name!r}; " + (hint or f"{name} takes no options")
-    elif err["type"] != "missing" and err["loc"]:  # (a whole-model error would repeat every option)
-        msg += f" (got {err['input']!r})"
-    return f"{kind} {name!r}: {msg}"
+def action_option_problems(options: dict[str, Any], registry, loc: tuple, *, inner: tuple = (),
+                           unknown: bool = True) -> list[tuple[tuple, str]]:
+    """``(location, message)`` for per-action ``options`` (action name -> its options) at ``loc``
+    in a config: an unknown action name (``unknown``), options that do not fit the action's
+    ``Options`` model (at ``(*loc, name, *inner, field)``); see :func:`perceive.actions.option_problems`."""
+    from perceive.actions import option_problems
+
+    out: list[tuple[tuple, str]] = []
+    for name, opts in (options or {}).items():
+        reg = registry.actions.get(name)
+        if reg is None:
+            if unknown:
+                out.append(((*loc, name), f"no such action; {did_you_mean(name, registry.actions)}"))
+            continue
+        problems = option_problems("action", name, getattr(reg.obj, "Options", None), opts)[1]
+        out += [((*loc, name, *inner, *where), msg) for where, msg in problems]
+    return out
+
+
+def path_problem(p: Path | None, what: str, *, folder: bool | None = False, model: bool = False) -> str | None:
+    """Why local path ``p`` cannot work (``what``: what it should be), or ``None`` (also for no
+    path). ``folder``: it must be a folder (``False``: a file, ``None``: either); ``model``: a
+    model folder (with a ``config.json``)."""
+    if p is None:
+        return None
+    if not p.exists():
+        return f"{p} does not exist: {what}"
+    if folder and not p.is_dir():
+        return f"{p} is not a folder: {what}"
+    if folder is False and p.is_dir():
+        return f"{p} is a folder, not a file: {what}"
+    if model and not (p / "config.json").is_file():
+        return f"{p} has no config.json, so it is not a model folder"
+    return None
+
+
+def render_problem(loc: tuple, msg: str, data: Any = None) -> str:
+    """``field (line N): message``: a problem at ``loc`` of a config, with the line ``data`` (the
+    parsed YAML) gives it."""
+    line = _line_of(data, loc) if data is not None else None
+    return ".".join(str(p) for p in loc) + (f" (line {line})" if line else "") + f": {msg}"
 
 
 def _line_of(data: Any, loc: tuple) -> int | None:
@@ -279,145 +302,3 @@ def load_config(path: str | Path, registry=None) -> PerceiveConfig:
         if e.weights and not e.weights.is_absolute():
             e.weights = base / e.weights
     return cfg
-
-
-# -- perceive config check: run, train and eval configs ----------------------------------------
-
-CONFIG_KINDS = ("run", "train", "eval", "graph")
-
-
-def config_kind(data: Any) -> tuple[str, str]:
-    """Which config a parsed YAML file is (``run``, ``train``, ``eval`` or a ``graph``), and why:
-    the kind whose schema knows most of its top-level keys; ``data:`` a mapping means train, a
-    path eval."""
-    from perceive.eval.runner import EvalConfig
-    from perceive.graph.spec import GraphSpec
-    from perceive.train.config import TrainConfig
-
-    keys = set(data) if isinstance(data, dict) else set()
-    if {"nodes", "start"} <= keys:
-        return "graph", "top-level keys nodes and start"
-    fields = {"run": set(PerceiveConfig.model_fields), "train": set(TrainConfig.model_fields),
-              "eval": set(EvalConfig.model_fields), "graph": set(GraphSpec.model_fields)}
-    score = {k: float(len(keys & f)) for k, f in fields.items()}
-    if isinstance(data, dict) and "data" in data:
-        score["train" if isinstance(data["data"], dict) else "eval"] += 0.5
-    score["run"] += 0.25  # ties: a run config, the default kind
-    kind = max(score, key=score.get)
-    known = sorted(keys & fields[kind])
-    why = f"top-level keys {', '.join(known)}" if known else "no top-level keys of another kind"
-    return kind, why
-
-
-def _path_problem(p: Path | None, what: str, *, folder: bool = False, model: bool = False) -> str | None:
-    if p is None:
-        return None
-    if not p.exists():
-        return f"{p} does not exist: {what}"
-    if folder and not p.is_dir():
-        return f"{p} is not a folder: {what}"
-    if not folder and p.is_dir():
-        return f"{p} is a folder, not a file: {what}"
-    if model and not (p / "config.json").is_file():
-        return f"{p} has no config.json, so it is not a model folder"
-    return None
-
-
-def _action_option_problems(opts: dict[str, dict], registry, loc: tuple) -> list[tuple[tuple, str]]:
-    from perceive.actions import option_errors
-
-    out = []
-    for name, o in (opts or {}).items():
-        reg = registry.actions.get(name)
-        if reg is None:
-            out.append(((*loc, name), f"no such action; {did_you_mean(name, registry.actions)}"))
-            continue
-        model = getattr(reg.obj, "Options", None)
-        for err in option_errors(model, o):
-            out.append(((*loc, name, *err["loc"]), _option_msg("action", name, model, err)))
-    return out
-
-
-def _train_problems(path: Path, data: Any, registry) -> list[tuple[tuple, str]]:
-    from perceive.train.config import load_train_config
-
-    cfg = load_train_config(path)  # ConfigError for schema errors
-    out = []
-    for attr in ("train", "eval"):
-        bad = _path_problem(getattr(cfg.data, attr), "training reads JSONL data from a local file")
-        if bad:
-            out.append((("data", attr), bad))
-    bad = _path_problem(cfg.model.path, "a checkpoint to start from is a local model folder", folder=True, model=True)
-    if bad:
-        out.append((("model", "path"), bad))
-    if cfg.model.path is not None and cfg.model.tiny is not None:
-        out.append((("model",), "set `path` (start from a checkpoint) or `tiny` (build a model), not both"))
-    out += _action_option_problems(cfg.model.action_defaults or {}, registry, ("model", "action_defaults"))
-    return out
-
-
-def _eval_problems(path: Path, data: Any, registry) -> list[tuple[tuple, str]]:
-    from perceive.eval.runner import load_eval_config
-    from perceive.graph import check as check_graph
-    from perceive.graph import resolve
-
-    cfg = load_eval_config(path)  # ConfigError for schema errors
-    out = []
-    try:
-        check_device(cfg.device)
-    except ValueError as exc:
-        out.append((("device",), str(exc)))
-    bad = _path_problem(cfg.model, "evaluation loads a local model folder", folder=True, model=True)
-    if bad:
-        out.append((("model",), bad))
-    bad = _path_problem(cfg.data, "evaluation reads JSONL data from a local file")
-    if bad:
-        out.append((("data",), bad))
-    try:
-        graph = resolve(cfg.graph)
-    except FileNotFoundError as exc:
-        out.append((("graph",), str(exc)))
-    else:
-        _, issues = check_graph(graph, registry, cfg.params)
-        out += [(("graph",), "graph " + i.render(str(graph))) for i in issues]
-    out += _action_option_problems(cfg.action_options, registry, ("action_options",))
-    return out
-
-
-def check_config_file(path: str | Path, kind: str = "auto", registry=None) -> tuple[str, str, list[str]]:
-    """What ``perceive config check`` reports: ``(kind, why that kind, problems)``.
-
-    ``kind``: ``run``, ``train``, ``eval`` or ``auto`` (:func:`config_kind`). Problems are
-    everything that would fail at run time and can be seen without running: the schema and
-    options (raised as :class:`~perceive.errors.ConfigError`), then unknown names, encoders that
-    do not fit their action, local paths that do not exist, and for eval configs the graph."""
-    from perceive.plugins import get_registry
-
-    path = Path(path)
-    registry = registry or get_registry()
-    data = load_yaml_mapping(path)
-    if kind == "auto":
-        kind, why = config_kind(data)
-    elif kind in CONFIG_KINDS:
-        why = "--kind"
-    else:
-        raise ConfigError(f"no config kind {kind!r}", hint=f"use one of {', '.join(CONFIG_KINDS)} or auto")
-    try:
-        if kind == "run":
-            return kind, why, load_config(path, registry).problems(registry)
-        if kind == "graph":  # what `perceive graph validate` reports
-            from perceive.graph import check as check_graph
-
-            issues = check_graph(path, registry)[1]
-            return kind, why, [(f"line {i.line}:" if i.line else "") + (f" node '{i.node}':" if i.node else "")
-                               + f" {i.message} [{i.code}]" for i in issues]
-        found = (_train_problems if kind == "train" else _eval_problems)(path, data, registry)
-    except ConfigError as exc:  # the schema or options: say which schema it was checked against
-        exc.config_kind, exc.why = kind, why
-        raise
-
-    def render(loc: tuple, msg: str) -> str:
-        line = _line_of(data, loc)
-        return ".".join(str(p) for p in loc) + (f" (line {line})" if line else "") + f": {msg}"
-
-    return kind, why, [render(loc, msg) for loc, msg in found]

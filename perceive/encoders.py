@@ -77,24 +77,12 @@ def validate_encoder_options(spec: EncoderSpec, options: Mapping[str, Any] | Non
     """``options`` checked against ``spec.Options``: the options given, coerced, for ``build``
     (a copy, unchecked, when the spec has no Options model). Raises
     :class:`~perceive.errors.ConfigError` naming the encoder and each bad field."""
-    from perceive.actions import describe_options, option_errors
-    from perceive.errors import ConfigError
+    from perceive.actions import option_problems, options_error
 
-    opts = dict(options or {})
-    errors = option_errors(spec.Options, opts)
-    if not errors:
-        return spec.Options.model_validate(opts).model_dump(exclude_unset=True) if spec.Options else opts
-    bad = []
-    for err in errors:
-        field = ".".join(str(p) for p in err["loc"]) or "(options)"
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            hint = did_you_mean(str(err["loc"][-1]), spec.Options.model_fields)
-            msg = f"not an option of encoder {spec.name!r}" + (f" ({hint})" if hint else " (it takes none)")
-        bad.append(f"{field}: {msg}")
-    where = f"{source}: " if source else ""
-    raise ConfigError(f"{where}encoder {spec.name!r} options: " + "; ".join(bad),
-                      hint=f"{spec.name} takes {describe_options(spec.Options)}; see docs/reference/config.md")
+    validated, problems = option_problems("encoder", spec.name, spec.Options, options)
+    if problems:
+        raise options_error("encoder", spec.name, spec.Options, problems, source)
+    return validated
 
 
 def image_key(image: Image.Image) -> str:

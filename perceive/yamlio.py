@@ -10,7 +10,8 @@ Every YAML perceive reads (run, train and eval configs, graphs, ``--set`` values
 * more than :data:`MAX_ALIASES` aliases, an alias inside its own anchor, and documents that
   hold more than :data:`MAX_VALUES` values once aliases are expanded (a "billion laughs" file
   is a few hundred bytes that code walking it would expand to billions of values);
-* duplicate keys in one mapping (PyYAML would silently keep the last one);
+* duplicate keys in one mapping (PyYAML would silently keep the last one), and keys that differ
+  in YAML but not as Python dict keys (``1`` and ``true``);
 * malformed YAML, with its line and column.
 
 Mappings come back as :class:`LinedDict`, which remembers the line of each key, so that
@@ -94,15 +95,27 @@ class _Loader(yaml.SafeLoader):
 
 
 def _construct_mapping(loader: _Loader, node: MappingNode, deep: bool = False) -> LinedDict:
-    seen: dict[Any, Node] = {}
+    # a duplicate is the same YAML value: same resolved tag, equal value (`1` and `0x1`). `1` and
+    # `true` (or `1.0`) are different keys that Python's dict would still fold into one, so they
+    # are refused too, as what they are
+    seen: dict[tuple[str, Any], Node] = {}
+    by_value: dict[Any, Node] = {}
     for key_node, _ in node.value:  # before merge keys are flattened in: `<<` then a key overrides
         if isinstance(key_node, ScalarNode) and key_node.tag != _MERGE_TAG:
             key = loader.construct_object(key_node)
-            if key in seen:
+            first = seen.get((key_node.tag, key))
+            if first is not None:
                 raise ConstructorError("while reading a mapping", node.start_mark,
-                                       f"found duplicate key {key!r} (first at line "
-                                       f"{seen[key].start_mark.line + 1})", key_node.start_mark)
-            seen[key] = key_node
+                                       f"found duplicate key {key!r} (first at line {first.start_mark.line + 1})",
+                                       key_node.start_mark)
+            other = by_value.get(key)
+            if other is not None:
+                raise ConstructorError("while reading a mapping", node.start_mark,
+                                       f"key {key_node.value!r} reads as the same key as {other.value!r} (line "
+                                       f"{other.start_mark.line + 1}): {key!r} == {loader.construct_object(other)!r} "
+                                       "in Python; quote the keys to keep both as text",
+                                       key_node.start_mark)
+            seen[(key_node.tag, key)] = by_value[key] = key_node
     mapping = yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
     lines = {}
     for key_node, _ in node.value:

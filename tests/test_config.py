@@ -144,12 +144,10 @@ def test_unknown_action_and_encoder_options(tmp_path):
         load_config(p)
     msg = str(e.value)
     assert "3 invalid option(s)" in msg
-    assert "encoders.0.options.max_sid (line 4): encoder 'dinov2_large': not an option of encoder " \
-           "'dinov2_large'; did you mean 'max_side'?" in msg
-    assert "actions.zoom.options.sise (line 6): action 'zoom': not an option of action 'zoom'; did you mean " \
-           "'size'?" in msg
-    assert "actions.tiles.options.rows (line 7): action 'tiles': not an option of action 'tiles'; tiles takes " \
-           "no options" in msg
+    assert "encoders.0.options.max_sid (line 4): encoder 'dinov2_large': not an option; did you mean " \
+           "'max_side'?" in msg
+    assert "actions.zoom.options.sise (line 6): action 'zoom': not an option; did you mean 'size'?" in msg
+    assert "actions.tiles.options.rows (line 7): action 'tiles': not an option; tiles takes no options" in msg
 
 
 def test_config_check_refuses_what_fails_at_run_time(tmp_path):
@@ -167,7 +165,7 @@ def test_config_check_refuses_what_fails_at_run_time(tmp_path):
     assert f"{p}: actions.dino.encoder (line 7): action 'dino' takes tokens features but encoder 'sam_vit_l' " \
            "gives a map" in out
     assert f"{p}: actions.zoom.encoder (line 8): action 'zoom' is a view action and uses no encoder" in out
-    assert f"{p}: model.path (line 2): {tmp_path / 'nowhere'} is not a folder (no such path)" in out
+    assert f"{p}: model.path (line 2): {tmp_path / 'nowhere'} does not exist: point it at a local model folder" in out
     assert f"{p}: encoders.0.weights (line 5): {tmp_path / 'weights/sam.pth'} does not exist" in out
     assert "4 problem(s); checked as a run config" in out
 
@@ -219,13 +217,15 @@ def test_config_check_on_an_eval_config(tmp_path):
     code, out = check_cli(p)
     assert code == 0, out
     assert "ok, checked as an eval config" in out
-    p.write_text("model: models/vpt\ndata: eval.json\ngraph: region_then_answr\ndevice: quantum\n"
+    p.write_text("model: models/vpt\ndata: eval.json\ngraph: region_then_answr\nmax_new_tokens: 16\n"
                  "action_options: {zoom: {size: -1}}\n")
     code, out = check_cli(p)
     assert code == 1
-    assert "device (line 4): 'quantum' is not a device" in out
     assert "graph (line 3): no graph file region_then_answr" in out
     assert "action_options.zoom.size (line 5): action 'zoom': Input should be greater than or equal to 1" in out
+    p.write_text("model: models/vpt\ndata: eval.json\ndevice: quantum\n")  # the schema, as `perceive eval` loads it
+    code, out = check_cli(p)
+    assert code == 1 and "device (line 3): 'quantum' is not a device" in out and "checked as an eval config" in out
     code, out = check_cli(p, "--kind", "run")
     assert code == 1 and "checked as a run config (--kind" in out
 
@@ -262,8 +262,10 @@ def test_validate_action_options(registry):
     with pytest.raises(ConfigError) as e:
         validate_action_options(rs, {"margin": "lots", "colour": "red"}, source="LoopOptions.action_options")
     msg = str(e.value)
-    assert msg.startswith("LoopOptions.action_options: action 'region_select' options: margin='lots': ")
-    assert "colour='red': not an option of 'region_select'" in msg and "region_select takes margin" in msg
+    assert msg.startswith("LoopOptions.action_options: 2 invalid option(s)\n  margin: action 'region_select': "
+                          "Input should be a valid integer, unable to parse string as an integer (got 'lots')\n")
+    assert "\n  colour: action 'region_select': not an option; known: margin" in msg
+    assert "action region_select takes margin" in msg
 
 
 def test_third_party_action_without_options_keeps_working(tmp_path, registry):
@@ -285,6 +287,134 @@ def test_encoder_hub_checks_options_before_building(registry):
 
     hub = EncoderHub(registry.encoder_specs(), {"sam_vit_b": EncoderConfig(name="sam_vit_b",
                                                                            options={"device": "quantum"})})
-    with pytest.raises(ConfigError, match=r"encoders.sam_vit_b.options: encoder 'sam_vit_b' options: device: "
-                                          r"'quantum' is not a device"):
+    with pytest.raises(ConfigError, match=r"encoders.sam_vit_b.options: 1 invalid option\(s\)\n  device: encoder "
+                                          r"'sam_vit_b': 'quantum' is not a device"):
         hub.get("sam_vit_b")
+
+
+# -- one options check, one message, wherever options come from ----------------------------------
+
+def _counting_options():
+    from pydantic import BaseModel, ConfigDict, model_validator
+
+    calls = []
+
+    class Opts(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        size: int = 1
+
+        @model_validator(mode="before")
+        @classmethod
+        def _count(cls, data):
+            calls.append(data)
+            return data
+
+    return Opts, calls
+
+
+def test_options_are_validated_once(registry):
+    from types import SimpleNamespace
+
+    from perceive.actions import option_problems, validate_action_options
+    from perceive.encoders import EncoderSpec, validate_encoder_options
+
+    Opts, calls = _counting_options()
+    assert validate_action_options(SimpleNamespace(name="x", Options=Opts), {"size": "2"}) == {"size": 2}
+    assert len(calls) == 1
+    spec = EncoderSpec(name="e", family="t", layout="tokens", feature_dim=None, build=lambda **k: None,
+                       Options=Opts)
+    assert validate_encoder_options(spec, {"size": "3"}) == {"size": 3}
+    assert len(calls) == 2
+    assert option_problems("action", "x", Opts, {"sise": 2}) == (
+        None, [(("sise",), "action 'x': not an option; did you mean 'size'?")])
+    assert option_problems("encoder", "e", None, {"any": 1}) == ({"any": 1}, [])  # no model: unchecked
+
+
+def test_an_ill_typed_option_reads_the_same_from_every_source(tmp_path, registry):
+    from perceive.actions import validate_action_options
+    from perceive.config_check import check_config_file
+    from perceive.graph import check
+
+    same = "action 'zoom': Input should be a valid integer, unable to parse string as an integer (got 'huge')"
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, "actions: {zoom: {options: {size: huge}}}\n"), registry)
+    assert f"actions.zoom.options.size (line 1): {same}" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        validate_action_options(registry.action("zoom"), {"size": "huge"}, "LoopOptions.action_options")
+    assert str(e.value).startswith(f"LoopOptions.action_options: 1 invalid option(s)\n  size: {same}")
+    g = tmp_path / "g.yaml"
+    g.write_text("name: g\nstart: ask\nnodes:\n  ask: {kind: generate, next: crop}\n"
+                 "  crop: {kind: action, action: zoom, args: {box: [0, 0, 9, 9]}, options: {size: huge}, next: done}\n"
+                 "  done: {kind: answer}\n")
+    assert [i.message for i in check(g, registry)[1]] == [f"options.size: {same}"]
+    model_dir(tmp_path)
+    (tmp_path / "eval.json").write_text("[]")
+    ev = tmp_path / "eval.yaml"
+    ev.write_text("model: models/vpt\ndata: eval.json\naction_options: {zoom: {size: huge}}\n")
+    assert check_config_file(ev, registry=registry)[2] == [f"action_options.zoom.size (line 3): {same}"]
+
+
+def test_an_encoder_an_action_cannot_use_reads_the_same_in_a_config_and_a_graph(tmp_path, registry):
+    from perceive.graph import check
+
+    cfg = PerceiveConfig.model_validate({"actions": {"zoom": {"encoder": "dinov2_small"},
+                                                     "dino": {"encoder": "sam_vit_l"}}})
+    no_encoder = "action 'zoom' is a view action and uses no encoder: remove `encoder`"
+    layout = "action 'dino' takes tokens features but encoder 'sam_vit_l' gives a map: use one of"
+    errors = cfg.check_names(registry)
+    assert errors[0] == f"actions.zoom.encoder: {no_encoder}"
+    assert errors[1].startswith(f"actions.dino.encoder: {layout}")
+    g = tmp_path / "g.yaml"
+    g.write_text("name: g\nstart: ask\nnodes:\n  ask: {kind: generate, next: crop}\n"
+                 "  crop: {kind: action, action: zoom, args: {box: [0, 0, 9, 9]}, encoder: dinov2_small, next: feat}\n"
+                 "  feat: {kind: action, action: dino, args: {}, encoder: sam_vit_l, next: done}\n"
+                 "  done: {kind: answer}\n")
+    issues = check(g, registry)[1]
+    assert [(i.code, i.node, i.line) for i in issues] == [("bad-encoder", "crop", 5), ("bad-encoder", "feat", 6)]
+    assert issues[0].message == no_encoder and issues[1].message.startswith(layout)
+
+
+def test_config_modules_stay_under_400_lines():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "perceive"
+    for name in ("config.py", "config_check.py"):
+        assert len((root / name).read_text().splitlines()) <= 400, name
+
+
+def test_eval_config_device_is_checked_when_loaded(tmp_path):
+    from perceive.eval.runner import load_eval_config
+
+    p = tmp_path / "eval.yaml"
+    p.write_text("model: m\ndata: d.json\ndevice: cuda:1\n")
+    assert load_eval_config(p).device == "cuda:1"
+    p.write_text("model: m\ndata: d.json\ndevice: quantum\n")
+    with pytest.raises(ConfigError) as e:
+        load_eval_config(p)
+    assert "device (line 3): 'quantum' is not a device: use auto, cpu, cuda" in str(e.value)
+    with pytest.raises(ConfigError, match="'gpu' is not a device"):
+        load_eval_config(tmp_path / "eval.yaml", device="gpu")  # --device is checked the same way
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan", "1e12", "1.0e+12", "86401"])
+def test_action_timeout_is_bounded(tmp_path, value):
+    from perceive.eval.runner import load_eval_config
+
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, f"runtime:\n  action_timeout_s: {value}\n"))
+    assert "runtime.action_timeout_s (line 2): " in str(e.value)
+    p = tmp_path / "eval.yaml"
+    p.write_text(f"model: m\ndata: d.json\naction_timeout_s: {value}\n")
+    with pytest.raises(ConfigError) as e:
+        load_eval_config(p)
+    assert "action_timeout_s (line 3): " in str(e.value)
+
+
+def test_action_timeout_up_to_a_day_is_fine(tmp_path):
+    from perceive.eval.runner import load_eval_config
+
+    assert load_config(write(tmp_path, "runtime: {action_timeout_s: 86400}\n")).runtime.action_timeout_s == 86400
+    assert load_config(write(tmp_path, "runtime: {action_timeout_s: null}\n")).runtime.action_timeout_s is None
+    p = tmp_path / "eval.yaml"
+    p.write_text("model: m\ndata: d.json\naction_timeout_s: 0.5\n")
+    assert load_eval_config(p).action_timeout_s == 0.5

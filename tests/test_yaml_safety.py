@@ -154,3 +154,30 @@ def test_the_reader_reads_every_shipped_yaml_as_before_and_refuses_a_bomb(tmp_pa
     bomb.write_text(BOMB_ANCHORS + "\n")
     with pytest.raises(ConfigError, match=re.escape(EXPANDED)):
         load_yaml(bomb)
+
+
+def test_duplicate_keys_are_keys_equal_in_yaml_not_in_python(tmp_path):
+    from perceive.config import load_yaml
+
+    p = tmp_path / "x.yaml"
+    # 1 and true, 1 and 1.0 are different YAML keys (an int, a bool, a float) that Python's dict
+    # would fold into one: refused, but not as a "duplicate key True"
+    for text, first, second in [("1: a\ntrue: b\n", "1", "true"), ("1: a\n1.0: b\n", "1", "1.0"),
+                                ("0: a\nfalse: b\n", "0", "false")]:
+        p.write_text(text)
+        with pytest.raises(ConfigError) as e:
+            load_yaml(p)
+        msg = str(e.value)
+        assert "duplicate key" not in msg, msg
+        assert f"{p}:2:1: not valid YAML" in msg
+        assert f"key {second!r} reads as the same key as {first!r} (line 1)" in msg
+        assert "quote" in msg
+    # genuinely equal keys are duplicates, whatever their spelling
+    for text, key in [("1: a\n1: b\n", "1"), ("1: a\n0x1: b\n", "1"), ("true: a\nyes: b\n", "True"),
+                      ("'x': a\nx: b\n", "'x'")]:
+        p.write_text(text)
+        with pytest.raises(ConfigError, match=re.escape(f"duplicate key {key} (first at line 1)")):
+            load_yaml(p)
+    # keys Python tells apart are not duplicates
+    p.write_text("1: a\n'1': b\nfalse: c\n'false': d\n")
+    assert load_yaml(p) == {1: "a", "1": "b", False: "c", "false": "d"}

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from perceive.config import RuntimeConfig, format_validation_error, load_yaml_mapping
+from perceive.config import ActionTimeout, Device, RuntimeConfig, format_validation_error, load_yaml_mapping
 from perceive.errors import ConfigError
 from perceive.eval.metrics import anls, exact_match, relaxed_accuracy
 from perceive.eval.skipped import DEFAULT_MAX_SKIPPED_FRACTION, Skipped
@@ -47,7 +47,8 @@ class EvalConfig(_Strict):
     max_samples: int | None = None
     batch_size: int = 8
     max_new_tokens: int = 32
-    device: str = "auto"
+    #: parsed like the run config's ``device`` when the config (or ``--device``) is loaded
+    device: Device = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     action_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     #: force each item's own first assistant turn (its ground-truth perception span) before the
@@ -59,8 +60,8 @@ class EvalConfig(_Strict):
     #: the run refuses: a score on what is left would pass for a score on the whole set
     max_skipped_fraction: float = Field(DEFAULT_MAX_SKIPPED_FRACTION, ge=0, le=1)
     #: deadline of one perception call, in seconds (a call past it fails its own sample); null:
-    #: none. The default is the run config's ``runtime.action_timeout_s``
-    action_timeout_s: float | None = Field(RuntimeConfig.model_fields["action_timeout_s"].default, gt=0)
+    #: none; at most a day. The default is the run config's ``runtime.action_timeout_s``
+    action_timeout_s: ActionTimeout | None = RuntimeConfig.model_fields["action_timeout_s"].default
 
 
 def load_eval_config(path: str | Path, **overrides) -> EvalConfig:

@@ -137,31 +137,27 @@ def validate(spec: GraphSpec, registry, data: Any = None) -> list[GraphIssue]:
 
 def _option_issues(n, name: str, registry, line) -> list[GraphIssue]:
     """A node's ``options`` (and ``encoder``) against the action's ``Options`` model, and an
-    encoder whose layout the action cannot take; for ``action: "*"``, against every action."""
-    from perceive.actions import option_errors
+    encoder the action cannot use; for ``action: "*"``, against every action. The same checks,
+    and messages, as a run config's (:func:`perceive.actions.option_problems`,
+    :func:`perceive.actions.encoder_problem`)."""
+    from perceive.actions import encoder_problem, option_problems
 
     names = [n.action] if n.action != ANY else list(registry.actions)
-    opts = {**n.options, **({"encoder": n.encoder} if n.encoder else {})}
+    spec = registry.encoders[n.encoder].obj if n.encoder in registry.encoders else None
     out = []
     for a in names:
         if a not in registry.actions:
             continue
         action = registry.actions[a].obj
-        model = getattr(action, "Options", None)
-        for err in option_errors(model, opts):
-            field = ".".join(str(p) for p in err["loc"]) or "options"
-            where = "encoder" if field == "encoder" else "options"
-            msg = "not an option of this action" if err["type"] == "extra_forbidden" else err["msg"]
-            if where == "encoder" and err["type"] == "extra_forbidden":
-                msg = "uses no encoder"
-            out.append(GraphIssue("bad-options", f"{where}: action {a!r} {msg}" if where == "encoder"
-                                  else f"options.{field}: action {a!r}: {msg}", name, line(name, where)))
-        spec = registry.encoders[n.encoder].obj if n.encoder in registry.encoders else None
-        layout = getattr(action, "layout", None)
-        if spec is not None and action.encoders and layout is not None and spec.layout != layout:
-            out.append(GraphIssue("bad-encoder", f"encoder {n.encoder!r} gives a {spec.layout}, but action {a!r} "
-                                  f"takes {layout} features; use one of {list(action.encoders)}", name,
-                                  line(name, "encoder")))
+        bad_encoder = encoder_problem(action, n.encoder, spec) if n.encoder else None
+        if bad_encoder:
+            out.append(GraphIssue("bad-encoder", bad_encoder, name, line(name, "encoder")))
+        # the encoder reaches the action as its `encoder` option, as at run time
+        opts = {**n.options, **({"encoder": n.encoder} if n.encoder and not bad_encoder else {})}
+        for loc, msg in option_problems("action", a, getattr(action, "Options", None), opts)[1]:
+            where = "encoder" if loc == ("encoder",) and "encoder" not in n.options else "options"
+            field = "encoder" if where == "encoder" else ".".join(map(str, ("options", *loc)))
+            out.append(GraphIssue("bad-options", f"{field}: {msg}", name, line(name, where)))
     return out
 
 
