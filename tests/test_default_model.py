@@ -51,12 +51,12 @@ def test_every_shipped_graph_reads_the_examples_or_is_refused_with_a_reason(loop
     reads the four shipped examples right, or refuses this model and says why."""
     from perceive.errors import ConfigError
     from perceive.graph import compile_graph
-    from perceive.loop import LoopOptions
+    from perceive.loop import LoopOptions, PerceptionLoop
 
     table = example_table()
     g = compile_graph(graph)
     try:
-        run = g.loop(loop.model, LoopOptions(max_new_tokens=32))
+        run = PerceptionLoop(loop.model, graph=g, options=LoopOptions(max_new_tokens=32))
     except ConfigError as exc:
         assert graph in str(exc) and "perceive.json" in str(exc) and exc.hint, exc
         return

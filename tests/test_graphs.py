@@ -14,7 +14,7 @@ from perceive.graph import GraphBuilder, GraphValidationError, check, compile_gr
 from perceive.graph.compiled import GRAPHS_DIR
 from perceive.graph.render import render_graph, render_trace
 from perceive.graph.trace_graph import from_json, provenance, to_json, trace_to_graph
-from perceive.loop import LoopOptions
+from perceive.loop import LoopOptions, PerceptionLoop
 from perceive.plugins import load_registry
 from perceive.testing.images import real_photos
 from perceive.testing.scripted import ScriptedPolicy, span_tokens
@@ -33,7 +33,7 @@ def run(model, graph, scripts, items, **opts):
     opts.setdefault("max_new_tokens", 40)
     tok = model.tokenizer
     policy = ScriptedPolicy(tok, {i: span_tokens(tok, s) for i, s in scripts.items()})
-    return graph.run(model, items, options=LoopOptions(**opts), policy=policy)
+    return PerceptionLoop(model, graph=graph, options=LoopOptions(**opts), policy=policy).ask_batch(list(items))
 
 
 def test_shipped_graphs_are_the_documented_five():
@@ -57,7 +57,7 @@ def test_shipped_graph_validates_and_runs(model, photo, name):
 
 def test_prompt_suffix_is_the_papers_trigger(model, photo):
     g = compile_graph("region_then_answer")
-    loop = g.loop(model, LoopOptions(max_new_tokens=2))
+    loop = PerceptionLoop(model, graph=g, options=LoopOptions(max_new_tokens=2))
     seen = []
     real = loop.layout.prompt
     loop.layout.prompt = lambda q, *a: seen.append(q) or real(q, *a)

@@ -109,7 +109,7 @@ def _node_log(registry):
 
 def _run_region_graph(registry):
     from perceive.graph import compile_graph
-    from perceive.loop import LoopOptions
+    from perceive.loop import LoopOptions, PerceptionLoop
     from perceive.testing.images import real_photos
     from perceive.testing.scripted import ScriptedPolicy, span_tokens
     from perceive.testing.tiny import tiny_vpt_model
@@ -118,8 +118,9 @@ def _run_region_graph(registry):
     tok = model.tokenizer
     span = span_tokens(tok, "<|region_token_start|><|x_1|><|y_1|><|region_token_end|>")
     g = compile_graph("region_then_answer", registry=registry)
-    return g.run(model, [(real_photos()["coffee"], "What?")], options=LoopOptions(max_new_tokens=12),
-                 policy=ScriptedPolicy(tok, {0: span}))[0]
+    loop = PerceptionLoop(model, registry=registry, graph=g, options=LoopOptions(max_new_tokens=12),
+                          policy=ScriptedPolicy(tok, {0: span}))
+    return loop.ask_batch([(real_photos()["coffee"], "What?")])[0]
 
 
 def test_hook_perceive_before_node(registry):

@@ -8,7 +8,7 @@ from PIL import Image
 
 from perceive import hookimpl
 from perceive.errors import ImageError
-from perceive.loop import LoopOptions, PerceptionLoop
+from perceive.loop import LoopOptions, NativeEngine, PerceptionLoop
 from perceive.loop.positions import sequence_positions
 from perceive.plugins import load_registry
 from perceive.testing.images import real_photos
@@ -186,23 +186,33 @@ def test_iterative_region_selection_maps_back(model, photo):
     assert root.trace.hops[1].box == {"x0": 0, "y0": 384, "x1": 128, "y1": 512, "frame": "root"}
 
 
+class RecordingEngine(NativeEngine):
+    """The native engine, keeping every chunk it ran with its position ids."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.log, compute = [], self.positions
+        self.positions = lambda start, chunk: self.log.append((chunk, compute(start, chunk))) or self.log[-1][1]
+
+    def ran(self):
+        ids = [i for c, _ in self.log for i in c.ids]
+        grids = [r.tolist() for c, _ in self.log for _, g in c.images for r in g.reshape(-1, 3)]
+        return ids, grids, torch.cat([p for _, (p, _) in self.log], dim=1)
+
+
+def recording(loop):
+    engines = []
+    loop.engine = lambda model: engines.append(RecordingEngine(model)) or engines[-1]
+    return engines
+
+
 def test_segment_positions_equal_a_full_pass(model, photo):
     """M-RoPE positions of appended segments equal those of the whole sequence at once, and
     transformers' own get_rope_index."""
     loop = make_loop(model, {0: REGION})
-    seen = []
-    real = loop._drive
-
-    def drive(samples):
-        real(samples)
-        seen.extend(samples)
-
-    loop._drive = drive
+    engines = recording(loop)
     loop.ask(photo, "What?")
-    s = seen[0]
-    ids = [i for g in s.segments for i in g.ids]
-    grids = [grid.tolist() for g in s.segments for _, grid in g.images]
-    incremental = torch.cat([g.positions for g in s.segments], dim=1)
+    ids, grids, incremental = engines[0].ran()
     full, _ = sequence_positions(ids, model.config.special.image_pad, grids, 2)
     assert torch.equal(incremental, full)
     t = torch.tensor([ids])
@@ -286,11 +296,9 @@ def test_sequential_positions_model_runs_as_trained(photo, tmp_path):
     model = load_model(save_model(model, tmp_path / "m"))
     assert model.config.positions == "sequential"
     loop = make_loop(model, {0: REGION})
-    seen = []
-    real = loop._drive
-    loop._drive = lambda samples: (real(samples), seen.extend(samples))
+    engines = recording(loop)
     assert loop.ask(photo, "What?").ok
-    pos = torch.cat([g.positions for g in seen[0].segments], dim=1)
+    pos = engines[0].ran()[2]
     assert torch.equal(pos, torch.arange(pos.shape[1]).expand(3, -1))  # images included (M-RoPE would repeat)
     online = make_loop(model, {0: REGION}, record_logits=True).ask(photo, "What?")
     ref = make_loop(model, {0: REGION}, record_logits=True, reprefill=True).ask(photo, "What?")

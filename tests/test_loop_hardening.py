@@ -268,11 +268,11 @@ def test_a_plugin_that_exits_fails_its_call_at_once_and_is_not_quarantined(model
 
 
 def test_an_unknown_finish_reason_fails_in_the_controller():
-    from perceive.loop.engine import Decision
+    from perceive.control import Finish, Stop
 
     with pytest.raises(ValueError, match="custom"):
-        Decision("stop", reason="custom")
-    assert Decision("stop", reason="answer").reason is FinishReason.ANSWER
+        Stop("custom")
+    assert Stop("answer").reason is FinishReason.ANSWER and Finish().reason is FinishReason.EOS
 
 
 def test_an_infinite_deadline_is_no_deadline(model, photo):

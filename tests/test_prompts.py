@@ -36,7 +36,7 @@ def test_a_graph_sets_trigger_or_prompt_suffix_not_both():
 
 
 def test_the_graph_appends_the_models_trigger(model, photo):
-    from perceive.loop import LoopOptions
+    from perceive.loop import LoopOptions, PerceptionLoop
 
     data = {"name": "g", "start": "a", "trigger": "region",
             "nodes": {"a": {"kind": "generate", "next": "b"}, "b": {"kind": "answer"}}}
@@ -44,10 +44,10 @@ def test_the_graph_appends_the_models_trigger(model, photo):
     saved = model.config.prompts
     try:
         model.config.prompts = OWN
-        ans = g.loop(model, LoopOptions(max_new_tokens=2)).ask(photo, "What?")
+        ans = PerceptionLoop(model, graph=g, options=LoopOptions(max_new_tokens=2)).ask(photo, "What?")
         assert not ans.trace.events
         model.config.prompts = NONE
-        ans = g.loop(model, LoopOptions(max_new_tokens=2)).ask(photo, "What?")
+        ans = PerceptionLoop(model, graph=g, options=LoopOptions(max_new_tokens=2)).ask(photo, "What?")
         assert ans.trace.events[0]["type"] == "prompt"
     finally:
         model.config.prompts = saved
@@ -55,7 +55,7 @@ def test_the_graph_appends_the_models_trigger(model, photo):
 
 
 def test_the_question_fed_carries_the_suffix(model, photo, monkeypatch):
-    from perceive.loop import LoopOptions
+    from perceive.loop import LoopOptions, PerceptionLoop
 
     data = {"name": "g", "start": "a", "trigger": "region",
             "nodes": {"a": {"kind": "generate", "next": "b"}, "b": {"kind": "answer"}}}
@@ -64,7 +64,7 @@ def test_the_question_fed_carries_the_suffix(model, photo, monkeypatch):
     saved = model.config.prompts
     model.config.prompts = OWN
     try:
-        loop = g.loop(model, LoopOptions(max_new_tokens=2))
+        loop = PerceptionLoop(model, graph=g, options=LoopOptions(max_new_tokens=2))
         real = loop.layout.prompt
         monkeypatch.setattr(loop.layout, "prompt", lambda q, *a: seen.append(q) or real(q, *a))
         loop.ask(photo, "What?")

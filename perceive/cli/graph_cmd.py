@@ -73,7 +73,7 @@ def run_graph(file: str, image: Path, question: str, model: Path | None, as_json
         check_picture_path(render)
     from perceive.graph.trace_graph import to_json, trace_to_graph
     from perceive.images import load_image
-    from perceive.loop import LoopOptions
+    from perceive.loop import LoopOptions, PerceptionLoop
     from perceive.model import load_model
 
     if model is None:
@@ -87,7 +87,7 @@ def run_graph(file: str, image: Path, question: str, model: Path | None, as_json
         img = load_image(image)
         m = load_model(model, device=device, dtype=None if dtype == "auto" else dtype)
         options = LoopOptions(max_new_tokens=max_new_tokens, reprefill=reprefill, action_timeout_s=action_timeout)
-        answer = g.loop(m, options).ask(img, question)
+        answer = PerceptionLoop(m, graph=g, options=options).ask(img, question)
     except GraphValidationError as exc:
         console.print(str(exc), markup=False)
         raise typer.Exit(1) from None

@@ -95,7 +95,7 @@ def evaluate(cfg: EvalConfig, model=None, registry=None, progress: bool = True, 
     from perceive.eval.judge import Judge, JudgeConfig
     from perceive.geometry import Box
     from perceive.graph import compile_graph
-    from perceive.loop import LoopOptions
+    from perceive.loop import LoopOptions, PerceptionLoop
     from perceive.model import load_model
 
     ds = VPTDataset(cfg.data)
@@ -104,8 +104,9 @@ def evaluate(cfg: EvalConfig, model=None, registry=None, progress: bool = True, 
     n = len(ds) if cfg.max_samples is None else min(len(ds), cfg.max_samples)
     model = model or load_model(cfg.model, device=cfg.device, dtype=None if cfg.dtype == "auto" else cfg.dtype)
     graph = compile_graph(cfg.graph, registry=registry, params=cfg.params)
-    loop = graph.loop(model, LoopOptions(max_new_tokens=cfg.max_new_tokens, action_options=cfg.action_options,
-                                         action_timeout_s=cfg.action_timeout_s), policy=policy)
+    loop = PerceptionLoop(model, registry=registry, graph=graph, policy=policy,
+                          options=LoopOptions(max_new_tokens=cfg.max_new_tokens, action_options=cfg.action_options,
+                                              action_timeout_s=cfg.action_timeout_s))
     judge = Judge(JudgeConfig(**cfg.judge.model_dump())) if cfg.judge else None
     records = []
     t_start = time.perf_counter()

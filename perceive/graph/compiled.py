@@ -61,17 +61,6 @@ class CompiledGraph:
                     hint="use a graph with those actions (free_choice lets the model choose), or another model")
         return question_suffix(cfg.prompts, self.spec.trigger, self.spec.prompt_suffix, self.name)
 
-    def loop(self, model, options=None, policy=None, **kw):
-        """A :class:`~perceive.loop.PerceptionLoop` driven by this graph, checked against ``model``."""
-        from perceive.loop import PerceptionLoop
-
-        return PerceptionLoop(model, registry=self.registry, options=options, policy=policy,
-                              controller=self.controller(model=model), **kw)
-
-    def run(self, model, items, options=None, policy=None) -> list:
-        """Run ``(image, question)`` pairs through the graph, batched."""
-        return self.loop(model, options, policy).ask_batch(list(items))
-
     def to_mermaid(self) -> str:
         from perceive.graph.render import to_mermaid
 

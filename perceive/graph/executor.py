@@ -1,6 +1,7 @@
-"""Running a compiled graph: the graph is the perception loop's controller.
+"""Running a compiled graph: the graph is the perception session's controller
+(:class:`perceive.control.Controller`), for every run: ``free_choice`` is a graph too.
 
-Generation stays in the loop (one KV cache per sample, samples batched); at each event the
+Generation stays in the session (one KV cache, samples batched); at each event the
 model produces (a closed call, or its answer) the sample's cursor walks the graph from the
 generate node that produced it: routes pick a branch, an action node runs the model's call or
 a forced one, and the walk stops at the next generate node (the model continues, seeing the
@@ -13,10 +14,12 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from perceive.control import Decision, Dispatch, Finish, Force, Ignore, RunLimits, SampleView, Stop
+from perceive.control import merge_action_options as merge_options
 from perceive.graph.predicates import parse_predicate
 from perceive.graph.spec import ANY
-from perceive.loop.engine import Decision
-from perceive.trace import EventType
+from perceive.protocol import PerceptionCall
+from perceive.trace import EventType, FinishReason
 
 if TYPE_CHECKING:
     from perceive.graph.compiled import CompiledGraph
@@ -25,6 +28,8 @@ log = logging.getLogger(__name__)
 
 
 class GraphController:
+    """The :class:`~perceive.control.Controller` that walks a compiled graph."""
+
     def __init__(self, graph: CompiledGraph, pm, question_suffix: str = "", prompt_note: str | None = None):
         self.graph = graph
         self.spec = graph.spec
@@ -39,14 +44,14 @@ class GraphController:
 
     # -- controller protocol ---------------------------------------------------------------------
 
-    def start(self, loop, s) -> list[Decision]:
+    def start(self, run: RunLimits, s: SampleView) -> list[Force]:
         st = s.state
         # forced calls before the first turn run after this walk returns: count them meanwhile
         st.update(cursor=self.spec.start, visits=0, answered=False, last_action=None, planned=0)
         if self.question_suffix:
-            st["question"] = s.trace.question + self.question_suffix
+            s.question = s.question + self.question_suffix
         if self.prompt_note:
-            s.trace.events.append({"type": EventType.PROMPT, "message": self.prompt_note})
+            s.event(EventType.PROMPT, message=self.prompt_note)
         forced = []
         node = self.spec.start
         while True:
@@ -61,24 +66,26 @@ class GraphController:
             if n.kind == "route":
                 node = self._route(s, node, None)
             elif n.kind == "action":
-                if not self._budget_ok(loop, s, n):
+                if not self._budget_ok(run, s, n):
                     node = n.next
                     continue
-                forced.append(self._force(loop, n, node))
+                forced.append(self._force(run, n, node))
                 st["planned"] += 1
                 self._hook_after(s, node, n.kind, f"force {n.action}")
                 node = n.next
 
-    def on_call(self, loop, s, ev) -> Decision:
-        return self._walk(loop, s, ev)
+    def on_call(self, run: RunLimits, s: SampleView, call: PerceptionCall) -> Decision:
+        return self._walk(run, s, call)
 
-    def on_answer(self, loop, s) -> Decision:
+    def on_answer(self, run: RunLimits, s: SampleView) -> Decision:
         s.state["answered"] = True
-        return self._walk(loop, s, None)
+        return self._walk(run, s, None)
 
     # -- the walk ---------------------------------------------------------------------------------
 
-    def _walk(self, loop, s, ev) -> Decision:
+    def _walk(self, run: RunLimits, s: SampleView, ev: PerceptionCall | None) -> Decision:
+        # the model's own answer that reaches the end stands (eos); a call that does ends the sample
+        end = Finish(FinishReason.EOS) if ev is None else Stop(FinishReason.ANSWER)
         st = s.state
         node = st["cursor"]
         n = self.spec.nodes[node]
@@ -88,23 +95,23 @@ class GraphController:
         while node is not None:
             n = self._enter(s, node)
             if n is None:
-                return Decision("stop", reason="graph_error")
+                return Stop(FinishReason.GRAPH_ERROR)
             if n.kind == "route":
                 node = self._route(s, node, ev)
                 continue
             if n.kind == "answer":
                 st["cursor"] = node
                 self._hook_after(s, node, "answer", "end")
-                return Decision("finish" if ev is None else "stop", reason="answer")
+                return end
             if n.kind == "generate":
                 st["cursor"] = node
                 self._hook_before(s, node, "generate")
                 if ev is None:  # answered, and nothing new to show: the answer stands
-                    s.trace.events.append({"type": EventType.GRAPH, "message": f"{node!r} has nothing new to look at"})
-                    return Decision("finish", reason="answer")
-                return Decision("ignore")  # the call goes unanswered; the model keeps generating
+                    s.event(EventType.GRAPH, message=f"{node!r} has nothing new to look at")
+                    return end
+                return Ignore()  # the call goes unanswered; the model keeps generating
             # action
-            if not self._budget_ok(loop, s, n):
+            if not self._budget_ok(run, s, n):
                 node = n.next
                 continue
             st["cursor"] = n.next or node
@@ -112,20 +119,18 @@ class GraphController:
             if n.forced:
                 self._hook_after(s, node, "action", f"force {n.action}")
                 self._arrive(s, st["cursor"])
-                return self._force(loop, n, node)
+                return self._force(run, n, node)
             if ev is None or (n.action != ANY and n.action != ev.action):
                 got = ev.action if ev else "an answer"
-                s.trace.events.append({"type": EventType.GRAPH_ERROR, "node": node,
-                                       "message": f"{node!r} runs the model's {n.action!r} call but got {got}"})
-                return Decision("stop", reason="graph_error")
+                s.event(EventType.GRAPH_ERROR, node=node,
+                        message=f"{node!r} runs the model's {n.action!r} call but got {got}")
+                return Stop(FinishReason.GRAPH_ERROR)
             self._hook_after(s, node, "action", f"dispatch {ev.action}")
             self._arrive(s, st["cursor"])
             s.node = node
-            opts = {**loop.options.action_options.get(ev.action, {}), **n.options}
-            if n.encoder:
-                opts["encoder"] = n.encoder
-            return Decision("dispatch", options=opts, target=n.target, node=node)
-        return Decision("finish" if ev is None else "stop", reason="answer")
+            opts = self._options(run, ev.action, n)
+            return Dispatch(options=opts, target=n.target, node=node)
+        return end
 
     def _arrive(self, s, node: str) -> None:
         """After an action the model generates next: if that is a generate node, it begins now."""
@@ -136,8 +141,7 @@ class GraphController:
         st = s.state
         st["visits"] += 1
         if st["visits"] > self.visit_cap:
-            s.trace.events.append({"type": EventType.GRAPH_ERROR, "message": "node visit cap reached (a cycle without "
-                                   "progress?)"})
+            s.event(EventType.GRAPH_ERROR, message="node visit cap reached (a cycle without progress?)")
             return None
         s.node = node
         n = self.spec.nodes[node]
@@ -156,20 +160,22 @@ class GraphController:
         self._hook_after(s, node, "route", f"-> {nxt}")
         return nxt
 
-    def _budget_ok(self, loop, s, n) -> bool:
-        limit = self.spec.budget if self.spec.budget is not None else loop.options.max_hops
+    def _budget_ok(self, run: RunLimits, s: SampleView, n) -> bool:
+        limit = self.spec.budget if self.spec.budget is not None else run.max_hops
         if s.hops + s.state.get("planned", 0) < limit:
             return True
-        loop._budget_event(s, n.action, (), limit)
+        s.event(EventType.BUDGET_EXHAUSTED, action=n.action, max_hops=limit, tokens=[])
         return False
 
-    def _force(self, loop, n, node: str) -> Decision:
+    def _force(self, run: RunLimits, n, node: str) -> Force:
         args = self.graph.registry.action(n.action).Args.model_validate(n.args)
-        # the run's options for this action (with the model's defaults under them), then the node's
-        opts = {**loop.options.action_options.get(n.action, {}), **n.options}
-        if n.encoder:
-            opts["encoder"] = n.encoder
-        return Decision("force", options=opts, target=n.target, action=n.action, args=args, node=node)
+        return Force(n.action, args, options=self._options(run, n.action, n), target=n.target, node=node)
+
+    def _options(self, run: RunLimits, action: str, n) -> dict:
+        """The run's options for ``action`` (the model's defaults under them), then the node's."""
+        node = {**n.options, **({"encoder": n.encoder} if n.encoder else {})}
+        return merge_options(self.graph.registry, run.action_options, {action: node},
+                                    source=f"graph {self.spec.name!r} node options")[action]
 
     def _state(self, s) -> dict[str, Any]:
         return {"hops": s.hops + s.state.get("planned", 0), "generated_tokens": len(s.generated),

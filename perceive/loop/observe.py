@@ -1,0 +1,232 @@
+"""Running a perception call for a sample and rendering what it returns as the tokens of the
+model's next turn: views as images (the paper's image turn, §1.4), features at their branch's
+placeholder tokens (§2.5). Hop bookkeeping lives here too: every call is a hop in the trace,
+whatever happens to it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from PIL import Image
+
+from perceive.actions import ActionCall, ActionContext
+from perceive.control import Dispatch, Force
+from perceive.dispatch import dispatch
+from perceive.errors import ObservationError, PerceiveError
+from perceive.geometry import ROOT
+from perceive.loop.engine import Chunk, ChunkKind
+from perceive.observations import Features
+from perceive.protocol import PerceptionCall
+from perceive.trace import FinishReason, Hop
+
+if TYPE_CHECKING:
+    from perceive.loop.session import PerceptionLoop, Sample
+
+
+def err(exc: BaseException) -> dict:
+    """An exception as a trace error."""
+    d = {"type": type(exc).__name__, "message": getattr(exc, "message", str(exc))}
+    if getattr(exc, "hint", None):
+        d["hint"] = exc.hint
+    return d
+
+
+class Observer:
+    def __init__(self, loop: PerceptionLoop):
+        self.loop = loop
+        self.model = loop.model
+        self.cfg = loop.cfg
+        self.merge = loop.model.spatial_merge_size
+        self.perception_ids = self._perception_ids()
+
+    def _perception_ids(self) -> frozenset[int]:
+        """Ids of every perception token (each installed action's span tokens, the model's region
+        and branch tokens): never part of an answer's text."""
+        tok, cfg = self.loop.tokenizer, self.cfg
+        ids = set()
+        if tok is not None:
+            words = {w for a in self.loop.registry.select(None) if a.grammar is not None for w in a.grammar.tokens}
+            unk = tok.unk_token_id
+            ids |= {i for i in tok.convert_tokens_to_ids(sorted(words)) if i is not None and i != unk}
+        if cfg.region is not None:
+            ids |= {cfg.region.start_id, cfg.region.end_id, *cfg.region.x_ids, *cfg.region.y_ids}
+        for b in cfg.branches.values():
+            ids |= {b.start_id, b.action_id, b.end_id, b.pad_id}
+        return frozenset(ids)
+
+    # -- chunks ---------------------------------------------------------------------------------
+
+    def pixels(self, image: Image.Image, view: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Patches and ``(t, h, w)`` grid of the first image, or of a view (the model's view
+        zoom and processor)."""
+        try:
+            if view:
+                return self.model.view_pixels(image)
+            inputs = self.model.image_processor(images=[image], return_tensors="pt")
+        except ValueError as exc:  # e.g. an aspect ratio over 200, which Qwen2-VL cannot tile
+            raise ObservationError(f"the model's image processor cannot take a {image.width}x{image.height} "
+                                   f"image: {exc}", hint="choose a less extreme region") from exc
+        return inputs["pixel_values"], inputs["image_grid_thw"][0]
+
+    def feed(self, s: Sample, chunk: Chunk) -> bool:
+        """Queue ``chunk`` as the sample's next input, after checking its image tokens against its
+        images (a mismatch finishes this sample, not the batch). False when it finished."""
+        want = sum(int(g.reshape(-1, 3).prod(-1).sum()) // self.merge**2 for _, g in chunk.images)
+        have = chunk.ids.count(self.cfg.special.image_pad) if chunk.images else 0
+        if have != want:
+            e = ObservationError(f"{have} image tokens for {want} image features")
+            if s.trace.hops:
+                s.trace.hops[-1].error = err(e)
+            self.loop.finish(s, FinishReason.OBSERVATION_INVALID, err(e))
+            return False
+        s.pending = chunk
+        return True
+
+    # -- running calls --------------------------------------------------------------------------
+
+    def _context(self, s: Sample, options: dict, target: str) -> ActionContext:
+        # copies: a plugin that paints on its input must not change the sample's images
+        root = s.root.copy()
+        image = root if target == ROOT else s.image(target).copy()
+        return ActionContext(image=image, frame=s.frame(target), root=root, options=options,
+                             encoders=self.loop.hub, device=str(self.model.device), _ids=s.ids)
+
+    def _hop(self, s: Sample, call: ActionCall, node: str | None) -> Hop:
+        hop = Hop(index=len(s.trace.hops), action=call.action, tokens=list(call.tokens),
+                  args=call.args.model_dump(mode="json"), target=call.target, decoded_tokens=s.decoded_since_hop,
+                  node=node or s.node)
+        s.trace.hops.append(hop)
+        s.decoded_since_hop = 0
+        return hop
+
+    def run(self, s: Sample, call: ActionCall, options: dict, target: str | None, node: str | None):
+        """Run one call on the view it targets: ``(observation or None, hop)``. The hop is recorded
+        whatever happens; a failure finishes the sample."""
+        loop = self.loop
+        target = s.target if (target or loop.options.target) == "latest" else ROOT
+        call = ActionCall(call.action, call.args, target, call.tokens, call.token_ids, call.forced)
+        hop = self._hop(s, call, node)
+        s.hops += 1
+        # shared work: the same call on the same view with the same options runs once per sample
+        key = (call.action, call.args.model_dump_json(), target, repr(sorted(options.items())))
+        if key in s.observations:
+            hop.cached = True
+            return s.observations[key], hop
+        before = {k: (v.hits, v.misses) for k, v in loop.hub.stats.items()}
+        res = dispatch(loop.registry.pm, loop.registry.action(call.action), call, self._context(s, options, target),
+                       timeout_s=loop.options.action_timeout_s)
+        for k, v in loop.hub.stats.items():
+            h0, m0 = before.get(k, (0, 0))
+            hop.encoder_cache_hits += v.hits - h0
+            hop.encoder_cache_misses += v.misses - m0
+        hop.dispatch_ms = res.elapsed_ms
+        if not res.ok:
+            hop.error = res.failure.to_dict()
+            reason = FinishReason.ACTION_TIMEOUT if res.failure.timed_out else FinishReason.ACTION_FAILED
+            loop.finish(s, reason, {"type": reason.value, **res.failure.to_dict()})
+            return None, hop
+        s.observations[key] = res.observation
+        return res.observation, hop
+
+    def _fail(self, s: Sample, hop: Hop, exc: PerceiveError) -> None:
+        hop.error = err(exc)
+        self.loop.finish(s, FinishReason.OBSERVATION_INVALID, err(exc))
+
+    # -- views ----------------------------------------------------------------------------------
+
+    def _view_blocks(self, s: Sample, views, hop: Hop, target: str | None):
+        """Markup and pixels of views shown as images; records them as the sample's views."""
+        blocks, images = [], []
+        layout = self.loop.layout
+        for k, view in enumerate(views):
+            pv, grid = self.pixels(view.image, view=True)
+            n = int(grid.prod()) // self.merge**2
+            markup = layout.image_markup.replace("<|image_pad|>", "<|image_pad|>" * n, 1)
+            blocks.append(markup if len(views) == 1 else f"Region {k}: {markup}\n")  # §1.4
+            images.append((pv, grid))
+            s.views[view.frame.id] = view
+            hop.views.append(view.frame.to_dict())
+        if views:
+            hop.box = views[-1].box.to_dict()
+        # one new view becomes "the latest"; several (tiles) leave the target where it was
+        if (target or self.loop.options.target) == "latest" and len(views) == 1:
+            s.target = views[0].frame.id
+        return blocks, images
+
+    def first_turn_views(self, s: Sample, d: Force):
+        """A view the controller forces before the model speaks: ``(markup blocks, images)`` for
+        the first user turn, or None when the call failed (the sample is finished)."""
+        obs, hop = self.run(s, ActionCall(d.action, d.args, forced=True), dict(d.options), d.target, d.node)
+        if obs is None:
+            return None
+        try:
+            return self._view_blocks(s, obs, hop, d.target)
+        except PerceiveError as exc:
+            self._fail(s, hop, exc)
+            return None
+
+    def show_views(self, s: Sample, call: ActionCall, decision: Dispatch | Force, closing: list[int]) -> None:
+        """Run a view call and queue its observation turn after the ``closing`` tokens."""
+        obs, hop = self.run(s, call, dict(decision.options), decision.target, decision.node)
+        if obs is None:
+            return
+        try:
+            blocks, images = self._view_blocks(s, obs, hop, decision.target)
+        except PerceiveError as exc:
+            self._fail(s, hop, exc)
+            return
+        turn = self.loop.layout.observation_turn(blocks)
+        im_end = self.cfg.special.im_end
+        if closing and closing[-1] == im_end and turn and turn[0] == im_end:
+            turn = turn[1:]  # the model already closed its turn
+        ids = closing + turn
+        if self.feed(s, Chunk(ids, ChunkKind.OBSERVE, images)):
+            hop.prefilled_tokens = len(ids)
+            s.answer_from = len(s.generated)
+
+    # -- features -------------------------------------------------------------------------------
+
+    def show_features(self, s: Sample, branch, ev: PerceptionCall, decision: Dispatch,
+                      control: torch.Tensor) -> None:
+        """Run a re-encode call, condition its features on ``control`` (the span's start-token
+        state) and queue them at the branch's placeholder tokens."""
+        A, E = branch.action_id, branch.end_id
+        options = {"encoder": branch.encoder, **decision.options}
+        call = ev.to_call()
+        if decision.args is not None:
+            call = ActionCall(call.action, decision.args, call.target, call.tokens, call.token_ids, True)
+        obs, hop = self.run(s, call, options, decision.target, decision.node)
+        if obs is None:
+            return
+        try:
+            feats: Features = obs[0]
+            rows = self._project(branch, feats, control)
+        except (PerceiveError, RuntimeError, ValueError) as exc:
+            self._fail(s, hop, exc if isinstance(exc, PerceiveError) else ObservationError(str(exc)))
+            return
+        hop.features.append(feats.summary())
+        hop.box = feats.box.to_dict()
+        tok = self.loop.tokenizer
+        pad = tok.convert_ids_to_tokens(branch.pad_id)
+        vs, ve = (tok.convert_ids_to_tokens(i) for i in (self.cfg.special.vision_start, self.cfg.special.vision_end))
+        ids = [A, E] + self.loop.layout.observation_turn([vs + pad * rows.shape[0] + ve])
+        overrides = {0: control}
+        pads = [i for i, t in enumerate(ids) if t == branch.pad_id]
+        overrides.update({i: rows[k] for k, i in enumerate(pads)})
+        s.pending = Chunk(ids, ChunkKind.OBSERVE, overrides=overrides)
+        hop.prefilled_tokens = len(ids)
+        s.answer_from = len(s.generated)
+
+    def _project(self, branch, feats: Features, control: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        t = feats.tensor.to(m.device, m.dtype)
+        if branch.action == "native":
+            rows = m.project("native", t, control.unsqueeze(0), [t.shape[0]])
+        else:
+            rows = m.project(branch.action, t.unsqueeze(0), control.unsqueeze(0))
+        if rows.shape[0] != feats.num_placeholders:
+            raise ObservationError(
+                f"encoder {feats.encoder!r} gave {rows.shape[0]} projected rows for "
+                f"{feats.num_placeholders} placeholders", hint="the encoder's output shape does not fit this projector")
+        return rows

@@ -1,0 +1,36 @@
+"""A run's options."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+@dataclass
+class LoopOptions:
+    max_hops: int = 4
+    max_new_tokens: int = 256
+    #: after a malformed span: keep generating, or finish the sample
+    on_malformed: Literal["continue", "stop"] = "continue"
+    #: reference-style baseline: prefill the whole conversation again after each observation
+    reprefill: bool = False
+    #: False: never dispatch (generation as the reference's offline first round does)
+    dispatch: bool = True
+    #: which view a span's coordinates refer to: the latest view shown, or the original image
+    target: Literal["latest", "root"] = "latest"
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int = 0
+    system: str | None = None
+    #: per-action options (e.g. {"zoom": {"size": 448}})
+    action_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: action names the parser recognises (None: every installed action)
+    actions: list[str] | None = None
+    record_logits: bool = False
+    #: deadline of one perception call in seconds (None: none); a call past it fails its sample
+    #: with ``action_timeout`` (see perceive.dispatch for what happens to its thread)
+    action_timeout_s: float | None = 120.0
+    #: samples in the running batch at once (None: all); the others join as samples finish
+    max_batch_size: int | None = None

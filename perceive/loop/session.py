@@ -1,0 +1,489 @@
+"""The perception session: per sample, prompt -> generate until a call closes or the turn ends
+-> the controller decides -> dispatch -> observe -> continue.
+
+The session keeps the trace, the budgets and the view frames, and drives an engine
+(``perceive.loop.engine``) through chunks of tokens; it never touches a KV cache, a position
+id or the model's layers. Only new tokens are ever fed: the span's closing token, the end of the
+assistant turn, a user turn with the view's image tokens or the feature placeholders, and the
+next assistant header. Re-encode spans take their control signal from the step that fed the
+start token, and encoder features are cached per image (``EncoderHub``).
+
+Samples run together; with ``max_batch_size`` the others wait and join the running batch as
+samples finish (continuous batching). A controller (``perceive.control``) decides at each call
+and answer; by default the graph ``free_choice``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+
+from perceive.actions import ActionCall
+from perceive.control import Controller, Decision, Dispatch, Finish, Force, Ignore, RunLimits, Stop
+from perceive.control import merge_action_options as merge_options
+from perceive.encoders import EncoderHub
+from perceive.errors import ConfigError, InputError, PerceiveError
+from perceive.geometry import ROOT, Frame
+from perceive.images import as_rgb, load_image
+from perceive.loop.engine import Chunk, ChunkKind, Engine, NativeEngine, ReprefillEngine
+from perceive.loop.observe import Observer, err
+from perceive.loop.options import LoopOptions
+from perceive.loop.sampling import Sampler
+from perceive.loop.template import ChatLayout
+from perceive.observations import View
+from perceive.protocol import ParseError, PerceptionCall, StreamParser, codec_from_tokenizer
+from perceive.trace import EventType, FinishReason, Trace
+
+
+@dataclass
+class Answer:
+    text: str
+    trace: Trace
+    token_ids: list[int]
+    logits: list[torch.Tensor] | None = None
+
+    @property
+    def error(self) -> dict | None:
+        return self.trace.error
+
+    @property
+    def ok(self) -> bool:
+        return self.trace.error is None
+
+
+@dataclass(eq=False)
+class Sample:
+    """One running sample (a :class:`~perceive.control.SampleView` for controllers)."""
+
+    index: int
+    root: Image.Image
+    trace: Trace
+    parser: StreamParser | None
+    gen: torch.Generator
+    question: str = ""
+    ids: Any = field(default_factory=lambda: itertools.count(1))
+    views: dict[str, View] = field(default_factory=dict)
+    target: str = ROOT
+    pending: Chunk | None = None
+    fed: int = 0  # tokens fed to the model so far (its context in use)
+    generated: list[int] = field(default_factory=list)
+    answer_from: int = 0  # index in generated where the current assistant turn starts
+    hops: int = 0
+    decoded_since_hop: int = 0
+    awaiting_control: Any = None  # the branch whose start token was just fed
+    forced_reencode: Dispatch | None = None  # a re-encode the controller wrote into the first turn
+    node: str | None = None  # the graph node running (graph runs)
+    state: dict[str, Any] = field(default_factory=dict)  # the controller's per-sample state
+    observations: dict[tuple, Any] = field(default_factory=dict)  # dispatched calls, for reuse
+    done: bool = False
+    logits: list[torch.Tensor] = field(default_factory=list)
+    t0: float = field(default_factory=time.perf_counter)
+
+    def event(self, type: EventType, **fields: Any) -> None:
+        self.trace.events.append({"type": EventType(type), **fields})
+
+    def frame(self, view_id: str) -> Frame:
+        return Frame.root(*self.root.size) if view_id == ROOT else self.views[view_id].frame
+
+    def image(self, view_id: str) -> Image.Image:
+        return self.root if view_id == ROOT else self.views[view_id].image
+
+
+class PerceptionLoop:
+    """Runs a VPT model with perception dispatch. One loop is one session: its encoder cache is
+    shared by every sample it runs.
+
+    ``graph`` (a shipped name, a YAML path, a dict or a compiled graph; default ``free_choice``
+    with ``max_hops`` from ``options``) decides at each call, unless a ``controller`` is given.
+    ``policy(sample_index, generated_ids, logits) -> token id | None`` overrides the model's
+    choice (constrained decoding, scripted spans in tests). ``engine(model)`` builds the engine
+    of each run (default :class:`NativeEngine`, or :class:`ReprefillEngine` with
+    ``options.reprefill``)."""
+
+    def __init__(self, model, registry=None, options: LoopOptions | None = None, hub: EncoderHub | None = None,
+                 encoder_configs: dict | None = None, policy=None, controller: Controller | None = None,
+                 graph=None, params: dict | None = None, engine: Callable[[Any], Engine] | None = None):
+        from perceive.plugins import get_registry
+
+        self.model = model
+        self.policy = policy
+        self.engine = engine
+        # a compiled graph brings the registry it was validated against
+        self.registry = registry or getattr(graph, "registry", None) or get_registry()
+        options = options or LoopOptions()
+        # the options the model was trained with (a region margin, ...), under the run's own
+        merged = merge_options(self.registry, model.config.action_defaults, options.action_options)
+        self.options = dataclasses.replace(options, action_options=merged)
+        self.controller = controller or self._graph_controller(graph, params)
+        self.limits = RunLimits(self.options.max_hops, self.options.action_options)
+        self.hub = hub or EncoderHub(self.registry.encoder_specs(), encoder_configs or {}, model=model)
+        self.cfg = cfg = model.config
+        self.tokenizer = model.tokenizer
+        self.layout = ChatLayout(self.tokenizer, self.options.system) if self.tokenizer is not None else None
+        self.eos = set(cfg.special.eos) | {cfg.special.im_end}
+        self.start_branch = {b.start_id: b for b in cfg.branches.values()}
+        self.actions = [a for a in self.registry.select(self.options.actions) if a.grammar is not None]
+        self.observer = Observer(self)
+        self._check_encoders()
+        self._sampler = Sampler(self.options.do_sample, self.options.temperature, self.options.top_k,
+                                self.options.top_p)
+
+    def _graph_controller(self, graph, params):
+        from perceive.graph import CompiledGraph, compile_graph
+
+        if not isinstance(graph, CompiledGraph):
+            graph = "free_choice" if graph is None else graph
+            if graph == "free_choice":  # the run's hop budget is the graph's
+                params = {"max_hops": self.options.max_hops, **(params or {})}
+            graph = compile_graph(graph, registry=self.registry, params=params)
+        return graph.controller(self.registry.pm, model=self.model)
+
+    def _check_encoders(self) -> None:
+        """A re-encode action may use any registered encoder whose output its projector accepts."""
+        for action, opts in self.options.action_options.items():
+            name = opts.get("encoder")
+            branch = self.cfg.branches.get(action)
+            if not name or branch is None:
+                continue
+            spec = self.registry.encoder(name)
+            want = branch.feature_dim
+            if spec.feature_dim is not None and spec.feature_dim != want:
+                raise ConfigError(
+                    f"actions.{action}.encoder: {name!r} gives {spec.feature_dim}-wide features but the model's "
+                    f"{action} projector takes {want}",
+                    hint=f"use an encoder with {want}-wide output, e.g. {branch.encoder!r}")
+
+    @classmethod
+    def from_config(cls, config, registry=None, policy=None) -> PerceptionLoop:
+        """Build model and loop from a :class:`perceive.config.PerceiveConfig` (or a YAML path)."""
+        from perceive.config import PerceiveConfig, load_config
+        from perceive.model import load_model
+        from perceive.plugins import get_registry
+
+        registry = registry or get_registry()
+        cfg = config if isinstance(config, PerceiveConfig) else load_config(config, registry=registry)
+        errors = cfg.check_names(registry)
+        if errors:
+            raise ConfigError("; ".join(errors))
+        if cfg.model.path is None:
+            raise ConfigError("model.path is not set", hint="point it at a local model folder")
+        model = load_model(cfg.model.path, device=cfg.device, dtype=None if cfg.dtype == "auto" else cfg.dtype)
+        action_options = {}
+        for name, a in (cfg.actions or {}).items():
+            action_options[name] = {**a.options, **({"encoder": a.encoder} if a.encoder else {})}
+        rt = cfg.runtime
+        options = LoopOptions(max_hops=rt.max_hops, max_new_tokens=rt.max_new_tokens, on_malformed=rt.on_malformed,
+                              action_options=action_options, actions=cfg.enabled_actions(),
+                              action_timeout_s=rt.action_timeout_s)
+        graph, params = getattr(cfg, "graph", None), getattr(cfg, "params", None)
+        return cls(model, registry=registry, options=options, encoder_configs=cfg.encoder_configs(), policy=policy,
+                   graph=graph, params=params)
+
+    # -- public API --------------------------------------------------------------------------
+
+    def ask(self, image, question: str) -> Answer:
+        """Answer one question about one image. An unreadable image raises ``ImageError``; an
+        empty question, or one longer than the model's context, ``InputError``."""
+        answer = self.run([(load_image(image), question)])[0]
+        if answer.trace.finish_reason is FinishReason.ERROR and answer.error["type"] == InputError.__name__:
+            raise InputError(answer.error["message"], hint=answer.error.get("hint"))
+        return answer
+
+    def ask_batch(self, items: list[tuple[Any, str]]) -> list[Answer]:
+        """Answer many (image, question) pairs together. A sample whose image cannot be read, or
+        whose perception call fails, finishes with the error in its trace; the rest go on."""
+        loaded: list[tuple[Image.Image | None, str, dict | None]] = []
+        for image, question in items:
+            try:
+                loaded.append((load_image(image), question, None))
+            except PerceiveError as exc:
+                loaded.append((None, question, err(exc)))
+        keep = [i for i, (_, _, e) in enumerate(loaded) if e is None]
+        results = iter(self.run([loaded[i][:2] for i in keep], indices=keep))
+        return [next(results) if e is None else Answer("", Trace(question=q, error=e, finish_reason=FinishReason.ERROR),
+                                                       []) for _, q, e in loaded]
+
+    def run(self, items: list[tuple[Image.Image, str]], indices: list[int] | None = None) -> list[Answer]:
+        """Run decoded images together. ``indices`` are the samples' positions in the caller's
+        batch (they seed sampling and key the policy); default 0..n-1."""
+        if self.layout is None:
+            raise PerceiveError("this model has no tokenizer", hint="load a checkpoint that ships one")
+        indices = list(range(len(items))) if indices is None else indices
+        samples = [self._new_sample(i, img, q) for i, (img, q) in zip(indices, items, strict=True)]
+        self._drive(samples)
+        return [self._answer(s) for s in samples]
+
+    def generate_ids(self, prompt_ids: list[int], pixel_values=None, image_grid_thw=None,
+                     max_new_tokens: int = 16) -> list[int]:
+        """Generate from explicit ids (images already expanded to pads), without dispatch: the
+        reference's own generation (the action token after a start token is forced and carries
+        the control state). Returns prompt and new ids."""
+        opts = self.options
+        saved = (opts.dispatch, opts.max_new_tokens)
+        opts.dispatch, opts.max_new_tokens = False, max_new_tokens
+        try:
+            s = Sample(0, Image.new("RGB", (1, 1)), Trace(), None, torch.Generator().manual_seed(opts.seed))
+            images = [] if pixel_values is None else [(pixel_values, image_grid_thw)]
+            s.pending = Chunk(list(prompt_ids), ChunkKind.PROMPT, images)
+            s.trace.prompt_tokens = len(prompt_ids)
+            # a prompt that ends with a re-encode start token: the next token is forced
+            s.awaiting_control = self.start_branch.get(int(prompt_ids[-1]))
+            s.pending.logits = s.awaiting_control is None
+            self._drive([s])
+            return list(prompt_ids) + s.generated
+        finally:
+            opts.dispatch, opts.max_new_tokens = saved
+
+    # -- set-up -----------------------------------------------------------------------------
+
+    def _new_sample(self, index: int, image: Image.Image, question: str) -> Sample:
+        root = as_rgb(image)
+        parser = StreamParser(self.actions, codec_from_tokenizer(self.tokenizer)) if self.options.dispatch else None
+        q = question if isinstance(question, str) else ""
+        s = Sample(index, root, Trace(question=q, image_size=root.size), parser,
+                   torch.Generator().manual_seed(self.options.seed + index), question=q)
+        try:
+            _check_question(question)
+            pv, grid = self.observer.pixels(root)
+        except PerceiveError as exc:
+            self.finish(s, FinishReason.ERROR, err(exc))
+            return s
+        images, blocks, reencode = [(pv, grid)], [], None
+        for d in self.controller.start(self.limits, s):
+            # calls the controller makes before the model speaks: views join the first user turn,
+            # a re-encode opens the first assistant turn
+            if self.registry.action(d.action).observation == "view":
+                shown = self.observer.first_turn_views(s, d)
+                if shown is None:
+                    return s
+                blocks += shown[0]
+                images += shown[1]
+                continue
+            reencode = next((b for b in self.cfg.branches.values() if b.action == d.action), None)
+            if reencode is None:
+                msg = f"the model has no {d.action!r} branch to force"
+                self.finish(s, FinishReason.GRAPH_ERROR, {"type": "graph_error", "message": msg})
+                return s
+            s.forced_reencode = Dispatch(options=d.options, target=d.target, args=d.args, node=d.node)
+        ids = self.layout.prompt(s.question, int(grid.prod()) // self.model.spatial_merge_size**2, blocks)
+        limit = self.model.max_positions
+        if len(ids) + (reencode is not None) >= limit:
+            # refuse before any forward: past the trained context the model only answers noise
+            self.finish(s, FinishReason.ERROR, err(InputError(
+                f"the prompt is {len(ids)} tokens (image tokens included) but the model's context "
+                f"(max_position_embeddings) is {limit}",
+                hint="shorten the question, or use a smaller image")))
+            return s
+        if reencode is not None:
+            ids = ids + [reencode.start_id]
+            s.generated.append(reencode.start_id)
+            if s.parser is not None:
+                s.parser.feed(reencode.start_id)
+            s.awaiting_control = reencode
+        s.trace.prompt_tokens = len(ids)
+        self.observer.feed(s, Chunk(ids, ChunkKind.PROMPT, images, logits=reencode is None))
+        return s
+
+    # -- the decode loop ----------------------------------------------------------------------
+
+    def _engine(self) -> Engine:
+        if self.engine is not None:
+            return self.engine(self.model)
+        return ReprefillEngine(self.model) if self.options.reprefill else NativeEngine(self.model)
+
+    @torch.no_grad()
+    def _drive(self, samples: list[Sample]) -> None:
+        """Step every running sample's chunk through one engine until all are done; waiting
+        samples join as others finish (at most ``max_batch_size`` at once)."""
+        engine = self._engine()
+        # the reprefill baseline runs one sample at a time, as the reference does
+        cap = 1 if self.options.reprefill else (self.options.max_batch_size or len(samples) or 1)
+        waiting = deque(s for s in samples if not s.done)
+        running: list[Sample] = []
+        while waiting or running:
+            while waiting and len(running) < cap:
+                s = waiting.popleft()
+                engine.open(s)
+                engine.feed(s, s.pending)
+                running.append(s)
+            outs = engine.step()
+            for s in running:
+                out = outs[s]
+                self._fed(s, out.ms)
+                self._advance(s, out.hidden, out.logits)
+                self._check_context(s)
+                if s.done:
+                    engine.close(s)
+                else:
+                    engine.feed(s, s.pending)
+            running = [s for s in running if not s.done]
+
+    def _fed(self, s: Sample, ms: float) -> None:
+        chunk, s.pending = s.pending, None
+        s.fed += len(chunk.ids)
+        if chunk.kind is ChunkKind.OBSERVE and s.trace.hops:
+            s.trace.hops[-1].prefill_ms = ms
+
+    def _check_context(self, s: Sample) -> None:
+        """Finish a sample whose next tokens would not fit the model's context."""
+        if s.pending is not None and s.fed + len(s.pending.ids) > self.model.max_positions:
+            self.finish(s, FinishReason.CONTEXT_FULL)
+
+    def _advance(self, s: Sample, h: torch.Tensor, logits: torch.Tensor | None) -> None:
+        """After a step: ``h`` is the sample's last final-norm state, ``logits`` its next-token
+        logits (None when the next token is forced)."""
+        if s.awaiting_control is not None:
+            branch, s.awaiting_control = s.awaiting_control, None
+            self._reencode(s, branch, h)
+            return
+        if self.options.record_logits:
+            s.logits.append(logits.cpu())
+        t = self.policy(s.index, s.generated, logits) if self.policy is not None else None
+        self._on_token(s, self._sampler(logits, s.gen) if t is None else int(t))
+
+    def _spent(self, s: Sample, reserve: int = 0) -> bool:
+        """Finish the sample when its token budget cannot take ``reserve`` more tokens. Every
+        generated or forced token counts, on every path."""
+        if len(s.generated) + reserve < self.options.max_new_tokens:
+            return False
+        self.finish(s, FinishReason.MAX_NEW_TOKENS)
+        return True
+
+    def _on_token(self, s: Sample, t: int) -> None:
+        s.generated.append(t)
+        s.decoded_since_hop += 1
+        ev = s.parser.feed(t) if s.parser is not None else None
+        if isinstance(ev, ParseError):
+            s.event(EventType.PARSE_ERROR, **ev.to_dict())
+        branch = self.start_branch.get(t)
+        if branch is not None:
+            # a re-encode span opens: feed the start token; its final hidden state is the
+            # control signal the forced action token carries (§2.6 step 3, §2.9). The forced
+            # tokens (action, and end when dispatching) must fit the budget too.
+            if self._spent(s, reserve=1 if s.parser is None else 2):
+                return
+            s.awaiting_control = branch
+            s.pending = Chunk([t], ChunkKind.DECODE, logits=False)
+            return
+        if isinstance(ev, PerceptionCall):
+            if not self._spent(s):  # no token left to use an observation
+                self._on_call(s, ev, closing=t)
+            return
+        if isinstance(ev, ParseError) and self.options.on_malformed == "stop":
+            self.finish(s, FinishReason.MALFORMED)
+            return
+        if t in self.eos:
+            self._on_answer(s, t)
+            return
+        if not self._spent(s):
+            s.pending = Chunk([t], ChunkKind.DECODE)
+
+    def finish(self, s: Sample, reason: FinishReason, error: dict | None = None) -> None:
+        if s.parser is not None:
+            tail = s.parser.close()
+            if tail is not None:
+                s.event(EventType.PARSE_ERROR, **tail.to_dict())
+        s.done = True
+        s.pending = None
+        s.trace.finish_reason = FinishReason(reason)
+        if error is not None:
+            s.trace.error = error
+
+    # -- decisions ----------------------------------------------------------------------------
+
+    def _on_call(self, s: Sample, ev: PerceptionCall, closing: int) -> None:
+        if self.registry.action(ev.action).observation != "view":
+            s.event(EventType.NO_PROJECTOR, action=ev.action,
+                    message=f"the model has no branch to show {ev.action!r} features")
+            s.pending = Chunk([closing], ChunkKind.DECODE)
+            return
+        self._decide(s, self.controller.on_call(self.limits, s, ev), ev, [closing])
+
+    def _on_answer(self, s: Sample, closing: int) -> None:
+        decision = self.controller.on_answer(self.limits, s)
+        match decision:
+            case Force() if self.registry.action(decision.action).observation == "view":
+                if not self._spent(s):
+                    self.observer.show_views(s, ActionCall(decision.action, decision.args, forced=True), decision,
+                                             [closing])
+            case Force():
+                msg = f"cannot force {decision.action!r} after an answer: only view actions"
+                self.finish(s, FinishReason.GRAPH_ERROR, {"type": "graph_error", "message": msg})
+            case Stop() | Finish():
+                self.finish(s, decision.reason)
+            case Ignore() | Dispatch():  # nothing to run after an answer: it stands
+                self.finish(s, FinishReason.EOS)
+            case _:
+                raise TypeError(f"unknown decision {decision!r}: expected one of perceive.control.Decision")
+
+    def _decide(self, s: Sample, decision: Decision, ev: PerceptionCall, closing: list[int]) -> None:
+        """Carry out a controller's decision on a view call."""
+        match decision:
+            case Dispatch():
+                call = ev.to_call()
+                if decision.args is not None:  # the controller's arguments replace the model's
+                    call = dataclasses.replace(call, args=decision.args, forced=True)
+                self.observer.show_views(s, call, decision, closing)
+            case Force() if self.registry.action(decision.action).observation == "view":
+                self.observer.show_views(s, ActionCall(decision.action, decision.args, forced=True), decision,
+                                         closing)
+            case Ignore() | Force():  # a forced re-encode after a view call is not shown
+                s.pending = Chunk(closing, ChunkKind.DECODE)
+            case Stop() | Finish():
+                self.finish(s, decision.reason)
+            case _:
+                raise TypeError(f"unknown decision {decision!r}: expected one of perceive.control.Decision")
+
+    def _reencode(self, s: Sample, branch, control: torch.Tensor) -> None:
+        A, E = branch.action_id, branch.end_id
+        s.generated.append(A)
+        if s.parser is None:  # no dispatch: only the reference's action-token correction
+            if not self._spent(s):
+                s.pending = Chunk([A], ChunkKind.FORCE, overrides={0: control})
+            return
+        ev = s.parser.feed(A)
+        s.generated.append(E)
+        ev = s.parser.feed(E) or ev
+        if isinstance(ev, ParseError):
+            s.event(EventType.PARSE_ERROR, **ev.to_dict())
+        if self._spent(s):  # the span is complete but no token is left to use an observation
+            return
+        skip = Chunk([A, E], ChunkKind.FORCE, overrides={0: control})
+        if not isinstance(ev, PerceptionCall):
+            s.pending = skip
+            return
+        decision, s.forced_reencode = (s.forced_reencode or self.controller.on_call(self.limits, s, ev)), None
+        match decision:
+            case Dispatch():
+                self.observer.show_features(s, branch, ev, decision, control)
+            case Stop() | Finish():
+                self.finish(s, decision.reason)
+            case Ignore() | Force():
+                s.pending = skip
+            case _:
+                raise TypeError(f"unknown decision {decision!r}: expected one of perceive.control.Decision")
+
+    def _answer(self, s: Sample) -> Answer:
+        tok = self.tokenizer
+        # an answer is text: a perception token left in it (a malformed span) is a parse_error
+        # event in the trace, never part of the answer
+        final = [t for t in s.generated[s.answer_from:] if t not in self.eos and t not in self.observer.perception_ids]
+        s.trace.answer = tok.decode(final, skip_special_tokens=True).strip()
+        s.trace.text = tok.decode(s.generated, skip_special_tokens=False)
+        s.trace.generated_tokens = len(s.generated)
+        s.trace.total_ms = (time.perf_counter() - s.t0) * 1000
+        return Answer(s.trace.answer, s.trace, list(s.generated), s.logits if self.options.record_logits else None)
+
+
+def _check_question(question) -> None:
+    if not isinstance(question, str) or not question.strip():
+        got = "no question" if question is None else f"the question {question!r}"
+        raise InputError(f"{got}: a question must be non-empty text", hint="ask something about the image")
