@@ -305,3 +305,42 @@ def test_sequential_positions_model_runs_as_trained(photo, tmp_path):
     for a, b in zip(online.logits, ref.logits, strict=True):
         torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
     assert Collator(model).positions == "sequential"
+
+
+class JoinSpy(NativeEngine):
+    """Notes each time samples join a batch that already has a past."""
+
+    joins: list[tuple[int, int]] = []
+
+    def _join(self, keys):
+        past = 0 if self.mask is None else self.mask.shape[1]
+        if past:
+            JoinSpy.joins.append((len(self.rows), past))
+        super()._join(keys)
+
+
+def test_a_sample_that_joins_a_running_batch_gets_the_tokens_it_gets_alone(model, photo):
+    photos = real_photos()
+    items = [(photo, "What?"), (photos["coffee"], "Which drink?"), (photos["chelsea"], "Which animal?")]
+    # sample 0 answers at once; 1 keeps going; 2 waits for a free slot and joins mid-way
+    scripts = {0: "7<|im_end|>", 1: f"hm {REGION}", 2: REGION}
+    JoinSpy.joins = []
+    loop = make_loop(model, scripts, max_new_tokens=20, max_batch_size=2)
+    loop.engine = JoinSpy
+    batch = loop.ask_batch(items)
+    assert JoinSpy.joins and JoinSpy.joins[0][0] == 1  # it joined beside sample 1, which had a past
+    for i, (img, q) in enumerate(items):
+        alone = make_loop(model, {0: scripts[i]}, max_new_tokens=20).ask(img, q)
+        assert batch[i].token_ids == alone.token_ids, i
+        assert [h.box for h in batch[i].trace.hops] == [h.box for h in alone.trace.hops]
+
+
+def test_one_vision_tower_call_per_step(model, photo, monkeypatch):
+    calls = []
+    real = model.image_embeds
+    monkeypatch.setattr(model, "image_embeds", lambda pv, grid: calls.append(grid.shape[0]) or real(pv, grid))
+    photos = list(real_photos().values())
+    items = [(photos[i % len(photos)], "What?") for i in range(4)]
+    answers = make_loop(model, {i: REGION for i in range(4)}).ask_batch(items)
+    assert all(len(a.trace.hops) == 1 for a in answers)
+    assert calls == [4, 4]  # the four first images in one call, the four crops in another
