@@ -44,6 +44,14 @@ def main() -> None:
         return real_lm(embeds, *a, **k)
 
     model.lm = counting_lm
+    vision = []  # images per vision-tower call
+    real_vision = model.image_embeds
+
+    def counting_vision(pv, grid):
+        vision.append(int(grid.reshape(-1, 3).shape[0]))
+        return real_vision(pv, grid)
+
+    model.image_embeds = counting_vision
     results = {}
     modes = [("online", False), ("reprefill", True)]
     for name, reprefill in modes:
@@ -62,10 +70,13 @@ def main() -> None:
     if args.batch:
         opts = LoopOptions(max_new_tokens=args.tokens, max_hops=args.hops)
         loop = PerceptionLoop(model, options=opts, policy=ScriptedPolicy(tok, {i: script for i in range(len(items))}))
+        loop.ask_batch(items[:2])  # warm-up
+        vision.clear()
         t0 = time.perf_counter()
         loop.ask_batch(items)
         per = (time.perf_counter() - t0) * 1000 / len(items)
-        print(f"{'batch':10s} {per:8.1f} ms/sample (ask_batch of {len(items)})")
+        print(f"{'batch':10s} {per:8.1f} ms/sample (ask_batch of {len(items)}): {len(vision)} vision-tower calls "
+              f"for {sum(vision)} images; {results['online'][0] / per:.2f}x the one-at-a-time online rate")
     on, ref = results["online"], results["reprefill"]
     print(f"speed-up {ref[0] / on[0]:.2f}x, tokens fed {ref[1] / on[1]:.2f}x fewer "
           f"(device {model.device}, torch {torch.__version__}, threads {torch.get_num_threads()})")
