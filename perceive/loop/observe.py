@@ -13,7 +13,7 @@ from PIL import Image
 from perceive.actions import ActionCall, ActionContext
 from perceive.control import Dispatch, Force
 from perceive.dispatch import dispatch
-from perceive.errors import ObservationError, PerceiveError
+from perceive.errors import ConfigError, ObservationError, PerceiveError
 from perceive.geometry import ROOT
 from perceive.loop.engine import Chunk, ChunkKind
 from perceive.observations import Features
@@ -54,6 +54,21 @@ class Observer:
         for b in cfg.branches.values():
             ids |= {b.start_id, b.action_id, b.end_id, b.pad_id}
         return frozenset(ids)
+
+    def check_encoders(self) -> None:
+        """A re-encode action may use any registered encoder whose output its projector accepts."""
+        for action, opts in self.loop.options.action_options.items():
+            name = opts.get("encoder")
+            branch = self.cfg.branches.get(action)
+            if not name or branch is None:
+                continue
+            spec = self.loop.registry.encoder(name)
+            want = branch.feature_dim
+            if spec.feature_dim is not None and spec.feature_dim != want:
+                raise ConfigError(
+                    f"actions.{action}.encoder: {name!r} gives {spec.feature_dim}-wide features but the model's "
+                    f"{action} projector takes {want}",
+                    hint=f"use an encoder with {want}-wide output, e.g. {branch.encoder!r}")
 
     # -- chunks ---------------------------------------------------------------------------------
 

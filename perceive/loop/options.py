@@ -34,3 +34,13 @@ class LoopOptions:
     action_timeout_s: float | None = 120.0
     #: samples in the running batch at once (None: all); the others join as samples finish
     max_batch_size: int | None = None
+
+
+def options_from_config(cfg) -> LoopOptions:
+    """The loop options a run config (:class:`perceive.config.PerceiveConfig`) sets."""
+    action_options = {name: {**a.options, **({"encoder": a.encoder} if a.encoder else {})}
+                      for name, a in (cfg.actions or {}).items()}
+    rt = cfg.runtime
+    return LoopOptions(max_hops=rt.max_hops, max_new_tokens=rt.max_new_tokens, on_malformed=rt.on_malformed,
+                       action_options=action_options, actions=cfg.enabled_actions(),
+                       action_timeout_s=rt.action_timeout_s)

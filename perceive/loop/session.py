@@ -16,11 +16,9 @@ and answer; by default the graph ``free_choice``.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -31,70 +29,15 @@ from perceive.control import Controller, Decision, Dispatch, Finish, Force, Igno
 from perceive.control import merge_action_options as merge_options
 from perceive.encoders import EncoderHub
 from perceive.errors import ConfigError, InputError, PerceiveError
-from perceive.geometry import ROOT, Frame
 from perceive.images import as_rgb, load_image
 from perceive.loop.engine import Chunk, ChunkKind, Engine, NativeEngine, ReprefillEngine
 from perceive.loop.observe import Observer, err
-from perceive.loop.options import LoopOptions
+from perceive.loop.options import LoopOptions, options_from_config
+from perceive.loop.sample import Answer, Sample, check_question
 from perceive.loop.sampling import Sampler
 from perceive.loop.template import ChatLayout
-from perceive.observations import View
 from perceive.protocol import ParseError, PerceptionCall, StreamParser, codec_from_tokenizer
 from perceive.trace import EventType, FinishReason, Trace
-
-
-@dataclass
-class Answer:
-    text: str
-    trace: Trace
-    token_ids: list[int]
-    logits: list[torch.Tensor] | None = None
-
-    @property
-    def error(self) -> dict | None:
-        return self.trace.error
-
-    @property
-    def ok(self) -> bool:
-        return self.trace.error is None
-
-
-@dataclass(eq=False)
-class Sample:
-    """One running sample (a :class:`~perceive.control.SampleView` for controllers)."""
-
-    index: int
-    root: Image.Image
-    trace: Trace
-    parser: StreamParser | None
-    gen: torch.Generator
-    question: str = ""
-    ids: Any = field(default_factory=lambda: itertools.count(1))
-    views: dict[str, View] = field(default_factory=dict)
-    target: str = ROOT
-    pending: Chunk | None = None
-    fed: int = 0  # tokens fed to the model so far (its context in use)
-    generated: list[int] = field(default_factory=list)
-    answer_from: int = 0  # index in generated where the current assistant turn starts
-    hops: int = 0
-    decoded_since_hop: int = 0
-    awaiting_control: Any = None  # the branch whose start token was just fed
-    forced_reencode: Dispatch | None = None  # a re-encode the controller wrote into the first turn
-    node: str | None = None  # the graph node running (graph runs)
-    state: dict[str, Any] = field(default_factory=dict)  # the controller's per-sample state
-    observations: dict[tuple, Any] = field(default_factory=dict)  # dispatched calls, for reuse
-    done: bool = False
-    logits: list[torch.Tensor] = field(default_factory=list)
-    t0: float = field(default_factory=time.perf_counter)
-
-    def event(self, type: EventType, **fields: Any) -> None:
-        self.trace.events.append({"type": EventType(type), **fields})
-
-    def frame(self, view_id: str) -> Frame:
-        return Frame.root(*self.root.size) if view_id == ROOT else self.views[view_id].frame
-
-    def image(self, view_id: str) -> Image.Image:
-        return self.root if view_id == ROOT else self.views[view_id].image
 
 
 class PerceptionLoop:
@@ -132,7 +75,7 @@ class PerceptionLoop:
         self.start_branch = {b.start_id: b for b in cfg.branches.values()}
         self.actions = [a for a in self.registry.select(self.options.actions) if a.grammar is not None]
         self.observer = Observer(self)
-        self._check_encoders()
+        self.observer.check_encoders()
         self._sampler = Sampler(self.options.do_sample, self.options.temperature, self.options.top_k,
                                 self.options.top_p)
 
@@ -145,21 +88,6 @@ class PerceptionLoop:
                 params = {"max_hops": self.options.max_hops, **(params or {})}
             graph = compile_graph(graph, registry=self.registry, params=params)
         return graph.controller(self.registry.pm, model=self.model)
-
-    def _check_encoders(self) -> None:
-        """A re-encode action may use any registered encoder whose output its projector accepts."""
-        for action, opts in self.options.action_options.items():
-            name = opts.get("encoder")
-            branch = self.cfg.branches.get(action)
-            if not name or branch is None:
-                continue
-            spec = self.registry.encoder(name)
-            want = branch.feature_dim
-            if spec.feature_dim is not None and spec.feature_dim != want:
-                raise ConfigError(
-                    f"actions.{action}.encoder: {name!r} gives {spec.feature_dim}-wide features but the model's "
-                    f"{action} projector takes {want}",
-                    hint=f"use an encoder with {want}-wide output, e.g. {branch.encoder!r}")
 
     @classmethod
     def from_config(cls, config, registry=None, policy=None) -> PerceptionLoop:
@@ -176,13 +104,7 @@ class PerceptionLoop:
         if cfg.model.path is None:
             raise ConfigError("model.path is not set", hint="point it at a local model folder")
         model = load_model(cfg.model.path, device=cfg.device, dtype=None if cfg.dtype == "auto" else cfg.dtype)
-        action_options = {}
-        for name, a in (cfg.actions or {}).items():
-            action_options[name] = {**a.options, **({"encoder": a.encoder} if a.encoder else {})}
-        rt = cfg.runtime
-        options = LoopOptions(max_hops=rt.max_hops, max_new_tokens=rt.max_new_tokens, on_malformed=rt.on_malformed,
-                              action_options=action_options, actions=cfg.enabled_actions(),
-                              action_timeout_s=rt.action_timeout_s)
+        options = options_from_config(cfg)
         graph, params = getattr(cfg, "graph", None), getattr(cfg, "params", None)
         return cls(model, registry=registry, options=options, encoder_configs=cfg.encoder_configs(), policy=policy,
                    graph=graph, params=params)
@@ -251,7 +173,7 @@ class PerceptionLoop:
         s = Sample(index, root, Trace(question=q, image_size=root.size), parser,
                    torch.Generator().manual_seed(self.options.seed + index), question=q)
         try:
-            _check_question(question)
+            check_question(question)
             pv, grid = self.observer.pixels(root)
         except PerceiveError as exc:
             self.finish(s, FinishReason.ERROR, err(exc))
@@ -481,9 +403,3 @@ class PerceptionLoop:
         s.trace.generated_tokens = len(s.generated)
         s.trace.total_ms = (time.perf_counter() - s.t0) * 1000
         return Answer(s.trace.answer, s.trace, list(s.generated), s.logits if self.options.record_logits else None)
-
-
-def _check_question(question) -> None:
-    if not isinstance(question, str) or not question.strip():
-        got = "no question" if question is None else f"the question {question!r}"
-        raise InputError(f"{got}: a question must be non-empty text", hint="ask something about the image")

@@ -1,0 +1,80 @@
+"""A running sample, and the answer it ends with."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+
+from perceive.control import Dispatch
+from perceive.errors import InputError
+from perceive.geometry import ROOT, Frame
+from perceive.loop.engine import Chunk
+from perceive.observations import View
+from perceive.protocol import StreamParser
+from perceive.trace import EventType, Trace
+
+
+@dataclass
+class Answer:
+    text: str
+    trace: Trace
+    token_ids: list[int]
+    logits: list[torch.Tensor] | None = None
+
+    @property
+    def error(self) -> dict | None:
+        return self.trace.error
+
+    @property
+    def ok(self) -> bool:
+        return self.trace.error is None
+
+
+@dataclass(eq=False)
+class Sample:
+    """One running sample (a :class:`~perceive.control.SampleView` for controllers)."""
+
+    index: int
+    root: Image.Image
+    trace: Trace
+    parser: StreamParser | None
+    gen: torch.Generator
+    question: str = ""
+    ids: Any = field(default_factory=lambda: itertools.count(1))
+    views: dict[str, View] = field(default_factory=dict)
+    target: str = ROOT
+    pending: Chunk | None = None
+    fed: int = 0  # tokens fed to the model so far (its context in use)
+    generated: list[int] = field(default_factory=list)
+    answer_from: int = 0  # index in generated where the current assistant turn starts
+    hops: int = 0
+    decoded_since_hop: int = 0
+    awaiting_control: Any = None  # the branch whose start token was just fed
+    forced_reencode: Dispatch | None = None  # a re-encode the controller wrote into the first turn
+    node: str | None = None  # the graph node running (graph runs)
+    state: dict[str, Any] = field(default_factory=dict)  # the controller's per-sample state
+    observations: dict[tuple, Any] = field(default_factory=dict)  # dispatched calls, for reuse
+    done: bool = False
+    logits: list[torch.Tensor] = field(default_factory=list)
+    t0: float = field(default_factory=time.perf_counter)
+
+    def event(self, type: EventType, **fields: Any) -> None:
+        self.trace.events.append({"type": EventType(type), **fields})
+
+    def frame(self, view_id: str) -> Frame:
+        return Frame.root(*self.root.size) if view_id == ROOT else self.views[view_id].frame
+
+    def image(self, view_id: str) -> Image.Image:
+        return self.root if view_id == ROOT else self.views[view_id].image
+
+
+def check_question(question) -> None:
+    """Refuse an empty or missing question (:class:`InputError`)."""
+    if not isinstance(question, str) or not question.strip():
+        got = "no question" if question is None else f"the question {question!r}"
+        raise InputError(f"{got}: a question must be non-empty text", hint="ask something about the image")
