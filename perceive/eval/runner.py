@@ -162,7 +162,7 @@ def run_name(cfg: EvalConfig) -> str:
 
 
 def _oracle(tokenizer, examples):
-    from perceive.testing.scripted import ScriptedPolicy, span_tokens
+    from perceive.loop.scripted import ScriptedPolicy, span_tokens
 
     spans = {}
     for i, e in enumerate(examples):
