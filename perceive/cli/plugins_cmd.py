@@ -100,9 +100,9 @@ def check(name: str = typer.Argument(..., help="Registered action name."),
           action_timeout: float = typer.Option(120.0, "--action-timeout", min=0.001, max=86400, metavar="S",
                                                help="Deadline of each call, in seconds.")) -> None:
     """Run the conformance kit on an action; exit 1 with a readable report if it fails."""
+    from perceive.conformance import check_action
     from perceive.errors import UnknownActionError
     from perceive.plugins import get_registry
-    from perceive.testing.conformance import check_action
 
     reg = get_registry()
     try:

@@ -3,9 +3,11 @@
 >>> from perceive.testing import check_action
 >>> report = check_action("region_select")
 >>> assert report.ok, report.render()
+
+The kit itself lives in :mod:`perceive.conformance` (``perceive plugins check`` runs it);
+production code never imports :mod:`perceive.testing` (an import-linter contract checks it).
 """
 
-from perceive.testing.conformance import CheckResult, ConformanceReport, check_action
-from perceive.testing.images import awkward_images, real_photos
+from perceive.conformance import CheckResult, ConformanceReport, awkward_images, check_action, real_photos
 
 __all__ = ["CheckResult", "ConformanceReport", "awkward_images", "check_action", "real_photos"]
