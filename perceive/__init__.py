@@ -6,6 +6,7 @@ or encoder features) is fed back to the model.
 """
 
 from perceive.actions import Action, ActionCall, ActionContext, SpanError, TriggerGrammar
+from perceive.branches import BranchInput, BranchSpec, BranchTokens, ModelBranchEncoder, PaperLayout
 from perceive.config import PerceiveConfig, load_config
 from perceive.dispatch import ActionFailure, DispatchResult, dispatch
 from perceive.encoders import EncoderHub, EncoderSpec
@@ -15,6 +16,7 @@ from perceive.hookspecs import hookimpl
 from perceive.observations import Features, View
 from perceive.plugins import Registry, get_registry, load_registry
 from perceive.protocol import ParseError, PerceptionCall, StreamParser
+from perceive.reencode import ReencodeAction
 
 __version__ = "0.1.0"
 
@@ -51,15 +53,21 @@ __all__ = [
     "ActionContext",
     "ActionFailure",
     "Box",
+    "BranchInput",
+    "BranchSpec",
+    "BranchTokens",
     "DispatchResult",
     "EncoderHub",
     "EncoderSpec",
     "Features",
     "Frame",
+    "ModelBranchEncoder",
+    "PaperLayout",
     "ParseError",
     "PerceiveConfig",
     "PerceiveError",
     "PerceptionCall",
+    "ReencodeAction",
     "Registry",
     "SpanError",
     "StreamParser",

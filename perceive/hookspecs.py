@@ -14,6 +14,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from perceive.actions import Action, ActionCall, ActionContext
+    from perceive.branches import BranchSpec
     from perceive.encoders import EncoderSpec
 
 PROJECT = "perceive"
@@ -39,6 +40,19 @@ def perceive_register_encoders() -> list[EncoderSpec]:
 
     Results are **collected** and validated like actions: names must be unique across all
     plugins. A re-encode action names the encoders it can use; config chooses one by name.
+    """
+
+
+@hookspec
+def perceive_register_branches() -> list[BranchSpec]:
+    """Return the re-encode branches this plugin provides, as :class:`perceive.BranchSpec`.
+
+    A branch is the model-side half of a features action of the same name: its tokens, how to
+    build its encoder and projector, its preprocessing and dataset layout, and (optionally) how it
+    appears in the paper's checkpoints. The model, the collator, the trainer and the paper
+    converter use only what is registered here. Results are **collected** and validated like
+    actions: branch names and start tokens are unique across plugins, and a features action of
+    the same name in the plugin must open and close its span with the branch's tokens.
     """
 
 

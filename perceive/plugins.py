@@ -1,9 +1,9 @@
-"""Plugin discovery and the registry of actions and encoders.
+"""Plugin discovery and the registry of actions, encoders and re-encode branches.
 
 Plugins arrive through the entry-point group ``perceive.plugins`` (the reference plugins
 too), or are registered directly with :meth:`Registry.register`. Everything is validated at
 load time: a plugin that fails to import, implements a hook that does not exist, returns a
-malformed action or encoder, or reuses a name another plugin owns is reported, with its
+malformed action, encoder or branch, or reuses a name another plugin owns is reported, with its
 name and distribution, and left out. The other plugins load as usual.
 
 Environment switches:
@@ -27,6 +27,7 @@ import pluggy
 
 from perceive import hookspecs
 from perceive.actions import Action, action_problems
+from perceive.branches import BranchSpec, branch_problems
 from perceive.dispatch import CorePlugin
 from perceive.encoders import EncoderSpec, encoder_problems
 from perceive.errors import (
@@ -51,6 +52,7 @@ class PluginInfo:
     module: str | None = None
     actions: list[str] = field(default_factory=list)
     encoders: list[str] = field(default_factory=list)
+    branches: list[str] = field(default_factory=list)
     hooks: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -64,7 +66,7 @@ class PluginInfo:
 
 @dataclass(frozen=True)
 class Registered:
-    """An action or encoder with the plugin it came from."""
+    """An action, encoder or branch with the plugin it came from."""
 
     obj: Any
     plugin: str
@@ -73,13 +75,15 @@ class Registered:
 
 
 class Registry:
-    """Actions and encoders from every loaded plugin, plus the pluggy manager that calls hooks."""
+    """Actions, encoders and re-encode branches from every loaded plugin, plus the pluggy manager
+    that calls hooks."""
 
     def __init__(self, pm: pluggy.PluginManager | None = None):
         self.pm = pm or new_plugin_manager()
         self.plugins: dict[str, PluginInfo] = {}
         self.actions: dict[str, Registered] = {}
         self.encoders: dict[str, Registered] = {}
+        self.branches: dict[str, Registered] = {}
         self.problems: list[str] = []
 
     # -- lookup ---------------------------------------------------------------------------
@@ -100,6 +104,20 @@ class Registry:
 
     def encoder_specs(self) -> dict[str, EncoderSpec]:
         return {n: r.obj for n, r in self.encoders.items()}
+
+    def branch(self, name: str) -> BranchSpec:
+        """The re-encode branch ``name`` (the features action it serves)."""
+        try:
+            return self.branches[name].obj
+        except KeyError:
+            raise UnknownActionError(f"no installed plugin provides a re-encode branch named {name!r}",
+                                     hint=did_you_mean(name, self.branches)
+                                     or "install the plugin that provides it (`perceive plugins list` shows what "
+                                        "is installed)") from None
+
+    def branch_specs(self) -> dict[str, BranchSpec]:
+        """Every registered branch, by name, in registration order."""
+        return {n: r.obj for n, r in self.branches.items()}
 
     def select(self, names: Iterable[str] | None = None) -> list[Action]:
         """The enabled actions (all when ``names`` is None); unknown names raise."""
@@ -144,7 +162,9 @@ class Registry:
         if not info.errors:
             actions = self._collect(plugin, "perceive_register_actions", action_problems, info)
             encoders = self._collect(plugin, "perceive_register_encoders", encoder_problems, info)
+            branches = self._collect(plugin, "perceive_register_branches", branch_problems, info)
             self._check_names(actions, encoders, info)
+            self._check_branches(branches, actions, info)
         if info.errors:
             self.pm.unregister(plugin)
             info.hooks = []
@@ -155,6 +175,9 @@ class Registry:
         for e in encoders:
             self.encoders[e.name] = Registered(e, name, dist, version)
             info.encoders.append(e.name)
+        for b in branches:
+            self.branches[b.name] = Registered(b, name, dist, version)
+            info.branches.append(b.name)
         return info
 
     def _collect(self, plugin, hook_name: str, check, info: PluginInfo) -> list:
@@ -202,6 +225,27 @@ class Registry:
                                    f"plugin {owner!r}")
             seen.add(e.name)
 
+    def _check_branches(self, branches: list[BranchSpec], actions: list[Action], info: PluginInfo) -> None:
+        """Branch names and tokens are unique; a features action of the same name in the plugin
+        opens and closes its span with the branch's tokens."""
+        owned = {t: n for n, r in self.branches.items() for t in r.obj.tokens.all}
+        mine = {a.name: a for a in actions}
+        seen: set[str] = set()
+        for b in branches:
+            if b.name in self.branches or b.name in seen:
+                owner = self.branches[b.name].plugin if b.name in self.branches else info.name
+                info.errors.append(f"duplicate branch name {b.name!r}: already provided by plugin {owner!r}")
+            seen.add(b.name)
+            for t in b.tokens.all:
+                if t in owned:
+                    info.errors.append(f"branch {b.name!r} uses token {t} which branch {owned[t]!r} already owns")
+                owned[t] = b.name
+            a = mine.get(b.name)
+            if a is not None and (a.observation != "features" or a.grammar.start != b.tokens.start
+                                  or a.grammar.end != b.tokens.end):
+                info.errors.append(f"action {b.name!r} and its branch disagree: the action must be a features "
+                                   f"action whose span is {b.tokens.start} ... {b.tokens.end}")
+
     def load_entry_points(self, only: Iterable[str] | None = None) -> None:
         """Load every plugin of the ``perceive.plugins`` entry-point group (or only some)."""
         wanted = {w.strip() for w in only if w.strip()} if only is not None else None
@@ -231,7 +275,13 @@ class Registry:
     def to_json(self) -> dict[str, Any]:
         def entry(name: str, r: Registered, kind: str) -> dict[str, Any]:
             d = {"name": name, "plugin": r.plugin, "distribution": r.dist, "version": r.version}
-            if kind == "action":
+            if kind == "branch":
+                b: BranchSpec = r.obj
+                d |= {"description": b.description, "tokens": list(b.tokens.all), "encoder": b.encoder,
+                      "placeholder": b.message_placeholder, "dataset_key": b.images_key,
+                      "paper": None if b.paper is None else {"family": b.paper.family,
+                                                             "encoder_ls": b.paper.encoder_ls}}
+            elif kind == "action":
                 a: Action = r.obj
                 d |= {"description": a.description, "observation": a.observation,
                       "start": a.grammar.start, "end": a.grammar.end,
@@ -246,6 +296,7 @@ class Registry:
         return {
             "actions": [entry(n, r, "action") for n, r in sorted(self.actions.items())],
             "encoders": [entry(n, r, "encoder") for n, r in sorted(self.encoders.items())],
+            "branches": [entry(n, r, "branch") for n, r in sorted(self.branches.items())],
             "plugins": [p.to_dict() for _, p in sorted(self.plugins.items())],
             "problems": list(self.problems),
         }

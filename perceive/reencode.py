@@ -1,10 +1,11 @@
 """Vision Re-Encoding actions (the paper's second token family, vpt-paper.md §1.1, §2.5).
 
-The span is ``<|F_action_start|> <|F_action|> <|F_action_end|>`` for a family ``F``. The
-action encodes the target view with a vision encoder and returns :class:`Features`; the
-model's projector conditions them on the control hidden state (the last-layer state at the
-span's start token) and the loop places them at ``num_placeholders`` copies of the family's
-pad token.
+The span is ``start action end`` (a :class:`~perceive.branches.BranchTokens`, in the paper's
+naming ``<|F_action_start|> <|F_action|> <|F_action_end|>``). The action encodes the target view
+with a vision encoder and returns :class:`Features`; the model's branch of the same name (a
+:class:`~perceive.BranchSpec` its plugin registers) projects them, conditioned on the control
+hidden state (the last-layer state at the span's start token), and the loop places them at
+``num_placeholders`` copies of the branch's pad token.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from typing import ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from perceive.actions import Action, ActionCall, ActionContext, SpanError, TriggerGrammar
+from perceive.branches import BranchTokens
 from perceive.errors import ActionInputError, EncoderUnavailableError
 from perceive.observations import Features
-from perceive.vocabulary import FAMILIES
 
 
 class ReencodeArgs(BaseModel):
@@ -28,17 +29,17 @@ class ReencodeArgs(BaseModel):
 
 
 class ReencodeAction(Action):
-    """Base for re-encode actions. Subclasses set ``name``, ``family`` and ``encoders``
-    (the first is the default)."""
+    """Base for re-encode actions. Subclasses set ``name``, ``tokens`` (the branch's
+    :class:`~perceive.branches.BranchTokens`) and ``encoders`` (the first is the default)."""
 
     Args: ClassVar[type[BaseModel]] = ReencodeArgs
     observation: ClassVar[str] = "features"
-    family: ClassVar[str] = ""
+    tokens: ClassVar[BranchTokens]
     #: the feature layout the branch's projector takes ("tokens" (N, C) or "map" (C, H, W))
     layout: ClassVar[str] = "tokens"
 
     def __init__(self):
-        start, action, end, pad = FAMILIES[self.family]
+        start, action, end, pad = self.tokens.all
         self.grammar = TriggerGrammar(start=start, end=end, inner=(action,))
         self.action_token = action
         self.placeholder = pad

@@ -1,35 +1,23 @@
 """The perception-token vocabulary of the VPT paper (vpt-paper.md §1.1).
 
-Token strings are exact. The grid size is a parameter (the paper hard-wires 8).
+Token strings are exact. The grid size is a parameter (the paper hard-wires 8). The re-encode
+tokens belong to the branches plugins register (:class:`perceive.branches.BranchTokens`).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from perceive.branches import BranchTokens
 
 REGION_START = "<|region_token_start|>"
 REGION_END = "<|region_token_end|>"
 
-# Re-encoding families: (span start, action token, span end, feature placeholder).
-# The paper calls the native family "clip" and the DINOv2 family "detection".
-FAMILIES: dict[str, tuple[str, str, str, str]] = {
-    fam: (
-        f"<|{fam}_action_start|>",
-        f"<|{fam}_action|>",
-        f"<|{fam}_action_end|>",
-        f"<|{fam}_image_pad|>",
-    )
-    for fam in ("detection", "seg", "clip")
-}
-
-# Placeholder strings used in dataset message text (§1.5).
-PLACEHOLDERS = {
-    "image": "<image>",
-    "detection": "<detection_image>",
-    "seg": "<seg_image>",
-    "clip": "<clip_image>",
-}
+# The placeholder of an image in dataset message text (§1.5); each branch adds its own.
+IMAGE_PLACEHOLDER = "<image>"
 
 GRID_TOKEN_RE = re.compile(r"<\|([xy])_(\d+)\|>")
 
@@ -63,25 +51,18 @@ class Vocabulary:
         """The 2 + 2*grid Region Selection tokens in the paper's add order."""
         return (REGION_START, REGION_END, *self.x_tokens, *self.y_tokens)
 
-    def family(self, name: str) -> tuple[str, str, str, str]:
-        try:
-            return FAMILIES[name]
-        except KeyError:
-            raise KeyError(f"unknown re-encoding family {name!r}; known: {sorted(FAMILIES)}") from None
-
-    def model_tokens(self, family: str | None) -> tuple[list[str], list[str]]:
+    def model_tokens(self, branch: BranchTokens | None) -> tuple[list[str], list[str]]:
         """The tokens one VPT model adds, as ``(special_tokens, ordinary_tokens)``.
 
         Special tokens (the feature pad) are added first, then the ordinary ones: region
-        tokens, then the family's action triple. That order reproduces the released models'
+        tokens, then the branch's action triple. That order reproduces the released models'
         ids (pad 151657, region start 151658, ...).
         """
         special: list[str] = []
         ordinary = list(self.region_tokens)
-        if family is not None:
-            start, action, end, pad = self.family(family)
-            special.append(pad)
-            ordinary += [start, action, end]
+        if branch is not None:
+            special.append(branch.pad)
+            ordinary += list(branch.span)
         return special, ordinary
 
 

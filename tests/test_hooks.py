@@ -27,6 +27,46 @@ def test_hook_perceive_register_encoders(registry):
     assert registry.encoders["ones"].plugin == "good"
 
 
+def test_hook_perceive_register_branches(registry):
+    from perceive import BranchSpec, BranchTokens
+    from perceive.testing.tiny import build_tokenizer, tiny_vpt_model
+    from tests.plugins import sobel
+
+    info = registry.register(sobel, "sobel")
+    assert info.ok, info.errors
+    assert info.branches == ["sobel"] and registry.branches["sobel"].plugin == "sobel"
+    spec = registry.branch("sobel")
+    assert spec.tokens.start == "<|sobel_action_start|>" and spec.message_placeholder == "<sobel_image>"
+    assert {"dino", "sam", "native", "sobel"} <= set(registry.branch_specs())  # the reference branches too
+    # the model builds the branch from the spec alone
+    model = tiny_vpt_model(branches=("sobel",), tokenizer=build_tokenizer(registry=registry), registry=registry)
+    assert model.branch_spec("sobel") is spec and model.branch_encoder("sobel") is not None
+
+    class Broken(BranchSpec):  # no tokens, no modules
+        name = "broken"
+
+    class Clash(BranchSpec):  # the dino branch's start token
+        name = "clash"
+        tokens = BranchTokens("<|detection_action_start|>", "<|c_a|>", "<|c_e|>", "<|c_p|>")
+        encoder = "x"
+        build_encoder = build_projector = preprocess = encode = lambda *a: None
+
+    class Plugin:
+        def __init__(self, spec):
+            self.spec = spec
+
+        @hookimpl
+        def perceive_register_branches(self):
+            return [self.spec]
+
+    bad = registry.register(Plugin(Broken()), "broken")
+    assert not bad.ok and any("tokens must be a perceive.BranchTokens" in e for e in bad.errors)
+    assert any("build_encoder() is not implemented" in e for e in bad.errors)
+    clash = registry.register(Plugin(Clash()), "clash")
+    assert any("uses token <|detection_action_start|> which branch 'dino' already owns" in e for e in clash.errors)
+    assert "broken" not in registry.branches and "clash" not in registry.branches
+
+
 def test_hook_perceive_run_action(registry):
     class Cache:
         """A cache plugin: answers before the core implementation, which then never runs."""

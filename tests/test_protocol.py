@@ -7,11 +7,12 @@ from PIL import Image
 from perceive.actions import ActionContext
 from perceive.plugins import load_registry
 from perceive.protocol import DictCodec, ParseError, ParseErrorKind, PerceptionCall, StreamParser, parse_tokens
-from perceive.vocabulary import FAMILIES, REGION_END, REGION_START, Vocabulary
+from perceive.vocabulary import REGION_END, REGION_START, Vocabulary
 
 V = Vocabulary(8)
 RS, RE = REGION_START, REGION_END
-DS, DA, DE, _ = FAMILIES["detection"]
+BRANCHES = load_registry().branch_specs()  # the re-encode tokens belong to the branch plugins
+DS, DA, DE, _ = BRANCHES["dino"].tokens.all
 
 
 def parse(registry, tokens):
@@ -123,7 +124,7 @@ def test_codec_failure_is_a_value(registry):
 
 
 VOCAB = [RS, RE, DS, DA, DE, *V.x_tokens, *V.y_tokens, "<|", "x_8", "|>", "<|x_9|>", "word", " ", "<|zoom_start|>",
-         "<|zoom_end|>", FAMILIES["seg"][0], FAMILIES["clip"][2]]
+         "<|zoom_end|>", BRANCHES["sam"].tokens.start, BRANCHES["native"].tokens.end]
 
 
 ACTIONS = load_registry().select()

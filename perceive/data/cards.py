@@ -42,6 +42,9 @@ GRID = 8
 QUESTION = "What number is written on the card?"
 REGION_PROMPT = "Identify the region that can help you answer the question, and then answer the question."
 REENCODE_PROMPT = "Require additional perception features, and then answer the question."
+#: the re-encode branch whose tokens and placeholder ``reencode.json`` uses (the recipes in
+#: recipes/cards add this branch); any installed branch can be asked for instead
+REENCODE_BRANCH = "dino"
 # scikit-image photos: the evaluation backgrounds are never used in training
 TRAIN_PHOTOS = ("astronaut", "coffee", "chelsea", "immunohistochemistry", "retina", "hubble_deep_field", "camera",
                 "brick", "grass", "moon")
@@ -184,10 +187,14 @@ def region_span(card: Card, grid: int = GRID) -> str:
     return REGION_START + v.x(min(card.xs)) + v.y(min(card.ys)) + v.x(max(card.xs)) + v.y(max(card.ys)) + REGION_END
 
 
-def items_for(path: str, card: Card, prompts: bool = True) -> dict[str, dict]:
+def items_for(path: str, card: Card, prompts: bool = True, reencode: str = REENCODE_BRANCH) -> dict[str, dict]:
     """The dataset items of one image, in the paper's layout (§3.2), one per variant. With
     ``prompts`` the region and re-encode questions end with the paper's instruction to use the
-    token; without, the bare question (the model decides to look closer by itself)."""
+    token; without, the bare question (the model decides to look closer by itself). ``reencode``:
+    the installed re-encode branch whose span and placeholder the re-encode item uses."""
+    from perceive.plugins import get_registry
+
+    branch = get_registry().branch(reencode)
     crop = ",".join(str(v) for v in card.crop)
     region_q = f"{QUESTION} \n{REGION_PROMPT}" if prompts else QUESTION
     reencode_q = f"{QUESTION} \n{REENCODE_PROMPT}" if prompts else QUESTION
@@ -212,11 +219,10 @@ def items_for(path: str, card: Card, prompts: bool = True) -> dict[str, dict]:
                               {"role": "assistant", "content": card.number}],
                  "images": [f"{path}_{crop}"]},
         "reencode": {"messages": [{"role": "user", "content": f"<image>{reencode_q}"},
-                                  {"role": "assistant",
-                                   "content": "<|detection_action_start|><|detection_action|><|detection_action_end|>"},
-                                  {"role": "user", "content": "<detection_image>"},
+                                  {"role": "assistant", "content": "".join(branch.tokens.span)},
+                                  {"role": "user", "content": branch.message_placeholder},
                                   {"role": "assistant", "content": card.number}],
-                     "images": [path], "detection_images": [path]},
+                     "images": [path], branch.images_key: [path]},
     }
 
 
@@ -230,12 +236,13 @@ def photos_for(split: str) -> dict[str, Image.Image]:
 
 def generate(out: str | Path, n: int, seed: int = 0, backgrounds: str | Path | None = None,
              split: str = "train", progress=None, fmt: str = "png", margin: int = 1, prompts: bool = True,
-             augment: bool = False, distractors: bool = False, widths: tuple[int, int] = WIDTHS) -> Path:
+             augment: bool = False, distractors: bool = False, widths: tuple[int, int] = WIDTHS,
+             reencode: str = REENCODE_BRANCH) -> Path:
     """Write ``n`` card images and the datasets into ``out``: ``plain.json``, ``region.json``,
     ``locate.json`` (the region span alone), ``read_card.json`` and ``read.json`` (the card alone,
     then the selected crop alone: a reading curriculum), ``reencode.json``, and ``cards.json``
     (ground truth: number, card box, cells, crop). ``widths``: the card's width range in px, a
-    training-only narrowing of [40, 64]."""
+    training-only narrowing of [40, 64]. ``reencode``: the re-encode branch ``reencode.json`` uses."""
     widths = tuple(widths)
     if not (len(widths) == 2 and WIDTHS[0] <= widths[0] <= widths[1] <= WIDTHS[1]):
         raise DatasetError(f"card widths {widths} must be a range LO HI inside {WIDTHS[0]}-{WIDTHS[1]} px",
@@ -260,7 +267,7 @@ def generate(out: str | Path, n: int, seed: int = 0, backgrounds: str | Path | N
         rel = f"images/{i:06d}.{fmt}"
         # fast PNG compression; JPEG (quality 95) for training-scale sets, 4x smaller
         img.save(out / rel, **({"compress_level": 1} if fmt == "png" else {"quality": 95}))
-        for k, item in items_for(rel, card, prompts).items():
+        for k, item in items_for(rel, card, prompts, reencode).items():
             sets[k].append(item)
         cards.append(asdict(card))
         if progress:

@@ -1,10 +1,13 @@
 """From conversations to model inputs.
 
 Each turn is rendered with the model's own chat template; user-turn placeholders become image
-blocks (``<image>``: the Qwen2-VL vision pads, one per merged patch; ``<detection_image>`` and
-friends: the family's feature pads, as the paper's data plugin expands them, §1.5). Labels follow
-the paper (§2.8): every assistant turn is supervised (its content and ``<|im_end|>``), everything
-else is -100, and the middle action token of each re-encode family is never a target.
+blocks (``<image>``: the Qwen2-VL vision pads, one per merged patch; each re-encode branch's own
+placeholder, e.g. ``<NAME_image>``: that branch's feature pads, as many as its preprocessing
+says, as the paper's data plugin expands them, §1.5). The branch's plugin preprocesses those
+images (:meth:`perceive.BranchSpec.preprocess`) and batches them (``batch["extra"][branch]``).
+Labels follow the paper (§2.8): every assistant turn is supervised (its content and
+``<|im_end|>``), everything else is -100, and the middle action token of each re-encode branch is
+never a target.
 Positions are computed as at inference, so training and generation agree: the model's
 ``config.positions`` (M-RoPE, or 1-D ``"sequential"`` as the reference trains, §2.6) unless the
 collator is told otherwise.
@@ -13,7 +16,6 @@ collator is told otherwise.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -21,8 +23,16 @@ from perceive.data.dataset import Example
 from perceive.loop.positions import sequence_positions
 from perceive.model.vpt import IGNORE_INDEX
 
-_EXTRA = {"<detection_image>": ("dino", "detection_images"), "<seg_image>": ("sam", "seg_images"),
-          "<clip_image>": ("native", "clip_images")}
+
+def extra_placeholders(model, registry=None) -> dict[str, tuple[str, str]]:
+    """Each re-encode branch's message placeholder -> ``(branch, dataset key)``: the model's own
+    branches, then every other installed one (whose placeholder in data is an error for this model)."""
+    from perceive.plugins import get_registry
+
+    specs = dict(getattr(model, "specs", {}))
+    for name, spec in (registry or get_registry()).branch_specs().items():
+        specs.setdefault(name, spec)
+    return {s.message_placeholder: (name, s.images_key) for name, s in specs.items()}
 
 
 @dataclass
@@ -32,7 +42,7 @@ class Encoded:
     positions: torch.Tensor  # (3, L)
     pixel_values: torch.Tensor | None
     image_grid_thw: torch.Tensor | None
-    extra: dict[str, Any]
+    extra: dict[str, list]  # branch -> the tensors of each of its images (BranchInput.tensors)
 
 
 class Collator:
@@ -50,20 +60,7 @@ class Collator:
         self.image_pad = self.tok.convert_ids_to_tokens(self.cfg.special.image_pad)
         self.vs = self.tok.convert_ids_to_tokens(self.cfg.special.vision_start)
         self.ve = self.tok.convert_ids_to_tokens(self.cfg.special.vision_end)
-        self._extra_procs: dict[str, Any] = {}  # built once per branch
-
-    def _extra_processor(self, action: str, size: int):
-        if action not in self._extra_procs:
-            if action == "dino":
-                from perceive_dino.encoder import dinov2_processor
-
-                self._extra_procs[action] = dinov2_processor(size)
-            else:
-                from transformers import SamImageProcessorPil
-
-                self._extra_procs[action] = SamImageProcessorPil(
-                    size={"longest_edge": size}, pad_size={"height": size, "width": size})
-        return self._extra_procs[action]
+        self.extra_placeholders = extra_placeholders(model)
 
     def _render(self, messages) -> str:
         return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
@@ -72,7 +69,7 @@ class Collator:
         images = list(ex.images.get("images", []))
         pix, grids = [], []
         extra: dict[str, list] = {}
-        counters = {k: 0 for k in ("images", *(v[1] for v in _EXTRA.values()))}
+        counters = {k: 0 for k in ("images", *(v[1] for v in self.extra_placeholders.values()))}
 
         def expand(text: str) -> str:
             out, i = [], 0
@@ -91,7 +88,7 @@ class Collator:
                     out.append(self.vs + self.image_pad * n + self.ve)
                     i += len("<image>")
                     continue
-                for ph, (action, key) in _EXTRA.items():
+                for ph, (action, key) in self.extra_placeholders.items():
                     if text.startswith(ph, i):
                         out.append(self._extra_block(action, key, ex, counters, extra))
                         i += len(ph)
@@ -141,22 +138,9 @@ class Collator:
         img = ex.images[key][counters[key]]
         counters[key] += 1
         pad = self.tok.convert_ids_to_tokens(branch.pad_id)
-        if action == "dino":
-            proc = self._extra_processor("dino", branch.image_size or 224)
-            t = proc(images=img, return_tensors="pt")["pixel_values"]
-            extra.setdefault("detection_images", []).append(t)
-            n = (t.shape[-1] // 14) ** 2
-        elif action == "sam":
-            proc = self._extra_processor("sam", branch.image_size or 1024)
-            extra.setdefault("seg_images", []).append(proc(images=img, return_tensors="pt")["pixel_values"])
-            n = 256
-        else:
-            # the native encoder in the loop uses the first image's processor: the same here
-            inputs = self.proc(images=[img], return_tensors="pt")
-            extra.setdefault("clip_pixel_values", []).append(inputs["pixel_values"])
-            extra.setdefault("clip_images_grid_thw", []).append(inputs["image_grid_thw"])
-            n = int(inputs["image_grid_thw"][0].prod()) // self.merge**2
-        return self.vs + pad * n + self.ve
+        item = self.model.branch_spec(action).preprocess(img, branch, self.model)
+        extra.setdefault(action, []).append(item.tensors)
+        return self.vs + pad * int(item.placeholders) + self.ve
 
     def __call__(self, examples: list[Example]) -> dict[str, torch.Tensor]:
         enc = [self.encode(e) for e in examples]
@@ -178,8 +162,11 @@ class Collator:
         if pv:
             batch["pixel_values"] = torch.cat(pv)
             batch["image_grid_thw"] = torch.cat([e.image_grid_thw for e in enc if e.image_grid_thw is not None])
-        for key in ("detection_images", "seg_images", "clip_pixel_values", "clip_images_grid_thw"):
-            parts = [t for e in enc for t in e.extra.get(key, [])]
-            if parts:
-                batch[key] = torch.cat(parts)
+        extra = {}
+        for name in self.cfg.branches:
+            items = [t for e in enc for t in e.extra.get(name, [])]
+            if items:
+                extra[name] = self.model.branch_spec(name).collate(items)
+        if extra:
+            batch["extra"] = extra
         return batch

@@ -1,9 +1,9 @@
 """Datasets in the paper's released layout (vpt-paper.md §3.2).
 
-A JSON list of items ``{"messages": [...], "images": [...], "detection_images": [...],
-"seg_images": [...], "clip_images": [...]}``; message text holds placeholders ``<image>``,
-``<detection_image>``, ``<seg_image>``, ``<clip_image>`` consumed in order from those lists. An
-image path may end in ``_x0,y0,x1,y1`` after its extension: the crop of that box (§1.3).
+A JSON list of items ``{"messages": [...], "images": [...], "<branch key>": [...], ...}``; message
+text holds placeholders ``<image>`` and each installed re-encode branch's own (its
+``BranchSpec.placeholder``, listed under its ``dataset_key``) consumed in order from those lists.
+An image path may end in ``_x0,y0,x1,y1`` after its extension: the crop of that box (§1.3).
 
 Items that do not fit (a placeholder without an image, an image without a placeholder, a grid
 token out of range such as ``<|x_8|>``, a missing or unreadable file, a malformed crop, turns out
@@ -25,8 +25,17 @@ from perceive.errors import PerceiveError
 from perceive.images import as_rgb, load_image
 from perceive.vocabulary import GRID_TOKEN_RE
 
-PLACEHOLDERS = {"images": "<image>", "detection_images": "<detection_image>", "seg_images": "<seg_image>",
-                "clip_images": "<clip_image>"}
+
+def placeholders(registry=None) -> dict[str, str]:
+    """Item key -> message placeholder: ``images`` -> ``<image>``, then each installed re-encode
+    branch's (:attr:`perceive.BranchSpec.dataset_key` -> its placeholder)."""
+    from perceive.plugins import get_registry
+
+    out = {"images": "<image>"}
+    for spec in (registry or get_registry()).branch_specs().values():
+        out.setdefault(spec.images_key, spec.message_placeholder)
+    return out
+
 _CROP = re.compile(r"^(?P<path>.*\.[^._/]+)_(?P<box>-?\d+,-?\d+,-?\d+,-?\d+)$")
 
 
@@ -102,6 +111,7 @@ class VPTDataset:
         if not isinstance(raw, list):
             raise DatasetError(f"{self.path}: expected a JSON list of items")
         self.grid = grid
+        self.placeholders = placeholders()
         self.issues: list[ItemIssue] = []
         self.items: list[tuple[int, dict]] = []
         for i, item in enumerate(raw):
@@ -127,7 +137,7 @@ class VPTDataset:
         if len(roles) % 2 or any(r != ("user" if k % 2 == 0 else "assistant") for k, r in enumerate(roles)):
             problems.append(f"turns must alternate user/assistant and end with the assistant, got {roles}")
         text = "".join(str(m.get("content", "")) for m in msgs)
-        for key, ph in PLACEHOLDERS.items():
+        for key, ph in self.placeholders.items():
             n_ph, n_img = text.count(ph), len(item.get(key) or [])
             if n_ph != n_img:
                 problems.append(f"{n_ph} {ph} placeholder(s) but {n_img} entries in '{key}'")
@@ -135,7 +145,7 @@ class VPTDataset:
             if int(m.group(2)) >= self.grid:
                 problems.append(f"grid token {m.group(0)} is outside the {self.grid}x{self.grid} grid")
         if check_files:
-            for key in PLACEHOLDERS:
+            for key in self.placeholders:
                 for ref in item.get(key) or []:
                     path, box = split_crop(str(ref))
                     p = Path(path) if Path(path).is_absolute() else self.root / path
@@ -150,7 +160,7 @@ class VPTDataset:
 
     def __getitem__(self, k: int) -> Example:
         index, item = self.items[k]
-        refs = {key: [str(r) for r in item.get(key) or []] for key in PLACEHOLDERS}
+        refs = {key: [str(r) for r in item.get(key) or []] for key in self.placeholders}
         decoded: dict[str, Image.Image] = {}
         images = {key: [load_ref(r, self.root, decoded) for r in rs] for key, rs in refs.items() if rs}
         return Example(index, item["messages"], images, refs, item)

@@ -7,7 +7,7 @@ import os
 import random
 from pathlib import Path
 
-from perceive.data.dataset import PLACEHOLDERS, DatasetError
+from perceive.data.dataset import DatasetError, placeholders
 
 PART_HINT = "write FILE or FILE:COUNT, e.g. region.json or region.json:500 (a random 500 of its items)"
 
@@ -44,7 +44,7 @@ def _read_part(path: Path) -> list[dict]:
     for i, it in enumerate(data):
         if not isinstance(it, dict):
             raise DatasetError(f"{path}: item {i} is not an object", hint="each item is {\"messages\": [...], ...}")
-        for key in PLACEHOLDERS:
+        for key in placeholders():
             refs = it.get(key)
             if refs is not None and not (isinstance(refs, list) and all(isinstance(r, str) for r in refs)):
                 raise DatasetError(f"{path}: item {i}: '{key}' must be a list of image paths")
@@ -70,7 +70,7 @@ def mix(out: str | Path, parts: list[tuple[str | Path, int | None]], seed: int =
         part = part if k is None else rng.sample(part, k)
         for it in part:
             it = dict(it)
-            for key in PLACEHOLDERS:
+            for key in placeholders():
                 if key in it:
                     it[key] = [str(rel / p) for p in it[key]]
             items.append(it)

@@ -80,7 +80,9 @@ def load_eval_config(path: str | Path, **overrides) -> EvalConfig:
 
 def question_of(text: str) -> str:
     q = text
-    for ph in ("<image>", "<detection_image>", "<seg_image>", "<clip_image>"):
+    from perceive.data.dataset import placeholders
+
+    for ph in placeholders().values():
         q = q.replace(ph, "")
     for t in TRIGGERS:
         q = q.replace(t, "")

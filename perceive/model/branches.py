@@ -1,64 +1,47 @@
-"""Encoder modules of the re-encode branches, built from the architecture stored in a
-checkpoint's ``perceive.json`` (weights come from the checkpoint, never a hub)."""
+"""The modules of a model's re-encode branches, built by the plugin that registers each branch
+(:class:`perceive.BranchSpec`) from the architecture stored in the model's ``perceive.json``
+(weights come from the checkpoint, never a hub)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from torch import nn
 
+from perceive.errors import ModelLoadError
 from perceive.model.config import BranchConfig
-from perceive.model.projectors import build_projector
 
-# Official architectures, for checkpoints that do not carry an encoder config
-# (the paper's released models were built from hub ids).
-DINOV2 = {
-    "dinov2_small": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6),
-    "dinov2_base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12),
-    "dinov2_large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16),
-    "dinov2_giant": dict(hidden_size=1536, num_hidden_layers=40, num_attention_heads=24, use_swiglu_ffn=True),
-}
-SAM = {
-    "sam_vit_b": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, global_attn_indexes=[2, 5, 8, 11]),
-    "sam_vit_l": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
-                      global_attn_indexes=[5, 11, 17, 23]),
-    "sam_vit_h": dict(hidden_size=1280, num_hidden_layers=32, num_attention_heads=16,
-                      global_attn_indexes=[7, 15, 23, 31]),
-}
-SAM_DEFAULTS = dict(image_size=1024, patch_size=16, window_size=14, output_channels=256, mlp_ratio=4.0)
+if TYPE_CHECKING:
+    from perceive.branches import BranchSpec
+    from perceive.plugins import Registry
 
 
-def default_encoder_config(encoder: str) -> dict[str, Any] | None:
-    if encoder in DINOV2:
-        return dict(DINOV2[encoder], patch_size=14, image_size=518, mlp_ratio=4)
-    if encoder in SAM:
-        return dict(SAM_DEFAULTS, **SAM[encoder])
-    return None
+def branch_spec(branch: BranchConfig | str, registry: Registry | None = None) -> BranchSpec:
+    """The registered spec of a branch, or a :class:`ModelLoadError` naming the plugin to install."""
+    from perceive.plugins import get_registry
+
+    registry = registry or get_registry()
+    name = branch if isinstance(branch, str) else branch.action
+    if name in registry.branches:
+        return registry.branches[name].obj
+    plugin = None if isinstance(branch, str) else branch.plugin
+    what = f"the plugin {plugin!r}" if plugin else "the plugin that provides it"
+    raise ModelLoadError(
+        f"the model carries a {name!r} re-encode branch, but no installed plugin registers a branch named {name!r}",
+        hint=f"install {what} (a perceive plugin whose perceive_register_branches returns {name!r}) and load the "
+             "model again; if it is installed, check `perceive plugins list` for a broken plugin, and that "
+             "PERCEIVE_PLUGINS / PERCEIVE_DISABLE_PLUGIN_AUTOLOAD let it load")
 
 
-def build_encoder(branch: BranchConfig) -> nn.Module | None:
-    """A randomly initialised encoder module of the branch's architecture (None for native)."""
-    if branch.action == "native":
-        return None
-    cfg = dict(branch.encoder_config or default_encoder_config(branch.encoder) or {})
-    if branch.action == "dino":
-        from transformers import Dinov2Config, Dinov2Model
-
-        return Dinov2Model(Dinov2Config(**cfg))
-    from perceive.model.sam import image_encoder
-
-    hidden = cfg["hidden_size"]
-    mlp = cfg.get("mlp_dim") or int(hidden * cfg.get("mlp_ratio", 4.0))
-    return image_encoder(
-        "custom", img_size=cfg["image_size"], patch_size=cfg["patch_size"], depth=cfg["num_hidden_layers"],
-        embed_dim=hidden, num_heads=cfg["num_attention_heads"],
-        global_attn_indexes=tuple(cfg["global_attn_indexes"]), window_size=cfg.get("window_size", 14),
-        mlp_ratio=mlp / hidden, out_chans=cfg.get("output_channels", 256),
-    )
+def build_encoder(branch: BranchConfig, spec: BranchSpec | None = None) -> nn.Module | None:
+    """A randomly initialised encoder module of the branch's architecture (None for a branch that
+    reuses the MLLM's vision tower)."""
+    return (spec or branch_spec(branch)).build_encoder(branch)
 
 
 class Branch(nn.Module):
-    """One re-encode branch: ``encoder`` (None for native) and ``projector``."""
+    """One re-encode branch: ``encoder`` (None when the branch has no module of its own) and
+    ``projector``. Weights are saved under ``<name>.encoder.*`` and ``<name>.projector.*``."""
 
     def __init__(self, encoder: nn.Module | None, projector: nn.Module):
         super().__init__()
@@ -66,7 +49,11 @@ class Branch(nn.Module):
         self.projector = projector
 
     @classmethod
-    def build(cls, branch: BranchConfig, hidden_size: int, projector_scale: int = 1) -> Branch:
+    def build(cls, branch: BranchConfig, hidden_size: int, projector_scale: int = 1,
+              spec: BranchSpec | None = None) -> Branch:
         """A randomly initialised branch of ``branch``'s architecture for a ``hidden_size`` LM."""
-        return cls(build_encoder(branch), build_projector(branch.action, branch.feature_dim, hidden_size,
-                                                          projector_scale))
+        spec = spec or branch_spec(branch)
+        return cls(spec.build_encoder(branch), spec.build_projector(branch, hidden_size, projector_scale))
+
+
+__all__ = ["Branch", "branch_spec", "build_encoder"]

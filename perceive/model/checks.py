@@ -144,9 +144,11 @@ def token_table(path: Path) -> dict[str, int]:
 
 
 def perception_tokens(path: Path, table: dict[str, int] | None = None) -> list[str]:
-    """The perceive vocabulary tokens (region, grid, re-encode and zoom tokens) that the tokenizer
-    files in ``path`` carry; ``table``: their :func:`token_table`, when already read."""
-    from perceive.vocabulary import FAMILIES, GRID_TOKEN_RE, REGION_END, REGION_START
+    """The perceive vocabulary tokens (region, grid and zoom tokens, and those of every installed
+    action and re-encode branch) that the tokenizer files in ``path`` carry; ``table``: their
+    :func:`token_table`, when already read."""
+    from perceive.plugins import get_registry
+    from perceive.vocabulary import GRID_TOKEN_RE, REGION_END, REGION_START
 
     tokens = set(token_table(path) if table is None else table)
     tc = path / "tokenizer_config.json"
@@ -154,7 +156,10 @@ def perception_tokens(path: Path, table: dict[str, int] | None = None) -> list[s
         decoder = read_json(tc, tc.name, ModelLoadError).get("added_tokens_decoder") or {}
         if isinstance(decoder, dict):
             tokens.update(t.get("content", "") for t in decoder.values() if isinstance(t, dict))
-    known = [REGION_START, REGION_END, *(t for fam in FAMILIES.values() for t in fam), "<|zoom_start|>",
-             "<|zoom_end|>"]
+    reg = get_registry()
+    installed = [*(t for r in reg.branches.values() for t in r.obj.tokens.all),
+                 *(t for r in reg.actions.values() if r.obj.grammar is not None for t in r.obj.grammar.tokens)]
+    known = list(dict.fromkeys([REGION_START, REGION_END, *installed, "<|zoom_start|>", "<|zoom_end|>"]))
+    known = [t for t in known if not GRID_TOKEN_RE.fullmatch(t)]
     grid = sorted((t for t in tokens if GRID_TOKEN_RE.fullmatch(t)), key=lambda t: (t[2], int(t[4:-2])))
     return [t for t in known if t in tokens] + grid

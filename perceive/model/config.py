@@ -1,7 +1,8 @@
 """The VPT model's own config (``perceive.json`` in a checkpoint folder).
 
-Names the perception token ids, the branches (one per re-encode action) and the projector
-settings. The base MLLM's config lives beside it in standard transformers layout.
+Names the perception token ids, the branches (one per re-encode action, each provided by the
+plugin that registers it, see :mod:`perceive.branches`) and the projector settings. The base
+MLLM's config lives beside it in standard transformers layout.
 """
 
 from __future__ import annotations
@@ -10,33 +11,30 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# re-encode action -> the paper's token family
-ACTION_FAMILY = {"dino": "detection", "sam": "seg", "native": "clip"}
-FAMILY_ACTION = {v: k for k, v in ACTION_FAMILY.items()}
-
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
 class BranchConfig(_Strict):
-    """One re-encode branch: its tokens, its encoder and its projector."""
+    """One re-encode branch: its tokens, its encoder and its projector. ``action`` names the
+    branch (and the features action it serves); the plugin that registers a branch of that name
+    (``perceive_register_branches``) builds its modules."""
 
-    action: Literal["dino", "sam", "native"]
+    action: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     encoder: str  # registry name of the encoder it was trained with
-    #: architecture of the encoder module stored in the checkpoint (a transformers
-    #: Dinov2Config dict, or SAM image-encoder sizes); None for the native branch
+    #: architecture of the encoder module stored in the checkpoint, as the branch's plugin reads
+    #: it; None for a branch without an encoder module of its own
     encoder_config: dict[str, Any] | None = None
     feature_dim: int  # C of the encoder output fed to the projector
-    image_size: int | None = None  # encoder input side (dino crop, sam square)
+    image_size: int | None = None  # encoder input side
     start_id: int
     action_id: int
     end_id: int
     pad_id: int
-
-    @property
-    def family(self) -> str:
-        return ACTION_FAMILY[self.action]
+    #: the distribution that provided the branch when the model was saved (for the error message
+    #: when it is not installed); None: not recorded
+    plugin: str | None = None
 
 
 class RegionConfig(_Strict):

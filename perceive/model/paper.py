@@ -2,34 +2,47 @@
 
 Layout: ``config.json`` with ``model_type`` ``qwen2_vl_vpt`` or ``vrt_qwen2_vl`` (a flat
 Qwen2-VL config plus the VPT fields), weights in ``pytorch_model*.bin`` shards with the legacy
-key families ``model.*``, ``visual.*``, ``lm_head.*``, ``detection_model.*`` /
-``detection_projector.*``, ``seg_model.*`` (transformers' SAM layout) / ``seg_projector.*``,
-``clip_projector.*``. Encoder architectures come from ``dino_config.json`` /
-``sam_vision_config.json`` beside it when present, else the paper's (DINOv2-L, SAM ViT-L).
+key families ``model.*``, ``visual.*``, ``lm_head.*`` and each re-encode family's own. The
+families are the registered branches that declare a :class:`~perceive.branches.PaperLayout`:
+``vision_encoder_ls`` names them, ``{family}_action_start_id`` (and ``_action_id``,
+``_image_token_id``) give their ids, their key prefixes map to ``branches.<name>.encoder`` /
+``.projector``, and each branch reads its own encoder architecture from the folder
+(:meth:`~perceive.BranchSpec.paper_config`).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from perceive.errors import ModelLoadError
-from perceive.model.branches import default_encoder_config
-from perceive.model.config import FAMILY_ACTION, BranchConfig, RegionConfig, SpecialIds, VPTConfig
-from perceive.model.sam import from_transformers_layout
-from perceive.vocabulary import FAMILIES, REGION_END, REGION_START, Vocabulary
+from perceive.model.config import BranchConfig, RegionConfig, SpecialIds, VPTConfig
+from perceive.vocabulary import REGION_END, REGION_START, Vocabulary
 
 MODEL_TYPES = {"qwen2_vl_vpt", "vrt_qwen2_vl"}
 VPT_FIELDS = {
     "alignment", "num_inner_forward_run", "para_mask_id", "para_mask_ratio", "para_start_id", "para_end_id",
     "projector_scale", "vision_encoder_ls",
-    *(f"{fam}_{f}" for fam in ("detection", "seg", "clip") for f in ("image_token_id", "action_id", "action_start_id")),
 }
-ENCODER_OF = {"dino": "dinov2_large", "sam": "sam_vit_l", "native": "native"}
-LS_ACTION = {"dino": "dino", "sam": "sam", "clip": "native"}
+#: a family's token-id fields (``{family}_action_start_id`` ...): VPT fields too, whatever the family
+FAMILY_FIELD = re.compile(r"^[a-z][a-z0-9]*_(image_token_id|action_id|action_start_id)$")
+
+
+def _registry(registry=None):
+    from perceive.plugins import get_registry
+
+    return registry or get_registry()
+
+
+def paper_branches(registry=None) -> dict[str, tuple]:
+    """``vision_encoder_ls`` name -> ``(spec, distribution)`` of every registered branch that
+    declares a paper layout."""
+    return {r.obj.paper.encoder_ls: (r.obj, r.dist) for r in _registry(registry).branches.values()
+            if r.obj.paper is not None}
 
 
 def is_paper_checkpoint(path: str | Path) -> bool:
@@ -54,7 +67,8 @@ def token_table(path: Path) -> dict[str, int]:
 
 def base_config_dict(raw: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in raw.items()
-            if k not in VPT_FIELDS and k not in ("architectures", "model_type", "transformers_version")}
+            if k not in VPT_FIELDS and not FAMILY_FIELD.match(k)
+            and k not in ("architectures", "model_type", "transformers_version")}
 
 
 def vpt_config(path: Path, raw: dict[str, Any]) -> VPTConfig:
@@ -73,27 +87,22 @@ def vpt_config(path: Path, raw: dict[str, Any]) -> VPTConfig:
         region = RegionConfig(start_id=tokens[REGION_START], end_id=tokens[REGION_END],
                               x_ids=[tokens[t] for t in v.x_tokens], y_ids=[tokens[t] for t in v.y_tokens])
     branches = {}
+    known = paper_branches()
     for ls in raw.get("vision_encoder_ls", []):
-        action = LS_ACTION[ls]
-        family = {"dino": "detection", "sam": "seg", "native": "clip"}[action]
-        start = raw.get(f"{family}_action_start_id")
-        act = raw.get(f"{family}_action_id")
-        pad = raw.get(f"{family}_image_token_id")
+        if ls not in known:
+            raise ModelLoadError(
+                f"{path}/config.json lists the re-encode family {ls!r} (vision_encoder_ls), but no installed plugin "
+                f"registers a branch for it",
+                hint=f"install the perceive plugin whose branch declares PaperLayout(encoder_ls={ls!r}); "
+                     f"installed: {sorted(known) or 'none'}")
+        spec, dist = known[ls]
+        start, act, pad = (raw.get(f) for f in spec.paper.config_fields())
         if None in (start, act, pad):
             raise ModelLoadError(f"{path}/config.json lists {ls!r} but lacks its token ids")
-        end = tokens.get(FAMILIES[family][2], act + 1)  # released models add start, action, end in order
-        enc_cfg, feature_dim, size = None, hidden, None
-        if action == "dino":
-            f = path / "dino_config.json"
-            enc_cfg = _clean(json.loads(f.read_text())) if f.exists() else default_encoder_config("dinov2_large")
-            feature_dim, size = enc_cfg["hidden_size"], 224
-        elif action == "sam":
-            f = path / "sam_vision_config.json"
-            enc_cfg = _clean(json.loads(f.read_text())) if f.exists() else default_encoder_config("sam_vit_l")
-            feature_dim, size = enc_cfg.get("output_channels", 256), enc_cfg.get("image_size", 1024)
-        branches[action] = BranchConfig(action=action, encoder=ENCODER_OF[action], encoder_config=enc_cfg,
-                                        feature_dim=feature_dim, image_size=size, start_id=start, action_id=act,
-                                        end_id=end, pad_id=pad)
+        end = tokens.get(spec.tokens.end, act + 1)  # released models add start, action, end in order
+        fields = spec.paper_config(path, raw, hidden)
+        branches[spec.name] = BranchConfig(action=spec.name, **fields, start_id=start, action_id=act, end_id=end,
+                                           pad_id=pad, plugin=dist)
     return VPTConfig(
         base="qwen2_vl", hidden_size=hidden, special=special, region=region, branches=branches,
         num_inner_forward_run=raw.get("num_inner_forward_run", 2), projector_scale=raw.get("projector_scale", 1),
@@ -104,6 +113,12 @@ def vpt_config(path: Path, raw: dict[str, Any]) -> VPTConfig:
 def _clean(cfg: dict) -> dict:
     return {k: v for k, v in cfg.items() if k not in ("transformers_version", "architectures", "model_type",
                                                       "_name_or_path", "torch_dtype", "dtype")}
+
+
+def read_config_file(file: Path) -> dict[str, Any]:
+    """A transformers config JSON beside a paper checkpoint (an encoder's architecture), without
+    its bookkeeping fields (versions, architectures, dtype)."""
+    return _clean(json.loads(Path(file).read_text()))
 
 
 def read_state(path: Path) -> dict[str, torch.Tensor]:
@@ -120,8 +135,8 @@ def read_state(path: Path) -> dict[str, torch.Tensor]:
 
 def library_rename(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename legacy keys the way transformers' ``from_pretrained`` does for ``module``
-    (e.g. Qwen2-VL ``model.*`` -> ``model.language_model.*``, DINOv2 ``attention.attention.query``
-    -> ``attention.q_proj``), using the library's own conversion mapping."""
+    (e.g. Qwen2-VL ``model.*`` -> ``model.language_model.*``, or a vision model's legacy
+    ``attention.attention.query`` -> ``attention.q_proj``), using the library's own conversion mapping."""
     from transformers.conversion_mapping import get_model_conversion_mapping
     from transformers.core_model_loading import WeightConverter, rename_source_key
 
@@ -137,31 +152,26 @@ def library_rename(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> d
     return out
 
 
-# paper prefix -> (VPTModel prefix, attribute path of the module whose renamings apply)
-_GROUPS = [
-    ("detection_model.", "branches.dino.encoder.", "branches.dino.encoder"),
-    ("detection_projector.", "branches.dino.projector.", None),
-    ("seg_projector.", "branches.sam.projector.", None),
-    ("clip_projector.", "branches.native.projector.", None),
-]
-
-
 def convert_state(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Paper keys -> :class:`~perceive.model.vpt.VPTModel` keys. Keys of no known family pass
-    through unchanged, so the strict load reports them as unexpected."""
+    """Paper keys -> :class:`~perceive.model.vpt.VPTModel` keys: each registered branch's paper
+    prefixes (:class:`~perceive.branches.PaperLayout` ``weights``) become ``branches.<name>.<part>.``,
+    converted by the branch (:meth:`~perceive.BranchSpec.convert_paper_weights`). Keys of no known
+    family pass through unchanged, so the strict load reports them as unexpected."""
     out: dict[str, torch.Tensor] = {}
     rest = dict(state)
-    sam = {k[len("seg_model."):]: rest.pop(k) for k in list(rest) if k.startswith("seg_model.")}
-    out.update({f"branches.sam.encoder.{k}": v for k, v in from_transformers_layout(sam).items()})
-    for old, new, owner in _GROUPS:
-        group = {k[len(old):]: rest.pop(k) for k in list(rest) if k.startswith(old)}
-        if owner is not None and group:
-            group = library_rename(model.get_submodule(owner), group)
-        out.update({new + k: v for k, v in group.items()})
+    for spec, _ in paper_branches().values():
+        for prefix, part in spec.paper.weights.items():
+            group = {k[len(prefix):]: rest.pop(k) for k in list(rest) if k.startswith(prefix)}
+            if not group:
+                continue
+            branch = model.branches[spec.name] if spec.name in model.branches else None
+            group = spec.convert_paper_weights(part, group, None if branch is None else getattr(branch, part))
+            out.update({f"branches.{spec.name}.{part}.{k}": v for k, v in group.items()})
     base = {k: rest.pop(k) for k in list(rest) if k.split(".")[0] in ("model", "visual", "lm_head")}
     out.update({f"base.{k}": v for k, v in library_rename(model.base, base).items()})
     out.update(rest)
     return out
 
 
-__all__ = ["FAMILY_ACTION", "MODEL_TYPES", "convert_state", "is_paper_checkpoint", "read_state", "vpt_config"]
+__all__ = ["MODEL_TYPES", "convert_state", "is_paper_checkpoint", "library_rename", "paper_branches",
+           "read_config_file", "read_state", "vpt_config"]

@@ -2,9 +2,11 @@
 
 Composition, not a fork: ``base`` is an unmodified ``Qwen2VLForConditionalGeneration`` (or
 Qwen2.5-VL) and ``branches`` holds one :class:`~perceive.model.branches.Branch` per re-encode
-action (its encoder and the paper's projector). :meth:`VPTModel.forward` is the paper's
-training forward (vpt-paper.md §2.6-2.8); the online loop (``perceive.loop``) uses the small
-building blocks (:meth:`embed`, :meth:`image_embeds`, :meth:`project`, :meth:`lm`).
+action (its encoder and projector), built by the plugin that registers the branch
+(:class:`perceive.BranchSpec`): nothing here knows one branch from another.
+:meth:`VPTModel.forward` is the paper's training forward (vpt-paper.md §2.6-2.8); the online loop
+(``perceive.loop``) uses the small building blocks (:meth:`embed`, :meth:`image_embeds`,
+:meth:`project_features`, :meth:`lm`).
 """
 
 from __future__ import annotations
@@ -16,13 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from perceive.model.branches import Branch
-from perceive.model.config import VPTConfig
+from perceive.model.branches import Branch, branch_spec
+from perceive.model.config import BranchConfig, VPTConfig
 
 IGNORE_INDEX = -100
-
-# paper input names of each branch's extra images
-EXTRA_INPUTS = {"dino": "detection_images", "sam": "seg_images", "native": "clip_pixel_values"}
 
 
 @dataclass
@@ -41,12 +40,20 @@ class VPTOutput:
 
 
 class VPTModel(nn.Module):
-    def __init__(self, base: nn.Module, config: VPTConfig, branches: dict[str, Branch] | None = None):
+    """``base`` (a stock Qwen2-VL / Qwen2.5-VL) and one branch per entry of ``config.branches``,
+    each built by its registered :class:`~perceive.BranchSpec` (from ``registry``, default the
+    process-wide one). A branch no installed plugin provides is a
+    :class:`~perceive.errors.ModelLoadError` naming it."""
+
+    def __init__(self, base: nn.Module, config: VPTConfig, branches: dict[str, Branch] | None = None,
+                 registry=None):
         super().__init__()
         self.base = base
         self.config = config
+        #: the spec of each branch, by name
+        self.specs = {name: branch_spec(b, registry) for name, b in config.branches.items()}
         if branches is None:
-            branches = {name: Branch.build(b, config.hidden_size, config.projector_scale)
+            branches = {name: Branch.build(b, config.hidden_size, config.projector_scale, self.specs[name])
                         for name, b in config.branches.items()}
         self.branches = nn.ModuleDict(branches)
         self.tokenizer = None  # set by the loader when the checkpoint has one
@@ -106,28 +113,184 @@ class VPTModel(nn.Module):
         out = self.visual(pixel_values.to(self.visual.dtype), grid_thw=grid_thw)
         return getattr(out, "pooler_output", out).to(self.dtype)
 
-    def encode_extra(self, action: str, images: torch.Tensor, grid_thw: torch.Tensor | None = None):
-        """Raw features of preprocessed extra images. dino: ``(N, 256, C)`` (CLS dropped); sam:
-        ``(N, 256, 64, 64)``; native: ``(sum T_i, d)`` plus per-image sizes."""
-        branch = self.branches[action]
-        if action == "dino":
-            out = branch.encoder(pixel_values=images.to(branch.encoder.dtype))
-            return out.last_hidden_state[:, 1:].to(self.dtype), None
-        if action == "sam":
-            w = next(branch.encoder.parameters())
-            return branch.encoder(images.to(w.dtype)).to(self.dtype), None
-        sizes = (grid_thw.prod(-1) // self.spatial_merge_size**2).tolist()
-        return self.image_embeds(images, grid_thw), sizes
+    # -- re-encode branches ----------------------------------------------------------------
+
+    def has_branch(self, name: str) -> bool:
+        """Whether the model carries the re-encode branch ``name``."""
+        return name in self.config.branches
+
+    def branch_config(self, name: str) -> BranchConfig:
+        """``perceive.json``'s entry of the branch ``name`` (tokens, encoder, sizes)."""
+        return self.config.branches[self._known(name)]
+
+    def branch_spec(self, name: str):
+        """The registered :class:`~perceive.BranchSpec` that built the branch ``name``."""
+        return self.specs[self._known(name)]
+
+    def branch_encoder(self, name: str) -> nn.Module | None:
+        """The branch's encoder module with its trained weights (None when it has none of its own)."""
+        return self.branches[self._known(name)].encoder
+
+    def _known(self, name: str) -> str:
+        if name not in self.config.branches:
+            raise KeyError(f"the model has no {name!r} branch (it has {sorted(self.config.branches) or 'none'})")
+        return name
+
+    def _inputs(self, images, grid_thw=None) -> dict:
+        if isinstance(images, dict):
+            return images
+        return {"pixel_values": images, **({"grid_thw": grid_thw} if grid_thw is not None else {})}
+
+    def encode_extra(self, action: str, images, grid_thw: torch.Tensor | None = None):
+        """Raw features of preprocessed extra images, as the branch's spec encodes them:
+        ``(features, sizes)``, ``sizes`` the rows of each image when the layout does not say.
+        ``images``: the branch's input tensors (a dict, as :meth:`BranchSpec.preprocess` gives
+        them), or one ``pixel_values`` tensor (with ``grid_thw`` for branches that take one)."""
+        spec = self.branch_spec(action)
+        feats, sizes = spec.encode(self.branches[action].encoder, self._inputs(images, grid_thw), self)
+        return feats.to(self.dtype), sizes
 
     def project(self, action: str, features: torch.Tensor, control: torch.Tensor | None = None,
                 sizes: list[int] | None = None) -> torch.Tensor:
-        """Projector output ``(num_placeholders_total, d)``; ``control`` is ``(N, d*s)`` or None."""
-        proj = self.branches[action].projector
+        """Projector output ``(num_placeholders_total, d)`` of a batch of features as
+        :meth:`encode_extra` gives them; ``control`` is ``(N, d*s)`` (one row per image) or None."""
         if control is not None:
             control = control.reshape(-1, self.config.projector_scale * self.config.hidden_size)
-        if action == "native":
-            return proj(features, control, sizes)
-        return proj(features, control)
+        return self.branch_spec(action).project(self.branches[action].projector, features, control, sizes)
+
+    def project_features(self, action: str, features, control: torch.Tensor,
+                         num_placeholders: int | None = None) -> torch.Tensor:
+        """The rows ``(num_placeholders, d)`` that one image's features become at the branch's pad
+        tokens, conditioned on ``control`` (the ``(d * s,)`` control state; ``(1, d * s)`` too).
+
+        ``features``: one image's raw features, as an encoder returns them (a
+        :class:`~perceive.Features`' ``tensor``), or the :class:`~perceive.Features` itself; they
+        are moved to the model's device and dtype. ``num_placeholders`` (taken from a
+        ``Features`` when not given): the rows expected; another count is an
+        :class:`~perceive.errors.ObservationError`."""
+        from perceive.errors import ObservationError
+        from perceive.observations import Features
+
+        encoder = None
+        if isinstance(features, Features):
+            encoder = features.encoder
+            if num_placeholders is None:
+                num_placeholders = features.num_placeholders
+            features = features.tensor
+        spec = self.branch_spec(action)
+        f, sizes = spec.one_image(torch.as_tensor(features).to(self.device, self.dtype))
+        rows = self.project(action, f, control.reshape(1, -1).to(self.device, self.dtype), sizes)
+        if num_placeholders is not None and rows.shape[0] != num_placeholders:
+            who = f"encoder {encoder!r}" if encoder else "the features"
+            raise ObservationError(f"{who} gave {rows.shape[0]} projected rows for {num_placeholders} placeholders",
+                                   hint=f"the encoder's output shape does not fit the model's {action} projector")
+        return rows
+
+    @torch.no_grad()
+    def branch_features(self, action: str, image) -> torch.Tensor:
+        """One image's raw features through the model's own branch: the branch's preprocessing
+        (as in training), then its encoder. Shaped as an encoder returns them (what
+        :meth:`project_features` takes). :class:`perceive.branches.ModelBranchEncoder` wraps it."""
+        from perceive.images import as_rgb
+
+        spec, cfg = self.branch_spec(action), self.branch_config(action)
+        item = spec.preprocess(as_rgb(image), cfg, self)
+        inputs = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in item.tensors.items()}
+        feats, sizes = self.encode_extra(action, inputs)
+        return spec.first_image(feats, sizes)
+
+    def add_branch(self, name: str, *, encoder: str | None = None, encoder_config: dict | None = None,
+                   image_size: int | None = None, registry=None) -> BranchConfig:
+        """Give the model a new re-encode branch ``name`` (random encoder and projector, the
+        registered spec's small sizes unless ``encoder_config``/``encoder`` say otherwise). Its
+        tokens are added to the tokenizer when missing (and the embeddings grown to fit)."""
+        from perceive.errors import ConfigError
+        from perceive.plugins import get_registry
+
+        registry = registry or get_registry()
+        if name in self.config.branches:
+            raise ConfigError(f"the model already has a {name} branch")
+        if name not in registry.branches:
+            registry.branch(name)  # UnknownActionError, with a did-you-mean
+        spec, dist = registry.branches[name].obj, registry.branches[name].dist
+        fields = dict(spec.tiny_config(self.config.hidden_size))
+        if encoder is not None:
+            fields["encoder"] = encoder
+            official = spec.encoder_config_for(encoder)
+            if official is not None and encoder_config is None:
+                encoder_config = official
+        if encoder_config is not None:
+            fields["encoder_config"] = dict(encoder_config)
+            fields["feature_dim"] = spec.feature_dim(encoder_config, self.config.hidden_size)
+        if image_size is not None:
+            fields["image_size"] = image_size
+        ids = self._ensure_tokens(spec.tokens)
+        cfg = BranchConfig(action=name, **fields, **ids, plugin=dist)
+        module = Branch.build(cfg, self.config.hidden_size, self.config.projector_scale, spec)
+        module.to(self.device)
+        self.config.branches[name] = cfg
+        self.specs[name] = spec
+        self.branches[name] = module
+        return cfg
+
+    def _ensure_tokens(self, tokens) -> dict[str, int]:
+        """Ids of a branch's tokens in the tokenizer, adding those it lacks (the pad as a special
+        token) and growing the embeddings when the vocabulary no longer fits."""
+        from perceive.errors import ConfigError
+
+        tok = self.tokenizer
+        if tok is None:
+            raise ConfigError("the model has no tokenizer to add the branch's tokens to")
+
+        def known(t):
+            i = tok.convert_tokens_to_ids(t)
+            return i is not None and i != tok.unk_token_id
+
+        if not known(tokens.pad):
+            tok.add_special_tokens({"extra_special_tokens": [tokens.pad]}, replace_extra_special_tokens=False)
+        missing = [t for t in tokens.span if not known(t)]
+        if missing:
+            tok.add_tokens(missing)
+        emb = self.base.get_input_embeddings()
+        if len(tok) > emb.weight.shape[0]:
+            from transformers.utils import logging as hf_logging
+
+            verbosity = hf_logging.get_verbosity()
+            hf_logging.set_verbosity_error()
+            try:
+                self.base.resize_token_embeddings(len(tok), pad_to_multiple_of=64)
+            finally:
+                hf_logging.set_verbosity(verbosity)
+        ids = dict(zip(("start_id", "action_id", "end_id", "pad_id"), tok.convert_tokens_to_ids(list(tokens.all)),
+                       strict=True))
+        return ids
+
+    def paper_inputs(self, **inputs) -> dict[str, dict]:
+        """The reference forward's extra-image keywords (each branch's ``PaperLayout.inputs``) ->
+        :meth:`forward`'s ``extra`` dict. A keyword no branch of the model takes is a ``TypeError``."""
+        extra: dict[str, dict] = {}
+        for key, value in inputs.items():
+            owner = next((n for n, s in self.specs.items() if s.paper is not None and key in s.paper.inputs), None)
+            if owner is None:
+                from perceive.plugins import get_registry
+
+                other = next((n for n, r in get_registry().branches.items()
+                              if r.obj.paper is not None and key in r.obj.paper.inputs), None)
+                if other is None:
+                    raise TypeError(f"VPTModel.forward() got an unexpected keyword argument {key!r}")
+                if value is not None:
+                    raise ValueError(f"{key} given but the model has no {other} branch")
+                continue
+            if value is not None:
+                extra.setdefault(owner, {})[self.specs[owner].paper.inputs[key]] = value
+        return extra
+
+    def load_branch_encoder(self, action: str, weights: str) -> None:
+        """Load encoder weights into a branch from local files, as the branch's plugin reads them."""
+        encoder = self.branch_encoder(action)
+        if encoder is None:
+            raise ValueError(f"the {action} branch has no separate encoder weights")
+        self.branch_spec(action).load_encoder_weights(encoder, str(weights))
 
     def lm(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor | None = None,
            attention_mask: torch.Tensor | None = None, past_key_values=None, use_cache: bool = False):
@@ -139,47 +302,28 @@ class VPTModel(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden).float()
 
-    def load_branch_encoder(self, action: str, weights: str) -> None:
-        """Load encoder weights into a branch from local files: an official segment-anything
-        ``.pth`` for ``sam``; a transformers DINOv2 folder for ``dino``. Strict."""
-        from pathlib import Path
-
-        from perceive.model.checkpoint import strict_load
-
-        enc = self.branches[action].encoder
-        if action == "sam":
-            from perceive.model.sam import load_official
-
-            load_official(enc, str(weights))
-        elif action == "dino":
-            from transformers import Dinov2Model
-
-            src = Dinov2Model.from_pretrained(str(Path(weights)), local_files_only=True)
-            strict_load(enc, src.state_dict(), str(weights))
-        else:
-            raise ValueError(f"the {action} branch has no separate encoder weights")
-
     # -- the paper's training forward -----------------------------------------------------
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 pixel_values: torch.Tensor | None = None, image_grid_thw: torch.Tensor | None = None,
-                detection_images: torch.Tensor | None = None, seg_images: torch.Tensor | None = None,
-                clip_pixel_values: torch.Tensor | None = None, clip_images_grid_thw: torch.Tensor | None = None,
+                extra: dict[str, dict[str, torch.Tensor]] | None = None,
                 num_inner_forward_run: int | None = None, para_mask_id: int | None = None,
                 para_mask_ratio: float | None = None, generator: torch.Generator | None = None,
-                reference_no_grad: bool = False) -> VPTOutput:
+                reference_no_grad: bool = False, **paper_inputs: torch.Tensor) -> VPTOutput:
         """vpt-paper.md §2.6. ``input_ids`` (B, L); ``position_ids`` (3, B, L) M-RoPE or None
-        (then 0..L-1 on every axis, as the reference's training does). Extra images are
-        preprocessed tensors: ``detection_images`` (N, 3, 224, 224), ``seg_images`` (N, 3, S, S),
-        ``clip_pixel_values`` Qwen2-VL patches with ``clip_images_grid_thw``.
+        (then 0..L-1 on every axis, as the reference's training does). ``extra``: each branch's
+        preprocessed extra images, ``{branch: inputs}`` with ``inputs`` as its spec collates them
+        (the collator's ``batch["extra"]``). The reference's own keywords for them
+        (``paper_inputs``) are read through each branch's
+        :class:`~perceive.branches.PaperLayout` (:meth:`paper_inputs`).
 
         Gradients reach the token embeddings and the encoders whenever their parameters require
         them. ``reference_no_grad`` computes those under ``no_grad`` as the reference does (§2.6
         step 0): then they never train, whatever is frozen. Outputs are the same either way."""
         cfg = self.config
         run = num_inner_forward_run or cfg.num_inner_forward_run
-        extras = {"dino": detection_images, "sam": seg_images, "native": clip_pixel_values}
+        extras = {**self.paper_inputs(**paper_inputs), **(extra or {})}
         # The reference's quirk: a model trained from scratch under it keeps a random vision tower.
         with torch.no_grad() if reference_no_grad else contextlib.nullcontext():
             embeds = self.embed(input_ids)
@@ -187,12 +331,12 @@ class VPTModel(nn.Module):
                 img = self.image_embeds(pixel_values, image_grid_thw)
                 embeds = _scatter(embeds, input_ids == cfg.special.image_pad, img)
             feats = {}
-            for action, images in extras.items():
-                if images is not None:
-                    if action not in self.branches:
-                        raise ValueError(f"{EXTRA_INPUTS[action]} given but the model has no {action} branch")
-                    grid = clip_images_grid_thw if action == "native" else None
-                    feats[action] = self.encode_extra(action, images, grid)
+            for action, inputs in extras.items():
+                if inputs is None:
+                    continue
+                if action not in self.branches:
+                    raise ValueError(f"extra images given for the {action!r} branch but the model has no such branch")
+                feats[action] = self.encode_extra(action, inputs)
         out = VPTOutput(logits=None, hidden=None)  # type: ignore[arg-type]
         first = embeds
         for action, (f, sizes) in feats.items():

@@ -1,6 +1,7 @@
 """Tiny offline models for tests: a char-level tokenizer carrying the Qwen2-VL and VPT special
-tokens, and random-weight VPT models of every family (Qwen2-VL / Qwen2.5-VL bases; dino, sam,
-native branches). Nothing is downloaded.
+tokens, and random-weight VPT models (Qwen2-VL / Qwen2.5-VL bases) with any of the installed
+re-encode branches, at the small sizes each branch's plugin gives
+(:meth:`perceive.BranchSpec.tiny_config`). Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import string
 
 import torch
 
-from perceive.vocabulary import FAMILIES, Vocabulary
+from perceive.vocabulary import Vocabulary
 
 QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                  "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
@@ -25,10 +26,22 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tokenizer(grid: int = 8, families=("detection", "seg", "clip"), extra_tokens=()):
+def _specs(branches, registry=None) -> list:
+    """The registered branch specs named by ``branches`` (None: every installed branch)."""
+    from perceive.plugins import get_registry
+
+    registry = registry or get_registry()
+    if branches is None:
+        return list(registry.branch_specs().values())
+    return [registry.branch(b) for b in branches]
+
+
+def build_tokenizer(grid: int = 8, branches=None, extra_tokens=(), registry=None):
     """A char-level ``PreTrainedTokenizerFast``: one token per printable ASCII character, then the
-    Qwen2-VL special tokens, then the VPT tokens (feature pads as special tokens, the rest as
-    ordinary added tokens, as the paper adds them)."""
+    Qwen2-VL special tokens, then the VPT tokens of the named re-encode ``branches`` (None: every
+    installed one; feature pads as special tokens, the rest as ordinary added tokens, as the paper
+    adds them)."""
+    specs = _specs(branches, registry)
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -39,11 +52,11 @@ def build_tokenizer(grid: int = 8, families=("detection", "seg", "clip"), extra_
     tok.decoder = decoders.Fuse()
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<|endoftext|>",
                                    eos_token="<|im_end|>")
-    fast.add_special_tokens({"additional_special_tokens": QWEN_SPECIALS + [FAMILIES[f][3] for f in families]})
+    fast.add_special_tokens({"additional_special_tokens": QWEN_SPECIALS + [s.tokens.pad for s in specs]})
     vocab_ = Vocabulary(grid)
     ordinary = list(vocab_.region_tokens) + ["<|zoom_start|>", "<|zoom_end|>"]
-    for f in families:
-        ordinary += list(FAMILIES[f][:3])
+    for s in specs:
+        ordinary += list(s.tokens.span)
     fast.add_tokens(ordinary + list(extra_tokens))
     fast.chat_template = CHAT_TEMPLATE
     return fast
@@ -88,33 +101,23 @@ def tiny_base(tokenizer, base: str = "qwen2_vl", hidden: int = 64, layers: int =
     return model_cls(cfg).eval()
 
 
-def tiny_vpt_config(tokenizer, base: str = "qwen2_vl", branches=("dino", "sam", "native"), hidden: int = 64,
-                    grid: int = 8):
-    from perceive.model.config import (
-        ACTION_FAMILY,
-        BranchConfig,
-        RegionConfig,
-        SpecialIds,
-        VPTConfig,
-    )
+def tiny_vpt_config(tokenizer, base: str = "qwen2_vl", branches=None, hidden: int = 64, grid: int = 8,
+                    registry=None):
+    """The ``perceive.json`` of a tiny model: ``tokenizer``'s ids, and the named re-encode
+    ``branches`` (None: every installed one) at their plugins' tiny sizes."""
+    from perceive.model.config import BranchConfig, RegionConfig, SpecialIds, VPTConfig
+    from perceive.plugins import get_registry
 
+    registry = registry or get_registry()
     ids = tokenizer.convert_tokens_to_ids
     v = Vocabulary(grid)
     bcfg = {}
-    for action in branches:
-        start, act, end, pad = FAMILIES[ACTION_FAMILY[action]]
-        if action == "dino":
-            enc = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=4, patch_size=14,
-                       image_size=518)
-            extra = dict(encoder="dinov2_small", encoder_config=enc, feature_dim=32, image_size=224)
-        elif action == "sam":
-            enc = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, image_size=256, patch_size=4,
-                       window_size=14, global_attn_indexes=[1], output_channels=256, mlp_dim=64)
-            extra = dict(encoder="sam_vit_b", encoder_config=enc, feature_dim=256, image_size=256)
-        else:
-            extra = dict(encoder="native", feature_dim=hidden)
-        bcfg[action] = BranchConfig(action=action, start_id=ids(start), action_id=ids(act), end_id=ids(end),
-                                    pad_id=ids(pad), **extra)
+    for spec in _specs(branches, registry):
+        tok = dict(zip(("start_id", "action_id", "end_id", "pad_id"), (ids(t) for t in spec.tokens.all), strict=True))
+        if any(i is None or i == tokenizer.unk_token_id for i in tok.values()):
+            raise ValueError(f"the tokenizer lacks the {spec.name} branch's tokens {list(spec.tokens.all)}")
+        bcfg[spec.name] = BranchConfig(action=spec.name, **tok, **spec.tiny_config(hidden),
+                                       plugin=registry.branches[spec.name].dist)
     return VPTConfig(
         base=base, hidden_size=hidden,
         special=SpecialIds(im_start=ids("<|im_start|>"), im_end=ids("<|im_end|>"), image_pad=ids("<|image_pad|>"),
@@ -126,14 +129,15 @@ def tiny_vpt_config(tokenizer, base: str = "qwen2_vl", branches=("dino", "sam", 
     )
 
 
-def tiny_vpt_model(base: str = "qwen2_vl", branches=("dino", "sam", "native"), seed: int = 0, tokenizer=None):
-    """A random-weight VPT model with its tokenizer and image processor attached."""
+def tiny_vpt_model(base: str = "qwen2_vl", branches=None, seed: int = 0, tokenizer=None, registry=None):
+    """A random-weight VPT model with its tokenizer and image processor attached; ``branches``:
+    the re-encode branches it carries (None: every installed one)."""
     from perceive.model.vpt import VPTModel
 
-    tokenizer = tokenizer or build_tokenizer()
-    cfg = tiny_vpt_config(tokenizer, base, branches)
+    tokenizer = tokenizer or build_tokenizer(registry=registry)
+    cfg = tiny_vpt_config(tokenizer, base, branches, registry=registry)
     torch.manual_seed(seed)
-    model = VPTModel(tiny_base(tokenizer, base, seed=seed), cfg).eval()
+    model = VPTModel(tiny_base(tokenizer, base, seed=seed), cfg, registry=registry).eval()
     model.tokenizer = tokenizer
     model.image_processor = tiny_image_processor()
     return model

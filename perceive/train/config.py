@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from perceive.config import format_validation_error, load_yaml_mapping
 from perceive.errors import ConfigError
@@ -15,6 +15,20 @@ from perceive.model.config import PromptConventions
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def installed_branch(name: str) -> str:
+    """``name`` if an installed plugin registers a re-encode branch of that name, else a
+    ``ValueError`` (a config error naming the field) with the installed ones."""
+    from perceive.errors import did_you_mean
+    from perceive.plugins import get_registry
+
+    branches = get_registry().branches
+    if name not in branches:
+        hint = did_you_mean(name, branches)
+        raise ValueError(f"no installed plugin provides a re-encode branch {name!r}"
+                         + (f"; {hint}" if hint else "") + f" (installed: {', '.join(branches) or 'none'})")
+    return name
 
 
 class TinyModel(_Strict):
@@ -27,7 +41,8 @@ class TinyModel(_Strict):
     vision_depth: int = 2
     vision_dim: int = 32
     vision_heads: int = 2
-    branches: list[Literal["dino", "sam", "native"]] = Field(default_factory=list)
+    #: re-encode branches it starts with (names of installed branches), at their tiny sizes
+    branches: list[str] = Field(default_factory=list)
     image_max_pixels: int = 112 * 112  # the full image
     view_max_pixels: int = 112 * 112  # crops and other views
     image_min_pixels: int = 28 * 28
@@ -40,15 +55,28 @@ class TinyModel(_Strict):
     merge: Literal[1, 2] = 2
     seed: int = 0
 
+    @field_validator("branches")
+    @classmethod
+    def _installed(cls, names: list[str]) -> list[str]:
+        return [installed_branch(n) for n in names]
+
 
 class NewBranch(_Strict):
     """A re-encode branch added to a checkpoint: its encoder and projector start random and
-    train with the model. ``encoder_config`` sizes the encoder (a transformers ``Dinov2Config``
-    dict, or SAM image-encoder sizes; None: the tiny test sizes); ``image_size`` is its input side."""
+    train with the model. ``action``: an installed branch (its plugin registers it).
+    ``encoder_config`` sizes the encoder, in the form the branch's plugin reads (None: the
+    plugin's tiny test sizes, or the official sizes of ``encoder`` when given); ``encoder`` is the
+    registered encoder name the model records; ``image_size`` is its input side."""
 
-    action: Literal["dino", "sam", "native"]
+    action: str
+    encoder: str | None = None
     encoder_config: dict[str, Any] | None = None
     image_size: int | None = None
+
+    @field_validator("action")
+    @classmethod
+    def _installed(cls, name: str) -> str:
+        return installed_branch(name)
 
 
 class ModelSource(_Strict):
@@ -99,7 +127,7 @@ class LoraConfig(_Strict):
 class TrainConfig(_Strict):
     """``stage``: ``alignment`` trains only the projectors with one pass; ``instruct`` runs the
     two-pass forward with the paragraph mask. ``freeze`` lists module-name prefixes kept fixed
-    (``base.model.visual``, ``branches.dino.encoder``, ...); ``trainable`` (if set) lists the only
+    (``base.model.visual``, ``branches.NAME.encoder``, ...); ``trainable`` (if set) lists the only
     prefixes that train."""
 
     model: ModelSource

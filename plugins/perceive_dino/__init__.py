@@ -1,6 +1,7 @@
 """The paper's DINOv2 re-encoding ("Det" family): tokens ``<|detection_action_*|>``,
 features placed at ``<|detection_image_pad|>`` x 256. Encoders ``dinov2_small`` ...
-``dinov2_giant`` (the paper uses ``dinov2_large``)."""
+``dinov2_giant`` (the paper uses ``dinov2_large``). The model side (encoder module, projector,
+preprocessing, paper layout) is the ``dino`` branch in :mod:`perceive_dino.branch`."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from perceive.actions import EncoderOptions
 from perceive.config import Device
 from perceive.encoders import EncoderSpec, lazy
 from perceive.reencode import ReencodeAction
+from perceive_dino.branch import TOKENS, DinoBranch
 
 HIDDEN = {"small": 384, "base": 768, "large": 1024, "giant": 1536}
 
@@ -26,7 +28,7 @@ class DinoEncoderOptions(BaseModel):
 
 class DinoReencode(ReencodeAction):
     name = "dino"
-    family = "detection"
+    tokens = TOKENS
     description = "Re-encode the image with DINOv2; features conditioned on the control token."
     encoders = ("dinov2_large", "dinov2_small", "dinov2_base", "dinov2_giant")
     Options = EncoderOptions
@@ -35,6 +37,11 @@ class DinoReencode(ReencodeAction):
 @hookimpl
 def perceive_register_actions():
     return [DinoReencode()]
+
+
+@hookimpl
+def perceive_register_branches():
+    return [DinoBranch()]
 
 
 @hookimpl

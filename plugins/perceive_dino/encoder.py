@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from transformers import BitImageProcessorPil, Dinov2Config, Dinov2Model
 
+from perceive.branches import model_has_branch
 from perceive.encoders import require_weights
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -50,10 +51,9 @@ class Dinov2Encoder:
 def build(weights=None, options=None, model=None, *, name: str = "dinov2") -> Dinov2Encoder:
     """Load a local DINOv2 folder (transformers layout)."""
     options = dict(options or {})
-    branches = getattr(model, "branches", None)
-    if weights is None and branches is not None and "dino" in branches:  # the VPT model's own weights
-        crop = model.config.branches["dino"].image_size or 224
-        return Dinov2Encoder(branches["dino"].encoder, crop=crop, max_side=options.get("max_side", 512),
+    if weights is None and model_has_branch(model, "dino"):  # the VPT model's own weights
+        crop = model.branch_config("dino").image_size or 224
+        return Dinov2Encoder(model.branch_encoder("dino"), crop=crop, max_side=options.get("max_side", 512),
                              device=str(model.device))
     path = require_weights(name, weights)
     net = Dinov2Model.from_pretrained(path, local_files_only=True)

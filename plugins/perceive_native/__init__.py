@@ -1,5 +1,7 @@
 """The paper's "CLIP" re-encoding with the MLLM's own vision tower: tokens
-``<|clip_action_*|>``, features placed at ``<|clip_image_pad|>`` (one per merged token)."""
+``<|clip_action_*|>``, features placed at ``<|clip_image_pad|>`` (one per merged token). The model
+side (projector, preprocessing, paper layout) is the ``native`` branch in
+:mod:`perceive_native.branch`."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from perceive import hookimpl
 from perceive.actions import EncoderOptions
 from perceive.encoders import EncoderSpec, lazy
 from perceive.reencode import ReencodeAction
+from perceive_native.branch import TOKENS, NativeBranch
 
 
 class NativeEncoderOptions(BaseModel):
@@ -28,7 +31,7 @@ class NativeEncoderOptions(BaseModel):
 
 class NativeReencode(ReencodeAction):
     name = "native"
-    family = "clip"
+    tokens = TOKENS
     description = "Re-encode the image with the MLLM's own vision tower; conditioned features."
     encoders = ("native",)
     Options = EncoderOptions
@@ -37,6 +40,11 @@ class NativeReencode(ReencodeAction):
 @hookimpl
 def perceive_register_actions():
     return [NativeReencode()]
+
+
+@hookimpl
+def perceive_register_branches():
+    return [NativeBranch()]
 
 
 @hookimpl

@@ -1,6 +1,8 @@
 """The paper's SAM re-encoding ("Seg" family): tokens ``<|seg_action_*|>``, features placed at
 ``<|seg_image_pad|>`` x 256 (the projector's 4x4 stride-4 conv turns the 64x64 neck map into
-16x16 tokens). Encoders ``sam_vit_b``, ``sam_vit_l`` (the paper's), ``sam_vit_h``."""
+16x16 tokens). Encoders ``sam_vit_b``, ``sam_vit_l`` (the paper's), ``sam_vit_h``. The model side
+(encoder module, projector, preprocessing, paper layout) is the ``sam`` branch in
+:mod:`perceive_sam.branch`."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from perceive.actions import EncoderOptions
 from perceive.config import Device
 from perceive.encoders import EncoderSpec, lazy
 from perceive.reencode import ReencodeAction
+from perceive_sam.branch import TOKENS, SamBranch
 
 
 class SamEncoderOptions(BaseModel):
@@ -22,7 +25,7 @@ class SamEncoderOptions(BaseModel):
 
 class SamReencode(ReencodeAction):
     name = "sam"
-    family = "seg"
+    tokens = TOKENS
     description = "Re-encode the image with SAM's image encoder; conditioned on the control token."
     encoders = ("sam_vit_l", "sam_vit_b", "sam_vit_h")
     layout = "map"
@@ -32,6 +35,11 @@ class SamReencode(ReencodeAction):
 @hookimpl
 def perceive_register_actions():
     return [SamReencode()]
+
+
+@hookimpl
+def perceive_register_branches():
+    return [SamBranch()]
 
 
 @hookimpl

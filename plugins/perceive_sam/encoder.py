@@ -11,8 +11,9 @@ import torch
 from PIL import Image
 from transformers import SamImageProcessorPil
 
+from perceive.branches import model_has_branch
 from perceive.encoders import require_weights
-from perceive.model.sam import VARIANTS, image_encoder, load_official, sam_modeling
+from perceive_sam.modeling import VARIANTS, image_encoder, load_official, sam_modeling
 
 __all__ = ["VARIANTS", "SamEncoder", "build", "build_tiny", "image_encoder", "load_official", "sam_modeling"]
 
@@ -35,9 +36,9 @@ class SamEncoder:
 
 def build(weights=None, options=None, model=None, *, variant: str = "vit_l") -> SamEncoder:
     options = dict(options or {})
-    branch = _model_branch(model, "sam")
-    if weights is None and branch is not None:  # the VPT model carries its own SAM weights
-        return SamEncoder(branch.encoder, branch_image_size(branch), device=options.get("device", "cpu"))
+    if weights is None and model_has_branch(model, "sam"):  # the VPT model carries its own SAM weights
+        net = model.branch_encoder("sam")
+        return SamEncoder(net, int(net.img_size), device=options.get("device", "cpu"))
     path = require_weights(f"sam_{variant}", weights)
     net = image_encoder(variant)
     load_official(net, path)
@@ -50,12 +51,3 @@ def build_tiny() -> SamEncoder:
     net = image_encoder("tiny", img_size=256, patch_size=4, depth=2, embed_dim=16, num_heads=2,
                         global_attn_indexes=(1,))
     return SamEncoder(net, 256)
-
-
-def _model_branch(model, action: str):
-    branches = getattr(model, "branches", None)
-    return branches[action] if branches is not None and action in branches else None
-
-
-def branch_image_size(branch) -> int:
-    return int(branch.encoder.img_size)
