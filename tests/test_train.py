@@ -581,6 +581,117 @@ def test_an_interrupted_run_saves_a_checkpoint_that_resumes_exactly(cards, tmp_p
     assert not (tmp_path / "mid/checkpoint-3").exists()
 
 
+def ctrl_c(times=1):
+    """Press Ctrl-C in this process: the handler runs before this returns (and may raise)."""
+    import signal
+
+    for _ in range(times):
+        signal.raise_signal(signal.SIGINT)
+
+
+def test_a_second_ctrl_c_stops_at_once_wherever_it_lands(cards, tmp_path):
+    """The first Ctrl-C stops after the current step and saves a checkpoint there; a second stops
+    at once and saves nothing, whether it lands in a step, an evaluation or that very save (whose
+    .tmp is removed, never left as a truncated checkpoint)."""
+    from perceive.train import TrainingInterrupted
+    from perceive.train.checkpoints import checkpoint_step
+
+    # once during the evaluation after step 2: the evaluation finishes, checkpoint-2 is saved
+    once = Trainer(config(cards, tmp_path / "once", 5, eval_every=2), progress=False)
+    evaluate = once.evaluate
+    once.evaluate = lambda: ctrl_c() or evaluate()
+    with pytest.raises(TrainingInterrupted, match="interrupted after step 2 of 5: saved a checkpoint") as exc:
+        once.train()
+    assert exc.value.saved and checkpoint_step(tmp_path / "once/checkpoint-2") == 2
+    assert [h["step"] for h in once.history if "eval" in h] == [2]
+
+    # twice during the evaluation after step 2 (the trainer used to save checkpoint-2 all the same)
+    twice = Trainer(config(cards, tmp_path / "eval", 5, eval_every=2, save_every=1), progress=False)
+    evaluate = twice.evaluate
+    twice.evaluate = lambda: ctrl_c(2) or evaluate()
+    with pytest.raises(TrainingInterrupted, match="interrupted after step 2 of 5, at once") as exc:
+        twice.train()
+    assert not exc.value.saved and not exc.value.during_step
+    assert exc.value.checkpoint == tmp_path / "eval/checkpoint-1"
+    assert sorted(p.name for p in (tmp_path / "eval").glob("checkpoint-*")) == ["checkpoint-1"]
+
+    # the first during step 3, the second while checkpoint-3 is being written: no checkpoint-3
+    # (nor checkpoint-3.tmp), and the message names checkpoint-2
+    cut = Trainer(config(cards, tmp_path / "save", 5, save_every=2), progress=False)
+    save_state = cut.acc.save_state
+
+    def pressed_while_saving(out, *args, **kw):
+        result = save_state(out, *args, **kw)
+        if out.endswith("checkpoint-3.tmp"):
+            ctrl_c()
+        return result
+
+    cut.acc.save_state = pressed_while_saving
+    with pytest.raises(TrainingInterrupted, match="interrupted after step 3 of 5, at once") as exc:
+        cut.train(on_step=lambda step: step == 3 and ctrl_c())
+    assert not exc.value.saved and exc.value.checkpoint == tmp_path / "save/checkpoint-2"
+    assert sorted(p.name for p in (tmp_path / "save").glob("checkpoint-*")) == ["checkpoint-2"]
+    assert checkpoint_step(tmp_path / "save/checkpoint-2") == 2
+
+
+class FakeAccelerator:
+    """What :func:`save_checkpoint` asks of accelerate, writing ``model.safetensors`` = ``text``."""
+
+    is_main_process = True
+
+    def __init__(self, text, fail=False):
+        self.text, self.fail = text, fail
+
+    def wait_for_everyone(self):
+        pass
+
+    def save_state(self, out):
+        from pathlib import Path
+
+        Path(out).mkdir(parents=True)
+        (Path(out) / "model.safetensors").write_text(self.text)
+        if self.fail:
+            ctrl_c()
+
+
+def test_a_checkpoint_save_is_whole_or_not_there(tmp_path, monkeypatch):
+    """A save replaces an earlier checkpoint-N only once it is complete; one interrupted while
+    writing leaves the earlier one and no .tmp; Ctrl-C while it is renamed into place waits until
+    the renaming is done."""
+    import os
+
+    from perceive.train.checkpoints import checkpoint_step, save_checkpoint, sigint_deferred
+
+    path = tmp_path / "checkpoint-3"
+    save_checkpoint(FakeAccelerator("first"), path, {"step": 3, "history": []})
+    assert checkpoint_step(path) == 3 and (path / "model.safetensors").read_text() == "first"
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(FakeAccelerator("second", fail=True), path, {"step": 3, "history": []})
+    assert (path / "model.safetensors").read_text() == "first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-3"]
+
+    replace, renamed = os.replace, []
+
+    def pressed_while_renaming(a, b):
+        ctrl_c()  # held off: the rename goes ahead
+        replace(a, b)
+        renamed.append(b)
+
+    monkeypatch.setattr(os, "replace", pressed_while_renaming)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(FakeAccelerator("third"), path, {"step": 3, "history": []})
+    monkeypatch.undo()
+    assert renamed == [tmp_path / "checkpoint-3.old", path]
+    assert (path / "model.safetensors").read_text() == "third" and checkpoint_step(path) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-3"]
+
+    done = []
+    with pytest.raises(KeyboardInterrupt), sigint_deferred():
+        ctrl_c()
+        done.append(1)
+    assert done == [1]
+
+
 def test_sigint_stops_the_train_command_with_a_checkpoint_and_the_command_to_resume(cards, tmp_path):
     import os
     import shlex

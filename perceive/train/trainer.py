@@ -2,10 +2,11 @@
 
 Checkpoints every ``save_every`` steps hold the model, optimizer, scheduler and RNG states
 (accelerate's ``save_state``) and the step; the data order is a seeded permutation per epoch,
-so a resumed run sees exactly the batches the uninterrupted run would have seen. A checkpoint is
-written to ``checkpoint-N.tmp`` and renamed when complete, so a run killed while saving leaves no
-truncated ``checkpoint-N``. Ctrl-C (SIGINT) finishes the current step, saves a checkpoint there
-and raises :class:`TrainingInterrupted`, which names it.
+so a resumed run sees exactly the batches the uninterrupted run would have seen. Ctrl-C (SIGINT)
+finishes the current step, saves a checkpoint there and raises :class:`TrainingInterrupted`,
+which names it; a second Ctrl-C stops at once and saves nothing. The output folder, checkpoints
+(written to ``checkpoint-N.tmp`` and renamed when complete) and Ctrl-C are
+:mod:`perceive.train.checkpoints`.
 
 A run refuses what would make it succeed on nothing: a dataset with no usable item or with more
 skipped items than ``data.max_skipped_fraction``, an output folder holding another run (unless
@@ -17,241 +18,31 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import re
-import shutil
-import sys
 import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
 
 from perceive.data.collate import Collator
 from perceive.data.dataset import VPTDataset
-from perceive.errors import CheckpointError, ConfigError, closest
+from perceive.errors import ConfigError, closest
 from perceive.eval.skipped import Skipped
 from perceive.model.vpt import IGNORE_INDEX
+from perceive.train.build import add_branch, build_model, merge_lora, set_rope_theta  # noqa: F401 - as before
+from perceive.train.checkpoints import (  # noqa: F401 - importable from here, as before the split
+    SigintStop,
+    TrainingInterrupted,
+    check_checkpoint,
+    check_output,
+    checkpoint_step,
+    checkpoints,
+    latest_checkpoint,
+    load_checkpoint,
+    prepare_output,
+    run_files,
+    save_checkpoint,
+)
 from perceive.train.config import TrainConfig
-
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped on Ctrl-C (or another ``KeyboardInterrupt``). ``saved``: a checkpoint was
-    written at ``step``, the last finished step; otherwise ``checkpoint`` is the latest earlier one
-    in the output folder, or None. Resume with ``Trainer.train(resume=checkpoint)``."""
-
-    def __init__(self, step: int, steps: int, checkpoint: Path | None, saved: bool):
-        self.step, self.steps, self.checkpoint, self.saved = step, steps, checkpoint, saved
-        if saved:
-            msg = f"interrupted after step {step} of {steps}: saved a checkpoint to {checkpoint}"
-        elif checkpoint is not None:
-            msg = (f"interrupted during step {step + 1} of {steps}, with no checkpoint saved for it: "
-                   f"the latest checkpoint is {checkpoint}")
-        else:
-            msg = f"interrupted at step {step} of {steps}, before any checkpoint was saved: nothing to resume"
-        super().__init__(msg)
-
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-
-def checkpoint_step(path: Path) -> int | None:
-    """N for a complete ``checkpoint-N`` folder (its trainer state written last), else None."""
-    m = _CHECKPOINT.match(path.name)
-    return int(m.group(1)) if m and (path / "trainer_state.json").is_file() else None
-
-
-def checkpoints(folder: str | Path) -> list[Path]:
-    """The complete checkpoints in a run folder, oldest first."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    found = [(checkpoint_step(p), p) for p in folder.iterdir() if p.is_dir()]
-    return [p for step, p in sorted((s, p) for s, p in found if s is not None)]
-
-
-def latest_checkpoint(folder: str | Path) -> Path | None:
-    found = checkpoints(folder)
-    return found[-1] if found else None
-
-
-def run_files(output: str | Path) -> list[Path]:
-    """What a training run leaves in its output folder: ``model``, ``history.json``,
-    ``checkpoint-*``. Other files there are not the trainer's, and are left alone."""
-    output = Path(output)
-    if not output.is_dir():
-        return []
-    return sorted(p for p in output.iterdir()
-                  if p.name in ("model", "history.json") or p.name.startswith("checkpoint-"))
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    try:
-        Path(path).resolve().relative_to(Path(folder).resolve())
-    except ValueError:
-        return False
-    return True
-
-
-def check_output(output: str | Path, resume: str | Path | None = None, overwrite: bool = False) -> list[Path]:
-    """Refuse to train into a folder that holds another run, unless ``overwrite`` (its run files
-    are returned, to clear) or ``resume`` (the run continues). Nothing is deleted here."""
-    output = Path(output)
-    if output.exists() and not output.is_dir():
-        raise ConfigError(f"the output {output} is a file, not a folder", hint="set output: to a folder")
-    if resume is not None and overwrite and _inside(Path(resume), output):
-        raise ConfigError(f"--overwrite would delete the checkpoint --resume {resume} continues from",
-                          hint="--resume continues the run in that folder; --overwrite clears it to start "
-                               "again: give one of them")
-    found = run_files(output)
-    if not found or overwrite or (resume is not None and _inside(Path(resume), output)):
-        return found if overwrite else []
-    latest = latest_checkpoint(output)
-    cont = f"--resume {latest} to continue it, " if latest else ""
-    raise ConfigError(f"the output folder {output} already holds a run ({', '.join(p.name for p in found)}); "
-                      f"training into it would mix the two (a new model beside the old run's checkpoints)",
-                      hint=f"pass --overwrite to clear it and start again, {cont}or set output: to another folder")
-
-
-def prepare_output(output: str | Path, resume: str | Path | None = None, overwrite: bool = False) -> list[str]:
-    """:func:`check_output`, then delete the earlier run's files when ``overwrite``: their names."""
-    found = check_output(output, resume, overwrite)
-    for p in found:
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p)
-        else:
-            p.unlink()
-    return [p.name for p in found]
-
-
-def _other_checkpoints(path: Path) -> str:
-    others = [p for p in checkpoints(path.parent) if p.name != path.name]
-    return ", ".join(str(p) for p in others[-3:])
-
-
-def check_checkpoint(path: str | Path) -> dict:
-    """The trainer state of a checkpoint to resume from, or a ``CheckpointError`` saying what is
-    wrong with it (missing, a run folder rather than a checkpoint, incomplete, damaged)."""
-    path = Path(path)
-    restart = "or start again without --resume (and with --overwrite)"
-    if not path.exists():
-        latest = latest_checkpoint(path.parent)
-        hint = (f"the latest checkpoint in {path.parent} is {latest}" if latest else
-                f"{path.parent} holds no checkpoint" if path.parent.is_dir() else f"{path.parent} does not exist")
-        raise CheckpointError(f"cannot resume: there is no checkpoint {path}",
-                              hint=f"{hint}; a run writes OUTPUT/checkpoint-N every save_every steps and "
-                                   f"when it is interrupted")
-    if not path.is_dir():
-        raise CheckpointError(f"cannot resume from {path}: a checkpoint is a folder (OUTPUT/checkpoint-N)")
-    if not (path / "trainer_state.json").exists() and latest_checkpoint(path):
-        raise CheckpointError(f"cannot resume from {path}: it is a run folder, not a checkpoint",
-                              hint=f"resume from one of its checkpoints; the latest: {latest_checkpoint(path)}")
-    missing = [f for f in ("trainer_state.json", "optimizer.bin", "scheduler.bin") if not (path / f).is_file()]
-    if not any(path.glob("model*.safetensors")) and not any(path.glob("pytorch_model*.bin")):
-        missing.insert(0, "model.safetensors")
-    others = _other_checkpoints(path)
-    earlier = f"resume from another checkpoint ({others}) " if others else ""
-    if missing:
-        raise CheckpointError(f"cannot resume: the checkpoint {path} is incomplete ({', '.join(missing)} missing)",
-                              hint=f"it was cut short (a copy that did not finish, a full disk?): {earlier}{restart}")
-    try:
-        state = json.loads((path / "trainer_state.json").read_text())
-        int(state["step"]), list(state["history"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"cannot resume: the checkpoint {path} is damaged (trainer_state.json: {exc})",
-                              hint=f"{earlier}{restart}") from None
-    return state
-
-
-class _Examples(Dataset):
-    def __init__(self, ds: VPTDataset):
-        self.ds = ds
-
-    def __len__(self):
-        return len(self.ds)
-
-    def __getitem__(self, i):
-        return self.ds[i]
-
-
-def build_model(cfg: TrainConfig):
-    model = _base_model(cfg)
-    src = cfg.model
-    if src.view_scale is not None:
-        model.config.view_scale = src.view_scale
-    if src.action_defaults is not None:
-        model.config.action_defaults = src.action_defaults
-    for nb in src.add_branches:
-        add_branch(model, nb)
-    if src.rope_theta is not None:
-        set_rope_theta(model, src.rope_theta)
-    if cfg.positions is not None:
-        model.config.positions = cfg.positions
-    if cfg.prompts is not None:
-        model.config.prompts = cfg.prompts
-    if cfg.views is not None:
-        model.config.views = cfg.views
-    return model
-
-
-def set_rope_theta(model, theta: float) -> None:
-    """Give the language model a new RoPE base (its rotary table is rebuilt; weights are kept)."""
-    tc = model.base.config.text_config
-    tc.rope_parameters["rope_theta"] = float(theta)
-    lm = model.language_model
-    lm.rotary_emb = type(lm.rotary_emb)(config=tc).to(lm.rotary_emb.inv_freq.device)
-
-
-def add_branch(model, nb) -> None:
-    """Give ``model`` a new re-encode branch (random encoder and projector) for ``nb.action``."""
-    from perceive.errors import ConfigError
-    from perceive.model.branches import Branch
-    from perceive.testing.tiny import tiny_vpt_config
-
-    if nb.action in model.config.branches:
-        raise ConfigError(f"model.add_branches: the model already has a {nb.action} branch",
-                          hint="remove it from add_branches, or start from a model without it")
-    b = tiny_vpt_config(model.tokenizer, branches=(nb.action,), hidden=model.config.hidden_size).branches[nb.action]
-    update = {}
-    if nb.encoder_config is not None:
-        update["encoder_config"] = nb.encoder_config
-        if nb.action == "dino":
-            update["feature_dim"] = nb.encoder_config["hidden_size"]
-    if nb.image_size is not None:
-        update["image_size"] = nb.image_size
-    b = b.model_copy(update=update)
-    model.config.branches[nb.action] = b
-    model.branches[nb.action] = Branch.build(b, model.config.hidden_size, model.config.projector_scale)
-
-
-def _base_model(cfg: TrainConfig):
-    from perceive.model import load_model
-    from perceive.model.checkpoint import image_processor
-
-    if cfg.model.path is not None:
-        model = load_model(cfg.model.path, device="cpu", dtype="float32")
-        if cfg.model.image_pixels:
-            model.image_processor = image_processor(*cfg.model.image_pixels, merge=model.spatial_merge_size)
-        if cfg.model.view_pixels:
-            model.view_image_processor = image_processor(*cfg.model.view_pixels, merge=model.spatial_merge_size)
-        return model
-    from perceive.model.vpt import VPTModel
-    from perceive.testing.tiny import build_tokenizer, tiny_base, tiny_vpt_config
-    from perceive.train.config import TinyModel
-
-    t = cfg.model.tiny or TinyModel()
-    tok = build_tokenizer()
-    base = tiny_base(tok, hidden=t.hidden, layers=t.layers, seed=t.seed, heads=t.heads, kv_heads=t.kv_heads,
-                     vision_depth=t.vision_depth, vision_dim=t.vision_dim, vision_heads=t.vision_heads,
-                     rope_theta=t.rope_theta, merge=t.merge).train()
-    vcfg = tiny_vpt_config(tok, branches=tuple(t.branches), hidden=t.hidden)
-    model = VPTModel(base, vcfg)
-    model.tokenizer = tok
-    model.image_processor = image_processor(t.image_min_pixels, t.image_max_pixels, merge=t.merge)
-    model.view_image_processor = image_processor(t.view_min_pixels, t.view_max_pixels, merge=t.merge)
-    return model
 
 
 def perception_ids(model) -> dict[int, str]:
@@ -350,7 +141,7 @@ class Trainer:
         self.history: list[dict] = []
         self.show_progress = progress
         self._output_ready = False  # the output folder was checked (and cleared, if asked)
-        self._stop = False  # Ctrl-C asked to stop after the current step
+        self._sigint = SigintStop(announce=self.acc.is_main_process)  # what Ctrl-C asked for
         self._in_step = False  # model and optimizer are mid-update: no checkpoint can be taken
 
     def _freeze(self) -> None:
@@ -431,7 +222,10 @@ class Trainer:
         The output folder must not hold another run unless ``overwrite`` (its run files are
         deleted first) or ``resume`` (a checkpoint in it). Ctrl-C stops after the current step,
         saves ``checkpoint-N`` there and raises :class:`TrainingInterrupted`; a second Ctrl-C stops
-        at once, without one. ``on_step(step)`` runs after each step (tests interrupt through it)."""
+        at once, without one, wherever it lands: in a step, an evaluation, or a save (whose
+        ``checkpoint-N.tmp`` is removed). Another ``KeyboardInterrupt`` counts as a first Ctrl-C
+        between steps, as a second in the middle of one. ``on_step(step)`` runs after each step
+        (tests interrupt through it)."""
         cfg = self.cfg
         if not self._output_ready:
             prepare_output(cfg.output, resume, overwrite)
@@ -443,14 +237,18 @@ class Trainer:
 
         cols = [TextColumn("step {task.completed}/{task.total}"), BarColumn(), TextColumn("loss {task.fields[loss]}"),
                 TimeElapsedColumn(), TimeRemainingColumn()]
-        self._stop = self._in_step = False
+        self._sigint = SigintStop(announce=self.acc.is_main_process)
+        self._in_step = False
+        stopped = None
         with Progress(*cols, disable=not self.show_progress or not self.acc.is_main_process) as bar, \
-                self._sigint_stops():
+                self._sigint.installed():
             task = bar.add_task("train", total=cfg.optim.steps, completed=self.step, loss="-")
             try:
                 self._loop(last, bar, task, on_step)
             except KeyboardInterrupt:
-                raise self._interrupted(clean=not self._in_step) from None
+                stopped = self._interrupted(during_step=self._in_step, at_once=self._sigint.aborted)
+        if stopped is not None:
+            raise stopped from None
         return self.history
 
     def _loop(self, last: int, bar, task, on_step) -> None:
@@ -495,50 +293,30 @@ class Trainer:
             self.history.append({"step": self.step, "eval": self.evaluate()})
         self.write_log()
 
-    @contextlib.contextmanager
-    def _sigint_stops(self):
-        """While training: the first Ctrl-C asks to stop after the current step (so the checkpoint
-        taken there resumes exactly); a second one interrupts at once."""
-        import signal
-        import threading
-
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def stop(signum, frame):
-            if self._stop:
-                raise KeyboardInterrupt
-            self._stop = True
-            if self.acc.is_main_process:
-                sys.stderr.write("\nCtrl-C: stopping after this step to save a checkpoint there "
-                                 "(Ctrl-C again to stop at once, without one)\n")
-
-        previous = signal.signal(signal.SIGINT, stop)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, previous)
-
     def _stop_requested(self) -> bool:
-        stop = self._stop
+        stop = self._sigint.requested
         if self.acc.num_processes > 1:  # every process stops after the same step
             flag = torch.tensor([1.0 if stop else 0.0], device=self.acc.device)
             stop = bool(self.acc.reduce(flag, reduction="sum").item() > 0)
         return stop
 
-    def _interrupted(self, clean: bool) -> TrainingInterrupted:
-        """After a ``KeyboardInterrupt``: between steps (``clean``), save a checkpoint at the last
-        finished step; in the middle of one, the model may be half updated: point at the latest
-        checkpoint already saved."""
-        out = self.cfg.output
-        if clean and self.step > 0:
+    def _interrupted(self, during_step: bool, at_once: bool) -> TrainingInterrupted:
+        """After a ``KeyboardInterrupt``: between steps, save a checkpoint at the last finished
+        step. In the middle of one (the model may be half updated), or on a second Ctrl-C
+        (``at_once``: wherever it landed), or on one while that checkpoint is saved: save nothing,
+        and point at the latest checkpoint already saved."""
+        out, steps = self.cfg.output, self.cfg.optim.steps
+        if not (during_step or at_once) and self.step > 0:
             ckpt = out / f"checkpoint-{self.step}"
-            if checkpoint_step(ckpt) is None:  # else save_every has just written it
-                self.save(ckpt)
-            self.write_log()
-            return TrainingInterrupted(self.step, self.cfg.optim.steps, ckpt, saved=True)
-        return TrainingInterrupted(self.step, self.cfg.optim.steps, latest_checkpoint(out), saved=False)
+            try:
+                if checkpoint_step(ckpt) is None:  # else save_every has just written it
+                    self.save(ckpt)
+            except KeyboardInterrupt:  # a second Ctrl-C while saving: its .tmp is gone
+                return TrainingInterrupted(self.step, steps, latest_checkpoint(out), saved=False, during_step=False)
+            with contextlib.suppress(KeyboardInterrupt):  # (the checkpoint holds the history too)
+                self.write_log()
+            return TrainingInterrupted(self.step, steps, ckpt, saved=True)
+        return TrainingInterrupted(self.step, steps, latest_checkpoint(out), saved=False, during_step=during_step)
 
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -563,37 +341,12 @@ class Trainer:
         return {"loss": sum(losses) / max(1, len(losses)), "token_accuracy": acc, "samples": n}
 
     def save(self, path: Path) -> None:
-        """Write a checkpoint to ``path.tmp``, then rename it: a run killed while saving leaves no
-        truncated ``path``. The trainer state is written last (it marks a complete checkpoint)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        if self.acc.is_main_process and tmp.exists():
-            shutil.rmtree(tmp)
-        self.acc.wait_for_everyone()
-        self.acc.save_state(str(tmp))
-        self.acc.wait_for_everyone()
-        if self.acc.is_main_process:
-            (tmp / "trainer_state.json").write_text(json.dumps({"step": self.step, "history": self.history}))
-            if path.exists():
-                shutil.rmtree(path)
-            os.replace(tmp, path)
-        self.acc.wait_for_everyone()
+        """Write a checkpoint at this step to ``path`` (through ``path.tmp``: see
+        :func:`~perceive.train.checkpoints.save_checkpoint`)."""
+        save_checkpoint(self.acc, path, {"step": self.step, "history": self.history})
 
     def load(self, path: str | Path) -> None:
-        path = Path(path)
-        state = check_checkpoint(path)
-        if state["step"] > self.cfg.optim.steps:
-            raise CheckpointError(f"cannot resume: the checkpoint {path} is at step {state['step']}, past this "
-                                  f"run's optim.steps {self.cfg.optim.steps}",
-                                  hint=f"set optim.steps (or --steps) to at least {state['step']}")
-        try:
-            self.acc.load_state(str(path))
-        except Exception as exc:  # noqa: BLE001 - torch, safetensors and pickle each raise their own
-            detail = " ".join(f"{type(exc).__name__}: {exc}".split())
-            raise CheckpointError(f"cannot resume: the checkpoint {path} cannot be loaded ({detail[:300]})",
-                                  hint="a file in it is truncated or damaged, or it was written by another model "
-                                       "or optimizer setting; resume from a checkpoint of this config, or start "
-                                       "again without --resume (and with --overwrite)") from None
+        state = load_checkpoint(self.acc, path, self.cfg.optim.steps)
         self.step = state["step"]
         self.history = state["history"]
 
@@ -612,7 +365,7 @@ class Trainer:
 
 def _prefixes(names: list[str], depth: int = 3) -> list[str]:
     """Module-name prefixes of parameter names, up to ``depth`` parts (and before any layer
-    index): ``base.model.visual``, ``base.lm_head``, ``branches.dino.projector``, ..."""
+    index): ``base.model.visual``, ``base.lm_head``, ``branches.NAME.projector``, ..."""
     out: dict[str, None] = {}
     for n in names:
         keep = []
@@ -631,18 +384,6 @@ def _prefix_hint(pattern: str, names: list[str]) -> str:
     shown = ", ".join(known[:12]) + (", ..." if len(known) > 12 else "")
     mean = ("did you mean " + " or ".join(repr(x) for x in near) + "? ") if near else ""
     return f"{mean}the model's parameter names start with: {shown}"
-
-
-def merge_lora(model) -> None:
-    """Fold LoRA adapters into their base layers and put the plain layers back, so the saved base
-    model is a standard transformers checkpoint."""
-    from peft.tuners.lora import LoraLayer
-
-    for name, module in list(model.named_modules()):
-        if isinstance(module, LoraLayer):
-            module.merge()
-            parent, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent), attr, module.get_base_layer())
 
 
 def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = True, overwrite: bool = False):
