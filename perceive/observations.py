@@ -53,10 +53,10 @@ class Features:
     """Encoder features of one view, to be placed at ``num_placeholders`` placeholder tokens.
 
     ``tensor`` is the encoder's raw output for one image, in the layout its
-    :class:`~perceive.encoders.EncoderSpec` declares: ``(N, C)`` tokens (DINOv2, native) or a
-    ``(C, H, W)`` map (SAM). float32 or the model dtype, on the encoder's device. The model's
-    projector turns it into ``(num_placeholders, hidden)`` rows, conditioned on the control
-    hidden state the loop attaches.
+    :class:`~perceive.encoders.EncoderSpec` declares: ``(N, C)`` tokens or a ``(C, H, W)`` map.
+    float32 or the model dtype, on the encoder's device. The model's projector (its re-encode
+    branch of the action's name) turns it into ``(num_placeholders, hidden)`` rows, conditioned on
+    the control hidden state the loop attaches.
     """
 
     tensor: Any

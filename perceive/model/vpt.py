@@ -190,11 +190,12 @@ class VPTModel(nn.Module):
     def branch_features(self, action: str, image) -> torch.Tensor:
         """One image's raw features through the model's own branch: the branch's preprocessing
         (as in training), then its encoder. Shaped as an encoder returns them (what
-        :meth:`project_features` takes). :class:`perceive.branches.ModelBranchEncoder` wraps it."""
-        from perceive.images import as_rgb
+        :meth:`project_features` takes). ``image``: a PIL image, or anything
+        :func:`perceive.images.load_image` reads. :class:`perceive.branches.ModelBranchEncoder` wraps it."""
+        from perceive.images import as_rgb, load_image
 
         spec, cfg = self.branch_spec(action), self.branch_config(action)
-        item = spec.preprocess(as_rgb(image), cfg, self)
+        item = spec.preprocess(as_rgb(load_image(image)), cfg, self)
         inputs = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in item.tensors.items()}
         feats, sizes = self.encode_extra(action, inputs)
         return spec.first_image(feats, sizes)

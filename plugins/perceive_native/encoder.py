@@ -16,7 +16,7 @@ from perceive.errors import EncoderUnavailableError
 
 def vision_tower(model):
     """The vision tower of a transformers Qwen2-VL / Qwen2.5-VL model (or a perceive wrapper)."""
-    for path in ("visual", "model.visual", "base.model.visual"):
+    for path in ("visual", "model.visual"):  # VPTModel.visual, or a transformers Qwen2-VL's
         obj = model
         for part in path.split("."):
             obj = getattr(obj, part, None)
