@@ -1,20 +1,38 @@
 """Run configuration: pydantic models (unknown fields are errors), loaded from YAML.
 
+The run config (:class:`PerceiveConfig`) is the one config of a run: the model, the encoders
+and their local weights, each action's options, the graph and its params, the runtime limits,
+the device and the dtype. ``perceive ask``, ``perceive graph run`` and ``perceive eval`` read it
+with ``--config FILE`` (an eval config is a run config plus what to evaluate on:
+:class:`perceive.eval.runner.EvalConfig`); in Python, :meth:`PerceiveConfig.build_loop`.
+
+A file may extend another (``extends: base.yaml``) and the command line overrides its values
+(``--set KEY.PATH=VALUE``, then the command's own flags): see :mod:`perceive.config_files`.
 A wrong field gives a :class:`~perceive.errors.ConfigError` naming the field, the file and,
-for YAML files, the line. Action and encoder options are checked against the ``Options``
-model the plugin declares, when the config is loaded. YAML is read by :mod:`perceive.yamlio`
-(safe tags, size, depth and alias limits).
+for YAML files, the line (or the ``--set`` that wrote it). Action and encoder options are
+checked against the ``Options`` model the plugin declares, when the config is loaded. YAML is
+read by :mod:`perceive.yamlio` (safe tags, size, depth and alias limits).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from perceive.config_files import (  # noqa: F401 - format_validation_error, render_problem: kept for importers
+    Override,
+    apply_overrides,
+    format_validation_error,
+    load_mapping,
+    merge,
+    rebase,
+    render_problem,
+)
 from perceive.errors import ConfigError, did_you_mean
-from perceive.yamlio import LinedDict as _LinedDict  # noqa: F401 - kept for importers
+from perceive.yamlio import LinedDict as _LinedDict
 from perceive.yamlio import load_yaml as _read_yaml
 
 DEVICE_HELP = "auto, cpu, cuda, cuda:N, mps, or another device string torch accepts"
@@ -43,10 +61,16 @@ class _Strict(BaseModel):
 
 
 class ModelConfig(_Strict):
-    """The MLLM. ``path`` is a local folder (perceive never downloads)."""
+    """The MLLM. ``path`` is a local folder (perceive never downloads); ``model: DIR`` is short
+    for ``model: {path: DIR}``."""
 
     path: Path | None = None
     base: Literal["qwen2_vl", "qwen2_5_vl"] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"path": value} if isinstance(value, (str, Path)) else value
 
 
 class EncoderConfig(_Strict):
@@ -81,10 +105,18 @@ class RuntimeConfig(_Strict):
     #: deadline of one perception call, in seconds; a call past it fails its own sample only
     #: (``action_timeout`` in the trace), at most a day. null: no deadline
     action_timeout_s: ActionTimeout | None = 120.0
+    #: the reference's way: prefill the whole conversation again after each observation
+    reprefill: bool = False
 
 
 class PerceiveConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
+    #: the perception graph: a shipped graph's name (``graphs/*.yaml``) or a graph file (relative
+    #: to the config that names it)
+    graph: str = "free_choice"
+    #: the graph's params (its ``${name}`` values), over the graph's own defaults. ``free_choice``'s
+    #: ``max_hops`` defaults to ``runtime.max_hops``
+    params: dict[str, Any] = Field(default_factory=dict)
     encoders: list[EncoderConfig] = Field(default_factory=list)
     #: per-action settings; actions not listed use defaults. ``None`` enables all installed.
     actions: dict[str, ActionConfig] | None = None
@@ -94,6 +126,61 @@ class PerceiveConfig(_Strict):
     #: the parsed YAML (with key lines) and its path, when loaded from a file
     _data: Any = PrivateAttr(default=None)
     _source: str | None = PrivateAttr(default=None)
+
+    def path_fields(self) -> list[tuple]:
+        """Where this config holds local paths (relative ones resolve against their file's folder)."""
+        return [("model", "path"), *(("encoders", i, "weights") for i in range(len(self.encoders)))]
+
+    def loop_options(self):
+        """The :class:`~perceive.loop.LoopOptions` of ``runtime`` and ``actions`` (an action's
+        ``encoder`` goes with its options)."""
+        import dataclasses
+
+        from perceive.loop.options import options_from_config
+
+        return dataclasses.replace(options_from_config(self), reprefill=self.runtime.reprefill)
+
+    def graph_params(self) -> dict[str, Any]:
+        """``params``, with ``free_choice``'s ``max_hops`` from ``runtime.max_hops`` unless set."""
+        return {"max_hops": self.runtime.max_hops, **self.params} if self.graph == "free_choice" else dict(self.params)
+
+    def compile_graph(self, registry=None):
+        from perceive.graph import compile_graph
+
+        return compile_graph(self.graph, registry=registry, params=self.graph_params())
+
+    def load_model(self):
+        """The model at ``model.path`` on ``device`` in ``dtype``."""
+        from perceive.model import load_model
+
+        if self.model.path is None:
+            raise ConfigError(f"{self._source or 'the run config'}: model.path is not set",
+                              hint="point it at a local model folder (perceive never downloads), or pass --model")
+        return load_model(self.model.path, device=self.device, dtype=None if self.dtype == "auto" else self.dtype)
+
+    def build_loop(self, model=None, registry=None, policy=None, graph=None):
+        """The :class:`~perceive.loop.PerceptionLoop` this config describes: names checked against
+        the registry, ``graph`` (default: :meth:`compile_graph`) and ``model`` (default:
+        :meth:`load_model`). An encoder whose features do not fit its branch's projector is
+        refused here, when the loop is built."""
+        from perceive.config_check import encoder_fit_problems
+        from perceive.loop import PerceptionLoop
+        from perceive.plugins import get_registry
+
+        registry = registry or get_registry()
+        self._refuse(self.check_names(registry))
+        graph = graph or self.compile_graph(registry)
+        model = model or self.load_model()
+        self._refuse([self._render(*p) for p in encoder_fit_problems(self, model.config.branches, registry)])
+        return PerceptionLoop(model, registry=registry, options=self.loop_options(), graph=graph,
+                              encoder_configs=self.encoder_configs(), policy=policy)
+
+    def _refuse(self, errors: list[str]) -> None:
+        if errors:
+            raise ConfigError("\n".join([f"{self._source or 'the run config'}: {len(errors)} problem(s)",
+                                         *("  " + e for e in errors)]),
+                              hint="`perceive plugins list` shows the installed actions and encoders, with the "
+                                   "width of each encoder's features")
 
     def encoder_configs(self) -> dict[str, EncoderConfig]:
         return {e.name: e for e in self.encoders}
@@ -112,18 +199,9 @@ class PerceiveConfig(_Strict):
     def check_paths(self) -> list[str]:
         """Errors for local paths that cannot work: ``model.path`` unset or not a model folder,
         encoder ``weights`` that do not exist."""
-        errors = []
-        if self.model.path is None:
-            errors.append((("model", "path"), "not set: point it at a local model folder (perceive never "
-                           "downloads)"))
-        else:
-            errors.append((("model", "path"), path_problem(self.model.path, "point it at a local model folder",
-                                                          folder=True, model=True)))
-        for i, e in enumerate(self.encoders):
-            errors.append((("encoders", i, "weights"), path_problem(
-                e.weights, f"encoder {e.name!r} loads local weights only (a folder or a checkpoint file)",
-                folder=None)))
-        return [self._render(loc, msg) for loc, msg in errors if msg]
+        from perceive.config_check import run_path_problems
+
+        return [self._render(loc, msg) for loc, msg in run_path_problems(self) if msg]
 
     def problems(self, registry) -> list[str]:
         """Everything :meth:`check_names` and :meth:`check_paths` find: what would fail at run time."""
@@ -202,103 +280,98 @@ def path_problem(p: Path | None, what: str, *, folder: bool | None = False, mode
     return None
 
 
-def render_problem(loc: tuple, msg: str, data: Any = None) -> str:
-    """``field (line N): message``: a problem at ``loc`` of a config, with the line ``data`` (the
-    parsed YAML) gives it."""
-    line = _line_of(data, loc) if data is not None else None
-    return ".".join(str(p) for p in loc) + (f" (line {line})" if line else "") + f": {msg}"
-
-
-def _line_of(data: Any, loc: tuple) -> int | None:
-    line = None
-    for key in loc:
-        if isinstance(data, _LinedDict) and key in data.lines:
-            line = data.lines[key]
-            data = data[key]
-        elif isinstance(data, list) and isinstance(key, int) and key < len(data):
-            data = data[key]
-        else:
-            break
-    return line
-
-
-def format_validation_error(exc: ValidationError, source: str, data: Any = None,
-                            model: type[BaseModel] | None = None) -> str:
-    lines = [f"{source}: {exc.error_count()} invalid field(s)"]
-    for err in exc.errors():
-        loc = tuple(err["loc"])
-        field = ".".join(str(p) for p in loc) or "(top level)"
-        where = _line_of(data, loc)
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden" and model is not None:
-            allowed = _allowed_fields(model, loc[:-1])
-            hint = did_you_mean(str(loc[-1]), allowed) if allowed else None
-            if hint:
-                msg += f" ({hint})"
-        lines.append(f"  {field}" + (f" (line {where})" if where else "") + f": {msg}")
-    return "\n".join(lines)
-
-
-def _allowed_fields(model: type[BaseModel], loc: tuple) -> list[str]:
-    cur: Any = model
-    for key in loc:
-        if isinstance(key, int) or not (isinstance(cur, type) and issubclass(cur, BaseModel)):
-            continue
-        field = cur.model_fields.get(key)
-        if field is None:
-            return []
-        ann = field.annotation
-        args = [a for a in getattr(ann, "__args__", ()) if isinstance(a, type)]
-        cur = next((a for a in [ann, *args] if isinstance(a, type) and issubclass(a, BaseModel)),
-                   None)
-        if cur is None:
-            return []
-    return list(cur.model_fields) if isinstance(cur, type) else []
-
-
 def load_yaml(path: str | Path) -> Any:
     """A YAML file through perceive's one safe reader (:func:`perceive.yamlio.load_yaml`):
     mappings keep their key lines; size, depth and alias limits apply."""
     return _read_yaml(path)
 
 
-def load_yaml_mapping(path: str | Path) -> _LinedDict:
-    """:func:`load_yaml` for a config file: its top level must be a mapping (empty file: ``{}``)."""
-    data = load_yaml(path)
-    if data is None:
-        return _LinedDict()
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level is a {type(data).__name__}, not a mapping of field: value",
-                          hint="a config file is `field: value` lines; see docs/reference/config.md")
+def load_yaml_mapping(path: str | Path, normalise: Callable | None = None) -> _LinedDict:
+    """A config file's mapping (an empty file: ``{}``), its ``extends`` chain merged in; each key
+    knows its line and file (see :mod:`perceive.config_files`)."""
+    return load_mapping(path, normalise)
+
+
+def model_shorthand(data: _LinedDict) -> _LinedDict:
+    """``model: DIR`` as ``model: {path: DIR}``, so that a file and its base merge field by field."""
+    if isinstance(data.get("model"), str):
+        lines, origins = data.lines, data.origins
+        data["model"] = _LinedDict({"path": data["model"]}, {"path": lines["model"]} if "model" in lines else {},
+                                   {"path": origins["model"]} if "model" in origins else {})
     return data
 
 
-def load_config(path: str | Path, registry=None) -> PerceiveConfig:
-    """Read and validate a run config. Relative paths inside resolve against its folder.
+def config_files(path: str | Path | Iterable[str | Path] | None) -> list[Path]:
+    """``path`` as a list of files (``None``: none)."""
+    if path is None:
+        return []
+    return [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
+
+
+def compose(path: str | Path | Iterable[str | Path] | None, overrides: Iterable[Override] = (),
+            normalise: Callable | None = None) -> _LinedDict:
+    """What a command validates: the config file (``None``: none; several: each laid over the
+    one before, as if it extended it) with its bases, then the command line's ``overrides``
+    (``--set``, then flags)."""
+    data = _LinedDict()
+    for i, file in enumerate(config_files(path)):
+        layer = load_yaml_mapping(file, normalise)
+        data = merge(data, layer) if i else layer
+        data.source = layer.source
+    data = apply_overrides(data, overrides)
+    return normalise(data) if normalise is not None else data
+
+
+def validate(schema: type[BaseModel], data: _LinedDict, source: str):
+    """``schema`` validated from ``data``; a :class:`ConfigError` naming each field and where it
+    was written otherwise."""
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source, data, schema),
+                          hint="see docs/reference/config.md for the fields") from None
+
+
+def rebase_paths(cfg: BaseModel, data: _LinedDict, locs: Iterable[tuple], folder: Path | None) -> None:
+    """Each relative path at ``locs`` of ``cfg``, made relative to the file that wrote it
+    (``folder``: the config file's own)."""
+    for loc in locs:
+        parent = cfg
+        for key in loc[:-1]:
+            parent = parent[key] if isinstance(key, int) else getattr(parent, key)
+        value = getattr(parent, loc[-1])
+        setattr(parent, loc[-1], rebase(value, data, loc, folder))
+
+
+def load_config(path: str | Path | Iterable[str | Path] | None, registry=None, *, overrides: Iterable[Override] = (),
+                schema: type[PerceiveConfig] | None = None, normalise: Callable | None = None) -> PerceiveConfig:
+    """Read and validate a run config (``path`` ``None``: the defaults), its ``extends`` chain
+    merged and ``overrides`` applied. A relative path resolves against the folder of the file
+    that wrote it (the working folder for one from the command line). ``schema``: a subclass
+    (the eval config); ``normalise``: its shorthands, for each file and the command line
+    (default :func:`model_shorthand`).
 
     Options of installed actions and encoders are checked against their ``Options`` models
     (``registry``: default the installed plugins); unknown names are left to
-    :meth:`PerceiveConfig.check_names`, which ``perceive config check`` also runs."""
-    data = load_yaml_mapping(path)
-    try:
-        cfg = PerceiveConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, str(path), data, PerceiveConfig),
-                          hint="see docs/reference/config.md for the fields") from None
-    cfg._data, cfg._source = data, str(path)
+    :meth:`PerceiveConfig.check_names`, which ``perceive config check`` and
+    :meth:`PerceiveConfig.build_loop` run."""
+    schema = schema or PerceiveConfig
+    files = config_files(path)
+    source = str(files[-1]) if files else "the command line"
+    data = compose(files, overrides, normalise or model_shorthand)
+    cfg = validate(schema, data, source)
+    cfg._data, cfg._source = data, source
     if registry is None:
         from perceive.plugins import get_registry
 
         registry = get_registry()
     bad = registry_problems(cfg, registry, options_only=True)
     if bad:
-        lines = [f"{path}: {len(bad)} invalid option(s)"] + ["  " + cfg._render(loc, msg) for loc, msg in bad]
+        lines = [f"{source}: {len(bad)} invalid option(s)"] + ["  " + cfg._render(loc, msg) for loc, msg in bad]
         raise ConfigError("\n".join(lines), hint="`perceive plugins list` shows the installed actions and "
                           "encoders; docs/reference/config.md lists each one's options")
-    base = Path(path).parent
-    if cfg.model.path and not cfg.model.path.is_absolute():
-        cfg.model.path = base / cfg.model.path
-    for e in cfg.encoders:
-        if e.weights and not e.weights.is_absolute():
-            e.weights = base / e.weights
+    folder = files[-1].parent if files else None
+    rebase_paths(cfg, data, cfg.path_fields(), folder)
+    if cfg.graph.endswith((".yaml", ".yml")):  # a graph file, not a shipped graph's name
+        cfg.graph = str(rebase(Path(cfg.graph), data, ("graph",), folder))
     return cfg

@@ -19,6 +19,7 @@ from perceive.config import (
     load_config,
     load_yaml_mapping,
     path_problem,
+    registry_problems,
     render_problem,
 )
 from perceive.errors import ConfigError
@@ -70,18 +71,58 @@ def _eval_problems(path: Path, registry) -> list[tuple[tuple, str]]:
     from perceive.graph import check as check_graph
     from perceive.graph import resolve
 
-    cfg = load_eval_config(path)  # ConfigError for schema errors, the device included
-    out = [(("model",), path_problem(cfg.model, "evaluation loads a local model folder", folder=True, model=True)),
+    cfg = load_eval_config(path)  # ConfigError for schema errors and options, the device included
+    out = [*registry_problems(cfg, registry), *run_path_problems(cfg), *model_fit_problems(cfg, registry),
            (("data",), path_problem(cfg.data, "evaluation reads JSONL data from a local file"))]
     try:
         graph = resolve(cfg.graph)
     except FileNotFoundError as exc:
         out.append((("graph",), str(exc)))
     else:
-        _, issues = check_graph(graph, registry, cfg.params)
+        _, issues = check_graph(graph, registry, cfg.graph_params())
         out += [(("graph",), "graph " + i.render(str(graph))) for i in issues]
-    out += action_option_problems(cfg.action_options, registry, ("action_options",))
     return out
+
+
+def run_path_problems(cfg: PerceiveConfig) -> list[tuple[tuple, str]]:
+    """``model.path`` unset or not a model folder, encoder ``weights`` that do not exist."""
+    out = [(("model", "path"), "not set: point it at a local model folder (perceive never downloads)"
+            if cfg.model.path is None else path_problem(cfg.model.path, "point it at a local model folder",
+                                                        folder=True, model=True))]
+    for i, e in enumerate(cfg.encoders):
+        out.append((("encoders", i, "weights"), path_problem(
+            e.weights, f"encoder {e.name!r} loads local weights only (a folder or a checkpoint file)", folder=None)))
+    return out
+
+
+def encoder_fit_problems(cfg: PerceiveConfig, branches: dict, registry) -> list[tuple[tuple, str]]:
+    """An action's ``encoder`` whose features are not as wide as the model's branch projector
+    takes (``branches``: the model's, by action). The same check as the loop's, which
+    :meth:`PerceiveConfig.build_loop` runs with the loaded model."""
+    out = []
+    for name, a in (cfg.actions or {}).items():
+        branch, reg = branches.get(name), registry.encoders.get(a.encoder) if a.encoder else None
+        dim = getattr(getattr(reg, "obj", None), "feature_dim", None)
+        if branch is not None and dim is not None and dim != branch.feature_dim:
+            out.append((("actions", name, "encoder"),
+                        f"{a.encoder!r} gives {dim}-wide features but the model's {name} projector takes "
+                        f"{branch.feature_dim}: use an encoder with {branch.feature_dim}-wide output, e.g. "
+                        f"{branch.encoder!r}"))
+    return out
+
+
+def model_fit_problems(cfg: PerceiveConfig, registry) -> list[tuple[tuple, str]]:
+    """:func:`encoder_fit_problems` against the model folder's ``perceive.json``, read without
+    loading weights (nothing when there is no such file: the path checks report it)."""
+    from perceive.model.checks import CONFIG_FILE, read_vpt_config
+
+    if cfg.model.path is None or not (Path(cfg.model.path) / CONFIG_FILE).is_file():
+        return []
+    try:
+        branches = read_vpt_config(cfg.model.path).branches
+    except ConfigError as exc:
+        return [(("model", "path"), exc.message)]
+    return encoder_fit_problems(cfg, branches, registry)
 
 
 def check_config_file(path: str | Path, kind: str = "auto", registry=None) -> tuple[str, str, list[str]]:
@@ -104,7 +145,8 @@ def check_config_file(path: str | Path, kind: str = "auto", registry=None) -> tu
         raise ConfigError(f"no config kind {kind!r}", hint=f"use one of {', '.join(CONFIG_KINDS)} or auto")
     try:
         if kind == "run":
-            return kind, why, load_config(path, registry).problems(registry)
+            cfg = load_config(path, registry)
+            return kind, why, cfg.problems(registry) + [cfg._render(*p) for p in model_fit_problems(cfg, registry)]
         if kind == "graph":  # what `perceive graph validate` reports
             from perceive.graph import check as check_graph
 

@@ -43,11 +43,14 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 class LinedDict(dict):
-    """A YAML mapping that knows the (1-based) line of each of its keys: ``.lines[key]``."""
+    """A YAML mapping that knows the (1-based) line of each of its keys: ``.lines[key]``; and,
+    for configs composed from several files (:mod:`perceive.config_files`), where each key was
+    set: ``.origins[key]``, a file path or a command-line option (``--set KEY``)."""
 
-    def __init__(self, data=(), lines: dict | None = None):
+    def __init__(self, data=(), lines: dict | None = None, origins: dict | None = None):
         super().__init__(data)
         self.lines = dict(lines or {})
+        self.origins = dict(origins or {})
 
 
 class _Limit(Exception):

@@ -121,7 +121,8 @@ CASES = [
      "error: model_bad_perceive_json/perceive.json: 2 invalid field(s)"),
     ("ask-model-no-perceive-json", ["ask", IMG, Q, "--model", "model_no_perceive_json"], 1,
      "error: model_no_perceive_json has no perceive.json, but its tokenizer carries perception tokens"),
-    ("ask-bad-device", ["ask", IMG, Q, "--model", "model", "--device", "gpu9"], 1, "error: unknown device 'gpu9'"),
+    ("ask-bad-device", ["ask", IMG, Q, "--model", "model", "--device", "gpu9"], 1,
+     "device (--device): 'gpu9' is not a device"),  # checked with the run config, before the model loads
     # convert
     ("convert-missing-source", ["convert", "nowhere", "out"], 1, "error: model folder not found: nowhere"),
     ("convert-into-a-file", ["convert", "model", "afile"], 1, "error: the destination afile is a file"),

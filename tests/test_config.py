@@ -1,4 +1,5 @@
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -213,16 +214,23 @@ def test_config_check_on_an_eval_config(tmp_path):
     model_dir(tmp_path)
     (tmp_path / "eval.json").write_text("[]")
     p = tmp_path / "eval.yaml"
-    p.write_text("model: models/vpt\ndata: eval.json\ngraph: free_choice\nmax_new_tokens: 16\n")
+    p.write_text("model: models/vpt\ndata: eval.json\ngraph: free_choice\nruntime: {max_new_tokens: 16}\n")
     code, out = check_cli(p)
     assert code == 0, out
     assert "ok, checked as an eval config" in out
-    p.write_text("model: models/vpt\ndata: eval.json\ngraph: region_then_answr\nmax_new_tokens: 16\n"
-                 "action_options: {zoom: {size: -1}}\n")
+    p.write_text("model: models/vpt\ndata: eval.json\ngraph: region_then_answr\nruntime: {max_new_tokens: 16}\n"
+                 "actions: {zooom: {}}\n")
     code, out = check_cli(p)
     assert code == 1
     assert "graph (line 3): no graph file region_then_answr" in out
-    assert "action_options.zoom.size (line 5): action 'zoom': Input should be greater than or equal to 1" in out
+    assert "actions.zooom (line 5): no such action; did you mean 'zoom'?" in out
+    p.write_text("model: models/vpt\ndata: eval.json\nactions: {zoom: {options: {size: -1}}}\n")
+    code, out = check_cli(p)  # an eval config is a run config: its options are checked when it loads
+    assert code == 1
+    assert "actions.zoom.options.size (line 3): action 'zoom': Input should be greater than or equal to 1" in out
+    p.write_text("model: models/vpt\ndata: eval.json\nmax_new_tokens: 16\n")  # the eval config before 0.x
+    code, out = check_cli(p)
+    assert code == 1 and "max_new_tokens (line 3): moved to runtime.max_new_tokens" in out
     p.write_text("model: models/vpt\ndata: eval.json\ndevice: quantum\n")  # the schema, as `perceive eval` loads it
     code, out = check_cli(p)
     assert code == 1 and "device (line 3): 'quantum' is not a device" in out and "checked as an eval config" in out
@@ -350,8 +358,10 @@ def test_an_ill_typed_option_reads_the_same_from_every_source(tmp_path, registry
     model_dir(tmp_path)
     (tmp_path / "eval.json").write_text("[]")
     ev = tmp_path / "eval.yaml"
-    ev.write_text("model: models/vpt\ndata: eval.json\naction_options: {zoom: {size: huge}}\n")
-    assert check_config_file(ev, registry=registry)[2] == [f"action_options.zoom.size (line 3): {same}"]
+    ev.write_text("model: models/vpt\ndata: eval.json\nactions: {zoom: {options: {size: huge}}}\n")
+    with pytest.raises(ConfigError) as e:
+        check_config_file(ev, registry=registry)
+    assert f"actions.zoom.options.size (line 3): {same}" in str(e.value)
 
 
 def test_an_encoder_an_action_cannot_use_reads_the_same_in_a_config_and_a_graph(tmp_path, registry):
@@ -404,10 +414,10 @@ def test_action_timeout_is_bounded(tmp_path, value):
         load_config(write(tmp_path, f"runtime:\n  action_timeout_s: {value}\n"))
     assert "runtime.action_timeout_s (line 2): " in str(e.value)
     p = tmp_path / "eval.yaml"
-    p.write_text(f"model: m\ndata: d.json\naction_timeout_s: {value}\n")
+    p.write_text(f"model: m\ndata: d.json\nruntime:\n  action_timeout_s: {value}\n")
     with pytest.raises(ConfigError) as e:
         load_eval_config(p)
-    assert "action_timeout_s (line 3): " in str(e.value)
+    assert "runtime.action_timeout_s (line 4): " in str(e.value)
 
 
 def test_action_timeout_up_to_a_day_is_fine(tmp_path):
@@ -416,5 +426,211 @@ def test_action_timeout_up_to_a_day_is_fine(tmp_path):
     assert load_config(write(tmp_path, "runtime: {action_timeout_s: 86400}\n")).runtime.action_timeout_s == 86400
     assert load_config(write(tmp_path, "runtime: {action_timeout_s: null}\n")).runtime.action_timeout_s is None
     p = tmp_path / "eval.yaml"
-    p.write_text("model: m\ndata: d.json\naction_timeout_s: 0.5\n")
-    assert load_eval_config(p).action_timeout_s == 0.5
+    p.write_text("model: m\ndata: d.json\nruntime: {action_timeout_s: 0.5}\n")
+    assert load_eval_config(p).runtime.action_timeout_s == 0.5
+
+
+# -- one run config: extends, --set, precedence ----------------------------------------------------
+
+def test_extends_chains_merge_mappings_and_replace_everything_else(tmp_path):
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "base.yaml").write_text(textwrap.dedent("""
+        model: {path: models/vpt, base: qwen2_vl}
+        encoders:
+          - {name: dinov2_small, weights: weights/small}
+        actions:
+          zoom: {options: {size: 336}}
+          region_select: {options: {margin: 0}}
+        runtime: {max_hops: 2, max_new_tokens: 64}
+        params: {max_hops: 3}
+    """))
+    (tmp_path / "mid.yaml").write_text("extends: base.yaml\nruntime: {max_hops: 5}\nactions: {zoom: {enabled: false}}\n"
+                                       "encoders:\n  - {name: dinov2_base, weights: weights/base}\n")
+    (tmp_path / "sub").mkdir()
+    top = tmp_path / "sub" / "top.yaml"
+    top.write_text("extends: ../mid.yaml\ndevice: cpu\nparams: {zoom_size: 2}\ngraph: my_graph.yaml\n")
+    cfg = load_config(top)
+    assert cfg.model.base == "qwen2_vl" and cfg.device == "cpu"
+    assert cfg.model.path == tmp_path / "models/vpt"  # relative to base.yaml, the file that wrote it
+    assert cfg.graph == str(tmp_path / "sub" / "my_graph.yaml")  # relative to top.yaml
+    assert cfg.runtime.max_hops == 5 and cfg.runtime.max_new_tokens == 64  # mappings merge key by key
+    assert cfg.actions["zoom"].enabled is False and cfg.actions["zoom"].options == {"size": 336}
+    assert cfg.actions["region_select"].options == {"margin": 0}
+    assert [(e.name, e.weights) for e in cfg.encoders] == [("dinov2_base", tmp_path / "weights/base")]  # replaced
+    assert cfg.graph_params() == {"max_hops": 3, "zoom_size": 2}
+
+
+def test_an_error_names_the_file_and_line_that_wrote_the_value(tmp_path):
+    (tmp_path / "base.yaml").write_text("model: {path: m}\nruntime:\n  max_hops: -1\n")
+    top = tmp_path / "top.yaml"
+    top.write_text("extends: base.yaml\ndtype: float64\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(top)
+    msg = str(e.value)
+    assert msg.startswith(f"{top}: 2 invalid field(s)")
+    assert f"runtime.max_hops ({tmp_path / 'base.yaml'} line 3): Input should be greater than or equal to 0" in msg
+    assert "dtype (line 2): Input should be" in msg
+    (tmp_path / "base.yaml").write_text("actions: {zoom: {options: {size: huge}}}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(_write(tmp_path / "t2.yaml", "extends: base.yaml\n"))
+    assert f"actions.zoom.options.size ({tmp_path / 'base.yaml'} line 1): action 'zoom'" in str(e.value)
+    (tmp_path / "base.yaml").write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match=f"{tmp_path / 'base.yaml'}:2:1: not valid YAML"):
+        load_config(top)
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_extends_cycles_and_missing_bases_are_refused(tmp_path):
+    a, b, c = (tmp_path / f"{n}.yaml" for n in "abc")
+    a.write_text("extends: b.yaml\n")
+    b.write_text("device: cpu\nextends: c.yaml\n")
+    c.write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(a)
+    assert f"{c}: extends (line 1): the chain of bases is a cycle: {a} -> {tmp_path / 'b.yaml'} -> " \
+           f"{tmp_path / 'c.yaml'} -> {tmp_path / 'a.yaml'}" in str(e.value)
+    a.write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(a)
+    a.write_text("device: cpu\nextends: nowhere.yaml\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(a)
+    assert e.value.message == f"{a}: extends (line 2): {tmp_path / 'nowhere.yaml'} does not exist"
+    a.write_text("extends: [b.yaml, c.yaml]\n")
+    with pytest.raises(ConfigError, match=r"extends \(line 1\): give the path of one base config file"):
+        load_config(a)
+    b.write_text("- a list\n")
+    a.write_text("extends: b.yaml\n")
+    with pytest.raises(ConfigError, match=f"{b}: the top level is a list"):
+        load_config(a)
+
+
+def test_set_keys_are_config_paths_and_bare_unknown_keys_graph_params():
+    from perceive.config_files import parse_sets
+
+    fields = PerceiveConfig.model_fields
+    sets = parse_sets(["runtime.max_hops=2", "device=cpu", "max_hops=3", "encoders.0.weights=w",
+                       "actions.zoom.options={size: 336}", "params.x=[1, 2]", "action_timeout=null"], fields)
+    assert [(s.path, s.value, s.origin) for s in sets] == [
+        (("runtime", "max_hops"), 2, "--set runtime.max_hops"), (("device",), "cpu", "--set device"),
+        (("params", "max_hops"), 3, "--set max_hops"), (("encoders", 0, "weights"), "w", "--set encoders.0.weights"),
+        (("actions", "zoom", "options"), {"size": 336}, "--set actions.zoom.options"),
+        (("params", "x"), [1, 2], "--set params.x"), (("params", "action_timeout"), None, "--set action_timeout")]
+    assert parse_sets(["max_hops=3"])[0].path == ("max_hops",)  # no fields (train): always a config path
+    for bad in ("runtime.max_hops", "=2", "runtime..max_hops=2"):
+        with pytest.raises(ValueError, match="--set takes KEY=VALUE"):
+            parse_sets([bad])
+    with pytest.raises(ConfigError, match=r"--set device:1:\d+: not valid YAML"):
+        parse_sets(["device=[cpu"])
+
+
+def test_flag_over_set_over_file_over_base_over_default(tmp_path):
+    from perceive.config_files import Override, parse_sets
+
+    (tmp_path / "base.yaml").write_text("runtime: {max_hops: 1, max_new_tokens: 11, on_malformed: stop}\n")
+    top = _write(tmp_path / "run.yaml", "extends: base.yaml\nruntime: {max_hops: 2, max_new_tokens: 22}\n")
+    sets = parse_sets(["runtime.max_hops=3", "runtime.max_new_tokens=33"])
+    flags = [Override(("runtime", "max_hops"), 4, "--max-hops")]
+    cfg = load_config(top, overrides=[*sets, *flags])
+    rt = cfg.runtime
+    assert (rt.max_hops, rt.max_new_tokens, rt.on_malformed, rt.action_timeout_s) == (4, 33, "stop", 120.0)
+    assert cfg.loop_options().max_hops == 4 and cfg.graph_params() == {"max_hops": 4}
+    with pytest.raises(ConfigError) as e:
+        load_config(top, overrides=parse_sets(["runtime.max_new_tokens=0"]))
+    assert "runtime.max_new_tokens (--set runtime.max_new_tokens): Input should be greater than or equal to 1" in (
+        str(e.value))
+    with pytest.raises(ConfigError) as e:
+        load_config(top, overrides=parse_sets(["runtime.max_hops.deep=1"]))
+    assert str(e.value).startswith("--set runtime.max_hops.deep: runtime.max_hops is 2 (line 2), not a mapping")
+    with pytest.raises(ConfigError, match="--set encoders.0.weights: encoders has no item 0"):
+        load_config(top, overrides=parse_sets(["encoders.0.weights=w"]))
+    # a path from the command line stays relative to the working folder; one from a file, to its folder
+    cfg = load_config(top, overrides=parse_sets(["model.path=rel/model", "encoders=[{name: dinov2_small, "
+                                                                         "weights: w}]"]))
+    assert cfg.model.path == Path("rel/model") and cfg.encoders[0].weights == Path("w")
+    cfg = load_config(None, overrides=parse_sets(["model=m"]))  # no file at all, and the model shorthand
+    assert cfg.model.path == Path("m") and cfg._source == "the command line"
+
+
+def test_train_config_extends_and_set(tmp_path):
+    from perceive.config_files import parse_sets
+    from perceive.train.config import load_train_config
+
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "base.yaml").write_text(
+        "model: {tiny: {hidden: 32}}\ndata: {train: data/train.json, max_eval_samples: 8}\noptim: {lr: 1e-3}\n")
+    top = _write(tmp_path / "stage.yaml", "extends: recipes/base.yaml\ndata: {eval: e.json}\noutput: runs/x\n")
+    cfg = load_train_config(top, overrides=parse_sets(["optim.steps=7", "data.max_eval_samples=4"]))
+    assert cfg.data.train == tmp_path / "recipes" / "data" / "train.json"  # relative to the base that wrote it
+    assert cfg.data.eval == tmp_path / "e.json" and cfg.output == tmp_path / "runs/x"
+    assert (cfg.optim.lr, cfg.optim.steps, cfg.data.max_eval_samples, cfg.model.tiny.hidden) == (1e-3, 7, 4, 32)
+    with pytest.raises(ConfigError) as e:
+        load_train_config(top, overrides=parse_sets(["optim.lr=fast"]))
+    assert "optim.lr (--set optim.lr): Input should be a valid number" in str(e.value)
+
+
+def test_an_eval_config_is_a_run_config_plus_data(tmp_path):
+    from perceive.eval.runner import EvalConfig, load_eval_config
+
+    assert set(PerceiveConfig.model_fields) < set(EvalConfig.model_fields)
+    run = _write(tmp_path / "run.yaml", "model: {path: m, base: qwen2_vl}\nruntime: {max_new_tokens: 16}\n"
+                                        "actions: {region_select: {options: {margin: 0}}}\n")
+    ev = _write(tmp_path / "ev.yaml", "extends: run.yaml\nmodel: runs/m2\ndata: d.json\nbatch_size: 4\n")
+    cfg = load_eval_config(ev)
+    assert cfg.model.path == tmp_path / "runs/m2" and cfg.model.base == "qwen2_vl"  # shorthand merges as a mapping
+    assert cfg.data == tmp_path / "d.json" and cfg.runtime.max_new_tokens == 16
+    assert cfg.loop_options().action_options == {"region_select": {"margin": 0}}
+    cfg = load_eval_config([run, _write(tmp_path / "only.yaml", "data: d.json\n")])  # --config RUN + CONFIG
+    assert cfg.model.path == tmp_path / "m" and cfg.data == tmp_path / "d.json"
+    with pytest.raises(ConfigError, match="model.path is not set"):
+        load_eval_config(tmp_path / "only.yaml")
+
+
+def tiny_dino_model(tmp_path):
+    from perceive.model import save_model
+    from perceive.testing.tiny import tiny_vpt_model
+
+    return save_model(tiny_vpt_model(branches=("dino",)), tmp_path / "dino-model")
+
+
+def test_an_encoder_swap_is_one_line_and_refused_when_its_width_does_not_fit(tmp_path, registry):
+    from perceive import EncoderSpec, hookimpl
+    from perceive.config_check import check_config_file
+    from perceive.model import load_model
+    from perceive.plugins import load_registry
+
+    built = []
+
+    class ThirdParty:  # an encoder of the dino branch's width (32), from another plugin
+        @hookimpl
+        def perceive_register_encoders(self):
+            def build(weights, options, model):
+                from perceive_dino.encoder import build_tiny
+
+                built.append(weights)
+                return build_tiny()
+            return [EncoderSpec(name="my_dino32", family="dinov2", layout="tokens", feature_dim=32, build=build)]
+
+    reg = load_registry([("third", ThirdParty())])
+    path = tiny_dino_model(tmp_path)
+    (tmp_path / "w32").mkdir()
+    run = _write(tmp_path / "run.yaml", f"model: {path}\nencoders: [{{name: my_dino32, weights: w32}}]\n"
+                                        "actions:\n  dino: {encoder: my_dino32}\n")
+    cfg = load_config(run, reg)
+    model = load_model(path)
+    loop = cfg.build_loop(model=model, registry=reg)
+    assert loop.options.action_options["dino"]["encoder"] == "my_dino32"
+    loop.hub.get("my_dino32")
+    assert built == [tmp_path / "w32"]  # the config's local weights reach the swapped encoder
+    assert check_config_file(run, registry=reg)[2] == []
+    run.write_text(f"model: {path}\nactions:\n  dino: {{encoder: dinov2_small}}\n")  # 384 wide, not 32
+    want = ("actions.dino.encoder (line 3): 'dinov2_small' gives 384-wide features but the model's dino projector "
+            "takes 32: use an encoder with 32-wide output, e.g. 'dinov2_small'")
+    with pytest.raises(ConfigError) as e:
+        load_config(run, reg).build_loop(model=model, registry=reg)
+    assert str(e.value).startswith(f"{run}: 1 problem(s)\n  {want}")
+    assert check_config_file(run, registry=reg)[2] == [want]

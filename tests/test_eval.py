@@ -83,7 +83,8 @@ def test_evaluate_end_to_end_with_an_oracle_policy(tmp_path, endpoint):
     scripts = {i: span_tokens(tok, items[i]["messages"][1]["content"]) + span_tokens(tok, c["number"]) + ["<|im_end|>"]
                for i, c in enumerate(cards)}
     cfg = EvalConfig(model=tmp_path, data=data / "region.json", graph="region_then_answer", batch_size=4,
-                     max_new_tokens=16, output=tmp_path / "out", judge={"base_url": endpoint, "retries": 0})
+                     runtime={"max_new_tokens": 16}, output=tmp_path / "out",
+                     judge={"base_url": endpoint, "retries": 0})
     FakeEndpoint.replies = ["score: 1"] * 3 + ["500"]
     result = evaluate(cfg, model=model, policy=ScriptedPolicy(tok, scripts), progress=False)
     s = result["summary"]
@@ -91,8 +92,8 @@ def test_evaluate_end_to_end_with_an_oracle_policy(tmp_path, endpoint):
     assert s["action_counts"] == {"region_select": 4} and s["samples_with_a_hop"] == 1.0
     assert s["judge"] == 1.0 and s["judge_failures"] == 1  # three scored, one failed apart
     assert (tmp_path / "out/eval.json").exists() and "| exact match |" in (tmp_path / "out/eval.md").read_text()
-    plain = evaluate(EvalConfig(model=tmp_path, data=data / "plain.json", graph="free_choice", max_new_tokens=3),
-                     model=model, progress=False)
+    plain = evaluate(EvalConfig(model=tmp_path, data=data / "plain.json", graph="free_choice",
+                                runtime={"max_new_tokens": 3}), model=model, progress=False)
     assert plain["summary"]["exact_match"] == 0.0 and plain["summary"]["crop_iou"] is None
     table = markdown([result, plain])
     assert table.count("\n") == 4 and "judge" in table
@@ -102,7 +103,8 @@ def test_oracle_spans_force_the_ground_truth_region_then_the_model_answers(tmp_p
     data = generate(tmp_path / "cards", 3, seed=4, split="eval", margin=0)
     model = tiny_vpt_model(branches=())
     cfg = EvalConfig(model=tmp_path, data=data / "region.json", graph="free_choice", batch_size=2,
-                     max_new_tokens=10, oracle_spans=True, action_options={"region_select": {"margin": 0}})
+                     runtime={"max_new_tokens": 10}, oracle_spans=True,
+                     actions={"region_select": {"options": {"margin": 0}}})
     result = evaluate(cfg, model=model, progress=False)
     # every sample crops exactly its ground-truth cells; what follows is the untrained model's own
     assert result["summary"]["crop_iou"] == 1.0 and result["summary"]["action_counts"]["region_select"] >= 3
@@ -116,7 +118,7 @@ def test_eval_compare_cli_puts_runs_side_by_side(tmp_path):
     data = generate(tmp_path / "cards", 2, seed=5, split="eval")
     model = tiny_vpt_model(branches=())
     for name in ("one", "two"):
-        evaluate(EvalConfig(model=tmp_path, data=data / "plain.json", name=name, max_new_tokens=2,
+        evaluate(EvalConfig(model=tmp_path, data=data / "plain.json", name=name, runtime={"max_new_tokens": 2},
                             output=tmp_path / name), model=model, progress=False)
     out = subprocess.run([sys.executable, "-m", "perceive", "eval", "compare", str(tmp_path / "one"),
                           str(tmp_path / "two" / "eval.json"), "--out", str(tmp_path / "t.md")],
@@ -176,7 +178,7 @@ def test_eval_refuses_a_half_broken_set_and_lists_each_skipped_item_once(tmp_pat
     broken = data / "broken.json"
     broken.write_text(json.dumps(items))
     model = tiny_vpt_model(branches=())
-    cfg = EvalConfig(model=tmp_path, data=broken, max_new_tokens=2, output=tmp_path / "out")
+    cfg = EvalConfig(model=tmp_path, data=broken, runtime={"max_new_tokens": 2}, output=tmp_path / "out")
     with pytest.raises(DataUnusableError, match=r"1 of 4 item\(s\) in .* skipped \(25.0%\)") as exc:
         evaluate(cfg, model=model, progress=False)
     assert "more than the 5.0% that max_skipped_fraction allows" in str(exc.value)
@@ -243,8 +245,8 @@ def test_action_timeout_reaches_the_evaluation_loop(tmp_path, monkeypatch):
     tok = model.tokenizer
     policy = ScriptedPolicy(tok, {0: span_tokens(tok, items[0]["messages"][1]["content"])})
     hang = Hang()
-    cfg = EvalConfig(model=tmp_path, data=data / "region.json", graph="region_then_answer", max_new_tokens=12,
-                     action_timeout_s=0.3)
+    cfg = EvalConfig(model=tmp_path, data=data / "region.json", graph="region_then_answer",
+                     runtime={"max_new_tokens": 12, "action_timeout_s": 0.3})
     try:
         t0 = time.perf_counter()
         result = evaluate(cfg, model=model, registry=load_registry([("hang", hang)]), policy=policy, progress=False)
@@ -261,14 +263,15 @@ def test_action_timeout_reaches_the_evaluation_loop(tmp_path, monkeypatch):
     seen = []
 
     def fake(cfg, **kw):
-        seen.append(cfg.action_timeout_s)
+        seen.append(cfg.runtime.action_timeout_s)
         raise PerceiveError("stop here")
 
     monkeypatch.setattr("perceive.eval.runner.evaluate", fake)
     for extra, want in (([], 120.0), (["--action-timeout", "2.5"], 2.5)):
         code, _ = cli("eval", "--model", tmp_path, "--data", data / "region.json", *extra)
         assert code == 1 and seen[-1] == want
-    (tmp_path / "e.yaml").write_text(f"model: {tmp_path}\ndata: {data / 'region.json'}\naction_timeout_s: 7\n")
+    (tmp_path / "e.yaml").write_text(f"model: {tmp_path}\ndata: {data / 'region.json'}\n"
+                                     "runtime: {action_timeout_s: 7}\n")
     cli("eval", tmp_path / "e.yaml")
     assert seen[-1] == 7.0
     cli("eval", tmp_path / "e.yaml", "--action-timeout", "0.5")

@@ -38,6 +38,10 @@ def demo(out: Path = typer.Option(Path("out/demo"), help="Where to write the tra
     console.print(f"question: {QUESTION}", markup=False)
     out.mkdir(parents=True, exist_ok=True)
     picture = out / "trace.png"
-    run_graph("free_choice", image, QUESTION, model, False, picture, {"max_hops": 2}, 16, device, "auto", False)
+    from perceive.cli.run_config import run_config
+
+    cfg = run_config(None, None, [(("model", "path"), model, "models/default"), (("params", "max_hops"), 2, "demo"),
+                                  (("runtime", "max_new_tokens"), 16, "demo"), (("device",), device, "--device")])
+    run_graph(cfg, image, QUESTION, False, picture)
     console.print("The examples are held-out cards this model reads correctly; it does not read every card. "
                   "Measured accuracy: docs/models/default.md", markup=False)

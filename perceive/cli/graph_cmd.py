@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from perceive.cli.output import console, fail
+from perceive.cli.run_config import CONFIG_HELP, SET_HELP, loop_flags, run_config
 
 app = typer.Typer(no_args_is_help=True, help="Validate, run and draw perception graphs.")
 
@@ -61,33 +62,22 @@ def show(file: str = typer.Argument(...), mermaid: bool = typer.Option(False, "-
     console.print(f"wrote {path}")
 
 
-def run_graph(file: str, image: Path, question: str, model: Path | None, as_json: bool, render: Path | None,
-              sets: dict, max_new_tokens: int, device: str, dtype: str, reprefill: bool,
-              action_timeout: float | None = 120.0) -> None:
+def run_graph(cfg, image: Path, question: str, as_json: bool, render: Path | None) -> None:
+    """Run the graph of run config ``cfg`` on one image and question, and print the answer."""
     from perceive.cli.output import check_picture_path
     from perceive.errors import PerceiveError
-    from perceive.graph import GraphValidationError, compile_graph
+    from perceive.graph import GraphValidationError
     from perceive.graph.render import render_trace
 
     if render is not None:
         check_picture_path(render)
     from perceive.graph.trace_graph import to_json, trace_to_graph
     from perceive.images import load_image
-    from perceive.loop import LoopOptions, PerceptionLoop
-    from perceive.model import load_model
 
-    if model is None:
-        from perceive.defaults import default_model_path
-
-        model = default_model_path()
-        if model is None:
-            raise fail("no model given. Pass --model DIR with a local VPT or Qwen2-VL checkpoint.", 2)
     try:
-        g = compile_graph(file, params=sets)
+        g = cfg.compile_graph()  # a wrong graph fails before the model loads
         img = load_image(image)
-        m = load_model(model, device=device, dtype=None if dtype == "auto" else dtype)
-        options = LoopOptions(max_new_tokens=max_new_tokens, reprefill=reprefill, action_timeout_s=action_timeout)
-        answer = PerceptionLoop(m, graph=g, options=options).ask(img, question)
+        answer = cfg.build_loop(graph=g).ask(img, question)
     except GraphValidationError as exc:
         console.print(str(exc), markup=False)
         raise typer.Exit(1) from None
@@ -114,15 +104,26 @@ def run_graph(file: str, image: Path, question: str, model: Path | None, as_json
 
 
 @app.command()
-def run(file: str = typer.Argument(..., help="Graph YAML file, or a shipped graph's name."),
+def run(file: str | None = typer.Argument(None, metavar="[GRAPH]",
+                                          help="Graph YAML file, or a shipped graph's name (default: the config's "
+                                               "graph, else free_choice)."),
         image: Path = typer.Option(..., "--image"), question: str = typer.Option(..., "--question"),
-        model: Path = typer.Option(None, "--model"), as_json: bool = typer.Option(False, "--json"),
-        render: Path = typer.Option(None, "--render", help="Write the trace picture (PNG)."),
-        set_: list[str] = typer.Option(None, "--set", help="Override a param: KEY=VALUE."),
-        max_new_tokens: int = typer.Option(256, "--max-new-tokens"), device: str = typer.Option("auto", "--device"),
-        dtype: str = typer.Option("auto", "--dtype"), reprefill: bool = typer.Option(False, "--reprefill"),
-        action_timeout: float = typer.Option(120.0, "--action-timeout", min=0.001, max=86400, metavar="S",
-                                             help="Deadline of each perception call, in seconds.")) -> None:
-    """Run a graph on one image and question."""
-    run_graph(file, image, question, model, as_json, render, parse_sets(set_), max_new_tokens, device, dtype,
-              reprefill, action_timeout)
+        config: Path | None = typer.Option(None, "--config", help=CONFIG_HELP),
+        model: Path | None = typer.Option(None, "--model", help="Default: the config's model.path, else "
+                                                               "models/default."),
+        as_json: bool = typer.Option(False, "--json"),
+        render: Path | None = typer.Option(None, "--render", help="Write the trace picture (PNG)."),
+        set_: list[str] = typer.Option(None, "--set", metavar="KEY=VALUE", help=SET_HELP),
+        max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", min=1, help="Default 256."),
+        device: str | None = typer.Option(None, "--device", help="Default auto."),
+        dtype: str | None = typer.Option(None, "--dtype", help="Default auto."),
+        reprefill: bool = typer.Option(False, "--reprefill"),
+        action_timeout: float | None = typer.Option(None, "--action-timeout", min=0.001, max=86400, metavar="S",
+                                                    help="Deadline of each perception call, in seconds (default "
+                                                         "120).")) -> None:
+    """Run a graph on one image and question.
+
+    Values come from, highest first: GRAPH and the flags, --set, the --config file, the defaults."""
+    flags = [(("graph",), file, "the GRAPH argument"),
+             *loop_flags(model, max_new_tokens, device, dtype, reprefill, action_timeout)]
+    run_graph(run_config(config, set_, flags), image, question, as_json, render)

@@ -7,24 +7,33 @@ from pathlib import Path
 import typer
 
 from perceive.cli.output import console, fail
+from perceive.cli.run_config import CONFIG_HELP, SET_HELP, loop_flags, run_config
 
 
 def ask(
     image: Path = typer.Argument(..., help="Image file."),
     question: str = typer.Argument(..., help="The question."),
-    model: Path | None = typer.Option(None, "--model", help="Local model folder (project or paper format)."),
-    graph: str = typer.Option("free_choice", "--graph", help="Graph YAML file or shipped graph name."),
+    config: Path | None = typer.Option(None, "--config", help=CONFIG_HELP),
+    model: Path | None = typer.Option(None, "--model", help="Local model folder (project or paper format); default: "
+                                                           "the config's model.path, else models/default."),
+    graph: str | None = typer.Option(None, "--graph", help="Graph YAML file or shipped graph name (default: the "
+                                                          "config's, else free_choice)."),
     as_json: bool = typer.Option(False, "--json", help="Print the answer and the trace as JSON."),
-    max_hops: int = typer.Option(4, "--max-hops", min=0, help="Perception calls allowed (free_choice)."),
-    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1),
-    device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:1, ... or auto."),
-    dtype: str = typer.Option("auto", "--dtype", help="float32, bfloat16, float16 or auto."),
+    max_hops: int | None = typer.Option(None, "--max-hops", min=0,
+                                        help="Perception calls allowed: runtime.max_hops and the graph's max_hops "
+                                             "param (default 4)."),
+    max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", min=1, help="Default 256."),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1, ... or auto (the default)."),
+    dtype: str | None = typer.Option(None, "--dtype", help="float32, bfloat16, float16 or auto (the default)."),
     reprefill: bool = typer.Option(False, "--reprefill", help="Reference-style: re-prefill after each hop."),
     render: Path | None = typer.Option(None, "--render", help="Write the trace picture (PNG)."),
-    action_timeout: float = typer.Option(120.0, "--action-timeout", min=0.001, max=86400, metavar="S",
-                                         help="Deadline of each perception call, in seconds."),
+    action_timeout: float | None = typer.Option(None, "--action-timeout", min=0.001, max=86400, metavar="S",
+                                                help="Deadline of each perception call, in seconds (default 120)."),
+    set_: list[str] = typer.Option(None, "--set", metavar="KEY=VALUE", help=SET_HELP),
 ) -> None:
-    """Answer a question about an image, letting the model call perception actions."""
+    """Answer a question about an image, letting the model call perception actions.
+
+    Values come from, highest first: the flags, --set, the --config file, the defaults."""
     from perceive.cli.graph_cmd import run_graph
 
     if not question.strip():
@@ -32,11 +41,12 @@ def ask(
                    f"perceive ask {image} \"What is written on the sign?\"", 2)
     from perceive.images import check_image_file
 
+    flags = [(("graph",), graph, "--graph"), (("runtime", "max_hops"), max_hops, "--max-hops"),
+             (("params", "max_hops"), max_hops, "--max-hops"),
+             *loop_flags(model, max_new_tokens, device, dtype, reprefill, action_timeout)]
+    cfg = run_config(config, set_, flags)
     check_image_file(image)  # header only: a wrong image fails before the model loads
-
-    sets = {"max_hops": max_hops} if graph == "free_choice" else {}
-    run_graph(graph, image, question, model, as_json, render, sets, max_new_tokens, device, dtype, reprefill,
-              action_timeout)
+    run_graph(cfg, image, question, as_json, render)
 
 
 def convert(src: Path = typer.Argument(..., help="Paper checkpoint folder (qwen2_vl_vpt / vrt_qwen2_vl)."),

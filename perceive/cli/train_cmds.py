@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 
 from perceive.cli.output import console, fail
+from perceive.cli.run_config import CONFIG_HELP, SET_HELP, check_set_params, cli_overrides
 
 data_app = typer.Typer(no_args_is_help=True, help="Generate and check datasets.")
 
@@ -125,18 +126,23 @@ def train(config: Path = typer.Argument(..., help="Training config (YAML)."),
           max_skipped_fraction: float = typer.Option(
               None, "--max-skipped-fraction", min=0.0, max=1.0,
               help="Override data.max_skipped_fraction: the share of a set's items that may be skipped (missing "
-                   "images, malformed items) before training refuses to start (default 0.05).")) -> None:
+                   "images, malformed items) before training refuses to start (default 0.05)."),
+          set_: list[str] = typer.Option(None, "--set", metavar="KEY=VALUE",
+                                         help="Override a config value: KEY.PATH=VALUE, e.g. optim.lr=3e-4 (VALUE is "
+                                              "YAML). Repeatable.")) -> None:
     """Fine-tune a VPT model (projector alignment or instruction tuning).
 
-    Ctrl-C stops after the current step and saves a checkpoint there; the command to resume is
-    printed."""
+    Values come from, highest first: the flags, --set, CONFIG, the files it extends, the
+    defaults. Ctrl-C stops after the current step and saves a checkpoint there; the command to
+    resume is printed."""
     from perceive.errors import PerceiveError
     from perceive.train import Trainer, load_train_config
     from perceive.train.trainer import TrainingInterrupted, check_checkpoint, check_output, run_files
 
-    extra: list[object] = []  # the overrides a resumed run needs too
+    extra: list[object] = [a for item in set_ or [] for a in ("--set", item)]  # what a resumed run needs too
+    overrides = cli_overrides(set_, [])
     try:
-        cfg = load_train_config(config)
+        cfg = load_train_config(config, overrides=overrides)
         if steps is not None:
             cfg.optim.steps = steps
             extra += ["--steps", steps]
@@ -179,12 +185,16 @@ def train(config: Path = typer.Argument(..., help="Training config (YAML)."),
 
 
 def eval_(targets: list[str] = typer.Argument(None, metavar="[CONFIG | compare RUN...]",
-                                         help="An eval config (YAML); or `compare` and eval.json files or folders."),
+                                         help="An eval config (YAML): a run config plus data, batch_size, output, "
+                                              "...; or `compare` and eval.json files or folders."),
+          config: Path = typer.Option(None, "--config", help=CONFIG_HELP + " An eval CONFIG given too is laid over "
+                                                                         "it."),
           model: Path = typer.Option(None, "--model"), data: Path = typer.Option(None, "--data"),
           graph: str = typer.Option(None, "--graph"), out: Path = typer.Option(None, "--out",
                                                                            help="Output folder (compare: a .md file)."),
           max_samples: int = typer.Option(None, "--max-samples"),
-          max_new_tokens: int = typer.Option(None, "--max-new-tokens"),
+          max_new_tokens: int = typer.Option(None, "--max-new-tokens", min=1, help="runtime.max_new_tokens."),
+          device: str = typer.Option(None, "--device"), dtype: str = typer.Option(None, "--dtype"),
           oracle_spans: bool = typer.Option(None, "--oracle-spans/--no-oracle-spans",
                                             help="Force each item's ground-truth perception span first."),
           max_skipped_fraction: float = typer.Option(
@@ -194,10 +204,13 @@ def eval_(targets: list[str] = typer.Argument(None, metavar="[CONFIG | compare R
           action_timeout: float = typer.Option(
               None, "--action-timeout", metavar="S",
               help="Deadline of one perception call in seconds; a call past it fails its own sample (default: "
-                   "runtime.action_timeout_s's, 120).")) -> None:
+                   "runtime.action_timeout_s's, 120)."),
+          set_: list[str] = typer.Option(None, "--set", metavar="KEY=VALUE", help=SET_HELP)) -> None:
     """Run a model with a graph over a dataset: exact match, ANLS, relaxed accuracy, optional LLM
     judge, per-hop telemetry; writes eval.json and eval.md. `perceive eval compare RUN...` puts
-    several runs side by side."""
+    several runs side by side.
+
+    Values come from, highest first: the flags, --set, CONFIG, --config, the defaults."""
     targets = targets or []
     if targets and targets[0] == "compare":
         if len(targets) < 2:
@@ -205,27 +218,23 @@ def eval_(targets: list[str] = typer.Argument(None, metavar="[CONFIG | compare R
         return compare([Path(t) for t in targets[1:]], out)
     if len(targets) > 1:
         raise fail(f"one config at a time, got {len(targets)}: {' '.join(targets)}", 2)
-    config = Path(targets[0]) if targets else None
-    from pydantic import ValidationError
-
-    from perceive.config import format_validation_error
+    files = [p for p in (config, Path(targets[0]) if targets else None) if p is not None]
     from perceive.errors import PerceiveError
     from perceive.eval.runner import EvalConfig, evaluate, load_eval_config, markdown
     from perceive.eval.skipped import Skipped
 
-    overrides = {"model": model, "data": data, "graph": graph, "output": out, "max_samples": max_samples,
-                 "max_new_tokens": max_new_tokens, "oracle_spans": oracle_spans,
-                 "max_skipped_fraction": max_skipped_fraction, "action_timeout_s": action_timeout}
+    if not files and (model is None or data is None):
+        raise fail("give a config file, or --model and --data (a config: CONFIG, or --config RUN.yaml)", 2)
+    flags = [(("model", "path"), model, "--model"), (("data",), data, "--data"), (("graph",), graph, "--graph"),
+             (("output",), out, "--out"), (("max_samples",), max_samples, "--max-samples"),
+             (("runtime", "max_new_tokens"), max_new_tokens, "--max-new-tokens"), (("device",), device, "--device"),
+             (("dtype",), dtype, "--dtype"), (("oracle_spans",), oracle_spans, "--oracle-spans"),
+             (("max_skipped_fraction",), max_skipped_fraction, "--max-skipped-fraction"),
+             (("runtime", "action_timeout_s"), action_timeout, "--action-timeout")]
+    overrides = cli_overrides(set_, flags, EvalConfig.model_fields)
     try:
-        if config is not None:
-            cfg = load_eval_config(config, **overrides)
-        else:
-            if model is None or data is None:
-                raise fail("give a config file, or --model and --data", 2)
-            try:
-                cfg = EvalConfig.model_validate({k: v for k, v in overrides.items() if v is not None})
-            except ValidationError as exc:
-                raise fail(" ".join(format_validation_error(exc, "the command line").split()), 2) from None
+        cfg = load_eval_config(files or None, overrides=overrides)
+        check_set_params(cfg)
         result = evaluate(cfg)
     except PerceiveError as exc:
         raise fail(exc, 1) from None

@@ -12,11 +12,12 @@ import json
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from perceive.config import ActionTimeout, Device, RuntimeConfig, format_validation_error, load_yaml_mapping
+from perceive.config import PerceiveConfig, load_config
+from perceive.config_files import Override
 from perceive.errors import ConfigError
 from perceive.eval.metrics import anls, exact_match, relaxed_accuracy
 from perceive.eval.skipped import DEFAULT_MAX_SKIPPED_FRACTION, Skipped
@@ -38,19 +39,15 @@ class JudgeSettings(_Strict):
     retries: int = 3
 
 
-class EvalConfig(_Strict):
-    model: Path
+class EvalConfig(PerceiveConfig):
+    """A run config (the model, encoders, actions, graph and params, runtime, device, dtype: see
+    :class:`perceive.config.PerceiveConfig`) plus what to evaluate it on. ``model: DIR`` is short
+    for ``model: {path: DIR}``; the model is required."""
+
     data: Path
-    graph: str = "free_choice"
-    params: dict[str, Any] = Field(default_factory=dict)
     name: str | None = None
     max_samples: int | None = None
     batch_size: int = 8
-    max_new_tokens: int = 32
-    #: parsed like the run config's ``device`` when the config (or ``--device``) is loaded
-    device: Device = "auto"
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    action_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     #: force each item's own first assistant turn (its ground-truth perception span) before the
     #: model continues: separates finding the region from reading it
     oracle_spans: bool = False
@@ -59,22 +56,48 @@ class EvalConfig(_Strict):
     #: the share of the data's items that may be skipped (missing images, malformed items) before
     #: the run refuses: a score on what is left would pass for a score on the whole set
     max_skipped_fraction: float = Field(DEFAULT_MAX_SKIPPED_FRACTION, ge=0, le=1)
-    #: deadline of one perception call, in seconds (a call past it fails its own sample); null:
-    #: none; at most a day. The default is the run config's ``runtime.action_timeout_s``
-    action_timeout_s: ActionTimeout | None = RuntimeConfig.model_fields["action_timeout_s"].default
+
+    def path_fields(self) -> list[tuple]:
+        return [*super().path_fields(), ("data",), ("output",)]
 
 
-def load_eval_config(path: str | Path, **overrides) -> EvalConfig:
-    data = load_yaml_mapping(path)
-    try:
-        cfg = EvalConfig.model_validate({**data, **{k: v for k, v in overrides.items() if v is not None}})
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, str(path), data, EvalConfig)) from None
-    base = Path(path).parent
-    for attr in ("model", "data", "output"):
-        p = getattr(cfg, attr)
-        if p is not None and not p.is_absolute() and not (attr == "model" and p.exists()):
-            setattr(cfg, attr, base / p)
+#: fields an eval config had before it was a run config, and where they are now
+MOVED = {"max_new_tokens": "runtime.max_new_tokens", "action_timeout_s": "runtime.action_timeout_s",
+         "action_options": "actions.<name>.options"}
+#: keyword arguments of :func:`load_eval_config` that name a nested field
+FLAG_KEYS = {"model": ("model", "path"), "max_new_tokens": ("runtime", "max_new_tokens"),
+             "action_timeout_s": ("runtime", "action_timeout_s")}
+
+
+def _normalise(data):
+    """``model: DIR`` shorthand; the fields that moved into the run config's sections refused
+    with where they are now."""
+    from perceive.config import model_shorthand
+
+    moved = [k for k in MOVED if k in data]
+    if moved:
+        lines = [f"  {k}" + (f" (line {data.lines[k]})" if k in data.lines else "") + f": moved to {MOVED[k]}"
+                 for k in moved]
+        origin = data.origins.get(moved[0])
+        raise ConfigError("\n".join([f"{origin or 'the eval config'}: {len(moved)} field(s) of the old eval config",
+                                     *lines]),
+                          hint="an eval config is a run config now: e.g. `runtime: {max_new_tokens: 16}`; see "
+                               "docs/reference/config.md")
+    return model_shorthand(data)
+
+
+def load_eval_config(path: str | Path | list | None, *, overrides: list[Override] | tuple = (),
+                     **flags) -> EvalConfig:
+    """An eval config: ``path`` (several files: each laid over the one before; ``None``: the
+    command line alone) with its ``extends`` chain, then ``overrides`` (``--set``, flags), then
+    ``flags`` (``model=DIR``, ``device="cpu"``, ...; ``None``: not given). Relative paths resolve
+    against the file that wrote them. See :func:`perceive.config.load_config`."""
+    flag_overrides = [Override(FLAG_KEYS.get(k, (k,)), v, "--" + k.replace("_", "-"))
+                      for k, v in flags.items() if v is not None]
+    cfg = load_config(path, overrides=[*overrides, *flag_overrides], schema=EvalConfig, normalise=_normalise)
+    if cfg.model.path is None:
+        raise ConfigError(f"{cfg._source}: model.path is not set: evaluation loads a local model folder",
+                          hint="set `model: DIR` in the config, or pass --model DIR")
     return cfg
 
 
@@ -96,19 +119,17 @@ def evaluate(cfg: EvalConfig, model=None, registry=None, progress: bool = True, 
     from perceive.data.dataset import VPTDataset, split_crop
     from perceive.eval.judge import Judge, JudgeConfig
     from perceive.geometry import Box
-    from perceive.graph import compile_graph
-    from perceive.loop import LoopOptions, PerceptionLoop
-    from perceive.model import load_model
 
     ds = VPTDataset(cfg.data)
     skipped = Skipped.of(ds)
     skipped.check(cfg.max_skipped_fraction)  # before the model loads: nothing to score, or too little
     n = len(ds) if cfg.max_samples is None else min(len(ds), cfg.max_samples)
-    model = model or load_model(cfg.model, device=cfg.device, dtype=None if cfg.dtype == "auto" else cfg.dtype)
-    graph = compile_graph(cfg.graph, registry=registry, params=cfg.params)
-    loop = PerceptionLoop(model, registry=registry, graph=graph, policy=policy,
-                          options=LoopOptions(max_new_tokens=cfg.max_new_tokens, action_options=cfg.action_options,
-                                              action_timeout_s=cfg.action_timeout_s))
+    from perceive.plugins import get_registry
+
+    registry = registry or get_registry()
+    graph = cfg.compile_graph(registry)  # a wrong graph fails before the model loads
+    loop = cfg.build_loop(model=model, registry=registry, policy=policy, graph=graph)
+    model = loop.model
     judge = Judge(JudgeConfig(**cfg.judge.model_dump())) if cfg.judge else None
     records = []
     t_start = time.perf_counter()
@@ -144,7 +165,7 @@ def evaluate(cfg: EvalConfig, model=None, registry=None, progress: bool = True, 
     summary["seconds"] = time.perf_counter() - t_start
     summary["skipped"] = skipped.count
     # skipped items: one entry per item (an image and its crop both missing is one item)
-    result = {"name": cfg.name or run_name(cfg), "model": str(cfg.model),
+    result = {"name": cfg.name or run_name(cfg), "model": str(cfg.model.path),
               "graph": graph.name, "params": cfg.params, "data": str(cfg.data), "data_items": skipped.total,
               "summary": summary, "records": records, "skipped_items": skipped.to_json()}
     if cfg.output:
@@ -159,7 +180,7 @@ def run_name(cfg: EvalConfig) -> str:
     when that is a run's ``model``, as training writes it)."""
     if cfg.output is not None:
         return cfg.output.name
-    p = Path(cfg.model)
+    p = Path(cfg.model.path)
     return "/".join(p.parts[-2:]) if p.name == "model" and len(p.parts) > 1 else p.name
 
 

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
-from perceive.config import format_validation_error, load_yaml_mapping
+from perceive.config import format_validation_error
 from perceive.errors import ConfigError
 from perceive.eval.skipped import DEFAULT_MAX_SKIPPED_FRACTION
 from perceive.model.config import PromptConventions
@@ -166,20 +166,17 @@ class TrainConfig(_Strict):
         return str(self._source) if self._source is not None else "the training config"
 
 
-def load_train_config(path: str | Path, **overrides: Any) -> TrainConfig:
-    data = load_yaml_mapping(path)
+def load_train_config(path: str | Path, *, overrides=(), **fields: Any) -> TrainConfig:
+    """A training config, its ``extends`` chain merged (see :mod:`perceive.config_files`), then
+    ``overrides`` (``--set``) and top-level ``fields``. Relative paths resolve against the folder
+    of the file that wrote them (the working folder for ones from the command line)."""
+    from perceive.config import compose, rebase_paths
+
+    data = compose(path, overrides)
     try:
-        cfg = TrainConfig.model_validate({**data, **overrides})
+        cfg = TrainConfig.model_validate({**data, **fields})
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, str(path), data, TrainConfig)) from None
-    base = Path(path).parent
-    for attr in ("train", "eval"):
-        p = getattr(cfg.data, attr)
-        if p is not None and not p.is_absolute():
-            setattr(cfg.data, attr, base / p)
-    if cfg.model.path and not cfg.model.path.is_absolute():
-        cfg.model.path = base / cfg.model.path
-    if not cfg.output.is_absolute():
-        cfg.output = base / cfg.output
+    rebase_paths(cfg, data, [("data", "train"), ("data", "eval"), ("model", "path"), ("output",)], Path(path).parent)
     cfg._source = Path(path)
     return cfg

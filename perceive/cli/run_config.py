@@ -1,0 +1,82 @@
+"""The run config on the command line: ``--config FILE``, ``--set KEY.PATH=VALUE`` and the
+flags that override them, shared by ``ask``, ``graph run`` and ``eval``.
+
+Precedence, highest first: a command's own flag (``--max-hops 2``), ``--set``, the config file,
+the files it extends, the schema's default (see :mod:`perceive.config_files`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from perceive.config_files import Override, parse_sets
+
+CONFIG_HELP = ("A run config (YAML): model, encoders, actions, graph and params, runtime, device, dtype "
+               "(docs/reference/config.md). Flags and --set override its values.")
+SET_HELP = ("Override a config value: KEY.PATH=VALUE, e.g. runtime.max_hops=2 or actions.zoom.options.size=336 "
+            "(VALUE is YAML). A bare KEY that is not a config field is a graph param: max_hops=2. Repeatable.")
+
+
+def cli_overrides(sets: list[str] | None, flags: list[tuple[tuple, Any, str]], fields=None) -> list[Override]:
+    """``--set`` items (a malformed one is a usage error), then each flag given (``(path, value,
+    flag name)``; ``None``: not given), in that order: a flag wins over ``--set``."""
+    try:
+        out = parse_sets(sets, fields)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--set'") from None
+    return out + [Override(path, value, name) for path, value, name in flags if value is not None]
+
+
+def run_config(config: Path | None, sets: list[str] | None, flags: list[tuple[tuple, Any, str]]):
+    """The run config of ``ask`` and ``graph run``: ``config`` (or none) with ``--set`` and the
+    flags applied; no model anywhere: the shipped default model (``models/default``)."""
+    from perceive.config import PerceiveConfig, load_config
+
+    cfg = load_config(config, overrides=cli_overrides(sets, flags, PerceiveConfig.model_fields))
+    check_set_params(cfg)
+    if cfg.model.path is None:
+        from perceive.defaults import default_model_path
+
+        cfg.model.path = default_model_path()
+        if cfg.model.path is None:
+            from perceive.cli.output import fail
+
+            raise fail("no model given. Pass --model DIR (or model.path in --config) with a local VPT or Qwen2-VL "
+                       "checkpoint.", 2)
+    return cfg
+
+
+def loop_flags(model: Path | None, max_new_tokens: int | None, device: str | None, dtype: str | None,
+               reprefill: bool, action_timeout: float | None) -> list[tuple[tuple, Any, str]]:
+    """The flags every command that runs the loop takes, as config overrides."""
+    return [(("model", "path"), model, "--model"), (("runtime", "max_new_tokens"), max_new_tokens, "--max-new-tokens"),
+            (("device",), device, "--device"), (("dtype",), dtype, "--dtype"),
+            (("runtime", "reprefill"), True if reprefill else None, "--reprefill"),
+            (("runtime", "action_timeout_s"), action_timeout, "--action-timeout")]
+
+
+def check_set_params(cfg) -> None:
+    """A bare ``--set KEY=VALUE`` is a graph param: refuse one the graph does not declare (most
+    likely a config field misspelt), as a usage error."""
+    from perceive.cli.output import fail
+    from perceive.config import load_yaml
+    from perceive.errors import ConfigError, did_you_mean
+    from perceive.graph import resolve
+
+    params = cfg._data.get("params") if cfg._data is not None else None
+    bare = [k for k, origin in getattr(params, "origins", {}).items() if origin == f"--set {k}"]
+    if not bare:
+        return
+    try:
+        graph = load_yaml(resolve(cfg.graph))
+    except (OSError, ConfigError):
+        return  # compiling the graph reports it
+    declared = list((graph.get("params") or {}) if isinstance(graph, dict) else {})
+    fields = [*type(cfg).model_fields, *(f"runtime.{f}" for f in type(cfg.runtime).model_fields)]
+    for key in bare:
+        if key not in declared:
+            raise fail(f"--set {key}: not a config field, nor a param of the graph {cfg.graph} (its params: "
+                       f"{', '.join(declared) or 'none'}); {did_you_mean(key, [*fields, *declared])}", 2)
