@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Reproduce models/default from scratch (run from this folder, with perceive installed).
+# Reproduce models/default from scratch (run from this folder, with perceive installed), and the
+# baselines (a), (c) and (d) of its model card (docs/models/default.md).
 # Every command is deterministic given its seed; times are for the project's 2-core CPU machine.
-# The session-2 recipe (RoPE base 10000, no flat stage) is in session2/, with its own reproduce.sh.
+# The configs share their common parts through `extends:` (base*.yaml). Runs off this chain
+# (earlier sessions, variants, stopped runs) are in git history; NOTES.md and the model card
+# keep their results.
 set -euo pipefail
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
@@ -16,11 +19,10 @@ perceive data reading --n 8000 --out data/j4-train --context 4 --seed 0
 perceive data reading --n 200 --out data/j4-eval --context 4 --seed 1 --split eval
 # the last stage keeps localisation-only items and a share of the flat task
 perceive data mix data/mix_joint.json data/cards-train/region.json data/cards-train/locate.json:3000 data/flat-train/region.json:1500
-# stage 6 (session 5): more photos, each background jittered, plus a share of the stage-3 images
+# stage 6 (session 5): more photos, each background jittered (these images: (a)'s stage 6) ...
 perceive data cards --n 9000 --out data/wide-train --split train_wide --augment --format jpg --margin 0 --no-prompts --seed 7
-perceive data mix data/mix_wide6.json data/wide-train/region.json data/wide-train/locate.json:3000 data/cards-train/region.json:3000
 perceive data mix data/mix_wide6_plain.json data/wide-train/plain.json data/cards-train/plain.json:6000
-# ... and the shipped variant: light card-sized blobs painted under the card (hard negatives)
+# ... and light card-sized blobs painted under the card (hard negatives), plus a share of the stage-3 images
 perceive data cards --n 9000 --out data/wd-train --split train_wide --augment --distractors --format jpg --margin 0 --no-prompts --seed 8
 perceive data mix data/mix_wd6.json data/wd-train/region.json data/wd-train/locate.json:3000 data/cards-train/region.json:3000
 # stage 7 (session 6): 18000 fresh images made the same way; stage 8 revisits stage 6's
@@ -44,8 +46,7 @@ perceive train flat_region.yaml       # stage 2: 112x112 image -> span -> 3x cro
 perceive train joint.yaml             # stage 3: the same on photos (the session-3 model)
 perceive train joint_all.yaml         # stage 4: stage 3 continued, everything training
 perceive train joint_all2.yaml        # stage 5: at a lower learning rate (the session-4 model)
-perceive train wide6.yaml             # stage 6: more, jittered backgrounds
-perceive train wd6.yaml               # stage 6 with distractors (the session-5 model)
+perceive train wd6.yaml               # stage 6: more, jittered backgrounds, distractors (the session-5 model)
 perceive train wd7.yaml               # stage 7: fresh images of the same kind, lr 2e-4
 OMP_NUM_THREADS=2 perceive train wd8.yaml   # stage 8: lr 1e-4 (the session-6 model)
 perceive train small9.yaml            # stage 9: small cards over-sampled -> runs/small9/model = models/default
@@ -53,41 +54,24 @@ perceive train small9.yaml            # stage 9: small cards over-sampled -> run
 perceive train plain_112_rope10.yaml  # (a) 112x112, as (b)'s first view (steps of stages 2-3)
 perceive train plain_112_all.yaml     # (a) as stage 4
 perceive train plain_112_all2.yaml    # (a) as stage 5
-perceive train plain_112_all3.yaml    # (a) as stage 6, on wide6's images
+perceive train plain_112_all3.yaml    # (a) as stage 6, on its images without distractors
 perceive train plain_112_all4.yaml    # (a) as stages 7-9, on their images
 perceive train plain_224_rope10.yaml  # (d) 224x224: four times the image tokens of (a)
 perceive train plain_224_all.yaml     # (d) as stage 4 (no stage-5 or stage-6 counterpart: see the model card)
 # (c) a DINOv2 branch added to the stage-3 model, everything training
 perceive train reencode_all.yaml
 
-# evaluation on 500 images with held-out backgrounds
+# evaluation on 500 images with held-out backgrounds: the model card's table
 perceive eval eval_small9.yaml
 perceive eval eval_small9_oracle.yaml         # the same model, the region forced: how well it reads
 perceive eval eval_small9_seed2.yaml          # the second held-out set
-perceive eval eval_plain_112_all4.yaml
-perceive eval eval_wd8.yaml
-perceive eval eval_wd8_oracle.yaml
-perceive eval eval_wd7.yaml
-perceive eval eval_wd7_oracle.yaml
-perceive eval eval_wd6.yaml
-perceive eval eval_wd6_oracle.yaml
-perceive eval eval_wide6.yaml
-perceive eval eval_wide6_oracle.yaml
-perceive eval eval_plain_112_all3.yaml
-perceive eval eval_reencode_all.yaml
-perceive eval eval_plain_224_all.yaml
+perceive eval eval_plain_112_all4.yaml        # (a)
+perceive eval eval_reencode_all.yaml          # (c)
+perceive eval eval_plain_224_all.yaml         # (d)
 perceive eval compare runs/eval-plain-112-all4 runs/eval-small9 runs/eval-small9-oracle runs/eval-small9-seed2 \
   runs/eval-reencode-all runs/eval-plain-224-all
-# stage 5 (the session-4 model) and its one-view counterpart
-perceive eval eval_joint_all2.yaml
-perceive eval eval_joint_all2_oracle.yaml
-perceive eval eval_plain_112_all2.yaml
-# stage 4 and its one-view counterpart (figures in NOTES.md)
-perceive eval eval_joint_all.yaml
-perceive eval eval_plain_112_all.yaml
-# the session-3 rows (stage 3, before the vision tower trained)
-perceive eval eval_joint.yaml
-perceive eval eval_joint_oracle.yaml
+# an earlier stage with the same settings, e.g. stage 8:
+#   perceive eval eval_small9.yaml --model runs/wd8/model --set 'name=(b) stage 8' --out runs/eval-wd8
 
 # ship: the model and the first held-out cards it reads correctly, as examples
 python ship.py runs/small9/model runs/eval-small9/eval.json data/cards-eval --n 4
