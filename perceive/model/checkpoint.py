@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from perceive.branches.weights import strict_load  # noqa: F401 - part of the plugin API, importable here as before
 from perceive.errors import ConfigError, ModelLoadError, PerceiveError
 from perceive.model import paper
 from perceive.model.checks import (  # re-exported: perceive.model.checkpoint.read_json etc. keep working
@@ -90,31 +91,6 @@ def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
     if dtype not in DTYPES:
         raise ConfigError(f"unknown dtype {dtype!r}", hint=f"use {', '.join(DTYPES)} or auto")
     return DTYPES[dtype]
-
-
-def strict_load(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str,
-                allow_missing: set[str] = frozenset()) -> None:
-    """Load ``state``; any missing or unexpected key is a :class:`ModelLoadError` listing them
-    (the reference silently kept random weights instead)."""
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # tensors of other shapes: torch raises even when not strict
-        sizes = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
-        shown = "; ".join(sizes[:4]) + (f" ... (+{len(sizes) - 4})" if len(sizes) > 4 else "")
-        raise ModelLoadError(f"{source} does not match the model: {len(sizes)} tensor(s) of other shapes"
-                             + (f" [{shown}]" if shown else f": {exc}"),
-                             hint="the weights and the config that describes them (perceive.json, config.json) "
-                                  "must come from the same model; nothing was loaded partially") from None
-    missing = [k for k in result.missing_keys if k not in allow_missing]
-    if missing or result.unexpected_keys:
-        def show(keys):
-            return ", ".join(keys[:12]) + (f" ... (+{len(keys) - 12})" if len(keys) > 12 else "")
-
-        raise ModelLoadError(
-            f"{source} does not match the model: {len(missing)} missing keys [{show(missing)}], "
-            f"{len(result.unexpected_keys)} unexpected keys [{show(result.unexpected_keys)}]",
-            hint="check that the checkpoint and its config belong together; nothing was loaded partially",
-        )
 
 
 def save_model(model: VPTModel, path: str | Path) -> Path:

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from perceive.branches.weights import library_rename, read_config_file  # noqa: F401 - the plugin API; here as before
 from perceive.errors import ModelLoadError
 from perceive.model.config import BranchConfig, RegionConfig, SpecialIds, VPTConfig
 from perceive.vocabulary import REGION_END, REGION_START, Vocabulary
@@ -110,17 +111,6 @@ def vpt_config(path: Path, raw: dict[str, Any]) -> VPTConfig:
     )
 
 
-def _clean(cfg: dict) -> dict:
-    return {k: v for k, v in cfg.items() if k not in ("transformers_version", "architectures", "model_type",
-                                                      "_name_or_path", "torch_dtype", "dtype")}
-
-
-def read_config_file(file: Path) -> dict[str, Any]:
-    """A transformers config JSON beside a paper checkpoint (an encoder's architecture), without
-    its bookkeeping fields (versions, architectures, dtype)."""
-    return _clean(json.loads(Path(file).read_text()))
-
-
 def read_state(path: Path) -> dict[str, torch.Tensor]:
     """Every ``pytorch_model*.bin`` shard merged (safe loading: tensors only)."""
     shards = sorted(path.glob("pytorch_model*.bin"))
@@ -131,25 +121,6 @@ def read_state(path: Path) -> dict[str, torch.Tensor]:
     for s in shards:
         state.update(torch.load(s, map_location="cpu", weights_only=True))
     return state
-
-
-def library_rename(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename legacy keys the way transformers' ``from_pretrained`` does for ``module``
-    (e.g. Qwen2-VL ``model.*`` -> ``model.language_model.*``, or a vision model's legacy
-    ``attention.attention.query`` -> ``attention.q_proj``), using the library's own conversion mapping."""
-    from transformers.conversion_mapping import get_model_conversion_mapping
-    from transformers.core_model_loading import WeightConverter, rename_source_key
-
-    transforms = get_model_conversion_mapping(module)
-    renamings = [t for t in transforms if not isinstance(t, WeightConverter)]
-    converters = [t for t in transforms if isinstance(t, WeightConverter)]
-    out = {}
-    for k, v in state.items():
-        new, pattern = rename_source_key(k, renamings, converters)
-        if pattern is not None:  # a tensor-changing conversion: not expected for these models
-            raise ModelLoadError(f"key {k!r} needs a weight conversion perceive does not apply")
-        out[new] = v
-    return out
 
 
 def convert_state(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -1,72 +1,9 @@
-"""The paper's projector conditioning (vpt-paper.md §2.3, §2.5), shared by every branch.
+"""The projector building blocks, where the model has always imported them from. They are part of
+the plugin API and live in :mod:`perceive.branches.projectors`."""
 
-A projector maps one extra image's encoder features to ``(num_tokens, d)`` rows for the LLM and,
-given a control vector ``h`` (``(d * s,)``, s = projector_scale), conditions them:
+from perceive.branches.projectors import ConditionedProjector, TokenProjector, condition, xavier
 
-    c = W_c LN_c(h) + b_c;   a_j = <F_j, c>  (no softmax, no scaling);   O_j = F_j + a_j c
-
-:class:`ConditionedProjector` holds the conditioning (``layernorm_condition``,
-``linear_condition``); a branch's projector subclasses it and maps its features to ``d``-wide
-rows first. :class:`TokenProjector` does that for ``(N, T, C)`` token features (LayerNorm, then
-a linear layer: the reference's ``MinimalProjector``). Module and parameter names follow the
-reference checkpoints so weights map one to one.
-"""
-
-from __future__ import annotations
-
-import torch
-from torch import nn
-
-
-def xavier(linear: nn.Linear) -> None:
-    """Xavier-uniform weights and zero bias, as the reference initialises its projectors."""
-    nn.init.xavier_uniform_(linear.weight)
-    nn.init.zeros_(linear.bias)
-
-
-_xavier = xavier  # the name before it was public
-
-
-def condition(features: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
-    """``features`` (N, T, d), ``cond`` (N, d) or None -> (N, T, d)."""
-    if cond is None:
-        return features
-    attn = torch.einsum("ntd,nd->nt", features, cond)
-    return features + attn.unsqueeze(-1) * cond.unsqueeze(1)
-
-
-class ConditionedProjector(nn.Module):
-    """Base of every branch projector: ``cond(control)`` is ``c = W_c LN_c(h) + b_c`` (None for
-    no control); :func:`condition` applies it to ``d``-wide rows."""
-
-    def __init__(self, hidden: int, scale: int = 1):
-        super().__init__()
-        self.layernorm_condition = nn.LayerNorm(hidden * scale)
-        self.linear_condition = nn.Linear(hidden * scale, hidden)
-
-    def cond(self, control: torch.Tensor | None) -> torch.Tensor | None:
-        if control is None:
-            return None
-        return self.linear_condition(self.layernorm_condition(control))
-
-
-_Conditioned = ConditionedProjector  # the name before it was public
-
-
-class TokenProjector(ConditionedProjector):
-    """Token features (the reference's MinimalProjector): ``(N, T, C)`` -> LayerNorm -> linear ->
-    conditioned -> ``(N*T, d)``."""
-
-    def __init__(self, feature_dim: int, hidden: int, scale: int = 1):
-        super().__init__(hidden, scale)
-        self.layernorm_feature = nn.LayerNorm(feature_dim)
-        self.linear_feature = nn.Linear(feature_dim, hidden)
-        xavier(self.linear_feature)
-        xavier(self.linear_condition)
-
-    def forward(self, features: torch.Tensor, control: torch.Tensor | None = None) -> torch.Tensor:
-        f = self.linear_feature(self.layernorm_feature(features))
-        return condition(f, self.cond(control)).flatten(0, 1)
-
+_Conditioned = ConditionedProjector  # the names before they were public
+_xavier = xavier
 
 __all__ = ["ConditionedProjector", "TokenProjector", "condition", "xavier"]

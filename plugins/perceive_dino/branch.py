@@ -68,7 +68,7 @@ class DinoBranch(BranchSpec):
         return Dinov2Model(Dinov2Config(**self._encoder_config(config)))
 
     def build_projector(self, config, hidden_size: int, scale: int = 1):
-        from perceive.model.projectors import TokenProjector
+        from perceive.branches.projectors import TokenProjector
 
         return TokenProjector(config.feature_dim, hidden_size, scale)
 
@@ -76,7 +76,7 @@ class DinoBranch(BranchSpec):
         """A local transformers DINOv2 folder, loaded strictly."""
         from transformers import Dinov2Model
 
-        from perceive.model.checkpoint import strict_load
+        from perceive.branches.weights import strict_load
 
         src = Dinov2Model.from_pretrained(str(weights), local_files_only=True)
         strict_load(encoder, src.state_dict(), str(weights))
@@ -91,7 +91,7 @@ class DinoBranch(BranchSpec):
         return out.last_hidden_state[:, 1:], None
 
     def paper_config(self, folder, raw, hidden_size: int) -> dict[str, Any]:
-        from perceive.model.paper import read_config_file
+        from perceive.branches.weights import read_config_file
 
         f = folder / "dino_config.json"
         cfg = read_config_file(f) if f.exists() else self.encoder_config_for("dinov2_large")
@@ -99,7 +99,7 @@ class DinoBranch(BranchSpec):
 
     def convert_paper_weights(self, part, state, module):
         if part == "encoder" and module is not None and state:
-            from perceive.model.paper import library_rename
+            from perceive.branches.weights import library_rename
 
             return library_rename(module, state)  # legacy attention keys, as transformers renames them
         return state

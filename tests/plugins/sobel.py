@@ -72,7 +72,7 @@ class SobelBranch(BranchSpec):
         return sobel_module(**config.encoder_config)
 
     def build_projector(self, config, hidden_size, scale=1):
-        from perceive.model.projectors import TokenProjector
+        from perceive.branches.projectors import TokenProjector
 
         return TokenProjector(config.feature_dim, hidden_size, scale)
 

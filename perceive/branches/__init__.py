@@ -174,7 +174,7 @@ class BranchSpec:
     def build_projector(self, config: BranchConfig, hidden_size: int, scale: int = 1) -> nn.Module:
         """A randomly initialised projector from ``config.feature_dim`` features to
         ``hidden_size`` rows, conditioned on a ``hidden_size * scale`` control vector.
-        :class:`perceive.model.projectors.TokenProjector` fits ``(N, T, C)`` token features."""
+        :class:`perceive.branches.projectors.TokenProjector` fits ``(N, T, C)`` token features."""
         raise NotImplementedError
 
     def load_encoder_weights(self, encoder: nn.Module, weights: str) -> None:
