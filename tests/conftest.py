@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -11,26 +12,44 @@ from perceive.plugins import load_registry, reset_registry
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
-
-@pytest.fixture
-def registry():
-    """The installed plugins, freshly loaded."""
-    return load_registry(autoload=True, only=None)
+#: The suite loads only the plugins this repository ships (the entry points of the ``perceive``
+#: distribution), so a stray or broken plugin installed in the venv cannot fail a test. Tests that
+#: install fake distributions with :func:`make_dist` add them to this list; a test marked
+#: ``@pytest.mark.all_plugins`` loads every installed plugin, as a user's machine would.
+REFERENCE_DIST = "perceive"
 
 
 @pytest.fixture(autouse=True)
-def _fresh_default_registry(monkeypatch):
+def _hermetic_plugins(request, monkeypatch):
+    """``PERCEIVE_PLUGINS=perceive`` for every test (and the processes it starts), unless it is
+    marked ``all_plugins``; the other plugin switches unset; a fresh default registry."""
     for var in ("PERCEIVE_DISABLE_PLUGIN_AUTOLOAD", "PERCEIVE_PLUGINS", "PERCEIVE_TRACE_PLUGINS",
                 "PERCEIVE_STRICT_PLUGINS"):
         monkeypatch.delenv(var, raising=False)
+    if request.node.get_closest_marker("all_plugins") is None:
+        monkeypatch.setenv("PERCEIVE_PLUGINS", REFERENCE_DIST)
     reset_registry()
     yield
     reset_registry()
 
 
-def make_dist(site: Path, dist: str, modules: dict[str, str], entry_points: dict[str, str]) -> Path:
+@pytest.fixture
+def registry(_hermetic_plugins):
+    """A fresh registry: the reference plugins (every installed one under ``all_plugins``), and
+    any distribution the test installed with :func:`make_dist`."""
+    return load_registry(autoload=True)
+
+
+def make_dist(site: Path, dist: str, modules: dict[str, str], entry_points: dict[str, str], *,
+              enable: bool = True) -> Path:
     """Write an installed-looking distribution into ``site`` (a folder on sys.path): its
-    modules and a dist-info with ``perceive.plugins`` entry points. What pip would leave."""
+    modules and a dist-info with ``perceive.plugins`` entry points. What pip would leave.
+
+    ``enable``: the distribution joins the suite's ``PERCEIVE_PLUGINS`` (restored after the test),
+    so registries load it beside the reference plugins; ``False`` leaves it installed but unseen,
+    like a stray plugin in the venv."""
+    if enable and os.environ.get("PERCEIVE_PLUGINS"):
+        os.environ["PERCEIVE_PLUGINS"] += f",{dist}"  # the autouse monkeypatch restores it
     site.mkdir(parents=True, exist_ok=True)
     for name, code in modules.items():
         (site / f"{name}.py").write_text(textwrap.dedent(code))

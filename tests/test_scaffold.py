@@ -17,6 +17,7 @@ def sh(*args, env=None, timeout=300):
 
 
 @pytest.mark.slow
+@pytest.mark.all_plugins  # pip-installs the scaffolded plugin: its processes must discover it
 def test_scaffold_install_list_check(tmp_path):
     out = sh(sys.executable, "-m", "perceive", "plugins", "new", "quadrant", "--dir", str(tmp_path))
     assert out.returncode == 0, out.stderr
