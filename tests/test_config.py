@@ -634,3 +634,15 @@ def test_an_encoder_swap_is_one_line_and_refused_when_its_width_does_not_fit(tmp
         load_config(run, reg).build_loop(model=model, registry=reg)
     assert str(e.value).startswith(f"{run}: 1 problem(s)\n  {want}")
     assert check_config_file(run, registry=reg)[2] == [want]
+
+
+def test_the_reference_example_is_a_valid_run_config(tmp_path, registry):
+    """docs/reference/config.md's full example loads (its base, and the names, against the installed plugins)."""
+    import re
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "reference" / "config.md").read_text()
+    example = re.search(r"```yaml\n(extends: base\.yaml.*?)```", doc, re.S).group(1)
+    (tmp_path / "base.yaml").write_text("device: cpu\n")
+    cfg = load_config(_write(tmp_path / "run.yaml", example), registry)
+    assert cfg.graph == "free_choice" and cfg.graph_params() == {"max_hops": 2} and cfg.device == "auto"
+    assert cfg.check_names(registry) == [] and cfg.loop_options().action_options["dino"] == {"encoder": "dinov2_large"}
