@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The CPU wheel of torch; an unpinned torch pulls gigabytes of CUDA packages.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test test-fast lint clean
 
 $(STAMP): pyproject.toml
 	@$(PY) -c 'import sys; v=sys.version_info[:2]; sys.exit(0 if (3,10)<=v<=(3,12) else "perceive needs Python 3.10-3.12, found %d.%d: set PY=python3.X" % v)'
@@ -21,8 +21,14 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/perceive demo
 
+# every test, the slow ones (perceive subprocesses: the bad-input CLI corpus, train, scaffold) and
+# the import-layer contracts (tests/test_layers.py) included: what CI runs
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# the quick loop while developing: leaves out tests marked slow
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -80,6 +80,7 @@ def test_paper_checkpoint_with_a_missing_key_is_an_error(tmp_path):
     assert "branches.dino.projector.linear_feature.weight" in msg and "vision_tower.extra" in msg
 
 
+@pytest.mark.slow
 def test_convert_cli(tmp_path):
     _require_fixtures()
     out = subprocess.run([sys.executable, "-m", "perceive", "convert", str(FIXTURES / "sam"), str(tmp_path / "sam")],
@@ -103,6 +104,7 @@ def test_official_sam_weights_load_into_the_branch(tmp_path):
     assert torch.equal(enc.state_dict()["neck.0.weight"], state["image_encoder.neck.0.weight"])
 
 
+@pytest.mark.slow
 def test_ask_cli_without_a_model_uses_the_shipped_one(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
@@ -123,6 +125,7 @@ def test_ask_cli_without_a_model_uses_the_shipped_one(tmp_path, monkeypatch):
     assert res.exit_code == 2 and "no model given" in res.output
 
 
+@pytest.mark.slow
 def test_ask_cli_with_a_model(saved, tmp_path):
     import json
 

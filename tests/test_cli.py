@@ -4,6 +4,7 @@ import sys
 import pytest
 
 
+@pytest.mark.slow
 def test_demo_reads_the_example_card_through_a_region_hop(tmp_path):
     from perceive.defaults import default_examples, default_model_path
 
@@ -19,6 +20,7 @@ def test_demo_reads_the_example_card_through_a_region_hop(tmp_path):
     assert (tmp_path / "trace.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_version():
     out = subprocess.run([sys.executable, "-m", "perceive", "version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip()
@@ -33,6 +35,7 @@ def _run(*args, env_extra=None, cwd=None):
                           env=env, cwd=cwd)
 
 
+@pytest.mark.slow
 def test_a_perceive_error_prints_error_and_hint_and_exits_1(tmp_path):
     out = _run("data", "check", str(tmp_path / "missing.json"))
     assert out.returncode == 1 and "Traceback" not in out.stdout + out.stderr
@@ -62,6 +65,7 @@ def test_an_internal_error_is_one_line_and_debug_shows_the_traceback(monkeypatch
     assert isinstance(res.exception, ZeroDivisionError)
 
 
+@pytest.mark.slow
 def test_debug_shows_the_traceback_of_a_user_error_too(tmp_path):
     for args, env in ((["--debug", "data", "check", "x.json"], None), (["data", "check", "x.json"],
                                                                       {"PERCEIVE_DEBUG": "1"})):
@@ -71,6 +75,7 @@ def test_debug_shows_the_traceback_of_a_user_error_too(tmp_path):
             out.stderr)
 
 
+@pytest.mark.slow
 def test_usage_errors_exit_2():
     out = _run("ask", "x.png", "What?", "--max-hops", "-1")
     assert out.returncode == 2 and "Traceback" not in out.stdout + out.stderr

@@ -276,6 +276,7 @@ def results(corpus) -> dict[str, dict]:
     return json.loads(out.stdout.splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("case", "code", "expect"), [(c[0], c[2], c[3]) for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_fails_cleanly(results, case, code, expect):
     r = results[case]
@@ -286,6 +287,7 @@ def test_bad_input_fails_cleanly(results, case, code, expect):
     assert r["seconds"] < TIME_BOUND_S, f"{case} took {r['seconds']} s"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("how", "argv", "expect"), [
     ("console-script", ["data", "mix", "out.json", "region.json:abc"], "error: bad dataset part 'region.json:abc'"),
     ("python-m", ["ask", IMG, Q, "--model", "model_truncated"],

@@ -42,6 +42,7 @@ def test_help_page_shows_no_type_beside_flags(path):
         assert "<path>" in out.output and "--json" in out.output and "--reprefill" in out.output
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("columns", [80, 50])
 def test_plugins_list_never_breaks_token_names(columns):
     env = {**os.environ, "COLUMNS": str(columns)}

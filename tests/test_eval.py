@@ -111,6 +111,7 @@ def test_oracle_spans_force_the_ground_truth_region_then_the_model_answers(tmp_p
     assert all(r["actions"][0] == "region_select" for r in result["records"])
 
 
+@pytest.mark.slow
 def test_eval_compare_cli_puts_runs_side_by_side(tmp_path):
     import subprocess
     import sys

@@ -107,6 +107,7 @@ def test_bad_predicate_and_forced_args():
     assert ("unreachable", "tiles") in got
 
 
+@pytest.mark.slow
 def test_validate_cli_exits_nonzero_and_lists_everything():
     out = subprocess.run([sys.executable, "-m", "perceive", "graph", "validate", str(HERE / "everything_wrong.yaml")],
                          capture_output=True, text=True, timeout=120, env={"COLUMNS": "250", "PATH": ""})
@@ -231,6 +232,7 @@ def test_render_trace_and_graph(model, photo, tmp_path):
     assert text.startswith("flowchart TD") and "called -->|call any| perceive" in text
 
 
+@pytest.mark.slow
 def test_graph_run_cli(tmp_path):
     from perceive.model import save_model
 

@@ -109,6 +109,7 @@ def run_cli(*args, env_extra=None):
                           timeout=120)
 
 
+@pytest.mark.slow
 def test_cli_lists_every_good_plugin_beside_a_broken_one(fake_site):
     make_dist(fake_site, "perceive-crashy", {"crashy_mod": "raise ImportError('needs libfoo')\n"},
               {"crashy": "crashy_mod"})
@@ -123,6 +124,7 @@ def test_cli_lists_every_good_plugin_beside_a_broken_one(fake_site):
     assert human.returncode == 0 and "broken plugin 'crashy'" in human.stdout and "needs libfoo" in human.stdout
 
 
+@pytest.mark.slow
 def test_cli_list_json_shows_tokens():
     data = json.loads(run_cli("plugins", "list", "--json").stdout)
     acts = {a["name"]: a for a in data["actions"]}

@@ -48,6 +48,7 @@ def test_scaffold_install_list_check(tmp_path):
     assert own.returncode == 0, own.stdout + own.stderr
 
 
+@pytest.mark.slow
 def test_check_exits_nonzero_with_a_report(fake_site):
     """`perceive plugins check` on a failing action: exit 1 and a readable report."""
     from tests.conftest import make_dist

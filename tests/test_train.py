@@ -213,6 +213,7 @@ def config(cards, tmp_path, steps, **kw):
         "output": str(tmp_path), **kw})
 
 
+@pytest.mark.slow
 def test_resume_is_exact(cards, tmp_path):
     full = Trainer(config(cards, tmp_path / "full", 6), progress=False)
     full.train()
@@ -275,6 +276,7 @@ def test_lora_option_and_plain_save(cards, tmp_path):
     assert not any("lora" in k for k in again.state_dict())
 
 
+@pytest.mark.slow
 def test_train_cli(cards, tmp_path):
     import subprocess
     import sys
@@ -541,6 +543,7 @@ def test_freeze_and_trainable_patterns_must_match_and_leave_something_to_train(c
     assert code == 1 and f"error: {tmp_path / 'c.yaml'}: freeze: 'totally.bogus' matches no parameter" in out
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_saves_a_checkpoint_that_resumes_exactly(cards, tmp_path):
     from perceive.train.trainer import TrainingInterrupted
 
@@ -692,6 +695,7 @@ def test_a_checkpoint_save_is_whole_or_not_there(tmp_path, monkeypatch):
     assert done == [1]
 
 
+@pytest.mark.slow
 def test_sigint_stops_the_train_command_with_a_checkpoint_and_the_command_to_resume(cards, tmp_path):
     import os
     import shlex

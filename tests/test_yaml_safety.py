@@ -28,6 +28,7 @@ def _cli(*args, timeout=60):
     return out, time.perf_counter() - t0
 
 
+@pytest.mark.slow
 def test_alias_bomb_graph_validate_refused_quickly(tmp_path):
     # graph params are substituted into every string of the graph: walking the bomb would hang
     p = tmp_path / "graph.yaml"
@@ -38,6 +39,7 @@ def test_alias_bomb_graph_validate_refused_quickly(tmp_path):
     assert took < 30
 
 
+@pytest.mark.slow
 def test_alias_bomb_config_check_refused_by_the_reader(tmp_path):
     p = tmp_path / "run.yaml"
     p.write_text(BOMB_ANCHORS + "\n")
@@ -61,6 +63,7 @@ def test_alias_bomb_in_train_and_eval_configs(tmp_path):
         assert str(p) in str(e.value) and time.perf_counter() - t0 < 5
 
 
+@pytest.mark.slow
 def test_alias_bomb_in_a_set_value():
     value = "{" + ", ".join(BOMB_ANCHORS.splitlines()) + "}"
     out, took = _cli("graph", "validate", "free_choice", "--set", f"x={value}")
@@ -68,6 +71,7 @@ def test_alias_bomb_in_a_set_value():
     assert took < 30
 
 
+@pytest.mark.slow
 def test_100k_nested_brackets_are_a_clean_error(tmp_path):
     from perceive.config import load_config
     from perceive.eval.runner import load_eval_config
@@ -139,6 +143,7 @@ def test_duplicate_keys_and_unreadable_values_are_refused(tmp_path):
             load_yaml(p)
 
 
+@pytest.mark.slow
 def test_the_reader_reads_every_shipped_yaml_as_before_and_refuses_a_bomb(tmp_path):
     import yaml
 
