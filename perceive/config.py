@@ -4,7 +4,7 @@ The run config (:class:`PerceiveConfig`) is the one config of a run: the model, 
 and their local weights, each action's options, the graph and its params, the runtime limits,
 the device and the dtype. ``perceive ask``, ``perceive graph run`` and ``perceive eval`` read it
 with ``--config FILE`` (an eval config is a run config plus what to evaluate on:
-:class:`perceive.eval.runner.EvalConfig`); in Python, :meth:`PerceiveConfig.build_loop`.
+:class:`perceive.eval.runner.EvalConfig`); in Python, :meth:`perceive.loop.PerceptionLoop.from_config`.
 
 A file may extend another (``extends: base.yaml``) and the command line overrides its values
 (``--set KEY.PATH=VALUE``, then the command's own flags): see :mod:`perceive.config_files`.
@@ -131,53 +131,19 @@ class PerceiveConfig(_Strict):
         """Where this config holds local paths (relative ones resolve against their file's folder)."""
         return [("model", "path"), *(("encoders", i, "weights") for i in range(len(self.encoders)))]
 
-    def loop_options(self):
-        """The :class:`~perceive.loop.LoopOptions` of ``runtime`` and ``actions`` (an action's
-        ``encoder`` goes with its options)."""
-        import dataclasses
-
-        from perceive.loop.options import options_from_config
-
-        return dataclasses.replace(options_from_config(self), reprefill=self.runtime.reprefill)
-
     def graph_params(self) -> dict[str, Any]:
         """``params``, with ``free_choice``'s ``max_hops`` from ``runtime.max_hops`` unless set."""
         return {"max_hops": self.runtime.max_hops, **self.params} if self.graph == "free_choice" else dict(self.params)
 
-    def compile_graph(self, registry=None):
-        from perceive.graph import compile_graph
+    @property
+    def source(self) -> str:
+        """Where the config came from, for messages."""
+        return self._source or "the run config"
 
-        return compile_graph(self.graph, registry=registry, params=self.graph_params())
-
-    def load_model(self):
-        """The model at ``model.path`` on ``device`` in ``dtype``."""
-        from perceive.model import load_model
-
-        if self.model.path is None:
-            raise ConfigError(f"{self._source or 'the run config'}: model.path is not set",
-                              hint="point it at a local model folder (perceive never downloads), or pass --model")
-        return load_model(self.model.path, device=self.device, dtype=None if self.dtype == "auto" else self.dtype)
-
-    def build_loop(self, model=None, registry=None, policy=None, graph=None):
-        """The :class:`~perceive.loop.PerceptionLoop` this config describes: names checked against
-        the registry, ``graph`` (default: :meth:`compile_graph`) and ``model`` (default:
-        :meth:`load_model`). An encoder whose features do not fit its branch's projector is
-        refused here, when the loop is built."""
-        from perceive.config_check import encoder_fit_problems
-        from perceive.loop import PerceptionLoop
-        from perceive.plugins import get_registry
-
-        registry = registry or get_registry()
-        self._refuse(self.check_names(registry))
-        graph = graph or self.compile_graph(registry)
-        model = model or self.load_model()
-        self._refuse([self._render(*p) for p in encoder_fit_problems(self, model.config.branches, registry)])
-        return PerceptionLoop(model, registry=registry, options=self.loop_options(), graph=graph,
-                              encoder_configs=self.encoder_configs(), policy=policy)
-
-    def _refuse(self, errors: list[str]) -> None:
+    def refuse(self, errors: list[str]) -> None:
+        """Raise one :class:`ConfigError` listing ``errors`` (nothing when there are none)."""
         if errors:
-            raise ConfigError("\n".join([f"{self._source or 'the run config'}: {len(errors)} problem(s)",
+            raise ConfigError("\n".join([f"{self.source}: {len(errors)} problem(s)",
                                          *("  " + e for e in errors)]),
                               hint="`perceive plugins list` shows the installed actions and encoders, with the "
                                    "width of each encoder's features")
@@ -194,20 +160,21 @@ class PerceiveConfig(_Strict):
         """Errors the registry can tell: unknown action and encoder names, an encoder set on an
         action that cannot use it, and options that do not fit an action's or encoder's
         ``Options`` model. Each names the field (and its line for a config loaded from YAML)."""
-        return [self._render(loc, msg) for loc, msg in registry_problems(self, registry)]
+        return [self.render(loc, msg) for loc, msg in registry_problems(self, registry)]
 
     def check_paths(self) -> list[str]:
         """Errors for local paths that cannot work: ``model.path`` unset or not a model folder,
         encoder ``weights`` that do not exist."""
         from perceive.config_check import run_path_problems
 
-        return [self._render(loc, msg) for loc, msg in run_path_problems(self) if msg]
+        return [self.render(loc, msg) for loc, msg in run_path_problems(self) if msg]
 
     def problems(self, registry) -> list[str]:
         """Everything :meth:`check_names` and :meth:`check_paths` find: what would fail at run time."""
         return self.check_names(registry) + self.check_paths()
 
-    def _render(self, loc: tuple, msg: str) -> str:
+    def render(self, loc: tuple, msg: str) -> str:
+        """A problem at ``loc`` as text, with its YAML line when the config came from a file."""
         return render_problem(loc, msg, self._data)
 
 
@@ -343,6 +310,29 @@ def rebase_paths(cfg: BaseModel, data: _LinedDict, locs: Iterable[tuple], folder
         setattr(parent, loc[-1], rebase(value, data, loc, folder))
 
 
+def encoder_width_problem(action: str, encoder: str | None, branches: dict, registry) -> str | None:
+    """Why ``encoder`` cannot feed ``action``'s branch (``branches``: the model's, by action): its
+    features are not as wide as the branch's projector takes. None when it fits, or when either
+    side is unknown."""
+    branch = branches.get(action)
+    reg = registry.encoders.get(encoder) if encoder else None
+    dim = getattr(getattr(reg, "obj", None), "feature_dim", None)
+    if branch is None or dim is None or dim == branch.feature_dim:
+        return None
+    return (f"{encoder!r} gives {dim}-wide features but the model's {action} projector takes "
+            f"{branch.feature_dim}: use an encoder with {branch.feature_dim}-wide output, e.g. {branch.encoder!r}")
+
+
+def encoder_fit_problems(cfg: PerceiveConfig, branches: dict, registry) -> list[tuple[tuple, str]]:
+    """Each action's ``encoder`` whose features do not fit the model's branch (``branches``)."""
+    out = []
+    for name, a in (cfg.actions or {}).items():
+        why = encoder_width_problem(name, a.encoder, branches, registry)
+        if why:
+            out.append((("actions", name, "encoder"), why))
+    return out
+
+
 def load_config(path: str | Path | Iterable[str | Path] | None, registry=None, *, overrides: Iterable[Override] = (),
                 schema: type[PerceiveConfig] | None = None, normalise: Callable | None = None) -> PerceiveConfig:
     """Read and validate a run config (``path`` ``None``: the defaults), its ``extends`` chain
@@ -354,7 +344,7 @@ def load_config(path: str | Path | Iterable[str | Path] | None, registry=None, *
     Options of installed actions and encoders are checked against their ``Options`` models
     (``registry``: default the installed plugins); unknown names are left to
     :meth:`PerceiveConfig.check_names`, which ``perceive config check`` and
-    :meth:`PerceiveConfig.build_loop` run."""
+    :meth:`perceive.loop.PerceptionLoop.from_config` run."""
     schema = schema or PerceiveConfig
     files = config_files(path)
     source = str(files[-1]) if files else "the command line"
@@ -367,7 +357,7 @@ def load_config(path: str | Path | Iterable[str | Path] | None, registry=None, *
         registry = get_registry()
     bad = registry_problems(cfg, registry, options_only=True)
     if bad:
-        lines = [f"{source}: {len(bad)} invalid option(s)"] + ["  " + cfg._render(loc, msg) for loc, msg in bad]
+        lines = [f"{source}: {len(bad)} invalid option(s)"] + ["  " + cfg.render(loc, msg) for loc, msg in bad]
         raise ConfigError("\n".join(lines), hint="`perceive plugins list` shows the installed actions and "
                           "encoders; docs/reference/config.md lists each one's options")
     folder = files[-1].parent if files else None

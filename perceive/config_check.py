@@ -16,6 +16,7 @@ from typing import Any
 from perceive.config import (
     PerceiveConfig,
     action_option_problems,
+    encoder_fit_problems,
     load_config,
     load_yaml_mapping,
     path_problem,
@@ -95,22 +96,6 @@ def run_path_problems(cfg: PerceiveConfig) -> list[tuple[tuple, str]]:
     return out
 
 
-def encoder_fit_problems(cfg: PerceiveConfig, branches: dict, registry) -> list[tuple[tuple, str]]:
-    """An action's ``encoder`` whose features are not as wide as the model's branch projector
-    takes (``branches``: the model's, by action). The same check as the loop's, which
-    :meth:`PerceiveConfig.build_loop` runs with the loaded model."""
-    out = []
-    for name, a in (cfg.actions or {}).items():
-        branch, reg = branches.get(name), registry.encoders.get(a.encoder) if a.encoder else None
-        dim = getattr(getattr(reg, "obj", None), "feature_dim", None)
-        if branch is not None and dim is not None and dim != branch.feature_dim:
-            out.append((("actions", name, "encoder"),
-                        f"{a.encoder!r} gives {dim}-wide features but the model's {name} projector takes "
-                        f"{branch.feature_dim}: use an encoder with {branch.feature_dim}-wide output, e.g. "
-                        f"{branch.encoder!r}"))
-    return out
-
-
 def model_fit_problems(cfg: PerceiveConfig, registry) -> list[tuple[tuple, str]]:
     """:func:`encoder_fit_problems` against the model folder's ``perceive.json``, read without
     loading weights (nothing when there is no such file: the path checks report it)."""
@@ -146,7 +131,7 @@ def check_config_file(path: str | Path, kind: str = "auto", registry=None) -> tu
     try:
         if kind == "run":
             cfg = load_config(path, registry)
-            return kind, why, cfg.problems(registry) + [cfg._render(*p) for p in model_fit_problems(cfg, registry)]
+            return kind, why, cfg.problems(registry) + [cfg.render(*p) for p in model_fit_problems(cfg, registry)]
         if kind == "graph":  # what `perceive graph validate` reports
             from perceive.graph import check as check_graph
 

@@ -5,6 +5,8 @@ import pytest
 
 from perceive.config import PerceiveConfig, load_config
 from perceive.errors import ConfigError
+from perceive.loop import PerceptionLoop
+from perceive.loop.options import options_from_config
 
 
 def write(tmp_path, text):
@@ -538,7 +540,7 @@ def test_flag_over_set_over_file_over_base_over_default(tmp_path):
     cfg = load_config(top, overrides=[*sets, *flags])
     rt = cfg.runtime
     assert (rt.max_hops, rt.max_new_tokens, rt.on_malformed, rt.action_timeout_s) == (4, 33, "stop", 120.0)
-    assert cfg.loop_options().max_hops == 4 and cfg.graph_params() == {"max_hops": 4}
+    assert options_from_config(cfg).max_hops == 4 and cfg.graph_params() == {"max_hops": 4}
     with pytest.raises(ConfigError) as e:
         load_config(top, overrides=parse_sets(["runtime.max_new_tokens=0"]))
     assert "runtime.max_new_tokens (--set runtime.max_new_tokens): Input should be greater than or equal to 1" in (
@@ -583,7 +585,7 @@ def test_an_eval_config_is_a_run_config_plus_data(tmp_path):
     cfg = load_eval_config(ev)
     assert cfg.model.path == tmp_path / "runs/m2" and cfg.model.base == "qwen2_vl"  # shorthand merges as a mapping
     assert cfg.data == tmp_path / "d.json" and cfg.runtime.max_new_tokens == 16
-    assert cfg.loop_options().action_options == {"region_select": {"margin": 0}}
+    assert options_from_config(cfg).action_options == {"region_select": {"margin": 0}}
     cfg = load_eval_config([run, _write(tmp_path / "only.yaml", "data: d.json\n")])  # --config RUN + CONFIG
     assert cfg.model.path == tmp_path / "m" and cfg.data == tmp_path / "d.json"
     with pytest.raises(ConfigError, match="model.path is not set"):
@@ -622,7 +624,7 @@ def test_an_encoder_swap_is_one_line_and_refused_when_its_width_does_not_fit(tmp
                                         "actions:\n  dino: {encoder: my_dino32}\n")
     cfg = load_config(run, reg)
     model = load_model(path)
-    loop = cfg.build_loop(model=model, registry=reg)
+    loop = PerceptionLoop.from_config(cfg, registry=reg, model=model)
     assert loop.options.action_options["dino"]["encoder"] == "my_dino32"
     loop.hub.get("my_dino32")
     assert built == [tmp_path / "w32"]  # the config's local weights reach the swapped encoder
@@ -631,7 +633,7 @@ def test_an_encoder_swap_is_one_line_and_refused_when_its_width_does_not_fit(tmp
     want = ("actions.dino.encoder (line 3): 'dinov2_small' gives 384-wide features but the model's dino projector "
             "takes 32: use an encoder with 32-wide output, e.g. 'dinov2_small'")
     with pytest.raises(ConfigError) as e:
-        load_config(run, reg).build_loop(model=model, registry=reg)
+        PerceptionLoop.from_config(load_config(run, reg), registry=reg, model=model)
     assert str(e.value).startswith(f"{run}: 1 problem(s)\n  {want}")
     assert check_config_file(run, registry=reg)[2] == [want]
 
@@ -645,4 +647,5 @@ def test_the_reference_example_is_a_valid_run_config(tmp_path, registry):
     (tmp_path / "base.yaml").write_text("device: cpu\n")
     cfg = load_config(_write(tmp_path / "run.yaml", example), registry)
     assert cfg.graph == "free_choice" and cfg.graph_params() == {"max_hops": 2} and cfg.device == "auto"
-    assert cfg.check_names(registry) == [] and cfg.loop_options().action_options["dino"] == {"encoder": "dinov2_large"}
+    assert cfg.check_names(registry) == []
+    assert options_from_config(cfg).action_options["dino"] == {"encoder": "dinov2_large"}

@@ -66,8 +66,9 @@ def run_graph(cfg, image: Path, question: str, as_json: bool, render: Path | Non
     """Run the graph of run config ``cfg`` on one image and question, and print the answer."""
     from perceive.cli.output import check_picture_path
     from perceive.errors import PerceiveError
-    from perceive.graph import GraphValidationError
+    from perceive.graph import GraphValidationError, compile_graph
     from perceive.graph.render import render_trace
+    from perceive.loop import PerceptionLoop
 
     if render is not None:
         check_picture_path(render)
@@ -75,9 +76,9 @@ def run_graph(cfg, image: Path, question: str, as_json: bool, render: Path | Non
     from perceive.images import load_image
 
     try:
-        g = cfg.compile_graph()  # a wrong graph fails before the model loads
+        g = compile_graph(cfg.graph, params=cfg.graph_params())  # a wrong graph fails before the model loads
         img = load_image(image)
-        answer = cfg.build_loop(graph=g).ask(img, question)
+        answer = PerceptionLoop.from_config(cfg, graph=g).ask(img, question)
     except GraphValidationError as exc:
         console.print(str(exc), markup=False)
         raise typer.Exit(1) from None

@@ -124,11 +124,13 @@ def evaluate(cfg: EvalConfig, model=None, registry=None, progress: bool = True, 
     skipped = Skipped.of(ds)
     skipped.check(cfg.max_skipped_fraction)  # before the model loads: nothing to score, or too little
     n = len(ds) if cfg.max_samples is None else min(len(ds), cfg.max_samples)
+    from perceive.graph import compile_graph
+    from perceive.loop import PerceptionLoop
     from perceive.plugins import get_registry
 
     registry = registry or get_registry()
-    graph = cfg.compile_graph(registry)  # a wrong graph fails before the model loads
-    loop = cfg.build_loop(model=model, registry=registry, policy=policy, graph=graph)
+    graph = compile_graph(cfg.graph, registry=registry, params=cfg.graph_params())  # fails before the model loads
+    loop = PerceptionLoop.from_config(cfg, registry=registry, policy=policy, model=model, graph=graph)
     model = loop.model
     judge = Judge(JudgeConfig(**cfg.judge.model_dump())) if cfg.judge else None
     records = []

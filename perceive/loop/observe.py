@@ -57,18 +57,12 @@ class Observer:
 
     def check_encoders(self) -> None:
         """A re-encode action may use any registered encoder whose output its projector accepts."""
+        from perceive.config import encoder_width_problem
+
         for action, opts in self.loop.options.action_options.items():
-            name = opts.get("encoder")
-            branch = self.cfg.branches.get(action)
-            if not name or branch is None:
-                continue
-            spec = self.loop.registry.encoder(name)
-            want = branch.feature_dim
-            if spec.feature_dim is not None and spec.feature_dim != want:
-                raise ConfigError(
-                    f"actions.{action}.encoder: {name!r} gives {spec.feature_dim}-wide features but the model's "
-                    f"{action} projector takes {want}",
-                    hint=f"use an encoder with {want}-wide output, e.g. {branch.encoder!r}")
+            why = encoder_width_problem(action, opts.get("encoder"), self.cfg.branches, self.loop.registry)
+            if why:
+                raise ConfigError(f"actions.{action}.encoder: {why}")
 
     # -- chunks ---------------------------------------------------------------------------------
 

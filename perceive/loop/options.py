@@ -43,4 +43,4 @@ def options_from_config(cfg) -> LoopOptions:
     rt = cfg.runtime
     return LoopOptions(max_hops=rt.max_hops, max_new_tokens=rt.max_new_tokens, on_malformed=rt.on_malformed,
                        action_options=action_options, actions=cfg.enabled_actions(),
-                       action_timeout_s=rt.action_timeout_s)
+                       action_timeout_s=rt.action_timeout_s, reprefill=rt.reprefill)

@@ -90,24 +90,28 @@ class PerceptionLoop:
         return graph.controller(self.registry.pm, model=self.model)
 
     @classmethod
-    def from_config(cls, config, registry=None, policy=None) -> PerceptionLoop:
-        """Build model and loop from a :class:`perceive.config.PerceiveConfig` (or a YAML path)."""
-        from perceive.config import PerceiveConfig, load_config
+    def from_config(cls, config, registry=None, policy=None, model=None, graph=None) -> PerceptionLoop:
+        """The loop a run config (:class:`perceive.config.PerceiveConfig`, or a YAML path)
+        describes. Names are checked against the registry, then the graph is compiled (``graph``
+        overrides the config's), then the model loads (unless given) and an encoder whose
+        features do not fit its branch is refused, naming the config's file and line."""
+        from perceive.config import PerceiveConfig, encoder_fit_problems, load_config
+        from perceive.graph import compile_graph
         from perceive.model import load_model
         from perceive.plugins import get_registry
 
         registry = registry or get_registry()
         cfg = config if isinstance(config, PerceiveConfig) else load_config(config, registry=registry)
-        errors = cfg.check_names(registry)
-        if errors:
-            raise ConfigError("; ".join(errors))
-        if cfg.model.path is None:
-            raise ConfigError("model.path is not set", hint="point it at a local model folder")
-        model = load_model(cfg.model.path, device=cfg.device, dtype=None if cfg.dtype == "auto" else cfg.dtype)
-        options = options_from_config(cfg)
-        graph, params = getattr(cfg, "graph", None), getattr(cfg, "params", None)
-        return cls(model, registry=registry, options=options, encoder_configs=cfg.encoder_configs(), policy=policy,
-                   graph=graph, params=params)
+        cfg.refuse(cfg.check_names(registry))
+        graph = graph or compile_graph(cfg.graph, registry=registry, params=cfg.graph_params())
+        if model is None:
+            if cfg.model.path is None:
+                raise ConfigError(f"{cfg.source}: model.path is not set",
+                                  hint="point it at a local model folder (perceive never downloads), or pass --model")
+            model = load_model(cfg.model.path, device=cfg.device, dtype=None if cfg.dtype == "auto" else cfg.dtype)
+        cfg.refuse([cfg.render(*p) for p in encoder_fit_problems(cfg, model.config.branches, registry)])
+        return cls(model, registry=registry, options=options_from_config(cfg), encoder_configs=cfg.encoder_configs(),
+                   policy=policy, graph=graph)
 
     # -- public API --------------------------------------------------------------------------
 
