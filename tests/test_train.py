@@ -592,6 +592,7 @@ def ctrl_c(times=1):
         signal.raise_signal(signal.SIGINT)
 
 
+@pytest.mark.slow
 def test_a_second_ctrl_c_stops_at_once_wherever_it_lands(cards, tmp_path):
     """The first Ctrl-C stops after the current step and saves a checkpoint there; a second stops
     at once and saves nothing, whether it lands in a step, an evaluation or that very save (whose
