@@ -135,3 +135,38 @@ def test_images_are_not_shared_between_calls():
     a.putpixel((0, 0), tuple(255 - c for c in original))
     assert real_photos()["coffee"].getpixel((0, 0)) == original  # a fresh copy every call
     assert isinstance(awkward_images()["palette"], Image.Image) and awkward_images()["palette"].mode == "P"
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY.branches))
+def test_registered_branch_conforms(name):
+    from perceive.testing import check_branch
+
+    report = check_branch(name, registry=REGISTRY, quick=True)
+    assert report.ok, report.render()
+    assert {"declaration", "action", "model", "preprocess[1x1]", "batch", "features", "encoder", "training",
+            "save-load"} <= {r.name for r in report.results}
+
+
+def test_the_branch_kit_catches_a_branch_that_miscounts_its_placeholders():
+    """A third-party branch whose projector ignores the control state, and whose placeholder
+    count is not what its encoder and projector give: both are reported, by name."""
+    from perceive.plugins import load_registry
+    from perceive.testing import check_branch
+    from tests.plugins import sobel
+
+    class Careless(sobel.SobelBranch):
+        def placeholders(self, config):
+            return 9
+
+        def project(self, projector, features, control, sizes=None):
+            return projector(features, None)  # never conditioned
+
+    reg = load_registry()
+    assert reg.register(sobel, "sobel").ok
+    report = check_branch(Careless(), registry=reg, quick=True)
+    by = {r.name: r for r in report.results}
+    assert by["preprocess[astronaut]"].status == "fail"
+    assert by["preprocess[astronaut]"].detail == "unconditioned: (16, 64) projected rows, want (9, 64)"
+    assert by["features"].status == "fail" and "do not depend on the control vector" in by["features"].detail
+    assert by["action"].status == "pass" and by["model"].status == "pass"
+    assert "conformance of branch 'sobel'" in report.render()

@@ -95,3 +95,42 @@ def test_scaffolded_readme_has_no_empty_or_placeholder_links(tmp_path):
         assert target.strip() and not re.fullmatch(r"https?://[^/]+/?", target.strip()), target
     assert "`quadrant` perception" in readme and "docs/how-to/write-a-plugin.md" in readme
     assert (Path(__file__).resolve().parents[1] / "docs/how-to/write-a-plugin.md").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.all_plugins  # pip-installs the scaffolded plugin: its processes must discover it
+def test_scaffold_a_features_plugin_install_check(tmp_path):
+    """`--kind features`: an action, its encoder and its model branch; installed, all three are
+    registered, the action's kit passes, and the package's own tests (both kits) pass."""
+    out = sh(sys.executable, "-m", "perceive", "plugins", "new", "edge_map", "--dir", str(tmp_path), "--kind",
+             "features")
+    assert out.returncode == 0, out.stderr
+    pkg = tmp_path / "perceive-edge-map"
+    code = (pkg / "src/perceive_edge_map/__init__.py").read_text()
+    assert "${" not in code and "perceive_register_branches" in code and "class EdgeMapBranch(BranchSpec)" in code
+    assert "perceive.model" not in code and "perceive.testing" not in code  # the public API only
+    site = tmp_path / "site"
+    inst = sh(sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+              "--no-index", "--target", str(site), str(pkg))
+    assert inst.returncode == 0, inst.stderr
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+
+    listed = sh(sys.executable, "-m", "perceive", "plugins", "list", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    data = json.loads(listed.stdout)
+    branch = next(b for b in data["branches"] if b["name"] == "edge_map")
+    assert branch["distribution"] == "perceive-edge-map" and branch["placeholder"] == "<edge_map_image>"
+    assert branch["tokens"] == ["<|edge_map_action_start|>", "<|edge_map_action|>", "<|edge_map_action_end|>",
+                                "<|edge_map_image_pad|>"]
+    assert any(e["name"] == "edge_map_patches" for e in data["encoders"])
+    assert not data["problems"] and all(p["ok"] for p in data["plugins"])
+
+    check = sh(sys.executable, "-m", "perceive", "plugins", "check", "edge_map", env=env)
+    assert check.returncode == 0 and "0 failed" in check.stdout, check.stdout + check.stderr
+    own = sh(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(pkg / "tests"), env=env)
+    assert own.returncode == 0 and "3 passed" in own.stdout, own.stdout + own.stderr
+
+
+def test_scaffold_rejects_an_unknown_kind(tmp_path):
+    with pytest.raises(PerceiveError, match="unknown plugin kind 'lens'"):
+        new_plugin("ok", tmp_path, kind="lens")

@@ -29,9 +29,8 @@ PLUGIN = Path(__file__).parent / "plugins" / "sobel.py"
 
 
 def run_cli(*args, site: Path, timeout=600):
+    # the child finds the plugin as it would on a user's machine: on its path, by its entry point
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
-    for var in ("PERCEIVE_DISABLE_PLUGIN_AUTOLOAD", "PERCEIVE_PLUGINS"):
-        env.pop(var, None)
     out = subprocess.run([sys.executable, "-m", "perceive", *map(str, args)], capture_output=True, text=True,
                          env=env, timeout=timeout)
     assert out.returncode == 0, out.stdout + out.stderr

@@ -80,13 +80,16 @@ def list_(as_json: bool = typer.Option(False, "--json", help="Machine-readable o
 
 @app.command()
 def new(name: str = typer.Argument(..., help="Action and plugin name, e.g. 'quadrant'."),
-        dir: Path = typer.Option(Path("."), "--dir", help="Folder to create the package in.")) -> None:
+        dir: Path = typer.Option(Path("."), "--dir", help="Folder to create the package in."),
+        kind: str = typer.Option("view", "--kind", help="view: an action that shows a new view; features: a "
+                                                         "re-encode action with its encoder and model branch.")
+        ) -> None:
     """Scaffold a pip-installable plugin package with one working example action."""
     from perceive.errors import PerceiveError
     from perceive.scaffold import new_plugin
 
     try:
-        root = new_plugin(name, dir)
+        root = new_plugin(name, dir, kind)
     except PerceiveError as exc:
         raise fail(exc, 2) from None
     console.print(f"created {root}")

@@ -201,19 +201,22 @@ class VPTModel(nn.Module):
         return spec.first_image(feats, sizes)
 
     def add_branch(self, name: str, *, encoder: str | None = None, encoder_config: dict | None = None,
-                   image_size: int | None = None, registry=None) -> BranchConfig:
+                   image_size: int | None = None, registry=None, spec=None) -> BranchConfig:
         """Give the model a new re-encode branch ``name`` (random encoder and projector, the
         registered spec's small sizes unless ``encoder_config``/``encoder`` say otherwise). Its
-        tokens are added to the tokenizer when missing (and the embeddings grown to fit)."""
+        tokens are added to the tokenizer when missing (and the embeddings grown to fit).
+        ``spec``: a :class:`~perceive.BranchSpec` to use instead of the registered one (a branch
+        under development; a saved model loads with the registered one)."""
         from perceive.errors import ConfigError
         from perceive.plugins import get_registry
 
         registry = registry or get_registry()
         if name in self.config.branches:
             raise ConfigError(f"the model already has a {name} branch")
-        if name not in registry.branches:
-            registry.branch(name)  # UnknownActionError, with a did-you-mean
-        spec, dist = registry.branches[name].obj, registry.branches[name].dist
+        if spec is not None:
+            dist = registry.branches[name].dist if name in registry.branches else None
+        else:
+            spec, dist = registry.branch(name), registry.branches[name].dist  # UnknownActionError: did you mean
         fields = dict(spec.tiny_config(self.config.hidden_size))
         if encoder is not None:
             fields["encoder"] = encoder

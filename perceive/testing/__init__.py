@@ -9,5 +9,7 @@ production code never imports :mod:`perceive.testing` (an import-linter contract
 """
 
 from perceive.conformance import CheckResult, ConformanceReport, awkward_images, check_action, real_photos
+from perceive.testing.branches import BranchReport, check_branch
 
-__all__ = ["CheckResult", "ConformanceReport", "awkward_images", "check_action", "real_photos"]
+__all__ = ["BranchReport", "CheckResult", "ConformanceReport", "awkward_images", "check_action", "check_branch",
+           "real_photos"]
