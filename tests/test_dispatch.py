@@ -56,10 +56,10 @@ def test_region_crop_of_a_crop(registry):
     ctx = ActionContext.for_image(img)
     first = dispatch(registry.pm, rs, ActionCall("region_select", RegionArgs(xs=(4,), ys=(4,))), ctx).observation[0]
     assert first.box.as_tuple() == (300, 225, 600, 450)  # cells 3..5 of 100x75
-    ctx2 = ActionContext(image=first.image, frame=first.frame, root=img, _ids=ctx._ids)
+    ctx2 = ActionContext(image=first.image, frame=first.frame, root=img, id_prefix="c")  # its views: c1, c2, ...
     second = dispatch(registry.pm, rs, ActionCall("region_select", RegionArgs(xs=(0,), ys=(7,)), target=first.frame.id),
                       ctx2).observation[0]
     # cells 0..1 x 6..7 of the 300x225 crop -> (0, int(168.75), 75, 225) -> offset by (300, 225)
     assert second.box.as_tuple() == (300, 393, 375, 450)
-    assert second.frame.parent == first.frame.id
+    assert second.frame.parent == first.frame.id and second.frame.id != first.frame.id
     assert second.image.tobytes() == img.crop((300, 393, 375, 450)).tobytes()
