@@ -150,3 +150,11 @@ def test_a_model_whose_branch_plugin_is_missing_names_it(fake_site, tmp_path):
     with pytest.raises(ModelLoadError) as e:
         load_model(path)
     assert "'sobel' re-encode branch" in str(e.value) and "'perceive-sobel'" in e.value.hint
+
+
+def test_the_guide_s_worked_example_is_this_plugin():
+    """docs/how-to/write-a-plugin.md shows tests/plugins/sobel.py verbatim (from its imports on)."""
+    doc = (Path(__file__).resolve().parents[1] / "docs/how-to/write-a-plugin.md").read_text()
+    code = PLUGIN.read_text()
+    code = code[code.index("from __future__ import annotations"):].rstrip()
+    assert f"```python\n{code}\n```" in doc

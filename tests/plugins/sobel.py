@@ -130,9 +130,9 @@ def perceive_register_actions():
 
 @hookimpl
 def perceive_register_encoders():
+    # placeholders=None: one pad per feature row (a model's branch may have another grid than CONFIG's)
     return [EncoderSpec(name="sobel_grid", family="sobel", layout="tokens", feature_dim=CONFIG["dim"], build=build,
-                        build_tiny=build_tiny, placeholders=CONFIG["grid"] ** 2,
-                        description="Sobel gradients pooled into 4x4 tokens")]
+                        build_tiny=build_tiny, placeholders=None, description="Sobel gradients pooled into a grid")]
 
 
 @hookimpl

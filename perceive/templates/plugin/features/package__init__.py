@@ -150,9 +150,9 @@ def perceive_register_actions():
 
 @hookimpl
 def perceive_register_encoders():
+    # placeholders=None: one pad per feature row (a model's branch may have other sizes than CONFIG's)
     return [EncoderSpec(name="${encoder}", family="${name}", layout="tokens", feature_dim=CONFIG["dim"], build=build,
-                        build_tiny=build_tiny, placeholders=(CONFIG["image_size"] // CONFIG["patch_size"]) ** 2,
-                        description="patch embeddings")]
+                        build_tiny=build_tiny, placeholders=None, description="patch embeddings")]
 
 
 @hookimpl
