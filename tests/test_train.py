@@ -730,3 +730,24 @@ def test_sigint_stops_the_train_command_with_a_checkpoint_and_the_command_to_res
     assert "model written to" in again.stdout
     losses = [h["step"] for h in json.loads(history.read_text()) if "loss" in h]
     assert losses == list(range(1, 41))  # the resumed run carried on from the checkpoint's step
+
+
+def test_branch_names_are_checked_against_the_installed_plugins(cards, tmp_path):
+    """`model.tiny.branches` and `model.add_branches` name installed branches (no fixed list): a
+    typo is refused when the config loads, with the close name and what is installed."""
+    from perceive.errors import ConfigError
+    from perceive.train import load_train_config
+
+    (tmp_path / "t.yaml").write_text(f"""
+model: {{path: {tmp_path}, add_branches: [{{action: dinoo}}]}}
+data: {{train: {cards / 'plain.json'}}}
+""")
+    with pytest.raises(ConfigError) as e:
+        load_train_config(tmp_path / "t.yaml")
+    msg = str(e.value)
+    assert "no installed plugin provides a re-encode branch 'dinoo'" in msg and "did you mean 'dino'" in msg
+    assert "installed: dino, native, sam" in msg and "add_branches" in msg
+    cfg = config(cards, tmp_path, 1)
+    assert type(cfg.model.tiny).model_validate({"branches": ["sam", "native"]}).branches == ["sam", "native"]
+    with pytest.raises(ValueError, match="re-encode branch 'clip'"):
+        type(cfg.model.tiny).model_validate({"branches": ["clip"]})
