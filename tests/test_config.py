@@ -83,6 +83,7 @@ def model_dir(tmp_path):
     return m
 
 
+@pytest.mark.slow
 def test_cli_config_check(tmp_path):
     import subprocess
     import sys
@@ -555,7 +556,7 @@ def test_flag_over_set_over_file_over_base_over_default(tmp_path):
                                                                          "weights: w}]"]))
     assert cfg.model.path == Path("rel/model") and cfg.encoders[0].weights == Path("w")
     cfg = load_config(None, overrides=parse_sets(["model=m"]))  # no file at all, and the model shorthand
-    assert cfg.model.path == Path("m") and cfg._source == "the command line"
+    assert cfg.model.path == Path("m") and cfg.source == "the command line"
 
 
 def test_train_config_extends_and_set(tmp_path):
