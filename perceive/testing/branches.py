@@ -21,7 +21,7 @@ real photos and awkward images:
 * ``save-load``: the model saves and reloads with the same rows.
 
 >>> from perceive.testing import check_branch
->>> report = check_branch("dino")
+>>> report = check_branch("my_branch")  # a branch your plugin registers
 >>> assert report.ok, report.render()
 """
 
