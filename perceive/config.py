@@ -165,8 +165,6 @@ class PerceiveConfig(_Strict):
     def check_paths(self) -> list[str]:
         """Errors for local paths that cannot work: ``model.path`` unset or not a model folder,
         encoder ``weights`` that do not exist."""
-        from perceive.config_check import run_path_problems
-
         return [self.render(loc, msg) for loc, msg in run_path_problems(self) if msg]
 
     def problems(self, registry) -> list[str]:
@@ -308,6 +306,17 @@ def rebase_paths(cfg: BaseModel, data: _LinedDict, locs: Iterable[tuple], folder
             parent = parent[key] if isinstance(key, int) else getattr(parent, key)
         value = getattr(parent, loc[-1])
         setattr(parent, loc[-1], rebase(value, data, loc, folder))
+
+
+def run_path_problems(cfg: PerceiveConfig) -> list[tuple[tuple, str]]:
+    """``model.path`` unset or not a model folder, encoder ``weights`` that do not exist."""
+    out = [(("model", "path"), "not set: point it at a local model folder (perceive never downloads)"
+            if cfg.model.path is None else path_problem(cfg.model.path, "point it at a local model folder",
+                                                        folder=True, model=True))]
+    for i, e in enumerate(cfg.encoders):
+        out.append((("encoders", i, "weights"), path_problem(
+            e.weights, f"encoder {e.name!r} loads local weights only (a folder or a checkpoint file)", folder=None)))
+    return out
 
 
 def encoder_width_problem(action: str, encoder: str | None, branches: dict, registry) -> str | None:

@@ -22,6 +22,7 @@ from perceive.config import (
     path_problem,
     registry_problems,
     render_problem,
+    run_path_problems,
 )
 from perceive.errors import ConfigError
 
@@ -82,17 +83,6 @@ def _eval_problems(path: Path, registry) -> list[tuple[tuple, str]]:
     else:
         _, issues = check_graph(graph, registry, cfg.graph_params())
         out += [(("graph",), "graph " + i.render(str(graph))) for i in issues]
-    return out
-
-
-def run_path_problems(cfg: PerceiveConfig) -> list[tuple[tuple, str]]:
-    """``model.path`` unset or not a model folder, encoder ``weights`` that do not exist."""
-    out = [(("model", "path"), "not set: point it at a local model folder (perceive never downloads)"
-            if cfg.model.path is None else path_problem(cfg.model.path, "point it at a local model folder",
-                                                        folder=True, model=True))]
-    for i, e in enumerate(cfg.encoders):
-        out.append((("encoders", i, "weights"), path_problem(
-            e.weights, f"encoder {e.name!r} loads local weights only (a folder or a checkpoint file)", folder=None)))
     return out
 
 

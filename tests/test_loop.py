@@ -9,7 +9,7 @@ from PIL import Image
 from perceive import hookimpl
 from perceive.errors import ImageError
 from perceive.loop import LoopOptions, NativeEngine, PerceptionLoop
-from perceive.loop.positions import sequence_positions
+from perceive.model.positions import sequence_positions
 from perceive.plugins import load_registry
 from perceive.testing.images import real_photos
 from perceive.testing.scripted import ScriptedPolicy, span_tokens

@@ -219,9 +219,9 @@ def eval_(targets: list[str] = typer.Argument(None, metavar="[CONFIG | compare R
     if len(targets) > 1:
         raise fail(f"one config at a time, got {len(targets)}: {' '.join(targets)}", 2)
     files = [p for p in (config, Path(targets[0]) if targets else None) if p is not None]
+    from perceive.data.skipped import Skipped
     from perceive.errors import PerceiveError
     from perceive.eval.runner import EvalConfig, evaluate, load_eval_config, markdown
-    from perceive.eval.skipped import Skipped
 
     if not files and (model is None or data is None):
         raise fail("give a config file, or --model and --data (a config: CONFIG, or --config RUN.yaml)", 2)

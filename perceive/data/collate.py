@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from perceive.data.dataset import Example
-from perceive.loop.positions import sequence_positions
+from perceive.model.positions import sequence_positions
 from perceive.model.vpt import IGNORE_INDEX
 
 

@@ -18,9 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from perceive.config import PerceiveConfig, load_config
 from perceive.config_files import Override
+from perceive.data.skipped import DEFAULT_MAX_SKIPPED_FRACTION, Skipped
 from perceive.errors import ConfigError
 from perceive.eval.metrics import anls, exact_match, relaxed_accuracy
-from perceive.eval.skipped import DEFAULT_MAX_SKIPPED_FRACTION, Skipped
 
 TRIGGERS = ("Identify the region that can help you answer the question, and then answer the question.",
             "Require additional perception features, and then answer the question.",

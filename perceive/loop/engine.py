@@ -25,7 +25,7 @@ from typing import Protocol
 import torch
 
 from perceive.errors import ObservationError
-from perceive.loop.positions import sequence_positions, text_positions
+from perceive.model.positions import sequence_positions, text_positions
 
 
 class ChunkKind(str, Enum):

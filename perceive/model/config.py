@@ -89,7 +89,7 @@ class VPTConfig(_Strict):
     #: a run's config overrides them
     action_defaults: dict[str, dict[str, Any]] = Field(default_factory=dict)
     #: rotary positions of image tokens: Qwen2-VL's 3-D M-RoPE, or one 1-D index per token as the
-    #: reference trains (see ``perceive.loop.positions``); training and inference use the same
+    #: reference trains (see ``perceive.model.positions``); training and inference use the same
     positions: Literal["mrope", "sequential"] = "mrope"
     #: trigger prompts the model was trained with; None: not declared (the paper's are assumed)
     prompts: PromptConventions | None = None

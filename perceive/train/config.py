@@ -8,8 +8,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from perceive.config import format_validation_error
+from perceive.data.skipped import DEFAULT_MAX_SKIPPED_FRACTION
 from perceive.errors import ConfigError
-from perceive.eval.skipped import DEFAULT_MAX_SKIPPED_FRACTION
 from perceive.model.config import PromptConventions
 
 

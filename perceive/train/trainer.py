@@ -25,8 +25,8 @@ import torch
 
 from perceive.data.collate import Collator
 from perceive.data.dataset import VPTDataset
+from perceive.data.skipped import Skipped
 from perceive.errors import ConfigError, closest
-from perceive.eval.skipped import Skipped
 from perceive.model.vpt import IGNORE_INDEX
 from perceive.train.build import add_branch, build_model, merge_lora, set_rope_theta  # noqa: F401 - as before
 from perceive.train.checkpoints import (  # noqa: F401 - importable from here, as before the split
