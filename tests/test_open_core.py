@@ -3,8 +3,7 @@ native vision tower; the paper's detection, seg and clip token families) are plu
 plugins/perceive_dino|sam|native that register their branch like any third-party plugin; nothing
 in perceive/ may name them, their tokens, their dataset keys or their checkpoint prefixes.
 
-A name that truly has to stay goes in ALLOWED with the reason; TEMPORARY entries are for code
-another change is about to remove (they may go stale without failing).
+A name that truly has to stay goes in ALLOWED with the reason.
 """
 
 import re
@@ -32,12 +31,6 @@ ALLOWED = {
         "the number-card recipe's data choice: reencode.json uses the branch recipes/cards add "
         "(any installed branch can be asked for: generate(..., reencode=NAME))",
 }
-TEMPORARY = {
-    # the loop still special-cases one branch in its projection; VPTModel.project_features does the
-    # same for every branch through its spec (remove both entries when the loop calls it)
-    ("perceive/loop/observe.py", 'if branch.action == "native":'),
-    ("perceive/loop/observe.py", 'rows = m.project("native", t, control.unsqueeze(0), [t.shape[0]])'),
-}
 SUFFIXES = {".py", ".md", ".toml", ".txt", ".json", ".yaml", ".yml", ".jinja", ".cfg", ".ini", ""}
 
 
@@ -54,7 +47,7 @@ def hits() -> list[tuple[str, int, str]]:
 
 
 def allowed(rel: str, line: str) -> bool:
-    return any(rel == path and text in line for path, text in (*ALLOWED, *TEMPORARY))
+    return any(rel == path and text in line for path, text in ALLOWED)
 
 
 def test_no_reencode_family_is_named_in_the_core():

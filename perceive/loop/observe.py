@@ -228,14 +228,5 @@ class Observer:
         s.answer_from = len(s.generated)
 
     def _project(self, branch, feats: Features, control: torch.Tensor) -> torch.Tensor:
-        m = self.model
-        t = feats.tensor.to(m.device, m.dtype)
-        if branch.action == "native":
-            rows = m.project("native", t, control.unsqueeze(0), [t.shape[0]])
-        else:
-            rows = m.project(branch.action, t.unsqueeze(0), control.unsqueeze(0))
-        if rows.shape[0] != feats.num_placeholders:
-            raise ObservationError(
-                f"encoder {feats.encoder!r} gave {rows.shape[0]} projected rows for "
-                f"{feats.num_placeholders} placeholders", hint="the encoder's output shape does not fit this projector")
-        return rows
+        """The branch's projector conditions ``feats`` on ``control``: ``(num_placeholders, d)``."""
+        return self.model.project_features(branch.action, feats, control)
