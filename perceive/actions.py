@@ -27,10 +27,10 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, model_validator
 
 from perceive.errors import ConfigError, did_you_mean
 from perceive.geometry import ROOT, Box, Frame
@@ -88,6 +88,27 @@ class NoOptions(BaseModel):
     """``Options`` of an action that reads no options: any option given is an error."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+DEVICE_HELP = "auto, cpu, cuda, cuda:N, mps, or another device string torch accepts"
+
+
+def check_device(value: str) -> str:
+    """``value`` if torch can parse it as a device (or it is ``auto``); else ``ValueError``.
+    Only parses: no GPU is needed, and whether ``cuda:3`` exists is known only at run time."""
+    if value == "auto":
+        return value
+    import torch
+
+    try:
+        torch.device(value)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"{value!r} is not a device: use {DEVICE_HELP}") from None
+    return value
+
+
+#: a device string, checked when the config is loaded
+Device = Annotated[str, AfterValidator(check_device)]
 
 
 class EncoderOptions(BaseModel):

@@ -20,8 +20,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from perceive.actions import Device
 from perceive.config_files import (  # noqa: F401 - format_validation_error, render_problem: kept for importers
     Override,
     apply_overrides,
@@ -34,26 +35,6 @@ from perceive.config_files import (  # noqa: F401 - format_validation_error, ren
 from perceive.errors import ConfigError, did_you_mean
 from perceive.yamlio import LinedDict as _LinedDict
 from perceive.yamlio import load_yaml as _read_yaml
-
-DEVICE_HELP = "auto, cpu, cuda, cuda:N, mps, or another device string torch accepts"
-
-
-def check_device(value: str) -> str:
-    """``value`` if torch can parse it as a device (or it is ``auto``); else ``ValueError``.
-    Only parses: no GPU is needed, and whether ``cuda:3`` exists is known only at run time."""
-    if value == "auto":
-        return value
-    import torch
-
-    try:
-        torch.device(value)
-    except (RuntimeError, TypeError, ValueError):
-        raise ValueError(f"{value!r} is not a device: use {DEVICE_HELP}") from None
-    return value
-
-
-#: a device string, checked when the config is loaded
-Device = Annotated[str, AfterValidator(check_device)]
 
 
 class _Strict(BaseModel):

@@ -57,8 +57,8 @@ def _base_model(cfg: TrainConfig):
         if cfg.model.view_pixels:
             model.view_image_processor = image_processor(*cfg.model.view_pixels, merge=model.spatial_merge_size)
         return model
+    from perceive.model.tiny import build_tokenizer, tiny_base, tiny_vpt_config
     from perceive.model.vpt import VPTModel
-    from perceive.testing.tiny import build_tokenizer, tiny_base, tiny_vpt_config
     from perceive.train.config import TinyModel
 
     t = cfg.model.tiny or TinyModel()

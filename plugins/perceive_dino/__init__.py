@@ -8,8 +8,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from perceive import hookimpl
-from perceive.actions import EncoderOptions
-from perceive.config import Device
+from perceive.actions import Device, EncoderOptions
 from perceive.encoders import EncoderSpec, lazy
 from perceive.reencode import ReencodeAction
 from perceive_dino.branch import TOKENS, DinoBranch
