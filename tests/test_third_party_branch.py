@@ -119,6 +119,22 @@ output: {tmp_path / 'run'}
     rows = model.project_features("sobel", model.branch_features("sobel", image), torch.randn(64))
     assert rows.shape == (16, 64)
 
+    # ... and through `perceive ask`, with a graph that forces the span (an untrained model would not emit it)
+    (tmp_path / "sobel.yaml").write_text("""
+name: sobel_then_answer
+budget: 1
+start: look
+nodes:
+  look: {kind: action, action: sobel, args: {}, next: answer}
+  answer: {kind: generate, next: done}
+  done: {kind: answer}
+""")
+    out = json.loads(run_cli("ask", image, "What number is written on the card?", "--model", path, "--graph",
+                             tmp_path / "sobel.yaml", "--max-new-tokens", 6, "--json", site=fake_site))
+    (hop,) = out["trace"]["hops"]
+    assert hop["action"] == "sobel" and hop["error"] is None and hop["features"][0]["num_placeholders"] == 16
+    assert hop["prefilled_tokens"] > 16  # the observation turn with its pads
+
     # 5. `perceive eval` (oracle spans force each item's own first turn, the sobel span)
     run_cli("eval", "--model", path, "--data", data / "reencode.json", "--oracle-spans", "--max-samples", 2,
             "--max-new-tokens", 6, "--out", tmp_path / "eval", site=fake_site)
