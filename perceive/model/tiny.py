@@ -144,4 +144,5 @@ def tiny_vpt_model(base: str = "qwen2_vl", branches=None, seed: int = 0, tokeniz
     return model
 
 
-__all__ = ["build_tokenizer", "tiny_base", "tiny_image_processor", "tiny_vpt_config", "tiny_vpt_model"]
+__all__ = ["CHAT_TEMPLATE", "QWEN_SPECIALS", "build_tokenizer", "tiny_base", "tiny_image_processor",
+           "tiny_vpt_config", "tiny_vpt_model"]
