@@ -2,7 +2,7 @@
 
 Perception tokens are tool calls: a span the model emits is parsed into a typed call,
 dispatched through a pluggy registry of perception actions, and the observation (a new view,
-or encoder features) is fed back to the model.
+encoder features, or text) is fed back to the model.
 """
 
 from perceive.actions import Action, ActionCall, ActionContext, SpanError, TriggerGrammar
@@ -13,7 +13,7 @@ from perceive.encoders import EncoderHub, EncoderSpec
 from perceive.errors import PerceiveError
 from perceive.geometry import Box, Frame
 from perceive.hookspecs import hookimpl
-from perceive.observations import Features, View
+from perceive.observations import Features, Text, View
 from perceive.plugins import Registry, get_registry, load_registry
 from perceive.protocol import ParseError, PerceptionCall, StreamParser
 from perceive.reencode import ReencodeAction
@@ -71,6 +71,7 @@ __all__ = [
     "Registry",
     "SpanError",
     "StreamParser",
+    "Text",
     "TriggerGrammar",
     "View",
     "dispatch",

@@ -7,9 +7,9 @@ An action declares
   inside (a :class:`TriggerGrammar`);
 * ``Args``: a pydantic model of its typed arguments, and ``parse(pieces) -> Args`` from a
   closed span;
-* ``observation``: ``"view"`` or ``"features"``;
-* ``run(call, context)``: returns one :class:`~perceive.View` / :class:`~perceive.Features`
-  or a list of them.
+* ``observation``: ``"view"``, ``"features"`` or ``"text"``;
+* ``run(call, context)``: returns one :class:`~perceive.View` / :class:`~perceive.Features` /
+  :class:`~perceive.observations.Text` or a list of them.
 
 Optionally ``Options``: a pydantic model (``extra="forbid"``) of the options ``run`` reads from
 ``context.options`` (config ``actions.<name>.options``), so that a wrong option is refused when
@@ -35,7 +35,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, mod
 from perceive.errors import ConfigError, did_you_mean
 from perceive.geometry import ROOT, Box, Frame
 from perceive.images import as_rgb
-from perceive.observations import Features, ObservationKind, View
+from perceive.observations import OBSERVATION_KINDS, Features, ObservationKind, Text, View
 
 _SPECIAL = re.compile(r"<\|[^|<>\s]+\|>")
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
@@ -229,7 +229,7 @@ class Action:
             raise SpanError("unexpected_token", f"{self.name} takes no arguments, got {leftover}")
         return self.Args()
 
-    def run(self, call: ActionCall, context: ActionContext) -> View | Features | list:
+    def run(self, call: ActionCall, context: ActionContext) -> View | Features | Text | list:
         raise NotImplementedError(f"action {self.name!r} does not implement run()")
 
     def examples(self) -> list[BaseModel]:
@@ -255,8 +255,9 @@ def action_problems(action: Any) -> list[str]:
         problems.append(f"grammar must be a TriggerGrammar, got {type(action.grammar).__name__}")
     if not (isinstance(action.Args, type) and issubclass(action.Args, BaseModel)):
         problems.append("Args must be a pydantic BaseModel subclass")
-    if action.observation not in ("view", "features"):
-        problems.append(f"observation must be 'view' or 'features', got {action.observation!r}")
+    if action.observation not in OBSERVATION_KINDS:
+        problems.append(f"observation must be one of {', '.join(map(repr, OBSERVATION_KINDS))}, "
+                        f"got {action.observation!r}")
     if type(action).run is Action.run:
         problems.append("run(call, context) is not implemented")
     if not isinstance(action.encoders, tuple | list) or not all(

@@ -25,8 +25,9 @@ from typing import Any
 
 from perceive.actions import Action, ActionCall, ActionContext
 from perceive.errors import ActionTimeoutError, ObservationError, PerceiveError
+from perceive.geometry import ROOT, Box
 from perceive.hookspecs import hookimpl
-from perceive.observations import Features, Observation, View
+from perceive.observations import Features, Observation, Text, View
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class DispatchResult:
 
 def normalise_observation(action: Action, result: Any) -> Observation:
     """Check an action's return value against its declaration; a tuple of one kind."""
-    expected = View if action.observation == "view" else Features
+    expected = {"view": View, "features": Features, "text": Text}.get(action.observation, Features)
     items = tuple(result) if isinstance(result, list | tuple) else (result,)
     if not items:
         raise ObservationError(f"action {action.name!r} returned no observation")
@@ -97,7 +98,30 @@ def normalise_observation(action: Action, result: Any) -> Observation:
             if item.image.mode != "RGB":
                 raise ObservationError(f"action {action.name!r} returned a {item.image.mode} "
                                        "image; views must be RGB")
+        if isinstance(item, Text):
+            _check_text(action, item)
     return items
+
+
+def _check_text(action: Action, item: Text) -> None:
+    """A text observation's text is a string and its boxes ``(Box in the root frame, str)``."""
+    def bad(what: str) -> ObservationError:
+        return ObservationError(f"action {action.name!r} returned a Text whose {what}",
+                                hint="Text(text: str, source: Frame, boxes=((Box(..., frame='root'), str), ...))")
+
+    if not isinstance(item.text, str):
+        raise bad(f"text is a {type(item.text).__name__}, not a str")
+    if not isinstance(item.boxes, tuple | list):
+        raise bad(f"boxes are a {type(item.boxes).__name__}, not a tuple of (Box, str) pairs")
+    for pair in item.boxes:
+        if not (isinstance(pair, tuple | list) and len(pair) == 2 and isinstance(pair[0], Box)
+                and isinstance(pair[1], str)):
+            raise bad(f"boxes hold {pair!r}, not a (Box, str) pair")
+        if pair[0].frame != ROOT:
+            raise bad(f"box {pair[0].as_tuple()} is in frame {pair[0].frame!r}: boxes are in the original image's "
+                      "pixels (frame 'root'); map them with context.frame.to_root(box)")
+    if item.region is not None and (not isinstance(item.region, Box) or item.region.frame != ROOT):
+        raise bad(f"region {item.region!r} is not a Box in the root frame")
 
 
 def _run_hooks(pm, action: Action, call: ActionCall, context: ActionContext):

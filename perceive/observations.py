@@ -1,6 +1,6 @@
 """What a perception action returns.
 
-Two kinds, matching the paper's two token families:
+Three kinds: the paper's two token families, and text:
 
 * :class:`View`: a new image (a crop, a zoom, a tile) to be encoded by the MLLM's own vision
   tower and shown as a new image turn. Its :class:`~perceive.geometry.Frame` maps its pixels
@@ -18,7 +18,9 @@ from PIL import Image
 
 from perceive.geometry import Box, Frame
 
-ObservationKind = Literal["view", "features"]
+ObservationKind = Literal["view", "features", "text"]
+#: every observation kind, in the order the docs list them
+OBSERVATION_KINDS: tuple[str, ...] = ("view", "features", "text")
 
 
 @dataclass(frozen=True, eq=False)
@@ -83,4 +85,38 @@ class Features:
         }
 
 
-Observation = tuple[View, ...] | tuple[Features, ...]
+@dataclass(frozen=True, eq=False)
+class Text:
+    """Text a tool produced about one view: OCR output, detections written as words.
+
+    ``text`` is what the model is shown (one user turn, as it is). ``boxes`` are the pieces it
+    was read from, each ``(Box in the original image's pixels, its text)``, in reading order;
+    empty when the tool gives no positions (or found nothing: ``text`` may be ``""``).
+    ``source`` is the frame of the view the tool read (the call's target view); ``region``
+    the part of it read, in the original image's pixels (``None``: the whole view).
+    """
+
+    text: str
+    source: Frame
+    boxes: tuple[tuple[Box, str], ...] = ()
+    region: Box | None = None
+    label: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def box(self) -> Box:
+        """The region of the original image the text was read from (root frame, pixels)."""
+        return self.region if self.region is not None else self.source.root_box()
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "kind": "text",
+            "text": self.text,
+            "boxes": [{"box": b.to_dict(), "text": t} for b, t in self.boxes],
+            "source": self.source.to_dict(),
+            "box": self.box.to_dict(),
+            "label": self.label,
+        }
+
+
+Observation = tuple[View, ...] | tuple[Features, ...] | tuple[Text, ...]

@@ -170,3 +170,67 @@ def test_the_branch_kit_catches_a_branch_that_miscounts_its_placeholders():
     assert by["features"].status == "fail" and "do not depend on the control vector" in by["features"].detail
     assert by["action"].status == "pass" and by["model"].status == "pass"
     assert "conformance of branch 'sobel'" in report.render()
+
+
+# -- text observations ------------------------------------------------------------------------
+
+class Describe(Action):
+    """A well-formed text action: the size of the view it reads and one box, its top-left quarter."""
+
+    name = "describe"
+    grammar = TriggerGrammar(start="<|describe_start|>", end="<|describe_end|>")
+    observation = "text"
+
+    def run(self, call, context):
+        from perceive.observations import Text
+
+        w, h = context.frame.size
+        quarter = context.root_box(Box(0, 0, max(1, w / 2), max(1, h / 2), context.frame.id))
+        return Text(f"{w}x{h}", context.frame, boxes=((quarter, "corner"),))
+
+
+class TextOutsideRegion(Describe):
+    name = "text_outside"
+
+    def run(self, call, context):
+        from perceive.observations import Text
+
+        W, H = context.root.size
+        return Text("far away", context.frame, boxes=((Box(0, 0, W, H), "everything"),))
+
+
+class TextInViewFrame(Describe):
+    name = "text_view_frame"
+
+    def run(self, call, context):
+        from perceive.observations import Text
+
+        return Text("x", context.frame, boxes=((Box(0, 0, 1, 1, context.frame.id), "x"),))
+
+
+class TextNotText(Describe):
+    name = "text_not_text"
+
+    def run(self, call, context):
+        return context.crop_root(context.frame.box())
+
+
+def test_a_text_action_passes_the_kit():
+    report = check_action(Describe(), registry=REGISTRY)
+    assert report.ok, report.render()
+    assert {"run[astronaut]", "run[1x1]", "nested"} <= {r.name for r in report.results}
+
+
+@pytest.mark.parametrize(
+    ("action", "check", "message"),
+    [
+        (TextOutsideRegion(), "nested", "maps to"),
+        (TextInViewFrame(), "nested", "original image's pixels"),
+        (TextNotText(), "run[astronaut]", "declares observation='text' but returned View"),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, Action) else None,
+)
+def test_kit_catches_bad_text_actions(action, check, message):
+    report = check_action(action, registry=REGISTRY, quick=True)
+    failed = {r.name: r.detail for r in report.failures}
+    assert check in failed and message in failed[check], report.render()

@@ -11,12 +11,14 @@ hooks the perception loop uses, and returns a :class:`ConformanceReport`. Checks
   with a typed :class:`~perceive.errors.PerceiveError`. The observation has the declared
   kind; a view is RGB, its frame matches its pixels, its box lies inside the original image,
   and a 1:1 view holds exactly the original's pixels under its box; features are finite and
-  of the encoder's declared layout and width;
+  of the encoder's declared layout and width; text is a string, names the view it was read
+  in, and its boxes are in the original's pixels, inside the region read;
 * ``deterministic``: the same call twice gives the same observation;
 * ``no-mutation``: the input images are byte-identical after the call;
 * ``box[...]``: for actions that accept a box, boxes on the border, partly outside and fully
   outside the image give a box inside the image or a typed error;
-* ``nested``: called on a crop, the result maps back inside that crop's box in the original.
+* ``nested``: called on a crop, the result (a text's boxes too) maps back inside that crop's box
+  in the original.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from perceive.dispatch import dispatch
 from perceive.encoders import EncoderHub, image_key
 from perceive.geometry import Box, Frame
 from perceive.images import as_rgb
-from perceive.observations import View
+from perceive.observations import Text, View
 from perceive.protocol import DictCodec, StreamParser
 
 
@@ -191,6 +193,8 @@ class _Checker:
                     expect = as_rgb(root).crop(b.as_int_tuple())
                     _require(ImageChops.difference(expect, item.image).getbbox() is None,
                              "a 1:1 view must hold exactly the original's pixels under its box")
+            elif isinstance(item, Text):
+                self.check_text(item, ctx, W, H)
             else:
                 import torch
 
@@ -212,6 +216,22 @@ class _Checker:
                 _require(item.source == ctx.frame,
                          "features must name the view they encode")
 
+    def check_text(self, item: Text, ctx: ActionContext, W: int, H: int) -> None:
+        _require(isinstance(item.text, str),
+                 f"text is a {type(item.text).__name__}, not a str")
+        _require(item.source == ctx.frame,
+                 "text must name the view it was read in (source: the call's target frame)")
+        region = item.box
+        _require(region.frame == "root" and 0 <= region.x0 <= region.x1 <= W and 0 <= region.y0 <= region.y1 <= H,
+                 f"text region {region.as_tuple()} not inside the {W}x{H} image")
+        for box, words in item.boxes:
+            _require(isinstance(words, str),
+                     f"a text box's text is a {type(words).__name__}, not a str")
+            _require(box.frame == "root",
+                     f"text box is in frame {box.frame!r}, not the original")
+            _require(region.x0 <= box.x0 <= box.x1 <= region.x1 and region.y0 <= box.y0 <= box.y1 <= region.y1,
+                     f"text box {box.as_tuple()} ({words!r}) lies outside the region read {region.as_tuple()}")
+
     def box_probe(self, kind: str, photo: Image.Image) -> str:
         W, H = photo.size
         box = {
@@ -229,9 +249,9 @@ class _Checker:
                      f"box {box.as_tuple()} failed: {res.failure.message}")
             return f"typed error: {res.failure.error_type}"
         self.check_observation(res.observation, self.context(photo), photo)
-        if kind == "fully-outside" and self.action.observation == "view":
-            raise AssertionError("a box fully outside the image gave a view")
-        if kind == "border" and self.action.observation == "view":
+        if kind == "fully-outside" and self.action.observation in ("view", "text"):
+            raise AssertionError(f"a box fully outside the image gave {self.action.observation}")
+        if kind == "border" and self.action.observation in ("view", "text"):
             b = res.observation[0].box
             _require(b.as_tuple() == (0, 0, W, H),
                      f"whole-image box became {b.as_tuple()}")
@@ -248,9 +268,10 @@ class _Checker:
             _require(res.ok,
                      f"{args!r} on a crop failed: {res.failure}")
             for item in res.observation:
-                b = item.box
-                _require(outer.x0 <= b.x0 and b.x1 <= outer.x1 and outer.y0 <= b.y0 and b.y1 <= outer.y1,
-                         f"chosen inside crop {outer.as_tuple()}, the result maps to {b.as_tuple()}")
+                boxes = [item.box] + ([b for b, _ in item.boxes] if isinstance(item, Text) else [])
+                for b in boxes:
+                    _require(outer.x0 <= b.x0 and b.x1 <= outer.x1 and outer.y0 <= b.y0 and b.y1 <= outer.y1,
+                             f"chosen inside crop {outer.as_tuple()}, the result maps to {b.as_tuple()}")
         return "boxes map back inside the crop"
 
 
@@ -269,6 +290,10 @@ def _same(a, b) -> bool:
             if x.frame != y.frame or x.image.size != y.image.size:
                 return False
             if ImageChops.difference(x.image, y.image).getbbox() is not None:
+                return False
+        elif isinstance(x, Text):
+            if (x.text, x.source, x.box, tuple((b, t) for b, t in x.boxes)) != \
+                    (y.text, y.source, y.box, tuple((b, t) for b, t in y.boxes)):
                 return False
         else:
             import torch
