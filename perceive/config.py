@@ -90,6 +90,19 @@ class RuntimeConfig(_Strict):
     reprefill: bool = False
 
 
+class ProtocolConfig(_Strict):
+    """The tool-call protocol the model speaks: ``protocol: hermes_json``, or
+    ``protocol: {name: hermes_json, options: {coordinates: relative_1000}}``."""
+
+    name: str = "vpt"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value):
+        return {"name": value} if isinstance(value, str) else value
+
+
 class PerceiveConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     #: the perception graph: a shipped graph's name (``graphs/*.yaml``) or a graph file (relative
@@ -102,6 +115,8 @@ class PerceiveConfig(_Strict):
     #: per-action settings; actions not listed use defaults. ``None`` enables all installed.
     actions: dict[str, ActionConfig] | None = None
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    #: the tool-call protocol the model speaks (``perceive protocols list``); default ``vpt``
+    protocol: ProtocolConfig = Field(default_factory=ProtocolConfig)
     device: Device = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     #: the parsed YAML (with key lines) and its path, when loaded from a file
@@ -174,6 +189,11 @@ def registry_problems(cfg: PerceiveConfig, registry, *, options_only: bool = Fal
                else f"no encoder {a.encoder!r}; {did_you_mean(a.encoder, registry.encoders)}")
         if bad:
             out.append((("actions", name, "encoder"), bad))
+    if not options_only and getattr(registry, "protocols", None) is not None:
+        try:
+            registry.protocol(cfg.protocol.name, cfg.protocol.options)
+        except ConfigError as exc:
+            out.append((("protocol",), exc.message))
     seen: set[str] = set()
     for i, e in enumerate(cfg.encoders):
         reg = registry.encoders.get(e.name)

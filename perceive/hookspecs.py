@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from perceive.actions import Action, ActionCall, ActionContext
     from perceive.branches import BranchSpec
     from perceive.encoders import EncoderSpec
+    from perceive.protocols import ToolProtocol
 
 PROJECT = "perceive"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -53,6 +54,19 @@ def perceive_register_branches() -> list[BranchSpec]:
     converter use only what is registered here. Results are **collected** and validated like
     actions: branch names and start tokens are unique across plugins, and a features action of
     the same name in the plugin must open and close its span with the branch's tokens.
+    """
+
+
+@hookspec
+def perceive_register_protocols() -> list[ToolProtocol]:
+    """Return the tool-call protocols this plugin provides, as :class:`perceive.protocols.ToolProtocol`.
+
+    A protocol is how one model family calls perception actions: how the actions are declared
+    to the model, how its stream is read into calls, how a tool's arguments map onto an action
+    and a view, and how the observation turn is written. A run picks one by name
+    (``LoopOptions.protocol``, config ``protocol:``). Results are **collected** and validated like
+    actions: names are unique across plugins and the built-ins (``vpt``, ``hermes_json``,
+    ``mini_o3_grounding``).
     """
 
 

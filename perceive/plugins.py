@@ -1,4 +1,4 @@
-"""Plugin discovery and the registry of actions, encoders and re-encode branches.
+"""Plugin discovery and the registry of actions, encoders, re-encode branches and tool-call protocols.
 
 Plugins arrive through the entry-point group ``perceive.plugins`` (the reference plugins
 too), or are registered directly with :meth:`Registry.register`. Everything is validated at
@@ -31,12 +31,14 @@ from perceive.branches import BranchSpec, branch_problems
 from perceive.dispatch import CorePlugin
 from perceive.encoders import EncoderSpec, encoder_problems
 from perceive.errors import (
+    ConfigError,
     PluginValidationError,
     UnknownActionError,
     UnknownEncoderError,
     closest,
     did_you_mean,
 )
+from perceive.protocols import ToolProtocol, builtin_protocols, protocol_problems
 
 ENTRY_POINT_GROUP = "perceive.plugins"
 log = logging.getLogger(__name__)
@@ -53,6 +55,7 @@ class PluginInfo:
     actions: list[str] = field(default_factory=list)
     encoders: list[str] = field(default_factory=list)
     branches: list[str] = field(default_factory=list)
+    protocols: list[str] = field(default_factory=list)
     hooks: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -84,6 +87,9 @@ class Registry:
         self.actions: dict[str, Registered] = {}
         self.encoders: dict[str, Registered] = {}
         self.branches: dict[str, Registered] = {}
+        # the built-in tool-call protocols; plugins add theirs (perceive_register_protocols)
+        self.protocols: dict[str, Registered] = {p.name: Registered(p, "perceive", None, None)
+                                                 for p in builtin_protocols()}
         self.problems: list[str] = []
 
     # -- lookup ---------------------------------------------------------------------------
@@ -118,6 +124,24 @@ class Registry:
     def branch_specs(self) -> dict[str, BranchSpec]:
         """Every registered branch, by name, in registration order."""
         return {n: r.obj for n, r in self.branches.items()}
+
+    def protocol(self, name: str, options: dict | None = None) -> ToolProtocol:
+        """The tool-call protocol ``name``, configured with ``options`` (checked against its
+        ``Options``; a wrong one raises :class:`ConfigError`)."""
+        reg = self.protocols.get(name)
+        if reg is None:
+            raise ConfigError(f"no tool-call protocol named {name!r}",
+                              hint=did_you_mean(name, self.protocols) or f"installed: {sorted(self.protocols)}")
+        if not options:
+            return reg.obj
+        from pydantic import ValidationError
+
+        try:
+            return reg.obj.configure(options)
+        except ValidationError as exc:
+            lines = [f"  {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+            raise ConfigError("\n".join([f"protocol {name!r}: {len(lines)} invalid option(s)", *lines]),
+                              hint="`perceive protocols list` shows each protocol's options") from None
 
     def select(self, names: Iterable[str] | None = None) -> list[Action]:
         """The enabled actions (all when ``names`` is None); unknown names raise."""
@@ -163,7 +187,9 @@ class Registry:
             actions = self._collect(plugin, "perceive_register_actions", action_problems, info)
             encoders = self._collect(plugin, "perceive_register_encoders", encoder_problems, info)
             branches = self._collect(plugin, "perceive_register_branches", branch_problems, info)
+            protocols = self._collect(plugin, "perceive_register_protocols", protocol_problems, info)
             self._check_names(actions, encoders, info)
+            self._check_protocols(protocols, info)
             self._check_branches(branches, actions, info)
         if info.errors:
             self.pm.unregister(plugin)
@@ -178,7 +204,18 @@ class Registry:
         for b in branches:
             self.branches[b.name] = Registered(b, name, dist, version)
             info.branches.append(b.name)
+        for p in protocols:
+            self.protocols[p.name] = Registered(p, name, dist, version)
+            info.protocols.append(p.name)
         return info
+
+    def _check_protocols(self, protocols: list[ToolProtocol], info: PluginInfo) -> None:
+        seen: set[str] = set()
+        for p in protocols:
+            if p.name in self.protocols or p.name in seen:
+                owner = self.protocols[p.name].plugin if p.name in self.protocols else info.name
+                info.errors.append(f"duplicate protocol name {p.name!r}: already provided by {owner!r}")
+            seen.add(p.name)
 
     def _collect(self, plugin, hook_name: str, check, info: PluginInfo) -> list:
         out: list = []
@@ -297,6 +334,8 @@ class Registry:
             "actions": [entry(n, r, "action") for n, r in sorted(self.actions.items())],
             "encoders": [entry(n, r, "encoder") for n, r in sorted(self.encoders.items())],
             "branches": [entry(n, r, "branch") for n, r in sorted(self.branches.items())],
+            "protocols": [{"name": n, "plugin": r.plugin, "distribution": r.dist, "version": r.version,
+                           "description": r.obj.description} for n, r in sorted(self.protocols.items())],
             "plugins": [p.to_dict() for _, p in sorted(self.plugins.items())],
             "problems": list(self.problems),
         }

@@ -18,8 +18,15 @@ nested_start        a start token while a span is open (the open span is dropped
                     one starts)
 stray_end           an end token with no open span
 unclosed            generation ended inside a span
-invalid_args        the action's parser rejected the span for another reason
+invalid_args        the action's parser rejected the span for another reason; for a tool call:
+                    missing or ill-typed arguments
+invalid_json        a tool call whose body is not valid JSON (text protocols)
+unknown_tool        a tool call naming no declared tool
+bad_box             a degenerate box, or (without repair) one outside its view or too small
+unknown_view        a tool call naming a view that was never shown (``img_idx``, ``source``)
 ==================  ==========================================================================
+
+Text tool-call protocols (``perceive.protocols``) report their errors with the same kinds.
 """
 
 from __future__ import annotations
@@ -46,6 +53,10 @@ class ParseErrorKind(str, Enum):
     STRAY_END = "stray_end"
     UNCLOSED = "unclosed"
     INVALID_ARGS = "invalid_args"
+    INVALID_JSON = "invalid_json"
+    UNKNOWN_TOOL = "unknown_tool"
+    BAD_BOX = "bad_box"
+    UNKNOWN_VIEW = "unknown_view"
 
 @dataclass(frozen=True)
 class ParseError:
@@ -70,7 +81,8 @@ class ParseError:
 @dataclass(frozen=True)
 class PerceptionCall:
     """A closed, well-formed span. ``start``/``end`` are stream indices of its first and last
-    token (inclusive)."""
+    token (inclusive). ``target``: the view the call itself names (tool-call protocols whose
+    calls carry their frame); ``None`` when the loop's ``target`` option decides (VPT spans)."""
 
     action: str
     args: BaseModel
@@ -78,9 +90,10 @@ class PerceptionCall:
     token_ids: tuple[int, ...]
     start: int
     end: int
+    target: str | None = None
 
     def to_call(self, target: str = ROOT) -> ActionCall:
-        return ActionCall(self.action, self.args, target, self.tokens, self.token_ids)
+        return ActionCall(self.action, self.args, self.target or target, self.tokens, self.token_ids)
 
 Event = PerceptionCall | ParseError
 

@@ -3,6 +3,7 @@
 from PIL import Image
 
 from perceive import ActionCall, ActionContext, Frame, View, dispatch, hookimpl
+from perceive.protocol import DictCodec, ParseErrorKind
 from perceive.regions import RegionArgs
 from tests.plugins import good
 
@@ -65,6 +66,56 @@ def test_hook_perceive_register_branches(registry):
     clash = registry.register(Plugin(Clash()), "clash")
     assert any("uses token <|detection_action_start|> which branch 'dino' already owns" in e for e in clash.errors)
     assert "broken" not in registry.branches and "clash" not in registry.branches
+
+
+def test_hook_perceive_register_protocols(registry):
+    from perceive.protocols import TextToolProtocol, ToolProtocol
+    from perceive.protocols.base import BoxProblem, Resolved
+
+    assert {"vpt", "hermes_json", "mini_o3_grounding"} <= set(registry.protocols)  # built in
+
+    class Shout(TextToolProtocol):
+        """A made-up family: <look>LABEL</look> shows the whole original image."""
+
+        name = "shout"
+        open_tag, close_tag = "<look>", "</look>"
+
+        def parse_body(self, body):
+            return "look", {"label": body}
+
+        def resolve(self, tool, arguments, views, actions):
+            if not arguments["label"]:
+                raise BoxProblem(ParseErrorKind.INVALID_ARGS, "say what to look at")
+            return Resolved("region_select", actions["region_select"].args_for_box(views[0].box()), "root", tool,
+                            arguments)
+
+    class Plugin:
+        @hookimpl
+        def perceive_register_protocols(self):
+            return [Shout()]
+
+    info = registry.register(Plugin(), "shout")
+    assert info.ok, info.errors
+    assert info.protocols == ["shout"] and registry.protocols["shout"].plugin == "shout"
+    shout = registry.protocol("shout")
+    events = shout.reader(registry.select(), DictCodec(dict(enumerate("a<look>cat</look><look></look>"))),
+                          lambda: [Frame.root(40, 30)]).feed_many(range(30))
+    assert [type(e).__name__ for e in events] == ["PerceptionCall", "ParseError"]
+    assert events[0].target == "root" and events[0].args.box == (0, 0, 40, 30)
+    assert events[1].kind == ParseErrorKind.INVALID_ARGS
+
+    class Nameless(ToolProtocol):  # no name, no reader
+        pass
+
+    class Dup(Plugin):
+        @hookimpl
+        def perceive_register_protocols(self):
+            return [Nameless(), Shout()]
+
+    bad = registry.register(Dup(), "dup")
+    assert not bad.ok and "dup" not in registry.protocols
+    assert any("reader(actions, codec, views) is not implemented" in e for e in bad.errors)
+    assert any("duplicate protocol name 'shout'" in e for e in bad.errors)
 
 
 def test_hook_perceive_run_action(registry):

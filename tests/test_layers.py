@@ -25,7 +25,7 @@ LINT_IMPORTS = VENV_BIN / "lint-imports"
 #: The modules of perceive a plugin may import: what ``perceive/__init__.py`` exports comes from
 #: these, and the plugin guide and hooks reference document them.
 PUBLIC_FOR_PLUGINS = {"actions", "branches", "conformance", "dispatch", "encoders", "errors", "geometry", "hookspecs",
-                      "observations", "plugins", "protocol", "reencode", "regions", "vocabulary"}
+                      "observations", "plugins", "protocol", "protocols", "reencode", "regions", "vocabulary"}
 
 
 def lint_imports(cwd: Path, env=None) -> subprocess.CompletedProcess:

@@ -113,7 +113,8 @@ class Observer:
         """Run one call on the view it targets: ``(observation or None, hop)``. The hop is recorded
         whatever happens; a failure finishes the sample."""
         loop = self.loop
-        target = s.target if (target or loop.options.target) == "latest" else ROOT
+        want = target or loop.options.target  # "latest", "root", or a view a call named
+        target = s.target if want == "latest" else (want if want in s.views else ROOT)
         call = ActionCall(call.action, call.args, target, call.tokens, call.token_ids, call.forced)
         hop = self._hop(s, call, node)
         s.hops += 1
@@ -185,7 +186,8 @@ class Observer:
         except PerceiveError as exc:
             self._fail(s, hop, exc)
             return
-        turn = self.loop.layout.observation_turn(blocks)
+        # the turn as the model's family was trained to see it (vpt: the paper's image turn)
+        turn = self.loop.protocol.observation_turn(self.loop.layout, blocks, len(s.views) - len(blocks) + 1)
         im_end = self.cfg.special.im_end
         if closing and closing[-1] == im_end and turn and turn[0] == im_end:
             turn = turn[1:]  # the model already closed its turn

@@ -34,6 +34,10 @@ class LoopOptions:
     action_timeout_s: float | None = 120.0
     #: samples in the running batch at once (None: all); the others join as samples finish
     max_batch_size: int | None = None
+    #: the tool-call protocol the model speaks (a registered name: ``vpt``, ``hermes_json``,
+    #: ``mini_o3_grounding``, or a plugin's) and its options
+    protocol: str = "vpt"
+    protocol_options: dict[str, Any] = field(default_factory=dict)
 
 
 def options_from_config(cfg) -> LoopOptions:
@@ -43,4 +47,5 @@ def options_from_config(cfg) -> LoopOptions:
     rt = cfg.runtime
     return LoopOptions(max_hops=rt.max_hops, max_new_tokens=rt.max_new_tokens, on_malformed=rt.on_malformed,
                        action_options=action_options, actions=cfg.enabled_actions(),
-                       action_timeout_s=rt.action_timeout_s, reprefill=rt.reprefill)
+                       action_timeout_s=rt.action_timeout_s, reprefill=rt.reprefill, protocol=cfg.protocol.name,
+                       protocol_options=dict(cfg.protocol.options))

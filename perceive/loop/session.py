@@ -29,6 +29,7 @@ from perceive.control import Controller, Decision, Dispatch, Finish, Force, Igno
 from perceive.control import merge_action_options as merge_options
 from perceive.encoders import EncoderHub
 from perceive.errors import ConfigError, InputError, PerceiveError
+from perceive.geometry import ROOT
 from perceive.images import as_rgb, load_image
 from perceive.loop.engine import Chunk, ChunkKind, Engine, NativeEngine, ReprefillEngine
 from perceive.loop.observe import Observer, err
@@ -36,7 +37,7 @@ from perceive.loop.options import LoopOptions, options_from_config
 from perceive.loop.sample import Answer, Sample, check_question
 from perceive.loop.sampling import Sampler
 from perceive.loop.template import ChatLayout
-from perceive.protocol import ParseError, PerceptionCall, StreamParser, codec_from_tokenizer
+from perceive.protocol import ParseError, PerceptionCall, codec_from_tokenizer
 from perceive.trace import EventType, FinishReason, Trace
 
 
@@ -70,7 +71,10 @@ class PerceptionLoop:
         self.hub = hub or EncoderHub(self.registry.encoder_specs(), encoder_configs or {}, model=model)
         self.cfg = cfg = model.config
         self.tokenizer = model.tokenizer
-        self.layout = ChatLayout(self.tokenizer, self.options.system) if self.tokenizer is not None else None
+        # the tool-call protocol the model speaks: how calls are read, declared and answered
+        self.protocol = self.registry.protocol(self.options.protocol, self.options.protocol_options)
+        system = self.protocol.system_prompt(self.options.system, self.registry.select(self.options.actions))
+        self.layout = ChatLayout(self.tokenizer, system) if self.tokenizer is not None else None
         self.eos = set(cfg.special.eos) | {cfg.special.im_end}
         self.start_branch = {b.start_id: b for b in cfg.branches.values()}
         self.actions = [a for a in self.registry.select(self.options.actions) if a.grammar is not None]
@@ -172,7 +176,9 @@ class PerceptionLoop:
 
     def _new_sample(self, index: int, image: Image.Image, question: str) -> Sample:
         root = as_rgb(image)
-        parser = StreamParser(self.actions, codec_from_tokenizer(self.tokenizer)) if self.options.dispatch else None
+        parser = (self.protocol.reader(self.actions, codec_from_tokenizer(self.tokenizer),
+                                       lambda: [s.frame(ROOT), *(v.frame for v in s.views.values())])
+                  if self.options.dispatch else None)
         q = question if isinstance(question, str) else ""
         s = Sample(index, root, Trace(question=q, image_size=root.size), parser,
                    torch.Generator().manual_seed(self.options.seed + index), question=q)
@@ -355,6 +361,8 @@ class PerceptionLoop:
         match decision:
             case Dispatch():
                 call = ev.to_call()
+                if ev.target is not None:  # the call names its view (a tool-call protocol's img_idx, source)
+                    decision = dataclasses.replace(decision, target=ev.target)
                 if decision.args is not None:  # the controller's arguments replace the model's
                     call = dataclasses.replace(call, args=decision.args, forced=True)
                 self.observer.show_views(s, call, decision, closing)

@@ -1,0 +1,463 @@
+"""The tool-call protocol contract: how one model family calls perception actions.
+
+A :class:`ToolProtocol` knows four things about its family:
+
+* how the available actions are declared to the model (:meth:`ToolProtocol.system_prompt`);
+* how the model's stream is read into calls and parse errors, token by token
+  (:meth:`ToolProtocol.reader`; text protocols decode incrementally, see
+  :class:`IncrementalDetokenizer`);
+* how a tool name and its arguments map onto a registered action, with the coordinate frame
+  explicit (:meth:`TextToolProtocol.resolve`: a box in the named view's pixels, exact through
+  :class:`~perceive.geometry.Frame`);
+* how the observation turn after a call is written (:meth:`ToolProtocol.observation_text`).
+
+Malformed calls are :class:`~perceive.protocol.ParseError` values; nothing a model writes raises.
+Protocols arrive through the ``perceive_register_protocols`` hook; ``vpt``, ``hermes_json`` and
+``mini_o3_grounding`` are built in.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from perceive.actions import Action
+from perceive.geometry import ROOT, Box, Frame
+from perceive.protocol import Event, ParseError, ParseErrorKind, PerceptionCall, TokenCodec
+
+_NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+#: the frames a call may name, in the order the model saw them: ``[root, first view, ...]``
+Views = Callable[[], Sequence[Frame]]
+
+
+class NoProtocolOptions(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ToolProtocol:
+    """Base class of a tool-call protocol. Subclass it, set ``name``, ``description`` and
+    ``Options`` (a pydantic model, ``extra="forbid"``), and implement :meth:`reader`."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    Options: ClassVar[type[BaseModel]] = NoProtocolOptions
+
+    def __init__(self, **options: Any):
+        self.options = self.Options.model_validate(options)
+
+    def configure(self, options: Mapping[str, Any] | None) -> ToolProtocol:
+        """A copy of this protocol with ``options`` (validated: a wrong one raises
+        ``pydantic.ValidationError``)."""
+        return type(self)(**{**self.options.model_dump(exclude_unset=True), **(options or {})})
+
+    # -- declaring the actions ----------------------------------------------------------------
+
+    def system_prompt(self, system: str | None, actions: Sequence[Action]) -> str | None:
+        """The system turn's text with the actions declared in this family's format (``None``:
+        the chat template's default system turn)."""
+        return system
+
+    # -- reading the stream -------------------------------------------------------------------
+
+    def reader(self, actions: Sequence[Action], codec: TokenCodec, views: Views | None = None):
+        """A fresh per-sample stream reader: ``feed(token_id) -> Event | None``, ``feed_many``,
+        ``close() -> ParseError | None``. ``views()`` gives the frames a call may name."""
+        raise NotImplementedError
+
+    # -- the observation turn -----------------------------------------------------------------
+
+    def observation_text(self, layout, blocks: Sequence[str], index: int) -> str | None:
+        """The text of the turn appended after a call: the end of the assistant turn, a user turn
+        holding ``blocks`` (each a view's expanded image markup), the next assistant header.
+        ``index`` is the 1-based number of the first view shown (``observation_N``). ``None``:
+        the paper's image turn (``ChatLayout.observation_turn``)."""
+        return None
+
+    def observation_turn(self, layout, blocks: Sequence[str], index: int) -> list[int]:
+        """:meth:`observation_text` as token ids (the delta appended on the KV cache)."""
+        text = self.observation_text(layout, blocks, index)
+        return layout.observation_turn(list(blocks)) if text is None else layout.encode(text)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+
+def protocol_problems(protocol: Any) -> list[str]:
+    """Everything wrong with a protocol's declaration (empty when well formed)."""
+    if not isinstance(protocol, ToolProtocol):
+        return [f"{protocol!r} is not a perceive.protocols.ToolProtocol instance"]
+    problems = []
+    if not isinstance(protocol.name, str) or not _NAME.fullmatch(protocol.name or ""):
+        problems.append(f"name {protocol.name!r} must match [a-z][a-z0-9_]*")
+    if not (isinstance(protocol.Options, type) and issubclass(protocol.Options, BaseModel)):
+        problems.append("Options must be a pydantic BaseModel subclass")
+    if type(protocol).reader is ToolProtocol.reader:
+        problems.append("reader(actions, codec, views) is not implemented")
+    return problems
+
+
+# -- incremental detokenisation -----------------------------------------------------------------
+
+
+class IncrementalDetokenizer:
+    """Text from ids one at a time, decoding only a short window (a running offset, never the
+    whole text again): the text between the last two emitted offsets is decoded with and without
+    the new ids, and the difference is the new text. A trailing U+FFFD (half a multi-byte
+    character) is held back until the next id completes it."""
+
+    def __init__(self, decode: Callable[[list[int]], str]):
+        self.decode = decode
+        self.ids: list[int] = []
+        self.prefix = 0  # start of the window decoded for context
+        self.read = 0  # ids before this have been emitted
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(int(token_id))
+        before = self.decode(self.ids[self.prefix:self.read])
+        now = self.decode(self.ids[self.prefix:])
+        if len(now) > len(before) and not now.endswith("\ufffd"):
+            self.prefix, self.read = self.read, len(self.ids)
+            return now[len(before):]
+        return ""
+
+    def flush(self) -> str:
+        """Whatever is held back (at the end of generation)."""
+        if self.read == len(self.ids):
+            return ""
+        before = self.decode(self.ids[self.prefix:self.read])
+        now = self.decode(self.ids[self.prefix:])
+        self.prefix = self.read = len(self.ids)
+        return now[len(before):]
+
+
+# -- resolved calls -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A tool call mapped onto a registered action: ``args`` for ``action``, in the pixels of
+    the view ``target`` (``box``, when the call names one; ``frame`` maps it to the root)."""
+
+    action: str
+    args: BaseModel
+    target: str | None
+    tool: str
+    arguments: Mapping[str, Any]
+    box: Box | None = None
+    frame: Frame | None = None
+    repairs: tuple[str, ...] = ()
+    root_size: tuple[int, int] = (0, 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"tool": self.tool, "arguments": dict(self.arguments), "action": self.action,
+                             "args": self.args.model_dump(mode="json"), "target": self.target or ROOT,
+                             "repairs": list(self.repairs)}
+        if self.box is not None and self.frame is not None:
+            root = self.frame.to_root(self.box)
+            crop = root.clip(*self.root_size)
+            d["box"] = self.box.to_dict()
+            d["box_root"] = root.to_dict()
+            d["crop_root"] = Box(math.floor(crop.x0), math.floor(crop.y0), math.ceil(crop.x1),
+                                 math.ceil(crop.y1)).to_dict()
+        return d
+
+
+# -- boxes --------------------------------------------------------------------------------------
+
+
+class BoxProblem(Exception):
+    """A box the protocol refuses (internal: becomes a ParseError)."""
+
+    def __init__(self, kind: ParseErrorKind, message: str):
+        self.kind = kind
+        super().__init__(message)
+
+
+def _exact(v: Any) -> Fraction:
+    """A JSON number as an exact fraction: ``0.32`` is 8/25, not the nearest binary float."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise BoxProblem(ParseErrorKind.INVALID_ARGS, f"{v!r} is not a number")
+    if isinstance(v, float) and not math.isfinite(v):
+        raise BoxProblem(ParseErrorKind.INVALID_ARGS, f"{v!r} is not a finite number")
+    return Fraction(v) if isinstance(v, int) else Fraction(repr(v))
+
+
+def _num(f: Fraction) -> int | float:
+    return int(f) if f.denominator == 1 else float(f)
+
+
+Enlarge = Literal["deepeyes", "qwen3"]
+
+
+def read_box(value: Any, frame: Frame, *, scale: int | None, repair: bool, min_size: int | None = None,
+             enlarge: Enlarge | None = None, max_aspect: float | None = None,
+             aspect_inclusive: bool = True) -> tuple[Box, tuple[str, ...]]:
+    """``[x0, y0, x1, y1]`` as written by the model -> a box in ``frame``'s pixels.
+
+    ``scale``: ``None`` for absolute pixels of the view, else the value of a full side (1000 for
+    Qwen3-VL, 1 for Mini-o3), converted exactly. ``repair``: clamp a box that leaves the view and
+    enlarge one under ``min_size`` pixels as the family does (``enlarge``); otherwise such a box
+    is refused. A degenerate box (``x1 <= x0`` or ``y1 <= y0``) is always refused, and so is one
+    whose aspect ratio exceeds ``max_aspect`` (or reaches it, with ``aspect_inclusive=False``).
+    Returns the box and the repairs made; raises :class:`BoxProblem`."""
+    if not isinstance(value, list | tuple) or len(value) != 4:
+        raise BoxProblem(ParseErrorKind.INVALID_ARGS, f"bbox_2d must be a list of 4 numbers, got {value!r}")
+    x0, y0, x1, y1 = (_exact(v) for v in value)
+    W, H = Fraction(frame.width), Fraction(frame.height)
+    if scale is not None:
+        x0, x1 = x0 * W / scale, x1 * W / scale
+        y0, y1 = y0 * H / scale, y1 * H / scale
+    if x1 <= x0 or y1 <= y0:
+        raise BoxProblem(ParseErrorKind.BAD_BOX, f"degenerate box {list(value)}: needs x0 < x1 and y0 < y1")
+    repairs: list[str] = []
+    if x0 < 0 or y0 < 0 or x1 > W or y1 > H:
+        if not repair:
+            raise BoxProblem(ParseErrorKind.BAD_BOX, f"box {list(value)} leaves the "
+                             f"{frame.width}x{frame.height} view {frame.id!r}")
+        x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, W), min(y1, H)
+        if x1 <= x0 or y1 <= y0:
+            raise BoxProblem(ParseErrorKind.BAD_BOX, f"box {list(value)} lies outside the "
+                             f"{frame.width}x{frame.height} view {frame.id!r}")
+        repairs.append("clamped")
+
+    def aspect_ok(a, b, c, d):
+        w, h = c - a, d - b
+        if max_aspect is None:
+            return True
+        if w <= 0 or h <= 0:
+            return False
+        r = max(w, h) / min(w, h)
+        return r <= max_aspect if aspect_inclusive else r < max_aspect
+
+    if not aspect_ok(x0, y0, x1, y1):
+        raise BoxProblem(ParseErrorKind.BAD_BOX, f"box {list(value)}: aspect ratio over {max_aspect}")
+    w, h = x1 - x0, y1 - y0
+    if min_size is not None and (w < min_size or h < min_size):
+        if not repair:
+            raise BoxProblem(ParseErrorKind.BAD_BOX, f"box {list(value)} is {_num(w)}x{_num(h)} pixels, "
+                             f"under the {min_size} px minimum")
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        ratio = Fraction(min_size) / min(w, h)
+        hw, hh = math.ceil(w * ratio / 2), math.ceil(h * ratio / 2)
+        n = (math.floor(cx - hw), math.floor(cy - hh), math.ceil(cx + hw), math.ceil(cy + hh))
+        if enlarge == "qwen3":  # Qwen-Agent: clamp, keep only if both sides now exceed the minimum
+            n = (max(0, n[0]), max(0, n[1]), min(W, n[2]), min(H, n[3]))
+            if n[2] - n[0] > min_size and n[3] - n[1] > min_size:
+                x0, y0, x1, y1 = map(Fraction, n)
+                repairs.append("enlarged")
+        else:  # DeepEyes: the enlarged box must pass the aspect check; then it is clipped to the view
+            if not aspect_ok(*n):
+                raise BoxProblem(ParseErrorKind.BAD_BOX, f"box {list(value)}: enlarged box {n} has an "
+                                 f"aspect ratio over {max_aspect}")
+            x0, y0, x1, y1 = max(Fraction(n[0]), 0), max(Fraction(n[1]), 0), min(Fraction(n[2]), W), \
+                min(Fraction(n[3]), H)
+            repairs.append("enlarged")
+    return Box(_num(x0), _num(y0), _num(x1), _num(y1), frame.id), tuple(repairs)
+
+
+def view_at(views: Sequence[Frame], index: int, name: str) -> Frame:
+    """The frame ``views[index]`` (0: the original image), or a ``unknown_view`` problem."""
+    if not 0 <= index < len(views):
+        shown = len(views) - 1 if views else 0
+        raise BoxProblem(ParseErrorKind.UNKNOWN_VIEW, f"{name} names no image: the original and {shown} "
+                         "view(s) have been shown")
+    return views[index]
+
+
+def crop_call(actions: Mapping[str, Action], action_name: str, tool: str, arguments: Mapping[str, Any],
+              frame: Frame, box: Box, repairs: tuple[str, ...], views: Sequence[Frame]) -> Resolved:
+    """``tool``'s box as a call of the crop action ``action_name`` on the view ``frame``."""
+    action = actions.get(action_name)
+    if action is None:
+        raise BoxProblem(ParseErrorKind.UNKNOWN_TOOL, f"{tool} runs the action {action_name!r}, which is not "
+                         "enabled")
+    args = action.args_for_box(box)
+    if args is None:
+        raise BoxProblem(ParseErrorKind.INVALID_ARGS, f"action {action_name!r} takes no box (args_for_box)")
+    return Resolved(action.name, args, frame.id, tool, dict(arguments), box, frame, repairs, views[0].size)
+
+
+# -- a reader for text protocols ---------------------------------------------------------------
+
+
+class TextToolProtocol(ToolProtocol):
+    """A protocol whose calls are text between an open and a close tag (``<tool_call>`` ...
+    ``</tool_call>``). Subclasses implement :meth:`parse_body` and :meth:`resolve`."""
+
+    open_tag: ClassVar[str] = ""
+    close_tag: ClassVar[str] = ""
+
+    def parse_body(self, body: str) -> tuple[str, Mapping[str, Any]]:
+        """``(tool name, arguments)`` from the text between the tags; raise :class:`BoxProblem`
+        (with a parse error kind) for one it cannot read."""
+        raise NotImplementedError
+
+    def resolve(self, tool: str, arguments: Mapping[str, Any], views: Sequence[Frame],
+                actions: Mapping[str, Action]) -> Resolved:
+        """The call mapped onto an action; raise :class:`BoxProblem` when it cannot be."""
+        raise NotImplementedError
+
+    def reader(self, actions: Sequence[Action], codec: TokenCodec, views: Views | None = None) -> TextCallReader:
+        return TextCallReader(self, actions, codec, views)
+
+    def read_text(self, text: str, views: Sequence[Frame], actions: Sequence[Action]) -> list[Resolved | ParseError]:
+        """Every call in a finished ``text`` (the CLI's and the tests' entry point)."""
+        table = dict(enumerate(text))
+        reader = TextCallReader(self, actions, _CharCodec(table), lambda: views, keep_resolved=True)
+        reader.feed_many(range(len(text)))
+        reader.close()
+        return reader.resolved
+
+
+@dataclass
+class _CharCodec:
+    table: Mapping[int, str]
+
+    def token(self, token_id: int) -> str:
+        return self.table.get(int(token_id), "")
+
+    def text(self, token_ids: list[int]) -> str:
+        return "".join(self.table.get(int(i), "") for i in token_ids)
+
+
+@dataclass
+class TextCallReader:
+    """Reads calls out of decoded text as ids arrive. Text is decoded incrementally; only the
+    new text is scanned (plus a tag's length of the old, for a tag split across ids)."""
+
+    protocol: TextToolProtocol
+    actions: Sequence[Action]
+    codec: TokenCodec
+    views: Views | None = None
+    keep_resolved: bool = False
+    resolved: list = field(default_factory=list)
+
+    def __post_init__(self):
+        self._by_name = {a.name: a for a in self.actions}
+        self.reset()
+
+    def reset(self) -> None:
+        self.detok = IncrementalDetokenizer(self.codec.text)
+        self.text = ""
+        self.starts: list[int] = []  # char offset where each id's text begins
+        self.ids: list[int] = []
+        self.scan = 0
+        self.open_at: int | None = None
+        self._pos = -1
+
+    @property
+    def in_span(self) -> bool:
+        return self.open_at is not None
+
+    @property
+    def open_action(self) -> str | None:
+        return None
+
+    def feed(self, token_id: int) -> Event | None:
+        """Consume one id: a call or an error when one completes, else ``None`` (a call first
+        when one id completes several; :meth:`feed_events` gives them all)."""
+        events = self.feed_events(token_id)
+        calls = [e for e in events if isinstance(e, PerceptionCall)]
+        return calls[0] if calls else (events[0] if events else None)
+
+    def feed_events(self, token_id: int) -> list[Event]:
+        self._pos += 1
+        try:
+            self.ids.append(int(token_id))
+            self.starts.append(len(self.text))
+            self.text += self.detok.push(token_id)
+            return self._scan()
+        except Exception as exc:  # a codec or plugin bug must not kill generation
+            self.open_at = None
+            self.scan = len(self.text)
+            return [ParseError(ParseErrorKind.INVALID_ARGS, f"parser failure: {exc!r}", position=self._pos)]
+
+    def feed_many(self, token_ids: Iterable[int]) -> list[Event]:
+        return [e for t in token_ids for e in self.feed_events(t)]
+
+    def close(self) -> ParseError | None:
+        """End of generation: an open call is reported as ``unclosed``."""
+        try:
+            self.text += self.detok.flush()
+            events = self._scan()
+        except Exception:
+            events = []
+        err = next((e for e in events if isinstance(e, ParseError)), None)
+        if self.open_at is not None:
+            snippet = self.text[self.open_at:]
+            self.open_at = None
+            err = ParseError(ParseErrorKind.UNCLOSED, f"generation ended inside a {self.protocol.open_tag} call",
+                             tokens=(snippet,), position=self._pos)
+            self._record(err)
+        return err
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _record(self, ev):
+        if self.keep_resolved:
+            self.resolved.append(ev)
+
+    def _token_at(self, offset: int) -> int:
+        return max(0, bisect.bisect_right(self.starts, offset) - 1)
+
+    def _scan(self) -> list[Event]:
+        op, cl = self.protocol.open_tag, self.protocol.close_tag
+        keep = max(len(op), len(cl)) - 1
+        out: list[Event] = []
+        while True:
+            i = self.text.find(op, self.scan)
+            j = self.text.find(cl, self.scan)
+            if self.open_at is None:
+                if j != -1 and (i == -1 or j < i):
+                    out.append(ParseError(ParseErrorKind.STRAY_END, f"{cl} with no open {op}", tokens=(cl,),
+                                          position=self._pos))
+                    self._record(out[-1])
+                    self.scan = j + len(cl)
+                    continue
+                if i == -1:
+                    self.scan = max(self.scan, len(self.text) - keep)
+                    return out
+                self.open_at, self.scan = i, i + len(op)
+                continue
+            if i != -1 and (j == -1 or i < j):
+                out.append(ParseError(ParseErrorKind.NESTED_START, f"{op} inside an unclosed {op} call (it is "
+                                      "dropped; the new one starts)", tokens=(self.text[self.open_at:i + len(op)],),
+                                      position=self._pos))
+                self._record(out[-1])
+                self.open_at, self.scan = i, i + len(op)
+                continue
+            if j == -1:
+                self.scan = max(self.scan, len(self.text) - keep, self.open_at + len(op))
+                return out
+            out.append(self._finish(self.open_at, j + len(cl)))
+            self.open_at, self.scan = None, j + len(cl)
+
+    def _finish(self, start: int, end: int) -> Event:
+        op, cl = self.protocol.open_tag, self.protocol.close_tag
+        snippet = self.text[start:end]
+        first = self._token_at(start)
+        tool = None
+        try:
+            tool, arguments = self.protocol.parse_body(snippet[len(op):len(snippet) - len(cl)])
+            views = list(self.views()) if self.views is not None else []
+            res = self.protocol.resolve(tool, arguments, views, self._by_name)
+        except BoxProblem as exc:
+            err = ParseError(exc.kind, str(exc), tool, (snippet,), self._pos)
+            self._record(err)
+            return err
+        except Exception as exc:  # a plugin's Args or a protocol bug: a value, never a crash
+            err = ParseError(ParseErrorKind.INVALID_ARGS, f"{type(exc).__name__}: {exc}", tool, (snippet,),
+                             self._pos)
+            self._record(err)
+            return err
+        self._record(res)
+        return PerceptionCall(res.action, res.args, (snippet,), tuple(self.ids[first:]), first, self._pos,
+                              target=res.target)
