@@ -45,7 +45,8 @@ class Hop:
     """One perception call the model made, and what it cost.
 
     ``box`` is in the original image's pixels; ``views`` are the frames of the views it produced
-    (their ``parent`` is the view the call was made in: the provenance). ``prefilled_tokens`` is
+    (their ``parent`` is the view the call was made in: the provenance); ``text`` the summaries of
+    the text observations it produced (``perceive.Text.summary()``). ``prefilled_tokens`` is
     how many tokens were fed to the model to show the observation; ``decoded_tokens`` how many the
     model generated since the previous hop (or the prompt)."""
 
@@ -57,6 +58,7 @@ class Hop:
     box: dict[str, Any] | None = None
     views: list[dict[str, Any]] = field(default_factory=list)
     features: list[dict[str, Any]] = field(default_factory=list)
+    text: list[dict[str, Any]] = field(default_factory=list)  # text observations: words, boxes (root pixels)
     prefilled_tokens: int = 0
     decoded_tokens: int = 0
     dispatch_ms: float = 0.0

@@ -1,7 +1,7 @@
 """Running a perception call for a sample and rendering what it returns as the tokens of the
 model's next turn: views as images (the paper's image turn, §1.4), features at their branch's
-placeholder tokens (§2.5). Hop bookkeeping lives here too: every call is a hop in the trace,
-whatever happens to it."""
+placeholder tokens (§2.5), text as a plain user turn. Hop bookkeeping lives here too: every call
+is a hop in the trace, whatever happens to it."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from perceive.dispatch import dispatch
 from perceive.errors import ConfigError, ObservationError, PerceiveError
 from perceive.geometry import ROOT
 from perceive.loop.engine import Chunk, ChunkKind
-from perceive.observations import Features
+from perceive.observations import Features, Text
 from perceive.protocol import PerceptionCall
 from perceive.trace import FinishReason, Hop
 
@@ -193,6 +193,46 @@ class Observer:
             turn = turn[1:]  # the model already closed its turn
         ids = closing + turn
         if self.feed(s, Chunk(ids, ChunkKind.OBSERVE, images)):
+            hop.prefilled_tokens = len(ids)
+            s.answer_from = len(s.generated)
+
+    # -- text -----------------------------------------------------------------------------------
+
+    def plain(self, text: str) -> str:
+        """``text`` as words only: a special or added token's literal in it (``<|im_end|>``, a span
+        token an image might spell out) gets a space after its first character, so that what a tool
+        read can never close a turn or open a call."""
+        tok = self.loop.tokenizer
+        if not hasattr(self, "_literals"):
+            added = tok.get_added_vocab() if hasattr(tok, "get_added_vocab") else {}
+            self._literals = sorted({w for w in (*added, *getattr(tok, "all_special_tokens", ())) if len(w) > 1},
+                                    key=len, reverse=True)
+        hit = True
+        while hit:
+            hit = False
+            for w in self._literals:
+                if w in text:
+                    text, hit = text.replace(w, f"{w[0]} {w[1:]}"), True
+        return text
+
+    def show_text(self, s: Sample, call: ActionCall, decision: Dispatch | Force, closing: list[int]) -> None:
+        """Run a text call and queue its observation turn after the ``closing`` tokens: a plain user
+        turn holding the text (``Region k: `` before each when a call gives several)."""
+        obs, hop = self.run(s, call, dict(decision.options), decision.target, decision.node)
+        if obs is None:
+            return
+        texts: tuple[Text, ...] = obs
+        blocks = []
+        for k, t in enumerate(texts):
+            hop.text.append(t.summary())
+            blocks.append(self.plain(t.text) if len(texts) == 1 else f"Region {k}: {self.plain(t.text)}\n")
+        hop.box = texts[-1].box.to_dict()
+        turn = self.loop.layout.observation_turn(blocks)
+        im_end = self.cfg.special.im_end
+        if closing and closing[-1] == im_end and turn and turn[0] == im_end:
+            turn = turn[1:]  # the model already closed its turn
+        ids = closing + turn
+        if self.feed(s, Chunk(ids, ChunkKind.OBSERVE)):
             hop.prefilled_tokens = len(ids)
             s.answer_from = len(s.generated)
 

@@ -331,8 +331,14 @@ class PerceptionLoop:
 
     # -- decisions ----------------------------------------------------------------------------
 
+    def _show(self, action: str):
+        """The observer's method that shows ``action``'s observation as a turn (views, text), or
+        None (features: shown only through a model branch)."""
+        kind = self.registry.action(action).observation
+        return {"view": self.observer.show_views, "text": self.observer.show_text}.get(kind)
+
     def _on_call(self, s: Sample, ev: PerceptionCall, closing: int) -> None:
-        if self.registry.action(ev.action).observation != "view":
+        if self._show(ev.action) is None:
             s.event(EventType.NO_PROJECTOR, action=ev.action,
                     message=f"the model has no branch to show {ev.action!r} features")
             s.pending = Chunk([closing], ChunkKind.DECODE)
@@ -342,12 +348,12 @@ class PerceptionLoop:
     def _on_answer(self, s: Sample, closing: int) -> None:
         decision = self.controller.on_answer(self.limits, s)
         match decision:
-            case Force() if self.registry.action(decision.action).observation == "view":
+            case Force() if self._show(decision.action) is not None:
                 if not self._spent(s):
-                    self.observer.show_views(s, ActionCall(decision.action, decision.args, forced=True), decision,
-                                             [closing])
+                    self._show(decision.action)(s, ActionCall(decision.action, decision.args, forced=True), decision,
+                                                [closing])
             case Force():
-                msg = f"cannot force {decision.action!r} after an answer: only view actions"
+                msg = f"cannot force {decision.action!r} after an answer: only view and text actions"
                 self.finish(s, FinishReason.GRAPH_ERROR, {"type": "graph_error", "message": msg})
             case Stop() | Finish():
                 self.finish(s, decision.reason)
@@ -357,7 +363,7 @@ class PerceptionLoop:
                 raise TypeError(f"unknown decision {decision!r}: expected one of perceive.control.Decision")
 
     def _decide(self, s: Sample, decision: Decision, ev: PerceptionCall, closing: list[int]) -> None:
-        """Carry out a controller's decision on a view call."""
+        """Carry out a controller's decision on a view or text call."""
         match decision:
             case Dispatch():
                 call = ev.to_call()
@@ -365,10 +371,10 @@ class PerceptionLoop:
                     decision = dataclasses.replace(decision, target=ev.target)
                 if decision.args is not None:  # the controller's arguments replace the model's
                     call = dataclasses.replace(call, args=decision.args, forced=True)
-                self.observer.show_views(s, call, decision, closing)
-            case Force() if self.registry.action(decision.action).observation == "view":
-                self.observer.show_views(s, ActionCall(decision.action, decision.args, forced=True), decision,
-                                         closing)
+                self._show(call.action)(s, call, decision, closing)
+            case Force() if self._show(decision.action) is not None:
+                self._show(decision.action)(s, ActionCall(decision.action, decision.args, forced=True), decision,
+                                            closing)
             case Ignore() | Force():  # a forced re-encode after a view call is not shown
                 s.pending = Chunk(closing, ChunkKind.DECODE)
             case Stop() | Finish():
