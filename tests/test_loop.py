@@ -344,3 +344,30 @@ def test_one_vision_tower_call_per_step(model, photo, monkeypatch):
     answers = make_loop(model, {i: REGION for i in range(4)}).ask_batch(items)
     assert all(len(a.trace.hops) == 1 for a in answers)
     assert calls == [4, 4]  # the four first images in one call, the four crops in another
+
+
+class CacheSpy(NativeEngine):
+    """Records the cache length after each step."""
+
+    lengths: list[int] = []
+
+    def step(self):
+        out = super().step()
+        CacheSpy.lengths.append(self.mask.shape[1])
+        return out
+
+
+def test_the_cache_of_a_running_batch_stays_as_long_as_its_samples(model, photo):
+    """Samples keep joining as others leave, so the batch never empties: the cache must drop what
+    only finished samples used, or it grows with every sample ever run."""
+    photos = list(real_photos().values())
+    items = [(photos[i % len(photos)], "What?") for i in range(8)]
+    scripts = {i: "a " * (1 + 3 * (i % 3)) + "<|im_end|>" for i in range(8)}
+    CacheSpy.lengths = []
+    loop = make_loop(model, scripts, max_new_tokens=20, max_batch_size=2)
+    loop.engine = CacheSpy
+    batch = loop.ask_batch(items)
+    context = max(a.trace.prompt_tokens + a.trace.generated_tokens for a in batch)
+    assert max(CacheSpy.lengths) <= 2 * context  # two samples run at once
+    for i, (img, q) in enumerate(items):
+        assert batch[i].token_ids == make_loop(model, {0: scripts[i]}, max_new_tokens=20).ask(img, q).token_ids, i

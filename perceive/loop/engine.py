@@ -149,6 +149,7 @@ class NativeEngine:
         self._embed = _Embedder(model)
         self.positions = Positions(model)
         self.rows: list[Hashable] = []  # samples with a cache row, in row order
+        self.leaving: set[Hashable] = set()  # closed samples whose rows go at the next step
         self.next_pos: dict[Hashable, int] = {}
         self.queued: dict[Hashable, Chunk] = {}
         self.cache = None
@@ -168,14 +169,29 @@ class NativeEngine:
         self.next_pos.pop(key, None)
         self.queued.pop(key, None)
         if key in self.rows:
-            keep = [i for i, k in enumerate(self.rows) if k != key]
-            self.rows = [self.rows[i] for i in keep]
-            if keep:
-                idx = torch.tensor(keep, device=self.model.device)
-                self.cache.batch_select_indices(idx)
-                self.mask = self.mask[idx]
-            else:
-                self.cache, self.mask = None, None
+            self.leaving.add(key)  # its row goes at the next step, with any others that leave
+
+    def _compact(self) -> None:
+        """Drop the rows of samples that left, then the cache columns no remaining row uses (a
+        long-finished sample's prompt, padding), so the cache stays as long as the longest
+        running sample's context. Exact: positions are explicit and cached keys carry their
+        rotary embedding."""
+        keep = [i for i, k in enumerate(self.rows) if k not in self.leaving]
+        self.rows = [self.rows[i] for i in keep]
+        self.leaving.clear()
+        if not keep:
+            self.cache, self.mask = None, None
+            return
+        rows = torch.tensor(keep, device=self.model.device)
+        self.mask = self.mask[rows]
+        used = self.mask.any(0)
+        cols = None if bool(used.all()) else used.nonzero().flatten()
+        for layer in self.cache.layers:
+            if layer.get_seq_length() > 0:
+                k, v = layer.keys[rows], layer.values[rows]
+                layer.keys, layer.values = (k, v) if cols is None else (k[:, :, cols], v[:, :, cols])
+        if cols is not None:
+            self.mask = self.mask[:, cols]
 
     def _join(self, keys: list[Hashable]) -> None:
         """New rows: masked zero keys for the past the batch already has."""
@@ -195,6 +211,8 @@ class NativeEngine:
 
     @torch.no_grad()
     def step(self) -> dict[Hashable, StepOut]:
+        if self.leaving:
+            self._compact()
         joining = [k for k in self.queued if k not in self.rows]
         if joining:
             self._join(joining)
