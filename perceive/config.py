@@ -193,7 +193,7 @@ def registry_problems(cfg: PerceiveConfig, registry, *, options_only: bool = Fal
         try:
             registry.protocol(cfg.protocol.name, cfg.protocol.options)
         except ConfigError as exc:
-            out.append((("protocol",), exc.message))
+            out.append((("protocol",), exc.message + (f"; {exc.hint}" if exc.hint else "")))
     seen: set[str] = set()
     for i, e in enumerate(cfg.encoders):
         reg = registry.encoders.get(e.name)

@@ -71,6 +71,7 @@ def corpus(tmp_path_factory) -> Path:
     (d / "corrupt.json").write_text("{not json")
     (d / "obj.json").write_text('{"a": 1}')
     (d / "region.json").write_text("[]")
+    (d / "region_item.json").write_text('[{"box": [0, 0]}]')
     (d / "tiny.yaml").write_text(
         "model: {tiny: {hidden: 32, layers: 1, heads: 2, kv_heads: 1, vision_depth: 1, vision_dim: 16}}\n"
         "data: {train: region.json}\noptim: {steps: 1, batch_size: 1}\noutput: run\n")
@@ -97,6 +98,7 @@ def corpus(tmp_path_factory) -> Path:
 
 
 # (id, argv, exit code, text the output must contain). Each command of `perceive --help` is here.
+PP = ["protocols", "parse", "--protocol"]
 CASES = [
     # ask: images, question, options
     ("ask-missing-image", ["ask", "missing.png", Q], 1, "error: image not found: missing.png"),
@@ -170,6 +172,24 @@ CASES = [
     ("plugins-new-empty-name", ["plugins", "new", "", "--dir", "adir"], 2, "error: plugin name '' is not valid"),
     ("plugins-new-dir-is-a-file", ["plugins", "new", "quadrant", "--dir", "afile"], 1, "afile"),
     ("plugins-check-unknown", ["plugins", "check", "nope"], 2, "error: no perception action named 'nope'"),
+    # protocols
+    ("protocols-list-bad-option", ["protocols", "list", "--bogus"], 2, "--bogus"),
+    ("protocols-parse-unknown", [*PP, "hermes", "--image-size", "8x8", "x"], 2,
+     "error: no tool-call protocol named 'hermes'"),
+    ("protocols-parse-bad-option", [*PP, "hermes_json", "--image-size", "8x8", "--option", "coords=1", "x"], 2,
+     "error: protocol 'hermes_json': 1 invalid option(s)"),
+    ("protocols-parse-option-no-value", [*PP, "hermes_json", "--image-size", "8x8", "--option", "repair", "x"], 2,
+     "error: --option 'repair': give KEY=VALUE"),
+    ("protocols-parse-bad-size", [*PP, "vpt", "--image-size", "8by8", "x"], 2, "error: --image-size '8by8'"),
+    ("protocols-parse-zero-size", [*PP, "vpt", "--image-size", "0x8", "x"], 2, "error: --image-size '0x8'"),
+    ("protocols-parse-views-missing", [*PP, "vpt", "--image-size", "8x8", "--views", "missing.json", "x"], 1,
+     "error: cannot read --views missing.json"),
+    ("protocols-parse-views-corrupt", [*PP, "vpt", "--image-size", "8x8", "--views", "corrupt.json", "x"], 1,
+     "error: cannot read --views corrupt.json"),
+    ("protocols-parse-views-not-a-list", [*PP, "vpt", "--image-size", "8x8", "--views", "obj.json", "x"], 1,
+     "error: --views obj.json: expected a JSON list of views"),
+    ("protocols-parse-views-bad-item", [*PP, "vpt", "--image-size", "8x8", "--views", "region_item.json", "x"], 1,
+     "error: --views region_item.json: view 1"),
     # train
     ("train-missing-config", ["train", "missing.yaml"], 1, "missing.yaml"),
     ("train-bad-yaml", ["train", "bad.yaml"], 1, "bad.yaml"),

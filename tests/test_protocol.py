@@ -146,3 +146,78 @@ def test_any_token_sequence(ids, w, h):
             if not b.is_empty():
                 view = ctx.crop_root(b)
                 assert view.box.as_tuple() == b.as_tuple()
+
+
+# every tool-call protocol: any text, fed in any pieces, gives values; every box lies in its image
+PIECES = ["<tool_call>", "</tool_call>", "<grounding>", "</grounding>", "<tool", "_call>", "</ground", "ing>", "{", "}",
+          "[", "]", ",", ":", " ", "\n", '"name"', '"arguments"', '"image_zoom_in_tool"', '"bbox_2d"', '"img_idx"',
+          '"source"', '"original_image"', '"observation_1"', '"observation_7"', '"label"', '"x"', "null", "true",
+          "-3", "0", "0.5", "1", "7", "28", "500", "999", "1000", "2500", "1e308", "NaN", "-Infinity", "0.0001",
+          "é", "\ufffd", RS, RE, V.x(1), V.y(2)]
+
+
+PROTOCOL_OF = {"vpt": "vpt", "hermes_json": "hermes_json", "hermes_json_q3": "hermes_json",
+               "hermes_json_report": "hermes_json", "mini_o3_grounding": "mini_o3_grounding",
+               "mini_o3_report": "mini_o3_grounding"}
+PROTOCOLS = sorted(PROTOCOL_OF)
+REGISTRY = load_registry()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(PROTOCOLS),
+       st.lists(st.integers(0, len(PIECES) - 1), max_size=80), st.integers(1, 3000), st.integers(1, 3000),
+       st.integers(0, 40), st.integers(0, 40))
+def test_any_text_every_protocol(name, ids, w, h, a, b):
+    check_protocol_on(name, [PIECES[i] for i in ids], w, h, a, b)
+
+
+NUMBER = st.one_of(st.integers(-3000, 5000), st.floats(-10, 3000), st.floats(0, 1), st.integers(0, 1000),
+                   st.sampled_from([0, 1, 0.5, 1000, 28, 32]))
+BBOX = st.one_of(st.lists(NUMBER, min_size=4, max_size=4), st.lists(NUMBER, min_size=4, max_size=4).map(sorted),
+                 st.lists(st.one_of(NUMBER, st.floats(allow_nan=True, allow_infinity=True)), max_size=5))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(PROTOCOLS), BBOX, st.one_of(st.none(), st.integers(-1, 3),
+       st.sampled_from(["original_image", "observation_1", "observation_2", "x"])),
+       st.integers(1, 3000), st.integers(1, 3000), st.integers(0, 40), st.integers(0, 40))
+def test_well_formed_calls_every_protocol(name, bbox, where, w, h, a, b):
+    """Calls in each family's own format with any numbers: a call's box is always inside its image."""
+    import json
+
+    if len(bbox) == 4 and sorted(bbox) == bbox:  # as x0, x1, y0, y1: a box, not a random order
+        bbox = [bbox[0], bbox[2], bbox[1], bbox[3]]
+    if name.startswith("mini_o3"):
+        body = {"bbox_2d": bbox, **({"source": where} if isinstance(where, str) else {})}
+        text = "<grounding>" + json.dumps(body) + "</grounding>"
+    else:
+        args = {"bbox_2d": bbox, **({"img_idx": where} if isinstance(where, int) else {})}
+        text = "<tool_call>\n" + json.dumps({"name": "image_zoom_in_tool", "arguments": args}) + "\n</tool_call>"
+    check_protocol_on(name, list(text), w, h, a, b)
+
+
+def check_protocol_on(name, pieces, w, h, a, b):
+    from perceive.geometry import Box, Frame
+
+    options = {"hermes_json_q3": {"coordinates": "relative_1000"}, "hermes_json_report": {"repair": False},
+               "mini_o3_report": {"repair": False}}.get(name, {})
+    proto = REGISTRY.protocol(PROTOCOL_OF[name], options)
+    table = dict(enumerate(dict.fromkeys(pieces)))
+    ids = {p: i for i, p in table.items()}
+    root = Frame.root(w, h)
+    x0, y0 = min(a, w - 1), min(b, h - 1)
+    view = root.child("v1", Box(x0, y0, w, h), (640, 480))
+    views = [root, view]
+    reader = proto.reader(ACTIONS, DictCodec(table), lambda: views)
+    events = reader.feed_many(ids[p] for p in pieces)
+    tail = reader.close()
+    for ev in events + ([tail] if tail else []):
+        assert isinstance(ev, PerceptionCall | ParseError)
+        if isinstance(ev, PerceptionCall) and ev.action in ("region_select", "zoom"):
+            frame = {f.id: f for f in views}[ev.target or "root"]
+            box = ev.args.box_in(frame.width, frame.height, frame.id)
+            assert 0 <= box.x0 < box.x1 <= frame.width and 0 <= box.y0 < box.y1 <= frame.height, (box, frame)
+            rb = frame.to_root(box)
+            assert 0 <= rb.x0 < rb.x1 <= w and 0 <= rb.y0 < rb.y1 <= h
+            ctx = ActionContext(image=Image.new("RGB", frame.size), frame=frame, root=Image.new("RGB", (w, h)))
+            assert ctx.crop_root(box).box.as_tuple() == ctx.root_box(box).as_tuple()

@@ -16,7 +16,7 @@ import sys
 import typer
 from typer.core import TyperGroup
 
-from perceive.cli import config_cmd, demo, graph_cmd, model_cmds, plugins_cmd, train_cmds
+from perceive.cli import config_cmd, demo, graph_cmd, model_cmds, plugins_cmd, protocols_cmd, train_cmds
 from perceive.cli.output import DEBUG_HINT, console, fail, internal_error, print_error
 from perceive.cli.typer_compat import hide_flag_types
 
@@ -73,6 +73,7 @@ def _root(debug: bool = typer.Option(False, "--debug", envvar=DEBUG_ENV,
 
 
 app.add_typer(plugins_cmd.app, name="plugins")
+app.add_typer(protocols_cmd.app, name="protocols")
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(graph_cmd.app, name="graph")
 app.add_typer(train_cmds.data_app, name="data")

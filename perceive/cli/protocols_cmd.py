@@ -1,0 +1,131 @@
+"""``perceive protocols ...``: list the tool-call protocols, and read a model's output with one."""
+
+from __future__ import annotations
+
+import json
+import re
+from fractions import Fraction
+from pathlib import Path
+
+import typer
+
+from perceive.cli.output import fail
+
+app = typer.Typer(no_args_is_help=True, help="Tool-call protocols: how each model family calls perception actions.")
+
+
+@app.command("list")
+def list_(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """Every installed tool-call protocol, where it comes from, and its options."""
+    from perceive.actions import describe_options
+    from perceive.plugins import get_registry
+
+    reg = get_registry()
+    rows = [{"name": n, "plugin": r.plugin, "description": r.obj.description,
+             "options": r.obj.Options.model_json_schema().get("properties", {})}
+            for n, r in sorted(reg.protocols.items())]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        r = reg.protocols[row["name"]]
+        typer.echo(f"{row['name']}  (from {row['plugin']})\n    {row['description']}\n"
+                   f"    options: {describe_options(r.obj.Options)}")
+
+
+_SIZE = re.compile(r"(\d+)[xX](\d+)")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    m = _SIZE.fullmatch(text.strip())
+    if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
+        raise fail(f"--image-size {text!r}: give the original image's size as WxH, e.g. 1024x768", 2)
+    return int(m.group(1)), int(m.group(2))
+
+
+def load_views(path: Path, width: int, height: int):
+    """``[root frame, view 1, ...]`` from ``--views FILE``: a JSON list, each item a view's
+    ``box`` ([x0, y0, x1, y1] in root pixels, whole pixels) with an optional ``size`` ([w, h]: the
+    view's own pixels, default the box's), or a frame as traces write it (``id``, ``width``,
+    ``height``, ``to_root``)."""
+    from perceive.geometry import Box, Frame
+
+    root = Frame.root(width, height)
+    frames = [root]
+    if path is None:
+        return frames
+    try:
+        items = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise fail(f"cannot read --views {path}: {exc}") from None
+    if not isinstance(items, list):
+        raise fail(f"--views {path}: expected a JSON list of views, got {type(items).__name__}")
+    for k, item in enumerate(items, 1):
+        try:
+            if "to_root" in item:
+                frames.append(Frame.from_dict(item))
+                continue
+            box = Box(*(Fraction(str(v)) for v in item["box"]))
+            size = item.get("size")
+            frame = root.child(f"v{k}", box, tuple(int(v) for v in size) if size is not None else None)
+            if frame.width < 1 or frame.height < 1:
+                raise ValueError("a view needs at least one pixel")
+            frames.append(frame)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise fail(f"--views {path}: view {k} ({json.dumps(item)[:80]}): {exc}; each view is "
+                       '{"box": [x0, y0, x1, y1], "size": [w, h]} in root pixels, or a frame') from None
+    return frames
+
+
+@app.command("parse")
+def parse(text: str = typer.Argument(..., help="The model's output."),
+          protocol: str = typer.Option(..., "--protocol", help="A protocol name (`perceive protocols list`)."),
+          image_size: str = typer.Option(..., "--image-size", help="The original image's size, WxH."),
+          views: Path = typer.Option(None, "--views", help="A JSON list of the views shown so far (their boxes "
+                                                           "in root pixels, or frames), for img_idx/observation_N."),
+          option: list[str] = typer.Option([], "--option", help="A protocol option, KEY=VALUE (VALUE is JSON or a "
+                                                                "word); repeatable.")) -> None:
+    """Read TEXT as the protocol does while the model generates: print the calls (tool, arguments,
+    action, the box in the target view's pixels and in root pixels) and the parse errors, as JSON."""
+    from perceive.errors import ConfigError
+    from perceive.plugins import get_registry
+    from perceive.protocols import TextToolProtocol
+
+    w, h = parse_size(image_size)
+    options = {}
+    for o in option:
+        key, sep, value = o.partition("=")
+        if not sep or not key:
+            raise fail(f"--option {o!r}: give KEY=VALUE", 2)
+        try:
+            options[key] = json.loads(value)
+        except ValueError:
+            options[key] = value
+    reg = get_registry()
+    try:
+        proto = reg.protocol(protocol, options)
+    except ConfigError as exc:
+        raise fail(exc, 2) from None
+    frames = load_views(views, w, h)
+    actions = reg.select()
+    if isinstance(proto, TextToolProtocol):
+        results = proto.read_text(text, frames, actions)
+    else:  # a token protocol (vpt): each <|...|> piece and each run of text between is one token
+        from perceive.protocol import ParseError, parse_tokens, split_text
+
+        results = parse_tokens([a for a in actions if a.grammar is not None], split_text(text))
+        results = [r if isinstance(r, ParseError) else r.to_call() for r in results]
+    calls, errors = [], []
+    for r in results:
+        if hasattr(r, "kind"):
+            errors.append(r.to_dict())
+        elif hasattr(r, "tool"):
+            calls.append(r.to_dict())
+        else:  # an ActionCall of a span: its box in root pixels when it has one
+            d = r.to_dict()
+            box_in = getattr(r.args, "box_in", None)
+            if box_in is not None:
+                d["box_root"] = box_in(w, h, "root").to_dict()
+            calls.append(d)
+    typer.echo(json.dumps({"protocol": protocol, "image_size": [w, h], "views": [f.to_dict() for f in frames],
+                           "calls": calls, "errors": errors}, indent=2))

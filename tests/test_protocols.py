@@ -1,0 +1,295 @@
+"""Tool-call protocols: each family's calls read from hand-written outputs, boxes checked against
+boxes computed by hand from each family's convention, errors as values, and the observation
+turn each family was trained on."""
+
+import json
+from types import SimpleNamespace
+
+import pytest
+from typer.testing import CliRunner
+
+from perceive.geometry import Box, Frame
+from perceive.protocol import DictCodec, ParseErrorKind, PerceptionCall
+from perceive.protocols import HermesJSON, IncrementalDetokenizer, MiniO3Grounding, VPTProtocol
+
+ROOT = Frame.root(800, 600)
+V1 = ROOT.child("v1", Box(100, 100, 500, 400), (800, 600))  # a 2x zoom of (100, 100, 500, 400)
+VIEWS = [ROOT, V1]
+
+
+def read(proto, text, registry, views=VIEWS):
+    return proto.read_text(text, views, registry.select())
+
+
+def one(results):
+    assert len(results) == 1, results
+    return results[0]
+
+
+def crop(res):
+    return res.to_dict()["crop_root"]
+
+
+def tool_call(args, name="image_zoom_in_tool"):
+    return f'<tool_call>\n{json.dumps({"name": name, "arguments": args})}\n</tool_call>'
+
+
+def as_tuple(d):
+    return (d["x0"], d["y0"], d["x1"], d["y1"])
+
+
+# -- hermes_json, absolute pixels (Qwen2.5-VL, DeepEyes) -------------------------------------------
+
+def test_deepeyes_absolute_pixels_of_the_original(registry):
+    r = one(read(HermesJSON(), "I will zoom. " + tool_call({"bbox_2d": [10, 20, 110, 220], "label": "cat"}), registry))
+    assert (r.action, r.target, r.tool) == ("region_select", "root", "image_zoom_in_tool")
+    assert r.args.box == (10, 20, 110, 220) and as_tuple(r.to_dict()["box_root"]) == (10, 20, 110, 220)
+
+
+def test_deepeyes_enlarges_boxes_under_28_px(registry):
+    # w=10, h=50: ratio 28/10; half sides ceil(25*2.8)=70, ceil(5*2.8)=14 around (105, 125)
+    r = one(read(HermesJSON(), tool_call({"bbox_2d": [100, 100, 110, 150]}), registry))
+    assert r.args.box == (91, 55, 119, 195) and r.repairs == ("enlarged",)
+    err = one(read(HermesJSON(repair=False), tool_call({"bbox_2d": [100, 100, 110, 150]}), registry))
+    assert err.kind == ParseErrorKind.BAD_BOX and "under the 28 px minimum" in err.message
+
+
+def test_out_of_image_is_clamped_or_reported(registry):
+    r = one(read(HermesJSON(), tool_call({"bbox_2d": [-50, 500, 300, 900]}), registry))
+    assert r.args.box == (0, 500, 300, 600) and r.repairs == ("clamped",)
+    assert one(read(HermesJSON(repair=False), tool_call({"bbox_2d": [-50, 500, 300, 900]}), registry)).kind \
+        == ParseErrorKind.BAD_BOX
+    assert one(read(HermesJSON(), tool_call({"bbox_2d": [900, 0, 1000, 100]}), registry)).kind == ParseErrorKind.BAD_BOX
+
+
+def test_img_idx_names_the_view(registry):
+    # absolute pixels of view 1 (800x600 showing root (100,100)-(500,400) at 2x)
+    r = one(read(HermesJSON(), tool_call({"bbox_2d": [200, 100, 600, 500], "img_idx": 1}), registry))
+    assert r.target == "v1" and as_tuple(r.to_dict()["box_root"]) == (200, 150, 400, 350)
+    e = one(read(HermesJSON(), tool_call({"bbox_2d": [0, 0, 50, 50], "img_idx": 2}), registry))
+    assert e.kind == ParseErrorKind.UNKNOWN_VIEW
+
+
+# -- hermes_json, relative 0-1000 (Qwen3-VL) -------------------------------------------------------
+
+Q3 = HermesJSON(coordinates="relative_1000")
+
+
+def test_qwen3_relative_1000_of_observation(registry):
+    # 0-500 of v1's 800x600 is (0, 0, 400, 300) in v1, (100, 100, 300, 250) in the original
+    r = one(read(Q3, tool_call({"bbox_2d": [0, 0, 500, 500], "label": "sign", "img_idx": 1}), registry))
+    assert r.target == "v1" and r.args.box == (0, 0, 400, 300)
+    assert as_tuple(r.to_dict()["box_root"]) == (100, 100, 300, 250)
+    assert as_tuple(crop(r)) == (100, 100, 300, 250)
+
+
+def test_qwen3_enlarges_under_32_px_as_qwen_agent(registry):
+    big = [Frame.root(1000, 1000)]
+    # w=5, h=30: ratio 6.4; halves ceil(96)=96, ceil(16)=16 around (102.5, 115): (86, 19, 119, 211)
+    r = one(read(Q3, tool_call({"bbox_2d": [100, 100, 105, 130], "img_idx": 0}), registry, big))
+    assert r.args.box == (86, 19, 119, 211) and r.repairs == ("enlarged",)
+    # w=10, h=20: the enlarged box is 32 wide, not over 32: Qwen-Agent keeps the original
+    r = one(read(Q3, tool_call({"bbox_2d": [100, 100, 110, 120], "img_idx": 0}), registry, big))
+    assert r.args.box == (100, 100, 110, 120) and r.repairs == ()
+
+
+# -- mini_o3_grounding ------------------------------------------------------------------------------
+
+def test_mini_o3_relative_0_1_in_the_source_frame(registry):
+    text = ('<think>zoom</think><grounding>{"bbox_2d": [0.1, 0.2, 0.3, 0.4], "source": "original_image"}'
+            '</grounding> then <grounding>{"bbox_2d": [0.25, 0.5, 0.75, 1.0], "source": "observation_1"}</grounding>')
+    a, b = read(MiniO3Grounding(), text, registry)
+    assert a.target == "root" and a.args.box == (80, 120, 240, 240)
+    assert b.target == "v1" and b.args.box == (200, 300, 600, 600)
+    assert as_tuple(b.to_dict()["box_root"]) == (200, 250, 400, 400)
+
+
+def test_mini_o3_decimals_are_exact(registry):
+    r = one(read(MiniO3Grounding(), '<grounding>{"bbox_2d": [0.1, 0.1, 0.9, 0.9], "source": "original_image"}'
+                 '</grounding>', registry, [Frame.root(3, 3)]))
+    assert r.args.box == (0.3, 0.3, 2.7, 2.7) and as_tuple(crop(r)) == (0, 0, 3, 3)
+
+
+def test_mini_o3_source_naming_no_observation(registry):
+    for source in ("observation_2", "observation_0", "crop_1", 3):
+        e = one(read(MiniO3Grounding(), json.dumps({"bbox_2d": [0, 0, 1, 1], "source": source}).join(
+            ["<grounding>", "</grounding>"]), registry))
+        assert e.kind in (ParseErrorKind.UNKNOWN_VIEW, ParseErrorKind.INVALID_ARGS), e
+    assert e.kind == ParseErrorKind.INVALID_ARGS  # a number is ill-typed
+
+
+def test_mini_o3_refuses_aspect_200(registry):
+    e = one(read(MiniO3Grounding(), '<grounding>{"bbox_2d": [0, 0, 1, 0.005], "source": "original_image"}'
+                 '</grounding>', registry, [Frame.root(1000, 1000)]))
+    assert e.kind == ParseErrorKind.BAD_BOX and "aspect" in e.message
+
+
+# -- malformed calls are values ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("text,kind", [
+    ("<tool_call>{not json}</tool_call>", ParseErrorKind.INVALID_JSON),
+    (tool_call({"bbox_2d": [1, 2, 3, 4]}, name="crop"), ParseErrorKind.UNKNOWN_TOOL),
+    (tool_call({"label": "x"}), ParseErrorKind.INVALID_ARGS),
+    (tool_call({"bbox_2d": [1, 2, 3]}), ParseErrorKind.INVALID_ARGS),
+    (tool_call({"bbox_2d": ["a", 2, 3, 4]}), ParseErrorKind.INVALID_ARGS),
+    (tool_call({"bbox_2d": [True, 2, 3, 4]}), ParseErrorKind.INVALID_ARGS),
+    (tool_call({"bbox_2d": [0, 0, 50, 50], "img_idx": "one"}), ParseErrorKind.INVALID_ARGS),
+    (tool_call({"bbox_2d": [0, 0, 50, 50], "label": 3}), ParseErrorKind.INVALID_ARGS),
+    (tool_call({"bbox_2d": [50, 50, 50, 80]}), ParseErrorKind.BAD_BOX),
+    (tool_call({"bbox_2d": [60, 50, 10, 80]}), ParseErrorKind.BAD_BOX),
+    ('<tool_call>{"name": "image_zoom_in_tool", "arguments": {"bbox_2d": [0, 0, Infinity, 5]}}</tool_call>',
+     ParseErrorKind.INVALID_ARGS),
+    ('<tool_call>["image_zoom_in_tool"]</tool_call>', ParseErrorKind.INVALID_ARGS),
+    ("<tool_call>" + "[" * 5000 + "</tool_call>", ParseErrorKind.INVALID_JSON),
+    ("text </tool_call>", ParseErrorKind.STRAY_END),
+    ('<tool_call>{"name": "image_zoom_in_tool"', ParseErrorKind.UNCLOSED),
+])
+def test_malformed_calls(registry, text, kind):
+    assert one(read(HermesJSON(), text, registry)).kind == kind
+
+
+def test_nested_open_drops_the_first(registry):
+    res = read(HermesJSON(), "<tool_call>{" + tool_call({"bbox_2d": [0, 0, 100, 100]}), registry)
+    assert [getattr(r, "kind", "call") for r in res] == [ParseErrorKind.NESTED_START, "call"]
+
+
+# -- streaming ---------------------------------------------------------------------------------------
+
+def test_streaming_tags_split_across_tokens(registry):
+    pieces = ["Look", " <", "tool", "_call", ">\n{\"name\": \"image_", "zoom_in_tool\", \"arguments\": ",
+              "{\"bbox_2d\": [0, 0, 400, 300]}}\n</tool", "_call>", " more"]
+    reader = HermesJSON().reader(registry.select(), DictCodec(dict(enumerate(pieces))), lambda: VIEWS)
+    events = [reader.feed(i) for i in range(len(pieces))]
+    assert [i for i, e in enumerate(events) if e is not None] == [7]  # the call closes on "_call>"
+    call = events[7]
+    assert isinstance(call, PerceptionCall) and call.target == "root" and call.args.box == (0, 0, 400, 300)
+    assert call.start == 1 and call.end == 7 and call.token_ids == tuple(range(1, 8))
+    assert call.to_call().target == "root"
+    assert reader.close() is None
+
+
+def test_detokenizer_decodes_a_window_not_the_whole_text():
+    # byte-level ids: "é" is two ids; the first alone decodes to U+FFFD and is held back
+    data = "zoom é now".encode()
+    seen = []
+
+    def decode(ids):
+        seen.append(len(ids))
+        return bytes(data[i] for i in ids).decode("utf-8", errors="replace")
+
+    d = IncrementalDetokenizer(decode)
+    out = [d.push(i) for i in range(len(data))]
+    assert "".join(out) + d.flush() == "zoom é now" and "" in out
+    assert max(seen) <= 3  # never the whole stream
+
+
+def test_vpt_is_the_stream_parser(registry):
+    from perceive.protocol import StreamParser
+
+    assert isinstance(VPTProtocol().reader(registry.select(), DictCodec({})), StreamParser)
+    layout = SimpleNamespace(observation_turn=lambda blocks: ["paper", *blocks])
+    assert VPTProtocol().observation_turn(layout, ["M"], 1) == ["paper", "M"]
+    assert VPTProtocol().system_prompt("sys", registry.select()) == "sys"
+
+
+# -- declaring and answering --------------------------------------------------------------------------
+
+LAYOUT = SimpleNamespace(turn_open="<|im_end|>\n<|im_start|>user\n", turn_close="<|im_end|>\n<|im_start|>assistant\n",
+                         encode=lambda text: [text])
+M = "<|vision_start|><|image_pad|><|vision_end|>"
+
+
+def test_observation_turns_as_each_family_was_trained():
+    assert HermesJSON().observation_text(LAYOUT, [M], 1) == (
+        "<|im_end|>\n<|im_start|>user\n<tool_response>" + M + "</tool_response><|im_end|>\n<|im_start|>assistant\n")
+    assert Q3.observation_text(LAYOUT, [M, M], 1) == (
+        "<|im_end|>\n<|im_start|>user\n<tool_response>\n" + M + "\n</tool_response>\n<tool_response>\n" + M
+        + "\n</tool_response><|im_end|>\n<|im_start|>assistant\n")
+    text = MiniO3Grounding().observation_text(LAYOUT, [M], 2)
+    assert text.startswith("<|im_end|>\n<|im_start|>user\nAfter the above Action 1, here is the the zoom-in image "
+                           "(Observation 2):\n" + M + ".\nContinue your reasoning process inside <think> and </think>.")
+    assert text.endswith("put your final answer inside <answer> and </answer>.<|im_end|>\n<|im_start|>assistant\n")
+    assert HermesJSON().observation_turn(LAYOUT, [M], 1) == [HermesJSON().observation_text(LAYOUT, [M], 1)]
+
+
+def test_hermes_tools_block(registry):
+    system = HermesJSON(tools=["dino"]).system_prompt("Be brief.", registry.select())
+    head, _, rest = system.partition("<tools>\n")
+    assert head == ("Be brief.\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+                    "You are provided with function signatures within <tools></tools> XML tags:\n")
+    lines, _, tail = rest.partition("\n</tools>")
+    tools = [json.loads(line) for line in lines.splitlines()]
+    assert [t["function"]["name"] for t in tools] == ["image_zoom_in_tool", "dino"]
+    assert tools[0]["function"]["parameters"]["required"] == ["bbox_2d", "label"]
+    assert "img_idx" in Q3.zoom_schema()["function"]["parameters"]["required"]
+    assert tail.endswith('<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>')
+    assert HermesJSON(declare=False).system_prompt(None, registry.select()) is None
+    assert MiniO3Grounding().system_prompt(None, []).startswith("You are a helpful assistant.")
+
+
+def test_registry_protocol_options(registry):
+    from perceive.errors import ConfigError
+
+    assert registry.protocol("hermes_json", {"coordinates": "relative_1000"}).relative
+    with pytest.raises(ConfigError, match="coords"):
+        registry.protocol("hermes_json", {"coords": 1})
+    with pytest.raises(ConfigError, match="no tool-call protocol named 'hermes'"):
+        registry.protocol("hermes")
+
+
+def test_config_and_loop_options():
+    from perceive.config import PerceiveConfig
+    from perceive.loop.options import LoopOptions, options_from_config
+
+    assert LoopOptions().protocol == "vpt" and options_from_config(PerceiveConfig()).protocol == "vpt"
+    cfg = PerceiveConfig.model_validate({"protocol": {"name": "hermes_json", "options": {"coordinates":
+                                                                                         "relative_1000"}}})
+    opts = options_from_config(cfg)
+    assert opts.protocol == "hermes_json" and opts.protocol_options == {"coordinates": "relative_1000"}
+    assert PerceiveConfig.model_validate({"protocol": "mini_o3_grounding"}).protocol.name == "mini_o3_grounding"
+
+
+def test_config_check_names_refuses_an_unknown_protocol(registry):
+    from perceive.config import PerceiveConfig
+
+    problems = PerceiveConfig.model_validate({"protocol": "hermes"}).check_names(registry)
+    assert any("protocol" in p and "hermes_json" in p for p in problems), problems
+
+
+# -- the CLI -------------------------------------------------------------------------------------------
+
+def cli(*argv):
+    from perceive.cli import app
+
+    out = CliRunner().invoke(app, list(argv))
+    assert out.exit_code == 0, out.output
+    return out.output
+
+
+def test_cli_list():
+    names = [row["name"] for row in json.loads(cli("protocols", "list", "--json"))]
+    assert {"vpt", "hermes_json", "mini_o3_grounding"} <= set(names)
+
+
+def test_cli_parse_each_family(tmp_path):
+    views = tmp_path / "views.json"
+    views.write_text(json.dumps([{"box": [100, 100, 500, 400], "size": [800, 600]}]))
+    out = json.loads(cli("protocols", "parse", "--protocol", "hermes_json", "--image-size", "800x600",
+                         "--option", "coordinates=relative_1000", "--views", str(views),
+                         tool_call({"bbox_2d": [0, 0, 500, 500], "label": "x", "img_idx": 1}) + "</tool_call>"))
+    (call,) = out["calls"]
+    assert call["target"] == "v1" and as_tuple(call["box"]) == (0, 0, 400, 300)
+    assert as_tuple(call["box_root"]) == (100, 100, 300, 250)
+    assert [e["kind"] for e in out["errors"]] == ["stray_end"]
+    out = json.loads(cli("protocols", "parse", "--protocol", "mini_o3_grounding", "--image-size", "800x600",
+                         '<grounding>{"bbox_2d": [0.1, 0.2, 0.3, 0.4], "source": "observation_1"}</grounding>'))
+    assert out["errors"][0]["kind"] == "unknown_view" and not out["calls"]
+    out = json.loads(cli("protocols", "parse", "--protocol", "vpt", "--image-size", "800x600",
+                         "<|region_token_start|><|x_1|><|y_5|><|x_5|><|y_7|><|region_token_end|>"))
+    assert as_tuple(out["calls"][0]["box_root"]) == (0, 300, 700, 600)  # the paper's worked example
+    # a view given as a frame, as traces write it
+    frame = V1.to_dict()
+    views.write_text(json.dumps([frame]))
+    out = json.loads(cli("protocols", "parse", "--protocol", "hermes_json", "--image-size", "800x600",
+                         "--views", str(views), tool_call({"bbox_2d": [200, 100, 600, 500], "img_idx": 1})))
+    assert as_tuple(out["calls"][0]["box_root"]) == (200, 150, 400, 350)
