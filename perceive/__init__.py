@@ -16,6 +16,7 @@ from perceive.hookspecs import hookimpl
 from perceive.observations import Features, Text, View
 from perceive.plugins import Registry, get_registry, load_registry
 from perceive.protocol import ParseError, PerceptionCall, StreamParser
+from perceive.protocols import TextToolProtocol, ToolProtocol
 from perceive.reencode import ReencodeAction
 
 __version__ = "0.1.0"
@@ -71,6 +72,8 @@ __all__ = [
     "Registry",
     "SpanError",
     "StreamParser",
+    "TextToolProtocol",
+    "ToolProtocol",
     "Text",
     "TriggerGrammar",
     "View",
