@@ -278,3 +278,43 @@ def test_an_unknown_finish_reason_fails_in_the_controller():
 def test_an_infinite_deadline_is_no_deadline(model, photo):
     ans = scripted(model, {0: REGION}, action_timeout_s=float("inf")).ask(photo, "What?")
     assert ans.ok and ans.trace.hops[0].views
+
+
+class ForceOnEveryCall:
+    """A controller that answers every call by forcing ``action``."""
+
+    def __init__(self, action, args):
+        self.action, self.args = action, args
+
+    def start(self, run, s):
+        return []
+
+    def on_call(self, run, s, call):
+        from perceive.control import Force
+
+        return Force(self.action, self.args)
+
+    def on_answer(self, run, s):
+        from perceive.control import Finish
+
+        return Finish()
+
+
+@pytest.mark.parametrize("script,forced", [(STARTS["dino"], "region_select"), (REGION, "dino")],
+                         ids=["view after a re-encode call", "re-encode after a view call"])
+def test_a_force_the_session_cannot_carry_out_is_a_graph_error_not_a_no_op(model, photo, script, forced, registry):
+    args = registry.action(forced).Args(**({"xs": (2, 3), "ys": (0, 1)} if forced == "region_select" else {}))
+    loop = PerceptionLoop(model, options=LoopOptions(max_new_tokens=12), controller=ForceOnEveryCall(forced, args),
+                          policy=ScriptedPolicy(model.tokenizer, {0: span_tokens(model.tokenizer, script)}))
+    ans = loop.ask(photo, "What?")
+    assert ans.trace.finish_reason is FinishReason.GRAPH_ERROR
+    assert f"cannot force {forced!r}" in ans.error["message"]
+
+
+def test_generate_ids_ends_at_an_end_token_without_a_controller(model, photo):
+    loop = scripted(model, {0: "7<|im_end|>"}, max_new_tokens=30)
+    ids = loop.ask(photo, "What?").token_ids  # the scripted answer ends at <|im_end|>
+    prompt = model.tokenizer.encode("<|im_start|>user\nWhat?<|im_end|>\n<|im_start|>assistant\n",
+                                    add_special_tokens=False)
+    out = loop.generate_ids(prompt, max_new_tokens=30)
+    assert out[len(prompt):] == ids and loop.options.max_new_tokens == 30  # options untouched

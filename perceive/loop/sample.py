@@ -49,6 +49,7 @@ class Sample:
     views: dict[str, View] = field(default_factory=dict)
     target: str = ROOT
     pending: Chunk | None = None
+    max_new_tokens: int | None = None  # this sample's token budget (None: the run's)
     fed: int = 0  # tokens fed to the model so far (its context in use)
     generated: list[int] = field(default_factory=list)
     answer_from: int = 0  # index in generated where the current assistant turn starts

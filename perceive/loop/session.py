@@ -156,21 +156,17 @@ class PerceptionLoop:
         """Generate from explicit ids (images already expanded to pads), without dispatch: the
         reference's own generation (the action token after a start token is forced and carries
         the control state). Returns prompt and new ids."""
-        opts = self.options
-        saved = (opts.dispatch, opts.max_new_tokens)
-        opts.dispatch, opts.max_new_tokens = False, max_new_tokens
-        try:
-            s = Sample(0, Image.new("RGB", (1, 1)), Trace(), None, torch.Generator().manual_seed(opts.seed))
-            images = [] if pixel_values is None else [(pixel_values, image_grid_thw)]
-            s.pending = Chunk(list(prompt_ids), ChunkKind.PROMPT, images)
-            s.trace.prompt_tokens = len(prompt_ids)
-            # a prompt that ends with a re-encode start token: the next token is forced
-            s.awaiting_control = self.start_branch.get(int(prompt_ids[-1]))
-            s.pending.logits = s.awaiting_control is None
-            self._drive([s])
-            return list(prompt_ids) + s.generated
-        finally:
-            opts.dispatch, opts.max_new_tokens = saved
+        # no parser: nothing is dispatched and an end token ends the sample (no controller)
+        s = Sample(0, Image.new("RGB", (1, 1)), Trace(), None, torch.Generator().manual_seed(self.options.seed),
+                   max_new_tokens=max_new_tokens)
+        images = [] if pixel_values is None else [(pixel_values, image_grid_thw)]
+        s.pending = Chunk(list(prompt_ids), ChunkKind.PROMPT, images)
+        s.trace.prompt_tokens = len(prompt_ids)
+        # a prompt that ends with a re-encode start token: the next token is forced
+        s.awaiting_control = self.start_branch.get(int(prompt_ids[-1]))
+        s.pending.logits = s.awaiting_control is None
+        self._drive([s])
+        return list(prompt_ids) + s.generated
 
     # -- set-up -----------------------------------------------------------------------------
 
@@ -192,6 +188,9 @@ class PerceptionLoop:
         for d in self.controller.start(self.limits, s):
             # calls the controller makes before the model speaks: views join the first user turn,
             # a re-encode opens the first assistant turn
+            if not self.options.dispatch:
+                s.event(EventType.GRAPH, message=f"dispatch is off: the forced {d.action!r} call did not run")
+                continue
             if self.registry.action(d.action).observation == "view":
                 shown = self.observer.first_turn_views(s, d)
                 if shown is None:
@@ -284,7 +283,7 @@ class PerceptionLoop:
     def _spent(self, s: Sample, reserve: int = 0) -> bool:
         """Finish the sample when its token budget cannot take ``reserve`` more tokens. Every
         generated or forced token counts, on every path."""
-        if len(s.generated) + reserve < self.options.max_new_tokens:
+        if len(s.generated) + reserve < (s.max_new_tokens or self.options.max_new_tokens):
             return False
         self.finish(s, FinishReason.MAX_NEW_TOKENS)
         return True
@@ -346,6 +345,9 @@ class PerceptionLoop:
         self._decide(s, self.controller.on_call(self.limits, s, ev), ev, [closing])
 
     def _on_answer(self, s: Sample, closing: int) -> None:
+        if s.parser is None:  # dispatch is off: the answer stands
+            self.finish(s, FinishReason.EOS)
+            return
         decision = self.controller.on_answer(self.limits, s)
         match decision:
             case Force() if self._show(decision.action) is not None:
@@ -375,7 +377,11 @@ class PerceptionLoop:
             case Force() if self._show(decision.action) is not None:
                 self._show(decision.action)(s, ActionCall(decision.action, decision.args, forced=True), decision,
                                             closing)
-            case Ignore() | Force():  # a forced re-encode after a view call is not shown
+            case Force():  # a re-encode needs the model's own span (its control state)
+                msg = (f"cannot force {decision.action!r} after a {ev.action!r} call: a re-encode runs on the "
+                       "model's own span")
+                self.finish(s, FinishReason.GRAPH_ERROR, {"type": "graph_error", "message": msg})
+            case Ignore():
                 s.pending = Chunk(closing, ChunkKind.DECODE)
             case Stop() | Finish():
                 self.finish(s, decision.reason)
@@ -406,7 +412,11 @@ class PerceptionLoop:
                 self.observer.show_features(s, branch, ev, decision, control)
             case Stop() | Finish():
                 self.finish(s, decision.reason)
-            case Ignore() | Force():
+            case Force():  # its observation turn would have to follow the span's forced tokens
+                msg = (f"cannot force {decision.action!r} after a {ev.action!r} call: only after a view call or "
+                       "an answer")
+                self.finish(s, FinishReason.GRAPH_ERROR, {"type": "graph_error", "message": msg})
+            case Ignore():
                 s.pending = skip
             case _:
                 raise TypeError(f"unknown decision {decision!r}: expected one of perceive.control.Decision")
