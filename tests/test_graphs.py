@@ -21,6 +21,7 @@ from perceive.testing.scripted import ScriptedPolicy, span_tokens
 from perceive.testing.tiny import tiny_vpt_model
 
 HERE = Path(__file__).parent / "graphs"
+ROOT = Path(__file__).resolve().parents[1]
 R1 = "<|region_token_start|><|x_2|><|y_0|><|x_3|><|y_1|><|region_token_end|>"
 R2 = "<|region_token_start|><|x_0|><|y_7|><|region_token_end|>"
 DINO = "<|detection_action_start|>"
@@ -248,3 +249,24 @@ def test_graph_run_cli(tmp_path):
     assert len(data["trace"]["hops"][0]["views"]) == 4
     assert {n["id"] for n in data["trace_graph"]["nodes"]} >= {"view:root", "hop:0"}
     assert Image.open(tmp_path / "t.png").size[0] > 0
+
+
+def test_a_forced_reencode_after_the_model_has_spoken_is_refused(registry):
+    data = {"name": "late", "start": "ask", "budget": 2,
+            "nodes": {"ask": {"kind": "generate", "next": "dino"},
+                      "dino": {"kind": "action", "action": "dino", "args": {}, "next": "done"},
+                      "done": {"kind": "answer"}}}
+    spec, issues = check(data, registry)
+    assert [i.code for i in issues] == ["late-reencode"] and issues[0].node == "dino"
+    early = {**data, "start": "dino", "nodes": {**data["nodes"], "dino": {**data["nodes"]["dino"], "next": "ask"},
+                                               "ask": {"kind": "generate", "next": "done"}}}
+    assert check(early, registry)[1] == []
+
+
+def test_every_validation_code_is_documented():
+    import re
+
+    codes = set(re.findall(r'(?:GraphIssue|add)\("([a-z-]+)"', (ROOT / "perceive/graph/validate.py").read_text()))
+    codes |= set(re.findall(r'GraphIssue\("([a-z-]+)"', (ROOT / "perceive/graph/compiled.py").read_text()))
+    doc = (ROOT / "docs/reference/graph-schema.md").read_text()
+    assert codes and {c for c in codes if f"`{c}`" not in doc} == set()

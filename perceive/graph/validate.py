@@ -131,7 +131,7 @@ def validate(spec: GraphSpec, registry, data: Any = None) -> list[GraphIssue]:
                 add("cycle-without-budget", f"cycle {' -> '.join(cycle + cycle[:1])} needs a hop budget: set "
                     "`budget:` on the graph", cycle[0])
                 break
-        issues += _dataflow(spec, g, line)
+        issues += _dataflow(spec, g, line, registry)
     return issues
 
 
@@ -161,7 +161,7 @@ def _option_issues(n, name: str, registry, line) -> list[GraphIssue]:
     return out
 
 
-def _dataflow(spec: GraphSpec, g: nx.DiGraph, line) -> list[GraphIssue]:
+def _dataflow(spec: GraphSpec, g: nx.DiGraph, line, registry) -> list[GraphIssue]:
     """Must-analysis of what is known on entry to each node: ``emitted`` (a generate ran since
     the last action), ``call:X`` (a route case guaranteed the model called X), ``spoken`` (some
     generate ran before)."""
@@ -198,6 +198,12 @@ def _dataflow(spec: GraphSpec, g: nx.DiGraph, line) -> list[GraphIssue]:
     issues = []
     for name, n in nodes.items():
         facts = known[name]
+        features = n.kind == "action" and n.action in registry.actions \
+            and registry.action(n.action).observation == "features"
+        if n.forced and features and "spoken" in facts:
+            issues.append(GraphIssue(
+                "late-reencode", f"forces {n.action!r} after the model has spoken: a forced re-encode opens the first "
+                "assistant turn, so it must come before every generate node", name, line(name, "action")))
         if n.kind == "route" and n.switch == "call" and "emitted" not in facts:
             issues.append(GraphIssue("missing-input", "routes on the model's call, but no generate node runs "
                                      "before it on every path", name, line(name, "switch")))
