@@ -293,3 +293,66 @@ def test_cli_parse_each_family(tmp_path):
     out = json.loads(cli("protocols", "parse", "--protocol", "hermes_json", "--image-size", "800x600",
                          "--views", str(views), tool_call({"bbox_2d": [200, 100, 600, 500], "img_idx": 1})))
     assert as_tuple(out["calls"][0]["box_root"]) == (200, 150, 400, 350)
+
+
+# -- the loop, on a tiny stock Qwen2.5-VL model -------------------------------------------------------
+
+CALLS = {
+    "hermes_json": ({}, '<tool_call>\n{"name": "image_zoom_in_tool", "arguments": {"bbox_2d": [8, 4, 48, 36], '
+                        '"label": "x"}}\n</tool_call>', (8, 4, 48, 36), "<tool_response>"),
+    "hermes_json_q3": ({"coordinates": "relative_1000"}, '<tool_call>\n{"name": "image_zoom_in_tool", "arguments": '
+                       '{"bbox_2d": [125, 125, 750, 875], "label": "x", "img_idx": 0}}\n</tool_call>',
+                       (8, 6, 48, 42), "<tool_response>\n"),
+    "mini_o3_grounding": ({}, '<grounding>{"bbox_2d": [0.125, 0.125, 0.75, 0.875], "source": "original_image"}'
+                              '</grounding>', (8, 6, 48, 42), "(Observation 1):\n"),
+}
+
+
+@pytest.fixture(scope="module")
+def qwen25():
+    from perceive.testing.tiny import tiny_vpt_model
+
+    return tiny_vpt_model(base="qwen2_5_vl")
+
+
+@pytest.mark.parametrize("name", sorted(CALLS))
+def test_loop_online_equals_reprefill(qwen25, name):
+    import torch
+    from PIL import Image
+
+    from perceive.loop import LoopOptions, PerceptionLoop
+    from perceive.testing.scripted import ScriptedPolicy, span_tokens
+
+    options, script, box, marker = CALLS[name]
+    tok = qwen25.tokenizer
+    image = Image.new("RGB", (64, 48), "navy")
+
+    def ask(**kw):
+        opts = LoopOptions(max_new_tokens=len(script) + 16, record_logits=True, protocol=name.removesuffix("_q3"),
+                           protocol_options=options, **kw)
+        loop = PerceptionLoop(qwen25, options=opts, policy=ScriptedPolicy(tok, {0: span_tokens(tok, script)}))
+        real = loop.observer.feed
+
+        def feed(s, chunk):
+            fed.append(list(chunk.ids))
+            return real(s, chunk)
+
+        loop.observer.feed = feed
+        return loop, loop.ask(image, "What is there?")
+
+    fed = []
+    loop, online = ask()
+    observed = tok.decode(fed[-1], skip_special_tokens=False)
+    _, ref = ask(reprefill=True)
+    assert online.ok and ref.ok, (online.error, ref.error)
+    assert [h.action for h in online.trace.hops] == ["region_select"]
+    assert tuple(online.trace.hops[0].box[k] for k in ("x0", "y0", "x1", "y1")) == box
+    assert online.token_ids == ref.token_ids
+    for a, b in zip(online.logits, ref.logits, strict=True):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+    # the observation turn is the family's, written right after the call's closing tag
+    closing = script[-1]
+    assert observed.startswith(closing + "<|im_end|>\n<|im_start|>user\n") and marker in observed
+    assert observed.endswith("<|im_end|>\n<|im_start|>assistant\n")
+    assert not [e for e in online.trace.events if e["type"] == "parse_error"]
+    assert ("# Tools" in loop.layout.system) == name.startswith("hermes")
