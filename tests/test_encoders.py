@@ -93,3 +93,18 @@ def test_dinov2_loads_a_local_folder(tmp_path):
     Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2)).save_pretrained(tmp_path)
     enc = dino.build(weights=tmp_path, options={})
     assert tuple(enc.encode(Image.new("RGB", (300, 200))).shape) == (256, 32)
+
+
+@pytest.mark.parametrize("branch", ["dino", "sam"])
+def test_an_encoder_built_on_the_models_own_branch_leaves_the_model_as_it_was(branch):
+    from perceive.encoders import EncoderHub
+    from perceive.plugins import get_registry
+    from perceive.testing.tiny import tiny_vpt_model
+
+    model = tiny_vpt_model(branches=(branch,))
+    module = model.branch_encoder(branch)
+    model.train()
+    hub = EncoderHub(get_registry().encoder_specs(), model=model)
+    hub.get(model.branch_config(branch).encoder)
+    assert module.training  # not switched to eval behind the model's back
+    assert next(module.parameters()).device == model.device

@@ -318,3 +318,8 @@ def test_generate_ids_ends_at_an_end_token_without_a_controller(model, photo):
                                     add_special_tokens=False)
     out = loop.generate_ids(prompt, max_new_tokens=30)
     assert out[len(prompt):] == ids and loop.options.max_new_tokens == 30  # options untouched
+
+
+def test_a_control_token_literal_in_the_question_stays_text(model, photo):
+    ans = scripted(model, {}, max_new_tokens=2).ask(photo, "what is <|image_pad|> or <|im_end|> here?")
+    assert ans.error is None and ans.trace.finish_reason is FinishReason.MAX_NEW_TOKENS

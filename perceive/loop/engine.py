@@ -291,7 +291,7 @@ class ReprefillEngine:
             else:
                 E, P = self._embed([c])[0].unsqueeze(0), pos.unsqueeze(1)
             h = self.model.lm(E, P.to(self.model.device), None, self.caches[key], use_cache=True).last_hidden_state
-            last = h[0, -1]
+            last = h[0, -1].clone()  # not a view: a kept control state must not hold the whole prefill
             logits = self.model.logits(last.unsqueeze(0))[0] if c.logits else None
             out[key] = StepOut(last, logits, (time.perf_counter() - t0) * 1000)
         return out

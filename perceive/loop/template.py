@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-_A, _U = "\u00a7A\u00a7", "\u00a7U\u00a7"
+_A, _U, _Q = "\u00a7A\u00a7", "\u00a7U\u00a7", "\u00a7Q\u00a7"
 
 
 @dataclass
@@ -55,9 +55,12 @@ class ChatLayout:
         view markup, then the question), assistant header. The template's image pad is expanded to
         ``image_tokens`` copies."""
         content = [{"type": "image"}] + [{"type": "text", "text": b} for b in extra_blocks]
-        content.append({"type": "text", "text": question})
+        content.append({"type": "text", "text": _Q})
         text = self._render([{"role": "user", "content": content}], generation=True)
-        return self.encode(text.replace(image_pad, image_pad * image_tokens, 1))
+        head, tail = text.replace(image_pad, image_pad * image_tokens, 1).split(_Q)
+        # the question is the user's text: a control-token literal in it ("<|image_pad|>") stays text
+        q = self.tokenizer.encode(question, add_special_tokens=False, split_special_tokens=True)
+        return self.encode(head) + q + self.encode(tail)
 
     def observation_turn(self, blocks: list[str]) -> list[int]:
         """Ids closing the assistant turn, opening a user turn holding ``blocks`` (already expanded

@@ -30,8 +30,10 @@ class Dinov2Encoder:
     """Wraps a ``Dinov2Model``; ``encode(image) -> (num_patches, hidden)`` float32 tensor."""
 
     def __init__(self, model: Dinov2Model, *, crop: int = 224, max_side: int | None = 512,
-                 device: str = "cpu"):
-        self.model = model.eval().to(device)
+                 device: str = "cpu", owned: bool = True):
+        # a module the VPT model owns (owned=False) is used where it is, as it is: moving it or
+        # switching its mode would change the model
+        self.model = model.eval().to(device) if owned else model
         self.processor = dinov2_processor(crop)
         self.max_side = max_side
         self.device = device
@@ -54,7 +56,7 @@ def build(weights=None, options=None, model=None, *, name: str = "dinov2") -> Di
     if weights is None and model_has_branch(model, "dino"):  # the VPT model's own weights
         crop = model.branch_config("dino").image_size or 224
         return Dinov2Encoder(model.branch_encoder("dino"), crop=crop, max_side=options.get("max_side", 512),
-                             device=str(model.device))
+                             device=str(model.device), owned=False)
     path = require_weights(name, weights)
     net = Dinov2Model.from_pretrained(path, local_files_only=True)
     return Dinov2Encoder(net, crop=options.get("crop", 224), max_side=options.get("max_side", 512),

@@ -20,8 +20,10 @@ __all__ = ["VARIANTS", "SamEncoder", "build", "build_tiny", "image_encoder", "lo
 class SamEncoder:
     """Wraps an ``ImageEncoderViT``; ``encode(image) -> (256, H/16, W/16)`` float32."""
 
-    def __init__(self, net, img_size: int, device: str = "cpu"):
-        self.net = net.eval().to(device)
+    def __init__(self, net, img_size: int, device: str = "cpu", owned: bool = True):
+        # a module the VPT model owns (owned=False) is used where it is, as it is: moving it or
+        # switching its mode would change the model
+        self.net = net.eval().to(device) if owned else net
         self.img_size = img_size
         self.device = device
         self.processor = SamImageProcessorPil(
@@ -38,7 +40,7 @@ def build(weights=None, options=None, model=None, *, variant: str = "vit_l") -> 
     options = dict(options or {})
     if weights is None and model_has_branch(model, "sam"):  # the VPT model carries its own SAM weights
         net = model.branch_encoder("sam")
-        return SamEncoder(net, int(net.img_size), device=options.get("device", "cpu"))
+        return SamEncoder(net, int(net.img_size), device=str(model.device), owned=False)
     path = require_weights(f"sam_{variant}", weights)
     net = image_encoder(variant)
     load_official(net, path)
