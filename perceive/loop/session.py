@@ -24,13 +24,13 @@ from typing import Any
 import torch
 from PIL import Image
 
-from perceive.actions import ActionCall
-from perceive.control import Controller, Decision, Dispatch, Finish, Force, Ignore, RunLimits, Stop
+from perceive.control import Controller, Dispatch, RunLimits
 from perceive.control import merge_action_options as merge_options
 from perceive.encoders import EncoderHub
 from perceive.errors import ConfigError, InputError, PerceiveError
 from perceive.geometry import ROOT
 from perceive.images import as_rgb, load_image
+from perceive.loop.decisions import Decisions
 from perceive.loop.engine import Chunk, ChunkKind, Engine, NativeEngine, ReprefillEngine
 from perceive.loop.observe import Observer, err
 from perceive.loop.options import LoopOptions, options_from_config
@@ -38,10 +38,11 @@ from perceive.loop.sample import Answer, Sample, check_question
 from perceive.loop.sampling import Sampler
 from perceive.loop.template import ChatLayout
 from perceive.protocol import ParseError, PerceptionCall, codec_from_tokenizer
+from perceive.protocols.detect import choose_protocol
 from perceive.trace import EventType, FinishReason, Trace
 
 
-class PerceptionLoop:
+class PerceptionLoop(Decisions):
     """Runs a VPT model with perception dispatch. One loop is one session: its encoder cache is
     shared by every sample it runs.
 
@@ -72,7 +73,8 @@ class PerceptionLoop:
         self.cfg = cfg = model.config
         self.tokenizer = model.tokenizer
         # the tool-call protocol the model speaks: how calls are read, declared and answered
-        self.protocol = self.registry.protocol(self.options.protocol, self.options.protocol_options)
+        # (``auto``: the one its files declare, perceive.protocols.detect)
+        self.protocol = choose_protocol(self.registry, self.options.protocol, self.options.protocol_options, model)
         system = self.protocol.system_prompt(self.options.system, self.registry.select(self.options.actions))
         self.layout = ChatLayout(self.tokenizer, system) if self.tokenizer is not None else None
         self.eos = set(cfg.special.eos) | {cfg.special.im_end}
@@ -327,99 +329,6 @@ class PerceptionLoop:
         s.trace.finish_reason = FinishReason(reason)
         if error is not None:
             s.trace.error = error
-
-    # -- decisions ----------------------------------------------------------------------------
-
-    def _show(self, action: str):
-        """The observer's method that shows ``action``'s observation as a turn (views, text), or
-        None (features: shown only through a model branch)."""
-        kind = self.registry.action(action).observation
-        return {"view": self.observer.show_views, "text": self.observer.show_text}.get(kind)
-
-    def _on_call(self, s: Sample, ev: PerceptionCall, closing: int) -> None:
-        if self._show(ev.action) is None:
-            s.event(EventType.NO_PROJECTOR, action=ev.action,
-                    message=f"the model has no branch to show {ev.action!r} features")
-            s.pending = Chunk([closing], ChunkKind.DECODE)
-            return
-        self._decide(s, self.controller.on_call(self.limits, s, ev), ev, [closing])
-
-    def _on_answer(self, s: Sample, closing: int) -> None:
-        if s.parser is None:  # dispatch is off: the answer stands
-            self.finish(s, FinishReason.EOS)
-            return
-        decision = self.controller.on_answer(self.limits, s)
-        match decision:
-            case Force() if self._show(decision.action) is not None:
-                if not self._spent(s):
-                    self._show(decision.action)(s, ActionCall(decision.action, decision.args, forced=True), decision,
-                                                [closing])
-            case Force():
-                msg = f"cannot force {decision.action!r} after an answer: only view and text actions"
-                self.finish(s, FinishReason.GRAPH_ERROR, {"type": "graph_error", "message": msg})
-            case Stop() | Finish():
-                self.finish(s, decision.reason)
-            case Ignore() | Dispatch():  # nothing to run after an answer: it stands
-                self.finish(s, FinishReason.EOS)
-            case _:
-                raise TypeError(f"unknown decision {decision!r}: expected one of perceive.control.Decision")
-
-    def _decide(self, s: Sample, decision: Decision, ev: PerceptionCall, closing: list[int]) -> None:
-        """Carry out a controller's decision on a view or text call."""
-        match decision:
-            case Dispatch():
-                call = ev.to_call()
-                if ev.target is not None:  # the call names its view (a tool-call protocol's img_idx, source)
-                    decision = dataclasses.replace(decision, target=ev.target)
-                if decision.args is not None:  # the controller's arguments replace the model's
-                    call = dataclasses.replace(call, args=decision.args, forced=True)
-                self._show(call.action)(s, call, decision, closing)
-            case Force() if self._show(decision.action) is not None:
-                self._show(decision.action)(s, ActionCall(decision.action, decision.args, forced=True), decision,
-                                            closing)
-            case Force():  # a re-encode needs the model's own span (its control state)
-                msg = (f"cannot force {decision.action!r} after a {ev.action!r} call: a re-encode runs on the "
-                       "model's own span")
-                self.finish(s, FinishReason.GRAPH_ERROR, {"type": "graph_error", "message": msg})
-            case Ignore():
-                s.pending = Chunk(closing, ChunkKind.DECODE)
-            case Stop() | Finish():
-                self.finish(s, decision.reason)
-            case _:
-                raise TypeError(f"unknown decision {decision!r}: expected one of perceive.control.Decision")
-
-    def _reencode(self, s: Sample, branch, control: torch.Tensor) -> None:
-        A, E = branch.action_id, branch.end_id
-        s.generated.append(A)
-        if s.parser is None:  # no dispatch: only the reference's action-token correction
-            if not self._spent(s):
-                s.pending = Chunk([A], ChunkKind.FORCE, overrides={0: control})
-            return
-        ev = s.parser.feed(A)
-        s.generated.append(E)
-        ev = s.parser.feed(E) or ev
-        if isinstance(ev, ParseError):
-            s.event(EventType.PARSE_ERROR, **ev.to_dict())
-        if self._spent(s):  # the span is complete but no token is left to use an observation
-            return
-        skip = Chunk([A, E], ChunkKind.FORCE, overrides={0: control})
-        if not isinstance(ev, PerceptionCall):
-            s.pending = skip
-            return
-        decision, s.forced_reencode = (s.forced_reencode or self.controller.on_call(self.limits, s, ev)), None
-        match decision:
-            case Dispatch():
-                self.observer.show_features(s, branch, ev, decision, control)
-            case Stop() | Finish():
-                self.finish(s, decision.reason)
-            case Force():  # its observation turn would have to follow the span's forced tokens
-                msg = (f"cannot force {decision.action!r} after a {ev.action!r} call: only after a view call or "
-                       "an answer")
-                self.finish(s, FinishReason.GRAPH_ERROR, {"type": "graph_error", "message": msg})
-            case Ignore():
-                s.pending = skip
-            case _:
-                raise TypeError(f"unknown decision {decision!r}: expected one of perceive.control.Decision")
 
     def _answer(self, s: Sample) -> Answer:
         tok = self.tokenizer
