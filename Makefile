@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # The CPU wheel of torch; an unpinned torch pulls gigabytes of CUDA packages.
+# The `ocr` extra (rapidocr-onnxruntime: onnxruntime, opencv-python and the PP-OCR models, about 120 MB of
+# wheels, 300 MB installed) is installed too, so that `make test` (what CI runs) runs the OCR tests.
 TORCH_PIN ?= torch==2.13.0
 
 .PHONY: setup demo test test-fast lint clean
@@ -13,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_PIN)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,ocr]"
 	@touch $(STAMP)
 
 setup: $(STAMP)

@@ -38,6 +38,7 @@ class EventType(str, Enum):
     GRAPH_ERROR = "graph_error"  # the graph could not route a call
     GRAPH = "graph"  # a note from the graph executor
     PROMPT = "prompt"  # a trigger prompt left out: the model was trained without it
+    NOT_SHOWN = "not_shown"  # a text observation kept in the trace, not shown: the model was not trained to read it
 
 
 @dataclass

@@ -15,7 +15,16 @@ from tests.plugins import good
 REGISTRY = load_registry()
 
 
-@pytest.mark.parametrize("name", sorted(REGISTRY.actions))
+def _action_params():
+    """Every registered action; ``ocr`` is slow (a real OCR model, ~40 runs) and needs its extra."""
+    from importlib.util import find_spec
+
+    no_ocr = pytest.mark.skipif(find_spec("rapidocr_onnxruntime") is None,
+                                reason='the ocr action needs pip install "perceive[ocr]"')
+    return [pytest.param(n, marks=[pytest.mark.slow, no_ocr]) if n == "ocr" else n for n in sorted(REGISTRY.actions)]
+
+
+@pytest.mark.parametrize("name", _action_params())
 def test_registered_action_conforms(name):
     report = check_action(name, registry=REGISTRY)
     assert report.ok, report.render()

@@ -27,7 +27,7 @@ R2 = "<|region_token_start|><|x_0|><|y_7|><|region_token_end|>"
 DINO = "<|detection_action_start|>"
 SHIPPED = sorted(p.stem for p in GRAPHS_DIR.glob("*.yaml"))
 SCRIPTS = {"free_choice": R1 + DINO, "region_then_answer": R1, "reencode_then_answer": DINO,
-           "iterative_zoom": R1 + R2, "tiles_then_answer": ""}
+           "iterative_zoom": R1 + R2, "tiles_then_answer": "", "region_then_ocr": R1 + "<|im_end|>"}
 
 
 def run(model, graph, scripts, items, **opts):
@@ -37,13 +37,15 @@ def run(model, graph, scripts, items, **opts):
     return PerceptionLoop(model, graph=graph, options=LoopOptions(**opts), policy=policy).ask_batch(list(items))
 
 
-def test_shipped_graphs_are_the_documented_five():
+def test_shipped_graphs_are_the_documented_six():
     assert SHIPPED == ["free_choice", "iterative_zoom", "reencode_then_answer", "region_then_answer",
-                       "tiles_then_answer"]
+                       "region_then_ocr", "tiles_then_answer"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_graph_validates_and_runs(model, photo, name):
+    if name == "region_then_ocr":
+        pytest.importorskip("rapidocr_onnxruntime", reason='the ocr action needs pip install "perceive[ocr]"')
     spec, issues = check(name)
     assert issues == [], [i.render() for i in issues]
     g = compile_graph(name)
@@ -51,7 +53,7 @@ def test_shipped_graph_validates_and_runs(model, photo, name):
     assert ans.ok, ans.error
     expected = {"free_choice": ["region_select", "dino"], "region_then_answer": ["region_select"],
                 "reencode_then_answer": ["dino"], "iterative_zoom": ["region_select", "region_select"],
-                "tiles_then_answer": ["tiles"]}[name]
+                "tiles_then_answer": ["tiles"], "region_then_ocr": ["region_select", "ocr"]}[name]
     assert [h.action for h in ans.trace.hops] == expected
     assert all(h.node in g.spec.nodes for h in ans.trace.hops)
 

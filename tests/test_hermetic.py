@@ -12,7 +12,7 @@ import pytest
 from perceive.plugins import Registry, get_registry, load_registry
 from tests.conftest import ROOT, make_dist
 
-REFERENCE = {"region_select", "zoom", "tiles", "dino", "sam", "native"}
+REFERENCE = {"region_select", "zoom", "tiles", "dino", "sam", "native", "ocr"}
 STRAY = {"stray_mod": "raise ImportError('a stray plugin left in the venv')\n"}
 
 

@@ -38,13 +38,18 @@ class CompiledGraph:
     def check_model(self, model) -> tuple[str, str | None]:
         """What this graph appends to the question on ``model`` (see :mod:`perceive.prompts`), and
         a note when it leaves a trigger out. Raises :class:`~perceive.errors.ConfigError` when the
-        graph cannot run on the model: a features action it has no branch for, or a literal
-        ``prompt_suffix`` it was not trained with."""
+        graph cannot run on the model: a features action it has no branch for, a view action it was not
+        trained to read (perceive.json ``views``), or a literal ``prompt_suffix`` it was not trained with.
+
+        A text action runs on any model (its turn is plain text the tokenizer spells); when the model
+        lists the observations it was trained to read (``views``) and the text action is not among
+        them, its text is kept in the trace and not shown (a ``not_shown`` event), and the note says so."""
         from perceive.errors import ConfigError
         from perceive.prompts import question_suffix
 
         cfg = model.config
         have = {b.action for b in cfg.branches.values()}
+        unread: list[str] = []
         for name, n in self.spec.nodes.items():
             if n.kind != "action" or n.action == ANY or n.action not in self.registry.actions:
                 continue
@@ -59,7 +64,15 @@ class CompiledGraph:
                     f"graph {self.name!r} node {name!r} shows {n.action!r} views, but the model was trained to read "
                     f"only {cfg.views} views (perceive.json views)",
                     hint="use a graph with those actions (free_choice lets the model choose), or another model")
-        return question_suffix(cfg.prompts, self.spec.trigger, self.spec.prompt_suffix, self.name)
+            if self.registry.action(n.action).observation == "text" and cfg.views is not None \
+                    and n.action not in cfg.views and n.action not in unread:
+                unread.append(n.action)
+        suffix, note = question_suffix(cfg.prompts, self.spec.trigger, self.spec.prompt_suffix, self.name)
+        if unread:
+            text = (f"graph {self.name!r} runs {', '.join(map(repr, unread))}, whose text turns the model was never "
+                    f"trained to read (perceive.json views: {cfg.views}): the text goes to the trace, not the model")
+            note = f"{note}; {text}" if note else text
+        return suffix, note
 
     def to_mermaid(self) -> str:
         from perceive.graph.render import to_mermaid

@@ -18,7 +18,7 @@ from perceive.geometry import ROOT
 from perceive.loop.engine import Chunk, ChunkKind
 from perceive.observations import Features, Text
 from perceive.protocol import PerceptionCall
-from perceive.trace import FinishReason, Hop
+from perceive.trace import EventType, FinishReason, Hop
 
 if TYPE_CHECKING:
     from perceive.loop.session import PerceptionLoop, Sample
@@ -217,7 +217,9 @@ class Observer:
 
     def show_text(self, s: Sample, call: ActionCall, decision: Dispatch | Force, closing: list[int]) -> None:
         """Run a text call and queue its observation turn after the ``closing`` tokens: a plain user
-        turn holding the text (``Region k: `` before each when a call gives several)."""
+        turn holding the text (``Region k: `` before each when a call gives several). A model whose
+        perceive.json ``views`` (what it was trained to read) leaves the action out is not shown the
+        text: it stays in the hop, with a ``not_shown`` event."""
         obs, hop = self.run(s, call, dict(decision.options), decision.target, decision.node)
         if obs is None:
             return
@@ -227,6 +229,17 @@ class Observer:
             hop.text.append(t.summary())
             blocks.append(self.plain(t.text) if len(texts) == 1 else f"Region {k}: {self.plain(t.text)}\n")
         hop.box = texts[-1].box.to_dict()
+        views = self.cfg.views
+        if views is not None and call.action not in views:
+            # the model lists what it was trained to read, and not this: keep the text for the trace only
+            s.event(EventType.NOT_SHOWN, action=call.action,
+                    message=f"the model was not trained to read {call.action!r} text turns (perceive.json views: "
+                            f"{views}): the text is in the trace, not shown")
+            if closing and closing[-1] in self.loop.eos:
+                self.loop.finish(s, FinishReason.EOS)  # after an answer: the answer stands
+            else:
+                s.pending = Chunk(closing, ChunkKind.DECODE)  # after a call: as if it went unanswered
+            return
         turn = self.loop.layout.observation_turn(blocks)
         im_end = self.cfg.special.im_end
         if closing and closing[-1] == im_end and turn and turn[0] == im_end:
