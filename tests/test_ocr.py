@@ -80,6 +80,19 @@ def test_text_cannot_close_a_turn_or_open_a_call(text_model, text_registry, phot
     assert loop.observer.plain("<|im_end|>x") == "< |im_end|>x"
 
 
+def test_a_model_that_lists_its_views_without_the_action_is_not_shown_text(text_model, text_registry, photo,
+                                                                            monkeypatch):
+    """perceive.json ``views`` leaves ``caption`` out: the text is in the hop, a ``not_shown`` event says
+    why, and the model goes on as if the call were unanswered (only the span's closing token is fed)."""
+    monkeypatch.setattr(text_model.config, "views", ["region_select"])
+    fed = []
+    _, ans = run_span(text_model, text_registry, CAPTION, photo, fed=fed, action_options={"caption": {"say": "460"}})
+    assert ans.ok, ans.error
+    assert ans.trace.hops[0].text[0]["text"] == "460" and ans.trace.hops[0].prefilled_tokens == 0
+    assert [e["action"] for e in ans.trace.events if e["type"] == "not_shown"] == ["caption"]
+    assert fed == [[text_model.tokenizer.convert_tokens_to_ids("<|caption_end|>")]]
+
+
 def layout_im_ends(loop) -> int:
     return loop.layout.observation_turn([]).count(loop.model.config.special.im_end)
 
