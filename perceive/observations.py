@@ -87,7 +87,7 @@ class Features:
 
 @dataclass(frozen=True, eq=False)
 class Text:
-    """Text a tool produced about one view: OCR output, detections written as words.
+    """Text a tool produced about one view: OCR output, what a detector found written as words.
 
     ``text`` is what the model is shown (one user turn, as it is). ``boxes`` are the pieces it
     was read from, each ``(Box in the original image's pixels, its text)``, in reading order;
