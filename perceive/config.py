@@ -92,9 +92,12 @@ class RuntimeConfig(_Strict):
 
 class ProtocolConfig(_Strict):
     """The tool-call protocol the model speaks: ``protocol: hermes_json``, or
-    ``protocol: {name: hermes_json, options: {coordinates: relative_1000}}``."""
+    ``protocol: {name: hermes_json, options: {coordinates: relative_1000}}``. ``auto`` (the
+    default): the one the model's files declare (perceive.protocols.detect): ``vpt`` for a
+    perceive/VPT model, ``hermes_json`` for a chat template with a tools section; otherwise the
+    run is refused, asking for a name."""
 
-    name: str = "vpt"
+    name: str = "auto"
     options: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="before")
@@ -115,7 +118,7 @@ class PerceiveConfig(_Strict):
     #: per-action settings; actions not listed use defaults. ``None`` enables all installed.
     actions: dict[str, ActionConfig] | None = None
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
-    #: the tool-call protocol the model speaks (``perceive protocols list``); default ``vpt``
+    #: the tool-call protocol the model speaks (``perceive protocols list``); default ``auto``
     protocol: ProtocolConfig = Field(default_factory=ProtocolConfig)
     device: Device = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -189,7 +192,7 @@ def registry_problems(cfg: PerceiveConfig, registry, *, options_only: bool = Fal
                else f"no encoder {a.encoder!r}; {did_you_mean(a.encoder, registry.encoders)}")
         if bad:
             out.append((("actions", name, "encoder"), bad))
-    if not options_only and getattr(registry, "protocols", None) is not None:
+    if not options_only and getattr(registry, "protocols", None) is not None and cfg.protocol.name != "auto":
         try:
             registry.protocol(cfg.protocol.name, cfg.protocol.options)
         except ConfigError as exc:

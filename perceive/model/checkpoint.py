@@ -186,7 +186,9 @@ def _from_pretrained(kind: str, path: Path, dtype: torch.dtype):
 
 def load_model(path: str | Path, *, device: str | None = "cpu", dtype: str | None = None) -> VPTModel:
     """Load a VPT model from a local folder: the project's format, the paper's released
-    format, or a plain Qwen2-VL / Qwen2.5-VL folder (no perception branches).
+    format, or a plain Qwen2-VL / Qwen2.5-VL folder (no perception branches: a stock or
+    tool-calling checkpoint, with its own tokenizer, chat template and image processor).
+    Qwen3-VL folders are refused (:func:`qwen3_vl_refusal` says why).
 
     Every problem with the folder is a :class:`~perceive.errors.ModelLoadError` or, for a config
     file (``config.json``, ``perceive.json``) that is malformed, a
@@ -262,10 +264,35 @@ def _load_paper(path: Path, raw: dict[str, Any]) -> VPTModel:
     return model
 
 
+QWEN3_VL_TYPES = ("qwen3_vl", "qwen3_vl_moe")
+
+
+def qwen3_vl_refusal(path: Path, raw: dict[str, Any]) -> tuple[str, str]:
+    """Why a Qwen3-VL folder is refused (message, hint). Its vision tower returns, besides the
+    merged image embeddings, deepstack features: one tensor per entry of
+    ``vision_config.deepstack_visual_indexes`` that transformers' ``Qwen3VLTextModel`` adds to the
+    hidden states at the image positions after each of the first language-model layers
+    (``_deepstack_process``). perceive's loop feeds the language model input embeddings only, chunk
+    by chunk on a KV cache, so it would run a different model than the one trained and answer
+    wrongly without an error: refused until the engine carries them."""
+    vision = raw.get("vision_config") if isinstance(raw.get("vision_config"), dict) else {}
+    layers = vision.get("deepstack_visual_indexes", [8, 16, 24])
+    return (f"{path}: model_type {raw.get('model_type')!r} (Qwen3-VL) is not supported yet: its vision tower returns "
+            f"deepstack features (vision_config.deepstack_visual_indexes = {list(layers)}) that Qwen3-VL adds to the "
+            f"hidden states at the image positions in its first {len(layers)} language-model layer(s); perceive's "
+            "loop feeds the language model only the merged image embeddings, so it would run a different model and "
+            "answer wrongly",
+            "use a Qwen2-VL or Qwen2.5-VL checkpoint (DeepEyes and Mini-o3 are Qwen2.5-VL); see "
+            "docs/how-to/use-a-tool-calling-model.md")
+
+
 def _load_plain(path: Path, dtype: torch.dtype, raw: dict[str, Any]) -> VPTModel:
     from perceive.model.config import SpecialIds
 
     kind = raw.get("model_type")
+    if kind in QWEN3_VL_TYPES:
+        message, hint = qwen3_vl_refusal(path, raw)
+        raise ModelLoadError(message, hint=hint)
     if kind not in ("qwen2_vl", "qwen2_5_vl"):
         raise ModelLoadError(f"{path}: model_type {kind!r} is not supported",
                              hint="perceive loads Qwen2-VL, Qwen2.5-VL and VPT checkpoints")
