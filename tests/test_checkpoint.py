@@ -320,8 +320,9 @@ def test_a_plain_qwen2_vl_loads_with_a_notice(tmp_path, caplog):
     assert model.config.region is None and not model.config.branches and model.tokenizer is not None
     notices = [r.getMessage() for r in caplog.records if r.name == "perceive"]
     assert notices == [f"{folder} has no perceive.json and no perception tokens: loaded as a plain qwen2_vl model, "
-                       "without perception branches (it answers directly; graphs that call perception actions need "
-                       "a VPT model)"]
+                       "without perception branches (it calls perception actions only through a tool-call protocol "
+                       "its chat template declares or the run config names, `protocol:`; re-encode actions need a VPT "
+                       "model)"]
 
 
 def test_paper_checkpoints_have_no_perceive_json_and_still_load():

@@ -313,7 +313,8 @@ def _load_plain(path: Path, dtype: torch.dtype, raw: dict[str, Any]) -> VPTModel
                          vision_end=c.vision_end_token_id)
     cfg = VPTConfig(base=kind, hidden_size=c.text_config.hidden_size, special=special)
     log.warning("%s has no %s and no perception tokens: loaded as a plain %s model, without perception branches "
-                "(it answers directly; graphs that call perception actions need a VPT model)", path, CONFIG_FILE, kind)
+                "(it calls perception actions only through a tool-call protocol its chat template declares or the run "
+                "config names, `protocol:`; re-encode actions need a VPT model)", path, CONFIG_FILE, kind)
     return VPTModel(base, cfg)
 
 
