@@ -163,7 +163,7 @@ def test_without_rapidocr_the_call_fails_with_a_typed_error_naming_the_extra(mon
     monkeypatch.setattr(perceive_ocr, "_engines", {})
     res = _ocr_call(image=photo)
     assert not res.ok and res.failure.typed
-    assert res.failure.error_type == "OcrUnavailableError"
+    assert res.failure.error_type == "EncoderUnavailableError"
     assert 'pip install "perceive[ocr]"' in res.failure.message
     assert not perceive_ocr.available()
 

@@ -5,7 +5,8 @@ recognition networks (and its angle classifier) as ONNX models, run by onnxrunti
 wheel ships the model files, so nothing is downloaded, ever. It is an optional dependency:
 ``pip install "perceive[ocr]"``. Without it this plugin still loads and registers ``ocr`` (so
 configs and graphs that name it validate), and every call fails with a typed
-:class:`OcrUnavailableError` that says what to install.
+:class:`~perceive.errors.EncoderUnavailableError` (the OCR engine cannot be built) that says what to
+install.
 
 The span is ``<|ocr_start|>`` (grid cells)* ``<|ocr_end|>``: no cells reads the whole view the
 call targets; cells (the region tokens ``<|x_i|>``/``<|y_j|>`` on an 8x8 grid, as zoom's) read
@@ -36,10 +37,6 @@ from perceive.regions import parse_grid_span
 from perceive.vocabulary import Vocabulary
 
 INSTALL = 'pip install "perceive[ocr]"'
-
-
-class OcrUnavailableError(EncoderUnavailableError):
-    """The OCR engine cannot be built: ``rapidocr-onnxruntime`` is not installed (or broken)."""
 
 
 class OcrArgs(BaseModel):
@@ -96,9 +93,9 @@ def engine(threads: int = 0):
             try:
                 from rapidocr_onnxruntime import RapidOCR
             except ImportError as exc:
-                raise OcrUnavailableError(f"the ocr action needs rapidocr-onnxruntime, which is not installed ({exc})",
-                                          hint=f"{INSTALL} (onnxruntime, opencv and the PP-OCR models, about 120 MB)"
-                                          ) from None
+                raise EncoderUnavailableError(
+                    f"the ocr action needs rapidocr-onnxruntime, which is not installed ({exc})",
+                    hint=f"{INSTALL} (onnxruntime, opencv and the PP-OCR models, about 120 MB)") from None
             kw = {} if threads == 0 else {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
             _engines[threads] = RapidOCR(print_verbose=False, **kw)
         return _engines[threads]
@@ -108,7 +105,7 @@ def available() -> bool:
     """Whether the OCR engine can be built here."""
     try:
         engine()
-    except OcrUnavailableError:
+    except EncoderUnavailableError:
         return False
     return True
 
