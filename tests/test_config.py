@@ -378,13 +378,15 @@ def test_an_encoder_an_action_cannot_use_reads_the_same_in_a_config_and_a_graph(
     assert errors[0] == f"actions.zoom.encoder: {no_encoder}"
     assert errors[1].startswith(f"actions.dino.encoder: {layout}")
     g = tmp_path / "g.yaml"
-    g.write_text("name: g\nstart: ask\nnodes:\n  ask: {kind: generate, next: crop}\n"
-                 "  crop: {kind: action, action: zoom, args: {box: [0, 0, 9, 9]}, encoder: dinov2_small, next: feat}\n"
-                 "  feat: {kind: action, action: dino, args: {}, encoder: sam_vit_l, next: done}\n"
+    # a forced re-encode opens the first assistant turn, so it comes before the generate node
+    g.write_text("name: g\nstart: feat\nnodes:\n"
+                 "  feat: {kind: action, action: dino, args: {}, encoder: sam_vit_l, next: ask}\n"
+                 "  ask: {kind: generate, next: crop}\n"
+                 "  crop: {kind: action, action: zoom, args: {box: [0, 0, 9, 9]}, encoder: dinov2_small, next: done}\n"
                  "  done: {kind: answer}\n")
     issues = check(g, registry)[1]
-    assert [(i.code, i.node, i.line) for i in issues] == [("bad-encoder", "crop", 5), ("bad-encoder", "feat", 6)]
-    assert issues[0].message == no_encoder and issues[1].message.startswith(layout)
+    assert [(i.code, i.node, i.line) for i in issues] == [("bad-encoder", "feat", 4), ("bad-encoder", "crop", 6)]
+    assert issues[1].message == no_encoder and issues[0].message.startswith(layout)
 
 
 def test_config_modules_stay_under_400_lines():

@@ -241,7 +241,7 @@ def test_config_and_loop_options():
     from perceive.config import PerceiveConfig
     from perceive.loop.options import LoopOptions, options_from_config
 
-    assert LoopOptions().protocol == "vpt" and options_from_config(PerceiveConfig()).protocol == "auto"
+    assert LoopOptions().protocol == "auto" and options_from_config(PerceiveConfig()).protocol == "auto"
     cfg = PerceiveConfig.model_validate({"protocol": {"name": "hermes_json", "options": {"coordinates":
                                                                                          "relative_1000"}}})
     opts = options_from_config(cfg)

@@ -35,8 +35,9 @@ class LoopOptions:
     #: samples in the running batch at once (None: all); the others join as samples finish
     max_batch_size: int | None = None
     #: the tool-call protocol the model speaks (a registered name: ``vpt``, ``hermes_json``,
-    #: ``mini_o3_grounding``, or a plugin's) and its options
-    protocol: str = "vpt"
+    #: ``mini_o3_grounding``, or a plugin's) and its options; ``auto``, as in a run config, reads it
+    #: from the model (perceive.protocols.detect)
+    protocol: str = "auto"
     protocol_options: dict[str, Any] = field(default_factory=dict)
 
 
