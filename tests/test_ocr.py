@@ -248,3 +248,25 @@ def test_region_then_ocr_runs_on_the_shipped_model():
         assert ans.text == ex["number"]
         assert any(e["type"] == "not_shown" for e in ans.trace.events)
         assert "ocr" in ans.trace.to_json()
+
+
+def test_a_text_turn_comes_in_the_protocols_own_format(text_model, text_registry, photo):
+    """Under hermes_json the text a forced call read comes back as the family's <tool_response>."""
+    graph = {"name": "answer_then_caption", "start": "ask", "budget": 1,
+             "nodes": {"ask": {"kind": "generate", "next": "routed"},
+                       "routed": {"kind": "route", "when": [{"if": "answered == true", "then": "cap"}],
+                                  "default": "done"},
+                       "cap": {"kind": "action", "action": "caption", "args": {}, "next": "again"},
+                       "again": {"kind": "generate", "next": "done"},
+                       "done": {"kind": "answer"}}}
+    loop = PerceptionLoop(text_model, registry=text_registry, graph=graph,
+                          options=LoopOptions(max_new_tokens=8, protocol="hermes_json",
+                                              action_options={"caption": {"say": "the number 460"}}),
+                          policy=ScriptedPolicy(text_model.tokenizer, {0: ["<|im_end|>"]}))
+    fed = []
+    show = loop.observer.show_text
+    loop.observer.show_text = lambda s, *a: (show(s, *a), fed.append(list(s.pending.ids)))
+    ans = loop.ask(photo, "What is written here?")
+    assert ans.ok, ans.error
+    assert [h.action for h in ans.trace.hops] == ["caption"]
+    assert "<tool_response>the number 460</tool_response>" in text_model.tokenizer.decode(fed[0])

@@ -240,7 +240,8 @@ class Observer:
             else:
                 s.pending = Chunk(closing, ChunkKind.DECODE)  # after a call: as if it went unanswered
             return
-        turn = self.loop.layout.observation_turn(blocks)
+        # the text in the family's own tool-response turn (a plain user turn for vpt)
+        turn = self.loop.protocol.observation_turn(self.loop.layout, blocks, len(s.views) + 1)
         im_end = self.cfg.special.im_end
         if closing and closing[-1] == im_end and turn and turn[0] == im_end:
             turn = turn[1:]  # the model already closed its turn
