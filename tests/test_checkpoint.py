@@ -288,22 +288,9 @@ def test_perception_tokens_without_perceive_json_is_an_error(saved, tmp_path):
 
 def _plain_tokenizer():
     """A char-level tokenizer with Qwen2-VL's special tokens and none of perceive's."""
-    import string
+    from perceive.testing.tiny import build_plain_tokenizer
 
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    from perceive.testing.tiny import CHAT_TEMPLATE, QWEN_SPECIALS
-
-    vocab = {c: i for i, c in enumerate(dict.fromkeys(["<unk>", *string.printable[:-2]]))}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<|endoftext|>",
-                                   eos_token="<|im_end|>")
-    fast.add_special_tokens({"additional_special_tokens": QWEN_SPECIALS})
-    fast.chat_template = CHAT_TEMPLATE
-    return fast
+    return build_plain_tokenizer()
 
 
 def test_a_plain_qwen2_vl_loads_with_a_notice(tmp_path, caplog):
