@@ -6,7 +6,8 @@ last token and, when asked, its next-token logits. It never sees a KV cache or a
 
 * :class:`NativeEngine` runs a transformers model: one KV cache for the running batch, M-RoPE (or
   sequential) positions, every active sample's chunk in one forward (right-padded, masked), and
-  one vision-tower call for all the images due in a step. Samples join and leave the batch
+  one vision-tower call for all the images due in a step (for Qwen3-VL, its deepstack features go
+  to the language model with the step's visual mask). Samples join and leave the batch
   between steps (continuous batching): a joining sample's cache row is padded with masked,
   zero keys, so it sees exactly what it would alone.
 * :class:`ReprefillEngine` is the reference-style baseline: after every prompt or observation
@@ -81,39 +82,73 @@ def _grids(chunk: Chunk) -> list[torch.Tensor]:
 
 
 class _Embedder:
-    """Chunk embeddings for a model, with one vision-tower call for all the images of a step."""
+    """Chunk embeddings for a model, with one vision-tower call for all the images of a step.
+
+    For a Qwen3-VL model it also gives each chunk's deepstack features: ``(mask, feats)`` with
+    ``mask`` the chunk's image-pad positions ``(n,)`` and ``feats`` one ``(mask.sum(), d)`` tensor
+    per deepstack layer (None for a chunk without images, and for Qwen2-VL models)."""
 
     def __init__(self, model):
         self.model = model
         self.image_pad = model.config.special.image_pad
         self.merge = model.spatial_merge_size
+        self.deepstack = int(getattr(model, "deepstack_layers", 0) or 0)
+
+    def __call__(self, chunks: list[Chunk]) -> list[torch.Tensor]:
+        return self.with_visual(chunks)[0]
 
     @torch.no_grad()
-    def __call__(self, chunks: list[Chunk]) -> list[torch.Tensor]:
+    def with_visual(self, chunks: list[Chunk]):
         m = self.model
         grids = [g for c in chunks for g in _grids(c)]
         feats: list[torch.Tensor] = []
+        deep: list[list[torch.Tensor]] | None = None  # per image: one tensor per deepstack layer
         if grids:
             pv = torch.cat([p for c in chunks for p, _ in c.images]).to(m.device)
             grid = torch.cat(grids).to(m.device)
             counts = [int(r.prod()) // self.merge**2 for r in grid]
-            feats = list(torch.split(m.image_embeds(pv, grid), counts))
-        out, k = [], 0
+            if self.deepstack:
+                img, ds = m.image_features(pv, grid)
+                deep = list(zip(*[torch.split(f, counts) for f in ds], strict=True))
+            else:
+                img = m.image_embeds(pv, grid)
+            feats = list(torch.split(img, counts))
+        out, vis, k = [], [], 0
         for c in chunks:
             ids = torch.tensor(c.ids, device=m.device)
             e = m.embed(ids)
             n_img = sum(g.shape[0] for g in _grids(c))
+            v = None
             if n_img:
                 img = torch.cat(feats[k:k + n_img])
-                k += n_img
                 mask = ids == self.image_pad
                 if int(mask.sum()) != img.shape[0]:
                     raise ObservationError(f"{int(mask.sum())} image tokens for {img.shape[0]} image features")
                 e = e.masked_scatter(mask.unsqueeze(-1), img.to(e.dtype))
+                if deep is not None:
+                    v = (mask, [torch.cat([d[layer] for d in deep[k:k + n_img]]) for layer in range(self.deepstack)])
+                k += n_img
             for i, vec in c.overrides.items():
                 e[i] = vec.to(e.dtype)
             out.append(e)
-        return out
+            vis.append(v)
+        return out, vis
+
+
+def _deepstack(rows: list[tuple[int, tuple[torch.Tensor, list[torch.Tensor]] | None]], B: int, T: int,
+               layers: int, device) -> dict:
+    """The language model's deepstack keywords for a (B, T) batch whose row ``i`` starts with the
+    tokens of a chunk (``(row, visual)`` pairs): the visual mask with each chunk's image-pad
+    positions at its row and columns, and per layer the features in the mask's row-major order.
+    Empty when no row has images (or the model has no deepstack layers)."""
+    rows = [(i, v) for i, v in rows if v is not None]
+    if not rows or not layers:
+        return {}
+    mask = torch.zeros(B, T, dtype=torch.bool, device=device)
+    for i, (m, _) in rows:
+        mask[i, :m.shape[0]] = m.to(device)
+    feats = [torch.cat([v[1][layer] for _, v in rows]) for layer in range(layers)]  # rows ascend: row-major
+    return {"visual_pos_masks": mask, "deepstack_visual_embeds": feats}
 
 
 class Positions:
@@ -221,7 +256,7 @@ class NativeEngine:
             raise RuntimeError(f"no chunk queued for {len(missing)} open sample(s)")
         dev = self.model.device
         chunks = [self.queued.pop(k) for k in self.rows]
-        embeds = self._embed(chunks)
+        embeds, visual = self._embed.with_visual(chunks)
         lens = [len(c.ids) for c in chunks]
         T, B, d = max(lens), len(chunks), embeds[0].shape[-1]
         E = torch.zeros(B, T, d, dtype=embeds[0].dtype, device=dev)
@@ -235,9 +270,10 @@ class NativeEngine:
             P[:, i, n:] = pos[:, -1:].to(dev)
             M[i, :n] = 1
         self.mask = torch.cat([self.mask, M], dim=1)
+        deep = _deepstack(list(enumerate(visual)), B, T, self._embed.deepstack, dev)
         t0 = time.perf_counter()
         hidden = self.model.lm(E, P, self.mask if not bool(self.mask.all()) else None, self.cache,
-                               use_cache=True).last_hidden_state
+                               use_cache=True, **deep).last_hidden_state
         ms = (time.perf_counter() - t0) * 1000
         last = hidden[torch.arange(B, device=dev), torch.tensor(lens, device=dev) - 1]
         logits = _logits(self.model, last, [i for i, c in enumerate(chunks) if c.logits])
@@ -285,12 +321,25 @@ class ReprefillEngine:
             t0 = time.perf_counter()
             if key not in self.caches or c.kind in (ChunkKind.PROMPT, ChunkKind.OBSERVE):
                 chunks = [h for h, _ in self.history[key]]
-                E = torch.cat(self._embed(chunks)).unsqueeze(0)
+                embeds, visual = self._embed.with_visual(chunks)
+                E = torch.cat(embeds).unsqueeze(0)
                 P = torch.cat([p for _, p in self.history[key]], dim=1).unsqueeze(1)
                 self.caches[key] = self._new_cache()
+                if any(v is not None for v in visual):  # the whole history is one row
+                    mask = torch.cat([v[0] if v is not None else torch.zeros(e.shape[0], dtype=torch.bool,
+                                                                             device=e.device)
+                                      for e, v in zip(embeds, visual, strict=True)])
+                    layers = self._embed.deepstack
+                    visual = [(mask, [torch.cat([v[1][layer] for v in visual if v is not None])
+                                      for layer in range(layers)])]
+                else:
+                    visual = [None]
             else:
-                E, P = self._embed([c])[0].unsqueeze(0), pos.unsqueeze(1)
-            h = self.model.lm(E, P.to(self.model.device), None, self.caches[key], use_cache=True).last_hidden_state
+                embeds, visual = self._embed.with_visual([c])
+                E, P = embeds[0].unsqueeze(0), pos.unsqueeze(1)
+            deep = _deepstack(list(enumerate(visual)), 1, E.shape[1], self._embed.deepstack, self.model.device)
+            h = self.model.lm(E, P.to(self.model.device), None, self.caches[key], use_cache=True,
+                              **deep).last_hidden_state
             last = h[0, -1].clone()  # not a view: a kept control state must not hold the whole prefill
             logits = self.model.logits(last.unsqueeze(0))[0] if c.logits else None
             out[key] = StepOut(last, logits, (time.perf_counter() - t0) * 1000)

@@ -43,6 +43,10 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def base_classes(base: str):
+    if base == "qwen3_vl":
+        from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+        return Qwen3VLConfig, Qwen3VLForConditionalGeneration
     if base == "qwen2_5_vl":
         from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
@@ -186,9 +190,9 @@ def _from_pretrained(kind: str, path: Path, dtype: torch.dtype):
 
 def load_model(path: str | Path, *, device: str | None = "cpu", dtype: str | None = None) -> VPTModel:
     """Load a VPT model from a local folder: the project's format, the paper's released
-    format, or a plain Qwen2-VL / Qwen2.5-VL folder (no perception branches: a stock or
+    format, or a plain Qwen2-VL / Qwen2.5-VL / Qwen3-VL folder (no perception branches: a stock or
     tool-calling checkpoint, with its own tokenizer, chat template and image processor).
-    Qwen3-VL folders are refused (:func:`qwen3_vl_refusal` says why).
+    Qwen3-VL-MoE folders are refused (:func:`qwen3_vl_refusal` says why).
 
     Every problem with the folder is a :class:`~perceive.errors.ModelLoadError` or, for a config
     file (``config.json``, ``perceive.json``) that is malformed, a
@@ -265,37 +269,35 @@ def _load_paper(path: Path, raw: dict[str, Any]) -> VPTModel:
 
 
 QWEN3_VL_TYPES = ("qwen3_vl", "qwen3_vl_moe")
+UNSUPPORTED_QWEN3 = ("qwen3_vl_moe",)
 
 
 def qwen3_vl_refusal(path: Path, raw: dict[str, Any]) -> tuple[str, str]:
-    """Why a Qwen3-VL folder is refused (message, hint). Its vision tower returns, besides the
-    merged image embeddings, deepstack features: one tensor per entry of
-    ``vision_config.deepstack_visual_indexes`` that transformers' ``Qwen3VLTextModel`` adds to the
-    hidden states at the image positions after each of the first language-model layers
-    (``_deepstack_process``). perceive's loop feeds the language model input embeddings only, chunk
-    by chunk on a KV cache, so it would run a different model than the one trained and answer
-    wrongly without an error: refused until the engine carries them."""
+    """Why a Qwen3-VL-MoE folder is refused (message, hint). Dense Qwen3-VL runs: the engine
+    carries its deepstack features (one tensor per entry of ``vision_config.deepstack_visual_indexes``
+    that the text model adds to the hidden states at the image positions after each of its first
+    layers) with each step's visual mask. The MoE text model is another class that perceive's
+    engine and tests do not cover (its routed experts, and its deepstack path, untested here), so
+    it is refused rather than run unchecked."""
     vision = raw.get("vision_config") if isinstance(raw.get("vision_config"), dict) else {}
     layers = vision.get("deepstack_visual_indexes", [8, 16, 24])
-    return (f"{path}: model_type {raw.get('model_type')!r} (Qwen3-VL) is not supported yet: its vision tower returns "
-            f"deepstack features (vision_config.deepstack_visual_indexes = {list(layers)}) that Qwen3-VL adds to the "
-            f"hidden states at the image positions in its first {len(layers)} language-model layer(s); perceive's "
-            "loop feeds the language model only the merged image embeddings, so it would run a different model and "
-            "answer wrongly",
-            "use a Qwen2-VL or Qwen2.5-VL checkpoint (DeepEyes and Mini-o3 are Qwen2.5-VL); see "
-            "docs/how-to/use-a-tool-calling-model.md")
+    return (f"{path}: model_type {raw.get('model_type')!r} (Qwen3-VL-MoE) is not supported yet: perceive runs dense "
+            f"Qwen3-VL (qwen3_vl) with its deepstack features (vision_config.deepstack_visual_indexes = "
+            f"{list(layers)}) carried through the loop, but its engine is not checked against the MoE text model, "
+            "so it could answer wrongly without an error",
+            "use a dense Qwen3-VL, a Qwen2-VL or a Qwen2.5-VL checkpoint; see docs/how-to/use-a-tool-calling-model.md")
 
 
 def _load_plain(path: Path, dtype: torch.dtype, raw: dict[str, Any]) -> VPTModel:
     from perceive.model.config import SpecialIds
 
     kind = raw.get("model_type")
-    if kind in QWEN3_VL_TYPES:
+    if kind in UNSUPPORTED_QWEN3:
         message, hint = qwen3_vl_refusal(path, raw)
         raise ModelLoadError(message, hint=hint)
-    if kind not in ("qwen2_vl", "qwen2_5_vl"):
+    if kind not in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
         raise ModelLoadError(f"{path}: model_type {kind!r} is not supported",
-                             hint="perceive loads Qwen2-VL, Qwen2.5-VL and VPT checkpoints")
+                             hint="perceive loads Qwen2-VL, Qwen2.5-VL, Qwen3-VL and VPT checkpoints")
     table = token_table(path)  # tokens.json and tokenizer.json, read once
     found = perception_tokens(path, table)
     if found:

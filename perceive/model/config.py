@@ -71,7 +71,7 @@ class PromptConventions(_Strict):
 class VPTConfig(_Strict):
     format: Literal["perceive-vpt"] = "perceive-vpt"
     version: int = 1
-    base: Literal["qwen2_vl", "qwen2_5_vl"] = "qwen2_vl"
+    base: Literal["qwen2_vl", "qwen2_5_vl", "qwen3_vl"] = "qwen2_vl"
     hidden_size: int
     special: SpecialIds
     region: RegionConfig | None = None

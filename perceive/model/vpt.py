@@ -1,4 +1,4 @@
-"""The VPT model: a stock transformers Qwen2-VL / Qwen2.5-VL with perception branches beside it.
+"""The VPT model: a stock transformers Qwen2-VL / Qwen2.5-VL (or Qwen3-VL) with perception branches beside it.
 
 Composition, not a fork: ``base`` is an unmodified ``Qwen2VLForConditionalGeneration`` (or
 Qwen2.5-VL) and ``branches`` holds one :class:`~perceive.model.branches.Branch` per re-encode
@@ -109,9 +109,30 @@ class VPTModel(nn.Module):
         return self.base.get_input_embeddings()(input_ids)
 
     def image_embeds(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
-        """The vision tower's merged tokens for Qwen2-VL patches: ``(sum t*h*w/4, d)``."""
+        """The vision tower's merged tokens: ``(sum t*h*w/merge^2, d)`` (for Qwen3-VL without its
+        deepstack features: :meth:`image_features` gives both)."""
+        return self.image_features(pixel_values, grid_thw)[0]
+
+    @property
+    def deepstack_layers(self) -> int:
+        """How many deepstack features the vision tower returns (Qwen3-VL: one per
+        ``vision_config.deepstack_visual_indexes``, added to the hidden states at the image
+        positions after each of the first language-model layers); 0 for Qwen2-VL / Qwen2.5-VL."""
+        return len(getattr(self.base.config.vision_config, "deepstack_visual_indexes", None) or ())
+
+    def image_features(self, pixel_values: torch.Tensor,
+                       grid_thw: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """The vision tower's merged tokens ``(n, d)`` and, for Qwen3-VL, its deepstack features
+        (a list of ``(n, d)``, rows in the same order; None for Qwen2-VL / Qwen2.5-VL)."""
         out = self.visual(pixel_values.to(self.visual.dtype), grid_thw=grid_thw)
-        return getattr(out, "pooler_output", out).to(self.dtype)
+        embeds = getattr(out, "pooler_output", out).to(self.dtype)
+        deep = getattr(out, "deepstack_features", None)
+        if not self.deepstack_layers:
+            return embeds, None
+        if deep is None or len(deep) != self.deepstack_layers:
+            raise RuntimeError(f"the vision tower returned {0 if deep is None else len(deep)} deepstack features "
+                               f"for {self.deepstack_layers} deepstack layers")
+        return embeds, [f.to(self.dtype) for f in deep]
 
     # -- re-encode branches ----------------------------------------------------------------
 
@@ -297,11 +318,31 @@ class VPTModel(nn.Module):
         self.branch_spec(action).load_encoder_weights(encoder, str(weights))
 
     def lm(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor | None = None,
-           attention_mask: torch.Tensor | None = None, past_key_values=None, use_cache: bool = False):
-        """Run the language model; returns its output (``last_hidden_state`` after the final norm)."""
+           attention_mask: torch.Tensor | None = None, past_key_values=None, use_cache: bool = False,
+           visual_pos_masks: torch.Tensor | None = None, deepstack_visual_embeds: list[torch.Tensor] | None = None):
+        """Run the language model; returns its output (``last_hidden_state`` after the final norm).
+
+        Qwen3-VL: ``visual_pos_masks`` (B, T) bool marks the image tokens of ``inputs_embeds`` and
+        ``deepstack_visual_embeds`` holds one ``(mask.sum(), d)`` tensor per deepstack layer, rows
+        in the mask's row-major order; Qwen3-VL's text model adds them to the hidden states after
+        its first layers. None (or no image token) for a step without images."""
         # transformers' keyword is `cache` (`past_key_values` warns, and goes in 5.40)
+        kw = {}
+        if deepstack_visual_embeds is not None:
+            if not self.deepstack_layers:
+                raise ValueError("deepstack features given to a model without deepstack layers")
+            if visual_pos_masks is None:
+                raise ValueError("deepstack features given without visual_pos_masks")
+            n = int(visual_pos_masks.sum())
+            if len(deepstack_visual_embeds) != self.deepstack_layers or any(
+                    f.shape[0] != n for f in deepstack_visual_embeds):
+                raise ValueError(f"deepstack features {[tuple(f.shape) for f in deepstack_visual_embeds]} for "
+                                 f"{self.deepstack_layers} layers and {n} image tokens")
+            if n:
+                kw = {"visual_pos_masks": visual_pos_masks.to(inputs_embeds.device).bool(),
+                      "deepstack_visual_embeds": deepstack_visual_embeds}
         return self.language_model(inputs_embeds=inputs_embeds, position_ids=position_ids,
-                                   attention_mask=attention_mask, cache=past_key_values, use_cache=use_cache)
+                                   attention_mask=attention_mask, cache=past_key_values, use_cache=use_cache, **kw)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden).float()
@@ -331,9 +372,12 @@ class VPTModel(nn.Module):
         # The reference's quirk: a model trained from scratch under it keeps a random vision tower.
         with torch.no_grad() if reference_no_grad else contextlib.nullcontext():
             embeds = self.embed(input_ids)
+            deep: dict = {}  # Qwen3-VL: the deepstack features go to every language-model pass
             if pixel_values is not None:
-                img = self.image_embeds(pixel_values, image_grid_thw)
+                img, ds = self.image_features(pixel_values, image_grid_thw)
                 embeds = _scatter(embeds, input_ids == cfg.special.image_pad, img)
+                if ds is not None:
+                    deep = {"visual_pos_masks": input_ids == cfg.special.image_pad, "deepstack_visual_embeds": ds}
             feats = {}
             for action, inputs in extras.items():
                 if inputs is None:
@@ -351,9 +395,9 @@ class VPTModel(nn.Module):
         if run == 2 and not has_action and not feats:
             run = 1  # nothing to condition: the second pass would repeat the first exactly (§6.2 #7)
         if run == 1:
-            hidden = self.lm(first, position_ids, attention_mask).last_hidden_state
+            hidden = self.lm(first, position_ids, attention_mask, **deep).last_hidden_state
         else:
-            h1 = self.lm(first, position_ids, attention_mask).last_hidden_state
+            h1 = self.lm(first, position_ids, attention_mask, **deep).last_hidden_state
             out.first_hidden = h1
             second = embeds
             action_rows = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
@@ -383,7 +427,7 @@ class VPTModel(nn.Module):
                                         cfg.special.im_end, [1] if mask_id == 1 else [1, 3])
             for is_action, control in action_masks.values():
                 second = _scatter(second, is_action, control)
-            hidden = self.lm(second, position_ids, attention_mask).last_hidden_state
+            hidden = self.lm(second, position_ids, attention_mask, **deep).last_hidden_state
         out.hidden = hidden
         out.logits = self.logits(hidden)
         if labels is not None:
