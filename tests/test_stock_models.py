@@ -382,3 +382,24 @@ def test_qwen3_vl_a_batch_on_different_hop_paths_equals_one_at_a_time(qwen3):
         assert [box_of(h) for h in batch[i].trace.hops] == [box_of(h) for h in single.trace.hops]
         for a, b in zip(batch[i].logits, single.logits, strict=True):
             torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+
+
+def test_qwen3_vl_training_forward_carries_the_deepstack_features(qwen3):
+    """VPTModel.forward (the collator's positions) equals transformers' forward on a Qwen3-VL."""
+    from perceive.model.positions import sequence_positions
+
+    images = _pixels(qwen3, [(64, 48), (48, 96)])
+    ids = _qwen3_ids(qwen3, [g.tolist() for _, g in images])
+    pos, _ = sequence_positions(ids, qwen3.config.special.image_pad, [g.tolist() for _, g in images], 2)
+    with torch.no_grad():
+        out = qwen3(torch.tensor([ids]), position_ids=pos.unsqueeze(1),
+                    pixel_values=torch.cat([p for p, _ in images]), image_grid_thw=torch.stack([g for _, g in images]))
+    torch.testing.assert_close(out.logits[0, -1], _reference_logits(qwen3, ids, images), atol=2e-5, rtol=1e-4)
+
+
+def test_a_saved_qwen3_vl_loads_back_in_perceives_format(qwen3, tmp_path):
+    from perceive.model.checkpoint import save_model
+
+    back = perceive.load_model(save_model(qwen3, tmp_path / "saved"))
+    assert back.config.base == "qwen3_vl" and type(back.base).__name__ == "Qwen3VLForConditionalGeneration"
+    assert back.deepstack_layers == 1
