@@ -40,7 +40,7 @@ class VPTOutput:
 
 
 class VPTModel(nn.Module):
-    """``base`` (a stock Qwen2-VL / Qwen2.5-VL) and one branch per entry of ``config.branches``,
+    """``base`` (a stock Qwen2-VL / Qwen2.5-VL / Qwen3-VL) and one branch per entry of ``config.branches``,
     each built by its registered :class:`~perceive.BranchSpec` (from ``registry``, default the
     process-wide one). A branch no installed plugin provides is a
     :class:`~perceive.errors.ModelLoadError` naming it."""
