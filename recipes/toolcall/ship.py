@@ -1,0 +1,64 @@
+"""Copy the trained model to models/toolcall with its run config and 4 held-out example cards.
+
+Examples: the first held-out items (index order) whose zoom call's crop is the ground-truth crop
+(crop IoU 1), read correctly if any such item is (``--need-answer``); the model card says which.
+
+    python ship.py runs/span/model runs/eval-span/eval.json data/cards-eval --n 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]
+#: how to run it: the protocol it was trained on (it still carries the VPT region tokens of the model
+#: it continues, so `protocol: auto` would pick vpt); declare: false, as trained (no # Tools block)
+RUN_YAML = """# How to run models/toolcall: the protocol it was trained on (it still carries the VPT region
+# tokens of the model it continues, so `protocol: auto` would pick vpt). `declare: false`: it was
+# trained without the # Tools block in the system turn (the chat template's default system turn).
+model: .
+protocol: {name: hermes_json, options: {response: deepeyes, declare: false}}
+params: {max_hops: 2}
+runtime: {max_new_tokens: 128}
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model", type=Path)
+    ap.add_argument("eval_json", type=Path)
+    ap.add_argument("data", type=Path, help="the evaluation set's folder (cards.json, images/)")
+    ap.add_argument("--n", type=int, default=4)
+    ap.add_argument("--need-answer", action="store_true", help="only items it also reads correctly")
+    ap.add_argument("--out", type=Path, default=ROOT / "models" / "toolcall")
+    args = ap.parse_args()
+
+    records = json.loads(args.eval_json.read_text())["records"]
+    cards = json.loads((args.data / "cards.json").read_text())["cards"]
+    chosen = [r["index"] for r in sorted(records, key=lambda r: r["index"])
+              if r.get("crop_iou") == 1.0 and "parse_error" not in r["events"]
+              and (r["exact_match"] or not args.need_answer)][: args.n]
+    if args.out.exists():
+        shutil.rmtree(args.out)
+    shutil.copytree(args.model, args.out)
+    (args.out / "run.yaml").write_text(RUN_YAML)
+    ex = args.out / "examples"
+    ex.mkdir()
+    table = {}
+    by_index = {r["index"]: r for r in records}
+    for k, i in enumerate(chosen):
+        name = f"card_{k}.png"
+        Image.open(args.data / "images" / f"{i:06d}.jpg").save(ex / name)
+        table[name] = {"number": cards[i]["number"], "box": cards[i]["box"], "crop": cards[i]["crop"],
+                       "eval_index": i, "read_correctly": bool(by_index[i]["exact_match"])}
+    (ex / "examples.json").write_text(json.dumps(table, indent=1) + "\n")
+    print(f"shipped {args.model} to {args.out}; examples: eval items {chosen}")
+
+
+if __name__ == "__main__":
+    main()
