@@ -17,6 +17,11 @@ python check_render.py data/span-eval.json ../../models/default
 OMP_NUM_THREADS=2 perceive train train.yaml   # the JSON call alone: stopped at step 600 (constant box), see the model card
 python export_checkpoint.py runs/toolcall/checkpoint-500 runs/model-500
 perceive eval eval.yaml --model runs/model-500 --set 'name="hermes_json, the JSON call alone (train.yaml, step 500)"' --out runs/eval-json500
-OMP_NUM_THREADS=2 perceive train span.yaml    # shipped: 1400 steps, batch 16, lr 2e-4 -> runs/span/model
-perceive eval eval.yaml                       # 500 held-out cards through a hermes_json hop
-python ship.py runs/span/model runs/eval-span/eval.json data/cards-eval --n 4
+OMP_NUM_THREADS=2 perceive train span.yaml    # stage 1: 1400 steps, batch 16, lr 2e-4 -> runs/span/model
+perceive eval eval.yaml --model runs/span/model --set 'name="hermes_json, span then call, stage 1 (span.yaml)"' --out runs/eval-span
+# stage 2 (shipped): 800 more steps on 4000 fresh cards, lr 1.5e-4
+perceive data cards --n 4000 --out data/wd2-train --split train_wide --augment --distractors --format jpg --margin 0 --no-prompts --seed 22
+python make_data.py data/wd2-train --out data/span2-train.json --span
+OMP_NUM_THREADS=2 perceive train span2.yaml   # -> runs/span2/model
+perceive eval eval.yaml                       # 500 held-out cards through a hermes_json hop -> runs/eval-span2
+python ship.py runs/span2/model runs/eval-span2/eval.json data/cards-eval --n 4 --need-answer
