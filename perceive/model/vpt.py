@@ -7,6 +7,10 @@ action (its encoder and projector), built by the plugin that registers the branc
 :meth:`VPTModel.forward` is the paper's training forward (vpt-paper.md §2.6-2.8); the online loop
 (``perceive.loop``) uses the small building blocks (:meth:`embed`, :meth:`image_embeds`,
 :meth:`project_features`, :meth:`lm`).
+
+Over 400 lines, for now: the class holds four things that change together (the stock base and its
+family differences, Qwen3-VL's deepstack included; the branches; the loop's building blocks; the
+paper's training forward). The training forward is the part to move out next.
 """
 
 from __future__ import annotations
