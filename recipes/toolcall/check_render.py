@@ -50,10 +50,12 @@ assert fed[1][0] == gen_call[-1]
 infer = fed[0] + gen_call[:-1] + fed[1] + gen_ans
 assert len(fed) == 2, len(fed)
 same = enc.input_ids[:len(infer)] == infer
-print("training ids == inference ids (prompt, call, observation turn, answer):", same,
-      len(enc.input_ids), len(infer), "rest of training:", repr(tok.decode(enc.input_ids[len(infer):], skip_special_tokens=False)))
-sup = [i for i, lab in zip(enc.input_ids, enc.labels) if lab != -100]
+print("training ids == inference ids (prompt, call, observation turn, answer):", same, len(enc.input_ids),
+      len(infer), "rest of training:", repr(tok.decode(enc.input_ids[len(infer):], skip_special_tokens=False)))
+sup = [i for i, lab in zip(enc.input_ids, enc.labels, strict=True) if lab != -100]
 print("supervised:", repr(tok.decode(sup, skip_special_tokens=False)))
-d = next((k for k, (a, b) in enumerate(zip(enc.input_ids, infer)) if a != b), None)
-print("first diff", d, repr(tok.decode(enc.input_ids[d-5:d+5], skip_special_tokens=False)) if d is not None else "", repr(tok.decode(infer[d-5:d+5], skip_special_tokens=False)) if d is not None else "")
+d = next((k for k, (a, b) in enumerate(zip(enc.input_ids, infer, strict=False)) if a != b), None)
+if d is not None:  # where they part, for whoever has to fix it
+    near = [repr(tok.decode(ids[max(0, d - 5):d + 5], skip_special_tokens=False)) for ids in (enc.input_ids, infer)]
+    print("first difference at", d, "training", near[0], "inference", near[1])
 assert same
