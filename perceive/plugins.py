@@ -195,18 +195,13 @@ class Registry:
             self.pm.unregister(plugin)
             info.hooks = []
             return info
-        for a in actions:
-            self.actions[a.name] = Registered(a, name, dist, version)
-            info.actions.append(a.name)
-        for e in encoders:
-            self.encoders[e.name] = Registered(e, name, dist, version)
-            info.encoders.append(e.name)
-        for b in branches:
-            self.branches[b.name] = Registered(b, name, dist, version)
-            info.branches.append(b.name)
-        for p in protocols:
-            self.protocols[p.name] = Registered(p, name, dist, version)
-            info.protocols.append(p.name)
+        # one registry per extensible concept, each filled the same way
+        for table, listed, objs in ((self.actions, info.actions, actions), (self.encoders, info.encoders, encoders),
+                                    (self.branches, info.branches, branches),
+                                    (self.protocols, info.protocols, protocols)):
+            for obj in objs:
+                table[obj.name] = Registered(obj, name, dist, version)
+                listed.append(obj.name)
         return info
 
     def _check_protocols(self, protocols: list[ToolProtocol], info: PluginInfo) -> None:
