@@ -23,6 +23,9 @@ class FinishReason(str, Enum):
     OBSERVATION_INVALID = "observation_invalid"  # an observation the model cannot be shown
     GRAPH_ERROR = "graph_error"  # the graph could not route the sample
     STOPPED = "stopped"  # a controller stopped the sample
+    TOOL_CALLS = "tool_calls"  # client-side tools: the call goes back to the caller, who runs it
+    CANCELLED = "cancelled"  # the caller went away (a disconnected client, a server shutting down)
+    DEADLINE = "deadline"  # the request's deadline passed before the sample finished
     ERROR = "error"  # the sample could not start (unreadable image, prompt too long, ...)
 
 

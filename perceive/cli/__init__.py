@@ -16,7 +16,7 @@ import sys
 import typer
 from typer.core import TyperGroup
 
-from perceive.cli import config_cmd, demo, graph_cmd, model_cmds, plugins_cmd, protocols_cmd, train_cmds
+from perceive.cli import config_cmd, demo, graph_cmd, model_cmds, plugins_cmd, protocols_cmd, serve_cmd, train_cmds
 from perceive.cli.output import DEBUG_HINT, console, fail, internal_error, print_error
 from perceive.cli.typer_compat import hide_flag_types
 
@@ -82,6 +82,7 @@ app.command("eval")(train_cmds.eval_)
 app.command("demo")(demo.demo)
 app.command("ask")(model_cmds.ask)
 app.command("convert")(model_cmds.convert)
+app.command("serve")(serve_cmd.serve)
 
 
 @app.command()

@@ -20,6 +20,13 @@ class Decisions:
     """Mixed into :class:`~perceive.loop.PerceptionLoop` (it uses the loop's registry, controller,
     observer and budget)."""
 
+    def _controller(self, s: Sample):
+        """The sample's own controller (a request that names its graph), else the run's."""
+        return s.controller or self.controller
+
+    def _limits(self, s: Sample):
+        return s.limits or self.limits
+
     def _show(self, action: str):
         """The observer's method that shows ``action``'s observation as a turn (views, text), or
         None (features: shown only through a model branch)."""
@@ -32,13 +39,24 @@ class Decisions:
                     message=f"the model has no branch to show {ev.action!r} features")
             s.pending = Chunk([closing], ChunkKind.DECODE)
             return
-        self._decide(s, self.controller.on_call(self.limits, s, ev), ev, [closing])
+        self._decide(s, self._controller(s).on_call(self._limits(s), s, ev), ev, [closing])
+
+    def _on_client_call(self, s: Sample, ev: PerceptionCall, closing: int) -> None:
+        """Client-side tools: the call goes back to the caller, within the run's hop budget (earlier
+        turns the client ran count); past it the call goes unanswered, as in a server-side run."""
+        limit = self._limits(s).max_hops
+        if s.hops >= limit:
+            s.event(EventType.BUDGET_EXHAUSTED, action=ev.action, max_hops=limit, tokens=[])
+            s.pending = Chunk([closing], ChunkKind.DECODE)
+            return
+        s.calls.append(ev)
+        self.finish(s, FinishReason.TOOL_CALLS)
 
     def _on_answer(self, s: Sample, closing: int) -> None:
         if s.parser is None:  # dispatch is off: the answer stands
             self.finish(s, FinishReason.EOS)
             return
-        decision = self.controller.on_answer(self.limits, s)
+        decision = self._controller(s).on_answer(self._limits(s), s)
         match decision:
             case Force() if self._show(decision.action) is not None:
                 if not self._spent(s):
@@ -96,7 +114,7 @@ class Decisions:
         if not isinstance(ev, PerceptionCall):
             s.pending = skip
             return
-        decision, s.forced_reencode = (s.forced_reencode or self.controller.on_call(self.limits, s, ev)), None
+        decision, s.forced_reencode = (s.forced_reencode or self._controller(s).on_call(self._limits(s), s, ev)), None
         match decision:
             case Dispatch():
                 self.observer.show_features(s, branch, ev, decision, control)

@@ -164,6 +164,13 @@ class Observer:
             s.target = views[0].frame.id
         return blocks, images
 
+    def replay(self, s: Sample, turn):
+        """An earlier client-run turn and its observation: ``(ids, images)``, or None when the
+        sample finished (:mod:`perceive.loop.replay`)."""
+        from perceive.loop.replay import replay
+
+        return replay(self, s, turn)
+
     def first_turn_views(self, s: Sample, d: Force):
         """A view the controller forces before the model speaks: ``(markup blocks, images)`` for
         the first user turn, or None when the call failed (the sample is finished)."""

@@ -60,6 +60,10 @@ class Sample:
     node: str | None = None  # the graph node running (graph runs)
     state: dict[str, Any] = field(default_factory=dict)  # the controller's per-sample state
     observations: dict[tuple, Any] = field(default_factory=dict)  # dispatched calls, for reuse
+    controller: Any = None  # this sample's own controller (None: the run's)
+    limits: Any = None  # this sample's own RunLimits (None: the run's)
+    client_tools: bool = False  # calls go back to the caller (perceive serve's client-side tools)
+    calls: list = field(default_factory=list)  # the PerceptionCalls that went back (client_tools)
     done: bool = False
     logits: list[torch.Tensor] = field(default_factory=list)
     t0: float = field(default_factory=time.perf_counter)
@@ -72,6 +76,23 @@ class Sample:
 
     def image(self, view_id: str) -> Image.Image:
         return self.root if view_id == ROOT else self.views[view_id].image
+
+
+#: what a client-run call returned: the view images (in the order the action returns its views) or
+#: the text
+ToolResult = list[Image.Image] | str
+
+
+@dataclass
+class Turn:
+    """An earlier assistant turn of a conversation whose calls the client ran (``perceive serve``'s
+    client-side tools): ``text`` exactly as the model wrote it (perception tokens and call markup
+    included), ending with its call; ``results`` what each call in it returned, in order."""
+
+    text: str
+    results: list[ToolResult] = field(default_factory=list)
+    #: the last turn, unfinished and without a call: generation continues it
+    partial: bool = False
 
 
 def check_question(question) -> None:

@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -30,11 +29,12 @@ from perceive.encoders import EncoderHub
 from perceive.errors import ConfigError, InputError, PerceiveError
 from perceive.geometry import ROOT
 from perceive.images import as_rgb, load_image
+from perceive.loop.batch import Batch
 from perceive.loop.decisions import Decisions
 from perceive.loop.engine import Chunk, ChunkKind, Engine, NativeEngine, ReprefillEngine
 from perceive.loop.observe import Observer, err
 from perceive.loop.options import LoopOptions, options_from_config
-from perceive.loop.sample import Answer, Sample, check_question
+from perceive.loop.sample import Answer, Sample, Turn, check_question
 from perceive.loop.sampling import Sampler
 from perceive.loop.template import ChatLayout
 from perceive.protocol import ParseError, PerceptionCall, codec_from_tokenizer
@@ -172,14 +172,54 @@ class PerceptionLoop(Decisions):
 
     # -- set-up -----------------------------------------------------------------------------
 
-    def _new_sample(self, index: int, image: Image.Image, question: str) -> Sample:
+    def start(self, image: Image.Image, question: str, index: int = 0, *, history: Sequence[Turn] = (),
+              client_tools: bool = False, max_new_tokens: int | None = None, graph=None,
+              params: dict | None = None, max_hops: int | None = None,
+              action_options: dict[str, dict] | None = None) -> Sample:
+        """A new sample, ready to :meth:`batch`-step: its prompt is built and any forced first
+        views have run. ``history``: earlier assistant turns that ended in calls, and what each call
+        returned (a client that ran its tools itself); they are prefilled with the prompt.
+        ``client_tools``: the sample finishes with ``tool_calls`` at the model's next call, which
+        goes back to the caller (``Sample.calls``) instead of running. ``graph``, ``params``,
+        ``max_hops``, ``action_options``: this sample's own, over the run's (a graph is compiled
+        once per name and params, and checked against the model). Problems finish the sample
+        (see its trace), never raise; a graph that does not compile raises ``GraphError``."""
+        controller = limits = None
+        if graph is not None or params or max_hops is not None or action_options:
+            hops = self.options.max_hops if max_hops is None else max_hops
+            limits = RunLimits(hops, merge_options(self.registry, self.options.action_options, action_options or {}))
+            if graph is not None or params or max_hops is not None:
+                controller = self._sample_graph(graph or "free_choice", params, hops)
+        s = self._new_sample(index, image, question, history, client_tools, controller, limits)
+        s.max_new_tokens = max_new_tokens
+        return s
+
+    def _sample_graph(self, graph, params: dict | None, max_hops: int):
+        import json
+
+        params = dict(params or {})
+        if graph == "free_choice":
+            params.setdefault("max_hops", max_hops)
+        key = (graph if isinstance(graph, str) else id(graph), json.dumps(params, sort_keys=True, default=str))
+        cache = self.__dict__.setdefault("_graphs", {})
+        if key not in cache:
+            cache[key] = self._graph_controller(graph, params)
+        return cache[key]
+
+    def answer(self, s: Sample) -> Answer:
+        """The answer of a finished sample (its trace completed)."""
+        return self._answer(s)
+
+    def _new_sample(self, index: int, image: Image.Image, question: str, history: Sequence[Turn] = (),
+                    client_tools: bool = False, controller=None, limits=None) -> Sample:
         root = as_rgb(image)
         parser = (self.protocol.reader(self.actions, codec_from_tokenizer(self.tokenizer),
                                        lambda: [s.frame(ROOT), *(v.frame for v in s.views.values())])
                   if self.options.dispatch else None)
         q = question if isinstance(question, str) else ""
         s = Sample(index, root, Trace(question=q, image_size=root.size), parser,
-                   torch.Generator().manual_seed(self.options.seed + index), question=q)
+                   torch.Generator().manual_seed(self.options.seed + index), question=q, client_tools=client_tools,
+                   controller=controller, limits=limits)
         try:
             check_question(question)
             pv, grid = self.observer.pixels(root)
@@ -187,7 +227,7 @@ class PerceptionLoop(Decisions):
             self.finish(s, FinishReason.ERROR, err(exc))
             return s
         images, blocks, reencode = [(pv, grid)], [], None
-        for d in self.controller.start(self.limits, s):
+        for d in self._controller(s).start(self._limits(s), s):
             # calls the controller makes before the model speaks: views join the first user turn,
             # a re-encode opens the first assistant turn
             if not self.options.dispatch:
@@ -207,6 +247,12 @@ class PerceptionLoop(Decisions):
                 return s
             s.forced_reencode = Dispatch(options=d.options, target=d.target, args=d.args, node=d.node)
         ids = self.layout.prompt(s.question, int(grid.prod()) // self.model.spatial_merge_size**2, blocks)
+        for turn in history:
+            done = self.observer.replay(s, turn)
+            if done is None:
+                return s
+            ids += done[0]
+            images += done[1]
         limit = self.model.max_positions
         if len(ids) + (reencode is not None) >= limit:
             # refuse before any forward: past the trained context the model only answers noise
@@ -232,32 +278,23 @@ class PerceptionLoop(Decisions):
             return self.engine(self.model)
         return ReprefillEngine(self.model) if self.options.reprefill else NativeEngine(self.model)
 
+    def batch(self, cap: int | None = None) -> Batch:
+        """An open batch on a fresh engine: add samples (:meth:`start`), step it, cancel samples
+        (``perceive serve`` keeps one running). ``cap``: samples running at once (default
+        ``max_batch_size``; 1 for the reprefill baseline, which runs one at a time as the reference
+        does)."""
+        cap = 1 if self.options.reprefill else (cap or self.options.max_batch_size)
+        return Batch(self, self._engine(), cap)
+
     @torch.no_grad()
     def _drive(self, samples: list[Sample]) -> None:
-        """Step every running sample's chunk through one engine until all are done; waiting
-        samples join as others finish (at most ``max_batch_size`` at once)."""
-        engine = self._engine()
-        # the reprefill baseline runs one sample at a time, as the reference does
-        cap = 1 if self.options.reprefill else (self.options.max_batch_size or len(samples) or 1)
-        waiting = deque(s for s in samples if not s.done)
-        running: list[Sample] = []
-        while waiting or running:
-            while waiting and len(running) < cap:
-                s = waiting.popleft()
-                engine.open(s)
-                engine.feed(s, s.pending)
-                running.append(s)
-            outs = engine.step()
-            for s in running:
-                out = outs[s]
-                self._fed(s, out.ms)
-                self._advance(s, out.hidden, out.logits)
-                self._check_context(s)
-                if s.done:
-                    engine.close(s)
-                else:
-                    engine.feed(s, s.pending)
-            running = [s for s in running if not s.done]
+        """Step every sample through one batch until all are done; waiting samples join as others
+        finish (at most ``max_batch_size`` at once)."""
+        batch = self.batch()
+        for s in samples:
+            batch.add(s)
+        while len(batch):
+            batch.step()
 
     def _fed(self, s: Sample, ms: float) -> None:
         chunk, s.pending = s.pending, None
@@ -307,7 +344,9 @@ class PerceptionLoop(Decisions):
             s.pending = Chunk([t], ChunkKind.DECODE, logits=False)
             return
         if isinstance(ev, PerceptionCall):
-            if not self._spent(s):  # no token left to use an observation
+            if s.client_tools:  # the caller runs it: the call goes back with the sample
+                self._on_client_call(s, ev, closing=t)
+            elif not self._spent(s):  # no token left to use an observation
                 self._on_call(s, ev, closing=t)
             return
         if isinstance(ev, ParseError) and self.options.on_malformed == "stop":

@@ -19,6 +19,7 @@ Protocols arrive through the ``perceive_register_protocols`` hook; ``vpt``, ``he
 from __future__ import annotations
 
 import bisect
+import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -85,8 +86,48 @@ class ToolProtocol:
         text = self.observation_text(layout, blocks, index)
         return layout.observation_turn(list(blocks)) if text is None else layout.encode(text)
 
+    # -- calls as chat messages (perceive serve, remote endpoints) ------------------------------
+
+    def tool_names(self, actions: Sequence[Action]) -> list[str]:
+        """The tool names a model of this family calls (an OpenAI ``tools`` list names these)."""
+        return [a.name for a in actions]
+
+    def calls_in_text(self, text: str, views: Sequence[Frame], actions: Sequence[Action]) -> list[Event]:
+        """Every call (:class:`~perceive.protocol.PerceptionCall`) and parse error in a finished turn's
+        ``text``, written as the model writes it (perception tokens as their literals)."""
+        raise NotImplementedError(f"protocol {self.name!r} cannot read calls out of text")
+
+    def call_text(self, name: str, arguments: Mapping[str, Any]) -> str:
+        """A structured tool call (an endpoint's ``tool_calls`` entry) written as the model writes it."""
+        raise NotImplementedError(f"protocol {self.name!r} cannot write structured tool calls as text; ask the "
+                                  "endpoint for the raw text (no tool parser)")
+
+    def call_name_and_arguments(self, call: PerceptionCall) -> tuple[str, dict[str, Any]]:
+        """``(tool name, arguments)`` of a call, as an OpenAI ``tool_calls`` entry names them."""
+        return call.action, call.args.model_dump(mode="json")
+
+    def observation_framing(self) -> tuple[str, str]:
+        """The text this family writes before and after a single observation inside its user turn
+        (``("<tool_response>", "</tool_response>")`` for DeepEyes); ``("", "")`` for the paper's turn."""
+        text = self.observation_text(_BARE, ["\0"], 1)
+        if text is None:
+            return "", ""
+        before, after = text.split("\0", 1)
+        return before, after
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
+
+
+@dataclass(frozen=True)
+class _BareLayout:
+    """A layout with no turn markup: an observation turn's own text only."""
+
+    turn_open: str = ""
+    turn_close: str = ""
+
+
+_BARE = _BareLayout()
 
 
 def protocol_problems(protocol: Any) -> list[str]:
@@ -162,6 +203,28 @@ class TextToolProtocol(ToolProtocol):
 
     def reader(self, actions: Sequence[Action], codec: TokenCodec, views: Views | None = None) -> TextCallReader:
         return TextCallReader(self, actions, codec, views)
+
+    def tool_names(self, actions: Sequence[Action]) -> list[str]:
+        return [getattr(self, "tool", None) or self.name]
+
+    def call_text(self, name: str, arguments: Mapping[str, Any]) -> str:
+        body = json.dumps({"name": name, "arguments": dict(arguments)}, ensure_ascii=False)
+        return f"{self.open_tag}\n{body}\n{self.close_tag}"
+
+    def call_name_and_arguments(self, call: PerceptionCall) -> tuple[str, dict[str, Any]]:
+        snippet = call.tokens[0] if call.tokens else ""
+        try:
+            name, arguments = self.parse_body(snippet[len(self.open_tag):len(snippet) - len(self.close_tag)])
+            return name, dict(arguments)
+        except BoxProblem:
+            return super().call_name_and_arguments(call)
+
+    def calls_in_text(self, text: str, views: Sequence[Frame], actions: Sequence[Action]) -> list[Event]:
+        table = dict(enumerate(text))
+        reader = TextCallReader(self, actions, _CharCodec(table), lambda: views)
+        events = reader.feed_many(range(len(text)))
+        tail = reader.close()
+        return events + ([tail] if tail else [])
 
     def read_text(self, text: str, views: Sequence[Frame], actions: Sequence[Action]) -> list[Resolved | ParseError]:
         """Every call in a finished ``text`` (the CLI's and the tests' entry point)."""

@@ -120,6 +120,9 @@ class HermesJSON(TextToolProtocol):
             return system
         return (f"{system}\n\n" if system else "") + self.tools_block(actions)
 
+    def tool_names(self, actions: Sequence[Action]) -> list[str]:
+        return [self.options.tool_name, *self.options.tools]
+
     # -- reading -----------------------------------------------------------------------------
 
     def parse_body(self, body: str) -> tuple[str, Mapping[str, Any]]:

@@ -75,6 +75,9 @@ class MiniO3Grounding(TextToolProtocol):
             raise BoxProblem(ParseErrorKind.INVALID_ARGS, 'a grounding call is {"bbox_2d": [...], "source": ...}')
         return self.tool, obj
 
+    def call_text(self, name: str, arguments: Mapping[str, Any]) -> str:
+        return f"{self.open_tag}{json.dumps(dict(arguments), ensure_ascii=False)}{self.close_tag}"
+
     def resolve(self, tool: str, arguments: Mapping[str, Any], views: Sequence[Frame],
                 actions: Mapping[str, Action]) -> Resolved:
         o = self.options

@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from perceive.actions import Action
-from perceive.protocol import StreamParser, TokenCodec
+from perceive.geometry import Frame
+from perceive.protocol import Event, StreamParser, TokenCodec, parse_tokens, split_text
 from perceive.protocols.base import ToolProtocol, Views
 
 
@@ -19,3 +20,7 @@ class VPTProtocol(ToolProtocol):
 
     def reader(self, actions: Sequence[Action], codec: TokenCodec, views: Views | None = None) -> StreamParser:
         return StreamParser(actions, codec)
+
+    def calls_in_text(self, text: str, views: Sequence[Frame], actions: Sequence[Action]) -> list[Event]:
+        # each <|...|> literal is one token, as the model's tokenizer has them
+        return parse_tokens([a for a in actions if a.grammar is not None], split_text(text))

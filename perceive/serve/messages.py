@@ -1,0 +1,135 @@
+"""A chat request's messages as one perceive conversation: the image and the question of the
+first user turn, then the earlier assistant turns whose calls the client ran
+(:class:`perceive.loop.sample.Turn`), in either shape a client sends them back:
+
+* OpenAI's: the assistant message with ``tool_calls``, then one ``tool`` message per call (an
+  image part for a view, text for text);
+* the one every engine accepts (research code, perceive's remote engine): the assistant message's
+  text with the call written in it, then a user message holding the observation's images (or
+  text), in the family's own framing (``<tool_response>`` ...), which is stripped here.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from perceive.errors import ImageError, InputError
+from perceive.images import load_image
+from perceive.loop.sample import ToolResult, Turn
+from perceive.serve.schema import ChatRequest, ImagePart, Message, TextPart
+
+
+@dataclass
+class Conversation:
+    image: Image.Image
+    question: str
+    history: list[Turn] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def decode_image(url: str, local_root: Path | None) -> Image.Image:
+    """An ``image_url``: a base64 data URL, or a local path under ``local_root`` (``--allow-local-images``)."""
+    if url.startswith("data:"):
+        head, _, data = url.partition(",")
+        if ";base64" not in head:
+            raise ImageError("an image data URL must be base64 (data:image/png;base64,...)")
+        try:
+            raw = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ImageError(f"the image data URL is not valid base64: {exc}") from None
+        return load_image(raw)
+    if url.startswith(("http://", "https://")):
+        raise ImageError("perceive serve never fetches images from the network",
+                         hint="send the image as a base64 data URL (data:image/png;base64,...)")
+    path = Path(url.removeprefix("file://"))
+    if local_root is None:
+        raise ImageError(f"local image paths are off ({url!r})",
+                         hint="send a base64 data URL, or start the server with --allow-local-images DIR")
+    try:
+        resolved = path.resolve()
+        resolved.relative_to(local_root.resolve())
+    except (ValueError, OSError):
+        raise ImageError(f"{url!r} is not under the allowed image folder {str(local_root)!r}",
+                         hint="send a base64 data URL, or a path under --allow-local-images") from None
+    return load_image(resolved)
+
+
+def _parts(m: Message) -> list[TextPart | ImagePart]:
+    if m.content is None:
+        return []
+    return [TextPart(type="text", text=m.content)] if isinstance(m.content, str) else list(m.content)
+
+
+def _text(m: Message) -> str:
+    return "".join(p.text for p in _parts(m) if isinstance(p, TextPart))
+
+
+def _images(m: Message, local_root: Path | None) -> list[Image.Image]:
+    return [decode_image(p.image_url.url, local_root) for p in _parts(m) if isinstance(p, ImagePart)]
+
+
+def read_conversation(req: ChatRequest, protocol, local_root: Path | None) -> Conversation:
+    """The conversation of ``req`` (raises :class:`InputError` / :class:`ImageError` with what to fix)."""
+    msgs = list(req.messages)
+    warnings = []
+    while msgs and msgs[0].role in ("system", "developer"):
+        warnings.append("the system message is not used: the model's system turn is its protocol's "
+                        f"({protocol.name})")
+        msgs.pop(0)
+    if not msgs or msgs[0].role != "user":
+        raise InputError("the conversation must start with a user message holding the image and the question")
+    first = msgs.pop(0)
+    images = _images(first, local_root)
+    if len(images) != 1:
+        raise InputError(f"the first user message must hold exactly one image; it holds {len(images)}",
+                         hint="send one image_url part (a data URL) and the question as a text part")
+    conv = Conversation(images[0], _text(first).strip(), warnings=warnings)
+    before, after = protocol.observation_framing()
+    i = 0
+    while i < len(msgs):
+        m = msgs[i]
+        if m.role != "assistant":
+            raise InputError(f"message {i + 2} ({m.role}) must follow an assistant message with a tool call",
+                             hint="one question per request: start a new request for a new question")
+        text = (m.perceive or {}).get("text") if isinstance((m.perceive or {}).get("text"), str) else None
+        if text is None:
+            text = _text(m)
+            for tc in m.tool_calls or []:
+                import json
+
+                try:
+                    arguments = json.loads(tc.function.arguments or "{}")
+                except ValueError:
+                    raise InputError(f"tool call {tc.id}: its arguments are not JSON") from None
+                text += protocol.call_text(tc.function.name, arguments if isinstance(arguments, dict) else {})
+        results: list[ToolResult] = []
+        j = i + 1
+        while j < len(msgs) and msgs[j].role == "tool":
+            results.append(_images(msgs[j], local_root) or _text(msgs[j]))
+            j += 1
+        if not results and j < len(msgs) and msgs[j].role == "user":
+            obs = msgs[j]
+            got = _images(obs, local_root)
+            if not got:
+                t = _text(obs).strip()
+                got = t[len(before.strip()):] if before.strip() and t.startswith(before.strip()) else t
+                got = got[:-len(after.strip())] if after.strip() and got.endswith(after.strip()) else got
+                got = got.strip()
+            results.append(got)
+            j += 1
+        if j == i + 1:  # nothing answers it: the last message, to be continued
+            if j != len(msgs) or not req.continue_final_message:
+                raise InputError("an assistant message must be followed by its tool results",
+                                 hint="send the tool message(s), or continue_final_message: true to continue it")
+            conv.history.append(Turn(text, [], partial=True))
+        else:
+            conv.history.append(Turn(text, results))
+        i = j
+    if req.continue_final_message and not (conv.history and conv.history[-1].partial):
+        raise InputError("continue_final_message needs an assistant message last")
+    return conv
