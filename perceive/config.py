@@ -106,6 +106,25 @@ class ProtocolConfig(_Strict):
         return {"name": value} if isinstance(value, str) else value
 
 
+class RemoteConfig(_Strict):
+    """A model served elsewhere, driven through its OpenAI-compatible chat endpoint (vLLM, SGLang,
+    ``perceive serve``): ``remote: {url: http://host:8000/v1, model: Qwen/Qwen3-VL-8B-Instruct}``."""
+
+    url: str
+    #: the served model's id (unset: the endpoint's first, GET /v1/models)
+    model: str | None = None
+    #: ``client``: perceive runs the actions and the graph, the endpoint only generates (any endpoint);
+    #: ``server``: a ``perceive serve`` endpoint runs the whole sample
+    mode: Literal["client", "server"] = "client"
+    #: the environment variable holding the API key (unset: none)
+    api_key_env: str | None = None
+    timeout_s: float = Field(120.0, gt=0)
+    #: retries of a request answered 429 or 5xx, or timed out, with exponential backoff
+    max_retries: int = Field(3, ge=0, le=20)
+    #: samples in flight at once (the endpoint batches them)
+    concurrency: int = Field(8, ge=1, le=1024)
+
+
 class PerceiveConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     #: the perception graph: a shipped graph's name (``graphs/*.yaml``) or a graph file (relative
@@ -122,6 +141,8 @@ class PerceiveConfig(_Strict):
     protocol: ProtocolConfig = Field(default_factory=ProtocolConfig)
     device: Device = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    #: a served model to drive instead of a local one (``--remote URL``); ``model`` is then unused
+    remote: RemoteConfig | None = None
     #: the parsed YAML (with key lines) and its path, when loaded from a file
     _data: Any = PrivateAttr(default=None)
     _source: str | None = PrivateAttr(default=None)

@@ -25,6 +25,7 @@ class ErrorCode(str, Enum):
     INPUT_INVALID = "input-invalid"
     DATA_UNUSABLE = "data-unusable"
     CHECKPOINT_INVALID = "checkpoint-invalid"
+    REMOTE_FAILED = "remote-failed"
 
 
 class PerceiveError(Exception):
@@ -117,6 +118,13 @@ class CheckpointError(PerceiveError, RuntimeError):
     """A training checkpoint to resume from is missing, incomplete or does not fit the run."""
 
     code = ErrorCode.CHECKPOINT_INVALID
+
+
+class RemoteError(PerceiveError, RuntimeError):
+    """A remote endpoint (``--remote URL``) could not be reached, or refused a request after its
+    retries."""
+
+    code = ErrorCode.REMOTE_FAILED
 
 
 def closest(name: str, choices, n: int = 3) -> list[str]:

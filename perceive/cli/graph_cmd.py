@@ -8,7 +8,15 @@ from pathlib import Path
 import typer
 
 from perceive.cli.output import console, fail
-from perceive.cli.run_config import CONFIG_HELP, SET_HELP, loop_flags, run_config
+from perceive.cli.run_config import (
+    CONFIG_HELP,
+    REMOTE_HELP,
+    REMOTE_MODEL_HELP,
+    SET_HELP,
+    loop_flags,
+    remote_flags,
+    run_config,
+)
 
 app = typer.Typer(no_args_is_help=True, help="Validate, run and draw perception graphs.")
 
@@ -68,7 +76,7 @@ def run_graph(cfg, image: Path, question: str, as_json: bool, render: Path | Non
     from perceive.errors import PerceiveError
     from perceive.graph import GraphValidationError, compile_graph
     from perceive.graph.render import render_trace
-    from perceive.loop import PerceptionLoop
+    from perceive.remote import loop_from_config
 
     if render is not None:
         check_picture_path(render)
@@ -78,7 +86,7 @@ def run_graph(cfg, image: Path, question: str, as_json: bool, render: Path | Non
     try:
         g = compile_graph(cfg.graph, params=cfg.graph_params())  # a wrong graph fails before the model loads
         img = load_image(image)
-        answer = PerceptionLoop.from_config(cfg, graph=g).ask(img, question)
+        answer = loop_from_config(cfg, graph=g).ask(img, question)
     except GraphValidationError as exc:
         console.print(str(exc), markup=False)
         raise typer.Exit(1) from None
@@ -121,10 +129,14 @@ def run(file: str | None = typer.Argument(None, metavar="[GRAPH]",
         reprefill: bool = typer.Option(False, "--reprefill"),
         action_timeout: float | None = typer.Option(None, "--action-timeout", min=0.001, max=86400, metavar="S",
                                                     help="Deadline of each perception call, in seconds (default "
-                                                         "120).")) -> None:
+                                                         "120)."),
+        remote: str | None = typer.Option(None, "--remote", metavar="URL", help=REMOTE_HELP),
+        remote_model: str | None = typer.Option(None, "--remote-model", metavar="NAME", help=REMOTE_MODEL_HELP),
+        ) -> None:
     """Run a graph on one image and question.
 
     Values come from, highest first: GRAPH and the flags, --set, the --config file, the defaults."""
     flags = [(("graph",), file, "the GRAPH argument"),
-             *loop_flags(model, max_new_tokens, device, dtype, reprefill, action_timeout)]
+             *loop_flags(model, max_new_tokens, device, dtype, reprefill, action_timeout),
+             *remote_flags(remote, remote_model)]
     run_graph(run_config(config, set_, flags), image, question, as_json, render)

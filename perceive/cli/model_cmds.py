@@ -7,7 +7,15 @@ from pathlib import Path
 import typer
 
 from perceive.cli.output import console, fail
-from perceive.cli.run_config import CONFIG_HELP, SET_HELP, loop_flags, run_config
+from perceive.cli.run_config import (
+    CONFIG_HELP,
+    REMOTE_HELP,
+    REMOTE_MODEL_HELP,
+    SET_HELP,
+    loop_flags,
+    remote_flags,
+    run_config,
+)
 
 
 def ask(
@@ -30,6 +38,8 @@ def ask(
     action_timeout: float | None = typer.Option(None, "--action-timeout", min=0.001, max=86400, metavar="S",
                                                 help="Deadline of each perception call, in seconds (default 120)."),
     set_: list[str] = typer.Option(None, "--set", metavar="KEY=VALUE", help=SET_HELP),
+    remote: str | None = typer.Option(None, "--remote", metavar="URL", help=REMOTE_HELP),
+    remote_model: str | None = typer.Option(None, "--remote-model", metavar="NAME", help=REMOTE_MODEL_HELP),
 ) -> None:
     """Answer a question about an image, letting the model call perception actions.
 
@@ -43,7 +53,8 @@ def ask(
 
     flags = [(("graph",), graph, "--graph"), (("runtime", "max_hops"), max_hops, "--max-hops"),
              (("params", "max_hops"), max_hops, "--max-hops"),
-             *loop_flags(model, max_new_tokens, device, dtype, reprefill, action_timeout)]
+             *loop_flags(model, max_new_tokens, device, dtype, reprefill, action_timeout),
+             *remote_flags(remote, remote_model)]
     cfg = run_config(config, set_, flags)
     check_image_file(image)  # header only: a wrong image fails before the model loads
     run_graph(cfg, image, question, as_json, render)

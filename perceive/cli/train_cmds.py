@@ -10,7 +10,15 @@ import typer
 from rich.markup import escape
 
 from perceive.cli.output import console, fail
-from perceive.cli.run_config import CONFIG_HELP, SET_HELP, check_set_params, cli_overrides
+from perceive.cli.run_config import (
+    CONFIG_HELP,
+    REMOTE_HELP,
+    REMOTE_MODEL_HELP,
+    SET_HELP,
+    check_set_params,
+    cli_overrides,
+    remote_flags,
+)
 
 data_app = typer.Typer(no_args_is_help=True, help="Generate and check datasets.")
 
@@ -205,7 +213,9 @@ def eval_(targets: list[str] = typer.Argument(None, metavar="[CONFIG | compare R
               None, "--action-timeout", metavar="S",
               help="Deadline of one perception call in seconds; a call past it fails its own sample (default: "
                    "runtime.action_timeout_s's, 120)."),
-          set_: list[str] = typer.Option(None, "--set", metavar="KEY=VALUE", help=SET_HELP)) -> None:
+          set_: list[str] = typer.Option(None, "--set", metavar="KEY=VALUE", help=SET_HELP),
+          remote: str = typer.Option(None, "--remote", metavar="URL", help=REMOTE_HELP),
+          remote_model: str = typer.Option(None, "--remote-model", metavar="NAME", help=REMOTE_MODEL_HELP)) -> None:
     """Run a model with a graph over a dataset: exact match, ANLS, relaxed accuracy, optional LLM
     judge, per-hop telemetry; writes eval.json and eval.md. `perceive eval compare RUN...` puts
     several runs side by side.
@@ -230,7 +240,7 @@ def eval_(targets: list[str] = typer.Argument(None, metavar="[CONFIG | compare R
              (("runtime", "max_new_tokens"), max_new_tokens, "--max-new-tokens"), (("device",), device, "--device"),
              (("dtype",), dtype, "--dtype"), (("oracle_spans",), oracle_spans, "--oracle-spans"),
              (("max_skipped_fraction",), max_skipped_fraction, "--max-skipped-fraction"),
-             (("runtime", "action_timeout_s"), action_timeout, "--action-timeout")]
+             (("runtime", "action_timeout_s"), action_timeout, "--action-timeout"), *remote_flags(remote, remote_model)]
     overrides = cli_overrides(set_, flags, EvalConfig.model_fields)
     try:
         cfg = load_eval_config(files or None, overrides=overrides)

@@ -125,12 +125,12 @@ def evaluate(cfg: EvalConfig, model=None, registry=None, progress: bool = True, 
     skipped.check(cfg.max_skipped_fraction)  # before the model loads: nothing to score, or too little
     n = len(ds) if cfg.max_samples is None else min(len(ds), cfg.max_samples)
     from perceive.graph import compile_graph
-    from perceive.loop import PerceptionLoop
     from perceive.plugins import get_registry
+    from perceive.remote import loop_from_config
 
     registry = registry or get_registry()
     graph = compile_graph(cfg.graph, registry=registry, params=cfg.graph_params())  # fails before the model loads
-    loop = PerceptionLoop.from_config(cfg, registry=registry, policy=policy, model=model, graph=graph)
+    loop = loop_from_config(cfg, registry=registry, policy=policy, model=model, graph=graph)
     model = loop.model
     judge = Judge(JudgeConfig(**cfg.judge.model_dump())) if cfg.judge else None
     records = []
@@ -167,7 +167,8 @@ def evaluate(cfg: EvalConfig, model=None, registry=None, progress: bool = True, 
     summary["seconds"] = time.perf_counter() - t_start
     summary["skipped"] = skipped.count
     # skipped items: one entry per item (an image and its crop both missing is one item)
-    result = {"name": cfg.name or run_name(cfg), "model": str(cfg.model.path),
+    where = str(cfg.model.path) if cfg.remote is None else f"{cfg.remote.url} ({loop.served})"
+    result = {"name": cfg.name or run_name(cfg), "model": where,
               "graph": graph.name, "params": cfg.params, "data": str(cfg.data), "data_items": skipped.total,
               "summary": summary, "records": records, "skipped_items": skipped.to_json()}
     if cfg.output:

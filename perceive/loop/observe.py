@@ -37,8 +37,9 @@ class Observer:
         self.loop = loop
         self.model = loop.model
         self.cfg = loop.cfg
-        self.merge = loop.model.spatial_merge_size
-        self.perception_ids = self._perception_ids()
+        # a remote engine has no local model: it only runs calls (run, _hop)
+        self.merge = getattr(loop.model, "spatial_merge_size", 1)
+        self.perception_ids = self._perception_ids() if loop.model is not None else frozenset()
 
     def _perception_ids(self) -> frozenset[int]:
         """Ids of every perception token (each installed action's span tokens, the model's region
@@ -99,7 +100,7 @@ class Observer:
         root = s.root.copy()
         image = root if target == ROOT else s.image(target).copy()
         return ActionContext(image=image, frame=s.frame(target), root=root, options=options,
-                             encoders=self.loop.hub, device=str(self.model.device), _ids=s.ids)
+                             encoders=self.loop.hub, device=str(getattr(self.model, "device", "cpu")), _ids=s.ids)
 
     def _hop(self, s: Sample, call: ActionCall, node: str | None) -> Hop:
         hop = Hop(index=len(s.trace.hops), action=call.action, tokens=list(call.tokens),

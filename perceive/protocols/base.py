@@ -102,6 +102,21 @@ class ToolProtocol:
         raise NotImplementedError(f"protocol {self.name!r} cannot write structured tool calls as text; ask the "
                                   "endpoint for the raw text (no tool parser)")
 
+    def stop_strings(self, actions: Sequence[Action]) -> list[str]:
+        """Where an endpoint should stop generating: the end of a call (it comes back without it,
+        and :meth:`close_call` puts it back)."""
+        return sorted({a.grammar.end for a in actions if a.grammar is not None and getattr(a.grammar, "end", None)})
+
+    def close_call(self, text: str, actions: Sequence[Action]) -> str:
+        """``text`` with the closing tag of a call it leaves open put back (an endpoint stopped on it)."""
+        for start, end in self._tags(actions):
+            if start in text and text.rfind(start) > text.rfind(end):
+                return text + end
+        return text
+
+    def _tags(self, actions: Sequence[Action]) -> list[tuple[str, str]]:
+        return [(a.grammar.start, a.grammar.end) for a in actions if a.grammar is not None]
+
     def call_name_and_arguments(self, call: PerceptionCall) -> tuple[str, dict[str, Any]]:
         """``(tool name, arguments)`` of a call, as an OpenAI ``tool_calls`` entry names them."""
         return call.action, call.args.model_dump(mode="json")
@@ -206,6 +221,12 @@ class TextToolProtocol(ToolProtocol):
 
     def tool_names(self, actions: Sequence[Action]) -> list[str]:
         return [getattr(self, "tool", None) or self.name]
+
+    def stop_strings(self, actions: Sequence[Action]) -> list[str]:
+        return [self.close_tag]
+
+    def _tags(self, actions: Sequence[Action]) -> list[tuple[str, str]]:
+        return [(self.open_tag, self.close_tag)]
 
     def call_text(self, name: str, arguments: Mapping[str, Any]) -> str:
         body = json.dumps({"name": name, "arguments": dict(arguments)}, ensure_ascii=False)
