@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import re
 import time
@@ -74,15 +75,32 @@ class RemoteLoop:
         self.registry = registry or getattr(graph, "registry", None) or get_registry()
         options = options or LoopOptions()
         self.options = options
-        self.limits = RunLimits(options.max_hops, merge_options(self.registry, {}, options.action_options))
         self.client = client or _client(remote)
         self.served = remote.model or self._first_model()
+        self.info = self._served_info()  # perceive serve describes its model; other endpoints do not
+        # the options the served model was trained with (perceive serve says), under the run's own
+        trained = (self.info or {}).get("action_options") or {}
+        self.limits = RunLimits(options.max_hops, merge_options(self.registry, trained, options.action_options))
         self.protocol = self._protocol()
         self.actions = [a for a in self.registry.select(options.actions) if a.grammar is not None]
         self.controller = self._controller(graph, params)
         self.hub = EncoderHub(self.registry.encoder_specs(), encoder_configs or {})
         self.observer = Observer(self)
-        self.system = self.protocol.system_prompt(options.system, self.registry.select(options.actions))
+        self.system, self.tools = self._declaration()
+
+    def _declaration(self) -> tuple[str | None, list[dict] | None]:
+        """How the actions are declared: ``(system turn, tools)``. perceive serve declares them itself
+        and is told which to hand back (``tools`` by name); an endpoint whose chat template writes a
+        tools block (Hermes-style models) gets ``tools``; any other, the protocol's system turn."""
+        actions = self.registry.select(self.options.actions)
+        if self.info is not None:
+            names = self.info.get("tools") or self.protocol.tool_names(self.actions)
+            wanted = [n for n in self.protocol.tool_names(self.actions) if n in names] or names
+            return self.options.system, [{"type": "function", "function": {"name": n}} for n in wanted]
+        schemas = getattr(self.protocol, "tool_schemas", None)
+        if schemas is not None and getattr(self.protocol.options, "declare", True):
+            return self.options.system, schemas(actions)
+        return self.protocol.system_prompt(self.options.system, actions), None
 
     # -- set-up -------------------------------------------------------------------------------
 
@@ -94,11 +112,17 @@ class RemoteLoop:
         self._models = models
         return ids[0]
 
+    def _served_info(self) -> dict | None:
+        try:
+            served = getattr(self, "_models", None) or self._call(lambda: self.client.models.list())
+        except RemoteError:
+            return None  # an endpoint without /models: the run config must say everything
+        return next(((m.model_extra or {}).get("perceive") for m in served.data if m.id == self.served), None)
+
     def _protocol(self):
         name, options = self.options.protocol, self.options.protocol_options
+        info = self.info
         if name == "auto":  # perceive serve says which; another endpoint cannot
-            served = getattr(self, "_models", None) or self._call(lambda: self.client.models.list())
-            info = next(((m.model_extra or {}).get("perceive") for m in served.data if m.id == self.served), None)
             if not info:
                 raise ConfigError(f"protocol: auto, but {self.remote.url} does not say which tool-call protocol "
                                   f"{self.served!r} speaks",
@@ -253,22 +277,25 @@ class RemoteLoop:
         if turn:
             body |= {"continue_final_message": True, "add_generation_prompt": False}
         stops = self.protocol.stop_strings(self.actions)
+        tools = {"tools": self.tools} if self.tools else {}
         resp = self._call(lambda: self.client.chat.completions.create(
-            model=self.served, messages=msgs, max_tokens=left, stop=stops or None, extra_body=body))
+            model=self.served, messages=msgs, max_tokens=left, stop=stops or None, extra_body=body, **tools))
         choice = resp.choices[0]
         m = choice.message
         text = m.content or ""
         ext = (m.model_extra or {}).get("perceive") or {}
-        if isinstance(ext.get("text"), str):
-            text = ext["text"]  # perceive serve's exact turn
-        for tc in m.tool_calls or []:  # an endpoint's tool parser took the call out of the text
-            import json
-
+        exact = isinstance(ext.get("text"), str)
+        if exact:
+            text = ext["text"]  # perceive serve's exact turn, the call written in it
+        for tc in [] if exact else (m.tool_calls or []):  # an endpoint's tool parser took the call out of the text
             try:
                 arguments = json.loads(tc.function.arguments or "{}")
+                text += self.protocol.call_text(tc.function.name, arguments if isinstance(arguments, dict) else {})
             except ValueError:
-                arguments = {}
-            text += self.protocol.call_text(tc.function.name, arguments if isinstance(arguments, dict) else {})
+                s.event(EventType.PARSE_ERROR, kind="invalid_json", message=f"tool call {tc.function.name!r}: its "
+                        f"arguments are not JSON: {tc.function.arguments!r}")
+            except NotImplementedError as exc:
+                raise RemoteError(str(exc), hint="serve the model without a tool-call parser") from None
         text = self.protocol.close_call(text, self.actions)
         usage = resp.usage
         s.trace.generated_tokens += usage.completion_tokens if usage else 0

@@ -186,7 +186,9 @@ def create_app(loop, settings: ServeSettings | None = None) -> FastAPI:
         return {"object": "list", "data": [{
             "id": settings.model_name, "object": "model", "created": 0, "owned_by": "perceive",
             "perceive": {"protocol": loop.protocol.name, "protocol_options": loop.protocol.options.model_dump(),
-                         "tools": sorted(tool_names), "actions": [a.name for a in actions]}}]}
+                         "tools": sorted(tool_names), "actions": [a.name for a in actions],
+                         # what a client running the actions itself must use (the model's trained options)
+                         "action_options": {k: dict(v) for k, v in loop.options.action_options.items()}}}]}
 
     @app.post("/v1/chat/completions")
     async def chat(req: ChatRequest, request: Request):
