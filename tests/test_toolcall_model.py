@@ -1,8 +1,8 @@
 """The shipped tool-calling model (models/toolcall): it loads, and through the loop with the
 hermes_json protocol it calls its zoom tool in JSON on its example cards, on the card's cells (the
 crop returned as <tool_response>), and reads the ones it read in its evaluation (0.48 exact match
-on the held-out set, docs/models/toolcall.md). Its run config (models/toolcall/run.yaml) names the
-protocol it was trained on."""
+on the held-out set, docs/models/toolcall.md). Its perceive.json names the protocol it was trained
+on, so ``protocol: auto`` runs it."""
 
 import json
 from pathlib import Path
@@ -28,10 +28,11 @@ def loop():
     from perceive.model import load_model
 
     cfg = load_config(MODEL_DIR / "run.yaml")
-    assert cfg.protocol.name == "hermes_json"
+    assert cfg.protocol.name == "auto"  # the model's own perceive.json says
     model = load_model(MODEL_DIR, device="cpu", dtype="float32")
-    return PerceptionLoop(model, options=LoopOptions(max_hops=2, max_new_tokens=128, protocol=cfg.protocol.name,
-                                                     protocol_options=cfg.protocol.options))
+    loop = PerceptionLoop(model, options=LoopOptions(max_hops=2, max_new_tokens=128))
+    assert loop.protocol.name == "hermes_json" and loop.protocol.options.declare is False
+    return loop
 
 
 def test_the_tool_calling_model_is_small_and_in_the_project_format():

@@ -49,6 +49,16 @@ def run_config(config: Path | None, sets: list[str] | None, flags: list[tuple[tu
     return cfg
 
 
+REMOTE_HELP = ("Drive a model served at this OpenAI-compatible base URL (vLLM, SGLang, perceive serve), e.g. "
+               "http://127.0.0.1:8000/v1, instead of loading one (remote.url).")
+REMOTE_MODEL_HELP = "The served model's id (remote.model; default: the endpoint's first)."
+
+
+def remote_flags(remote: str | None, remote_model: str | None) -> list[tuple[tuple, Any, str]]:
+    """``--remote URL`` and ``--remote-model NAME`` as config overrides."""
+    return [(("remote", "url"), remote, "--remote"), (("remote", "model"), remote_model, "--remote-model")]
+
+
 def loop_flags(model: Path | None, max_new_tokens: int | None, device: str | None, dtype: str | None,
                reprefill: bool, action_timeout: float | None) -> list[tuple[tuple, Any, str]]:
     """The flags every command that runs the loop takes, as config overrides."""

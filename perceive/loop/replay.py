@@ -100,3 +100,27 @@ def _observation(obs: Observer, s: Sample, ev: PerceptionCall, result: ToolResul
         turn = turn[1:]
     hop.prefilled_tokens = len(turn)
     return turn, images
+
+
+def preview_boxes(obs: Observer, s: Sample, ev: PerceptionCall) -> list[dict] | None:
+    """The root-pixel boxes the views of a call going back to the client will show (what it must
+    crop), computed by running the action here without recording it; None for a call that shows
+    no views, or one that fails (the client finds out when it runs it)."""
+    from perceive.dispatch import dispatch
+
+    loop = obs.loop
+    call = ev.to_call()
+    action = loop.registry.action(call.action)
+    if action.observation != "view":
+        return None
+    options = dict((s.limits or loop.limits).action_options.get(call.action, {}))
+    want = ev.target or loop.options.target
+    target = s.target if want == "latest" else (want if want in s.views else "root")
+    from perceive.actions import ActionCall
+
+    call = ActionCall(call.action, call.args, target, call.tokens, call.token_ids)
+    res = dispatch(loop.registry.pm, action, call, obs._context(s, options, target),
+                   timeout_s=loop.options.action_timeout_s)
+    if not res.ok:
+        return None
+    return [v.box.to_dict() for v in res.observation]

@@ -96,6 +96,9 @@ class VPTConfig(_Strict):
     #: the view actions whose observations the model was trained to read (``["region_select"]``);
     #: a graph that forces another on it is refused. None: not declared
     views: list[str] | None = None
+    #: the tool-call protocol the model was trained to speak, ``{"name": ..., "options": {...}}``
+    #: (``protocol: auto`` reads it); None: not declared (a VPT model speaks ``vpt``)
+    protocol: dict[str, Any] | None = None
 
     def branch_for_token(self, token_id: int) -> BranchConfig | None:
         for b in self.branches.values():

@@ -1,5 +1,7 @@
 """Which tool-call protocol a model speaks, when the run does not say (``protocol: auto``).
 
+* A model whose ``perceive.json`` names its ``protocol`` (what it was trained to speak, e.g.
+  ``models/toolcall``: ``hermes_json``) speaks that.
 * A perceive/VPT model (perception branches or the region grid in ``perceive.json``, or one of
   the paper's checkpoints) speaks ``vpt``.
 * Otherwise the chat template decides, by rendering probe conversations with it (not by
@@ -72,6 +74,9 @@ def model_type(model) -> str | None:
 def detect_protocol(model, names: list[str] | None = None) -> tuple[str, dict[str, Any]]:
     """``(name, options)`` of the protocol ``model`` speaks; a :class:`ConfigError` when its files
     do not say. ``names``: the installed protocols (for the message)."""
+    declared = getattr(getattr(model, "config", None), "protocol", None)
+    if isinstance(declared, dict) and declared.get("name"):  # perceive.json says what it was trained on
+        return declared["name"], dict(declared.get("options") or {})
     if is_vpt_model(model):
         return "vpt", {}
     found = template_protocol(getattr(model, "tokenizer", None), model_type(model))

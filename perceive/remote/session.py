@@ -115,7 +115,9 @@ class RemoteLoop:
     def _served_info(self) -> dict | None:
         try:
             served = getattr(self, "_models", None) or self._call(lambda: self.client.models.list())
-        except RemoteError:
+        except RemoteError as exc:
+            if getattr(exc, "status", None) is None:
+                raise  # not there at all
             return None  # an endpoint without /models: the run config must say everything
         return next(((m.model_extra or {}).get("perceive") for m in served.data if m.id == self.served), None)
 
@@ -362,9 +364,11 @@ class RemoteLoop:
         try:
             return fn()
         except openai.APIStatusError as exc:
-            raise RemoteError(f"{self.remote.url} answered {exc.status_code}: {_message(exc)}",
-                              hint="see the endpoint's log; 429 and 5xx were retried "
-                                   f"{self.remote.max_retries} time(s)") from None
+            e = RemoteError(f"{self.remote.url} answered {exc.status_code}: {_message(exc)}",
+                            hint="see the endpoint's log; 429 and 5xx were retried "
+                                 f"{self.remote.max_retries} time(s)")
+            e.status = exc.status_code
+            raise e from None
         except openai.APITimeoutError:
             raise RemoteError(f"{self.remote.url} did not answer within {self.remote.timeout_s} s",
                               hint="raise remote.timeout_s") from None

@@ -27,6 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
 from perceive.errors import PerceiveError
+from perceive.loop.replay import preview_boxes
 from perceive.loop.sample import Answer
 from perceive.serve.messages import read_conversation
 from perceive.serve.metrics import Metrics
@@ -239,11 +240,27 @@ def create_app(loop, settings: ServeSettings | None = None) -> FastAPI:
         unknown = sorted(set(o.actions) - {a.name for a in loop.registry.select(None)})
         if unknown:
             raise HTTPProblem(400, f"perceive.actions: no action named {unknown}", param="perceive.actions")
+        if o.graph is not None or o.params:
+            _check_graph(o.graph or "free_choice", o.params)
         deadline = min(o.deadline_s or settings.deadline_s, settings.deadline_s)
         client_tools = bool(req.tools) and req.tool_choice != "none"
         return Job(conv, client_tools=client_tools, max_new_tokens=req.max_completion_tokens or req.max_tokens,
                    graph=o.graph, params=o.params or None, max_hops=o.max_hops, action_options=o.actions or None,
                    deadline=time.monotonic() + deadline, stream=req.stream)
+
+    def _check_graph(name: str, params: dict) -> None:
+        """Validate a request's graph before it queues (compiled once per name and params)."""
+        from perceive.graph import GraphValidationError, compile_graph
+
+        try:
+            g = compile_graph(name, registry=loop.registry, params=params)
+            g.check_model(loop.model)
+        except GraphValidationError as exc:
+            raise HTTPProblem(400, f"perceive.graph: {exc}", param="perceive.graph", code="invalid_graph") from None
+        except FileNotFoundError as exc:
+            raise HTTPProblem(400, f"perceive.graph: {exc}", param="perceive.graph", code="invalid_graph") from None
+        except PerceiveError as exc:
+            raise _problem_from(exc) from None
 
     def _message(req: ChatRequest, job: Job, answer: Answer) -> tuple[dict, str]:
         s, t = job.sample, answer.trace
@@ -258,11 +275,12 @@ def create_app(loop, settings: ServeSettings | None = None) -> FastAPI:
             calls, limits = [], s.limits or loop.limits
             for call in s.calls:
                 name, arguments = loop.protocol.call_name_and_arguments(call)
+                boxes = preview_boxes(loop.observer, s, call)
                 calls.append({"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
                               "function": {"name": name, "arguments": json.dumps(arguments)},
                               "perceive": {"action": call.action, "args": call.args.model_dump(mode="json"),
                                            "target": call.target, "options": dict(limits.action_options.get(
-                                               call.action, {}))}})
+                                               call.action, {})), "boxes": boxes}})
             msg["tool_calls"] = calls
             msg["perceive"] = {"text": raw}
         return msg, _OPENAI_FINISH.get(t.finish_reason, "stop")

@@ -150,9 +150,18 @@ class Scheduler:
             self.on_step(dt, self.running)
             for s, job in list(self.jobs.items()):
                 if job.stream and not s.done:
-                    self._progress(job)
+                    self._guard(self._progress, job)
             for s in finished:
-                self._finish(s)
+                self._guard(self._finish, s)
+
+    def _guard(self, fn, arg) -> None:
+        """Run one job's bookkeeping; a bug in it fails that job, not the thread."""
+        try:
+            fn(arg)
+        except Exception as exc:
+            job = arg if isinstance(arg, Job) else self.jobs.pop(arg, None)
+            if job is not None:
+                job.emit("error", PerceiveError(f"internal error: {type(exc).__name__}: {exc}"))
 
     def _admit(self, job: Job) -> None:
         if job.cancelled:
@@ -163,8 +172,9 @@ class Scheduler:
             s = self.loop.start(c.image, c.question, next(self.index), history=c.history,
                                 client_tools=job.client_tools, max_new_tokens=job.max_new_tokens, graph=job.graph,
                                 params=job.params, max_hops=job.max_hops, action_options=job.action_options)
-        except PerceiveError as exc:  # a graph that does not compile, say
-            job.emit("error", exc)
+        except Exception as exc:  # the model thread never dies of one request
+            job.emit("error", exc if isinstance(exc, PerceiveError) else PerceiveError(
+                f"the request could not start: {type(exc).__name__}: {exc}"))
             self.on_done(job, None)
             return
         job.sample = s

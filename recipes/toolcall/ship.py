@@ -16,13 +16,13 @@ from pathlib import Path
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
-#: how to run it: the protocol it was trained on (it still carries the VPT region tokens of the model
-#: it continues, so `protocol: auto` would pick vpt); declare: false, as trained (no # Tools block)
-RUN_YAML = """# How to run models/toolcall: the protocol it was trained on (it still carries the VPT region
-# tokens of the model it continues, so `protocol: auto` would pick vpt). `declare: false`: it was
-# trained without the # Tools block in the system turn (the chat template's default system turn).
+#: the protocol it was trained on, written into its perceive.json (`protocol: auto` reads it; the model
+#: still carries the VPT region tokens of the model it continues); declare: false, as trained (no
+#: # Tools block in the system turn)
+PROTOCOL = {"name": "hermes_json", "options": {"response": "deepeyes", "declare": False}}
+RUN_YAML = """# How to run models/toolcall: its perceive.json names the protocol it was trained on (hermes_json,
+# DeepEyes' response turn, no # Tools block: `protocol: auto` reads it); two hops at most.
 model: .
-protocol: {name: hermes_json, options: {response: deepeyes, declare: false}}
 params: {max_hops: 2}
 runtime: {max_new_tokens: 128}
 """
@@ -47,6 +47,9 @@ def main() -> None:
         shutil.rmtree(args.out)
     shutil.copytree(args.model, args.out)
     (args.out / "run.yaml").write_text(RUN_YAML)
+    meta = json.loads((args.out / "perceive.json").read_text())
+    meta["protocol"] = PROTOCOL
+    (args.out / "perceive.json").write_text(json.dumps(meta, indent=2))
     ex = args.out / "examples"
     ex.mkdir()
     table = {}
