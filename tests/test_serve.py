@@ -4,9 +4,7 @@ requests get OpenAI-style 4xx errors, and a client that goes away does not distu
 
 from __future__ import annotations
 
-import base64
 import http.client
-import io
 import json
 import threading
 from pathlib import Path
@@ -20,7 +18,7 @@ pytest.importorskip("fastapi")
 
 from perceive.loop import PerceptionLoop  # noqa: E402
 from perceive.model import load_model  # noqa: E402
-from perceive.testing.live import live_server  # noqa: E402
+from perceive.testing.live import data_url, live_server, user_message  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "models" / "default" / "examples"
@@ -41,19 +39,8 @@ def request(method: str, url: str, body: dict | None = None) -> tuple[int, dict,
         conn.close()
 
 
-def data_url(path_or_image) -> str:
-    if isinstance(path_or_image, Image.Image):
-        buf = io.BytesIO()
-        path_or_image.save(buf, format="PNG")
-        raw = buf.getvalue()
-    else:
-        raw = Path(path_or_image).read_bytes()
-    return "data:image/png;base64," + base64.b64encode(raw).decode()
-
-
 def user(image, question=QUESTION) -> dict:
-    return {"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(image)}},
-                                        {"type": "text", "text": question}]}
+    return user_message(image, question)
 
 
 @pytest.fixture(scope="module")

@@ -60,6 +60,27 @@ def serve(
     app = create_app(loop, settings)
     console.print(f"serving {settings.model_name!r} (protocol {loop.protocol.name}) on http://{host}:{port}/v1",
                   markup=False, highlight=False)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info",
-                                           timeout_graceful_shutdown=int(deadline) + 5))
+    server = _draining_server(uvicorn.Config(app, host=host, port=port, log_level="info",
+                                            timeout_graceful_shutdown=int(deadline) + 5))
     server.run()
+    console.print("drained and stopped", markup=False)
+
+
+def _server_class():
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        """SIGTERM or Ctrl-C: stop taking connections, finish the requests in flight, exit 0 (uvicorn
+        would raise the signal again after its shutdown, so the process would die by it)."""
+
+        def handle_exit(self, sig, frame) -> None:
+            super().handle_exit(sig, frame)
+            captured = getattr(self, "_captured_signals", None)
+            if isinstance(captured, list):
+                captured.clear()
+
+    return DrainingServer
+
+
+def _draining_server(config):
+    return _server_class()(config)

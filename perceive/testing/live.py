@@ -38,3 +38,24 @@ def live_server(loop, **settings):
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+def data_url(image) -> str:
+    """A PNG data URL of an image file (its bytes as they are) or a PIL image."""
+    import base64
+    import io
+    from pathlib import Path
+
+    if hasattr(image, "save"):
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        raw = buf.getvalue()
+    else:
+        raw = Path(image).read_bytes()
+    return "data:image/png;base64," + base64.b64encode(raw).decode()
+
+
+def user_message(image, question: str) -> dict:
+    """An OpenAI chat user message: the image (a data URL), then the question."""
+    return {"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(image)}},
+                                        {"type": "text", "text": question}]}
