@@ -271,3 +271,33 @@ def test_a_client_that_disconnects_does_not_disturb_a_concurrent_one():
                 break
             threading.Event().wait(0.05)
         assert cancelled() == 1
+
+
+def test_no_request_body_gets_a_500(server):
+    """Whatever JSON a client posts (random values in every field of a real request, or any JSON
+    at all), the answer is a 200 or an OpenAI-style 4xx error, never a 500 or a dropped
+    connection."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    good = {"model": "default", "messages": [user(EXAMPLES / "card_3.png")], "max_tokens": 16}
+    leaf = st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False) | st.text(max_size=20)
+    value = st.recursive(leaf, lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=8), kids,
+                                                                                          max_size=3), max_leaves=8)
+    fields = ["model", "messages", "stream", "max_tokens", "tools", "tool_choice", "temperature", "n", "perceive",
+              "skip_special_tokens", "continue_final_message", "stop"]
+    mutated = st.builds(lambda k, v: {**good, k: v}, st.sampled_from(fields), value)
+    nested = st.builds(lambda v: {**good, "messages": [{"role": "user", "content": v}]}, value)
+    perceive_opts = st.builds(lambda v: {**good, "perceive": v}, st.dictionaries(
+        st.sampled_from(["graph", "params", "max_hops", "actions", "deadline_s", "trace"]), value, max_size=3))
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.one_of(value, mutated, nested, perceive_opts))
+    def check(body):
+        status, _, raw = request("POST", f"{server}/chat/completions", body)
+        assert status == 200 or 400 <= status < 500, (status, raw[:300], body)
+        if status != 200:
+            err = json.loads(raw)["error"]
+            assert err["message"] and "Traceback" not in err["message"]
+
+    check()
