@@ -113,15 +113,13 @@ class RemoteConfig(_Strict):
     url: str
     #: the served model's id (unset: the endpoint's first, GET /v1/models)
     model: str | None = None
-    #: ``client``: perceive runs the actions and the graph, the endpoint only generates (any endpoint);
-    #: ``server``: a ``perceive serve`` endpoint runs the whole sample
+    #: ``client``: perceive runs actions and graph, the endpoint generates; ``server``: perceive serve runs all
     mode: Literal["client", "server"] = "client"
     #: the environment variable holding the API key (unset: none)
     api_key_env: str | None = None
     timeout_s: float = Field(120.0, gt=0)
-    #: retries of a request answered 429 or 5xx, or timed out, with exponential backoff
+    #: retries of a request answered 429 or 5xx, or timed out (exponential backoff)
     max_retries: int = Field(3, ge=0, le=20)
-    #: samples in flight at once (the endpoint batches them)
     concurrency: int = Field(8, ge=1, le=1024)
 
 

@@ -197,6 +197,13 @@ CASES = [
     ("train-bad-steps", ["train", "tiny.yaml", "--steps", "ten"], 2, "Invalid value for '--steps'"),
     ("train-resume-missing", ["train", "tiny.yaml", "--resume", "run/checkpoint-9"], 1,
      "error: cannot resume: there is no checkpoint run/checkpoint-9"),
+    # serve, and a remote model that is not there
+    ("serve-local-images-missing", ["serve", "--allow-local-images", "nowhere"], 2,
+     "error: --allow-local-images nowhere: not a folder"),
+    ("serve-model-missing", ["serve", "--model", "nowhere"], 1, "error: model folder not found: nowhere"),
+    ("serve-port-out-of-range", ["serve", "--port", "99999"], 2, "Invalid value for '--port'"),
+    ("ask-remote-unreachable", ["ask", IMG, Q, "--remote", "http://127.0.0.1:9/v1", "--set", "remote.max_retries=0"],
+     1, "error: cannot reach http://127.0.0.1:9/v1"),
     # eval
     ("eval-missing-config", ["eval", "missing.yaml"], 1, "missing.yaml"),
     ("eval-bad-yaml", ["eval", "bad.yaml"], 1, "bad.yaml"),
