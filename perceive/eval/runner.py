@@ -47,6 +47,7 @@ class EvalConfig(PerceiveConfig):
     data: Path
     name: str | None = None
     max_samples: int | None = None
+    #: samples running at once (continuous batching: a finished sample's place is taken at once)
     batch_size: int = 8
     #: force each item's own first assistant turn (its ground-truth perception span) before the
     #: model continues: separates finding the region from reading it
@@ -137,8 +138,12 @@ def evaluate(cfg: EvalConfig, model=None, registry=None, progress: bool = True, 
     t_start = time.perf_counter()
     with Progress(disable=not progress) as bar:
         task = bar.add_task("eval", total=n)
-        for lo in range(0, n, cfg.batch_size):
-            exs = [ds[k] for k in range(lo, min(n, lo + cfg.batch_size))]
+        # continuous batching: batch_size samples run at once and a finished one's place is taken
+        # at the next step; the progress bar moves per chunk of 8 batches
+        loop.options.max_batch_size = cfg.batch_size
+        chunk = cfg.batch_size * 8
+        for lo in range(0, n, chunk):
+            exs = [ds[k] for k in range(lo, min(n, lo + chunk))]
             if cfg.oracle_spans:
                 loop.policy = _oracle(model.tokenizer, exs)
             answers = loop.ask_batch([(e.images["images"][0], question_of(e.question)) for e in exs])
