@@ -8,6 +8,7 @@ with masked keys by the engine, so it computes what it would alone.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -55,6 +56,7 @@ class Batch:
         loop, engine = self.loop, self.engine
         while self.waiting and len(self.running) < self.cap:
             s = self.waiting.popleft()
+            s.t0 = time.perf_counter()  # a sample's time is counted from when it runs, not while it waits
             engine.open(s)
             engine.feed(s, s.pending)
             self.running.append(s)

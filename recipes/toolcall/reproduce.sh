@@ -19,9 +19,15 @@ python export_checkpoint.py runs/toolcall/checkpoint-500 runs/model-500
 perceive eval eval.yaml --model runs/model-500 --set 'name="hermes_json, the JSON call alone (train.yaml, step 500)"' --out runs/eval-json500
 OMP_NUM_THREADS=2 perceive train span.yaml    # stage 1: 1400 steps, batch 16, lr 2e-4 -> runs/span/model
 perceive eval eval.yaml --model runs/span/model --set 'name="hermes_json, span then call, stage 1 (span.yaml)"' --out runs/eval-span
-# stage 2 (shipped): 800 more steps on 4000 fresh cards, lr 1.5e-4
+# stage 2: 800 more steps on 4000 fresh cards, lr 1.5e-4
 perceive data cards --n 4000 --out data/wd2-train --split train_wide --augment --distractors --format jpg --margin 0 --no-prompts --seed 22
 python make_data.py data/wd2-train --out data/span2-train.json --span
 OMP_NUM_THREADS=2 perceive train span2.yaml   # -> runs/span2/model
-perceive eval eval.yaml                       # 500 held-out cards through a hermes_json hop -> runs/eval-span2
-python ship.py runs/span2/model runs/eval-span2/eval.json data/cards-eval --n 4 --need-answer
+perceive eval eval.yaml --model runs/span2/model --out runs/eval-span2   # 0.482
+# stage 3 (shipped): 2000 more steps on both fresh sets (9000 cards), lr 1.5e-4
+python -c "import json; json.dump(json.load(open('data/span-train.json')) + json.load(open('data/span2-train.json')), open('data/span3-train.json', 'w'))"
+OMP_NUM_THREADS=2 perceive train span3.yaml   # -> runs/span3/model
+# the model says which protocol it speaks (ship.py writes the same into models/toolcall)
+python -c "import json; p='runs/span3/model/perceive.json'; d=json.load(open(p)); d['protocol']={'name': 'hermes_json', 'options': {'response': 'deepeyes', 'declare': False}}; json.dump(d, open(p, 'w'), indent=2)"
+perceive eval eval.yaml                       # 500 held-out cards through a hermes_json hop -> runs/eval-span3 (0.860)
+python ship.py runs/span3/model runs/eval-span3/eval.json data/cards-eval --n 4 --need-answer
