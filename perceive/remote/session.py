@@ -68,10 +68,14 @@ class RemoteLoop:
     tokenizer = None
 
     def __init__(self, remote, registry=None, options: LoopOptions | None = None, graph=None, params=None,
-                 encoder_configs: dict | None = None, client=None):
+                 encoder_configs: dict | None = None, client=None, graph_name: str | None = None,
+                 graph_params: dict | None = None):
         from perceive.plugins import get_registry
 
         self.remote = remote
+        # what a perceive serve endpoint is told to run in mode: server (the graph by name)
+        self.graph_name = graph_name or (graph if isinstance(graph, str) else None)
+        self.graph_params = dict(graph_params if graph_params is not None else params or {})
         self.registry = registry or getattr(graph, "registry", None) or get_registry()
         options = options or LoopOptions()
         self.options = options
@@ -193,9 +197,9 @@ class RemoteLoop:
     def _server_side(self, s: Sample) -> Answer:
         o = self.options
         ext = {"max_hops": o.max_hops, "actions": {k: dict(v) for k, v in o.action_options.items()}}
-        if getattr(self, "_graph_name", None):
-            ext["graph"] = self._graph_name
-            ext["params"] = dict(getattr(self, "_graph_params", None) or {})
+        if self.graph_name:
+            ext["graph"] = self.graph_name
+            ext["params"] = self.graph_params
         resp = self._call(lambda: self.client.chat.completions.create(
             model=self.served, messages=[self._first_user(s, [])], max_tokens=o.max_new_tokens,
             extra_body={"perceive": ext}))
@@ -419,8 +423,6 @@ def loop_from_config(cfg, registry=None, graph=None, policy=None, model=None):
                           hint="drop --oracle-spans, or run the model locally")
     registry = registry or get_registry()
     cfg.refuse(cfg.check_names(registry))
-    loop = RemoteLoop(cfg.remote, registry=registry, options=options_from_config(cfg), graph=graph,
-                      params=cfg.graph_params(), encoder_configs=cfg.encoder_configs())
-    loop._graph_name = cfg.graph
-    loop._graph_params = cfg.params
-    return loop
+    return RemoteLoop(cfg.remote, registry=registry, options=options_from_config(cfg), graph=graph,
+                      params=cfg.graph_params(), encoder_configs=cfg.encoder_configs(), graph_name=cfg.graph,
+                      graph_params=cfg.params)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,8 +101,6 @@ def read_conversation(req: ChatRequest, protocol, local_root: Path | None) -> Co
         if text is None:
             text = _text(m)
             for tc in m.tool_calls or []:
-                import json
-
                 try:
                     arguments = json.loads(tc.function.arguments or "{}")
                 except ValueError:
