@@ -236,6 +236,11 @@ def create_app(loop, settings: ServeSettings | None = None) -> FastAPI:
             raise _problem_from(exc) from None
         if req.temperature or (req.top_p is not None and req.top_p < 1):
             conv.warnings.append("temperature/top_p are not used: this server decodes greedily")
+        stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+        own = set(loop.protocol.stop_strings(loop.actions))
+        if set(stops) - own:
+            conv.warnings.append(f"stop strings other than the calls' closing tags are not applied: "
+                                 f"{sorted(set(stops) - own)}")
         o = req.perceive
         unknown = sorted(set(o.actions) - {a.name for a in loop.registry.select(None)})
         if unknown:
