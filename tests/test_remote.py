@@ -117,3 +117,16 @@ def test_a_tool_parsers_structured_call_reads_as_the_text_call(registry):
     assert tuple(a[0].args.box) == (10, 20, 110, 90)
     # an endpoint that stopped on the closing tag: it is put back
     assert proto.close_call(raw.removesuffix("</tool_call>"), actions) == raw
+
+
+def test_the_api_key_comes_from_the_environment_variable_the_config_names(monkeypatch):
+    from perceive.errors import ConfigError
+    from perceive.remote.session import _client
+
+    cfg = RemoteConfig(url="http://127.0.0.1:1/v1", api_key_env="PERCEIVE_TEST_KEY")
+    monkeypatch.delenv("PERCEIVE_TEST_KEY", raising=False)
+    with pytest.raises(ConfigError, match="PERCEIVE_TEST_KEY"):
+        _client(cfg)
+    monkeypatch.setenv("PERCEIVE_TEST_KEY", "sk-test-123")
+    client = _client(cfg)
+    assert client.api_key == "sk-test-123" and client.max_retries == 3
