@@ -4,7 +4,9 @@ with the official ``openai`` client, on the shipped model and held-out number ca
     .venv/bin/python benchmarks/serve_load.py [--model models/default] [--clients 8] [--requests 6]
                                               [--batch 8] [--json out.json]
 
-It runs the same load twice on the same server settings: continuous batching (``--batch``
+The server is a ``perceive serve`` process of its own (as in production: the clients' threads do
+not share its interpreter). It runs the same load twice on the same server settings: continuous
+batching (``--batch``
 samples in the running batch) and one request at a time (``--max-batch 1``). For each it reports
 requests/s, p50/p95/p99 latency, and failed or lost requests; every answer is checked against an
 offline ``PerceptionLoop.ask`` of the same card (they must all match).
@@ -13,9 +15,14 @@ offline ``PerceptionLoop.ask`` of the same card (they must all match).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import random
+import signal
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -32,17 +39,46 @@ def cards(n: int, seed: int = 7):
     return [(make_card(rng, photos, margin=0)[0], QUESTION) for _ in range(n)]
 
 
-def run_load(loop, items, want, clients: int, per_client: int, batch: int) -> dict:
+@contextlib.contextmanager
+def served(model: str, batch: int, queue: int, threads: int):
+    """``perceive serve`` in a process of its own (the clients' threads must not share its GIL)."""
     import openai
 
-    from perceive.testing.live import live_server, user_message
+    from perceive.testing.live import free_port
+
+    port = free_port()
+    cmd = [str(Path(sys.executable).parent / "perceive"), "serve", "--model", model, "--port", str(port),
+           "--model-name", "m", "--max-batch", str(batch), "--max-queue", str(queue), "--device", "cpu"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    url = f"http://127.0.0.1:{port}/v1"
+    client = openai.OpenAI(base_url=url, api_key="x", max_retries=0)
+    try:
+        for _ in range(600):
+            if proc.poll() is not None:
+                raise SystemExit(f"perceive serve exited: {proc.stderr.read()}")
+            try:
+                client.models.list()
+                break
+            except openai.APIConnectionError:
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(120)
+
+
+def run_load(model, items, want, clients: int, per_client: int, batch: int, threads: int) -> dict:
+    import openai
+
+    from perceive.testing.live import user_message
 
     latencies: list[float] = []
     failed: list[str] = []
     wrong: list[tuple[int, str, str]] = []
     done = 0
     lock = threading.Lock()
-    with live_server(loop, model_name="m", max_batch=batch, max_queue=clients * per_client + 8) as url:
+    with served(model, batch, clients * per_client + 8, threads) as url:
         client = openai.OpenAI(base_url=url, api_key="x", max_retries=0, timeout=600)
         client.chat.completions.create(model="m", messages=[user_message(*items[0])])  # warm-up
 
@@ -85,6 +121,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=6, help="per client")
     ap.add_argument("--batch", type=int, default=8, help="continuous batching: samples running at once")
     ap.add_argument("--cards", type=int, default=24)
+    ap.add_argument("--threads", type=int, default=2, help="the server's torch threads")
     ap.add_argument("--json")
     args = ap.parse_args()
 
@@ -98,9 +135,9 @@ def main() -> None:
     loop = PerceptionLoop(model)
     items = cards(args.cards)
     want = [a.text for a in (loop.ask(img, q) for img, q in items)]  # offline, one at a time
-    rows = [run_load(loop, items, want, args.clients, args.requests, b) for b in (args.batch, 1)]
+    rows = [run_load(args.model, items, want, args.clients, args.requests, b, args.threads) for b in (args.batch, 1)]
     print(f"model {args.model}, {args.clients} clients x {args.requests} requests, {args.cards} held-out cards, "
-          f"torch threads {torch.get_num_threads()}")
+          f"server torch threads {args.threads}, server in its own process")
     print("| running batch | requests | answered right | failed | lost | req/s | p50 s | p95 s | p99 s |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:

@@ -193,7 +193,8 @@ def create_app(loop, settings: ServeSettings | None = None) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat(req: ChatRequest, request: Request):
-        job = _job(req)
+        # decoding images and checking the graph off the event loop: other connections keep moving
+        job = await asyncio.to_thread(_job, req)
         job.aio, job.events = asyncio.get_running_loop(), asyncio.Queue()
         try:
             scheduler.submit(job)
