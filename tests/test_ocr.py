@@ -270,3 +270,28 @@ def test_a_text_turn_comes_in_the_protocols_own_format(text_model, text_registry
     assert ans.ok, ans.error
     assert [h.action for h in ans.trace.hops] == ["caption"]
     assert "<tool_response>the number 460</tool_response>" in text_model.tokenizer.decode(fed[0])
+
+
+def test_a_text_action_forced_before_the_model_speaks_joins_the_first_turn(text_model, text_registry, photo):
+    """A graph that reads text first (no call of the model's yet): the text is in the first user
+    turn, before the question, and the hop is in the trace."""
+    from perceive.graph import compile_graph
+
+    g = compile_graph({
+        "name": "caption_first", "budget": 1, "start": "read",
+        "nodes": {"read": {"kind": "action", "action": "caption", "args": {}, "next": "gen"},
+                  "gen": {"kind": "generate", "next": "done"},
+                  "done": {"kind": "answer"}}}, registry=text_registry)
+    tokens = span_tokens(text_model.tokenizer, "7<|im_end|>")
+    loop = PerceptionLoop(text_model, graph=g, options=LoopOptions(max_new_tokens=8),
+                          policy=ScriptedPolicy(text_model.tokenizer, {0: tokens}))
+    prompts = []
+    feed = loop.observer.feed
+    loop.observer.feed = lambda s, chunk: prompts.append(list(chunk.ids)) or feed(s, chunk)
+    ans = loop.ask(photo, "What is written here?")
+    assert ans.ok, ans.error
+    (hop,) = ans.trace.hops
+    assert hop.action == "caption" and hop.node == "read" and hop.text
+    text = text_model.tokenizer.decode(prompts[0])
+    caption = hop.text[0]["text"]
+    assert caption in text and text.index(caption) < text.index("What is written here?")

@@ -184,6 +184,25 @@ class Observer:
             self._fail(s, hop, exc)
             return None
 
+    def first_turn_text(self, s: Sample, d: Force):
+        """A text action the controller forces before the model speaks: ``(text blocks, [])`` for
+        the first user turn (none when the model was not trained to read it: a ``not_shown``
+        event), or None when the call failed (the sample is finished)."""
+        obs, hop = self.run(s, ActionCall(d.action, d.args, forced=True), dict(d.options), d.target, d.node)
+        if obs is None:
+            return None
+        texts: tuple[Text, ...] = obs
+        hop.text += [t.summary() for t in texts]
+        hop.box = texts[-1].box.to_dict()
+        views = self.cfg.views
+        if views is not None and d.action not in views:
+            s.event(EventType.NOT_SHOWN, action=d.action,
+                    message=f"the model was not trained to read {d.action!r} text turns (perceive.json views: "
+                            f"{views}): the text is in the trace, not shown")
+            return [], []
+        return [self.plain(t.text) + "\n" if len(texts) == 1 else f"Region {k}: {self.plain(t.text)}\n"
+                for k, t in enumerate(texts)], []
+
     def show_views(self, s: Sample, call: ActionCall, decision: Dispatch | Force, closing: list[int]) -> None:
         """Run a view call and queue its observation turn after the ``closing`` tokens."""
         obs, hop = self.run(s, call, dict(decision.options), decision.target, decision.node)

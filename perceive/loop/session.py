@@ -233,8 +233,9 @@ class PerceptionLoop(Decisions):
             if not self.options.dispatch:
                 s.event(EventType.GRAPH, message=f"dispatch is off: the forced {d.action!r} call did not run")
                 continue
-            if self.registry.action(d.action).observation == "view":
-                shown = self.observer.first_turn_views(s, d)
+            kind = self.registry.action(d.action).observation
+            if kind in ("view", "text"):
+                shown = (self.observer.first_turn_views if kind == "view" else self.observer.first_turn_text)(s, d)
                 if shown is None:
                     return s
                 blocks += shown[0]
