@@ -301,3 +301,26 @@ def test_no_request_body_gets_a_500(server):
             assert err["message"] and "Traceback" not in err["message"]
 
     check()
+
+
+def test_local_image_paths_only_under_the_allowed_folder(model, tmp_path):
+    outside = tmp_path / "card.png"
+    outside.write_bytes((EXAMPLES / "card_0.png").read_bytes())
+    with live_server(PerceptionLoop(model), model_name="default", allow_local_images=EXAMPLES) as url:
+        c = openai.OpenAI(base_url=url, api_key="x", max_retries=0)
+
+        def ask(path):
+            return c.chat.completions.create(model="default", messages=[{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": str(path)}}, {"type": "text", "text": QUESTION}]}])
+
+        assert ask(EXAMPLES / "card_0.png").choices[0].message.content == TRUTH["card_0.png"]
+        assert ask(f"file://{EXAMPLES / 'card_1.png'}").choices[0].message.content == TRUTH["card_1.png"]
+        for bad in (outside, EXAMPLES / ".." / ".." / "toolcall" / "examples" / "card_0.png"):
+            with pytest.raises(openai.BadRequestError, match="not under the allowed image folder"):
+                ask(bad)
+    with live_server(PerceptionLoop(model), model_name="default") as url:  # off by default
+        c = openai.OpenAI(base_url=url, api_key="x", max_retries=0)
+        with pytest.raises(openai.BadRequestError, match="local image paths are off"):
+            c.chat.completions.create(model="default", messages=[{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": str(EXAMPLES / "card_0.png")}},
+                {"type": "text", "text": QUESTION}]}])

@@ -50,6 +50,8 @@ def serve(
     if allow_local_images is not None and not allow_local_images.is_dir():
         raise fail(f"--allow-local-images {allow_local_images}: not a folder", 2)
     cfg = run_config(config, set_, loop_flags(model, max_new_tokens, device, dtype, False, action_timeout))
+    if cfg.remote is not None:
+        raise fail(f"{cfg.source} sets remote.url ({cfg.remote.url}): perceive serve runs a local model", 2)
     try:
         loop = PerceptionLoop.from_config(cfg)
     except PerceiveError as exc:
