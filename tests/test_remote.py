@@ -121,7 +121,7 @@ def test_a_tool_parsers_structured_call_reads_as_the_text_call(registry):
 
 def test_the_api_key_comes_from_the_environment_variable_the_config_names(monkeypatch):
     from perceive.errors import ConfigError
-    from perceive.remote.session import _client
+    from perceive.remote.endpoint import make_client as _client
 
     cfg = RemoteConfig(url="http://127.0.0.1:1/v1", api_key_env="PERCEIVE_TEST_KEY")
     monkeypatch.delenv("PERCEIVE_TEST_KEY", raising=False)

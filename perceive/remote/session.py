@@ -24,10 +24,7 @@ no chat endpoint returns. A graph that forces one is refused.
 
 from __future__ import annotations
 
-import base64
-import io
 import json
-import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -47,16 +44,10 @@ from perceive.loop.observe import Observer, err
 from perceive.loop.options import LoopOptions
 from perceive.loop.sample import Answer, Sample, check_question
 from perceive.protocol import ParseError, PerceptionCall
+from perceive.remote.endpoint import call_endpoint, data_url, make_client
 from perceive.trace import EventType, FinishReason, Trace
 
 _SPECIAL = re.compile(r"<\|[a-z0-9_]+\|>")
-
-
-def data_url(image: Image.Image) -> str:
-    """A PNG data URL: lossless, so the endpoint sees exactly the pixels a local run shows."""
-    buf = io.BytesIO()
-    as_rgb(image).save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 class RemoteLoop:
@@ -79,7 +70,7 @@ class RemoteLoop:
         self.registry = registry or getattr(graph, "registry", None) or get_registry()
         options = options or LoopOptions()
         self.options = options
-        self.client = client or _client(remote)
+        self.client = client or make_client(remote)
         self.served = remote.model or self._first_model()
         self.info = self._served_info()  # perceive serve describes its model; other endpoints do not
         # the options the served model was trained with (perceive serve says), under the run's own
@@ -109,7 +100,7 @@ class RemoteLoop:
     # -- set-up -------------------------------------------------------------------------------
 
     def _first_model(self) -> str:
-        models = self._call(lambda: self.client.models.list())
+        models = call_endpoint(self.remote, lambda: self.client.models.list())
         ids = [m.id for m in models.data]
         if not ids:
             raise RemoteError(f"{self.remote.url} serves no model (GET /models is empty)")
@@ -118,7 +109,7 @@ class RemoteLoop:
 
     def _served_info(self) -> dict | None:
         try:
-            served = getattr(self, "_models", None) or self._call(lambda: self.client.models.list())
+            served = getattr(self, "_models", None) or call_endpoint(self.remote, lambda: self.client.models.list())
         except RemoteError as exc:
             if getattr(exc, "status", None) is None:
                 raise  # not there at all
@@ -200,7 +191,7 @@ class RemoteLoop:
         if self.graph_name:
             ext["graph"] = self.graph_name
             ext["params"] = self.graph_params
-        resp = self._call(lambda: self.client.chat.completions.create(
+        resp = call_endpoint(self.remote, lambda: self.client.chat.completions.create(
             model=self.served, messages=[self._first_user(s, [])], max_tokens=o.max_new_tokens,
             extra_body={"perceive": ext}))
         p = (resp.model_extra or {}).get("perceive") or {}
@@ -284,7 +275,7 @@ class RemoteLoop:
             body |= {"continue_final_message": True, "add_generation_prompt": False}
         stops = self.protocol.stop_strings(self.actions)
         tools = {"tools": self.tools} if self.tools else {}
-        resp = self._call(lambda: self.client.chat.completions.create(
+        resp = call_endpoint(self.remote, lambda: self.client.chat.completions.create(
             model=self.served, messages=msgs, max_tokens=left, stop=stops or None, extra_body=body, **tools))
         choice = resp.choices[0]
         m = choice.message
@@ -361,52 +352,9 @@ class RemoteLoop:
                 parts.append({"type": "text", "text": piece})
         return parts
 
-    def _call(self, fn):
-        """One endpoint call; the client retries 429/5xx with backoff (``remote.max_retries``)."""
-        import openai
-
-        try:
-            return fn()
-        except openai.APIStatusError as exc:
-            e = RemoteError(f"{self.remote.url} answered {exc.status_code}: {_message(exc)}",
-                            hint="see the endpoint's log; 429 and 5xx were retried "
-                                 f"{self.remote.max_retries} time(s)")
-            e.status = exc.status_code
-            raise e from None
-        except openai.APITimeoutError:
-            raise RemoteError(f"{self.remote.url} did not answer within {self.remote.timeout_s} s",
-                              hint="raise remote.timeout_s") from None
-        except openai.APIConnectionError as exc:
-            raise RemoteError(f"cannot reach {self.remote.url}: {exc}",
-                              hint="is the server running, and is remote.url its /v1 base URL?") from None
-
-
 class _Bare:
     turn_open = ""
     turn_close = ""
-
-
-def _message(exc) -> str:
-    body = getattr(exc, "body", None)
-    if isinstance(body, dict):
-        e = body.get("error", body)
-        if isinstance(e, dict) and e.get("message"):
-            return str(e["message"])
-    return str(exc)
-
-
-def _client(remote):
-    try:
-        import openai
-    except ImportError as exc:
-        raise ConfigError("the remote engine needs the remote extra (the openai package): "
-                          "pip install 'perceive[remote]'") from exc
-    key = os.environ.get(remote.api_key_env) if remote.api_key_env else None
-    if remote.api_key_env and not key:
-        raise ConfigError(f"remote.api_key_env names {remote.api_key_env!r}, which is not set",
-                          hint=f"export {remote.api_key_env}=... before the run")
-    return openai.OpenAI(base_url=remote.url, api_key=key or "EMPTY", timeout=remote.timeout_s,
-                         max_retries=remote.max_retries)
 
 
 def loop_from_config(cfg, registry=None, graph=None, policy=None, model=None):
