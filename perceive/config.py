@@ -332,10 +332,11 @@ def rebase_paths(cfg: BaseModel, data: _LinedDict, locs: Iterable[tuple], folder
 
 
 def run_path_problems(cfg: PerceiveConfig) -> list[tuple[tuple, str]]:
-    """``model.path`` unset or not a model folder, encoder ``weights`` that do not exist."""
-    out = [(("model", "path"), "not set: point it at a local model folder (perceive never downloads)"
-            if cfg.model.path is None else path_problem(cfg.model.path, "point it at a local model folder",
-                                                        folder=True, model=True))]
+    """``model.path`` unset or not a model folder (unless ``remote``), missing encoder ``weights``."""
+    out = [] if cfg.remote is not None and cfg.model.path is None else [(
+        ("model", "path"), "not set: point it at a local model folder (perceive never downloads), or at a served "
+        "one with remote.url" if cfg.model.path is None else path_problem(
+            cfg.model.path, "point it at a local model folder", folder=True, model=True))]
     for i, e in enumerate(cfg.encoders):
         out.append((("encoders", i, "weights"), path_problem(
             e.weights, f"encoder {e.name!r} loads local weights only (a folder or a checkpoint file)", folder=None)))

@@ -207,7 +207,8 @@ CASES = [
     # eval
     ("eval-missing-config", ["eval", "missing.yaml"], 1, "missing.yaml"),
     ("eval-bad-yaml", ["eval", "bad.yaml"], 1, "bad.yaml"),
-    ("eval-model-without-data", ["eval", "--model", "model"], 2, "error: give a config file, or --model and --data"),
+    ("eval-model-without-data", ["eval", "--model", "model"], 2,
+     "error: give a config file, or --model (or --remote URL) and --data"),
     ("eval-compare-missing", ["eval", "compare", "nowhere"], 1, "error: cannot read the run nowhere"),
     ("eval-compare-corrupt", ["eval", "compare", "corrupt.json"], 1, "error: cannot read the run corrupt.json"),
 ]

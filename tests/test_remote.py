@@ -69,8 +69,9 @@ def test_cli_ask_and_eval_take_remote(served, tmp_path):
     data = [{"messages": [{"role": "user", "content": f"<image>{QUESTION}"},
                           {"role": "assistant", "content": "000"}], "images": [str(p)]} for p, _ in items(name)]
     (tmp_path / "data.json").write_text(json.dumps(data))
-    r = CliRunner().invoke(app, ["eval", "--data", str(tmp_path / "data.json"), "--model", str(ROOT / "models" / name),
-                                 "--remote", url, "--out", str(tmp_path / "run")])
+    # a served model needs no local one
+    r = CliRunner().invoke(app, ["eval", "--data", str(tmp_path / "data.json"), "--remote", url,
+                                 "--out", str(tmp_path / "run")])
     assert r.exit_code == 0, r.output
     result = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert [rec["prediction"] for rec in result["records"]] == [a.text for a in native]
@@ -130,3 +131,10 @@ def test_the_api_key_comes_from_the_environment_variable_the_config_names(monkey
     monkeypatch.setenv("PERCEIVE_TEST_KEY", "sk-test-123")
     client = _client(cfg)
     assert client.api_key == "sk-test-123" and client.max_retries == 3
+
+
+def test_a_model_the_endpoint_does_not_serve_is_refused_at_once(served):
+    name, url, _ = served
+    with pytest.raises(RemoteError, match="does not serve 'nope'") as info:
+        RemoteLoop(RemoteConfig(url=url, model="nope", max_retries=0))
+    assert "remote.model" in info.value.hint

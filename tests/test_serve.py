@@ -185,6 +185,10 @@ def _create(client, **kw):
     ({"messages": [user(EXAMPLES / "card_0.png", "why? " * 20000)]}, 400, "max_position_embeddings"),
     ({"extra_body": {"perceive": {"graph": "no_such_graph"}}}, 400, "no_such_graph"),
     ({"extra_body": {"perceive": {"actions": {"region_select": {"margin": "lots"}}}}}, 400, "margin"),
+    # a tool another plugin installs, but this model has no tokens for
+    ({"tools": [{"type": "function", "function": {"name": "dino"}}]}, 400, "no tool named 'dino'"),
+    ({"logprobs": True}, 400, "logprobs: not supported"),
+    ({"response_format": {"type": "json_object"}}, 400, "response_format: not supported"),
 ])
 def test_bad_requests_get_openai_errors(client, kw, status, words):
     with pytest.raises(openai.APIStatusError) as info:
@@ -324,3 +328,36 @@ def test_local_image_paths_only_under_the_allowed_folder(model, tmp_path):
             c.chat.completions.create(model="default", messages=[{"role": "user", "content": [
                 {"type": "image_url", "image_url": {"url": str(EXAMPLES / "card_0.png")}},
                 {"type": "text", "text": QUESTION}]}])
+
+
+def test_conversations_that_cannot_be_replayed_get_a_400_that_says_why(client, server):
+    """And each is counted once, as the client's mistake (bad_request), not as a server error."""
+    base = server.removesuffix("/v1")
+
+    def count(status: str) -> float:
+        text = request("GET", f"{base}/metrics")[2].decode()
+        line = [x for x in text.splitlines() if x.startswith(f'perceive_requests_total{{status="{status}"}}')]
+        return float(line[0].split()[-1]) if line else 0.0
+
+    first = user(EXAMPLES / "card_0.png")
+    crop = {"role": "tool", "tool_call_id": "call_1", "content": [{"type": "image_url", "image_url": {
+        "url": data_url(EXAMPLES / "card_0.png")}}]}
+    cases = [
+        # OpenAI's shape without the server's perceive.text: a VPT call cannot be rebuilt from tool_calls
+        ([first, {"role": "assistant", "tool_calls": [{"id": "call_1", "type": "function", "function": {
+            "name": "region_select", "arguments": '{"xs": [4, 5], "ys": [6]}'}}]}, crop], "cannot be rebuilt"),
+        # a tool result for a call that was never made
+        ([first, {"role": "assistant", "content": "", "tool_calls": [{"id": "call_9", "type": "function", "function": {
+            "name": "region_select", "arguments": "{}"}}], "perceive": {"text": "<|region_token_start|><|x_4|>"
+            "<|y_6|><|x_5|><|y_7|><|region_token_end|>"}}, crop], "answers no call"),
+        # a second question after the answer
+        ([first, {"role": "assistant", "content": "460"}, user(EXAMPLES / "card_0.png", "And now?")],
+         "one request is one question"),
+    ]
+    before_bad, before_error = count("bad_request"), count("error")
+    for messages, words in cases:
+        with pytest.raises(openai.BadRequestError, match=words):
+            client.chat.completions.create(model="default", messages=messages,
+                                           tools=[{"type": "function", "function": {"name": "region_select"}}])
+    assert count("bad_request") == before_bad + len(cases)
+    assert count("error") == before_error

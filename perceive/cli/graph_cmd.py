@@ -109,6 +109,10 @@ def run_graph(cfg, image: Path, question: str, as_json: bool, render: Path | Non
         if render:
             console.print(f"  trace picture: {render}", markup=False)
     if answer.error:
+        if not as_json:
+            from perceive.cli.output import print_error
+
+            print_error(answer.error["message"], hint=answer.error.get("hint"))
         raise typer.Exit(1)
 
 

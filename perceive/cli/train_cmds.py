@@ -233,8 +233,9 @@ def eval_(targets: list[str] = typer.Argument(None, metavar="[CONFIG | compare R
     from perceive.errors import PerceiveError
     from perceive.eval.runner import EvalConfig, evaluate, load_eval_config, markdown
 
-    if not files and (model is None or data is None):
-        raise fail("give a config file, or --model and --data (a config: CONFIG, or --config RUN.yaml)", 2)
+    if not files and ((model is None and remote is None) or data is None):
+        raise fail("give a config file, or --model (or --remote URL) and --data (a config: CONFIG, or --config "
+                   "RUN.yaml)", 2)
     flags = [(("model", "path"), model, "--model"), (("data",), data, "--data"), (("graph",), graph, "--graph"),
              (("output",), out, "--out"), (("max_samples",), max_samples, "--max-samples"),
              (("runtime", "max_new_tokens"), max_new_tokens, "--max-new-tokens"), (("device",), device, "--device"),
@@ -250,6 +251,12 @@ def eval_(targets: list[str] = typer.Argument(None, metavar="[CONFIG | compare R
         raise fail(exc, 1) from None
     _warn_skipped(Skipped.from_json(result["data"], result["data_items"], result["skipped_items"]))
     typer.echo(markdown([result]))
+    failed = [r["error"] for r in result["records"] if r.get("error")]
+    if failed:  # say why, not only how many: the first error in full
+        from perceive.cli.output import print_error
+
+        print_error(f"{len(failed)} of {len(result['records'])} samples failed; the first: {failed[0]['message']}",
+                    hint=failed[0].get("hint"))
     if cfg.output:
         console.print(f"wrote {cfg.output / 'eval.json'} and eval.md")
 

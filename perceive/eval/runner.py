@@ -96,9 +96,9 @@ def load_eval_config(path: str | Path | list | None, *, overrides: list[Override
     flag_overrides = [Override(FLAG_KEYS.get(k, (k,)), v, "--" + k.replace("_", "-"))
                       for k, v in flags.items() if v is not None]
     cfg = load_config(path, overrides=[*overrides, *flag_overrides], schema=EvalConfig, normalise=_normalise)
-    if cfg.model.path is None:
+    if cfg.model.path is None and cfg.remote is None:
         raise ConfigError(f"{cfg._source}: model.path is not set: evaluation loads a local model folder",
-                          hint="set `model: DIR` in the config, or pass --model DIR")
+                          hint="set `model: DIR` in the config, pass --model DIR, or --remote URL for a served model")
     return cfg
 
 

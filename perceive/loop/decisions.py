@@ -44,6 +44,12 @@ class Decisions:
     def _on_client_call(self, s: Sample, ev: PerceptionCall, closing: int) -> None:
         """Client-side tools: the call goes back to the caller, within the run's hop budget (earlier
         turns the client ran count); past it the call goes unanswered, as in a server-side run."""
+        name = self.protocol.call_name_and_arguments(ev)[0]
+        if s.tools is not None and name not in s.tools:
+            s.event(EventType.GRAPH, action=ev.action, message=f"the model called {name!r}, which the request's tools "
+                    f"do not list ({sorted(s.tools)}): the call went unanswered")
+            s.pending = Chunk([closing], ChunkKind.DECODE)
+            return
         limit = self._limits(s).max_hops
         if s.hops >= limit:
             s.event(EventType.BUDGET_EXHAUSTED, action=ev.action, max_hops=limit, tokens=[])

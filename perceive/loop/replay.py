@@ -40,21 +40,28 @@ def replay(obs: Observer, s: Sample, turn: Turn) -> tuple[list[int], list[tuple[
         if s.parser is None:
             raise InputError("dispatch is off: earlier tool calls cannot be replayed")
         ids = loop.tokenizer.encode(turn.text, add_special_tokens=False)
-        calls = []
+        calls, errors = [], []
         for t in ids:
             ev = s.parser.feed(t)
             if isinstance(ev, PerceptionCall):
                 calls.append(ev)
             elif isinstance(ev, ParseError):
+                errors.append(ev)
                 s.event(EventType.PARSE_ERROR, **ev.to_dict())
         if turn.partial:  # the model's turn so far, to continue (continue_final_message)
             if calls:
                 raise InputError("the assistant message to continue ends in a tool call",
                                  hint="answer the call with its result instead")
             return ids, []
+        if errors and not calls:
+            raise InputError(f"the tool call in an earlier assistant turn cannot be read: {errors[0].message}",
+                             hint="send each assistant message back as the server returned it")
+        if not calls:
+            raise InputError(f"an earlier assistant turn holds no tool call ({turn.text[:200]!r}): one request is "
+                             "one question about one image",
+                             hint="to ask another question, start a new request with the image and the question")
         if len(calls) != 1:
-            raise InputError(f"an earlier assistant turn must end with exactly one tool call; this one has "
-                             f"{len(calls)}: {turn.text[:200]!r}",
+            raise InputError(f"an earlier assistant turn holds {len(calls)} tool calls; the model makes one per turn",
                              hint="send each assistant message back as the server returned it, one call per turn")
         if len(turn.results) != 1:
             raise InputError(f"the tool call {calls[0].action!r} got {len(turn.results)} results; send one",

@@ -173,14 +173,15 @@ class PerceptionLoop(Decisions):
     # -- set-up -----------------------------------------------------------------------------
 
     def start(self, image: Image.Image, question: str, index: int = 0, *, history: Sequence[Turn] = (),
-              client_tools: bool = False, max_new_tokens: int | None = None, graph=None,
+              client_tools: bool | frozenset[str] = False, max_new_tokens: int | None = None, graph=None,
               params: dict | None = None, max_hops: int | None = None,
               action_options: dict[str, dict] | None = None) -> Sample:
         """A new sample, ready to :meth:`batch`-step: its prompt is built and any forced first
         views have run. ``history``: earlier assistant turns that ended in calls, and what each call
         returned (a client that ran its tools itself); they are prefilled with the prompt.
         ``client_tools``: the sample finishes with ``tool_calls`` at the model's next call, which
-        goes back to the caller (``Sample.calls``) instead of running. ``graph``, ``params``,
+        goes back to the caller (``Sample.calls``) instead of running; a set of tool names: only
+        calls to those (another call goes unanswered, with a ``graph`` event). ``graph``, ``params``,
         ``max_hops``, ``action_options``: this sample's own, over the run's (a graph is compiled
         once per name and params, and checked against the model). Problems finish the sample
         (see its trace), never raise; a graph that does not compile raises ``GraphError``."""
@@ -190,8 +191,9 @@ class PerceptionLoop(Decisions):
             limits = RunLimits(hops, merge_options(self.registry, self.options.action_options, action_options or {}))
             if graph is not None or params or max_hops is not None:
                 controller = self._sample_graph(graph or "free_choice", params, hops)
-        s = self._new_sample(index, image, question, history, client_tools, controller, limits)
+        s = self._new_sample(index, image, question, history, bool(client_tools), controller, limits)
         s.max_new_tokens = max_new_tokens
+        s.tools = frozenset(client_tools) if isinstance(client_tools, frozenset | set) else None
         return s
 
     def _sample_graph(self, graph, params: dict | None, max_hops: int):

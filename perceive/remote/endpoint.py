@@ -30,8 +30,10 @@ def call_endpoint(remote, fn):
     try:
         return fn()
     except openai.APIStatusError as exc:
-        e = RemoteError(f"{remote.url} answered {exc.status_code}: {_message(exc)}",
-                        hint=f"see the endpoint's log; 429 and 5xx were retried {remote.max_retries} time(s)")
+        hint = (f"is remote.url the endpoint's /v1 base URL (e.g. {remote.url.rstrip('/')}/v1), and remote.model a "
+                "model it serves (GET /v1/models)?" if exc.status_code == 404 else
+                f"see the endpoint's log; 429 and 5xx were retried {remote.max_retries} time(s)")
+        e = RemoteError(f"{remote.url} answered {exc.status_code}: {_message(exc)}", hint=hint)
         e.status = exc.status_code
         raise e from None
     except openai.APITimeoutError:

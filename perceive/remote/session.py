@@ -72,6 +72,7 @@ class RemoteLoop:
         self.options = options
         self.client = client or make_client(remote)
         self.served = remote.model or self._first_model()
+        self._check_served()
         self.info = self._served_info()  # perceive serve describes its model; other endpoints do not
         # the options the served model was trained with (perceive serve says), under the run's own
         trained = (self.info or {}).get("action_options") or {}
@@ -106,6 +107,20 @@ class RemoteLoop:
             raise RemoteError(f"{self.remote.url} serves no model (GET /models is empty)")
         self._models = models
         return ids[0]
+
+    def _check_served(self) -> None:
+        """A model the endpoint does not list is refused now, not as every sample's error."""
+        try:
+            listed = getattr(self, "_models", None) or call_endpoint(self.remote, lambda: self.client.models.list())
+        except RemoteError as exc:
+            if getattr(exc, "status", None) is None:
+                raise
+            return  # no /models: the first request will tell
+        self._models = listed
+        ids = [m.id for m in listed.data]
+        if ids and self.served not in ids:
+            raise RemoteError(f"{self.remote.url} does not serve {self.served!r}; it serves {ids}",
+                              hint="set remote.model (or --remote-model) to one of them")
 
     def _served_info(self) -> dict | None:
         try:

@@ -53,9 +53,10 @@ class ServeSettings:
 
 class HTTPProblem(Exception):
     def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None, headers: dict | None = None):
+                 code: str | None = None, headers: dict | None = None, counted: bool = False):
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
         self.headers = headers or {}
+        self.counted = counted  # the metrics have it already (a request that reached the model thread)
         super().__init__(message)
 
     def response(self) -> JSONResponse:
@@ -63,10 +64,14 @@ class HTTPProblem(Exception):
                                        "code": self.code}}, status_code=self.status, headers=self.headers)
 
 
-def _problem_from(exc: PerceiveError) -> HTTPProblem:
+#: trace errors that are the client's mistake (a 400), not the server's
+_CLIENT_ERRORS = ("InputError", "ImageError")
+
+
+def _problem_from(exc: PerceiveError, counted: bool = False) -> HTTPProblem:
     msg = exc.message if getattr(exc, "message", None) else str(exc)
     hint = getattr(exc, "hint", None)
-    return HTTPProblem(400, msg + (f" ({hint})" if hint else ""), code=type(exc).__name__)
+    return HTTPProblem(400, msg + (f" ({hint})" if hint else ""), code=type(exc).__name__, counted=counted)
 
 
 class _BodyLimit:
@@ -108,6 +113,21 @@ class _TooBig(Exception):
     pass
 
 
+def _callable(loop) -> list:
+    """The actions a client can run for the model: views and text (features go back into the
+    model's own layers), and, for special-token calls, only those whose start token its tokenizer
+    has (an installed plugin's span the model never learned is not a tool of it)."""
+    tok = loop.tokenizer
+    unk = getattr(tok, "unk_token_id", None)
+
+    def known(token: str) -> bool:
+        i = tok.convert_tokens_to_ids(token)
+        return i is not None and i != unk
+
+    return [a for a in loop.actions
+            if a.grammar is not None and a.observation in ("view", "text") and known(a.grammar.start)]
+
+
 def create_app(loop, settings: ServeSettings | None = None) -> FastAPI:
     """The app serving ``loop`` (a :class:`~perceive.loop.PerceptionLoop`)."""
     settings = settings or ServeSettings()
@@ -121,6 +141,8 @@ def create_app(loop, settings: ServeSettings | None = None) -> FastAPI:
         t = answer.trace
         status = {FinishReason.CANCELLED: "cancelled", FinishReason.DEADLINE: "deadline",
                   FinishReason.ERROR: "error"}.get(t.finish_reason, "ok")
+        if status == "error" and (t.error or {}).get("type") in _CLIENT_ERRORS:
+            status = "bad_request"  # the client's mistake (a conversation that cannot be replayed), a 400
         metrics.requests.labels(status).inc()
         for hop in t.hops:
             metrics.hops.labels(hop.action).inc()
@@ -132,7 +154,7 @@ def create_app(loop, settings: ServeSettings | None = None) -> FastAPI:
 
     scheduler = Scheduler(loop, settings.max_batch, settings.max_queue, on_step=on_step, on_done=on_done)
     actions = loop.registry.select(loop.options.actions)
-    tool_names = set(loop.protocol.tool_names(actions)) | {a.name for a in actions if a.grammar is not None}
+    tool_names = set(loop.protocol.tool_names(_callable(loop)))
 
     @asynccontextmanager
     async def lifespan(app):
@@ -149,7 +171,8 @@ def create_app(loop, settings: ServeSettings | None = None) -> FastAPI:
 
     @app.exception_handler(HTTPProblem)
     async def _problem(request, exc: HTTPProblem):
-        metrics.requests.labels("rejected" if exc.status == 429 else "bad_request").inc()
+        if not exc.counted:
+            metrics.requests.labels("rejected" if exc.status == 429 else "bad_request").inc()
         return exc.response()
 
     @app.exception_handler(RequestValidationError)
@@ -215,7 +238,7 @@ def create_app(loop, settings: ServeSettings | None = None) -> FastAPI:
                     return JSONResponse({}, status_code=499)
                 continue
             if kind == "error":
-                raise _problem_from(value)
+                raise _problem_from(value, counted=True)
             if kind == "done":
                 return _completion(req, job, value, rid)
 
@@ -223,6 +246,10 @@ def create_app(loop, settings: ServeSettings | None = None) -> FastAPI:
         if req.model != settings.model_name:
             raise HTTPProblem(404, f"the model {req.model!r} does not exist; this server serves "
                               f"{settings.model_name!r} (GET /v1/models)", param="model", code="model_not_found")
+        if req.unsupported():
+            raise HTTPProblem(400, f"{', '.join(req.unsupported())}: not supported by perceive serve (it returns the "
+                              "model's greedy text, its tool calls and its trace)", param=req.unsupported()[0],
+                              code="unsupported")
         for t in req.tools or []:
             if t.function.name not in tool_names:
                 raise HTTPProblem(400, f"tools: no tool named {t.function.name!r}; this model calls "
@@ -237,6 +264,8 @@ def create_app(loop, settings: ServeSettings | None = None) -> FastAPI:
             raise _problem_from(exc) from None
         if req.temperature or (req.top_p is not None and req.top_p < 1):
             conv.warnings.append("temperature/top_p are not used: this server decodes greedily")
+        if req.ignored():
+            conv.warnings.append(f"{', '.join(req.ignored())}: not used (greedy decoding)")
         stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         own = set(loop.protocol.stop_strings(loop.actions))
         if set(stops) - own:
@@ -249,7 +278,8 @@ def create_app(loop, settings: ServeSettings | None = None) -> FastAPI:
         if o.graph is not None or o.params:
             _check_graph(o.graph or "free_choice", o.params)
         deadline = min(o.deadline_s or settings.deadline_s, settings.deadline_s)
-        client_tools = bool(req.tools) and req.tool_choice != "none"
+        client_tools = (frozenset(t.function.name for t in req.tools) if req.tools and req.tool_choice != "none"
+                        else False)
         return Job(conv, client_tools=client_tools, max_new_tokens=req.max_completion_tokens or req.max_tokens,
                    graph=o.graph, params=o.params or None, max_hops=o.max_hops, action_options=o.actions or None,
                    deadline=time.monotonic() + deadline, stream=req.stream)
@@ -293,11 +323,12 @@ def create_app(loop, settings: ServeSettings | None = None) -> FastAPI:
 
     def _check(answer: Answer) -> None:
         t = answer.trace
-        if t.finish_reason is FinishReason.ERROR and (t.error or {}).get("type") in ("InputError", "ImageError"):
+        if t.finish_reason is FinishReason.ERROR and (t.error or {}).get("type") in _CLIENT_ERRORS:
             e = t.error
-            raise HTTPProblem(400, e["message"] + (f" ({e['hint']})" if e.get("hint") else ""), code=e["type"])
+            raise HTTPProblem(400, e["message"] + (f" ({e['hint']})" if e.get("hint") else ""), code=e["type"],
+                              counted=True)
         if t.finish_reason is FinishReason.DEADLINE:
-            raise HTTPProblem(504, t.error["message"], type="timeout", code="deadline_exceeded")
+            raise HTTPProblem(504, t.error["message"], type="timeout", code="deadline_exceeded", counted=True)
 
     def _extension(req: ChatRequest, job: Job, answer: Answer) -> dict:
         t = answer.trace

@@ -103,13 +103,27 @@ def read_conversation(req: ChatRequest, protocol, local_root: Path | None) -> Co
             for tc in m.tool_calls or []:
                 try:
                     arguments = json.loads(tc.function.arguments or "{}")
+                    text += protocol.call_text(tc.function.name, arguments if isinstance(arguments, dict) else {})
                 except ValueError:
                     raise InputError(f"tool call {tc.id}: its arguments are not JSON") from None
-                text += protocol.call_text(tc.function.name, arguments if isinstance(arguments, dict) else {})
+                except NotImplementedError:
+                    raise InputError(f"tool call {tc.id}: this model's calls ({protocol.name}) cannot be rebuilt "
+                                     "from tool_calls", hint="send the assistant message back as the server returned "
+                                     "it, with its 'perceive' field (perceive.text: the turn as the model wrote "
+                                     "it)") from None
+            if m.tool_calls:
+                warnings.append(f"message {i + 2}: the assistant turn was rebuilt from tool_calls (no perceive.text): "
+                                "what the model wrote outside the call is lost and its answer may differ; send the "
+                                "message back with its 'perceive' field")
+        ids = [tc.id for tc in m.tool_calls or []]
         results: list[ToolResult] = []
         j = i + 1
         while j < len(msgs) and msgs[j].role == "tool":
-            results.append(_images(msgs[j], local_root) or _text(msgs[j]))
+            t = msgs[j]
+            if ids and t.tool_call_id not in ids:
+                raise InputError(f"message {j + 2}: tool_call_id {t.tool_call_id!r} answers no call of the assistant "
+                                 f"message before it (its calls: {ids})")
+            results.append(_images(t, local_root) or _text(t))
             j += 1
         if not results and j < len(msgs) and msgs[j].role == "user":
             obs = msgs[j]

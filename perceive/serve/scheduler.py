@@ -40,7 +40,7 @@ class Job:
     then ``("done", Answer)`` or ``("error", PerceiveError)``."""
 
     conv: Conversation
-    client_tools: bool = False
+    client_tools: bool | frozenset[str] = False  # the tool names the client runs
     max_new_tokens: int | None = None
     graph: str | None = None
     params: dict | None = None

@@ -109,3 +109,26 @@ class ChatRequest(_Strict):
     continue_final_message: bool = False
     add_generation_prompt: bool = True
     perceive: PerceiveOptions = Field(default_factory=PerceiveOptions)
+    # OpenAI fields perceive serve cannot honour: refused with the reason, not as unknown
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    logit_bias: dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    functions: list[Any] | None = None
+    function_call: Any = None
+    # OpenAI fields accepted and not used (a warning says so)
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    metadata: dict[str, Any] | None = None
+    store: bool | None = None
+    service_tier: str | None = None
+
+    def unsupported(self) -> list[str]:
+        """The OpenAI fields set that perceive serve cannot honour."""
+        out = [k for k in ("logprobs", "top_logprobs", "logit_bias", "functions", "function_call") if getattr(self, k)]
+        if self.response_format and self.response_format.get("type") != "text":
+            out.append("response_format")
+        return out
+
+    def ignored(self) -> list[str]:
+        return [k for k in ("presence_penalty", "frequency_penalty") if getattr(self, k)]
