@@ -185,6 +185,9 @@ def create_app(loop, settings: ServeSettings | None = None) -> FastAPI:
             msg, where = f"unknown field {where!r}: perceive's own options go in the 'perceive' object", ""
         elif first.get("type") == "json_invalid":
             msg = "the request body is not valid JSON"
+        elif "content" in first.get("loc", ()):
+            msg += ('; a message\'s content is text, or a list of parts: {"type": "text", "text": ...} and '
+                    '{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}')
         metrics.requests.labels("bad_request").inc()
         return HTTPProblem(400, f"{where}: {msg}" if where else msg, param=where or None,
                            code=first.get("type")).response()
