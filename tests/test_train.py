@@ -751,3 +751,23 @@ data: {{train: {cards / 'plain.json'}}}
     assert type(cfg.model.tiny).model_validate({"branches": ["sam", "native"]}).branches == ["sam", "native"]
     with pytest.raises(ValueError, match="re-encode branch 'clip'"):
         type(cfg.model.tiny).model_validate({"branches": ["clip"]})
+
+
+def test_the_protocol_the_data_is_written_in_is_stored_in_the_model(cards, tmp_path):
+    """``protocol:`` in a train config lands in the model's perceive.json; ``protocol: auto``
+    then runs the model with it."""
+    from perceive.loop import PerceptionLoop
+    from perceive.model import load_model, save_model
+    from perceive.train.build import build_model
+    from perceive.train.config import load_train_config
+
+    (tmp_path / "c.yaml").write_text(f"""
+model: {{tiny: {{hidden: 32, layers: 1, heads: 2, kv_heads: 1, vision_depth: 1, vision_dim: 16}}}}
+data: {{train: {cards / 'plain.json'}}}
+protocol: {{name: hermes_json, options: {{response: deepeyes, declare: false}}}}
+""")
+    model = build_model(load_train_config(tmp_path / "c.yaml"))
+    again = load_model(save_model(model, tmp_path / "m"))
+    assert again.config.protocol == {"name": "hermes_json", "options": {"response": "deepeyes", "declare": False}}
+    loop = PerceptionLoop(again)
+    assert loop.protocol.name == "hermes_json" and loop.protocol.options.declare is False

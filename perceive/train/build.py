@@ -24,6 +24,8 @@ def build_model(cfg: TrainConfig):
         model.config.prompts = cfg.prompts
     if cfg.views is not None:
         model.config.views = cfg.views
+    if cfg.protocol is not None:
+        model.config.protocol = cfg.protocol.model_dump()
     return model
 
 

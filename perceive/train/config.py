@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
-from perceive.config import format_validation_error
+from perceive.config import ProtocolConfig, format_validation_error
 from perceive.data.skipped import DEFAULT_MAX_SKIPPED_FRACTION
 from perceive.errors import ConfigError
 from perceive.model.config import PromptConventions
@@ -152,6 +152,9 @@ class TrainConfig(_Strict):
     prompts: PromptConventions | None = None
     #: the view actions the training data shows (stored in the model, as ``prompts``)
     views: list[str] | None = None
+    #: the tool-call protocol the training data's calls are written in (stored in the model's
+    #: perceive.json, where ``protocol: auto`` reads it). None: keep the model's own
+    protocol: ProtocolConfig | None = None
     precision: Literal["auto", "no", "bf16"] = "auto"
     output: Path = Path("runs/train")
     log_every: int = 10

@@ -27,7 +27,7 @@ perceive eval eval.yaml --model runs/span2/model --out runs/eval-span2   # 0.482
 # stage 3 (shipped): 2000 more steps on both fresh sets (9000 cards), lr 1.5e-4
 python -c "import json; json.dump(json.load(open('data/span-train.json')) + json.load(open('data/span2-train.json')), open('data/span3-train.json', 'w'))"
 OMP_NUM_THREADS=2 perceive train span3.yaml   # -> runs/span3/model
-# the model says which protocol it speaks (ship.py writes the same into models/toolcall)
-python -c "import json; p='runs/span3/model/perceive.json'; d=json.load(open(p)); d['protocol']={'name': 'hermes_json', 'options': {'response': 'deepeyes', 'declare': False}}; json.dump(d, open(p, 'w'), indent=2)"
+# (span.yaml's `protocol:` is stored in each stage's perceive.json; the shipped model's was written
+# by ship.py, as the stages were trained before train configs took `protocol:`)
 perceive eval eval.yaml                       # 500 held-out cards through a hermes_json hop -> runs/eval-span3 (0.860)
 python ship.py runs/span3/model runs/eval-span3/eval.json data/cards-eval --n 4 --need-answer
