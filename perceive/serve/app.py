@@ -135,8 +135,8 @@ def create_app(loop, settings: ServeSettings | None = None) -> FastAPI:
 
     def on_done(job: Job, answer: Answer | None) -> None:
         metrics.latency.observe(time.monotonic() - job.t0)
-        if answer is None:
-            metrics.requests.labels("error").inc()
+        if answer is None:  # it never ran: its client left first, or it could not start
+            metrics.requests.labels("cancelled" if job.cancelled else "error").inc()
             return
         t = answer.trace
         status = {FinishReason.CANCELLED: "cancelled", FinishReason.DEADLINE: "deadline",
