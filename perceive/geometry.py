@@ -15,7 +15,7 @@ Conventions, used everywhere in perceive:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 
 ROOT = "root"
@@ -99,6 +99,9 @@ class Frame:
     sx: Fraction = Fraction(1)
     sy: Fraction = Fraction(1)
     parent: str | None = None
+    #: the pixel size the model saw this view at, after its image processor resized it (a call in
+    #: that frame's pixels, ``coordinates: absolute_resized``, scales by it); None: not known
+    seen: tuple[int, int] | None = field(default=None, compare=False)
 
     @classmethod
     def root(cls, width: int, height: int) -> Frame:

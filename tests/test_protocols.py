@@ -295,6 +295,17 @@ def test_cli_parse_each_family(tmp_path):
     assert as_tuple(out["calls"][0]["box_root"]) == (200, 150, 400, 350)
 
 
+def test_cli_parse_absolute_resized_scales_by_the_size_the_model_saw():
+    """Stock Qwen2.5-VL grounding: pixels of the input as its processor resized it (1000x500 seen
+    at 504x252); the box maps back to the original exactly."""
+    args = ["protocols", "parse", "--protocol", "hermes_json", "--image-size", "1000x500",
+            "--option", "coordinates=absolute_resized"]
+    out = json.loads(cli(*args, "--seen-size", "504x252", tool_call({"bbox_2d": [252, 126, 504, 252]})))
+    assert as_tuple(out["calls"][0]["box_root"]) == (500, 250, 1000, 500)
+    out = json.loads(cli(*args, tool_call({"bbox_2d": [252, 126, 504, 252]})))  # the size is needed
+    assert not out["calls"] and "absolute_resized needs the size" in out["errors"][0]["message"]
+
+
 # -- the loop, on a tiny stock Qwen2.5-VL model -------------------------------------------------------
 
 CALLS = {

@@ -154,6 +154,9 @@ def test_qwen3_vl_moe_is_refused_saying_why(tmp_path, qwen3_folder):
 # mini_o3: [0.125, 0.125, 0.75, 0.875] of 64x48 = (8, 6, 48, 42).
 CASES = {
     "hermes_json": ("auto", {}, hermes([8, 4, 48, 36]), [(8, 4, 48, 36)]),
+    # the 64x48 image is seen at 56x56 (4x4 patches of 14): [7, 7, 49, 49] of that is (8, 6, 56, 42)
+    "hermes_json_resized": ("hermes_json", {"coordinates": "absolute_resized"}, hermes([7, 7, 49, 49]),
+                            [(8, 6, 56, 42)]),
     "hermes_json_relative": ("hermes_json", {"coordinates": "relative_1000"},
                              hermes([125, 125, 750, 875], 0), [(8, 6, 48, 42)]),
     "mini_o3_grounding": ("mini_o3_grounding", {}, grounding([0.125, 0.125, 0.75, 0.875]), [(8, 6, 48, 42)]),

@@ -36,10 +36,10 @@ def list_(as_json: bool = typer.Option(False, "--json", help="Machine-readable o
 _SIZE = re.compile(r"(\d+)[xX](\d+)")
 
 
-def parse_size(text: str) -> tuple[int, int]:
+def parse_size(text: str, flag: str = "--image-size") -> tuple[int, int]:
     m = _SIZE.fullmatch(text.strip())
     if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
-        raise fail(f"--image-size {text!r}: give the original image's size as WxH, e.g. 1024x768", 2)
+        raise fail(f"{flag} {text!r}: give the size as WxH, e.g. 1024x768", 2)
     return int(m.group(1)), int(m.group(2))
 
 
@@ -84,7 +84,10 @@ def parse(text: str = typer.Argument(..., help="The model's output."),
           views: Path = typer.Option(None, "--views", help="A JSON list of the views shown so far (their boxes "
                                                            "in root pixels, or frames), for img_idx/observation_N."),
           option: list[str] = typer.Option([], "--option", help="A protocol option, KEY=VALUE (VALUE is JSON or a "
-                                                                "word); repeatable.")) -> None:
+                                                                "word); repeatable."),
+          seen_size: str = typer.Option(None, "--seen-size", help="The size the model saw the original at, WxH "
+                                                                 "(after its processor's resize), for "
+                                                                 "coordinates: absolute_resized.")) -> None:
     """Read TEXT as the protocol does while the model generates: print the calls (tool, arguments,
     action, the box in the target view's pixels and in root pixels) and the parse errors, as JSON."""
     from perceive.errors import ConfigError
@@ -107,6 +110,10 @@ def parse(text: str = typer.Argument(..., help="The model's output."),
     except ConfigError as exc:
         raise fail(exc, 2) from None
     frames = load_views(views, w, h)
+    if seen_size is not None:
+        import dataclasses
+
+        frames[0] = dataclasses.replace(frames[0], seen=parse_size(seen_size, "--seen-size"))
     actions = reg.select()
     if isinstance(proto, TextToolProtocol):
         results = proto.read_text(text, frames, actions)

@@ -79,6 +79,13 @@ class Observer:
                                    f"image: {exc}", hint="choose a less extreme region") from exc
         return inputs["pixel_values"], inputs["image_grid_thw"][0]
 
+    def seen_size(self, grid: torch.Tensor) -> tuple[int, int]:
+        """``(width, height)`` in pixels of an image the processor cut into ``grid`` ``(t, h, w)``
+        patches: the size the model saw it at."""
+        patch = int(getattr(getattr(self.model.base.config, "vision_config", None), "patch_size", 14))
+        g = grid.reshape(-1, 3)[0]
+        return int(g[2]) * patch, int(g[1]) * patch
+
     def feed(self, s: Sample, chunk: Chunk) -> bool:
         """Queue ``chunk`` as the sample's next input, after checking its image tokens against its
         images (a mismatch finishes this sample, not the batch). False when it finished."""
@@ -157,6 +164,7 @@ class Observer:
             blocks.append(markup if len(views) == 1 else f"Region {k}: {markup}\n")  # §1.4
             images.append((pv, grid))
             s.views[view.frame.id] = view
+            s.seen[view.frame.id] = self.seen_size(grid)
             hop.views.append(view.frame.to_dict())
         if views:
             hop.box = views[-1].box.to_dict()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from dataclasses import dataclass, field
@@ -47,6 +48,8 @@ class Sample:
     question: str = ""
     ids: Any = field(default_factory=lambda: itertools.count(1))
     views: dict[str, View] = field(default_factory=dict)
+    #: per view id (``root`` too), the pixel size the model saw it at (its processor's resize)
+    seen: dict[str, tuple[int, int]] = field(default_factory=dict)
     target: str = ROOT
     pending: Chunk | None = None
     max_new_tokens: int | None = None  # this sample's token budget (None: the run's)
@@ -74,6 +77,12 @@ class Sample:
 
     def frame(self, view_id: str) -> Frame:
         return Frame.root(*self.root.size) if view_id == ROOT else self.views[view_id].frame
+
+    def frames(self) -> list[Frame]:
+        """The frames a call may name, in the order the model saw them (root first), each with the
+        size the model saw it at."""
+        ids = [ROOT, *self.views]
+        return [dataclasses.replace(self.frame(i), seen=self.seen.get(i)) for i in ids]
 
     def image(self, view_id: str) -> Image.Image:
         return self.root if view_id == ROOT else self.views[view_id].image

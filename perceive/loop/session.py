@@ -216,7 +216,7 @@ class PerceptionLoop(Decisions):
                     client_tools: bool = False, controller=None, limits=None) -> Sample:
         root = as_rgb(image)
         parser = (self.protocol.reader(self.actions, codec_from_tokenizer(self.tokenizer),
-                                       lambda: [s.frame(ROOT), *(v.frame for v in s.views.values())])
+                                       lambda: s.frames())
                   if self.options.dispatch else None)
         q = question if isinstance(question, str) else ""
         s = Sample(index, root, Trace(question=q, image_size=root.size), parser,
@@ -225,6 +225,7 @@ class PerceptionLoop(Decisions):
         try:
             check_question(question)
             pv, grid = self.observer.pixels(root)
+            s.seen[ROOT] = self.observer.seen_size(grid)
         except PerceiveError as exc:
             self.finish(s, FinishReason.ERROR, err(exc))
             return s

@@ -73,13 +73,15 @@ def _num(f: Fraction) -> int | float:
 Enlarge = Literal["deepeyes", "qwen3"]
 
 
-def read_box(value: Any, frame: Frame, *, scale: int | None, repair: bool, min_size: int | None = None,
+def read_box(value: Any, frame: Frame, *, scale: int | tuple[int, int] | None, repair: bool,
+             min_size: int | None = None,
              enlarge: Enlarge | None = None, max_aspect: float | None = None,
              aspect_inclusive: bool = True) -> tuple[Box, tuple[str, ...]]:
     """``[x0, y0, x1, y1]`` as written by the model -> a box in ``frame``'s pixels.
 
     ``scale``: ``None`` for absolute pixels of the view, else the value of a full side (1000 for
-    Qwen3-VL, 1 for Mini-o3), converted exactly. ``repair``: clamp a box that leaves the view and
+    Qwen3-VL, 1 for Mini-o3; ``(width, height)`` when the sides differ: the size the model saw the
+    view at, for pixels of its resized input), converted exactly. ``repair``: clamp a box that leaves the view and
     enlarge one under ``min_size`` pixels as the family does (``enlarge``); otherwise such a box
     is refused. A degenerate box (``x1 <= x0`` or ``y1 <= y0``) is always refused, and so is one
     whose aspect ratio exceeds ``max_aspect`` (or reaches it, with ``aspect_inclusive=False``).
@@ -89,8 +91,9 @@ def read_box(value: Any, frame: Frame, *, scale: int | None, repair: bool, min_s
     x0, y0, x1, y1 = (_exact(v) for v in value)
     W, H = Fraction(frame.width), Fraction(frame.height)
     if scale is not None:
-        x0, x1 = x0 * W / scale, x1 * W / scale
-        y0, y1 = y0 * H / scale, y1 * H / scale
+        sx, sy = scale if isinstance(scale, tuple) else (scale, scale)
+        x0, x1 = x0 * W / sx, x1 * W / sx
+        y0, y1 = y0 * H / sy, y1 * H / sy
     if x1 <= x0 or y1 <= y0:
         raise BoxProblem(ParseErrorKind.BAD_BOX, f"degenerate box {list(value)}: needs x0 < x1 and y0 < y1")
     repairs: list[str] = []

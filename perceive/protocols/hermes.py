@@ -5,11 +5,12 @@ their zoom tool::
     {"name": "image_zoom_in_tool", "arguments": {"bbox_2d": [x0, y0, x1, y1], "label": "cat"}}
     </tool_call>
 
-``coordinates: absolute`` (DeepEyes, Qwen2.5-VL): pixels of the view; ``relative_1000`` (Qwen3-VL):
-0-1000 of the view's width and height. ``img_idx`` names the view (0: the original image, k: the
-k-th view shown); without it, the original. The tool is mapped onto the crop action ``action``
-(default ``region_select``) with the box in the named view's pixels; the frame maps it to the
-original exactly.
+``coordinates: absolute`` (DeepEyes): pixels of the view as given; ``absolute_resized`` (stock
+Qwen2.5-VL grounding): pixels of the view as the model's processor resized it (the frame's ``seen``
+size), mapped back exactly; ``relative_1000`` (Qwen3-VL): 0-1000 of the view's width and height.
+``img_idx`` names the view (0: the original image, k: the k-th view shown); without it, the
+original. The tool is mapped onto the crop action ``action`` (default ``region_select``) with the
+box in the named view's pixels; the frame maps it to the original exactly.
 """
 
 from __future__ import annotations
@@ -37,8 +38,10 @@ class HermesOptions(BaseModel):
     """Options of ``hermes_json``."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    #: ``absolute`` pixels of the view (Qwen2.5-VL, DeepEyes) or ``relative_1000`` (Qwen3-VL)
-    coordinates: Literal["absolute", "relative_1000"] = "absolute"
+    #: ``absolute`` pixels of the view (DeepEyes: the image as given), ``absolute_resized`` pixels
+    #: of the view as the model's processor resized it (stock Qwen2.5-VL grounding), or
+    #: ``relative_1000`` (Qwen3-VL)
+    coordinates: Literal["absolute", "absolute_resized", "relative_1000"] = "absolute"
     #: clamp a box that leaves its view and enlarge a small one as the family does; False: report them
     repair: bool = True
     #: the smallest side, in view pixels (unset: 28 for absolute as DeepEyes, 32 for relative_1000
@@ -157,7 +160,13 @@ class HermesJSON(TextToolProtocol):
             if isinstance(idx, bool) or not isinstance(idx, int):
                 raise BoxProblem(ParseErrorKind.INVALID_ARGS, f"img_idx must be an integer, got {idx!r}")
             frame = view_at(views, idx, f"img_idx {idx}")
-            box, repairs = read_box(arguments["bbox_2d"], frame, scale=1000 if self.relative else None,
+            scale = 1000 if self.relative else None
+            if o.coordinates == "absolute_resized":
+                if frame.seen is None:
+                    raise BoxProblem(ParseErrorKind.INVALID_ARGS, "coordinates: absolute_resized needs the size "
+                                     f"the model saw view {frame.id!r} at (a local model's processor)")
+                scale = frame.seen
+            box, repairs = read_box(arguments["bbox_2d"], frame, scale=scale,
                                     repair=o.repair, min_size=self.min_box,
                                     enlarge="qwen3" if self.relative else "deepeyes",
                                     max_aspect=None if self.relative else 100)

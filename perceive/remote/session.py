@@ -38,7 +38,6 @@ from perceive.control import Dispatch, Finish, Force, Ignore, RunLimits, Stop
 from perceive.control import merge_action_options as merge_options
 from perceive.encoders import EncoderHub
 from perceive.errors import ConfigError, PerceiveError, RemoteError
-from perceive.geometry import ROOT
 from perceive.images import as_rgb, load_image
 from perceive.loop.observe import Observer, err
 from perceive.loop.options import LoopOptions
@@ -243,7 +242,7 @@ class RemoteLoop:
                 break
             text, finish = self._generate(s, messages, turn, left)
             turn += text
-            frames = [s.frame(ROOT), *(v.frame for v in s.views.values())]
+            frames = s.frames()
             events = self.protocol.calls_in_text(text, frames, self.actions)
             for e in events:
                 if isinstance(e, ParseError):
