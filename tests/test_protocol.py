@@ -157,6 +157,7 @@ PIECES = ["<tool_call>", "</tool_call>", "<grounding>", "</grounding>", "<tool",
 
 
 PROTOCOL_OF = {"vpt": "vpt", "hermes_json": "hermes_json", "hermes_json_q3": "hermes_json",
+               "hermes_json_resized": "hermes_json",
                "hermes_json_report": "hermes_json", "mini_o3_grounding": "mini_o3_grounding",
                "mini_o3_report": "mini_o3_grounding"}
 PROTOCOLS = sorted(PROTOCOL_OF)
@@ -200,13 +201,17 @@ def check_protocol_on(name, pieces, w, h, a, b):
     from perceive.geometry import Box, Frame
 
     options = {"hermes_json_q3": {"coordinates": "relative_1000"}, "hermes_json_report": {"repair": False},
+               "hermes_json_resized": {"coordinates": "absolute_resized"},
                "mini_o3_report": {"repair": False}}.get(name, {})
     proto = REGISTRY.protocol(PROTOCOL_OF[name], options)
     table = dict(enumerate(dict.fromkeys(pieces)))
     ids = {p: i for i, p in table.items()}
-    root = Frame.root(w, h)
+    import dataclasses
+
+    # each frame with a size the model saw it at (a processor's resize), as the loop gives them
+    root = dataclasses.replace(Frame.root(w, h), seen=(max(28, w // 28 * 28), max(28, h // 28 * 28)))
     x0, y0 = min(a, w - 1), min(b, h - 1)
-    view = root.child("v1", Box(x0, y0, w, h), (640, 480))
+    view = dataclasses.replace(root.child("v1", Box(x0, y0, w, h), (640, 480)), seen=(644, 476))
     views = [root, view]
     reader = proto.reader(ACTIONS, DictCodec(table), lambda: views)
     events = reader.feed_many(ids[p] for p in pieces)
