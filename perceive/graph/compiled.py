@@ -133,6 +133,19 @@ def compile_graph(source: str | Path | dict | GraphSpec, registry=None, params: 
     return CompiledGraph(spec, to_networkx(spec), registry, label)
 
 
+def run_controller(graph, registry, *, max_hops: int, params: dict | None = None, model=None):
+    """The controller a run uses: ``graph`` (compiled, a shipped name, a YAML path or a dict;
+    ``None``: ``free_choice``) compiled with ``params``, and checked against ``model`` when given.
+    ``free_choice``'s hop budget is the run's ``max_hops`` unless its params set one."""
+    if not isinstance(graph, CompiledGraph):
+        graph = "free_choice" if graph is None else graph
+        if graph == "free_choice":
+            params = {"max_hops": max_hops, **(params or {})}
+        graph = compile_graph(graph, registry=registry, params=params)
+    return graph.controller(registry.pm, model=model)
+
+
 load_graph = compile_graph
 
-__all__ = ["CompiledGraph", "GraphIssue", "GraphValidationError", "check", "compile_graph", "load_graph", "resolve"]
+__all__ = ["CompiledGraph", "GraphIssue", "GraphValidationError", "check", "compile_graph", "load_graph", "resolve",
+           "run_controller"]

@@ -117,12 +117,17 @@ class Observer:
         s.decoded_since_hop = 0
         return hop
 
+    def target_of(self, s: Sample, want: str | None) -> str:
+        """The view id a call runs on: ``want`` is "latest", "root", a view a call named, or None
+        (the run's ``target`` option)."""
+        want = want or self.loop.options.target
+        return s.target if want == "latest" else (want if want in s.views else ROOT)
+
     def run(self, s: Sample, call: ActionCall, options: dict, target: str | None, node: str | None):
         """Run one call on the view it targets: ``(observation or None, hop)``. The hop is recorded
         whatever happens; a failure finishes the sample."""
         loop = self.loop
-        want = target or loop.options.target  # "latest", "root", or a view a call named
-        target = s.target if want == "latest" else (want if want in s.views else ROOT)
+        target = self.target_of(s, target)
         call = ActionCall(call.action, call.args, target, call.tokens, call.token_ids, call.forced)
         hop = self._hop(s, call, node)
         s.hops += 1
@@ -163,15 +168,20 @@ class Observer:
             markup = layout.image_markup.replace("<|image_pad|>", "<|image_pad|>" * n, 1)
             blocks.append(markup if len(views) == 1 else f"Region {k}: {markup}\n")  # §1.4
             images.append((pv, grid))
-            s.views[view.frame.id] = view
             s.seen[view.frame.id] = self.seen_size(grid)
+        self.record_views(s, views, hop, target)
+        return blocks, images
+
+    def record_views(self, s: Sample, views, hop: Hop, target: str | None) -> None:
+        """``views`` become the sample's (their frames on the hop); one new view becomes "the
+        latest", several (tiles) leave the target where it was."""
+        for view in views:
+            s.views[view.frame.id] = view
             hop.views.append(view.frame.to_dict())
         if views:
             hop.box = views[-1].box.to_dict()
-        # one new view becomes "the latest"; several (tiles) leave the target where it was
         if (target or self.loop.options.target) == "latest" and len(views) == 1:
             s.target = views[0].frame.id
-        return blocks, images
 
     def replay(self, s: Sample, turn):
         """An earlier client-run turn and its observation: ``(ids, images)``, or None when the
@@ -199,17 +209,9 @@ class Observer:
         obs, hop = self.run(s, ActionCall(d.action, d.args, forced=True), dict(d.options), d.target, d.node)
         if obs is None:
             return None
-        texts: tuple[Text, ...] = obs
-        hop.text += [t.summary() for t in texts]
-        hop.box = texts[-1].box.to_dict()
-        views = self.cfg.views
-        if views is not None and d.action not in views:
-            s.event(EventType.NOT_SHOWN, action=d.action,
-                    message=f"the model was not trained to read {d.action!r} text turns (perceive.json views: "
-                            f"{views}): the text is in the trace, not shown")
-            return [], []
-        return [self.plain(t.text) + "\n" if len(texts) == 1 else f"Region {k}: {self.plain(t.text)}\n"
-                for k, t in enumerate(texts)], []
+        blocks = self._text_blocks(s, d.action, obs, hop)
+        # before the question: each block on its own line
+        return [b if b.endswith("\n") else b + "\n" for b in blocks or []], []
 
     def show_views(self, s: Sample, call: ActionCall, decision: Dispatch | Force, closing: list[int]) -> None:
         """Run a view call and queue its observation turn after the ``closing`` tokens."""
@@ -221,13 +223,19 @@ class Observer:
         except PerceiveError as exc:
             self._fail(s, hop, exc)
             return
-        # the turn as the model's family was trained to see it (vpt: the paper's image turn)
-        turn = self.loop.protocol.observation_turn(self.loop.layout, blocks, len(s.views) - len(blocks) + 1)
+        self._queue_observation(s, hop, self.observation_ids(blocks, len(s.views) - len(blocks) + 1, closing), images)
+
+    def observation_ids(self, blocks: list[str], first: int, closing: list[int]) -> list[int]:
+        """``closing``, then the observation turn holding ``blocks`` as the model's family was trained
+        to see it (vpt: the paper's image turn); ``first`` numbers its first view (observation_N)."""
+        turn = self.loop.protocol.observation_turn(self.loop.layout, blocks, first)
         im_end = self.cfg.special.im_end
         if closing and closing[-1] == im_end and turn and turn[0] == im_end:
             turn = turn[1:]  # the model already closed its turn
-        ids = closing + turn
-        if self.feed(s, Chunk(ids, ChunkKind.OBSERVE, images)):
+        return closing + turn
+
+    def _queue_observation(self, s: Sample, hop: Hop, ids: list[int], images=()) -> None:
+        if self.feed(s, Chunk(ids, ChunkKind.OBSERVE, list(images))):
             hop.prefilled_tokens = len(ids)
             s.answer_from = len(s.generated)
 
@@ -258,32 +266,36 @@ class Observer:
         obs, hop = self.run(s, call, dict(decision.options), decision.target, decision.node)
         if obs is None:
             return
-        texts: tuple[Text, ...] = obs
-        blocks = []
-        for k, t in enumerate(texts):
-            hop.text.append(t.summary())
-            blocks.append(self.plain(t.text) if len(texts) == 1 else f"Region {k}: {self.plain(t.text)}\n")
-        hop.box = texts[-1].box.to_dict()
-        views = self.cfg.views
-        if views is not None and call.action not in views:
-            # the model lists what it was trained to read, and not this: keep the text for the trace only
-            s.event(EventType.NOT_SHOWN, action=call.action,
-                    message=f"the model was not trained to read {call.action!r} text turns (perceive.json views: "
-                            f"{views}): the text is in the trace, not shown")
+        blocks = self._text_blocks(s, call.action, obs, hop)
+        if blocks is None:
             if closing and closing[-1] in self.loop.eos:
                 self.loop.finish(s, FinishReason.EOS)  # after an answer: the answer stands
             else:
                 s.pending = Chunk(closing, ChunkKind.DECODE)  # after a call: as if it went unanswered
             return
         # the text in the family's own tool-response turn (a plain user turn for vpt)
-        turn = self.loop.protocol.observation_turn(self.loop.layout, blocks, len(s.views) + 1)
-        im_end = self.cfg.special.im_end
-        if closing and closing[-1] == im_end and turn and turn[0] == im_end:
-            turn = turn[1:]  # the model already closed its turn
-        ids = closing + turn
-        if self.feed(s, Chunk(ids, ChunkKind.OBSERVE)):
-            hop.prefilled_tokens = len(ids)
-            s.answer_from = len(s.generated)
+        self._queue_observation(s, hop, self.observation_ids(blocks, len(s.views) + 1, closing))
+
+    @staticmethod
+    def record_text(hop: Hop, texts) -> None:
+        """Text observations on the hop: their summaries, the last one's box."""
+        hop.text += [t.summary() for t in texts]
+        hop.box = texts[-1].box.to_dict()
+
+    def _text_blocks(self, s: Sample, action: str, texts: tuple[Text, ...], hop: Hop) -> list[str] | None:
+        """Record ``texts`` on the hop and return the blocks of a text turn (``Region k: `` before
+        each when a call gives several), or None when the model lists what it was trained to read
+        (perceive.json ``views``) and not this: the text stays in the trace, with a ``not_shown``
+        event."""
+        self.record_text(hop, texts)
+        views = self.cfg.views
+        if views is not None and action not in views:
+            s.event(EventType.NOT_SHOWN, action=action,
+                    message=f"the model was not trained to read {action!r} text turns (perceive.json views: "
+                            f"{views}): the text is in the trace, not shown")
+            return None
+        return [self.plain(t.text) if len(texts) == 1 else f"Region {k}: {self.plain(t.text)}\n"
+                for k, t in enumerate(texts)]
 
     # -- features -------------------------------------------------------------------------------
 

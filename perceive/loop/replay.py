@@ -101,10 +101,7 @@ def _observation(obs: Observer, s: Sample, ev: PerceptionCall, result: ToolResul
         blocks, images, first = [obs.plain(result)], [], len(s.views) + 1
     else:
         raise InputError(f"{call.action!r} returns encoder features: only view and text actions run client-side")
-    turn = loop.protocol.observation_turn(loop.layout, blocks, first)
-    im_end = loop.cfg.special.im_end
-    if closing == im_end and turn and turn[0] == im_end:
-        turn = turn[1:]
+    turn = obs.observation_ids(blocks, first, [closing])[1:]
     hop.prefilled_tokens = len(turn)
     return turn, images
 
@@ -121,8 +118,7 @@ def preview_boxes(obs: Observer, s: Sample, ev: PerceptionCall) -> list[dict] | 
     if action.observation != "view":
         return None
     options = dict((s.limits or loop.limits).action_options.get(call.action, {}))
-    want = ev.target or loop.options.target
-    target = s.target if want == "latest" else (want if want in s.views else "root")
+    target = obs.target_of(s, ev.target)
     from perceive.actions import ActionCall
 
     call = ActionCall(call.action, call.args, target, call.tokens, call.token_ids)

@@ -105,6 +105,26 @@ class Turn:
     partial: bool = False
 
 
+def answer_each(items, run) -> list[Answer]:
+    """Answers to ``(image, question)`` pairs: the readable images go to ``run(items, indices)``
+    together; an unreadable one gets an answer holding its error, in place, and the rest go on."""
+    from perceive.errors import PerceiveError
+    from perceive.images import load_image
+    from perceive.loop.observe import err
+    from perceive.trace import FinishReason
+
+    loaded = []
+    for image, question in items:
+        try:
+            loaded.append((load_image(image), question, None))
+        except PerceiveError as exc:
+            loaded.append((None, question, err(exc)))
+    keep = [i for i, (_, _, e) in enumerate(loaded) if e is None]
+    results = iter(run([loaded[i][:2] for i in keep], indices=keep))
+    return [next(results) if e is None else Answer("", Trace(question=q, error=e, finish_reason=FinishReason.ERROR),
+                                                   []) for _, q, e in loaded]
+
+
 def check_question(question) -> None:
     """Refuse an empty or missing question (:class:`InputError`)."""
     if not isinstance(question, str) or not question.strip():

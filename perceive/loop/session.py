@@ -34,7 +34,7 @@ from perceive.loop.decisions import Decisions
 from perceive.loop.engine import Chunk, ChunkKind, Engine, NativeEngine, ReprefillEngine
 from perceive.loop.observe import Observer, err
 from perceive.loop.options import LoopOptions, options_from_config
-from perceive.loop.sample import Answer, Sample, Turn, check_question
+from perceive.loop.sample import Answer, Sample, Turn, answer_each, check_question
 from perceive.loop.sampling import Sampler
 from perceive.loop.template import ChatLayout
 from perceive.protocol import ParseError, PerceptionCall, codec_from_tokenizer
@@ -85,15 +85,11 @@ class PerceptionLoop(Decisions):
         self._sampler = Sampler(self.options.do_sample, self.options.temperature, self.options.top_k,
                                 self.options.top_p)
 
-    def _graph_controller(self, graph, params):
-        from perceive.graph import CompiledGraph, compile_graph
+    def _graph_controller(self, graph, params, max_hops: int | None = None):
+        from perceive.graph import run_controller
 
-        if not isinstance(graph, CompiledGraph):
-            graph = "free_choice" if graph is None else graph
-            if graph == "free_choice":  # the run's hop budget is the graph's
-                params = {"max_hops": self.options.max_hops, **(params or {})}
-            graph = compile_graph(graph, registry=self.registry, params=params)
-        return graph.controller(self.registry.pm, model=self.model)
+        hops = self.options.max_hops if max_hops is None else max_hops
+        return run_controller(graph, self.registry, max_hops=hops, params=params, model=self.model)
 
     @classmethod
     def from_config(cls, config, registry=None, policy=None, model=None, graph=None) -> PerceptionLoop:
@@ -132,16 +128,7 @@ class PerceptionLoop(Decisions):
     def ask_batch(self, items: list[tuple[Any, str]]) -> list[Answer]:
         """Answer many (image, question) pairs together. A sample whose image cannot be read, or
         whose perception call fails, finishes with the error in its trace; the rest go on."""
-        loaded: list[tuple[Image.Image | None, str, dict | None]] = []
-        for image, question in items:
-            try:
-                loaded.append((load_image(image), question, None))
-            except PerceiveError as exc:
-                loaded.append((None, question, err(exc)))
-        keep = [i for i, (_, _, e) in enumerate(loaded) if e is None]
-        results = iter(self.run([loaded[i][:2] for i in keep], indices=keep))
-        return [next(results) if e is None else Answer("", Trace(question=q, error=e, finish_reason=FinishReason.ERROR),
-                                                       []) for _, q, e in loaded]
+        return answer_each(items, self.run)
 
     def run(self, items: list[tuple[Image.Image, str]], indices: list[int] | None = None) -> list[Answer]:
         """Run decoded images together. ``indices`` are the samples' positions in the caller's
@@ -190,22 +177,25 @@ class PerceptionLoop(Decisions):
             hops = self.options.max_hops if max_hops is None else max_hops
             limits = RunLimits(hops, merge_options(self.registry, self.options.action_options, action_options or {}))
             if graph is not None or params or max_hops is not None:
-                controller = self._sample_graph(graph or "free_choice", params, hops)
+                controller = self.controller_for(graph or "free_choice", params, hops)
         s = self._new_sample(index, image, question, history, bool(client_tools), controller, limits)
         s.max_new_tokens = max_new_tokens
         s.tools = frozenset(client_tools) if isinstance(client_tools, frozenset | set) else None
         return s
 
-    def _sample_graph(self, graph, params: dict | None, max_hops: int):
+    def controller_for(self, graph, params: dict | None = None, max_hops: int | None = None):
+        """The controller of ``graph`` with ``params`` and hop budget ``max_hops`` (default: the run's),
+        compiled and checked against the model once per (graph, params, budget). Raises
+        ``GraphValidationError``, ``ConfigError`` (a graph the model cannot run) or
+        ``FileNotFoundError``."""
         import json
 
-        params = dict(params or {})
-        if graph == "free_choice":
-            params.setdefault("max_hops", max_hops)
-        key = (graph if isinstance(graph, str) else id(graph), json.dumps(params, sort_keys=True, default=str))
-        cache = self.__dict__.setdefault("_graphs", {})
+        hops = self.options.max_hops if max_hops is None else max_hops
+        key = (graph if isinstance(graph, str) else id(graph), json.dumps(params or {}, sort_keys=True, default=str),
+               hops)
+        cache = self.__dict__.setdefault("_controllers", {})
         if key not in cache:
-            cache[key] = self._graph_controller(graph, params)
+            cache[key] = self._graph_controller(graph, params, hops)
         return cache[key]
 
     def answer(self, s: Sample) -> Answer:

@@ -41,7 +41,7 @@ from perceive.errors import ConfigError, PerceiveError, RemoteError
 from perceive.images import as_rgb, load_image
 from perceive.loop.observe import Observer, err
 from perceive.loop.options import LoopOptions
-from perceive.loop.sample import Answer, Sample, check_question
+from perceive.loop.sample import Answer, Sample, answer_each, check_question
 from perceive.protocol import ParseError, PerceptionCall
 from perceive.remote.endpoint import call_endpoint, data_url, make_client
 from perceive.trace import EventType, FinishReason, Trace
@@ -143,14 +143,9 @@ class RemoteLoop:
         return self.registry.protocol(name).configure(options)
 
     def _controller(self, graph, params):
-        from perceive.graph import CompiledGraph, compile_graph
+        from perceive.graph import run_controller
 
-        if not isinstance(graph, CompiledGraph):
-            graph = "free_choice" if graph is None else graph
-            if graph == "free_choice":
-                params = {"max_hops": self.options.max_hops, **(params or {})}
-            graph = compile_graph(graph, registry=self.registry, params=params)
-        return graph.controller(self.registry.pm, model=None)
+        return run_controller(graph, self.registry, max_hops=self.options.max_hops, params=params)
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -158,16 +153,7 @@ class RemoteLoop:
         return self.run([(load_image(image), question)])[0]
 
     def ask_batch(self, items: list[tuple[Any, str]]) -> list[Answer]:
-        loaded = []
-        for image, question in items:
-            try:
-                loaded.append((load_image(image), question, None))
-            except PerceiveError as exc:
-                loaded.append((None, question, err(exc)))
-        keep = [i for i, (_, _, e) in enumerate(loaded) if e is None]
-        results = iter(self.run([loaded[i][:2] for i in keep], indices=keep))
-        return [next(results) if e is None else Answer("", Trace(question=q, error=e, finish_reason=FinishReason.ERROR),
-                                                       []) for _, q, e in loaded]
+        return answer_each(items, self.run)
 
     def run(self, items: list[tuple[Image.Image, str]], indices: list[int] | None = None) -> list[Answer]:
         """Samples run concurrently (``remote.concurrency`` in flight); the endpoint batches them."""
@@ -317,16 +303,8 @@ class RemoteLoop:
         return text, choice.finish_reason
 
     def _record_views(self, s: Sample, views, hop, target) -> list[Image.Image]:
-        images = []
-        for view in views:
-            s.views[view.frame.id] = view
-            hop.views.append(view.frame.to_dict())
-            images.append(view.image)
-        if views:
-            hop.box = views[-1].box.to_dict()
-        if (target or self.options.target) == "latest" and len(views) == 1:
-            s.target = views[0].frame.id
-        return images
+        self.observer.record_views(s, views, hop, target)
+        return [v.image for v in views]
 
     def _observe(self, s: Sample, messages: list[dict], turn: str, call: ActionCall, options: dict, target,
                  node) -> bool:
@@ -339,8 +317,7 @@ class RemoteLoop:
             first = len(s.views) + 1
             parts = self._parts(self._record_views(s, got, hop, target), None, first)
         elif kind == "text":
-            hop.text += [t.summary() for t in got]
-            hop.box = got[-1].box.to_dict()
+            self.observer.record_text(hop, got)
             text = got[0].text if len(got) == 1 else "".join(f"Region {k}: {t.text}\n" for k, t in enumerate(got))
             parts = self._parts([], text, len(s.views) + 1)
         else:

@@ -278,8 +278,8 @@ def create_app(loop, settings: ServeSettings | None = None) -> FastAPI:
         unknown = sorted(set(o.actions) - {a.name for a in loop.registry.select(None)})
         if unknown:
             raise HTTPProblem(400, f"perceive.actions: no action named {unknown}", param="perceive.actions")
-        if o.graph is not None or o.params:
-            _check_graph(o.graph or "free_choice", o.params)
+        if o.graph is not None or o.params or o.max_hops is not None:
+            _check_graph(o)
         deadline = min(o.deadline_s or settings.deadline_s, settings.deadline_s)
         client_tools = (frozenset(t.function.name for t in req.tools) if req.tools and req.tool_choice != "none"
                         else False)
@@ -287,16 +287,14 @@ def create_app(loop, settings: ServeSettings | None = None) -> FastAPI:
                    graph=o.graph, params=o.params or None, max_hops=o.max_hops, action_options=o.actions or None,
                    deadline=time.monotonic() + deadline, stream=req.stream)
 
-    def _check_graph(name: str, params: dict) -> None:
-        """Validate a request's graph before it queues (compiled once per name and params)."""
-        from perceive.graph import GraphValidationError, compile_graph
+    def _check_graph(o) -> None:
+        """Compile and check a request's own graph before it queues; the loop keeps the controller,
+        so the sample reuses it (compiled once per graph, params and budget)."""
+        from perceive.graph import GraphValidationError
 
         try:
-            g = compile_graph(name, registry=loop.registry, params=params)
-            g.check_model(loop.model)
-        except GraphValidationError as exc:
-            raise HTTPProblem(400, f"perceive.graph: {exc}", param="perceive.graph", code="invalid_graph") from None
-        except FileNotFoundError as exc:
+            loop.controller_for(o.graph or "free_choice", o.params or None, o.max_hops)
+        except (GraphValidationError, FileNotFoundError) as exc:
             raise HTTPProblem(400, f"perceive.graph: {exc}", param="perceive.graph", code="invalid_graph") from None
         except PerceiveError as exc:
             raise _problem_from(exc) from None

@@ -31,28 +31,21 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from perceive import hookimpl
 from perceive.actions import Action, ActionCall, ActionContext, TriggerGrammar
 from perceive.errors import EncoderUnavailableError
-from perceive.geometry import Box, grid_cells_to_box
+from perceive.geometry import Box
 from perceive.observations import Text
-from perceive.regions import parse_grid_span
+from perceive.regions import RegionArgs, parse_grid_span
 from perceive.vocabulary import Vocabulary
 
 INSTALL = 'pip install "perceive[ocr]"'
 
 
-class OcrArgs(BaseModel):
+class OcrArgs(RegionArgs):
     """What to read: the whole target view (no arguments), grid ``xs``/``ys`` cells grown by
-    ``margin`` cells, or an explicit ``box`` in the target view's pixels."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    xs: tuple[int, ...] = ()
-    ys: tuple[int, ...] = ()
-    box: tuple[float, float, float, float] | None = None
-    grid: int = Field(8, ge=1)
-    margin: int = Field(1, ge=0)
+    ``margin`` cells, or an explicit ``box`` in the target view's pixels. A region's arguments,
+    with the whole view allowed too."""
 
     @model_validator(mode="after")
-    def _one_form(self) -> OcrArgs:
+    def _one_form(self) -> OcrArgs:  # replaces RegionArgs' check, which needs cells or a box
         if bool(self.xs) != bool(self.ys):
             raise ValueError("give both x and y cells, or neither (the whole view)")
         if self.xs and self.box is not None:
@@ -64,12 +57,9 @@ class OcrArgs(BaseModel):
 
     def box_in(self, width: int, height: int, frame: str) -> Box:
         """The region to read, in the pixel frame ``frame`` of a ``width`` x ``height`` view."""
-        if self.box is not None:
-            return Box(*self.box, frame=frame)
-        if self.xs:
-            return grid_cells_to_box(set(self.xs), set(self.ys), width, height, grid=self.grid,
-                                     margin=self.margin, frame=frame)
-        return Box(0, 0, width, height, frame)
+        if self.box is None and not self.xs:
+            return Box(0, 0, width, height, frame)
+        return super().box_in(width, height, frame)
 
 
 class OcrOptions(BaseModel):
