@@ -205,12 +205,17 @@ class Registry:
         return info
 
     def _check_protocols(self, protocols: list[ToolProtocol], info: PluginInfo) -> None:
+        self._check_unique("protocol", protocols, self.protocols, info)
+
+    @staticmethod
+    def _check_unique(kind: str, objs, table: dict, info: PluginInfo) -> None:
+        """Each of ``objs`` has a name no installed plugin (``table``) nor an earlier one of them has."""
         seen: set[str] = set()
-        for p in protocols:
-            if p.name in self.protocols or p.name in seen:
-                owner = self.protocols[p.name].plugin if p.name in self.protocols else info.name
-                info.errors.append(f"duplicate protocol name {p.name!r}: already provided by {owner!r}")
-            seen.add(p.name)
+        for o in objs:
+            if o.name in table or o.name in seen:
+                owner = table[o.name].plugin if o.name in table else info.name
+                info.errors.append(f"duplicate {kind} name {o.name!r}: already provided by plugin {owner!r}")
+            seen.add(o.name)
 
     def _collect(self, plugin, hook_name: str, check, info: PluginInfo) -> list:
         out: list = []
@@ -249,25 +254,15 @@ class Registry:
                                    f"action {starts[a.grammar.start]!r} already owns")
             seen.add(a.name)
             starts[a.grammar.start] = a.name
-        seen = set()
-        for e in encoders:
-            if e.name in self.encoders or e.name in seen:
-                owner = self.encoders[e.name].plugin if e.name in self.encoders else info.name
-                info.errors.append(f"duplicate encoder name {e.name!r}: already provided by "
-                                   f"plugin {owner!r}")
-            seen.add(e.name)
+        self._check_unique("encoder", encoders, self.encoders, info)
 
     def _check_branches(self, branches: list[BranchSpec], actions: list[Action], info: PluginInfo) -> None:
         """Branch names and tokens are unique; a features action of the same name in the plugin
         opens and closes its span with the branch's tokens."""
         owned = {t: n for n, r in self.branches.items() for t in r.obj.tokens.all}
         mine = {a.name: a for a in actions}
-        seen: set[str] = set()
+        self._check_unique("branch", branches, self.branches, info)
         for b in branches:
-            if b.name in self.branches or b.name in seen:
-                owner = self.branches[b.name].plugin if b.name in self.branches else info.name
-                info.errors.append(f"duplicate branch name {b.name!r}: already provided by plugin {owner!r}")
-            seen.add(b.name)
             for t in b.tokens.all:
                 if t in owned:
                     info.errors.append(f"branch {b.name!r} uses token {t} which branch {owned[t]!r} already owns")
