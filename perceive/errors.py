@@ -26,6 +26,8 @@ class ErrorCode(str, Enum):
     DATA_UNUSABLE = "data-unusable"
     CHECKPOINT_INVALID = "checkpoint-invalid"
     REMOTE_FAILED = "remote-failed"
+    OUTPUT_UNWRITABLE = "output-unwritable"
+    RESUME_INVALID = "resume-invalid"
 
 
 class PerceiveError(Exception):
@@ -125,6 +127,20 @@ class RemoteError(PerceiveError, RuntimeError):
     retries."""
 
     code = ErrorCode.REMOTE_FAILED
+
+
+class OutputError(PerceiveError, OSError):
+    """An output path cannot be written (under a file, a folder without write permission): found
+    before any work, so a run never ends unable to keep its results."""
+
+    code = ErrorCode.OUTPUT_UNWRITABLE
+
+
+class ResumeError(PerceiveError, ValueError):
+    """``eval --resume`` cannot finish a partial run: there is none, or it used another config or
+    data; or a new run would replace an unfinished one."""
+
+    code = ErrorCode.RESUME_INVALID
 
 
 def closest(name: str, choices, n: int = 3) -> list[str]:
