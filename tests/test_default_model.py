@@ -4,7 +4,7 @@ Selection span, crop, answer) it reads the shipped example cards."""
 import pytest
 
 from perceive.data.cards import QUESTION
-from perceive.defaults import EXAMPLES_DIR, default_model_path, example_table
+from perceive.defaults import DEFAULT_MODEL_DIR, EXAMPLES_DIR, default_model_path, example_table
 from perceive.graph.compiled import GRAPHS_DIR
 
 pytestmark = pytest.mark.skipif(default_model_path() is None, reason="models/default is not in this checkout")
@@ -43,32 +43,63 @@ def test_it_reads_the_example_cards_through_a_region_hop(loop):
 
 
 SHIPPED_GRAPHS = sorted(p.stem for p in GRAPHS_DIR.glob("*.yaml"))
+TOOLCALL_DIR = DEFAULT_MODEL_DIR.parent / "toolcall"
+#: each shipped model: its folder and the tokens it needs (the tool-calling model writes JSON calls)
+SHIPPED_MODELS = {"default": (DEFAULT_MODEL_DIR, 32), "toolcall": (TOOLCALL_DIR, 128)}
+
+
+@pytest.fixture(scope="module")
+def shipped_models():
+    from perceive.model import load_model
+
+    cache = {}
+
+    def get(name: str):
+        path = SHIPPED_MODELS[name][0]
+        if not (path / "config.json").exists():
+            pytest.skip(f"models/{name} is not in this checkout")
+        if name not in cache:
+            cache[name] = load_model(path, device="cpu", dtype="float32")
+        return cache[name]
+
+    return get
 
 
 @pytest.mark.parametrize("graph", SHIPPED_GRAPHS)
-def test_every_shipped_graph_reads_the_examples_or_is_refused_with_a_reason(loop, graph):
+@pytest.mark.parametrize("model_name", ["default", pytest.param("toolcall", marks=pytest.mark.slow)])
+def test_every_shipped_graph_reads_the_examples_or_is_refused_with_a_reason(shipped_models, model_name, graph):
     """The graphs must not override the prompt conventions the model was trained with: each
-    reads the four shipped examples right, or refuses this model and says why."""
+    reads the four shipped examples right, or refuses this model and says why. Both shipped
+    models: the VPT one (Region Selection tokens) and the tool-calling one (hermes_json)."""
+    import json
+
     from perceive.errors import ConfigError
+    from perceive.geometry import Box
     from perceive.graph import compile_graph
     from perceive.loop import LoopOptions, PerceptionLoop
 
     if graph == "region_then_ocr":
         pytest.importorskip("rapidocr_onnxruntime", reason='the ocr action needs pip install "perceive[ocr]"')
-    table = example_table()
+    model = shipped_models(model_name)
+    folder, max_new_tokens = SHIPPED_MODELS[model_name]
+    table = json.loads((folder / "examples" / "examples.json").read_text())
     g = compile_graph(graph)
     try:
-        run = PerceptionLoop(loop.model, graph=g, options=LoopOptions(max_new_tokens=32))
+        run = PerceptionLoop(model, graph=g, options=LoopOptions(max_new_tokens=max_new_tokens))
     except ConfigError as exc:
         assert graph in str(exc) and "perceive.json" in str(exc) and exc.hint, exc
         return
-    answers = run.ask_batch([(EXAMPLES_DIR / name, QUESTION) for name in table])
+    answers = run.ask_batch([(folder / "examples" / name, QUESTION) for name in table])
     for (name, ex), ans in zip(table.items(), answers, strict=True):
         assert ans.error is None, (graph, name, ans.error)
         assert ans.text == ex["number"], (graph, name, ans.text)
-        if graph == "region_then_ocr":  # OCR read the crop; this model is not shown text (perceive.json views)
-            assert [h.action for h in ans.trace.hops] == ["region_select", "ocr"], (graph, name)
-            assert ans.trace.hops[1].text[0]["text"] == ex["number"], (graph, name, ans.trace.hops[1].text)
+        if graph == "region_then_ocr":  # OCR read the crop; neither model is shown text (perceive.json views)
+            crop, read = ans.trace.hops
+            assert (crop.action, read.action) == ("region_select", "ocr"), (graph, name)
+            # the crop, whichever way the model named its view (a tool call's img_idx is the original)
+            assert read.target == crop.views[0]["id"], (model_name, name, read.target, crop.views)
+            assert Box.from_dict(read.box) == Box.from_dict(crop.box), (model_name, name, read.box, crop.box)
+            assert read.text[0]["text"] == ex["number"], (graph, name, read.text)
             assert [e["type"] for e in ans.trace.events if e["type"] == "not_shown"] == ["not_shown"]
             continue
         assert [h.action for h in ans.trace.hops] == ["region_select"], (graph, name)

@@ -16,6 +16,7 @@ from perceive.dispatch import dispatch
 from perceive.errors import ConfigError, ObservationError, PerceiveError
 from perceive.geometry import ROOT
 from perceive.loop.engine import Chunk, ChunkKind
+from perceive.loop.unencodable import TextRole, note_unencodable
 from perceive.observations import Features, Text
 from perceive.protocol import PerceptionCall
 from perceive.trace import EventType, FinishReason, Hop
@@ -64,6 +65,12 @@ class Observer:
             why = encoder_width_problem(action, opts.get("encoder"), self.cfg.branches, self.loop.registry)
             if why:
                 raise ConfigError(f"actions.{action}.encoder: {why}")
+        from perceive.encoders import branch_option_problems  # options the model's trained branch would ignore
+
+        names = list(self.loop.hub.configs)
+        for (_, i, _), why in branch_option_problems(list(self.loop.hub.configs.values()), self.cfg.branches,
+                                                     self.loop.registry):
+            raise ConfigError(f"encoders.{names[i]}.options: {why}")
 
     # -- chunks ---------------------------------------------------------------------------------
 
@@ -158,7 +165,7 @@ class Observer:
 
     # -- views ----------------------------------------------------------------------------------
 
-    def _view_blocks(self, s: Sample, views, hop: Hop, target: str | None):
+    def _view_blocks(self, s: Sample, views, hop: Hop):
         """Markup and pixels of views shown as images; records them as the sample's views."""
         blocks, images = [], []
         layout = self.loop.layout
@@ -169,18 +176,20 @@ class Observer:
             blocks.append(markup if len(views) == 1 else f"Region {k}: {markup}\n")  # §1.4
             images.append((pv, grid))
             s.seen[view.frame.id] = self.seen_size(grid)
-        self.record_views(s, views, hop, target)
+        self.record_views(s, views, hop)
         return blocks, images
 
-    def record_views(self, s: Sample, views, hop: Hop, target: str | None) -> None:
+    def record_views(self, s: Sample, views, hop: Hop) -> None:
         """``views`` become the sample's (their frames on the hop); one new view becomes "the
-        latest", several (tiles) leave the target where it was."""
+        latest", several (tiles) leave it where it was. Which view the call ran on does not
+        matter: a tool call that names the original (``img_idx`` 0) still makes its crop the latest
+        view, which a later ``target: latest`` node reads."""
         for view in views:
             s.views[view.frame.id] = view
             hop.views.append(view.frame.to_dict())
         if views:
             hop.box = views[-1].box.to_dict()
-        if (target or self.loop.options.target) == "latest" and len(views) == 1:
+        if len(views) == 1:
             s.target = views[0].frame.id
 
     def replay(self, s: Sample, turn):
@@ -197,7 +206,7 @@ class Observer:
         if obs is None:
             return None
         try:
-            return self._view_blocks(s, obs, hop, d.target)
+            return self._view_blocks(s, obs, hop)
         except PerceiveError as exc:
             self._fail(s, hop, exc)
             return None
@@ -219,7 +228,7 @@ class Observer:
         if obs is None:
             return
         try:
-            blocks, images = self._view_blocks(s, obs, hop, decision.target)
+            blocks, images = self._view_blocks(s, obs, hop)
         except PerceiveError as exc:
             self._fail(s, hop, exc)
             return
@@ -274,7 +283,9 @@ class Observer:
                 s.pending = Chunk(closing, ChunkKind.DECODE)  # after a call: as if it went unanswered
             return
         # the text in the family's own tool-response turn (a plain user turn for vpt)
-        self._queue_observation(s, hop, self.observation_ids(blocks, len(s.views) + 1, closing))
+        ids = self.observation_ids(blocks, len(s.views) + 1, closing)
+        note_unencodable(s, self.loop.tokenizer, ids, ((TextRole.OBSERVATION, b) for b in blocks))
+        self._queue_observation(s, hop, ids)
 
     @staticmethod
     def record_text(hop: Hop, texts) -> None:

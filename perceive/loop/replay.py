@@ -14,6 +14,7 @@ import torch
 from perceive.errors import InputError, PerceiveError
 from perceive.geometry import Frame
 from perceive.images import as_rgb
+from perceive.loop.unencodable import TextRole, note_unencodable
 from perceive.observations import View
 from perceive.protocol import ParseError, PerceptionCall
 from perceive.trace import EventType, FinishReason
@@ -90,7 +91,7 @@ def _observation(obs: Observer, s: Sample, ev: PerceptionCall, result: ToolResul
             raise InputError(f"{call.action!r} shows {len(got)} view(s) for this call, but {len(result)} "
                              "image(s) came back", hint="send back one image per view, in order")
         views = [View(as_rgb(img), _resized(v.frame, img.size), v.label) for v, img in zip(got, result, strict=True)]
-        blocks, images = obs._view_blocks(s, views, hop, ev.target)
+        blocks, images = obs._view_blocks(s, views, hop)
         first = len(s.views) - len(blocks) + 1
     elif kind == "text":
         if not isinstance(result, str):
@@ -102,6 +103,8 @@ def _observation(obs: Observer, s: Sample, ev: PerceptionCall, result: ToolResul
     else:
         raise InputError(f"{call.action!r} returns encoder features: only view and text actions run client-side")
     turn = obs.observation_ids(blocks, first, [closing])[1:]
+    if kind == "text":
+        note_unencodable(s, loop.tokenizer, turn, [(TextRole.OBSERVATION, blocks[0])])
     hop.prefilled_tokens = len(turn)
     return turn, images
 

@@ -50,7 +50,7 @@ class Sample:
     views: dict[str, View] = field(default_factory=dict)
     #: per view id (``root`` too), the pixel size the model saw it at (its processor's resize)
     seen: dict[str, tuple[int, int]] = field(default_factory=dict)
-    target: str = ROOT
+    target: str = ROOT  # the latest single view shown (what "target: latest" reads)
     pending: Chunk | None = None
     max_new_tokens: int | None = None  # this sample's token budget (None: the run's)
     fed: int = 0  # tokens fed to the model so far (its context in use)

@@ -38,7 +38,7 @@ from perceive.control import Dispatch, Finish, Force, Ignore, RunLimits, Stop
 from perceive.control import merge_action_options as merge_options
 from perceive.encoders import EncoderHub
 from perceive.errors import ConfigError, PerceiveError, RemoteError
-from perceive.images import as_rgb, load_image
+from perceive.images import as_rgb, check_input_size, load_image
 from perceive.loop.observe import Observer, err
 from perceive.loop.options import LoopOptions
 from perceive.loop.sample import Answer, Sample, answer_each, check_question
@@ -176,6 +176,7 @@ class RemoteLoop:
         s = Sample(index, root, Trace(question=q, image_size=root.size), None, torch.Generator(), question=q)
         try:
             check_question(question)
+            check_input_size(root.size)  # the input's shape, before any frame is made
             if self.remote.mode == "server":
                 return self._server_side(s)
             self._client_side(s)
@@ -218,7 +219,7 @@ class RemoteLoop:
                                          d.node)
             if got is None:
                 return
-            extra += self._record_views(s, got, hop, d.target)
+            extra += self._record_views(s, got, hop)
         messages = ([{"role": "system", "content": self.system}] if self.system else []) + [self._first_user(s, extra)]
         turn = ""  # the assistant turn so far (continued after an ignored call)
         while not s.done:
@@ -302,8 +303,8 @@ class RemoteLoop:
         s.state["text"] = s.state.get("text", "") + text
         return text, choice.finish_reason
 
-    def _record_views(self, s: Sample, views, hop, target) -> list[Image.Image]:
-        self.observer.record_views(s, views, hop, target)
+    def _record_views(self, s: Sample, views, hop) -> list[Image.Image]:
+        self.observer.record_views(s, views, hop)
         return [v.image for v in views]
 
     def _observe(self, s: Sample, messages: list[dict], turn: str, call: ActionCall, options: dict, target,
@@ -315,7 +316,7 @@ class RemoteLoop:
         kind = self.registry.action(call.action).observation
         if kind == "view":
             first = len(s.views) + 1
-            parts = self._parts(self._record_views(s, got, hop, target), None, first)
+            parts = self._parts(self._record_views(s, got, hop), None, first)
         elif kind == "text":
             self.observer.record_text(hop, got)
             text = got[0].text if len(got) == 1 else "".join(f"Region {k}: {t.text}\n" for k, t in enumerate(got))
