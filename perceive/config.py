@@ -32,6 +32,7 @@ from perceive.config_files import (  # noqa: F401 - format_validation_error, ren
     rebase,
     render_problem,
 )
+from perceive.encoders import branch_option_problems
 from perceive.errors import ConfigError, did_you_mean
 from perceive.yamlio import LinedDict as _LinedDict
 from perceive.yamlio import load_yaml as _read_yaml
@@ -73,7 +74,6 @@ class ActionConfig(_Strict):
 #: the longest deadline of one perception call, in seconds (a day); ``threading.Event.wait``
 #: overflows on huge timeouts, so ``.inf`` and ``1e12`` are refused when the config is loaded
 MAX_ACTION_TIMEOUT_S = 86400
-
 #: seconds, above 0, at most :data:`MAX_ACTION_TIMEOUT_S`, finite (``.inf`` and ``.nan`` refused)
 ActionTimeout = Annotated[float, Field(gt=0, le=MAX_ACTION_TIMEOUT_S, allow_inf_nan=False)]
 
@@ -88,6 +88,7 @@ class RuntimeConfig(_Strict):
     action_timeout_s: ActionTimeout | None = 120.0
     #: the reference's way: prefill the whole conversation again after each observation
     reprefill: bool = False
+    threads: int | None = Field(None, ge=1, le=1024)  # torch intra-op threads; null: usable cores-1 (perceive.threads)
 
 
 class ProtocolConfig(_Strict):
@@ -357,13 +358,11 @@ def encoder_width_problem(action: str, encoder: str | None, branches: dict, regi
 
 
 def encoder_fit_problems(cfg: PerceiveConfig, branches: dict, registry) -> list[tuple[tuple, str]]:
-    """Each action's ``encoder`` whose features do not fit the model's branch (``branches``)."""
-    out = []
-    for name, a in (cfg.actions or {}).items():
-        why = encoder_width_problem(name, a.encoder, branches, registry)
-        if why:
-            out.append((("actions", name, "encoder"), why))
-    return out
+    """Each action's ``encoder`` whose features do not fit the model's branch (``branches``), and
+    encoder options the branch would ignore (:func:`perceive.encoders.branch_option_problems`)."""
+    out = [(("actions", name, "encoder"), why) for name, a in (cfg.actions or {}).items()
+           if (why := encoder_width_problem(name, a.encoder, branches, registry))]
+    return out + branch_option_problems(cfg.encoders, branches, registry)
 
 
 def load_config(path: str | Path | Iterable[str | Path] | None, registry=None, *, overrides: Iterable[Override] = (),

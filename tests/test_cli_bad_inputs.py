@@ -64,6 +64,12 @@ def corpus(tmp_path_factory) -> Path:
     (d / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
     (d / "empty.png").write_bytes(b"")
     (d / "bomb.png").write_bytes(_png_header_only(30000, 30000))
+    Image.new("RGB", (1, 1), "navy").save(d / "one_pixel.png")
+    Image.new("RGB", (20000, 50), "navy").save(d / "panorama.png")  # a few KB as PNG
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation 6, "turn a quarter clockwise to show": a phone's portrait photo
+    card = Image.open(ROOT / "models" / "default" / "examples" / "card_0.png").convert("RGB")
+    card.transpose(Image.Transpose.ROTATE_90).save(d / "sideways.jpg", quality=95, exif=exif)
     (d / "bad.yaml").write_text("model: {path: [1, 2\n  steps: : :\n")
     (d / "list.yaml").write_text("- 1\n- 2\n")
     (d / "laughs.yaml").write_text("a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
@@ -94,11 +100,20 @@ def corpus(tmp_path_factory) -> Path:
     nopj = d / "model_no_perceive_json"
     shutil.copytree(good, nopj)
     (nopj / "perceive.json").unlink()
+    from perceive.eval.run_folder import fingerprint
+    from perceive.eval.runner import EvalConfig
+
+    partial = d / "partial_eval"  # an eval stopped after one sample; it ran with max_new_tokens 3
+    partial.mkdir()
+    fp = fingerprint(EvalConfig(model=good, data=d / "region.json", runtime={"max_new_tokens": 3}))
+    (partial / "fingerprint.json").write_text(json.dumps(fp))
+    (partial / "predictions.jsonl").write_text('{"index": 0}\n')
     return d
 
 
 # (id, argv, exit code, text the output must contain). Each command of `perceive --help` is here.
 PP = ["protocols", "parse", "--protocol"]
+EV = ["eval", "--model", "model", "--data", "region.json", "--out"]
 CASES = [
     # ask: images, question, options
     ("ask-missing-image", ["ask", "missing.png", Q], 1, "error: image not found: missing.png"),
@@ -112,6 +127,15 @@ CASES = [
     ("ask-negative-hops", ["ask", IMG, Q, "--max-hops", "-1"], 2, "Invalid value for '--max-hops'"),
     ("ask-hops-not-a-number", ["ask", IMG, Q, "--max-hops", "many"], 2, "Invalid value for '--max-hops'"),
     ("ask-render-into-a-folder", ["ask", IMG, Q, "--render", "adir"], 2, "error: --render adir is a folder"),
+    ("ask-1x1-image", ["ask", "one_pixel.png", Q], 1, "error: image one_pixel.png is 1x1 px: too small to look at"),
+    ("ask-panorama-image", ["ask", "panorama.png", Q], 1,
+     "error: image panorama.png is 20000x50 px: its aspect ratio of 400:1 is over the 200:1"),
+    # not an error: a photo stored sideways is read upright (the card's answer and box, as card_0.png)
+    ("ask-sideways-photo", ["ask", "sideways.jpg", Q, "--model", "model"], 0,
+     "460 hop 1 [perceive]: region_select in view root -> box (224, 336, 336, 448)"),
+    ("ask-render-unwritable", ["ask", "sideways.jpg", Q, "--model", "model", "--render", "afile/out.png"], 1,
+     "460 hop 1 [perceive]: region_select in view root -> box (224, 336, 336, 448) "
+     "error: cannot write the trace picture --render afile/out.png: afile is a file, not a folder"),
     # ask: model folders
     ("ask-model-missing", ["ask", IMG, Q, "--model", "nowhere"], 1, "error: model folder not found: nowhere"),
     ("ask-model-is-a-file", ["ask", IMG, Q, "--model", "afile"], 1, "error: afile is a file, not a model folder"),
@@ -142,6 +166,8 @@ CASES = [
     ("graph-show-bad-yaml", ["graph", "show", "bad.yaml"], 1, "error: the graph has 1 problem(s)"),
     ("graph-show-out-in-a-file", ["graph", "show", "free_choice", "--out", "afile/g.png"], 1, "afile/g.png"),
     ("graph-run-bad-yaml", ["graph", "run", "bad.yaml", "--image", IMG, "--question", Q], 1, "bad.yaml"),
+    ("graph-run-1x1-image", ["graph", "run", "free_choice", "--image", "one_pixel.png", "--question", Q, "--model",
+                             "model"], 1, "error: the input image is 1x1 px: too small to look at"),
     ("graph-run-render-no-format", ["graph", "run", "free_choice", "--image", IMG, "--question", Q, "--render",
                                     "trace.txt"], 2, "error: --render trace.txt: the picture's format comes from"),
     # data
@@ -202,6 +228,15 @@ CASES = [
      "error: --allow-local-images nowhere: not a folder"),
     ("serve-model-missing", ["serve", "--model", "nowhere"], 1, "error: model folder not found: nowhere"),
     ("serve-port-out-of-range", ["serve", "--port", "99999"], 2, "Invalid value for '--port'"),
+    ("serve-port-negative", ["serve", "--port", "-1"], 2, "Invalid value for '--port'"),
+    ("serve-threads-zero", ["serve", "--threads", "0"], 2, "Invalid value for '--threads'"),
+    ("serve-threads-negative-in-config", ["serve", "--set", "runtime.threads=-2"], 1,
+     "runtime.threads (--set runtime.threads): Input should be greater than or equal to 1"),
+    ("serve-drain-window-negative", ["serve", "--drain-window", "-1"], 2, "Invalid value for '--drain-window'"),
+    ("ask-threads-zero", ["ask", IMG, Q, "--set", "runtime.threads=0"], 1,
+     "runtime.threads (--set runtime.threads): Input should be greater than or equal to 1"),
+    ("ask-threads-not-a-number", ["ask", IMG, Q, "--set", "runtime.threads=many"], 1,
+     "runtime.threads (--set runtime.threads): Input should be a valid integer"),
     ("ask-remote-unreachable", ["ask", IMG, Q, "--remote", "http://127.0.0.1:9/v1", "--set", "remote.max_retries=0"],
      1, "error: cannot reach http://127.0.0.1:9/v1"),
     # eval
@@ -211,6 +246,17 @@ CASES = [
      "error: give a config file, or --model (or --remote URL) and --data"),
     ("eval-compare-missing", ["eval", "compare", "nowhere"], 1, "error: cannot read the run nowhere"),
     ("eval-compare-corrupt", ["eval", "compare", "corrupt.json"], 1, "error: cannot read the run corrupt.json"),
+    ("eval-compare-out-under-a-file", ["eval", "compare", "corrupt.json", "--out", "afile/t.md"], 1,
+     "error: cannot create --out afile/t.md: afile is a file, not a folder"),
+    ("eval-out-under-a-file", [*EV, "afile/out"], 1,
+     "error: cannot create --out afile/out: afile is a file, not a folder"),
+    ("eval-resume-nothing", [*EV, "adir", "--resume"], 1,
+     "error: nothing to resume in adir (no fingerprint.json: no eval started there)"),
+    ("eval-resume-changed-config", [*EV, "partial_eval", "--resume"], 1,
+     "error: cannot resume partial_eval: the partial run used another config or data: runtime.max_new_tokens was 3, "
+     "now 256"),
+    ("eval-unfinished-without-resume", [*EV, "partial_eval"], 1,
+     "error: partial_eval holds an unfinished eval (1 sample(s) done)"),
 ]
 
 

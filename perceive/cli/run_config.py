@@ -34,9 +34,11 @@ def run_config(config: Path | None, sets: list[str] | None, flags: list[tuple[tu
     """The run config of ``ask`` and ``graph run``: ``config`` (or none) with ``--set`` and the
     flags applied; no model anywhere: the shipped default model (``models/default``)."""
     from perceive.config import PerceiveConfig, load_config
+    from perceive.threads import set_torch_threads
 
     cfg = load_config(config, overrides=cli_overrides(sets, flags, PerceiveConfig.model_fields))
     check_set_params(cfg)
+    set_torch_threads(cfg.runtime.threads)  # once, before the model runs (docs/performance.md#threads)
     if cfg.model.path is None:
         from perceive.defaults import default_model_path
 

@@ -8,6 +8,7 @@ import typer
 
 from perceive.cli.output import console, fail
 from perceive.cli.run_config import CONFIG_HELP, SET_HELP, loop_flags, run_config
+from perceive.threads import MAX_THREADS, choose_threads
 
 
 def serve(
@@ -15,7 +16,8 @@ def serve(
     model: Path | None = typer.Option(None, "--model", help="Local model folder (default: the config's model.path, "
                                                            "else models/default)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
-    port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port (0: any free one, printed)."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port (0: any free one; the one bound is "
+                                                                   "printed)."),
     name: str | None = typer.Option(None, "--model-name", help="The model id clients ask for (default: the model "
                                                              "folder's name)."),
     max_batch: int = typer.Option(8, "--max-batch", min=1, help="Samples in the running batch at once."),
@@ -27,6 +29,12 @@ def serve(
     allow_local_images: Path | None = typer.Option(None, "--allow-local-images", metavar="DIR",
                                                    help="Accept image_url paths to files under DIR (off: data "
                                                         "URLs only)."),
+    drain_window: float = typer.Option(5.0, "--drain-window", min=0.0, max=3600.0, metavar="S",
+                                       help="After SIGTERM, the least time the listener stays open answering "
+                                            "/health 503 (draining), so a load balancer stops routing here."),
+    threads: int | None = typer.Option(None, "--threads", min=1, max=MAX_THREADS,
+                                       help="torch's intra-op threads (runtime.threads; default: the usable "
+                                            "cores less one, or OMP_NUM_THREADS)."),
     max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", min=1, help="Default 256."),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1, ... or auto (the default)."),
     dtype: str | None = typer.Option(None, "--dtype", help="float32, bfloat16, float16 or auto (the default)."),
@@ -35,12 +43,14 @@ def serve(
     set_: list[str] = typer.Option(None, "--set", metavar="KEY=VALUE", help=SET_HELP),
 ) -> None:
     """Serve a model on an OpenAI-compatible chat endpoint that runs perception: POST
-    /v1/chat/completions, GET /v1/models, /health and /metrics. SIGTERM (or Ctrl-C) finishes the
-    requests in flight, then exits."""
+    /v1/chat/completions, GET /v1/models, /health and /metrics. SIGTERM drains: /health answers 503
+    and new requests are refused while the requests in flight and queued finish (and for at least
+    --drain-window), then it exits 0. Ctrl-C drains without the window; a second signal stops at once."""
     try:
         import uvicorn
 
         from perceive.serve import ServeSettings, create_app
+        from perceive.serve.server import DrainingServer
     except ImportError as exc:
         raise fail(f"perceive serve needs the serve extra ({exc.name} is missing): pip install 'perceive[serve]'",
                    1) from None
@@ -49,7 +59,9 @@ def serve(
 
     if allow_local_images is not None and not allow_local_images.is_dir():
         raise fail(f"--allow-local-images {allow_local_images}: not a folder", 2)
-    cfg = run_config(config, set_, loop_flags(model, max_new_tokens, device, dtype, False, action_timeout))
+    flags = [*loop_flags(model, max_new_tokens, device, dtype, False, action_timeout),
+             (("runtime", "threads"), threads, "--threads")]
+    cfg = run_config(config, set_, flags)  # sets torch's threads, before the model thread starts
     if cfg.remote is not None:
         raise fail(f"{cfg.source} sets remote.url ({cfg.remote.url}): perceive serve runs a local model", 2)
     try:
@@ -60,29 +72,19 @@ def serve(
                              max_queue=max_queue, max_body_bytes=int(max_body_mb * 1024 * 1024),
                              deadline_s=deadline, allow_local_images=allow_local_images)
     app = create_app(loop, settings)
-    console.print(f"serving {settings.model_name!r} (protocol {loop.protocol.name}) on http://{host}:{port}/v1",
-                  markup=False, highlight=False)
-    server = _draining_server(uvicorn.Config(app, host=host, port=port, log_level="info",
-                                            timeout_graceful_shutdown=int(deadline) + 5))
+    where = f"[{host}]" if ":" in host else host  # an IPv6 address
+
+    def started(bound: int | None) -> None:  # the port really bound: --port 0 picks one
+        console.print(f"serving {settings.model_name!r} (protocol {loop.protocol.name}) on http://{where}:{bound}/v1",
+                      markup=False, highlight=False, soft_wrap=True)
+        console.print(f"torch: {choose_threads(cfg.runtime.threads).describe()}", markup=False, highlight=False,
+                      soft_wrap=True)
+
+    server = DrainingServer(uvicorn.Config(app, host=host, port=port, log_level="info",
+                                           timeout_graceful_shutdown=int(deadline) + 5),
+                            app.state.scheduler, drain_window_s=drain_window, on_started=started)
     server.run()
-    console.print("drained and stopped", markup=False)
-
-
-def _server_class():
-    import uvicorn
-
-    class DrainingServer(uvicorn.Server):
-        """SIGTERM or Ctrl-C: stop taking connections, finish the requests in flight, exit 0 (uvicorn
-        would raise the signal again after its shutdown, so the process would die by it)."""
-
-        def handle_exit(self, sig, frame) -> None:
-            super().handle_exit(sig, frame)
-            captured = getattr(self, "_captured_signals", None)
-            if isinstance(captured, list):
-                captured.clear()
-
-    return DrainingServer
-
-
-def _draining_server(config):
-    return _server_class()(config)
+    if server.forced:
+        raise fail("stopped by a second signal before the requests in flight finished", 1)
+    if server.started:
+        console.print("drained and stopped", markup=False)

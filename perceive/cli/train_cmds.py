@@ -45,22 +45,33 @@ def cards(n: int = typer.Option(..., "--n", min=1, help="Number of images."),
                                                 "under the card."),
           widths: tuple[int, int] = typer.Option((40, 64), "--card-widths",
                                                  help="Training only: the card's width range LO HI in px, inside "
-                                                      "40 64 (narrow it to over-sample small cards).")
+                                                      "40 64 (narrow it to over-sample small cards)."),
+          reencode: str | None = typer.Option(None, "--reencode", metavar="ACTION",
+                                              help="The features action whose span, placeholder and images key "
+                                                   "reencode.json uses: any installed one with a model branch "
+                                                   "(`perceive plugins list`), e.g. a plugin's. Default dino.")
           ) -> None:
     """Write the number-card task in the paper's dataset layout (plain, region, reencode)."""
     from rich.progress import Progress
 
-    from perceive.data.cards import generate
+    from perceive.data.cards import REENCODE_BRANCH, generate, reencode_branch
+    from perceive.errors import PerceiveError
 
+    reencode = REENCODE_BRANCH if reencode is None else reencode
+    try:
+        reencode_branch(reencode)  # a wrong name is a usage error, before anything is written
+    except PerceiveError as e:
+        raise fail(e, 2) from None
     with Progress() as bar:
         task = bar.add_task("cards", total=n)
         try:
             generate(out, n, seed=seed, backgrounds=backgrounds, split=split, fmt=fmt, margin=margin, prompts=prompts,
-                     augment=augment, distractors=distractors, widths=widths,
+                     augment=augment, distractors=distractors, widths=widths, reencode=reencode,
                      progress=lambda k: bar.update(task, completed=k))
         except ValueError as e:
             raise fail(e) from None
-    console.print(f"wrote {n} images and plain, region, locate, read_card, read, reencode and cards .json to {out}")
+    console.print(f"wrote {n} images and plain, region, locate, read_card, read, reencode ({reencode} spans) and "
+                  f"cards .json to {out}")
 
 
 @data_app.command("reading")
@@ -137,14 +148,22 @@ def train(config: Path = typer.Argument(..., help="Training config (YAML)."),
                    "images, malformed items) before training refuses to start (default 0.05)."),
           set_: list[str] = typer.Option(None, "--set", metavar="KEY=VALUE",
                                          help="Override a config value: KEY.PATH=VALUE, e.g. optim.lr=3e-4 (VALUE is "
-                                              "YAML). Repeatable.")) -> None:
+                                              "YAML). Repeatable."),
+          allow_changes: bool = typer.Option(False, "--allow-changes",
+                                             help="With --resume: resume even though the config names another model "
+                                                  "or other training data than the checkpoint's (say, the same data "
+                                                  "moved to another folder).")) -> None:
     """Fine-tune a VPT model (projector alignment or instruction tuning).
 
     Values come from, highest first: the flags, --set, CONFIG, the files it extends, the
-    defaults. Ctrl-C stops after the current step and saves a checkpoint there; the command to
-    resume is printed."""
+    defaults. Each evaluation prints one line; OUTPUT/evals.jsonl keeps the full records. With
+    --resume, each setting that differs from the checkpoint's config is listed (another model or
+    other data is refused). Ctrl-C stops after the current step and saves a checkpoint there; the
+    command to resume is printed."""
     from perceive.errors import PerceiveError
     from perceive.train import Trainer, load_train_config
+    from perceive.train.eval_log import EVALS_FILE
+    from perceive.train.resume import describe_changes, resume_changes
     from perceive.train.trainer import TrainingInterrupted, check_checkpoint, check_output, run_files
 
     extra: list[object] = [a for item in set_ or [] for a in ("--set", item)]  # what a resumed run needs too
@@ -160,7 +179,12 @@ def train(config: Path = typer.Argument(..., help="Training config (YAML)."),
         # cheap checks first: a wrong folder or checkpoint fails before the model is built
         clear = check_output(cfg.output, resume, overwrite)
         if resume is not None:
-            check_checkpoint(resume)
+            state = check_checkpoint(resume)
+            changed = describe_changes(resume, state["step"], resume_changes(resume, state, cfg, allow_changes))
+            if changed:
+                console.print(f"[yellow]warning[/]: {escape(changed[0])}", highlight=False, soft_wrap=True)
+                for line in changed[1:]:
+                    console.print(line, markup=False, highlight=False, soft_wrap=True)
         t = Trainer(cfg)
     except PerceiveError as exc:
         raise fail(exc, 1) from None
@@ -172,7 +196,7 @@ def train(config: Path = typer.Argument(..., help="Training config (YAML)."),
         console.print(f"--overwrite: clearing the earlier run in {cfg.output} "
                       f"({', '.join(p.name for p in clear)})", markup=False)
     try:
-        history = t.train(resume, overwrite=overwrite)
+        history = t.train(resume, overwrite=overwrite, allow_changes=allow_changes)
     except TrainingInterrupted as exc:
         console.print(str(exc), markup=False, highlight=False, soft_wrap=True)
         if exc.checkpoint is not None:
@@ -186,13 +210,13 @@ def train(config: Path = typer.Argument(..., help="Training config (YAML)."),
     except PerceiveError as exc:
         raise fail(exc, 1) from None
     out = t.save_model()
-    evals = [h for h in history if "eval" in h]
-    if evals:
-        console.print(json.dumps(evals[-1], indent=1), markup=False)
+    if any("eval" in h for h in history):  # each was printed as one line when it ran
+        console.print(f"evaluations (the full records): {cfg.output / EVALS_FILE}", markup=False, highlight=False)
     console.print(f"model written to {out}")
 
 
-def eval_(targets: list[str] = typer.Argument(None, metavar="[CONFIG | compare RUN...]",
+def eval_(ctx: typer.Context,
+          targets: list[str] = typer.Argument(None, metavar="[CONFIG | compare RUN...]",
                                          help="An eval config (YAML): a run config plus data, batch_size, output, "
                                               "...; or `compare` and eval.json files or folders."),
           config: Path = typer.Option(None, "--config", help=CONFIG_HELP + " An eval CONFIG given too is laid over "
@@ -215,10 +239,19 @@ def eval_(targets: list[str] = typer.Argument(None, metavar="[CONFIG | compare R
                    "runtime.action_timeout_s's, 120)."),
           set_: list[str] = typer.Option(None, "--set", metavar="KEY=VALUE", help=SET_HELP),
           remote: str = typer.Option(None, "--remote", metavar="URL", help=REMOTE_HELP),
-          remote_model: str = typer.Option(None, "--remote-model", metavar="NAME", help=REMOTE_MODEL_HELP)) -> None:
+          remote_model: str = typer.Option(None, "--remote-model", metavar="NAME", help=REMOTE_MODEL_HELP),
+          resume: bool = typer.Option(False, "--resume",
+                                      help="Finish the run in --out that was stopped: run only the samples its "
+                                           "predictions.jsonl lacks (same config and data, or it refuses), then "
+                                           "report over all of them."),
+          overwrite: bool = typer.Option(False, "--overwrite",
+                                         help="Start again in an --out folder that holds an unfinished run, "
+                                              "replacing its predictions.")) -> None:
     """Run a model with a graph over a dataset: exact match, ANLS, relaxed accuracy, optional LLM
-    judge, per-hop telemetry; writes eval.json and eval.md. `perceive eval compare RUN...` puts
-    several runs side by side.
+    judge, crop IoU, latency per sample (mean, p50, p95) and throughput (samples/s). With --out,
+    each finished sample goes to OUT/predictions.jsonl at once (a stopped run keeps its work:
+    finish it with --resume), and eval.json and eval.md at the end. `perceive eval compare RUN...`
+    puts several runs side by side.
 
     Values come from, highest first: the flags, --set, CONFIG, --config, the defaults."""
     targets = targets or []
@@ -232,6 +265,7 @@ def eval_(targets: list[str] = typer.Argument(None, metavar="[CONFIG | compare R
     from perceive.data.skipped import Skipped
     from perceive.errors import PerceiveError
     from perceive.eval.runner import EvalConfig, evaluate, load_eval_config, markdown
+    from perceive.threads import set_torch_threads
 
     if not files and ((model is None and remote is None) or data is None):
         raise fail("give a config file, or --model (or --remote URL) and --data (a config: CONFIG, or --config "
@@ -243,14 +277,29 @@ def eval_(targets: list[str] = typer.Argument(None, metavar="[CONFIG | compare R
              (("max_skipped_fraction",), max_skipped_fraction, "--max-skipped-fraction"),
              (("runtime", "action_timeout_s"), action_timeout, "--action-timeout"), *remote_flags(remote, remote_model)]
     overrides = cli_overrides(set_, flags, EvalConfig.model_fields)
+    cfg = None
     try:
         cfg = load_eval_config(files or None, overrides=overrides)
         check_set_params(cfg)
-        result = evaluate(cfg)
+        set_torch_threads(cfg.runtime.threads)  # before the model runs (docs/performance.md#threads)
+        result = evaluate(cfg, resume=resume, overwrite=overwrite)
     except PerceiveError as exc:
         raise fail(exc, 1) from None
+    except KeyboardInterrupt:
+        raise _eval_interrupted(ctx, cfg) from None
     _warn_skipped(Skipped.from_json(result["data"], result["data_items"], result["skipped_items"]))
+    if "resumed" in result:
+        r = result["resumed"]
+        dropped = f"; {r['dropped_lines']} line(s) cut short were dropped and their samples run again" \
+            if r["dropped_lines"] else ""
+        console.print(f"resumed {cfg.output}: {r['kept']} sample(s) were done, "
+                      f"{result['summary']['samples'] - r['kept']} ran now{dropped}", markup=False, highlight=False)
     typer.echo(markdown([result]))
+    unknown = result["summary"].get("unknown_characters")
+    if unknown:
+        console.print(f"[yellow]warning[/]: {unknown} of {result['summary']['samples']} question(s) hold characters "
+                      "the model's tokenizer maps to its unknown token (a `tokenizer` event in their trace)",
+                      highlight=False)
     failed = [r["error"] for r in result["records"] if r.get("error")]
     if failed:  # say why, not only how many: the first error in full
         from perceive.cli.output import print_error
@@ -258,7 +307,41 @@ def eval_(targets: list[str] = typer.Argument(None, metavar="[CONFIG | compare R
         print_error(f"{len(failed)} of {len(result['records'])} samples failed; the first: {failed[0]['message']}",
                     hint=failed[0].get("hint"))
     if cfg.output:
-        console.print(f"wrote {cfg.output / 'eval.json'} and eval.md")
+        console.print(f"wrote {cfg.output / 'eval.json'}, eval.md and predictions.jsonl", markup=False,
+                      highlight=False)
+
+
+def _eval_interrupted(ctx: typer.Context, cfg) -> typer.Exit:
+    """Ctrl-C: say what was kept and the command that finishes the run."""
+    from perceive.eval.run_folder import PREDICTIONS, read_predictions
+
+    out = getattr(cfg, "output", None)
+    if out is None or not (out / PREDICTIONS).exists():
+        why = "" if out is None else f" (nothing was written to {out})"
+        return fail(f"interrupted: no sample was kept{why}; give --out to keep each finished sample", 130)
+    done = len(read_predictions(out / PREDICTIONS)[0])
+    console.print(f"interrupted: {done} finished sample(s) are kept in {out / PREDICTIONS}", markup=False,
+                  highlight=False, soft_wrap=True)
+    console.print("finish with: " + _again(ctx, "--resume"), markup=False, highlight=False,
+                  soft_wrap=True)
+    return typer.Exit(130)
+
+
+def _again(ctx, *extra: str) -> str:
+    """This command line as given (the options the user set), with ``extra`` added."""
+    args: list[object] = ["perceive", ctx.info_name]
+    for p in ctx.command.params:
+        value = ctx.params.get(p.name)
+        if p.name in ("resume", "overwrite") or value is None or value == [] or value == p.default:
+            continue
+        if not getattr(p, "opts", None) or p.param_type_name == "argument":
+            args += list(value) if isinstance(value, list | tuple) else [value]
+        elif getattr(p, "is_flag", False) or p.secondary_opts:
+            args.append(p.opts[0] if value else p.secondary_opts[0])
+        else:
+            for v in value if isinstance(value, list | tuple) else [value]:
+                args += [p.opts[0], v]
+    return _command(*args, *extra)
 
 
 def run_labels(results: list[dict], paths: list[Path]) -> list[str]:
@@ -295,8 +378,15 @@ def run_labels(results: list[dict], paths: list[Path]) -> list[str]:
 def compare(runs: list[Path], out: Path | None = None) -> None:
     """Put several runs side by side (one markdown table); runs that share a name are told apart
     by their folders."""
+    from perceive.errors import OutputError
+    from perceive.eval.run_folder import check_output_file
     from perceive.eval.runner import markdown
 
+    if out is not None:
+        try:
+            check_output_file(out)
+        except OutputError as exc:
+            raise fail(exc, 1) from None
     results, paths = [], []
     for r in runs:
         p = r / "eval.json" if r.is_dir() else r
@@ -310,4 +400,7 @@ def compare(runs: list[Path], out: Path | None = None) -> None:
     table = markdown(results)
     typer.echo(table)
     if out:
-        out.write_text(table)
+        try:
+            out.write_text(table)
+        except OSError as exc:
+            raise fail(f"cannot write {out}: {exc}", 1) from None

@@ -29,9 +29,10 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from perceive.errors import PerceiveError
 from perceive.loop.replay import preview_boxes
 from perceive.loop.sample import Answer
+from perceive.loop.unencodable import warnings as tokenizer_warnings
 from perceive.serve.messages import read_conversation
 from perceive.serve.metrics import Metrics
-from perceive.serve.scheduler import Job, QueueFull, Scheduler
+from perceive.serve.scheduler import Draining, Job, QueueFull, Scheduler
 from perceive.serve.schema import ChatRequest
 from perceive.trace import FinishReason
 
@@ -172,7 +173,7 @@ def create_app(loop, settings: ServeSettings | None = None) -> FastAPI:
     @app.exception_handler(HTTPProblem)
     async def _problem(request, exc: HTTPProblem):
         if not exc.counted:
-            metrics.requests.labels("rejected" if exc.status == 429 else "bad_request").inc()
+            metrics.requests.labels("rejected" if exc.status in (429, 503) else "bad_request").inc()
         return exc.response()
 
     @app.exception_handler(RequestValidationError)
@@ -199,8 +200,11 @@ def create_app(loop, settings: ServeSettings | None = None) -> FastAPI:
 
     @app.get("/health")
     async def health():
-        return {"status": "draining" if scheduler.stopping else "ok", "running": scheduler.running,
-                "queued": scheduler.queued}
+        # 503 while draining: a load balancer's health check takes the replica out before it exits
+        draining = scheduler.draining or scheduler.stopping
+        return JSONResponse({"status": "draining" if draining else "ok", "running": scheduler.running,
+                             "queued": scheduler.queued, "threads": scheduler.threads},
+                            status_code=503 if draining else 200)
 
     @app.get("/metrics")
     async def metrics_endpoint():
@@ -228,6 +232,10 @@ def create_app(loop, settings: ServeSettings | None = None) -> FastAPI:
             raise HTTPProblem(429, f"the server is busy: {scheduler.queued} requests are waiting",
                               type="rate_limit_error", code="queue_full",
                               headers={"Retry-After": str(exc.retry_after)}) from None
+        except Draining:  # another replica can take it at once: the load balancer routes it there
+            raise HTTPProblem(503, "the server is shutting down and takes no new requests: send it again (to "
+                              "another replica)", type="service_unavailable", code="draining",
+                              headers={"Retry-After": "1"}) from None
         rid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         if req.stream:
             return StreamingResponse(_stream(req, job, rid), media_type="text/event-stream",
@@ -336,8 +344,9 @@ def create_app(loop, settings: ServeSettings | None = None) -> FastAPI:
         ext: dict[str, Any] = {"finish_reason": str(t.finish_reason), "answer": answer.text}
         if req.perceive.trace:
             ext["trace"] = t.to_dict()
-        if job.conv.warnings:
-            ext["warnings"] = job.conv.warnings
+        warnings = job.conv.warnings + tokenizer_warnings(t.events)  # characters the tokenizer lost, too
+        if warnings:
+            ext["warnings"] = warnings
         return ext
 
     def _usage(answer: Answer) -> dict:

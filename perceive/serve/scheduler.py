@@ -33,6 +33,10 @@ class QueueFull(Exception):
         super().__init__(f"the queue is full; retry after {retry_after} s")
 
 
+class Draining(Exception):
+    """The server is shutting down: it finishes what it has and takes nothing new."""
+
+
 @dataclass(eq=False)
 class Job:
     """One request's sample, and what its handler waits on. ``emit`` is called on the model
@@ -85,6 +89,11 @@ class Scheduler:
         self.jobs: dict[Sample, Job] = {}
         self.index = itertools.count()
         self.stopping = False
+        #: set on SIGTERM (by the signal handler: a plain flag, no lock): new requests are refused,
+        #: those running and queued finish
+        self.draining = False
+        #: torch's intra-op threads on the model thread, once it has started
+        self.threads: int | None = None
         self.step_s = 0.05  # running mean of a step's wall time, for Retry-After
         self.thread = threading.Thread(target=self._run, name="perceive-model", daemon=True)
 
@@ -98,10 +107,19 @@ class Scheduler:
     def running(self) -> int:
         return len(self.batch.running)
 
+    @property
+    def idle(self) -> bool:
+        """Nothing queued, running or waiting to be answered."""
+        return not self.inbox and not len(self.batch) and not self.jobs
+
+    def drain(self) -> None:
+        """Take no new requests; those running and queued finish. Safe in a signal handler."""
+        self.draining = True
+
     def submit(self, job: Job) -> None:
         with self.cv:
-            if self.stopping:
-                raise QueueFull(5)
+            if self.draining or self.stopping:
+                raise Draining()
             if self.queued >= self.max_queue:
                 # a slot frees when a running sample finishes: about its remaining steps away
                 raise QueueFull(max(1, math.ceil(self.step_s * 64 * (1 + self.queued // max(1, self.max_batch)))))
@@ -127,6 +145,7 @@ class Scheduler:
     # -- the model thread ---------------------------------------------------------------------
 
     def _run(self) -> None:
+        self.threads = torch.get_num_threads()  # this thread's own: torch sets it on a thread's first op
         while True:
             with self.cv:
                 while not self.inbox and not len(self.batch) and not self.stopping:
