@@ -8,8 +8,6 @@ and each sample's first region hop is scored by IoU against it.
 
 from __future__ import annotations
 
-import json
-import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -19,8 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from perceive.config import PerceiveConfig, load_config
 from perceive.config_files import Override
 from perceive.data.skipped import DEFAULT_MAX_SKIPPED_FRACTION, Skipped
-from perceive.errors import ConfigError
+from perceive.errors import ConfigError, ResumeError
 from perceive.eval.metrics import anls, exact_match, relaxed_accuracy
+from perceive.eval.report import markdown, summarize
 
 TRIGGERS = ("Identify the region that can help you answer the question, and then answer the question.",
             "Require additional perception features, and then answer the question.",
@@ -113,18 +112,39 @@ def question_of(text: str) -> str:
     return q.strip()
 
 
-def evaluate(cfg: EvalConfig, model=None, registry=None, progress: bool = True, policy=None) -> dict[str, Any]:
-    """``policy`` overrides the model's token choices (see ``PerceptionLoop``); for oracle runs and tests."""
+def evaluate(cfg: EvalConfig, model=None, registry=None, progress: bool = True, policy=None, *,
+             resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    """Run ``cfg``'s model and graph over its data; the results (``summary``, ``records`` in data
+    order, ...), also written to ``cfg.output`` when set. ``policy`` overrides the model's token
+    choices (see ``PerceptionLoop``); for oracle runs and tests.
+
+    With an output folder, each finished sample is a line of ``OUTPUT/predictions.jsonl`` at once,
+    so a run that dies keeps its work; ``resume`` runs only the samples that folder lacks (the
+    partial run's config and data must be the same) and reports over all of them. Raises, before
+    any work: ``OutputError`` (the folder cannot be written), ``ResumeError``, ``DataUnusableError``,
+    ``ConfigError``. See :mod:`perceive.eval.run_folder`."""
     from rich.progress import Progress
 
-    from perceive.data.dataset import VPTDataset, split_crop
-    from perceive.eval.judge import Judge, JudgeConfig
-    from perceive.geometry import Box
+    from perceive.data.dataset import VPTDataset
+    from perceive.eval import run_folder
 
+    fp, kept, dropped = None, {}, 0
+    if cfg.output is not None:  # every output path first: a run must not end unable to write
+        run_folder.check_output_folder(cfg.output)
+        fp = run_folder.fingerprint(cfg, model_files=model is None)
+        kept, dropped = run_folder.plan(cfg.output, fp, resume, overwrite)
+    elif resume:
+        raise ResumeError("--resume finishes the run in an output folder, and none is given",
+                          hint="give --out (or output: in the config) the folder of the run to finish")
     ds = VPTDataset(cfg.data)
     skipped = Skipped.of(ds)
     skipped.check(cfg.max_skipped_fraction)  # before the model loads: nothing to score, or too little
     n = len(ds) if cfg.max_samples is None else min(len(ds), cfg.max_samples)
+    if cfg.oracle_spans and cfg.remote is not None:
+        raise ConfigError("oracle_spans forces spans token by token: it needs a local model, not remote.url",
+                          hint="drop --oracle-spans, or run the model locally")
+    from perceive.eval.judge import Judge, JudgeConfig
+    from perceive.eval.stream import OraclePolicy, answers
     from perceive.graph import compile_graph
     from perceive.plugins import get_registry
     from perceive.remote import loop_from_config
@@ -132,55 +152,87 @@ def evaluate(cfg: EvalConfig, model=None, registry=None, progress: bool = True, 
     registry = registry or get_registry()
     graph = compile_graph(cfg.graph, registry=registry, params=cfg.graph_params())  # fails before the model loads
     loop = loop_from_config(cfg, registry=registry, policy=policy, model=model, graph=graph)
-    model = loop.model
+    oracle = None
+    if cfg.oracle_spans:
+        loop.policy = oracle = OraclePolicy(loop.model.tokenizer)
     judge = Judge(JudgeConfig(**cfg.judge.model_dump())) if cfg.judge else None
-    records = []
+    index_of = [ds.items[k][0] for k in range(n)]  # position -> the item's index in the data file
+    lines = {i: kept[i] for i in index_of if i in kept}
+    session = 1 + max((r.get("session", 1) for r in lines.values()), default=0)
+    resumed = len(lines)
+    log = run_folder.PredictionLog(cfg.output, fp, list(lines.values())) if cfg.output is not None else None
+
+    def work(k):
+        def get():
+            e = ds[k]
+            return e.images["images"][0], question_of(e.question), e
+        return k, get
+
     t_start = time.perf_counter()
-    with Progress(disable=not progress) as bar:
-        task = bar.add_task("eval", total=n)
-        # continuous batching: batch_size samples run at once and a finished one's place is taken
-        # at the next step; the progress bar moves per chunk of 8 batches
-        loop.options.max_batch_size = cfg.batch_size
-        chunk = cfg.batch_size * 8
-        for lo in range(0, n, chunk):
-            exs = [ds[k] for k in range(lo, min(n, lo + chunk))]
-            if cfg.oracle_spans:
-                loop.policy = _oracle(model.tokenizer, exs)
-            answers = loop.ask_batch([(e.images["images"][0], question_of(e.question)) for e in exs])
-            for e, a in zip(exs, answers, strict=True):
-                gt = e.answer
-                rec: dict[str, Any] = {
-                    "index": e.index, "question": question_of(e.question), "answer": gt, "prediction": a.text,
-                    "exact_match": exact_match(a.text, gt), "anls": anls(a.text, gt),
-                    "relaxed_accuracy": relaxed_accuracy(a.text, gt),
-                    "actions": [h.action for h in a.trace.hops], "hops": len(a.trace.hops),
-                    "generated_tokens": a.trace.generated_tokens, "ms": a.trace.total_ms,
-                    "error": a.error, "events": [ev.get("type") for ev in a.trace.events],
-                }
-                refs = e.refs.get("images", [])
-                gt_box = split_crop(refs[1])[1] if len(refs) > 1 else None
-                region_hops = [h for h in a.trace.hops if h.box and h.action in ("region_select", "zoom")]
-                if gt_box is not None:
-                    rec["gt_box"] = list(gt_box)
-                    rec["crop_iou"] = (Box.from_dict(region_hops[0].box).iou(Box(*gt_box))
-                                       if region_hops else 0.0)
-                if judge is not None:
-                    rec["judge"] = judge.score(rec["question"], gt, a.text)
-                records.append(rec)
-            bar.update(task, completed=len(records))
-    summary = summarize(records, judge)
-    summary["seconds"] = time.perf_counter() - t_start
+    try:
+        with Progress(disable=not progress) as bar:
+            task = bar.add_task("eval", total=n, completed=len(lines))
+            todo = (work(k) for k in range(n) if index_of[k] not in lines)
+            for k, a, ran in answers(loop, todo, cfg.batch_size, oracle):
+                rec = _record(ds, k, a, ran, judge)
+                rec.update(session=session, elapsed_s=time.perf_counter() - t_start)
+                lines[rec["index"]] = rec
+                if log is not None:
+                    log.write({**rec, "trace": a.trace.to_dict()})
+                bar.update(task, completed=len(lines))
+    finally:
+        if log is not None:
+            log.close()
+    records = [{k: v for k, v in lines[i].items() if k not in ("trace", "session", "elapsed_s")} for i in index_of]
+    # the wall time of each session that ran samples (a killed one's ends with its last sample)
+    wall: dict[int, float] = {}
+    for r in lines.values():
+        wall[r.get("session", 1)] = max(wall.get(r.get("session", 1), 0.0), r.get("elapsed_s") or 0.0)
+    if len(lines) > resumed:  # this session ran samples: its wall time is all of it, to the results
+        wall[session] = time.perf_counter() - t_start
+    summary = summarize(records, judged=judge is not None, wall_s=sum(wall.values()))
+    summary["sessions"] = len(wall)
     summary["skipped"] = skipped.count
     # skipped items: one entry per item (an image and its crop both missing is one item)
     where = str(cfg.model.path) if cfg.remote is None else f"{cfg.remote.url} ({loop.served})"
     result = {"name": cfg.name or run_name(cfg), "model": where,
               "graph": graph.name, "params": cfg.params, "data": str(cfg.data), "data_items": skipped.total,
               "summary": summary, "records": records, "skipped_items": skipped.to_json()}
-    if cfg.output:
-        cfg.output.mkdir(parents=True, exist_ok=True)
-        (cfg.output / "eval.json").write_text(json.dumps(result, indent=1))
-        (cfg.output / "eval.md").write_text(markdown([result]))
+    if resume:
+        result["resumed"] = {"kept": resumed, "dropped_lines": dropped}
+    if log is not None:
+        log.results(result, markdown([result]))
     return result
+
+
+def _record(ds, k: int, a, ran: bool, judge) -> dict[str, Any]:
+    """One finished sample's record: what it answered, how it scores, what it did and cost."""
+    from perceive.data.dataset import split_crop
+    from perceive.geometry import Box
+
+    index, item = ds.items[k]
+    gt = item["messages"][-1]["content"]
+    question = question_of(item["messages"][0]["content"])
+    rec: dict[str, Any] = {
+        "index": index, "question": question, "answer": gt, "prediction": a.text,
+        "exact_match": exact_match(a.text, gt), "anls": anls(a.text, gt),
+        "relaxed_accuracy": relaxed_accuracy(a.text, gt),
+        "actions": [h.action for h in a.trace.hops], "hops": len(a.trace.hops),
+        "generated_tokens": a.trace.generated_tokens,
+        # its own time, from joining the running batch to finishing; None: it never ran
+        "latency_ms": a.trace.total_ms if ran else None,
+        "error": a.error, "events": [str(ev.get("type")) for ev in a.trace.events],
+    }
+    refs = [str(r) for r in item.get("images") or []]
+    gt_box = split_crop(refs[1])[1] if len(refs) > 1 else None
+    region_hops = [h for h in a.trace.hops if h.box and h.action in ("region_select", "zoom")]
+    if gt_box is not None:
+        rec["gt_box"] = list(gt_box)
+        # no region hop: nothing to score (None, shown "-"), not an IoU of 0
+        rec["crop_iou"] = Box.from_dict(region_hops[0].box).iou(Box(*gt_box)) if region_hops else None
+    if judge is not None:
+        rec["judge"] = judge.score(question, gt, a.text)
+    return rec
 
 
 def run_name(cfg: EvalConfig) -> str:
@@ -190,58 +242,3 @@ def run_name(cfg: EvalConfig) -> str:
         return cfg.output.name
     p = Path(cfg.model.path)
     return "/".join(p.parts[-2:]) if p.name == "model" and len(p.parts) > 1 else p.name
-
-
-def _oracle(tokenizer, examples):
-    from perceive.loop.scripted import ScriptedPolicy, span_tokens
-
-    spans = {}
-    for i, e in enumerate(examples):
-        turns = [m["content"] for m in e.messages if m["role"] == "assistant"]
-        if len(turns) > 1:  # a perception turn, then the answer
-            spans[i] = span_tokens(tokenizer, turns[0])
-    return ScriptedPolicy(tokenizer, spans)
-
-
-def summarize(records: list[dict], judge=None) -> dict[str, Any]:
-    n = len(records)
-
-    def mean(key):
-        vals = [r[key] for r in records if r.get(key) is not None]
-        return sum(vals) / len(vals) if vals else None
-
-    actions: dict[str, int] = {}
-    for r in records:
-        for a in r["actions"]:
-            actions[a] = actions.get(a, 0) + 1
-    s = {"samples": n, "exact_match": mean("exact_match"), "anls": mean("anls"),
-         "relaxed_accuracy": mean("relaxed_accuracy"),
-         "samples_with_a_hop": sum(1 for r in records if r["hops"]) / n if n else 0.0,
-         "action_counts": actions, "crop_iou": mean("crop_iou"),
-         "errors": sum(1 for r in records if r["error"]),
-         "tokens_per_sample": mean("generated_tokens"),
-         "ms_per_sample_median": statistics.median([r["ms"] for r in records]) if records else None}
-    if judge is not None:
-        s["judge"] = mean("judge")
-        s["judge_failures"] = judge.failures
-    return s
-
-
-def markdown(results: list[dict]) -> str:
-    """One row per run: the comparison table."""
-    cols = [("exact match", "exact_match"), ("ANLS", "anls"), ("relaxed acc.", "relaxed_accuracy"),
-            ("hop rate", "samples_with_a_hop"), ("crop IoU", "crop_iou"), ("tokens/sample", "tokens_per_sample"),
-            ("ms/sample", "ms_per_sample_median"), ("errors", "errors"), ("samples", "samples"),
-            ("skipped", "skipped")]
-    has_judge = any("judge" in r["summary"] for r in results)
-    if has_judge:
-        cols.insert(3, ("judge", "judge"))
-    lines = ["| run | graph | " + " | ".join(c for c, _ in cols) + " |", "|" + " --- |" * (len(cols) + 2)]
-    for r in results:
-        s = r["summary"]
-
-        def fmt(v):
-            return "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
-
-        lines.append(f"| {r['name']} | {r['graph']} | " + " | ".join(fmt(s.get(k)) for _, k in cols) + " |")
-    return "\n".join(lines) + "\n"
