@@ -81,6 +81,15 @@ def corpus(tmp_path_factory) -> Path:
     (d / "tiny.yaml").write_text(
         "model: {tiny: {hidden: 32, layers: 1, heads: 2, kv_heads: 1, vision_depth: 1, vision_dim: 16}}\n"
         "data: {train: region.json}\noptim: {steps: 1, batch_size: 1}\noutput: run\n")
+    # a checkpoint of tiny.yaml's run with a 64-wide model (resuming compares configs before any weight is read)
+    ckpt = d / "ckpt" / "checkpoint-1"
+    ckpt.mkdir(parents=True)
+    for name in ("model.safetensors", "optimizer.bin", "scheduler.bin"):
+        (ckpt / name).write_bytes(b"")
+    tiny = {"hidden": 64, "layers": 1, "heads": 2, "kv_heads": 1, "vision_depth": 1, "vision_dim": 16}
+    (ckpt / "trainer_state.json").write_text(json.dumps({"step": 1, "history": [], "config": {
+        "model": {"tiny": tiny}, "data": {"train": "region.json"}, "optim": {"steps": 1, "batch_size": 1},
+        "output": "run"}}))
 
     good = _model_folder(d / "model")
     trunc = d / "model_truncated"
@@ -223,6 +232,9 @@ CASES = [
     ("train-bad-steps", ["train", "tiny.yaml", "--steps", "ten"], 2, "Invalid value for '--steps'"),
     ("train-resume-missing", ["train", "tiny.yaml", "--resume", "run/checkpoint-9"], 1,
      "error: cannot resume: there is no checkpoint run/checkpoint-9"),
+    ("train-resume-another-model", ["train", "tiny.yaml", "--resume", "ckpt/checkpoint-1"], 1,
+     "error: cannot resume from ckpt/checkpoint-1: this config trains another model or on other data than the run "
+     "that saved it (model.tiny.hidden: 64 -> 32)"),
     # serve, and a remote model that is not there
     ("serve-local-images-missing", ["serve", "--allow-local-images", "nowhere"], 2,
      "error: --allow-local-images nowhere: not a folder"),

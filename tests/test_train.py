@@ -12,6 +12,7 @@ from perceive.data.dataset import DatasetError, VPTDataset, split_crop
 from perceive.model.vpt import IGNORE_INDEX
 from perceive.testing.tiny import tiny_vpt_model
 from perceive.train import TrainConfig, Trainer
+from perceive.train.eval_log import read_evals
 
 
 @pytest.fixture(scope="module")
@@ -290,7 +291,8 @@ output: {tmp_path / 'run'}
     out = subprocess.run([sys.executable, "-m", "perceive", "train", str(tmp_path / "c.yaml")], capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert (tmp_path / "run/model/perceive.json").exists() and "token_accuracy" in out.stdout
+    assert (tmp_path / "run/model/perceive.json").exists() and "eval step 2  loss " in out.stdout
+    assert f"evaluations (the full records): {tmp_path / 'run/evals.jsonl'}" in out.stdout
 
 
 def test_a_checkpoint_gains_a_branch_and_keeps_its_zoom(cards, tmp_path):
@@ -476,18 +478,19 @@ def test_an_output_folder_holding_a_run_is_refused_unless_overwritten_or_resumed
     (run / "notes.txt").write_text("mine")  # not the trainer's: never deleted
     with pytest.raises(ConfigError, match="already holds a run") as exc:
         Trainer(config(cards, run, 1), progress=False).train()
-    assert "checkpoint-1, checkpoint-2, history.json, model" in str(exc.value)
+    assert "checkpoint-1, checkpoint-2, evals.jsonl, history.json, model" in str(exc.value)
     assert "--overwrite" in exc.value.hint and f"--resume {run / 'checkpoint-2'}" in exc.value.hint
     again = Trainer(config(cards, run, 1), progress=False)
     again.train(overwrite=True)  # clears the earlier run: no stale checkpoint beside the new one
-    assert sorted(p.name for p in run.iterdir()) == ["history.json", "notes.txt"]
+    assert sorted(p.name for p in run.iterdir()) == ["evals.jsonl", "history.json", "notes.txt"]
     assert len(json.loads((run / "history.json").read_text())) == 2  # one step, and its eval
+    assert [r["step"] for r in read_evals(run)] == [1]  # the earlier run's two are gone with it
 
     yaml = tiny_yaml(tmp_path / "c.yaml", cards / "plain.json", run)
     code, out = cli("train", yaml)
-    assert code == 1 and f"error: the output folder {run} already holds a run (history.json)" in out
+    assert code == 1 and f"error: the output folder {run} already holds a run (evals.jsonl, history.json)" in out
     code, out = cli("train", yaml, "--overwrite")
-    assert code == 0 and f"--overwrite: clearing the earlier run in {run} (history.json)" in out
+    assert code == 0 and f"--overwrite: clearing the earlier run in {run} (evals.jsonl, history.json)" in out
     assert (run / "model/perceive.json").exists() and (run / "notes.txt").exists()
 
 
@@ -771,3 +774,108 @@ protocol: {{name: hermes_json, options: {{response: deepeyes, declare: false}}}}
     assert again.config.protocol == {"name": "hermes_json", "options": {"response": "deepeyes", "declare": False}}
     loop = PerceptionLoop(again)
     assert loop.protocol.name == "hermes_json" and loop.protocol.options.declare is False
+
+
+def test_each_evaluation_prints_one_line_and_its_full_record_goes_to_evals_jsonl(cards, tmp_path):
+    """No JSON on the console: one line per evaluation (loss and the accuracies worth watching),
+    every record in OUTPUT/evals.jsonl, as the run's history holds it."""
+    from typer.testing import CliRunner
+
+    from perceive.cli import app
+    from perceive.train.eval_log import eval_line
+
+    run = tmp_path / "run"
+    yaml = tiny_yaml(tmp_path / "c.yaml", cards / "region.json", run, steps=2, eval_every=1)
+    yaml.write_text(yaml.read_text().replace("max_eval_samples: 2", f"eval: {cards / 'region.json'}, "
+                                                                    "max_eval_samples: 2"))
+    res = CliRunner().invoke(app, ["train", str(yaml)])
+    assert res.exit_code == 0, res.output
+    records = read_evals(run)
+    history = json.loads((run / "history.json").read_text())
+    assert records == [{"step": h["step"], **h["eval"]} for h in history if "eval" in h]
+    assert [r["step"] for r in records] == [1, 2] and "region_first_cell" in records[0]["token_accuracy"]
+    lines = [line for line in res.output.splitlines() if line.startswith("eval step")]
+    assert lines == [eval_line(r["step"], r) for r in records]
+    assert lines[0].startswith("eval step 1  loss ") and "  tokens " in lines[0] and "  first cell " in lines[0]
+    assert "token_accuracy" not in res.output and "{" not in res.output
+    assert f"evaluations (the full records): {run / 'evals.jsonl'}" in " ".join(res.output.split())
+
+
+def test_eval_line_leaves_out_what_the_evaluation_lacks():
+    from perceive.train.eval_log import eval_line
+
+    line = eval_line(200, {"loss": 0.1234, "token_accuracy": {"all": 0.8123, "digits": 0.65, "x_3": 0.1}})
+    assert line == "eval step 200  loss 0.1234  tokens 0.812  digits 0.650"
+
+
+def test_a_resume_says_what_differs_from_the_checkpoint_and_applies_it(cards, tmp_path):
+    """Resuming with changed settings lists each (`optim.steps: 2 -> 3`) and applies it from the
+    checkpoint's step, the learning rate and weight decay included (the optimizer's state would
+    keep the old ones); the evaluations the stopped run made after its checkpoint are not listed
+    twice."""
+    import math
+
+    run = tmp_path / "run"
+    Trainer(config(cards, run, 2, save_every=1, eval_every=1), progress=False).train()
+    assert [r["step"] for r in read_evals(run)] == [1, 2]
+    same = Trainer(config(cards, run, 2, save_every=1, eval_every=1), progress=False)
+    same.train(resume=run / "checkpoint-1")
+    assert same.resume_changes == []
+    cfg = config(cards, run, 3, save_every=1, eval_every=1)
+    cfg.optim.lr, cfg.optim.weight_decay = 5e-4, 0.1
+    t = Trainer(cfg, progress=False)
+    t.train(resume=run / "checkpoint-1")
+    assert [str(c) for c in t.resume_changes] == ["optim.steps: 2 -> 3", "optim.lr: 0.003 -> 0.0005",
+                                                  "optim.weight_decay: 0.0 -> 0.1"]
+    lrs = {h["step"]: h["lr"] for h in t.history if "lr" in h}
+    assert lrs[1] == pytest.approx(3e-3 * 0.5 * (1 + math.cos(math.pi / 2)))  # the checkpoint's run: lr 3e-3, 2 steps
+    for k in (2, 3):  # from here on, cosine over 3 steps from 5e-4
+        assert lrs[k] == pytest.approx(5e-4 * 0.5 * (1 + math.cos(math.pi * k / 3)))
+    assert {g["weight_decay"] for g in t.opt.param_groups} == {0.1}
+    assert [r["step"] for r in read_evals(run)] == [1, 2, 3]
+    state = json.loads((run / "checkpoint-3" / "trainer_state.json").read_text())
+    assert state["config"]["optim"]["steps"] == 3  # what the next resume compares with
+
+
+def test_a_resume_refuses_another_model_or_other_data_unless_allowed(cards, tmp_path):
+    from perceive.errors import CheckpointError
+
+    run = tmp_path / "run"
+    Trainer(config(cards, run, 2, save_every=1), progress=False).train()
+    cfg = config(cards, run, 2)
+    cfg.model.tiny.hidden, cfg.data.train = 64, cards / "plain.json"
+    with pytest.raises(CheckpointError, match="trains another model or on other data") as exc:
+        Trainer(cfg, progress=False).train(resume=run / "checkpoint-1")
+    assert f"model.tiny.hidden: 32 -> 64; data.train: {cards / 'region.json'} -> {cards / 'plain.json'}" in str(
+        exc.value)
+    assert "--allow-changes" in exc.value.hint and "set these back" in exc.value.hint
+    for key, value in (("trainable", ["base.lm_head"]), ("freeze", ["base.lm_head"]), ("lora", {"r": 4})):
+        other = config(cards, run, 2, **{key: value})
+        with pytest.raises(CheckpointError, match=f"\\({key}: "):
+            Trainer(other, progress=False).load(run / "checkpoint-1")
+    moved = config(cards, run, 2)
+    moved.data.train = cards / "plain.json"  # say, the same items moved
+    t = Trainer(moved, progress=False)
+    t.train(resume=run / "checkpoint-1", allow_changes=True)
+    assert [(str(c), c.effect.value) for c in t.resume_changes] == [
+        (f"data.train: {cards / 'region.json'} -> {cards / 'plain.json'}", "refused"), ("save_every: 1 -> 0", "applies")]
+    assert t.step == 2
+
+
+def test_the_train_command_lists_the_changes_of_a_resume(cards, tmp_path):
+    run = tmp_path / "run"
+    yaml = tiny_yaml(tmp_path / "c.yaml", cards / "plain.json", run, steps=2, save_every=1)
+    assert cli("train", yaml)[0] == 0
+    code, out = cli("train", yaml, "--resume", run / "checkpoint-1", "--steps", "3", "--set", "optim.lr=0.0005")
+    assert code == 0, out
+    assert (f"warning: the config differs from the one {run / 'checkpoint-1'} was saved with; these apply from "
+            f"step 1 on: optim.steps: 2 -> 3 optim.lr: 0.001 -> 0.0005 ") in out
+    code, out = cli("train", yaml, "--resume", run / "checkpoint-2", "--set", "model.tiny.hidden=64")
+    assert code == 1 and "Traceback" not in out
+    assert out.startswith(f"error: cannot resume from {run / 'checkpoint-2'}: this config trains another model or "
+                          f"on other data than the run that saved it (model.tiny.hidden: 32 -> 64)")
+    state = run / "checkpoint-2" / "trainer_state.json"
+    state.write_text(json.dumps({k: v for k, v in json.loads(state.read_text()).items() if k != "config"}))
+    code, out = cli("train", yaml, "--resume", run / "checkpoint-2", "--set", "model.tiny.hidden=64")
+    assert code == 1 and "does not record the config it was saved with" in out  # nothing to compare: not refused,
+    assert "cannot be loaded" in out  # but the weights of a 32-wide model do not fit a 64-wide one

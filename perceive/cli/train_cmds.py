@@ -211,7 +211,8 @@ def train(config: Path = typer.Argument(..., help="Training config (YAML)."),
         raise fail(exc, 1) from None
     out = t.save_model()
     if any("eval" in h for h in history):  # each was printed as one line when it ran
-        console.print(f"evaluations (the full records): {cfg.output / EVALS_FILE}", markup=False, highlight=False)
+        console.print(f"evaluations (the full records): {cfg.output / EVALS_FILE}", markup=False, highlight=False,
+                      soft_wrap=True)
     console.print(f"model written to {out}")
 
 

@@ -3,7 +3,7 @@
 The output folder: :func:`check_output` refuses one that holds another run (unless overwritten or
 resumed), :func:`prepare_output` clears it when overwriting. Checkpoints: ``checkpoint-N`` folders
 holding accelerate's ``save_state`` (model, optimizer, scheduler, RNG) and ``trainer_state.json``
-(the step and history, written last: it marks a complete checkpoint). :func:`save_checkpoint`
+(the step, the history and the run's config, written last: it marks a complete checkpoint). :func:`save_checkpoint`
 writes ``checkpoint-N.tmp`` and renames it when complete, so a run killed or interrupted while
 saving leaves no truncated ``checkpoint-N``; :func:`check_checkpoint` and
 :func:`load_checkpoint` say what is wrong with one to resume from.
@@ -78,12 +78,12 @@ def latest_checkpoint(folder: str | Path) -> Path | None:
 
 def run_files(output: str | Path) -> list[Path]:
     """What a training run leaves in its output folder: ``model``, ``history.json``,
-    ``checkpoint-*``. Other files there are not the trainer's, and are left alone."""
+    ``evals.jsonl``, ``checkpoint-*``. Other files there are not the trainer's, and are left alone."""
     output = Path(output)
     if not output.is_dir():
         return []
     return sorted(p for p in output.iterdir()
-                  if p.name in ("model", "history.json") or p.name.startswith("checkpoint-"))
+                  if p.name in ("model", "history.json", "evals.jsonl") or p.name.startswith("checkpoint-"))
 
 
 def _inside(path: Path, folder: Path) -> bool:

@@ -43,6 +43,8 @@ from perceive.train.checkpoints import (  # noqa: F401 - importable from here, a
     save_checkpoint,
 )
 from perceive.train.config import TrainConfig
+from perceive.train.eval_log import append_eval, eval_line, rewrite_evals
+from perceive.train.resume import config_record, resume_changes
 
 
 def perception_ids(model) -> dict[int, str]:
@@ -139,7 +141,9 @@ class Trainer:
         self.model, self.opt, self.sched = self.acc.prepare(self.model, self.opt, self.sched)
         self.step = 0
         self.history: list[dict] = []
-        self.show_progress = progress
+        #: what the resumed run changed from its checkpoint's config (None: the checkpoint stores none)
+        self.resume_changes: list | None = []
+        self.show_progress = progress  # the progress bar, and a line per evaluation
         self._output_ready = False  # the output folder was checked (and cleared, if asked)
         self._sigint = SigintStop(announce=self.acc.is_main_process)  # what Ctrl-C asked for
         self._in_step = False  # model and optimizer are mid-update: no checkpoint can be taken
@@ -216,11 +220,15 @@ class Trainer:
                           para_mask_ratio=self.cfg.para_mask_ratio, reference_no_grad=self.cfg.reference_no_grad)
 
     def train(self, resume: str | Path | None = None, until: int | None = None, overwrite: bool = False,
-              on_step=None) -> list[dict]:
+              on_step=None, allow_changes: bool = False) -> list[dict]:
         """Train to ``optim.steps`` (or stop after step ``until``, as an interruption would).
 
         The output folder must not hold another run unless ``overwrite`` (its run files are
-        deleted first) or ``resume`` (a checkpoint in it). Ctrl-C stops after the current step,
+        deleted first) or ``resume`` (a checkpoint in it). A resumed run whose config trains
+        another model or on other data than the checkpoint's is refused unless ``allow_changes``;
+        its other changes are in :attr:`resume_changes` (see :mod:`perceive.train.resume`). Each
+        evaluation is appended to ``OUTPUT/evals.jsonl`` (and printed as one line, with
+        ``progress``). Ctrl-C stops after the current step,
         saves ``checkpoint-N`` there and raises :class:`TrainingInterrupted`; a second Ctrl-C stops
         at once, without one, wherever it lands: in a step, an evaluation, or a save (whose
         ``checkpoint-N.tmp`` is removed). Another ``KeyboardInterrupt`` counts as a first Ctrl-C
@@ -232,7 +240,7 @@ class Trainer:
             self._output_ready = True
         last = min(cfg.optim.steps, until) if until is not None else cfg.optim.steps
         if resume:
-            self.load(resume)
+            self.load(resume, allow_changes)
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         cols = [TextColumn("step {task.completed}/{task.total}"), BarColumn(), TextColumn("loss {task.fields[loss]}"),
@@ -281,7 +289,7 @@ class Trainer:
             if cfg.log_every and self.step % cfg.log_every == 0:
                 self.write_log()  # headless runs can be watched through history.json
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.eval_ds is not None:
-                self.history.append({"step": self.step, "eval": self.evaluate()})
+                self._evaluate_and_report(bar)
             if cfg.save_every and self.step % cfg.save_every == 0:
                 self.save(cfg.output / f"checkpoint-{self.step}")
             if on_step is not None:
@@ -290,8 +298,18 @@ class Trainer:
                 raise KeyboardInterrupt
         if self.step == cfg.optim.steps and self.eval_ds is not None and not (
                 cfg.eval_every and self.step % cfg.eval_every == 0):
-            self.history.append({"step": self.step, "eval": self.evaluate()})
+            self._evaluate_and_report(bar)
         self.write_log()
+
+    def _evaluate_and_report(self, bar) -> None:
+        """Evaluate at this step: the record joins the history and ``OUTPUT/evals.jsonl``, and one
+        line of it goes above the progress bar."""
+        record = self.evaluate()
+        self.history.append({"step": self.step, "eval": record})
+        if self.acc.is_main_process:
+            append_eval(self.cfg.output, self.step, record)
+            if self.show_progress:
+                bar.console.print(eval_line(self.step, record), markup=False, highlight=False, soft_wrap=True)
 
     def _stop_requested(self) -> bool:
         stop = self._sigint.requested
@@ -343,12 +361,32 @@ class Trainer:
     def save(self, path: Path) -> None:
         """Write a checkpoint at this step to ``path`` (through ``path.tmp``: see
         :func:`~perceive.train.checkpoints.save_checkpoint`)."""
-        save_checkpoint(self.acc, path, {"step": self.step, "history": self.history})
+        save_checkpoint(self.acc, path, {"step": self.step, "history": self.history, "config": config_record(self.cfg)})
 
-    def load(self, path: str | Path) -> None:
+    def load(self, path: str | Path, allow_changes: bool = False) -> None:
+        """Continue from the checkpoint ``path``: its model, optimizer, schedule, RNG, step and
+        history. Its config is compared with this run's first (see :mod:`perceive.train.resume`)."""
+        self.resume_changes = resume_changes(path, check_checkpoint(path), self.cfg, allow_changes)
         state = load_checkpoint(self.acc, path, self.cfg.optim.steps)
+        self._set_optim_settings()
         self.step = state["step"]
         self.history = state["history"]
+        if self.acc.is_main_process:
+            rewrite_evals(self.cfg.output, self.history)
+
+    def _set_optim_settings(self) -> None:
+        """After loading a checkpoint: its optimizer and schedule state hold the learning rate and
+        weight decay of the run that saved it, and would silently keep them; this run's apply from
+        here on (the schedule's shape, ``steps``, ``warmup_ratio`` and ``scheduler``, already
+        comes from this config). Unchanged settings give the same numbers, so a resume stays exact."""
+        o = self.cfg.optim
+        sched = getattr(self.sched, "scheduler", self.sched)  # under accelerate's wrapper
+        sched.base_lrs = [o.lr for _ in sched.base_lrs]
+        for group, factor in zip(self.opt.param_groups, sched.lr_lambdas, strict=True):
+            group["initial_lr"] = o.lr
+            group["weight_decay"] = o.weight_decay
+            group["lr"] = o.lr * factor(sched.last_epoch)
+        sched._last_lr = [g["lr"] for g in self.opt.param_groups]
 
     def write_log(self) -> None:
         self.cfg.output.mkdir(parents=True, exist_ok=True)
@@ -386,12 +424,13 @@ def _prefix_hint(pattern: str, names: list[str]) -> str:
     return f"{mean}the model's parameter names start with: {shown}"
 
 
-def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = True, overwrite: bool = False):
+def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = True, overwrite: bool = False,
+          allow_changes: bool = False):
     check_output(cfg.output, resume, overwrite)  # before the model is built
     if resume:
-        check_checkpoint(resume)
+        resume_changes(resume, check_checkpoint(resume), cfg, allow_changes)
     t = Trainer(cfg, progress=progress)
-    t.train(resume, overwrite=overwrite)
+    t.train(resume, overwrite=overwrite, allow_changes=allow_changes)
     out = t.save_model()
     return t, out
 
