@@ -259,6 +259,17 @@ def test_cli_ctrl_c_keeps_the_finished_samples_and_prints_the_command_to_finish(
     code, out = cli(*args)  # the finished run is replaced
     assert code == 0 and "resumed" not in out
 
+    def ctrl_c_while_loading(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("perceive.remote.loop_from_config", ctrl_c_while_loading)
+    code, out = cli(*args)
+    assert code == 130 and out == f"error: interrupted before any sample ran: nothing was written to {tmp_path / 'out'}"
+    assert (tmp_path / "out/eval.json").exists()  # the finished run is still there
+    code, out = cli(*args[:5])  # no --out
+    assert code == 130 and out == ("error: interrupted: nothing was kept; give --out DIR to keep each sample as it "
+                                   "finishes")
+
 
 KILLED_AFTER_3 = """
 import os, signal, sys

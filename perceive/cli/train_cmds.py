@@ -317,9 +317,10 @@ def _eval_interrupted(ctx: typer.Context, cfg) -> typer.Exit:
     from perceive.eval.run_folder import PREDICTIONS, read_predictions
 
     out = getattr(cfg, "output", None)
-    if out is None or not (out / PREDICTIONS).exists():
-        why = "" if out is None else f" (nothing was written to {out})"
-        return fail(f"interrupted: no sample was kept{why}; give --out to keep each finished sample", 130)
+    if out is None:
+        return fail("interrupted: nothing was kept; give --out DIR to keep each sample as it finishes", 130)
+    if not (out / PREDICTIONS).exists() or (out / "eval.json").exists():  # the run had not started writing
+        return fail(f"interrupted before any sample ran: nothing was written to {out}", 130)
     done = len(read_predictions(out / PREDICTIONS)[0])
     console.print(f"interrupted: {done} finished sample(s) are kept in {out / PREDICTIONS}", markup=False,
                   highlight=False, soft_wrap=True)
