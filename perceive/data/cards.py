@@ -187,14 +187,30 @@ def region_span(card: Card, grid: int = GRID) -> str:
     return REGION_START + v.x(min(card.xs)) + v.y(min(card.ys)) + v.x(max(card.xs)) + v.y(max(card.ys)) + REGION_END
 
 
+def reencode_branch(name: str):
+    """The installed re-encode branch ``name`` (a :class:`~perceive.BranchSpec`), whose span,
+    placeholder and images key re-encode items use. Raises
+    :class:`~perceive.errors.UnknownActionError` naming the branches there are: for an action that
+    gives views or text (it has no branch), or a name nothing registers (with a did-you-mean)."""
+    from perceive.errors import UnknownActionError
+    from perceive.plugins import get_registry
+
+    reg = get_registry()
+    action = reg.actions.get(name)
+    if name not in reg.branches and action is not None:
+        gives = {"view": "views"}.get(action.obj.observation, action.obj.observation)
+        raise UnknownActionError(f"action {name!r} gives {gives}, not features: re-encode items need a features "
+                                 "action with a model branch",
+                                 hint=f"use one of {', '.join(sorted(reg.branches)) or '(none installed)'}")
+    return reg.branch(name)
+
+
 def items_for(path: str, card: Card, prompts: bool = True, reencode: str = REENCODE_BRANCH) -> dict[str, dict]:
     """The dataset items of one image, in the paper's layout (§3.2), one per variant. With
     ``prompts`` the region and re-encode questions end with the paper's instruction to use the
     token; without, the bare question (the model decides to look closer by itself). ``reencode``:
     the installed re-encode branch whose span and placeholder the re-encode item uses."""
-    from perceive.plugins import get_registry
-
-    branch = get_registry().branch(reencode)
+    branch = reencode_branch(reencode)
     crop = ",".join(str(v) for v in card.crop)
     region_q = f"{QUESTION} \n{REGION_PROMPT}" if prompts else QUESTION
     reencode_q = f"{QUESTION} \n{REENCODE_PROMPT}" if prompts else QUESTION
@@ -256,6 +272,7 @@ def generate(out: str | Path, n: int, seed: int = 0, backgrounds: str | Path | N
         raise DatasetError(f"the number of images must be at least 1, got {n}")
     if backgrounds is None and split not in SPLITS:
         raise DatasetError(f"unknown split {split!r}", hint=f"use one of {', '.join(SPLITS)}")
+    reencode_branch(reencode)  # before anything is written
     out = output_folder(out)
     photos = folder_photos(backgrounds) if backgrounds else photos_for(split)
     rng = random.Random(seed)
