@@ -42,6 +42,7 @@ class EventType(str, Enum):
     GRAPH = "graph"  # a note from the graph executor
     PROMPT = "prompt"  # a trigger prompt left out: the model was trained without it
     NOT_SHOWN = "not_shown"  # a text observation kept in the trace, not shown: the model was not trained to read it
+    TOKENIZER = "tokenizer"  # characters of a text the tokenizer maps to its unknown token (``characters``, ``where``)
 
 
 @dataclass

@@ -17,6 +17,7 @@ from perceive.cli.run_config import (
     remote_flags,
     run_config,
 )
+from perceive.trace import EventType
 
 app = typer.Typer(no_args_is_help=True, help="Validate, run and draw perception graphs.")
 
@@ -94,6 +95,7 @@ def run_graph(cfg, image: Path, question: str, as_json: bool, render: Path | Non
         raise fail(exc, 1) from None
     if render:
         render_trace(img, answer.trace, render)
+    warn_unencodable(answer.trace)
     if as_json:
         typer.echo(json.dumps({"answer": answer.text, "graph": g.name, "trace": answer.trace.to_dict(),
                                "trace_graph": to_json(trace_to_graph(answer.trace))}, indent=2))
@@ -105,6 +107,8 @@ def run_graph(cfg, image: Path, question: str, as_json: bool, render: Path | Non
                           + (" (reused)" if h.cached else "") + (f", error: {h.error['message']}" if h.error else ""),
                           markup=False, highlight=False)
         for e in answer.trace.events:
+            if e.get("type") == EventType.TOKENIZER:
+                continue  # already a warning on stderr
             console.print(f"  event: {e.get('type')}: {e.get('message') or e.get('kind') or ''}", markup=False)
         if render:
             console.print(f"  trace picture: {render}", markup=False)
@@ -114,6 +118,15 @@ def run_graph(cfg, image: Path, question: str, as_json: bool, render: Path | Non
 
             print_error(answer.error["message"], hint=answer.error.get("hint"))
         raise typer.Exit(1)
+
+
+def warn_unencodable(trace) -> None:
+    """``warning: ...`` on stderr, once per text, for characters the model's tokenizer could not
+    encode (the trace's ``tokenizer`` events): the answer may be wrong without any other sign."""
+    from perceive.loop.unencodable import warnings
+
+    for message in warnings(trace.events):
+        typer.echo(f"warning: {message}", err=True)
 
 
 @app.command()

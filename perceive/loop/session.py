@@ -37,6 +37,7 @@ from perceive.loop.options import LoopOptions, options_from_config
 from perceive.loop.sample import Answer, Sample, Turn, answer_each, check_question
 from perceive.loop.sampling import Sampler
 from perceive.loop.template import ChatLayout
+from perceive.loop.unencodable import TextRole, note_unencodable
 from perceive.protocol import ParseError, PerceptionCall, codec_from_tokenizer
 from perceive.protocols.detect import choose_protocol
 from perceive.trace import EventType, FinishReason, Trace
@@ -241,6 +242,10 @@ class PerceptionLoop(Decisions):
                 return s
             s.forced_reencode = Dispatch(options=d.options, target=d.target, args=d.args, node=d.node)
         ids = self.layout.prompt(s.question, int(grid.prod()) // self.model.spatial_merge_size**2, blocks)
+        # a character the tokenizer cannot encode is read as its unknown token: say which (an event)
+        note_unencodable(s, self.tokenizer, ids, [(TextRole.SYSTEM, self.layout.system),
+                                                  *((TextRole.OBSERVATION, b) for b in blocks),
+                                                  (TextRole.QUESTION, s.question)])
         for turn in history:
             done = self.observer.replay(s, turn)
             if done is None:

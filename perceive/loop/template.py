@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from perceive.errors import ModelLoadError
+
 _A, _U, _Q = "\u00a7A\u00a7", "\u00a7U\u00a7", "\u00a7Q\u00a7"
 
 
@@ -22,14 +24,19 @@ class ChatLayout:
     def __post_init__(self):
         tok = self.tokenizer
         if not getattr(tok, "chat_template", None):
-            raise ValueError("the tokenizer has no chat template; perceive renders turns with it")
+            raise ModelLoadError("the model's tokenizer has no chat template; perceive renders every turn with it",
+                                 hint="give the tokenizer the template the model was trained with (chat_template.jinja "
+                                      "in its folder)")
         q = [{"role": "user", "content": [{"type": "text", "text": "q"}]}]
         base = self._render(q + [{"role": "assistant", "content": _A}], generation=False)
         probe = self._render(q + [{"role": "assistant", "content": _A},
                                   {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": _U}]}],
                              generation=True)
         if not probe.startswith(base[:base.index(_A)]):
-            raise ValueError("the chat template is not prefix-stable; online injection needs it to be")
+            raise ModelLoadError("the model's chat template is not prefix-stable (a finished assistant turn renders "
+                                 "otherwise once a user turn follows it); perceive appends observation turns to the "
+                                 "running conversation and needs it to be",
+                                 hint="use the chat template the model was trained with")
         cont = probe[probe.index(_A) + len(_A):]
         before_user, after_user = cont.split(_U)
         # the image markup is whatever the template put between the user header and the text

@@ -36,6 +36,7 @@ from perceive.model.checks import (  # re-exported: perceive.model.checkpoint.re
     token_table,
 )
 from perceive.model.config import VPTConfig
+from perceive.model.tokenizer_checks import check_tokenizer, check_tokenizer_files
 from perceive.model.vpt import VPTModel
 
 VIEW_PROCESSOR_DIR = "view_processor"  # how crops and other views are shown, when it differs
@@ -212,13 +213,19 @@ def load_model(path: str | Path, *, device: str | None = "cpu", dtype: str | Non
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     raw = read_json(path / "config.json", "config.json")  # read once, here
-    if (path / CONFIG_FILE).exists():
+    own = (path / CONFIG_FILE).exists()
+    # the tokenizer's files before the (slow) weights: a folder missing one of them fails at once (a folder
+    # without any, such as a paper checkpoint with tokens.json alone or its conversion, loads without a tokenizer)
+    check_tokenizer_files(path)
+    if own:
         model = _load_own(path, dt)
     elif raw.get("model_type") in paper.MODEL_TYPES:
         model = _load_paper(path, raw)
     else:
         model = _load_plain(path, dt, raw)
     _load_side_files(model, path)
+    if model.tokenizer is not None:  # the folder as a whole: tokenizer, ids and chat template agree
+        check_tokenizer(model.tokenizer, model.config, model.specs, path, CONFIG_FILE if own else "config.json")
     return model.to(dev, dt).eval()
 
 

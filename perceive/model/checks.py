@@ -21,9 +21,14 @@ WEIGHTS_FILE = "perception.safetensors"
 MAX_SAFETENSORS_HEADER = 100_000_000
 
 
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+def first_line(exc: BaseException, limit: int = 400) -> str:
+    """The first line of an exception's message, for a one-line error; a first line that ends in a
+    colon (``... from one of:``, the list on the lines after it) keeps what follows, joined."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    text = " ".join(lines) if lines[0].endswith(":") else lines[0]
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def read_json(file: Path, what: str = "config", error: type[PerceiveError] = ConfigError) -> dict[str, Any]:
