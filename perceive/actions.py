@@ -320,8 +320,9 @@ def encoder_problem(action: Action, encoder: str, spec: Any) -> str | None:
         return f"action {action.name!r} is a {action.observation} action and uses no encoder: remove `encoder`"
     layout = getattr(action, "layout", None)
     if spec is not None and layout is not None and spec.layout != layout:
-        return (f"action {action.name!r} takes {layout} features but encoder {encoder!r} gives a {spec.layout}: "
-                f"use one of {list(action.encoders)}")
+        from perceive.encoders import layout_mismatch
+
+        return ": ".join(layout_mismatch(action, encoder, spec.layout))
     return None
 
 

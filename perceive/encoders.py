@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from enum import Enum
+from typing import Any, Protocol
 
 from PIL import Image
 from pydantic import BaseModel
@@ -20,6 +21,50 @@ from pydantic import BaseModel
 from perceive.errors import EncoderUnavailableError, UnknownEncoderError, did_you_mean
 
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+
+class FeatureLayout(str, Enum):
+    """The shape of one image's features: what an encoder gives (``EncoderSpec.layout``) and what a
+    re-encode action's projector takes (``ReencodeAction.layout``). A plain string (``"map"``) is
+    accepted wherever a layout is set."""
+
+    TOKENS = "tokens"  # (N, C): N feature rows of width C
+    MAP = "map"  # (C, H, W): a C-channel map
+
+    def __str__(self) -> str:  # "map" in messages, not "FeatureLayout.MAP"
+        return self.value
+
+    @property
+    def shape(self) -> str:
+        return "(N, C)" if self is FeatureLayout.TOKENS else "(C, H, W)"
+
+    @property
+    def noun(self) -> str:
+        """``tokens`` / ``a map``: what an encoder "gives"."""
+        return "tokens" if self is FeatureLayout.TOKENS else "a map"
+
+
+def layout_mismatch(action: Any, encoder: str, gives: FeatureLayout | str,
+                    specs: Mapping[str, EncoderSpec] | None = None) -> tuple[str, str]:
+    """``(message, hint)`` for encoder ``encoder``, which gives ``gives`` features, refused by the
+    features ``action`` (a :class:`~perceive.reencode.ReencodeAction`), whose projector takes its
+    ``layout``. ``specs``: every registered encoder, to suggest only those of the action's own that
+    fit (without it, they are assumed to fit).
+
+    When the refused encoder is one of the action's own ``encoders`` (or none of them fits), the
+    action's declaration is what disagrees, so the hint says how to set ``layout``; otherwise it
+    names the action's encoders that fit."""
+    takes, gives = FeatureLayout(action.layout), FeatureLayout(gives)
+    message = f"action {action.name!r} takes {takes} features but encoder {encoder!r} gives {gives.noun}"
+    own = list(action.encoders)
+    fits = [e for e in own if e != encoder and (specs is None or (e in specs and specs[e].layout == takes))]
+    if fits and encoder not in own:  # a config or graph chose a foreign encoder
+        return message, f"use one of {fits}, which give {takes} features"
+    whose = f"its encoder {encoder!r}" if encoder in own else f"its encoders {own}"
+    return message, (f"{type(action).__name__}.layout ({takes}: its projector takes {takes.shape} features) "
+                     f"disagrees with {whose}; if the projector takes {gives.shape}, set "
+                     f"`layout = FeatureLayout.{gives.name}` (from perceive.encoders) on the class, else make "
+                     f"the encoder give {takes.shape} and register it with layout={takes.value!r}")
 
 
 class VisionEncoder(Protocol):
@@ -40,12 +85,19 @@ class EncoderSpec:
     ``placeholders`` is how many placeholder tokens one image's features fill (``None``: one
     per output token, variable). ``Options`` is a pydantic model (``extra="forbid"``) of the
     ``options`` ``build`` reads, checked when a config is loaded and before ``build`` runs;
-    ``None``: options reach ``build`` unchecked.
+    ``None``: options reach ``build`` unchecked. ``layout``: the shape of one image's features
+    (a :class:`FeatureLayout`; ``"tokens"`` or ``"map"`` are accepted).
+
+    ``branch_options``: the options ``build`` still applies when, given no weights, it runs the
+    loaded model's own trained branch (:class:`~perceive.branches.ModelBranchEncoder`) instead of
+    a standalone encoder. Any other option set then is refused when the run starts
+    (:func:`branch_option_problems`): the branch runs as it was trained (perceive.json), and an
+    option it would ignore must not look as if it applied.
     """
 
     name: str
     family: str
-    layout: Literal["tokens", "map"]
+    layout: FeatureLayout
     feature_dim: int | None
     build: Callable[..., VisionEncoder]
     build_tiny: Callable[[], VisionEncoder] | None = None
@@ -53,6 +105,13 @@ class EncoderSpec:
     requires_model: bool = False
     description: str = ""
     Options: type[BaseModel] | None = None
+    branch_options: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        # "map" and FeatureLayout.MAP are the same layout; a value that is neither stays as given
+        # for encoder_problems to report
+        if self.layout in tuple(FeatureLayout):
+            object.__setattr__(self, "layout", FeatureLayout(self.layout))
 
 
 def encoder_problems(spec: Any) -> list[str]:
@@ -61,8 +120,9 @@ def encoder_problems(spec: Any) -> list[str]:
     problems = []
     if not _NAME.fullmatch(spec.name or ""):
         problems.append(f"encoder name {spec.name!r} must match [a-z][a-z0-9_]*")
-    if spec.layout not in ("tokens", "map"):
-        problems.append(f"layout must be 'tokens' or 'map', got {spec.layout!r}")
+    if not isinstance(spec.layout, FeatureLayout):
+        problems.append(f"layout must be FeatureLayout.TOKENS ('tokens') or FeatureLayout.MAP ('map'), "
+                        f"got {spec.layout!r}")
     if not callable(spec.build):
         problems.append("build must be callable")
     if spec.build_tiny is not None and not callable(spec.build_tiny):
@@ -83,6 +143,45 @@ def validate_encoder_options(spec: EncoderSpec, options: Mapping[str, Any] | Non
     if problems:
         raise options_error("encoder", spec.name, spec.Options, problems, source)
     return validated
+
+
+def trained_branch(encoder: str, branches: Mapping[str, Any], actions: Mapping[str, Any]) -> str | None:
+    """The model's re-encode branch that runs ``encoder`` when it is given no weights, or ``None``.
+
+    ``branches``: the model's (``VPTConfig.branches``, by action); ``actions``: the registered
+    actions, by name. A branch runs the encoders of its features action (an encoder's ``build``
+    returns the model's own branch when there are no weights: see
+    :class:`~perceive.branches.ModelBranchEncoder`) and the one it was trained with."""
+    for name, branch in branches.items():
+        if getattr(branch, "encoder", None) == encoder or encoder in getattr(actions.get(name), "encoders", ()):
+            return name
+    return None
+
+
+def branch_option_problems(encoders: Sequence[Any], branches: Mapping[str, Any],
+                           registry: Any) -> list[tuple[tuple, str]]:
+    """``(location, why)`` for each configured encoder whose ``options`` the model's trained branch
+    would silently ignore, located at ``("encoders", index, "options")``. ``encoders``: a run
+    config's ``encoders`` (each with ``name``, ``weights``, ``options``); ``branches``: the model's
+    (``VPTConfig.branches``); ``registry``: the plugins (:class:`perceive.plugins.Registry`).
+
+    With local ``weights`` the encoder is built standalone and applies its options; without, it
+    runs the branch (:func:`trained_branch`), which applies only the spec's ``branch_options``."""
+    actions = {n: r.obj for n, r in registry.actions.items()}
+    out = []
+    for i, cfg in enumerate(encoders):
+        spec, options = registry.encoder_specs().get(cfg.name), dict(cfg.options or {})
+        branch = trained_branch(cfg.name, branches, actions) if spec is not None and options else None
+        if branch is None or cfg.weights is not None:
+            continue
+        ignored = [k for k in options if k not in spec.branch_options]
+        if ignored:
+            applied = f"; of its options only {list(spec.branch_options)} apply then" if spec.branch_options else ""
+            out.append((("encoders", i, "options"),
+                        f"{', '.join(map(repr, ignored))} would be ignored: the model carries a trained {branch!r} "
+                        f"branch, which runs encoder {cfg.name!r} as it was trained (perceive.json){applied}. Remove "
+                        f"them, or give {cfg.name!r} local weights to run it standalone with these options"))
+    return out
 
 
 def image_key(image: Image.Image) -> str:

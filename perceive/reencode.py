@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 
 from perceive.actions import Action, ActionCall, ActionContext, SpanError, TriggerGrammar
 from perceive.branches import BranchTokens
+from perceive.encoders import FeatureLayout, layout_mismatch
 from perceive.errors import ActionInputError, EncoderUnavailableError
 from perceive.observations import Features
 
@@ -35,8 +36,19 @@ class ReencodeAction(Action):
     Args: ClassVar[type[BaseModel]] = ReencodeArgs
     observation: ClassVar[str] = "features"
     tokens: ClassVar[BranchTokens]
-    #: the feature layout the branch's projector takes ("tokens" (N, C) or "map" (C, H, W))
-    layout: ClassVar[str] = "tokens"
+    #: the feature layout the branch's projector takes: ``FeatureLayout.TOKENS`` (N, C) or
+    #: ``FeatureLayout.MAP`` (C, H, W); each encoder it uses must give the same
+    layout: ClassVar[FeatureLayout] = FeatureLayout.TOKENS
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # a plugin may write the plain string ("map"); anything else fails its import, which keeps
+        # the plugin out of the registry with this message
+        try:
+            cls.layout = FeatureLayout(cls.layout)
+        except ValueError:
+            raise TypeError(f"{cls.__name__}.layout is {cls.layout!r}: set FeatureLayout.TOKENS (its projector takes "
+                            "(N, C) features) or FeatureLayout.MAP ((C, H, W)), from perceive.encoders") from None
 
     def __init__(self):
         start, action, end, pad = self.tokens.all
@@ -63,8 +75,8 @@ class ReencodeAction(Action):
                                           hint="run it through a perceive session or model")
         spec = context.encoders.spec(name)
         if spec.layout != self.layout:
-            raise ActionInputError(f"action {self.name!r} takes {self.layout} features; encoder {name!r} gives "
-                                   f"a {spec.layout}", hint=f"use one of {list(self.encoders)}")
+            message, hint = layout_mismatch(self, name, spec.layout, context.encoders.specs)
+            raise ActionInputError(message, hint=hint)
         tensor = context.encoders.features(name, context.image)
         n = spec.placeholders if spec.placeholders is not None else int(tensor.shape[0])
         return Features(tensor=tensor, encoder=name, placeholder=self.placeholder,

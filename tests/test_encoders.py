@@ -52,7 +52,7 @@ def test_reencode_uses_configured_encoder_and_rejects_wrong_layout(registry, hub
     res = dispatch(registry.pm, dino, ActionCall("dino", ReencodeArgs()), ctx)
     assert res.observation[0].encoder == "dinov2_small"
     res = dispatch(registry.pm, dino, ActionCall("dino", ReencodeArgs(encoder="sam_vit_b")), ctx)
-    assert res.failure.typed and "takes tokens features; encoder 'sam_vit_b' gives a map" in res.failure.message
+    assert res.failure.typed and "takes tokens features but encoder 'sam_vit_b' gives a map" in res.failure.message
 
 
 def test_unknown_encoder_and_missing_weights(registry):

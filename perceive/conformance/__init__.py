@@ -7,7 +7,7 @@ them on. ``perceive plugins check NAME`` runs it; plugin authors run it from pyt
 >>> assert report.ok, report.render()
 """
 
-from perceive.conformance.checks import CheckResult, ConformanceReport, check_action
+from perceive.conformance.checks import CheckResult, CheckStatus, ConformanceReport, check_action
 from perceive.conformance.images import awkward_images, real_photos
 
-__all__ = ["CheckResult", "ConformanceReport", "awkward_images", "check_action", "real_photos"]
+__all__ = ["CheckResult", "CheckStatus", "ConformanceReport", "awkward_images", "check_action", "real_photos"]

@@ -4,11 +4,14 @@
 hooks the perception loop uses, and returns a :class:`ConformanceReport`. Checks:
 
 * ``declaration``: name, grammar, ``Args`` model, observation kind, ``run`` implemented;
+* ``encoders`` (an action that uses encoders): each is registered and gives the feature layout
+  the action's projector takes (its ``layout``);
 * ``examples``: ``examples()`` gives at least one valid ``Args`` value;
 * ``parse``: the span parser returns ``Args`` or raises ``SpanError``/``ValueError`` on any
   span, including garbage; the streaming parser never raises;
 * ``run[image]``: on real photos every example succeeds; on awkward inputs it succeeds or fails
-  with a typed :class:`~perceive.errors.PerceiveError`. The observation has the declared
+  with a typed :class:`~perceive.errors.PerceiveError` (when every example fails so, nothing was
+  checked on that input: the check is a skip that says so, never a pass). The observation has the declared
   kind; a view is RGB, its frame matches its pixels, its box lies inside the original image,
   and a 1:1 view holds exactly the original's pixels under its box; features are finite and
   of the encoder's declared layout and width; text is a string, names the view it was read
@@ -26,6 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from PIL import Image, ImageChops
@@ -34,18 +38,34 @@ from pydantic import BaseModel
 from perceive.actions import Action, ActionCall, ActionContext, SpanError
 from perceive.conformance.images import awkward_images, real_photos
 from perceive.dispatch import dispatch
-from perceive.encoders import EncoderHub, image_key
+from perceive.encoders import EncoderHub, image_key, layout_mismatch
 from perceive.geometry import Box, Frame
 from perceive.images import as_rgb
 from perceive.observations import Text, View
 from perceive.protocol import DictCodec, StreamParser
 
 
+class CheckStatus(str, Enum):
+    PASS = "pass"
+    FAIL = "fail"
+    SKIP = "skip"  # nothing to check (the detail says why): neither a pass nor a failure
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass
 class CheckResult:
     name: str
-    status: str  # "pass" | "fail" | "skip"
+    status: CheckStatus  # a plain "pass" | "fail" | "skip" is accepted
     detail: str = ""
+
+    def __post_init__(self):
+        self.status = CheckStatus(self.status)
+
+
+class Skipped(Exception):  # noqa: N818 - a check's outcome, not an error
+    """Raised by a check that found nothing to check; its message says why."""
 
 
 @dataclass
@@ -71,7 +91,8 @@ class ConformanceReport:
             lines.append(f"  [{mark[r.status]}] {r.name}" + (f": {r.detail}" if r.detail else ""))
         n_fail = len(self.failures)
         n_pass = sum(r.status == "pass" for r in self.results)
-        lines.append(f"{n_pass} passed, {n_fail} failed" if n_fail else f"{n_pass} passed, 0 failed")
+        n_skip = sum(r.status == "skip" for r in self.results)
+        lines.append(f"{n_pass} passed, {n_fail} failed" + (f", {n_skip} skipped" if n_skip else ""))
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -93,6 +114,8 @@ class _Checker:
         try:
             detail = fn()
             self.report.results.append(CheckResult(name, "pass", detail or ""))
+        except Skipped as exc:
+            self.report.results.append(CheckResult(name, "skip", str(exc)))
         except AssertionError as exc:
             self.report.results.append(CheckResult(name, "fail", str(exc)))
         except Exception as exc:
@@ -119,6 +142,17 @@ class _Checker:
         problems = action_problems(self.action)
         _require(not problems,
                  "; ".join(problems))
+
+    def encoders(self) -> str:
+        specs = self.hub.specs
+        for name in self.action.encoders:
+            _require(name in specs,
+                     f"encoder {name!r} is not registered: register it (perceive_register_encoders) or drop it "
+                     "from the action's encoders")
+            if getattr(self.action, "layout", None) is not None and specs[name].layout != self.action.layout:
+                message, hint = layout_mismatch(self.action, name, specs[name].layout, specs)
+                raise AssertionError(f"{message}\n  -> {hint}")
+        return f"{len(self.action.encoders)} encoder(s)"
 
     def examples(self) -> str:
         ex = self.action.examples()
@@ -154,12 +188,14 @@ class _Checker:
         before = image_key(image)
         rgb = as_rgb(image)
         n_ok = 0
+        refused = []
         for args in self.action.examples():
             ctx = self.context(image, image=rgb if image.mode != "RGB" else image)
             res = self.run(args, ctx)
             if res.failure is not None:
                 _require(not strict and res.failure.typed,
                          f"{args!r} failed at {res.failure.stage}: {res.failure.error_type}: {res.failure.message}")
+                refused.append(f"{res.failure.error_type}: {res.failure.message.splitlines()[0]}")
                 continue
             self.check_observation(res.observation, ctx, image)
             again = self.run(args, self.context(image, image=ctx.image))
@@ -170,7 +206,12 @@ class _Checker:
             n_ok += 1
         _require(image_key(image) == before,
                  "the action mutated its input image")
-        return f"{n_ok} example(s) ran" + ("" if strict else " (others: typed errors)")
+        if n_ok == 0:
+            # nothing was checked on this input: an empty check is never a pass
+            _require(not strict, "no example ran: examples() gave nothing to run")
+            raise Skipped(f"no example ran: each of {len(refused)} was refused with a typed error "
+                          f"({'; '.join(sorted(set(refused)))}), so nothing was checked on this input")
+        return f"{n_ok} example(s) ran" + (f", {len(refused)} refused with a typed error" if refused else "")
 
     def check_observation(self, obs, ctx: ActionContext, root: Image.Image) -> None:
         W, H = root.size
@@ -329,6 +370,10 @@ def check_action(action: Action | str, *, registry=None, hub: EncoderHub | None 
     c.record("declaration", c.declaration)
     if c.report.failures:
         return c.report
+    if action.encoders:
+        c.record("encoders", c.encoders)
+        if c.report.failures:  # every run would fail with the same cause
+            return c.report
     c.record("examples", c.examples)
     c.record("parse", c.parse)
     if c.report.failures:

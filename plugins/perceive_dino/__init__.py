@@ -52,6 +52,7 @@ def perceive_register_encoders():
             build_tiny=lazy("perceive_dino.encoder:build_tiny"),
             placeholders=256, description=f"DINOv2-{size} patch tokens (CLS dropped), 224 px",
             Options=DinoEncoderOptions,
+            branch_options=("max_side",),  # a model's own dino branch keeps its crop and device
         )
         for size, dim in HIDDEN.items()
     ]
