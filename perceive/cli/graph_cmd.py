@@ -37,21 +37,59 @@ def parse_sets(sets: list[str] | None) -> dict:
 
 @app.command()
 def validate(file: str = typer.Argument(..., help="Graph YAML file, or a shipped graph's name."),
-             set_: list[str] = typer.Option(None, "--set", help="Override a param: KEY=VALUE.")) -> None:
-    """Report every problem of a graph at once, with YAML lines. Exit 1 if there is any."""
+             set_: list[str] = typer.Option(None, "--set", help="Override a param: KEY=VALUE."),
+             model: Path | None = typer.Option(None, "--model", help="Also check that this model can run the graph "
+                                               "(its re-encode branches, the views it was trained to read, its "
+                                               "trigger prompts), as `graph run` does when it starts."),
+             config: Path | None = typer.Option(None, "--config", help="Also check the graph with this run config "
+                                                "(its model, unless --model; its encoders and actions), as `graph "
+                                                "run --config` does when it starts.")) -> None:
+    """Report every problem of a graph at once, with YAML lines. Exit 1 if there is any.
+
+    With --model or --config, a graph without problems is then checked against the model: exit 1
+    if the model cannot run it."""
     from perceive.graph import check, resolve
 
     try:
         path = resolve(file)
     except FileNotFoundError as exc:
         raise fail(exc, 2) from None
-    spec, issues = check(path, params=parse_sets(set_))
+    params = parse_sets(set_)
+    spec, issues = check(path, params=params)
     for issue in issues:
         console.print(issue.render(str(path)), markup=False, highlight=False)
     if issues:
         console.print(f"{len(issues)} problem(s)")
         raise typer.Exit(1)
-    console.print(f"{path}: ok ({len(spec.nodes)} nodes, budget {spec.budget})")
+    on = "" if model is None and config is None else _check_on_model(file, path, params, model, config)
+    console.print(f"{path}: ok ({len(spec.nodes)} nodes, budget {spec.budget}){on}", markup=False, highlight=False,
+                  soft_wrap=True)
+
+
+def _check_on_model(file: str, path: Path, params: dict, model: Path | None, config: Path | None) -> str:
+    """Build the loop ``graph run`` would build for this graph, model and config, running every
+    check it makes when it starts (the config's names, the encoders' fit, the graph against the
+    model's branches, views and prompts), without running a sample. Exits 1 with the reason if the
+    model cannot run the graph; returns `` on MODEL`` and any note (e.g. a trigger left out)."""
+    from perceive.errors import PerceiveError
+    from perceive.graph import GraphValidationError, compile_graph
+    from perceive.loop import PerceptionLoop
+
+    cfg = run_config(config, None, [(("graph",), file, "the GRAPH argument"), (("model", "path"), model, "--model")])
+    if cfg.remote is not None:
+        raise fail(f"{config} drives a served model (remote.url), which cannot be checked without running it: "
+                   f"drop --config for the graph's own checks, or try it with `perceive graph run {file} --config "
+                   f"{config} --image IMG --question Q`", 2) from None
+    cfg.params.update(params)
+    try:
+        loop = PerceptionLoop.from_config(cfg, graph=compile_graph(cfg.graph, params=cfg.graph_params()))
+    except GraphValidationError as exc:  # the config's params broke it
+        console.print(str(exc), markup=False)
+        raise typer.Exit(1) from None
+    except PerceiveError as exc:  # the message `graph run` would stop with
+        raise fail(exc, 1) from None
+    note = getattr(loop.controller, "prompt_note", None)
+    return f" on the model {cfg.model.path}" + (f"\n  note: {note}" if note else "")
 
 
 @app.command()
