@@ -1,5 +1,10 @@
 """Loading images with clear errors. Nothing here mutates the caller's image.
 
+Every image a run reads (``perceive ask``, ``PerceptionLoop.ask``, ``perceive serve``'s data URLs,
+``--remote``, eval and training data, card backgrounds) is decoded by :func:`load_image`, which
+turns it **upright** by its EXIF orientation (:func:`upright`: a phone photo stored sideways with
+tag 6 is read as it is shown) before any frame is made, so every box refers to the upright image.
+
 Two guards apply to every image :func:`load_image` returns:
 
 * **size**: an image with no pixels (0xN) is an :class:`~perceive.errors.ImageError`; so is a
@@ -11,6 +16,10 @@ Two guards apply to every image :func:`load_image` returns:
 * **bit depth**: :func:`as_rgb` turns images of more than 8 bits into 8-bit RGB by their range,
   not by clipping (Pillow's own ``convert("RGB")`` clips, so a 16-bit image comes out white).
   See :func:`to_uint8` for the rules.
+
+An image a run starts from (not a crop the model chose) must also have a shape the model can look
+at: :func:`check_input_size` refuses a side under :data:`MIN_INPUT_SIDE` px and an aspect ratio
+over :data:`MAX_INPUT_ASPECT`, with a hint addressed to the user.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from perceive.errors import ImageError
 
@@ -34,6 +43,16 @@ MAX_PIXELS_ENV = "PERCEIVE_MAX_IMAGE_PIXELS"
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 #: modes of more than 8 bits per sample, with one channel
 DEEP_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+#: the EXIF tag that says how the stored pixels are turned: 1 upright, 2-8 mirrored and/or rotated
+ORIENTATION_TAG = 0x0112
+#: orientations whose stored width is the upright height (a quarter turn)
+QUARTER_TURNS = (5, 6, 7, 8)
+#: the shortest side, in pixels, of an image a run starts from: one pixel per cell of the paper's
+#: 8x8 region grid (a smaller image makes empty regions)
+MIN_INPUT_SIDE = 8
+#: the most elongated image a run starts from (longer side / shorter side): Qwen2-VL's image
+#: processor (transformers' ``smart_resize``) refuses more
+MAX_INPUT_ASPECT = 200
 T = TypeVar("T")
 
 
@@ -111,6 +130,8 @@ def _open_checked(source: Path | bytes | bytearray, limit: int | None, then: Cal
     def attempt() -> T:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # a damaged EXIF block: the pixels are still good, and read as stored (see orientation)
+            warnings.filterwarnings("ignore", "Corrupt EXIF data", UserWarning)
             with Image.open(source if isinstance(source, Path) else io.BytesIO(source)) as im:
                 if limit is not None and im.width * im.height > limit:
                     raise _too_large(what, im.size, limit)
@@ -138,9 +159,51 @@ def _open_checked(source: Path | bytes | bytearray, limit: int | None, then: Cal
         raise ImageError(f"{cannot}: {why}", hint=hint) from exc
 
 
+def orientation(image: Image.Image) -> int:
+    """The image's EXIF orientation (1-8; 1 when it has none, or its EXIF cannot be read: the
+    pixels are still good, read as stored)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow warns "Corrupt EXIF data" and reads on
+            value = image.getexif().get(ORIENTATION_TAG, 1)
+    except (OSError, SyntaxError, ValueError, TypeError, KeyError, IndexError):
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """``image`` as it is meant to be seen: turned and mirrored as its EXIF orientation tag says
+    (``PIL.ImageOps.exif_transpose``; the result's tag is removed, so it is never turned twice);
+    ``image`` itself when it has no tag or tag 1. Same mode; width and height swap for tags 5-8."""
+    if orientation(image) == 1:
+        return image
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ImageOps.exif_transpose(image)
+
+
 def _decoded(im: Image.Image) -> Image.Image:
     im.load()  # fully: a truncated file fails here, not later in a caller
-    return im.copy()
+    turned = upright(im)
+    return im.copy() if turned is im else turned
+
+
+def check_input_size(size: tuple[int, int], what: str = "the input image") -> None:
+    """Refuse, with an :class:`ImageError` addressed to the user, an image a run starts from whose
+    ``(width, height)`` the model cannot look at: a side under :data:`MIN_INPUT_SIDE` px, or an
+    aspect ratio over :data:`MAX_INPUT_ASPECT`. Crops the model chooses are not checked here:
+    their errors say to choose another region."""
+    w, h = size
+    if min(w, h) < MIN_INPUT_SIDE:
+        raise ImageError(f"{what} is {w}x{h} px: too small to look at; each side needs at least {MIN_INPUT_SIDE} px, "
+                         "one per cell of the 8x8 region grid",
+                         hint=f"give a larger image, at least {MIN_INPUT_SIDE}x{MIN_INPUT_SIDE} px: upscale a small "
+                              "one first")
+    if max(w, h) / min(w, h) > MAX_INPUT_ASPECT:
+        raise ImageError(f"{what} is {w}x{h} px: its aspect ratio of {max(w, h) / min(w, h):.0f}:1 is over the "
+                         f"{MAX_INPUT_ASPECT}:1 the model's image processor takes",
+                         hint=f"crop the panorama into parts of at most {MAX_INPUT_ASPECT}:1, or pad it towards a "
+                              "square, and ask about each part")
 
 
 def _check_size(image: Image.Image, what: str) -> Image.Image:
@@ -152,7 +215,9 @@ def _check_size(image: Image.Image, what: str) -> Image.Image:
 
 def load_image(source: Any, *, max_pixels: int | None = -1) -> Image.Image:
     """A fully decoded PIL image from a path, bytes, a numpy array (HxW, HxWx1, HxWx3 or HxWx4)
-    or a PIL image.
+    or a PIL image, turned upright by its EXIF orientation (:func:`upright`; files, bytes and PIL
+    images: a PIL image you turned yourself with ``exif_transpose`` has no tag left and stays as
+    it is). Its pixels are the frame every box of a run refers to.
 
     Raises :class:`~perceive.errors.ImageError` for a missing, corrupt, empty (0xN) or
     unsupported image, and for a file or byte string of more than ``max_pixels`` pixels
@@ -162,7 +227,7 @@ def load_image(source: Any, *, max_pixels: int | None = -1) -> Image.Image:
     """
     limit = max_image_pixels() if max_pixels == -1 else (max_pixels or None)
     if isinstance(source, Image.Image):
-        return _check_size(source, "the image")
+        return _check_size(upright(source), "the image")
     if isinstance(source, str | Path):
         path = _image_path(source)
         return _check_size(_open_checked(path, limit, _decoded), f"image {path}")
@@ -177,10 +242,11 @@ def load_image(source: Any, *, max_pixels: int | None = -1) -> Image.Image:
 def check_image_file(path: str | Path, *, max_pixels: int | None = -1) -> tuple[int, int]:
     """The size of the image file at ``path``, reading its header only: a cheap early check for
     a missing, unreadable or too large image (truncated pixel data shows up only when
-    :func:`load_image` decodes it). ``max_pixels`` as for :func:`load_image`."""
+    :func:`load_image` decodes it). The size is the upright image's, as :func:`load_image` returns
+    it (width and height swapped for EXIF orientations 5-8). ``max_pixels`` as for :func:`load_image`."""
     limit = max_image_pixels() if max_pixels == -1 else (max_pixels or None)
     path = _image_path(path)
-    size = _open_checked(path, limit, lambda im: im.size)
+    size = _open_checked(path, limit, lambda im: im.size[::-1] if orientation(im) in QUARTER_TURNS else im.size)
     if size[0] == 0 or size[1] == 0:
         raise ImageError(f"image {path} is empty ({size[0]}x{size[1]} px)", hint="pass an image of at least 1x1 px")
     return size

@@ -269,10 +269,11 @@ def test_encoder_swapped_through_config(photo, tmp_path):
 
 def test_extreme_view_is_a_typed_error_not_a_crash(model):
     """A crop Qwen2-VL's processor cannot take (aspect ratio over 200) fails that sample only."""
-    wide = Image.new("RGB", (4000, 19), "white")
-    span = "<|region_token_start|><|x_0|><|y_3|><|region_token_end|>"  # a 1000x19 crop... then a thin slice
+    wide = Image.new("RGB", (3000, 19), "white")  # 158:1, an input it takes
+    span = "<|region_token_start|><|x_0|><|x_7|><|y_3|><|region_token_end|>"  # the whole row: a 3000x7 crop
     out = make_loop(model, {0: span}).ask_batch([(wide, "What?"), (real_photos()["coffee"], "What?")])
     assert out[0].error is not None and out[0].error["type"] in ("ObservationError",)
+    assert out[0].error["hint"] == "choose a less extreme region"  # the model chose it: addressed to the model
     assert out[1].ok
 
 

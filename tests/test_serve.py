@@ -182,6 +182,9 @@ def _create(client, **kw):
                                                  "image_url": {"url": "https://example.com/a.png"}},
                                                 {"type": "text", "text": "hi"}]}]}, 400, "never fetches"),
     ({"messages": [{"role": "user", "content": "no image here"}]}, 400, "exactly one image"),
+    # input images the model cannot look at: what the client should send instead
+    ({"messages": [user(Image.new("RGB", (1, 1)))]}, 400, "1x1 px: too small to look at; each side needs"),
+    ({"messages": [user(Image.new("RGB", (20000, 50)))]}, 400, "20000x50 px: its aspect ratio of 400:1 is over"),
     ({"messages": [user(EXAMPLES / "card_0.png", "why? " * 20000)]}, 400, "max_position_embeddings"),
     ({"extra_body": {"perceive": {"graph": "no_such_graph"}}}, 400, "no_such_graph"),
     ({"extra_body": {"perceive": {"actions": {"region_select": {"margin": "lots"}}}}}, 400, "margin"),

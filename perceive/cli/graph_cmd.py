@@ -111,7 +111,7 @@ def show(file: str = typer.Argument(...), mermaid: bool = typer.Option(False, "-
 
 def run_graph(cfg, image: Path, question: str, as_json: bool, render: Path | None) -> None:
     """Run the graph of run config ``cfg`` on one image and question, and print the answer."""
-    from perceive.cli.output import check_picture_path
+    from perceive.cli.output import check_picture_path, print_error, write_picture
     from perceive.errors import PerceiveError
     from perceive.graph import GraphValidationError, compile_graph
     from perceive.graph.render import render_trace
@@ -131,8 +131,8 @@ def run_graph(cfg, image: Path, question: str, as_json: bool, render: Path | Non
         raise typer.Exit(1) from None
     except PerceiveError as exc:
         raise fail(exc, 1) from None
-    if render:
-        render_trace(img, answer.trace, render)
+    # written before the answer is printed (to say where it is), its error printed after the answer
+    unwritten = write_picture(lambda: render_trace(img, answer.trace, render), render) if render else None
     warn_unencodable(answer.trace)
     if as_json:
         typer.echo(json.dumps({"answer": answer.text, "graph": g.name, "trace": answer.trace.to_dict(),
@@ -142,19 +142,23 @@ def run_graph(cfg, image: Path, question: str, as_json: bool, render: Path | Non
         for h in answer.trace.hops:
             box = tuple(h.box[k] for k in ("x0", "y0", "x1", "y1")) if h.box else None
             console.print(f"  hop {h.index + 1} [{h.node}]: {h.action} in view {h.target} -> box {box}"
-                          + (" (reused)" if h.cached else "") + (f", error: {h.error['message']}" if h.error else ""),
+                          + (" (reused)" if h.cached else "")  # the sample's own error is printed once, below
+                          + ((", failed (error below)" if h.error == answer.error else
+                              f", error: {h.error['message']}") if h.error else ""),
                           markup=False, highlight=False)
         for e in answer.trace.events:
             if e.get("type") == EventType.TOKENIZER:
                 continue  # already a warning on stderr
             console.print(f"  event: {e.get('type')}: {e.get('message') or e.get('kind') or ''}", markup=False)
-        if render:
+        if render and not unwritten:
             console.print(f"  trace picture: {render}", markup=False)
+    if unwritten:
+        print_error(*unwritten, stderr=as_json)
     if answer.error:
         if not as_json:
-            from perceive.cli.output import print_error
-
             print_error(answer.error["message"], hint=answer.error.get("hint"))
+        raise typer.Exit(1)
+    if unwritten:
         raise typer.Exit(1)
 
 

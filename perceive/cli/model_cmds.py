@@ -49,14 +49,15 @@ def ask(
     if not question.strip():
         raise fail("the question is empty: pass it as the second argument, e.g. "
                    f"perceive ask {image} \"What is written on the sign?\"", 2)
-    from perceive.images import check_image_file
+    from perceive.images import check_image_file, check_input_size
 
     flags = [(("graph",), graph, "--graph"), (("runtime", "max_hops"), max_hops, "--max-hops"),
              (("params", "max_hops"), max_hops, "--max-hops"),
              *loop_flags(model, max_new_tokens, device, dtype, reprefill, action_timeout),
              *remote_flags(remote, remote_model)]
     cfg = run_config(config, set_, flags)
-    check_image_file(image)  # header only: a wrong image fails before the model loads
+    # header only (upright size): a wrong or too small or too elongated image fails before the model loads
+    check_input_size(check_image_file(image), f"image {image}")
     run_graph(cfg, image, question, as_json, render)
 
 

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 console = Console()
+#: for errors that must not mix into a command's machine-readable stdout (``--json``)
+err_console = Console(stderr=True)
 
 DEBUG_HINT = "rerun with `perceive --debug ...` or PERCEIVE_DEBUG=1 for the traceback"
 
 
-def print_error(message: object, hint: str | None = None) -> None:
+def print_error(message: object, hint: str | None = None, *, stderr: bool = False) -> None:
     """``error: MESSAGE`` and, when there is one, ``  -> HINT`` on the next line. Escaped (brackets
-    stay text) and never wrapped, so a path in the message stays whole."""
-    console.print(f"[red]error[/]: {escape(str(message))}", soft_wrap=True, highlight=False)
+    stay text) and never wrapped, so a path in the message stays whole. ``stderr``: there, not on
+    stdout (after ``--json`` output, which must stay parseable)."""
+    out = err_console if stderr else console
+    out.print(f"[red]error[/]: {escape(str(message))}", soft_wrap=True, highlight=False)
     if hint:
-        console.print(f"  -> {escape(hint)}", soft_wrap=True, highlight=False)
+        out.print(f"  -> {escape(hint)}", soft_wrap=True, highlight=False)
 
 
 def fail(message: object, code: int = 1) -> typer.Exit:
@@ -53,3 +59,21 @@ def check_picture_path(path, option: str = "--render") -> None:
     Image.init()
     if path.suffix.lower() not in Image.registered_extensions():
         raise fail(f"{option} {path}: the picture's format comes from its extension; give a path ending in .png", 2)
+
+
+def write_picture(write: Callable[[], object], path, option: str = "--render") -> tuple[str, str] | None:
+    """Call ``write()``, which writes a picture to ``path``: None when it did, else the
+    ``(message, hint)`` that says why it could not. The picture shows a finished run, so the
+    caller prints the run's result first and this error after it: an unwritable path (a read-only
+    folder, a file where a folder belongs) never throws the answer away."""
+    from pathlib import Path
+
+    try:
+        write()
+    except (OSError, ValueError) as exc:
+        # mkdir under a file says only "File exists": name the file that is in the way
+        blocker = next((p for p in Path(path).parents if p.exists() and not p.is_dir()), None)
+        why = f"{blocker} is a file, not a folder" if blocker else (getattr(exc, "strerror", None) or str(exc))
+        return (f"cannot write the trace picture {option} {path}: {why}",
+                f"the answer above stands; to get the picture, pass {option} a path in a folder you can write to")
+    return None

@@ -70,6 +70,8 @@ def flat_photos(n: int = 8) -> dict[str, Image.Image]:
 
 
 def folder_photos(path: str | Path) -> dict[str, Image.Image]:
+    """The RGB photos in the folder ``path``, by file stem, read by :func:`perceive.images.load_image`:
+    upright by their EXIF orientation, so a card's box is in the background as it is shown."""
     from perceive.images import as_rgb, load_image
 
     path = Path(path)

@@ -28,7 +28,7 @@ from perceive.control import merge_action_options as merge_options
 from perceive.encoders import EncoderHub
 from perceive.errors import ConfigError, InputError, PerceiveError
 from perceive.geometry import ROOT
-from perceive.images import as_rgb, load_image
+from perceive.images import as_rgb, check_input_size, load_image
 from perceive.loop.batch import Batch
 from perceive.loop.decisions import Decisions
 from perceive.loop.engine import Chunk, ChunkKind, Engine, NativeEngine, ReprefillEngine
@@ -215,6 +215,7 @@ class PerceptionLoop(Decisions):
                    controller=controller, limits=limits)
         try:
             check_question(question)
+            check_input_size(root.size)  # the input's shape, before any frame is made
             pv, grid = self.observer.pixels(root)
             s.seen[ROOT] = self.observer.seen_size(grid)
         except PerceiveError as exc:
