@@ -109,6 +109,15 @@ def corpus(tmp_path_factory) -> Path:
     nopj = d / "model_no_perceive_json"
     shutil.copytree(good, nopj)
     (nopj / "perceive.json").unlink()
+    # a model with a trained dino branch, and a run config whose encoder options that branch would ignore
+    from perceive.model import save_model
+    from perceive.testing.tiny import tiny_vpt_model
+
+    save_model(tiny_vpt_model(branches=("dino",)), d / "model_dino")
+    (d / "branch_opts.yaml").write_text(
+        "model: model_dino\nencoders:\n  - name: dinov2_small\n    options: {crop: 300}\n")
+    (d / "layout.yaml").write_text("actions:\n  sam: {encoder: dinov2_small}\n")  # sam takes maps, dinov2 gives tokens
+    (d / "remote.yaml").write_text("remote: {url: 'http://127.0.0.1:9/v1'}\n")
     from perceive.eval.run_folder import fingerprint
     from perceive.eval.runner import EvalConfig
 
@@ -167,11 +176,25 @@ CASES = [
     ("config-missing", ["config", "check", "missing.yaml"], 1, "missing.yaml"),
     ("config-bad-yaml", ["config", "check", "bad.yaml"], 1, "bad.yaml"),
     ("config-dir", ["config", "check", "adir"], 1, "adir"),
+    ("config-encoder-wrong-layout", ["config", "check", "layout.yaml"], 1,
+     "actions.sam.encoder (line 2): action 'sam' takes map features but encoder 'dinov2_small' gives tokens: use one "
+     "of ['sam_vit_l', 'sam_vit_b', 'sam_vit_h'], which give map features"),
+    ("config-encoder-options-a-branch-ignores", ["config", "check", "branch_opts.yaml"], 1,
+     "encoders.0.options (line 4): 'crop' would be ignored: the model carries a trained 'dino' branch"),
+    ("ask-encoder-options-a-branch-ignores", ["ask", IMG, Q, "--config", "branch_opts.yaml"], 1,
+     "encoders.0.options (line 4): 'crop' would be ignored: the model carries a trained 'dino' branch"),
     # graph
     ("graph-validate-bad-yaml", ["graph", "validate", "bad.yaml"], 1, "bad.yaml"),
     ("graph-validate-yaml-bomb", ["graph", "validate", "laughs.yaml"], 1, "once its aliases (*name) are expanded"),
     ("graph-validate-missing", ["graph", "validate", "missing.yaml"], 2, "missing.yaml"),
     ("graph-validate-bad-set", ["graph", "validate", "free_choice", "--set", "novalue"], 2, "KEY=VALUE"),
+    ("graph-validate-model-cannot-run", ["graph", "validate", "reencode_then_answer", "--model", "model"], 1,
+     "error: graph 'reencode_then_answer' node 'reencode' runs 'dino', but the model has no 'dino' branch"),
+    ("graph-validate-model-missing", ["graph", "validate", "free_choice", "--model", "nowhere"], 1,
+     "error: model folder not found: nowhere"),
+    ("graph-validate-config-bad-yaml", ["graph", "validate", "free_choice", "--config", "bad.yaml"], 1, "bad.yaml"),
+    ("graph-validate-remote-config", ["graph", "validate", "free_choice", "--config", "remote.yaml"], 2,
+     "error: remote.yaml drives a served model (remote.url), which cannot be checked without running it"),
     ("graph-show-bad-yaml", ["graph", "show", "bad.yaml"], 1, "error: the graph has 1 problem(s)"),
     ("graph-show-out-in-a-file", ["graph", "show", "free_choice", "--out", "afile/g.png"], 1, "afile/g.png"),
     ("graph-run-bad-yaml", ["graph", "run", "bad.yaml", "--image", IMG, "--question", Q], 1, "bad.yaml"),
@@ -189,6 +212,10 @@ CASES = [
      "error: card widths (60, 50) must be a range"),
     ("data-cards-missing-backgrounds", ["data", "cards", "--n", "1", "--out", "cards", "--backgrounds", "nowhere"],
      1, "error: the backgrounds folder nowhere does not exist"),
+    ("data-cards-reencode-unknown", ["data", "cards", "--n", "1", "--out", "cards", "--reencode", "dinoo"], 2,
+     "error: no installed plugin provides a re-encode branch named 'dinoo' -> did you mean 'dino'?"),
+    ("data-cards-reencode-view-action", ["data", "cards", "--n", "1", "--out", "cards", "--reencode", "zoom"], 2,
+     "error: action 'zoom' gives views, not features: re-encode items need a features action with a model branch"),
     ("data-reading-out-is-a-file", ["data", "reading", "--n", "1", "--out", "afile"], 1,
      "error: the output afile is a file"),
     ("data-mix-bad-count", ["data", "mix", "out.json", "region.json:abc"], 1,
