@@ -81,6 +81,12 @@ def corpus(tmp_path_factory) -> Path:
     (d / "tiny.yaml").write_text(
         "model: {tiny: {hidden: 32, layers: 1, heads: 2, kv_heads: 1, vision_depth: 1, vision_dim: 16}}\n"
         "data: {train: region.json}\noptim: {steps: 1, batch_size: 1}\noutput: run\n")
+    # questions with the paper's region trigger, trained from a model that declares none (as both shipped models)
+    (d / "trig.json").write_text(json.dumps([{"images": [IMG], "messages": [
+        {"role": "user", "content": f"<image>{Q} \nIdentify the region that can help you answer the question, and "
+                                    "then answer the question."}, {"role": "assistant", "content": "7"}]}]))
+    (d / "trig.yaml").write_text("model: {path: model}\ndata: {train: trig.json}\noptim: {steps: 1, batch_size: 1}\n"
+                                 "output: run_trig\n")
     # a checkpoint of tiny.yaml's run with a 64-wide model (resuming compares configs before any weight is read)
     ckpt = d / "ckpt" / "checkpoint-1"
     ckpt.mkdir(parents=True)
@@ -262,6 +268,9 @@ CASES = [
     ("train-resume-another-model", ["train", "tiny.yaml", "--resume", "ckpt/checkpoint-1"], 1,
      "error: cannot resume from ckpt/checkpoint-1: this config trains another model or on other data than the run "
      "that saved it (model.tiny.hidden: 64 -> 32)"),
+    ("train-trigger-prompts-the-model-leaves-out", ["train", "trig.yaml"], 0,
+     "ask with the paper's region trigger prompt ('Identify the region that can help you answer the question, and "
+     "then answer the question.'), but the trained model will declare prompts.region: null"),
     # serve, and a remote model that is not there
     ("serve-local-images-missing", ["serve", "--allow-local-images", "nowhere"], 2,
      "error: --allow-local-images nowhere: not a folder"),

@@ -192,6 +192,8 @@ def train(config: Path = typer.Argument(..., help="Training config (YAML)."),
         raise fail("interrupted before training started: nothing was written", 130) from None
     for skipped in t.skips.values():
         _warn_skipped(skipped)
+    for warning in t.prompt_warnings:
+        console.print(f"[yellow]warning[/]: {escape(warning)}", soft_wrap=True)
     if clear:
         console.print(f"--overwrite: clearing the earlier run in {cfg.output} "
                       f"({', '.join(p.name for p in clear)})", markup=False)

@@ -45,6 +45,7 @@ from perceive.train.checkpoints import (  # noqa: F401 - importable from here, a
 from perceive.train.config import TrainConfig
 from perceive.train.eval_log import append_eval, eval_line, rewrite_evals
 from perceive.train.resume import config_record, resume_changes
+from perceive.train.trigger_prompts import undeclared_triggers
 
 
 def perception_ids(model) -> dict[int, str]:
@@ -133,6 +134,9 @@ class Trainer:
         self.skipped = [f"item {i}: {'; '.join(p)}" for i, p in self.skips["train"].items]
         torch.manual_seed(cfg.optim.seed)
         self.model = model if model is not None else build_model(cfg)
+        #: trigger prompts the training data uses that the trained model will not declare (warnings)
+        self.prompt_warnings = undeclared_triggers([item for _, item in self.train_ds.items], self.model.config.prompts,
+                                                   str(cfg.data.train), from_config=cfg.prompts is not None)
         self.collate = Collator(self.model)
         self._freeze()
         params = [p for p in self.model.parameters() if p.requires_grad]
