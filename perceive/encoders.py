@@ -82,8 +82,13 @@ class EncoderSpec:
     path (``None`` if the config gives none); ``model`` is the loaded MLLM for encoders that
     reuse its parts (``requires_model``). ``build_tiny()`` returns a small random-weight
     instance of the same architecture, for tests and the conformance kit; optional.
-    ``placeholders`` is how many placeholder tokens one image's features fill (``None``: one
-    per output token, variable). ``Options`` is a pydantic model (``extra="forbid"``) of the
+    ``placeholders`` is how many pad tokens one image's features fill, which must be the rows
+    the model's branch projector gives for them. ``None``: ``tensor.shape[0]`` of the features
+    ``encode`` returns, whatever the layout: for ``(T, C)`` tokens that is T, one pad per row
+    (right for a projector that gives a row per token, at any size); for a ``(C, H, W)`` map it
+    is C, the channels, which is the projector's row count only by coincidence, so a map
+    encoder gives an int (SAM: 256). A count the projector does not give fails that call with
+    an :class:`~perceive.errors.ObservationError`. ``Options`` is a pydantic model (``extra="forbid"``) of the
     ``options`` ``build`` reads, checked when a config is loaded and before ``build`` runs;
     ``None``: options reach ``build`` unchecked. ``layout``: the shape of one image's features
     (a :class:`FeatureLayout`; ``"tokens"`` or ``"map"`` are accepted).

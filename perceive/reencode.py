@@ -31,7 +31,13 @@ class ReencodeArgs(BaseModel):
 
 class ReencodeAction(Action):
     """Base for re-encode actions. Subclasses set ``name``, ``tokens`` (the branch's
-    :class:`~perceive.branches.BranchTokens`) and ``encoders`` (the first is the default)."""
+    :class:`~perceive.branches.BranchTokens`), ``encoders`` (the first is the default) and, when
+    the branch's projector takes ``(C, H, W)`` maps, ``layout = FeatureLayout.MAP``.
+
+    :meth:`run` returns :class:`Features` whose ``tensor`` is the encoder's output for the target
+    view (one image: ``(T, C)`` or ``(C, H, W)``) and whose ``num_placeholders`` is the encoder
+    spec's ``placeholders``, or ``tensor.shape[0]`` when that is None (see
+    :class:`~perceive.encoders.EncoderSpec`)."""
 
     Args: ClassVar[type[BaseModel]] = ReencodeArgs
     observation: ClassVar[str] = "features"

@@ -28,7 +28,9 @@ def xavier(linear: nn.Linear) -> None:
 
 
 def condition(features: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
-    """``features`` (N, T, d), ``cond`` (N, d) or None -> (N, T, d)."""
+    """Rows conditioned on ``c``: ``features`` ``(N, T, d)`` (N images, T rows each, d the LLM's
+    width), ``cond`` ``(N, d)`` (:meth:`ConditionedProjector.cond`) or None -> ``(N, T, d)``,
+    ``o_j = F_j + <F_j, c> c``; unchanged when ``cond`` is None."""
     if cond is None:
         return features
     attn = torch.einsum("ntd,nd->nt", features, cond)
@@ -37,7 +39,16 @@ def condition(features: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor
 
 class ConditionedProjector(nn.Module):
     """Base of every branch projector: ``cond(control)`` is ``c = W_c LN_c(h) + b_c`` (None for
-    no control); :func:`condition` applies it to ``d``-wide rows."""
+    no control); :func:`condition` applies it to ``d``-wide rows.
+
+    ``hidden`` is the language model's width d and ``scale`` the model's ``projector_scale``
+    (1 unless a paper checkpoint says otherwise): the control input is ``hidden * scale`` wide
+    (``layernorm_condition``, ``linear_condition``: ``hidden * scale -> hidden``). A subclass's
+    ``forward(features, control=None)`` takes the features as its branch's ``encode`` gives
+    them (a batch of N images) and ``control`` ``(N, hidden * scale)`` (one row per image) or
+    None, and returns ``(N * T, hidden)``: image 0's T rows, then image 1's, each in the order
+    of its pad tokens (T: the placeholders per image). It maps the features to ``(N, T, hidden)``
+    rows, then ends with ``condition(rows, self.cond(control)).flatten(0, 1)``."""
 
     def __init__(self, hidden: int, scale: int = 1):
         super().__init__()
@@ -45,6 +56,7 @@ class ConditionedProjector(nn.Module):
         self.linear_condition = nn.Linear(hidden * scale, hidden)
 
     def cond(self, control: torch.Tensor | None) -> torch.Tensor | None:
+        """``(N, hidden * scale)`` -> ``(N, hidden)``; None -> None."""
         if control is None:
             return None
         return self.linear_condition(self.layernorm_condition(control))
