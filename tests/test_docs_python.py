@@ -462,3 +462,14 @@ def test_blocks_continue_setups_apply_and_modules_install(tmp_path, request, mon
         ```
         """)
     assert (failures, ran) == ([], 4)
+
+
+def test_the_sobel_example_is_the_plugin_the_end_to_end_test_runs():
+    """write-a-plugin.md says its worked example is tests/plugins/sobel.py, which
+    tests/test_third_party_branch.py trains, saves, loads and evaluates: the two must not drift."""
+    page = "docs/how-to/write-a-plugin.md"
+    blocks, _ = blocks_of((ROOT / page).read_text(), page)
+    (doc,) = [b.code for b in blocks if b.marker.get("module") == "perceive_sobel"]
+    tested = (ROOT / "tests" / "plugins" / "sobel.py").read_text()
+    assert tested.endswith(doc) and tested[: -len(doc)].startswith('"""'), (
+        "docs/how-to/write-a-plugin.md's sobel block and tests/plugins/sobel.py differ (below its docstring)")

@@ -130,7 +130,7 @@ def perceive_register_actions():
 
 @hookimpl
 def perceive_register_encoders():
-    # placeholders=None: one pad per feature row (a model's branch may have another grid than CONFIG's)
+    # placeholders=None: one pad per row of the (T, C) token features (a model's branch may have another grid)
     return [EncoderSpec(name="sobel_grid", family="sobel", layout="tokens", feature_dim=CONFIG["dim"], build=build,
                         build_tiny=build_tiny, placeholders=None, description="Sobel gradients pooled into a grid")]
 
