@@ -49,7 +49,8 @@ def cards(n: int = typer.Option(..., "--n", min=1, help="Number of images."),
           reencode: str | None = typer.Option(None, "--reencode", metavar="ACTION",
                                               help="The features action whose span, placeholder and images key "
                                                    "reencode.json uses: any installed one with a model branch "
-                                                   "(`perceive plugins list`), e.g. a plugin's. Default dino.")
+                                                   "(`perceive plugins list`), e.g. a plugin's. Default: the card "
+                                                   "recipes' branch.")
           ) -> None:
     """Write the number-card task in the paper's dataset layout (plain, region, reencode)."""
     from rich.progress import Progress
