@@ -124,6 +124,17 @@ def corpus(tmp_path_factory) -> Path:
         "model: model_dino\nencoders:\n  - name: dinov2_small\n    options: {crop: 300}\n")
     (d / "layout.yaml").write_text("actions:\n  sam: {encoder: dinov2_small}\n")  # sam takes maps, dinov2 gives tokens
     (d / "remote.yaml").write_text("remote: {url: 'http://127.0.0.1:9/v1'}\n")
+    # a tokenizer, perceive.json and chat template that do not agree (each folder one broken piece)
+    missing = {"model_no_tokenizer_config": "tokenizer_config.json", "model_no_tokenizer_json": "tokenizer.json",
+               "model_no_chat_template": "chat_template.jinja"}
+    for name, remove in missing.items():
+        shutil.copytree(good, d / name)
+        (d / name / remove).unlink()
+    swapped = d / "model_ids_disagree"
+    shutil.copytree(good, swapped)
+    pj = json.loads((swapped / "perceive.json").read_text())
+    pj["region"]["start_id"], pj["region"]["end_id"] = pj["region"]["end_id"], pj["region"]["start_id"]
+    (swapped / "perceive.json").write_text(json.dumps(pj))
     from perceive.eval.run_folder import fingerprint
     from perceive.eval.runner import EvalConfig
 
@@ -171,6 +182,18 @@ CASES = [
      "error: model_bad_perceive_json/perceive.json: 2 invalid field(s)"),
     ("ask-model-no-perceive-json", ["ask", IMG, Q, "--model", "model_no_perceive_json"], 1,
      "error: model_no_perceive_json has no perceive.json, but its tokenizer carries perception tokens"),
+    ("ask-model-no-tokenizer-config", ["ask", IMG, Q, "--model", "model_no_tokenizer_config"], 1,
+     "error: model_no_tokenizer_config has tokenizer.json but no tokenizer_config.json"),
+    ("ask-model-no-tokenizer-json", ["ask", IMG, Q, "--model", "model_no_tokenizer_json"], 1,
+     "error: model_no_tokenizer_json has tokenizer_config.json but no tokenizer.json"),
+    ("ask-model-no-chat-template", ["ask", IMG, Q, "--model", "model_no_chat_template"], 1,
+     "error: model_no_chat_template has no chat template: no chat_template.jinja"),
+    ("ask-model-ids-disagree", ["ask", IMG, Q, "--model", "model_ids_disagree"], 1,
+     "error: model_ids_disagree: the tokenizer does not agree with perceive.json: perceive.json says "
+     "region.start_id = "),
+    # a question the tokenizer cannot encode all of: answered, with a warning naming the characters
+    ("ask-unencodable-question", ["ask", IMG, f"{Q} 🤔", "--model", "model"], 0,
+     "warning: the model's tokenizer cannot encode '🤔' (U+1F914) in the question"),
     ("ask-bad-device", ["ask", IMG, Q, "--model", "model", "--device", "gpu9"], 1,
      "device (--device): 'gpu9' is not a device"),  # checked with the run config, before the model loads
     # convert
