@@ -858,7 +858,8 @@ def test_a_resume_refuses_another_model_or_other_data_unless_allowed(cards, tmp_
     t = Trainer(moved, progress=False)
     t.train(resume=run / "checkpoint-1", allow_changes=True)
     assert [(str(c), c.effect.value) for c in t.resume_changes] == [
-        (f"data.train: {cards / 'region.json'} -> {cards / 'plain.json'}", "refused"), ("save_every: 1 -> 0", "applies")]
+        (f"data.train: {cards / 'region.json'} -> {cards / 'plain.json'}", "refused"),
+        ("save_every: 1 -> 0", "applies")]
     assert t.step == 2
 
 
