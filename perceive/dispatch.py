@@ -24,10 +24,9 @@ from enum import Enum
 from typing import Any
 
 from perceive.actions import Action, ActionCall, ActionContext
-from perceive.errors import ActionTimeoutError, ObservationError, PerceiveError
-from perceive.geometry import ROOT, Box
+from perceive.errors import ActionTimeoutError, ErrorCode, PerceiveError, error_code
 from perceive.hookspecs import hookimpl
-from perceive.observations import Features, Observation, Text, View
+from perceive.observations import Observation, check_observation
 
 log = logging.getLogger(__name__)
 
@@ -49,20 +48,33 @@ class FailureStage(str, Enum):
 
 @dataclass(frozen=True)
 class ActionFailure:
-    """A call that did not produce an observation."""
+    """A call that did not produce an observation. ``code`` is the error's stable
+    :class:`~perceive.errors.ErrorCode` value (``internal`` for an exception that is not a
+    ``PerceiveError``: a bug); ``error_type`` its class name; ``invariant`` the
+    :class:`~perceive.observations.Invariant` an observation broke (stage ``observation``)."""
 
     action: str
     stage: FailureStage
     error_type: str
     message: str
     typed: bool  # True when the error is a PerceiveError (the plugin reported bad input)
+    code: str = ErrorCode.INTERNAL.value
+    invariant: str | None = None
+
+    @classmethod
+    def of(cls, action: str, stage: FailureStage, exc: BaseException) -> ActionFailure:
+        return cls(action, stage, type(exc).__name__, str(exc), isinstance(exc, PerceiveError), error_code(exc),
+                   getattr(exc, "invariant", None))
 
     @property
     def timed_out(self) -> bool:
         return self.stage is FailureStage.TIMEOUT
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.__dict__, "stage": self.stage.value}
+        d = {**self.__dict__, "stage": self.stage.value}
+        if d["invariant"] is None:
+            del d["invariant"]
+        return d
 
 
 @dataclass(frozen=True)
@@ -77,53 +89,6 @@ class DispatchResult:
         return self.failure is None
 
 
-def normalise_observation(action: Action, result: Any) -> Observation:
-    """Check an action's return value against its declaration; a tuple of one kind."""
-    expected = {"view": View, "features": Features, "text": Text}.get(action.observation, Features)
-    items = tuple(result) if isinstance(result, list | tuple) else (result,)
-    if not items:
-        raise ObservationError(f"action {action.name!r} returned no observation")
-    for item in items:
-        if not isinstance(item, expected):
-            raise ObservationError(
-                f"action {action.name!r} declares observation={action.observation!r} but "
-                f"returned {type(item).__name__}",
-                hint=f"return perceive.{expected.__name__} objects from run()",
-            )
-        if isinstance(item, View):
-            if item.image.size != item.frame.size:
-                raise ObservationError(
-                    f"action {action.name!r} returned a {item.image.size} image whose frame "
-                    f"says {item.frame.size}")
-            if item.image.mode != "RGB":
-                raise ObservationError(f"action {action.name!r} returned a {item.image.mode} "
-                                       "image; views must be RGB")
-        if isinstance(item, Text):
-            _check_text(action, item)
-    return items
-
-
-def _check_text(action: Action, item: Text) -> None:
-    """A text observation's text is a string and its boxes ``(Box in the root frame, str)``."""
-    def bad(what: str) -> ObservationError:
-        return ObservationError(f"action {action.name!r} returned a Text whose {what}",
-                                hint="Text(text: str, source: Frame, boxes=((Box(..., frame='root'), str), ...))")
-
-    if not isinstance(item.text, str):
-        raise bad(f"text is a {type(item.text).__name__}, not a str")
-    if not isinstance(item.boxes, tuple | list):
-        raise bad(f"boxes are a {type(item.boxes).__name__}, not a tuple of (Box, str) pairs")
-    for pair in item.boxes:
-        if not (isinstance(pair, tuple | list) and len(pair) == 2 and isinstance(pair[0], Box)
-                and isinstance(pair[1], str)):
-            raise bad(f"boxes hold {pair!r}, not a (Box, str) pair")
-        if pair[0].frame != ROOT:
-            raise bad(f"box {pair[0].as_tuple()} is in frame {pair[0].frame!r}: boxes are in the original image's "
-                      "pixels (frame 'root'); map them with context.frame.to_root(box)")
-    if item.region is not None and (not isinstance(item.region, Box) or item.region.frame != ROOT):
-        raise bad(f"region {item.region!r} is not a Box in the root frame")
-
-
 def _run_hooks(pm, action: Action, call: ActionCall, context: ActionContext):
     """``(observation, failure, error)`` of the before and run hooks."""
     hook = pm.hook
@@ -133,15 +98,15 @@ def _run_hooks(pm, action: Action, call: ActionCall, context: ActionContext):
         stage = FailureStage.RUN
         result = hook.perceive_run_action(action=action, call=call, context=context)
         stage = FailureStage.OBSERVATION
-        return normalise_observation(action, result), None, None
+        # the output invariants, the conformance kit's own: a breach is this call's failure
+        return check_observation(action.name, action.observation, result, context), None, None
     except (Exception, SystemExit) as exc:  # a plugin's failure is data, not a crash (even sys.exit)
-        return None, ActionFailure(call.action, stage, type(exc).__name__, str(exc),
-                                   isinstance(exc, PerceiveError)), exc
+        return None, ActionFailure.of(call.action, stage, exc), exc
 
 
 def _timeout(call: ActionCall, message: str, hint: str):
     exc = ActionTimeoutError(message, hint=hint)
-    return None, ActionFailure(call.action, FailureStage.TIMEOUT, type(exc).__name__, str(exc), True), exc
+    return None, ActionFailure.of(call.action, FailureStage.TIMEOUT, exc), exc
 
 
 def _run_with_deadline(pm, action: Action, call: ActionCall, context: ActionContext, timeout_s: float):
@@ -162,7 +127,7 @@ def _run_with_deadline(pm, action: Action, call: ActionCall, context: ActionCont
             with torch.set_grad_enabled(grad):
                 out = _run_hooks(pm, action, call, context)
         except BaseException as exc:  # a KeyboardInterrupt the plugin raised itself: still its failure
-            out = None, ActionFailure(call.action, FailureStage.RUN, type(exc).__name__, str(exc), False), exc
+            out = None, ActionFailure.of(call.action, FailureStage.RUN, exc), exc
         finally:  # whatever happened, the caller hears of it and an abandoned call is let go
             with _abandoned_lock:
                 box["out"] = out

@@ -28,6 +28,8 @@ class ErrorCode(str, Enum):
     REMOTE_FAILED = "remote-failed"
     OUTPUT_UNWRITABLE = "output-unwritable"
     RESUME_INVALID = "resume-invalid"
+    #: not a PerceiveError: a bug in perceive or a plugin (recorded errors only; the CLI says so in one line)
+    INTERNAL = "internal"
 
 
 class PerceiveError(Exception):
@@ -81,9 +83,14 @@ class ActionInputError(PerceiveError, ValueError):
 
 
 class ObservationError(PerceiveError, TypeError):
-    """An action returned something that is not the observation it declared."""
+    """An action returned something that is not the observation it declared. ``invariant`` names
+    the observation invariant it breaks (a ``perceive.observations.Invariant`` value), when one does."""
 
     code = ErrorCode.OBSERVATION_INVALID
+
+    def __init__(self, message: str, *, hint: str | None = None, invariant: str | None = None):
+        super().__init__(message, hint=hint)
+        self.invariant = invariant
 
 
 class EncoderUnavailableError(PerceiveError, RuntimeError):
@@ -141,6 +148,13 @@ class ResumeError(PerceiveError, ValueError):
     data; or a new run would replace an unfinished one."""
 
     code = ErrorCode.RESUME_INVALID
+
+
+def error_code(exc: BaseException) -> str:
+    """The stable code of ``exc`` as traces and error JSON carry it: its ``ErrorCode`` value, or
+    ``internal`` for an exception that is not a ``PerceiveError``."""
+    code = getattr(exc, "code", None) if isinstance(exc, PerceiveError) else None
+    return code.value if isinstance(code, ErrorCode) else ErrorCode.INTERNAL.value
 
 
 def closest(name: str, choices, n: int = 3) -> list[str]:

@@ -233,7 +233,7 @@ def test_a_text_action_passes_the_kit():
 @pytest.mark.parametrize(
     ("action", "check", "message"),
     [
-        (TextOutsideRegion(), "nested", "maps to"),
+        (TextOutsideRegion(), "nested", "(invariant text_boxes)"),
         (TextInViewFrame(), "nested", "original image's pixels"),
         (TextNotText(), "run[astronaut]", "declares observation='text' but returned View"),
     ],

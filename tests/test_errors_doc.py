@@ -11,6 +11,7 @@ import pytest
 import perceive
 from perceive.dispatch import FailureStage
 from perceive.errors import ErrorCode, PerceiveError
+from perceive.observations import Invariant
 from perceive.protocol import ParseErrorKind
 from perceive.trace import EventType, FinishReason
 
@@ -68,7 +69,8 @@ def test_every_error_code_is_documented_with_its_type():
 
 @pytest.mark.parametrize("section,enum", [("Finish reasons", FinishReason), ("Trace events", EventType),
                                           ("Parse error kinds", ParseErrorKind),
-                                          ("Action failure stages", FailureStage)])
+                                          ("Action failure stages", FailureStage),
+                                          ("Observation invariants", Invariant)])
 def test_every_enum_value_has_a_row_and_no_row_is_stale(section, enum):
     rows = first_cells(section)
     values = {m.value for m in enum}

@@ -145,7 +145,8 @@ def test_hook_perceive_run_action(registry):
     registry.register(timer, "timer")
     first = call_region(registry)
     assert first.ok and timer.seen == [("region_select", "View")]
-    cache.stored = View(Image.new("RGB", (2, 2)), Frame("cached", 2, 2, parent="root"))
+    # a stored observation must hold the invariants too: a 1:1 view of the (red) original's pixels
+    cache.stored = View(Image.new("RGB", (2, 2), "red"), Frame("cached", 2, 2, parent="root"))
     second = call_region(registry)
     assert second.observation[0].image.size == (2, 2)  # the cached one, not a new crop
 

@@ -202,6 +202,18 @@ def test_bad_requests_get_openai_errors(client, kw, status, words):
     assert "Traceback" not in err["message"]
 
 
+@pytest.mark.parametrize("kw,code", [
+    ({"messages": [user(Image.new("RGB", (1, 1)))]}, "image-unreadable"),
+    ({"messages": [user(EXAMPLES / "card_0.png", "why? " * 20000)]}, "input-invalid"),
+    ({"extra_body": {"perceive": {"actions": {"region_select": {"margin": "lots"}}}}}, "config-invalid"),
+])
+def test_a_perceive_error_comes_with_its_documented_code(client, kw, code):
+    """The error JSON's ``code`` is the ErrorCode value docs/reference/errors.md lists (not the class name)."""
+    with pytest.raises(openai.BadRequestError) as info:
+        _create(client, **kw)
+    assert _err(info)["code"] == code, _err(info)
+
+
 def test_a_body_over_the_limit_gets_413(model):
     with live_server(PerceptionLoop(model), model_name="default", max_body_bytes=2048) as url:
         c = openai.OpenAI(base_url=url, api_key="x", max_retries=0)

@@ -11,11 +11,13 @@ hooks the perception loop uses, and returns a :class:`ConformanceReport`. Checks
   span, including garbage; the streaming parser never raises;
 * ``run[image]``: on real photos every example succeeds; on awkward inputs it succeeds or fails
   with a typed :class:`~perceive.errors.PerceiveError` (when every example fails so, nothing was
-  checked on that input: the check is a skip that says so, never a pass). The observation has the declared
-  kind; a view is RGB, its frame matches its pixels, its box lies inside the original image,
-  and a 1:1 view holds exactly the original's pixels under its box; features are finite and
-  of the encoder's declared layout and width; text is a string, names the view it was read
-  in, and its boxes are in the original's pixels, inside the region read;
+  checked on that input: the check is a skip that says so, never a pass). Every observation holds
+  the :class:`~perceive.observations.Invariant` s (the declared kind; a view is RGB, its frame
+  matches its pixels, its box lies inside the original image, and a 1:1 view holds exactly the
+  original's pixels under its box; features are finite and of the encoder's declared layout and
+  width; text is a string, names the view it was read in, and its boxes are in the original's
+  pixels, inside the region read). Dispatch checks them on every call, here as at run time;
+  a breach fails the check even on an awkward input;
 * ``deterministic``: the same call twice gives the same observation;
 * ``no-mutation``: the input images are byte-identical after the call;
 * ``box[...]``: for actions that accept a box, boxes on the border, partly outside and fully
@@ -26,7 +28,6 @@ hooks the perception loop uses, and returns a :class:`ConformanceReport`. Checks
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -37,7 +38,7 @@ from pydantic import BaseModel
 
 from perceive.actions import Action, ActionCall, ActionContext, SpanError
 from perceive.conformance.images import awkward_images, real_photos
-from perceive.dispatch import dispatch
+from perceive.dispatch import FailureStage, dispatch
 from perceive.encoders import EncoderHub, image_key, layout_mismatch
 from perceive.geometry import Box, Frame
 from perceive.images import as_rgb
@@ -132,6 +133,11 @@ class _Checker:
         res = dispatch(self.pm, self.action, call, ctx, timeout_s=self.timeout_s)
         # a hung call is never an acceptable answer, even to an awkward input
         _require(res.failure is None or not res.failure.timed_out, f"{args!r}: {res.failure and res.failure.message}")
+        # dispatch checked the observation's invariants (perceive.observations.check_observation, as
+        # at run time): a breach fails the check whatever the input, never passes for a typed refusal
+        if res.failure is not None and res.failure.stage == FailureStage.OBSERVATION:
+            broke = f" (invariant {res.failure.invariant})" if res.failure.invariant else ""
+            raise AssertionError(f"{args!r}{broke}: {res.failure.message}")
         return res
 
     # -- checks -----------------------------------------------------------------------------
@@ -197,7 +203,6 @@ class _Checker:
                          f"{args!r} failed at {res.failure.stage}: {res.failure.error_type}: {res.failure.message}")
                 refused.append(f"{res.failure.error_type}: {res.failure.message.splitlines()[0]}")
                 continue
-            self.check_observation(res.observation, ctx, image)
             again = self.run(args, self.context(image, image=ctx.image))
             _require(again.ok,
                      f"second run of {args!r} failed: {again.failure}")
@@ -212,66 +217,6 @@ class _Checker:
             raise Skipped(f"no example ran: each of {len(refused)} was refused with a typed error "
                           f"({'; '.join(sorted(set(refused)))}), so nothing was checked on this input")
         return f"{n_ok} example(s) ran" + (f", {len(refused)} refused with a typed error" if refused else "")
-
-    def check_observation(self, obs, ctx: ActionContext, root: Image.Image) -> None:
-        W, H = root.size
-        for item in obs:
-            if isinstance(item, View):
-                b = item.box
-                _require(b.frame == "root",
-                         f"view box is in frame {b.frame!r}, not the original")
-                _require(0 <= b.x0 < b.x1 <= W and 0 <= b.y0 < b.y1 <= H,
-                         f"view box {b.as_tuple()} not inside the {W}x{H} image")
-                _require(item.frame.parent == ctx.frame.id,
-                         f"view frame's parent is {item.frame.parent!r}, expected {ctx.frame.id!r}")
-                _require(item.image.size == item.frame.size,
-                         "view image size != frame size")
-                fx, fy = item.frame.sx, item.frame.sy
-                _require(math.isclose(float(fx) * item.frame.width, b.width)
-                         and math.isclose(float(fy) * item.frame.height, b.height),
-                         "view frame scale disagrees with box")
-                if fx == 1 and fy == 1:
-                    expect = as_rgb(root).crop(b.as_int_tuple())
-                    _require(ImageChops.difference(expect, item.image).getbbox() is None,
-                             "a 1:1 view must hold exactly the original's pixels under its box")
-            elif isinstance(item, Text):
-                self.check_text(item, ctx, W, H)
-            else:
-                import torch
-
-                t = item.tensor
-                _require(isinstance(t, torch.Tensor),
-                         f"features are {type(t).__name__}, not a tensor")
-                _require(torch.isfinite(t).all(),
-                         "features contain NaN or inf")
-                spec = self.hub.spec(item.encoder)
-                want_ndim = 2 if spec.layout == "tokens" else 3
-                _require(t.ndim == want_ndim,
-                         f"{spec.layout} layout needs {want_ndim} dims, got {tuple(t.shape)}")
-                if spec.feature_dim is not None and t.shape[0 if spec.layout == "map" else -1] != spec.feature_dim:
-                    # tiny test encoders are narrower than the registered real ones
-                    if not self.hub.tiny:
-                        raise AssertionError(f"feature width {tuple(t.shape)} != {spec.feature_dim}")
-                _require(item.num_placeholders > 0,
-                         "num_placeholders must be positive")
-                _require(item.source == ctx.frame,
-                         "features must name the view they encode")
-
-    def check_text(self, item: Text, ctx: ActionContext, W: int, H: int) -> None:
-        _require(isinstance(item.text, str),
-                 f"text is a {type(item.text).__name__}, not a str")
-        _require(item.source == ctx.frame,
-                 "text must name the view it was read in (source: the call's target frame)")
-        region = item.box
-        _require(region.frame == "root" and 0 <= region.x0 <= region.x1 <= W and 0 <= region.y0 <= region.y1 <= H,
-                 f"text region {region.as_tuple()} not inside the {W}x{H} image")
-        for box, words in item.boxes:
-            _require(isinstance(words, str),
-                     f"a text box's text is a {type(words).__name__}, not a str")
-            _require(box.frame == "root",
-                     f"text box is in frame {box.frame!r}, not the original")
-            _require(region.x0 <= box.x0 <= box.x1 <= region.x1 and region.y0 <= box.y0 <= box.y1 <= region.y1,
-                     f"text box {box.as_tuple()} ({words!r}) lies outside the region read {region.as_tuple()}")
 
     def box_probe(self, kind: str, photo: Image.Image) -> str:
         W, H = photo.size
@@ -289,7 +234,6 @@ class _Checker:
             _require(kind == "fully-outside",
                      f"box {box.as_tuple()} failed: {res.failure.message}")
             return f"typed error: {res.failure.error_type}"
-        self.check_observation(res.observation, self.context(photo), photo)
         if kind == "fully-outside" and self.action.observation in ("view", "text"):
             raise AssertionError(f"a box fully outside the image gave {self.action.observation}")
         if kind == "border" and self.action.observation in ("view", "text"):

@@ -13,7 +13,7 @@ from PIL import Image
 from perceive.actions import ActionCall, ActionContext
 from perceive.control import Dispatch, Force
 from perceive.dispatch import dispatch
-from perceive.errors import ConfigError, ObservationError, PerceiveError
+from perceive.errors import ConfigError, ObservationError, PerceiveError, error_code
 from perceive.geometry import ROOT
 from perceive.loop.engine import Chunk, ChunkKind
 from perceive.loop.unencodable import TextRole, note_unencodable
@@ -26,8 +26,9 @@ if TYPE_CHECKING:
 
 
 def err(exc: BaseException) -> dict:
-    """An exception as a trace error."""
-    d = {"type": type(exc).__name__, "message": getattr(exc, "message", str(exc))}
+    """An exception as a trace error: ``code`` is its documented ``ErrorCode`` value (``internal``
+    for one that is not a ``PerceiveError``), the stable field to read; ``type`` its class name."""
+    d = {"code": error_code(exc), "type": type(exc).__name__, "message": getattr(exc, "message", str(exc))}
     if getattr(exc, "hint", None):
         d["hint"] = exc.hint
     return d

@@ -26,7 +26,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
-from perceive.errors import PerceiveError
+from perceive.errors import ErrorCode, PerceiveError, error_code
 from perceive.loop.replay import preview_boxes
 from perceive.loop.sample import Answer
 from perceive.loop.unencodable import warnings as tokenizer_warnings
@@ -65,14 +65,20 @@ class HTTPProblem(Exception):
                                        "code": self.code}}, status_code=self.status, headers=self.headers)
 
 
-#: trace errors that are the client's mistake (a 400), not the server's
-_CLIENT_ERRORS = ("InputError", "ImageError")
+#: trace errors that are the client's mistake (a 400), not the server's, by their documented code
+_CLIENT_ERRORS = (ErrorCode.INPUT_INVALID.value, ErrorCode.IMAGE_UNREADABLE.value)
 
 
-def _problem_from(exc: PerceiveError, counted: bool = False) -> HTTPProblem:
+def _problem_from(exc: BaseException, counted: bool = False) -> HTTPProblem:
+    """A request's error as an OpenAI-style problem whose ``code`` is the documented
+    :class:`~perceive.errors.ErrorCode` value: a ``PerceiveError`` is the client's (400), anything
+    else a bug (500, code ``internal``)."""
+    if not isinstance(exc, PerceiveError):
+        return HTTPProblem(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error",
+                           code=ErrorCode.INTERNAL.value, counted=counted)
     msg = exc.message if getattr(exc, "message", None) else str(exc)
     hint = getattr(exc, "hint", None)
-    return HTTPProblem(400, msg + (f" ({hint})" if hint else ""), code=type(exc).__name__, counted=counted)
+    return HTTPProblem(400, msg + (f" ({hint})" if hint else ""), code=error_code(exc), counted=counted)
 
 
 class _BodyLimit:
@@ -142,7 +148,7 @@ def create_app(loop, settings: ServeSettings | None = None) -> FastAPI:
         t = answer.trace
         status = {FinishReason.CANCELLED: "cancelled", FinishReason.DEADLINE: "deadline",
                   FinishReason.ERROR: "error"}.get(t.finish_reason, "ok")
-        if status == "error" and (t.error or {}).get("type") in _CLIENT_ERRORS:
+        if status == "error" and (t.error or {}).get("code") in _CLIENT_ERRORS:
             status = "bad_request"  # the client's mistake (a conversation that cannot be replayed), a 400
         metrics.requests.labels(status).inc()
         for hop in t.hops:
@@ -332,9 +338,9 @@ def create_app(loop, settings: ServeSettings | None = None) -> FastAPI:
 
     def _check(answer: Answer) -> None:
         t = answer.trace
-        if t.finish_reason is FinishReason.ERROR and (t.error or {}).get("type") in _CLIENT_ERRORS:
+        if t.finish_reason is FinishReason.ERROR and (t.error or {}).get("code") in _CLIENT_ERRORS:
             e = t.error
-            raise HTTPProblem(400, e["message"] + (f" ({e['hint']})" if e.get("hint") else ""), code=e["type"],
+            raise HTTPProblem(400, e["message"] + (f" ({e['hint']})" if e.get("hint") else ""), code=e["code"],
                               counted=True)
         if t.finish_reason is FinishReason.DEADLINE:
             raise HTTPProblem(504, t.error["message"], type="timeout", code="deadline_exceeded", counted=True)

@@ -19,7 +19,6 @@ from typing import Any
 
 import torch
 
-from perceive.errors import PerceiveError
 from perceive.loop.observe import err
 from perceive.loop.sample import Answer, Sample
 from perceive.protocols.base import IncrementalDetokenizer
@@ -41,7 +40,7 @@ class Draining(Exception):
 class Job:
     """One request's sample, and what its handler waits on. ``emit`` is called on the model
     thread; the handler reads ``events`` on the event loop: ``("hop", dict)``, ``("delta", str)``,
-    then ``("done", Answer)`` or ``("error", PerceiveError)``."""
+    then ``("done", Answer)`` or ``("error", exception)`` (a ``PerceiveError``: the request's fault)."""
 
     conv: Conversation
     client_tools: bool | frozenset[str] = False  # the tool names the client runs
@@ -180,7 +179,7 @@ class Scheduler:
         except Exception as exc:
             job = arg if isinstance(arg, Job) else self.jobs.pop(arg, None)
             if job is not None:
-                job.emit("error", PerceiveError(f"internal error: {type(exc).__name__}: {exc}"))
+                job.emit("error", exc)  # not the client's: a 500 with code internal
 
     def _admit(self, job: Job) -> None:
         if job.cancelled:
@@ -192,8 +191,7 @@ class Scheduler:
                                 client_tools=job.client_tools, max_new_tokens=job.max_new_tokens, graph=job.graph,
                                 params=job.params, max_hops=job.max_hops, action_options=job.action_options)
         except Exception as exc:  # the model thread never dies of one request
-            job.emit("error", exc if isinstance(exc, PerceiveError) else PerceiveError(
-                f"the request could not start: {type(exc).__name__}: {exc}"))
+            job.emit("error", exc)  # a PerceiveError is the request's fault (a 400), anything else a bug (a 500)
             self.on_done(job, None)
             return
         job.sample = s
