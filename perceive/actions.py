@@ -334,7 +334,9 @@ def describe_options(model: type[BaseModel] | None) -> str:
     for name, f in model.model_fields.items():
         ann = f.annotation
         kind = ann.__name__ if isinstance(ann, type) else str(ann).replace("typing.", "")
-        parts.append(f"{name} ({kind}" + ("" if f.is_required() else f", default {f.default!r}") + ")")
+        # a default_factory field has no f.default (PydanticUndefined): show what the factory gives
+        default = None if f.is_required() else f.get_default(call_default_factory=True)
+        parts.append(f"{name} ({kind}" + ("" if f.is_required() else f", default {default!r}") + ")")
     return ", ".join(parts) or "no options"
 
 

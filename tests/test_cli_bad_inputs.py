@@ -78,6 +78,9 @@ def corpus(tmp_path_factory) -> Path:
     (d / "obj.json").write_text('{"a": 1}')
     (d / "region.json").write_text("[]")
     (d / "region_item.json").write_text('[{"box": [0, 0]}]')
+    (d / "views_size.json").write_text('[{"box": [0, 0, 8, 8], "size": [5]}]')  # was an IndexError
+    (d / "views_zero.json").write_text('[{"box": [0, 0, 8, 8], "size": [0, 5]}]')  # was a ZeroDivisionError
+    (d / "views_outside.json").write_text('[{"box": [0, 0, 80, 8]}]')
     (d / "tiny.yaml").write_text(
         "model: {tiny: {hidden: 32, layers: 1, heads: 2, kv_heads: 1, vision_depth: 1, vision_dim: 16}}\n"
         "data: {train: region.json}\noptim: {steps: 1, batch_size: 1}\noutput: run\n")
@@ -160,6 +163,9 @@ CASES = [
      "error: image bomb.png is 900,000,000 pixels, over the limit of 89,478,485 pixels"),
     ("ask-empty-question", ["ask", IMG, ""], 2, "error: the question is empty"),
     ("ask-negative-hops", ["ask", IMG, Q, "--max-hops", "-1"], 2, "Invalid value for '--max-hops'"),
+    # not an error: the model answers without looking, and the event says which call went unanswered
+    ("ask-zero-hops", ["ask", IMG, Q, "--max-hops", "0"], 0,
+     "event: budget_exhausted: the model's 'region_select' call"),
     ("ask-hops-not-a-number", ["ask", IMG, Q, "--max-hops", "many"], 2, "Invalid value for '--max-hops'"),
     ("ask-render-into-a-folder", ["ask", IMG, Q, "--render", "adir"], 2, "error: --render adir is a folder"),
     ("ask-1x1-image", ["ask", "one_pixel.png", Q], 1, "error: image one_pixel.png is 1x1 px: too small to look at"),
@@ -280,7 +286,13 @@ CASES = [
     ("protocols-parse-views-not-a-list", [*PP, "vpt", "--image-size", "8x8", "--views", "obj.json", "x"], 1,
      "error: --views obj.json: expected a JSON list of views"),
     ("protocols-parse-views-bad-item", [*PP, "vpt", "--image-size", "8x8", "--views", "region_item.json", "x"], 1,
-     "error: --views region_item.json: view 1"),
+     'error: --views region_item.json: view 1 ({"box": [0, 0]}): "box" must be a list of 4 numbers, got [0, 0]'),
+    ("protocols-parse-views-bad-size", [*PP, "vpt", "--image-size", "8x8", "--views", "views_size.json", "x"], 1,
+     '"size" must be a list of 2 numbers, got [5]'),
+    ("protocols-parse-views-zero-size", [*PP, "vpt", "--image-size", "8x8", "--views", "views_zero.json", "x"], 1,
+     '"size" must be whole numbers of pixels, at least 1, got [0, 5]'),
+    ("protocols-parse-views-outside", [*PP, "vpt", "--image-size", "8x8", "--views", "views_outside.json", "x"], 1,
+     "it shows (0, 0, 80, 8), which is not inside the 8x8 image"),
     # train
     ("train-missing-config", ["train", "missing.yaml"], 1, "missing.yaml"),
     ("train-bad-yaml", ["train", "bad.yaml"], 1, "bad.yaml"),

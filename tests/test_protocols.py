@@ -46,12 +46,46 @@ def test_deepeyes_absolute_pixels_of_the_original(registry):
     assert r.args.box == (10, 20, 110, 220) and as_tuple(r.to_dict()["box_root"]) == (10, 20, 110, 220)
 
 
-def test_deepeyes_enlarges_boxes_under_28_px(registry):
+@pytest.mark.parametrize("bbox,ok", [([100, 100, 110, 150], False),  # 10 px wide
+                                     ([100, 100, 130, 300], False),  # 30 px: DeepEyes needs more than 30
+                                     ([100, 100, 131, 300], True),
+                                     ([-10, 0, 20, 100], False)])  # 20 px once clamped (DeepEyes clamps first)
+def test_deepeyes_refuses_a_short_side_of_30_px_or_less(registry, bbox, ok):
+    """As DeepEyes' zoom tool (visual_toolbox_v2, the one it was trained with) does: it refuses the
+    box, it does not enlarge it. A refused call is a bad_box parse error, whatever ``repair`` says."""
+    for proto in (HermesJSON(), HermesJSON(small_box="refuse"), HermesJSON(repair=False)):
+        r = one(read(proto, tool_call({"bbox_2d": bbox}), registry))
+        if ok:
+            assert r.args.box == tuple(bbox) and r.repairs == ()
+        else:  # (without repair, a box that leaves the image is refused for that first)
+            assert r.kind == ParseErrorKind.BAD_BOX, r
+            assert "its short side must be over 30 px" in r.message or not proto.options.repair, r
+
+
+def test_the_enlarge_rule_enlarges_boxes_under_28_px(registry):
+    """``small_box: enlarge`` (DeepEyes' later toolboxes; absolute_resized's default)."""
     # w=10, h=50: ratio 28/10; half sides ceil(25*2.8)=70, ceil(5*2.8)=14 around (105, 125)
-    r = one(read(HermesJSON(), tool_call({"bbox_2d": [100, 100, 110, 150]}), registry))
+    for proto in (HermesJSON(small_box="enlarge"), HermesJSON(coordinates="absolute_resized")):
+        assert proto.small_box == "enlarge" and proto.min_box == 28
+    r = one(read(HermesJSON(small_box="enlarge"), tool_call({"bbox_2d": [100, 100, 110, 150]}), registry))
     assert r.args.box == (91, 55, 119, 195) and r.repairs == ("enlarged",)
-    err = one(read(HermesJSON(repair=False), tool_call({"bbox_2d": [100, 100, 110, 150]}), registry))
+    err = one(read(HermesJSON(small_box="enlarge", repair=False), tool_call({"bbox_2d": [100, 100, 110, 150]}),
+                   registry))
     assert err.kind == ParseErrorKind.BAD_BOX and "under the 28 px minimum" in err.message
+
+
+@pytest.mark.parametrize("options,rule,min_box", [
+    ({}, "refuse", 30), ({"coordinates": "absolute_resized"}, "enlarge", 28),
+    ({"coordinates": "relative_1000"}, "qwen_agent", 32), ({"small_box": "enlarge", "min_box": 40}, "enlarge", 40),
+    ({"small_box": "none"}, None, None), ({"min_box": 0}, None, None)])
+def test_each_coordinate_mode_has_its_familys_small_box_rule(options, rule, min_box):
+    proto = HermesJSON(**options)
+    assert (proto.small_box, proto.min_box) == (rule, min_box)
+
+
+def test_no_small_box_rule_takes_a_tiny_box_as_it_is(registry):
+    r = one(read(HermesJSON(small_box="none"), tool_call({"bbox_2d": [100, 100, 101, 102]}), registry))
+    assert r.args.box == (100, 100, 101, 102) and r.repairs == ()
 
 
 def test_out_of_image_is_clamped_or_reported(registry):
@@ -269,6 +303,48 @@ def cli(*argv):
 def test_cli_list():
     names = [row["name"] for row in json.loads(cli("protocols", "list", "--json"))]
     assert {"vpt", "hermes_json", "mini_o3_grounding"} <= set(names)
+
+
+def test_cli_list_shows_each_options_default():
+    """A default_factory option shows what the factory gives (it printed PydanticUndefined)."""
+    out = " ".join(cli("protocols", "list").split())
+    assert "PydanticUndefined" not in out
+    assert "tools (list[str], default [])" in out and "coordinates (Literal[" in out
+
+
+def test_cli_parse_returns_every_call_of_a_turn_and_exits_0_with_parse_errors():
+    text = (tool_call({"bbox_2d": [10, 20, 110, 220]}) + " then " + tool_call({"bbox_2d": [300, 300, 400, 450]})
+            + tool_call({"bbox_2d": [1, 2, 3]}))
+    out = json.loads(cli("protocols", "parse", "--protocol", "hermes_json", "--image-size", "800x600", text))
+    assert [as_tuple(c["box"]) for c in out["calls"]] == [(10, 20, 110, 220), (300, 300, 400, 450)]
+    assert [e["kind"] for e in out["errors"]] == ["invalid_args"]  # cli() asserted exit code 0
+
+
+@pytest.mark.parametrize("views,words", [
+    ([{"box": [0, 0]}], '"box" must be a list of 4 numbers, got [0, 0]'),  # was Box.__init__() missing 2 ...
+    ([{"box": [0, 0, 10, 10], "size": [5]}], '"size" must be a list of 2 numbers, got [5]'),  # was an IndexError
+    ([{"box": [0, 0, 10, 10], "size": [0, 5]}], '"size" must be whole numbers of pixels, at least 1'),  # 1/0
+    ([{"box": [0, 0, 10, 10], "size": [2.5, 5]}], '"size" must be whole numbers of pixels'),
+    ([{"box": [0, 0, 0, 10]}], "is empty: it needs x0 < x1 and y0 < y1"),
+    ([{"box": [0, 0, 10.5, 10]}], '"box" needs whole pixels when no "size" is given'),
+    ([{"box": [0, 0, 900, 10]}], "it shows (0, 0, 900, 10), which is not inside the 800x600 image"),
+    ([{"box": [0, True, 10, 10]}], '"box" must be a list of 4 numbers'),
+    ([{"size": [3, 3]}], 'no "box"'),
+    ([5], "not an object"),
+    ([{"id": "v1", "to_root": {}}], "a frame's \"width\" and \"height\" must be whole numbers of pixels"),
+    ([{"id": "v1", "width": 4, "height": 4, "to_root": {"sx": "x"}}], '"to_root" holds something that is not a number'),
+    ([{"id": "v1", "width": 4, "height": 4, "to_root": {"sx": 0}}], '"sx" and "sy" must be positive'),
+])
+def test_cli_parse_a_malformed_view_is_one_clear_line(tmp_path, views, words):
+    from perceive.cli import app
+
+    path = tmp_path / "views.json"
+    path.write_text(json.dumps(views))
+    out = CliRunner().invoke(app, ["protocols", "parse", "--protocol", "hermes_json", "--image-size", "800x600",
+                                   "--views", str(path), "x"])
+    text = " ".join(out.output.split())
+    assert out.exit_code == 1 and f"error: --views {path}: view 1 (" in text and words in text, out.output
+    assert "Traceback" not in out.output and "internal error" not in out.output
 
 
 def test_cli_parse_each_family(tmp_path):

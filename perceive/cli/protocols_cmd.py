@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from fractions import Fraction
 from pathlib import Path
@@ -43,12 +44,18 @@ def parse_size(text: str, flag: str = "--image-size") -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
-def load_views(path: Path, width: int, height: int):
+VIEW_FORMS = ('each view is {"box": [x0, y0, x1, y1], "size": [w, h]} (the box in the original\'s pixels, the size '
+              'optional) or a frame as traces write it ({"id", "width", "height", "to_root"})')
+
+
+def load_views(path: Path | None, width: int, height: int):
     """``[root frame, view 1, ...]`` from ``--views FILE``: a JSON list, each item a view's
-    ``box`` ([x0, y0, x1, y1] in root pixels, whole pixels) with an optional ``size`` ([w, h]: the
-    view's own pixels, default the box's), or a frame as traces write it (``id``, ``width``,
-    ``height``, ``to_root``)."""
-    from perceive.geometry import Box, Frame
+    ``box`` ([x0, y0, x1, y1] in root pixels, inside the image; whole pixels unless ``size`` is
+    given) with an optional ``size`` ([w, h]: the view's own pixels, default the box's), or a frame
+    as traces write it (``id``, ``width``, ``height``, ``to_root``). A malformed item fails with one
+    line naming it and what is wrong."""
+    from perceive.errors import ConfigError
+    from perceive.geometry import Frame
 
     root = Frame.root(width, height)
     frames = [root]
@@ -62,19 +69,63 @@ def load_views(path: Path, width: int, height: int):
         raise fail(f"--views {path}: expected a JSON list of views, got {type(items).__name__}")
     for k, item in enumerate(items, 1):
         try:
-            if "to_root" in item:
-                frames.append(Frame.from_dict(item))
-                continue
-            box = Box(*(Fraction(str(v)) for v in item["box"]))
-            size = item.get("size")
-            frame = root.child(f"v{k}", box, tuple(int(v) for v in size) if size is not None else None)
-            if frame.width < 1 or frame.height < 1:
-                raise ValueError("a view needs at least one pixel")
-            frames.append(frame)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise fail(f"--views {path}: view {k} ({json.dumps(item)[:80]}): {exc}; each view is "
-                       '{"box": [x0, y0, x1, y1], "size": [w, h]} in root pixels, or a frame') from None
+            frames.append(_view(root, k, item))
+        except ValueError as exc:
+            raise fail(ConfigError(f"--views {path}: view {k} ({json.dumps(item)[:80]}): {exc}", hint=VIEW_FORMS)) \
+                from None
     return frames
+
+
+def _numbers(value, n: int, what: str, *, whole: bool = False) -> list[Fraction]:
+    """``value`` as ``n`` finite numbers (exact), or a ValueError that says what it should be."""
+    if not (isinstance(value, list) and len(value) == n
+            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)):
+        raise ValueError(f"{what} must be a list of {n} numbers, got {json.dumps(value)[:60]}")
+    if not all(math.isfinite(v) for v in value):
+        raise ValueError(f"{what} must be finite numbers, got {json.dumps(value)[:60]}")
+    out = [Fraction(v) if isinstance(v, int) else Fraction(repr(v)) for v in value]
+    if whole and any(v.denominator != 1 or v < 1 for v in out):
+        raise ValueError(f"{what} must be whole numbers of pixels, at least 1, got {json.dumps(value)}")
+    return out
+
+
+def _view(root, k: int, item):
+    """One ``--views`` item as a frame; a ValueError says what is wrong with it."""
+    from perceive.geometry import Box, Frame
+
+    if not isinstance(item, dict):
+        raise ValueError("not an object")
+    if "to_root" in item:  # a frame, as a trace writes it
+        if not (isinstance(item.get("id"), str) and item["id"]):
+            raise ValueError('a frame needs its "id" (a string)')
+        if not all(isinstance(item.get(k), int) and not isinstance(item.get(k), bool) and item[k] >= 1
+                   for k in ("width", "height")):
+            raise ValueError('a frame\'s "width" and "height" must be whole numbers of pixels, at least 1')
+        t = item["to_root"]
+        if not isinstance(t, dict) or set(t) - {"ox", "oy", "sx", "sy"}:
+            raise ValueError('"to_root" must be an object of "ox", "oy", "sx", "sy"')
+        try:
+            frame = Frame.from_dict(item)
+        except (ValueError, TypeError, ZeroDivisionError) as exc:
+            raise ValueError(f'"to_root" holds something that is not a number: {exc}') from None
+        if frame.sx <= 0 or frame.sy <= 0:
+            raise ValueError('"to_root" scales "sx" and "sy" must be positive')
+        box = frame.root_box()
+    else:
+        if "box" not in item:
+            raise ValueError('no "box"')
+        x0, y0, x1, y1 = _numbers(item["box"], 4, '"box"')
+        if x1 <= x0 or y1 <= y0:
+            raise ValueError(f'"box" {json.dumps(item["box"])} is empty: it needs x0 < x1 and y0 < y1')
+        size = item.get("size")
+        if size is None and any(v.denominator != 1 for v in (x0, y0, x1, y1)):
+            raise ValueError('"box" needs whole pixels when no "size" is given (the view is a plain crop)')
+        out = None if size is None else tuple(int(v) for v in _numbers(size, 2, '"size"', whole=True))
+        frame = root.child(f"v{k}", Box(x0, y0, x1, y1), out)
+        box = frame.root_box()
+    if box.x0 < 0 or box.y0 < 0 or box.x1 > root.width or box.y1 > root.height:
+        raise ValueError(f"it shows {box.as_tuple()}, which is not inside the {root.width}x{root.height} image")
+    return frame
 
 
 @app.command("parse")

@@ -70,21 +70,31 @@ def _num(f: Fraction) -> int | float:
     return int(f) if f.denominator == 1 else float(f)
 
 
-Enlarge = Literal["deepeyes", "qwen3"]
+#: what a family's tool does with a box that is too small (``min_size``), after clamping:
+#:
+#: * ``refuse``: a short side of ``min_size`` pixels or less is refused (DeepEyes' zoom tool as it
+#:   was trained, ``visual_toolbox_v2``: 30);
+#: * ``enlarge``: a side under ``min_size`` is enlarged around the box's centre to ``min_size`` on
+#:   the short side, halves rounded up, corners floored/ceiled, the aspect check again, then clipped
+#:   to the view (DeepEyes' later toolboxes, ``visual_toolbox_v5``/``v6``: 28);
+#: * ``qwen_agent``: enlarged the same way, clamped, and kept only when both sides then exceed
+#:   ``min_size`` (Qwen-Agent's zoom tool for Qwen3-VL: 32).
+SmallBoxRule = Literal["refuse", "enlarge", "qwen_agent"]
 
 
 def read_box(value: Any, frame: Frame, *, scale: int | tuple[int, int] | None, repair: bool,
              min_size: int | None = None,
-             enlarge: Enlarge | None = None, max_aspect: float | None = None,
+             small_box: SmallBoxRule = "enlarge", max_aspect: float | None = None,
              aspect_inclusive: bool = True) -> tuple[Box, tuple[str, ...]]:
     """``[x0, y0, x1, y1]`` as written by the model -> a box in ``frame``'s pixels.
 
     ``scale``: ``None`` for absolute pixels of the view, else the value of a full side (1000 for
     Qwen3-VL, 1 for Mini-o3; ``(width, height)`` when the sides differ: the size the model saw the
     view at, for pixels of its resized input), converted exactly. ``repair``: clamp a box that leaves the view and
-    enlarge one under ``min_size`` pixels as the family does (``enlarge``); otherwise such a box
-    is refused. A degenerate box (``x1 <= x0`` or ``y1 <= y0``) is always refused, and so is one
-    whose aspect ratio exceeds ``max_aspect`` (or reaches it, with ``aspect_inclusive=False``).
+    enlarge one under ``min_size`` pixels by the family's ``small_box`` rule (:data:`SmallBoxRule`);
+    otherwise such a box is refused (``refuse`` refuses it whatever ``repair`` says). A degenerate
+    box (``x1 <= x0`` or ``y1 <= y0``) is always refused, and so is one whose aspect ratio exceeds
+    ``max_aspect`` (or reaches it, with ``aspect_inclusive=False``).
     Returns the box and the repairs made; raises :class:`BoxProblem`."""
     if not isinstance(value, list | tuple) or len(value) != 4:
         raise BoxProblem(ParseErrorKind.INVALID_ARGS, f"bbox_2d must be a list of 4 numbers, got {value!r}")
@@ -119,7 +129,11 @@ def read_box(value: Any, frame: Frame, *, scale: int | tuple[int, int] | None, r
     if not aspect_ok(x0, y0, x1, y1):
         raise BoxProblem(ParseErrorKind.BAD_BOX, f"box {list(value)}: aspect ratio over {max_aspect}")
     w, h = x1 - x0, y1 - y0
-    if min_size is not None and (w < min_size or h < min_size):
+    if min_size is not None and small_box == "refuse":
+        if min(w, h) <= min_size:
+            raise BoxProblem(ParseErrorKind.BAD_BOX, f"box {list(value)} is {_num(w)}x{_num(h)} pixels: its short "
+                             f"side must be over {min_size} px (refused, as DeepEyes' zoom tool refuses it)")
+    elif min_size is not None and (w < min_size or h < min_size):
         if not repair:
             raise BoxProblem(ParseErrorKind.BAD_BOX, f"box {list(value)} is {_num(w)}x{_num(h)} pixels, "
                              f"under the {min_size} px minimum")
@@ -127,12 +141,12 @@ def read_box(value: Any, frame: Frame, *, scale: int | tuple[int, int] | None, r
         ratio = Fraction(min_size) / min(w, h)
         hw, hh = math.ceil(w * ratio / 2), math.ceil(h * ratio / 2)
         n = (math.floor(cx - hw), math.floor(cy - hh), math.ceil(cx + hw), math.ceil(cy + hh))
-        if enlarge == "qwen3":  # Qwen-Agent: clamp, keep only if both sides now exceed the minimum
+        if small_box == "qwen_agent":  # clamp, keep only if both sides now exceed the minimum
             n = (max(0, n[0]), max(0, n[1]), min(W, n[2]), min(H, n[3]))
             if n[2] - n[0] > min_size and n[3] - n[1] > min_size:
                 x0, y0, x1, y1 = map(Fraction, n)
                 repairs.append("enlarged")
-        else:  # DeepEyes: the enlarged box must pass the aspect check; then it is clipped to the view
+        else:  # enlarge (DeepEyes v5/v6): the enlarged box must pass the aspect check; then it is clipped to the view
             if not aspect_ok(*n):
                 raise BoxProblem(ParseErrorKind.BAD_BOX, f"box {list(value)}: enlarged box {n} has an "
                                  f"aspect ratio over {max_aspect}")

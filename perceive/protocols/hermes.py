@@ -9,8 +9,10 @@ their zoom tool::
 Qwen2.5-VL grounding): pixels of the view as the model's processor resized it (the frame's ``seen``
 size), mapped back exactly; ``relative_1000`` (Qwen3-VL): 0-1000 of the view's width and height.
 ``img_idx`` names the view (0: the original image, k: the k-th view shown); without it, the
-original. The tool is mapped onto the crop action ``action`` (default ``region_select``) with the
-box in the named view's pixels; the frame maps it to the original exactly.
+original. A box too small for the family's tool is refused or enlarged as that tool does
+(``small_box``, by ``coordinates``: DeepEyes refuses a short side of 30 px or less). The tool is
+mapped onto the crop action ``action`` (default ``region_select``) with the box in the named view's
+pixels; the frame maps it to the original exactly.
 """
 
 from __future__ import annotations
@@ -26,12 +28,19 @@ from perceive.errors import did_you_mean
 from perceive.geometry import Frame
 from perceive.protocol import ParseErrorKind
 from perceive.protocols.base import BoxProblem, Resolved, TextToolProtocol, crop_call, read_box, view_at
+from perceive.protocols.boxes import SmallBoxRule
 
 TOOLS_HEADER = ("# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
                 "You are provided with function signatures within <tools></tools> XML tags:\n<tools>")
 TOOLS_FOOTER = ("\n</tools>\n\nFor each function call, return a json object with function name and arguments "
                 "within <tool_call></tool_call> XML tags:\n<tool_call>\n"
                 "{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call>")
+
+
+#: each coordinate mode's small-box rule, and each rule's threshold (view pixels), as the family's tool has them
+_SMALL_BOX_RULE: dict[str, SmallBoxRule] = {"absolute": "refuse", "absolute_resized": "enlarge",
+                                            "relative_1000": "qwen_agent"}
+_MIN_BOX: dict[str, int] = {"refuse": 30, "enlarge": 28, "qwen_agent": 32}
 
 
 class HermesOptions(BaseModel):
@@ -44,8 +53,11 @@ class HermesOptions(BaseModel):
     coordinates: Literal["absolute", "absolute_resized", "relative_1000"] = "absolute"
     #: clamp a box that leaves its view and enlarge a small one as the family does; False: report them
     repair: bool = True
-    #: the smallest side, in view pixels (unset: 28 for absolute as DeepEyes, 32 for relative_1000
-    #: as Qwen-Agent; 0: no minimum)
+    #: what a too-small box gets (:data:`~perceive.protocols.boxes.SmallBoxRule`, or ``none``); unset:
+    #: by ``coordinates``: ``refuse`` for absolute (DeepEyes' zoom tool as trained), ``enlarge`` for
+    #: absolute_resized (the 28 px a Qwen2.5-VL processor needs), ``qwen_agent`` for relative_1000
+    small_box: Literal["refuse", "enlarge", "qwen_agent", "none"] | None = None
+    #: the rule's threshold in view pixels (unset: refuse 30, enlarge 28, qwen_agent 32; 0: no minimum)
     min_box: int | None = Field(None, ge=0)
     #: the observation turn: ``deepeyes`` (``<tool_response>IMAGE</tool_response>``) or ``qwen3``
     #: (each image ``\n<tool_response>\nIMAGE\n</tool_response>``); unset: by ``coordinates``
@@ -74,9 +86,16 @@ class HermesJSON(TextToolProtocol):
         return self.options.coordinates == "relative_1000"
 
     @property
+    def small_box(self) -> SmallBoxRule | None:
+        """The small-box rule in force (None: no minimum)."""
+        o = self.options
+        rule = o.small_box or _SMALL_BOX_RULE[o.coordinates]
+        return None if rule == "none" or o.min_box == 0 else rule
+
+    @property
     def min_box(self) -> int | None:
-        m = self.options.min_box
-        return (32 if self.relative else 28) if m is None else (m or None)
+        rule = self.small_box
+        return None if rule is None else (self.options.min_box or _MIN_BOX[rule])
 
     @property
     def style(self) -> str:
@@ -166,10 +185,8 @@ class HermesJSON(TextToolProtocol):
                     raise BoxProblem(ParseErrorKind.INVALID_ARGS, "coordinates: absolute_resized needs the size "
                                      f"the model saw view {frame.id!r} at (a local model's processor)")
                 scale = frame.seen
-            box, repairs = read_box(arguments["bbox_2d"], frame, scale=scale,
-                                    repair=o.repair, min_size=self.min_box,
-                                    enlarge="qwen3" if self.relative else "deepeyes",
-                                    max_aspect=None if self.relative else 100)
+            box, repairs = read_box(arguments["bbox_2d"], frame, scale=scale, repair=o.repair, min_size=self.min_box,
+                                    small_box=self.small_box or "enlarge", max_aspect=None if self.relative else 100)
             return crop_call(actions, o.action, tool, arguments, frame, box, repairs, views)
         if tool in o.tools and tool in actions:
             args = actions[tool].Args.model_validate(dict(arguments))

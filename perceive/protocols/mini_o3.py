@@ -96,7 +96,8 @@ class MiniO3Grounding(TextToolProtocol):
             raise BoxProblem(ParseErrorKind.UNKNOWN_VIEW, f"source {source!r} is neither 'original_image' nor "
                              "'observation_N'")
         box, repairs = read_box(arguments["bbox_2d"], frame, scale=1, repair=o.repair, min_size=o.min_box,
-                                enlarge="qwen3", max_aspect=o.max_aspect, aspect_inclusive=False)
+                                small_box="qwen_agent", max_aspect=o.max_aspect,
+                                aspect_inclusive=False)
         return crop_call(actions, o.action, tool, arguments, frame, box, repairs, views)
 
     def observation_text(self, layout, blocks: Sequence[str], index: int) -> str:
