@@ -138,3 +138,38 @@ def test_a_model_the_endpoint_does_not_serve_is_refused_at_once(served):
     with pytest.raises(RemoteError, match="does not serve 'nope'") as info:
         RemoteLoop(RemoteConfig(url=url, model="nope", max_retries=0))
     assert "remote.model" in info.value.hint
+
+
+
+class _Endpoint:
+    """An OpenAI-style chat endpoint (vLLM-like: it continues an assistant turn that ends in a call)
+    whose model writes each of ``turns`` in order."""
+
+    def __init__(self, turns):
+        from types import SimpleNamespace as NS
+
+        self.turns, self.NS = list(turns), NS
+        self.models = NS(list=lambda: NS(data=[NS(id="m", model_extra={})]))
+        self.chat = NS(completions=NS(create=self._create))
+
+    def _create(self, **kw):
+        NS = self.NS
+        text = self.turns.pop(0)
+        return NS(choices=[NS(message=NS(content=text, model_extra={}, tool_calls=None), finish_reason="stop")],
+                  usage=NS(completion_tokens=len(text), prompt_tokens=10))
+
+
+def test_an_unanswered_call_is_no_part_of_a_remote_answer():
+    """--max-hops 0 on a hermes_json model behind an endpoint: its call goes unanswered (the event
+    says why) and the answer is what it wrote after, as a local run's is."""
+    from PIL import Image
+
+    from perceive.loop import LoopOptions
+
+    call = '<tool_call>\n{"name": "image_zoom_in_tool", "arguments": {"bbox_2d": [8, 4, 48, 36]}}\n</tool_call>'
+    remote = RemoteLoop(RemoteConfig(url="http://127.0.0.1:9/v1", max_retries=0), client=_Endpoint([call, "42"]),
+                        options=LoopOptions(max_hops=0, protocol="hermes_json", protocol_options={"declare": False}))
+    ans = remote.ask(Image.new("RGB", (64, 48)), QUESTION)
+    assert ans.ok and ans.text == "42" and not ans.trace.hops, ans.trace
+    (event,) = [e for e in ans.trace.events if e["type"] == "budget_exhausted"]
+    assert "went unanswered: the hop budget is 0" in event["message"]

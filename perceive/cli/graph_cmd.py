@@ -138,7 +138,7 @@ def run_graph(cfg, image: Path, question: str, as_json: bool, render: Path | Non
         typer.echo(json.dumps({"answer": answer.text, "graph": g.name, "trace": answer.trace.to_dict(),
                                "trace_graph": to_json(trace_to_graph(answer.trace))}, indent=2))
     else:
-        typer.echo(answer.text)
+        typer.echo(answer.text or "(no answer)")  # an empty line would read as a missing one
         for h in answer.trace.hops:
             box = tuple(h.box[k] for k in ("x0", "y0", "x1", "y1")) if h.box else None
             console.print(f"  hop {h.index + 1} [{h.node}]: {h.action} in view {h.target} -> box {box}"

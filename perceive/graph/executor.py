@@ -27,6 +27,25 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+#: how to raise the run's hop budget, wherever it is set
+RAISE_MAX_HOPS = "raise it with --max-hops N (runtime.max_hops; perceive.max_hops in a perceive serve request)"
+
+
+def hops_budget(limit: int) -> str:
+    """Why a call goes unanswered: ``the hop budget is 0 (the model answers without looking)``, or
+    ``the hop budget of 2 hops is spent``."""
+    if limit == 0:
+        return "the hop budget is 0 (the model answers without looking)"
+    return f"the hop budget of {limit} hop{'' if limit == 1 else 's'} is spent"
+
+
+def describe_call(ev: PerceptionCall, width: int = 80) -> str:
+    """``the model's 'region_select' call <|region_token_start|><|x_4|>...``: the call as the model wrote
+    it, shortened to ``width`` characters."""
+    text = " ".join("".join(ev.tokens).split())
+    return f"the model's {ev.action!r} call " + (text if len(text) <= width else text[:width - 3] + "...")
+
+
 class GraphController:
     """The :class:`~perceive.control.Controller` that walks a compiled graph."""
 
@@ -66,7 +85,7 @@ class GraphController:
             if n.kind == "route":
                 node = self._route(s, node, None)
             elif n.kind == "action":
-                if not self._budget_ok(run, s, n):
+                if not self._budget_ok(run, s, n, node, None):
                     node = n.next
                     continue
                 forced.append(self._force(run, n, node))
@@ -111,7 +130,7 @@ class GraphController:
                     return end
                 return Ignore()  # the call goes unanswered; the model keeps generating
             # action
-            if not self._budget_ok(run, s, n):
+            if not self._budget_ok(run, s, n, node, ev):
                 node = n.next
                 continue
             st["cursor"] = n.next or node
@@ -160,11 +179,22 @@ class GraphController:
         self._hook_after(s, node, "route", f"-> {nxt}")
         return nxt
 
-    def _budget_ok(self, run: RunLimits, s: SampleView, n) -> bool:
+    def _budget_ok(self, run: RunLimits, s: SampleView, n, node: str, ev: PerceptionCall | None) -> bool:
+        """Whether action node ``n`` may run one more hop; if not, a ``budget_exhausted`` event says
+        what went unanswered (the model's call ``ev``) or was skipped (a forced node), and how to
+        raise the budget."""
         limit = self.spec.budget if self.spec.budget is not None else run.max_hops
         if s.hops + s.state.get("planned", 0) < limit:
             return True
-        s.event(EventType.BUDGET_EXHAUSTED, action=n.action, max_hops=limit, tokens=[])
+        if n.forced or ev is None:
+            what, action, tokens = f"node {node!r} (forced {n.action!r}) was skipped", n.action, []
+        else:
+            what, action, tokens = f"{describe_call(ev)} went unanswered", ev.action, list(ev.tokens)
+        # free_choice (and any graph whose budget is its max_hops param) takes --max-hops; others set their own
+        how = (RAISE_MAX_HOPS if "max_hops" in self.spec.params
+               else f"graph {self.spec.name!r} sets its budget: raise `budget` in the graph")
+        s.event(EventType.BUDGET_EXHAUSTED, action=action, max_hops=limit, tokens=tokens,
+                message=f"{what}: {hops_budget(limit)}; {how}")
         return False
 
     def _force(self, run: RunLimits, n, node: str) -> Force:

@@ -10,6 +10,7 @@ import torch
 
 from perceive.actions import ActionCall
 from perceive.control import Decision, Dispatch, Finish, Force, Ignore, Stop
+from perceive.graph.executor import RAISE_MAX_HOPS, describe_call, hops_budget
 from perceive.loop.engine import Chunk, ChunkKind
 from perceive.loop.sample import Sample
 from perceive.protocol import ParseError, PerceptionCall
@@ -33,11 +34,17 @@ class Decisions:
         kind = self.registry.action(action).observation
         return {"view": self.observer.show_views, "text": self.observer.show_text}.get(kind)
 
+    def _unanswered(self, s: Sample, ev: PerceptionCall, closing: list[int]) -> None:
+        """``ev`` goes unanswered: the model keeps generating after ``closing``, and the call's text is
+        no part of its answer (a text protocol's call is ordinary tokens)."""
+        s.unanswered.append((ev.start, ev.end))
+        s.pending = Chunk(closing, ChunkKind.DECODE)
+
     def _on_call(self, s: Sample, ev: PerceptionCall, closing: int) -> None:
         if self._show(ev.action) is None:
             s.event(EventType.NO_PROJECTOR, action=ev.action,
                     message=f"the model has no branch to show {ev.action!r} features")
-            s.pending = Chunk([closing], ChunkKind.DECODE)
+            self._unanswered(s, ev, [closing])
             return
         self._decide(s, self._controller(s).on_call(self._limits(s), s, ev), ev, [closing])
 
@@ -48,12 +55,13 @@ class Decisions:
         if s.tools is not None and name not in s.tools:
             s.event(EventType.GRAPH, action=ev.action, message=f"the model called {name!r}, which the request's tools "
                     f"do not list ({sorted(s.tools)}): the call went unanswered")
-            s.pending = Chunk([closing], ChunkKind.DECODE)
+            self._unanswered(s, ev, [closing])
             return
         limit = self._limits(s).max_hops
         if s.hops >= limit:
-            s.event(EventType.BUDGET_EXHAUSTED, action=ev.action, max_hops=limit, tokens=[])
-            s.pending = Chunk([closing], ChunkKind.DECODE)
+            s.event(EventType.BUDGET_EXHAUSTED, action=ev.action, max_hops=limit, tokens=list(ev.tokens),
+                    message=f"{describe_call(ev)} went unanswered: {hops_budget(limit)}; {RAISE_MAX_HOPS}")
+            self._unanswered(s, ev, [closing])
             return
         s.calls.append(ev)
         self.finish(s, FinishReason.TOOL_CALLS)
@@ -96,7 +104,7 @@ class Decisions:
                        "model's own span")
                 self.finish(s, FinishReason.GRAPH_ERROR, {"type": "graph_error", "message": msg})
             case Ignore():
-                s.pending = Chunk(closing, ChunkKind.DECODE)
+                self._unanswered(s, ev, closing)
             case Stop() | Finish():
                 self.finish(s, decision.reason)
             case _:

@@ -67,6 +67,7 @@ class Sample:
     limits: Any = None  # this sample's own RunLimits (None: the run's)
     client_tools: bool = False  # calls go back to the caller (perceive serve's client-side tools)
     calls: list = field(default_factory=list)  # the PerceptionCalls that went back (client_tools)
+    unanswered: list[tuple[int, int]] = field(default_factory=list)  # (start, end) in generated of unanswered calls
     tools: frozenset[str] | None = None  # the tool names the caller runs (client_tools; None: any)
     done: bool = False
     logits: list[torch.Tensor] = field(default_factory=list)

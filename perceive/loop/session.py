@@ -373,7 +373,10 @@ class PerceptionLoop(Decisions):
         tok = self.tokenizer
         # an answer is text: a perception token left in it (a malformed span) is a parse_error
         # event in the trace, never part of the answer
-        final = [t for t in s.generated[s.answer_from:] if t not in self.eos and t not in self.observer.perception_ids]
+        # nor is an unanswered call (a text protocol writes it in ordinary tokens)
+        skip = {i for a, b in s.unanswered for i in range(a, b + 1)}
+        final = [t for i, t in enumerate(s.generated[s.answer_from:], s.answer_from)
+                 if t not in self.eos and t not in self.observer.perception_ids and i not in skip]
         s.trace.answer = tok.decode(final, skip_special_tokens=True).strip()
         s.trace.text = tok.decode(s.generated, skip_special_tokens=False)
         s.trace.generated_tokens = len(s.generated)

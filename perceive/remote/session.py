@@ -242,7 +242,10 @@ class RemoteLoop:
                 self.finish(s, FinishReason.MAX_NEW_TOKENS)
                 break
             else:
-                s.state["answer"] = _SPECIAL.sub("", turn).strip()
+                answer = turn
+                for snippet in s.state.get("unanswered", ()):  # an unanswered call is no part of the answer
+                    answer = answer.replace(snippet, "", 1)
+                s.state["answer"] = _SPECIAL.sub("", answer).strip()
                 decision = self.controller.on_answer(self.limits, s)
             match decision:
                 case Dispatch() if call is not None:
@@ -260,6 +263,7 @@ class RemoteLoop:
                     self.finish(s, FinishReason.GRAPH_ERROR, {"type": "graph_error", "message": (
                         f"cannot force {decision.action!r} on a remote model: re-encoding needs its hidden state")})
                 case Ignore() | Dispatch() if call is not None:  # unanswered: the model continues its turn
+                    s.state.setdefault("unanswered", []).append("".join(call.tokens))
                     continue
                 case Stop() | Finish():
                     self.finish(s, decision.reason)
