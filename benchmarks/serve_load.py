@@ -40,17 +40,19 @@ def cards(n: int, seed: int = 7):
 
 
 @contextlib.contextmanager
-def served(model: str, batch: int, queue: int, threads: int):
-    """``perceive serve`` in a process of its own (the clients' threads must not share its GIL)."""
+def served(model: str, batch: int, queue: int, threads: int | None):
+    """``perceive serve`` in a process of its own (the clients' threads must not share its GIL);
+    ``threads``: its torch threads (``None``: the server's default, OMP_NUM_THREADS unset)."""
     import openai
 
     from perceive.testing.live import free_port
 
     port = free_port()
     cmd = [str(Path(sys.executable).parent / "perceive"), "serve", "--model", model, "--port", str(port),
-           "--model-name", "m", "--max-batch", str(batch), "--max-queue", str(queue), "--device", "cpu"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+           "--model-name", "m", "--max-batch", str(batch), "--max-queue", str(queue), "--device", "cpu",
+           "--drain-window", "0", *(["--threads", str(threads)] if threads else [])]
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     url = f"http://127.0.0.1:{port}/v1"
     client = openai.OpenAI(base_url=url, api_key="x", max_retries=0)
     try:
@@ -68,7 +70,7 @@ def served(model: str, batch: int, queue: int, threads: int):
         proc.wait(120)
 
 
-def run_load(model, items, want, clients: int, per_client: int, batch: int, threads: int) -> dict:
+def run_load(model, items, want, clients: int, per_client: int, batch: int, threads: int | None) -> dict:
     import openai
 
     from perceive.testing.live import user_message
@@ -121,7 +123,8 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=6, help="per client")
     ap.add_argument("--batch", type=int, default=8, help="continuous batching: samples running at once")
     ap.add_argument("--cards", type=int, default=24)
-    ap.add_argument("--threads", type=int, default=2, help="the server's torch threads")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="the server's torch threads (default: its own, runtime.threads unset)")
     ap.add_argument("--json")
     args = ap.parse_args()
 
@@ -137,7 +140,7 @@ def main() -> None:
     want = [a.text for a in (loop.ask(img, q) for img, q in items)]  # offline, one at a time
     rows = [run_load(args.model, items, want, args.clients, args.requests, b, args.threads) for b in (args.batch, 1)]
     print(f"model {args.model}, {args.clients} clients x {args.requests} requests, {args.cards} held-out cards, "
-          f"server torch threads {args.threads}, server in its own process")
+          f"server torch threads {args.threads or 'default'}, server in its own process")
     print("| running batch | requests | answered right | failed | lost | req/s | p50 s | p95 s | p99 s |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:

@@ -8,7 +8,7 @@ The default leaves one usable core free. OpenMP workers spin-wait at every barri
 process asks for more threads than the cores actually free (other processes, or the server's own
 event loop decoding requests), a descheduled worker stalls the others while they burn the CPU it
 needs: ``perceive ask`` went from 0.14 s to 3.9 s that way. One thread fewer than the cores costs
-at most that core's share on an idle machine; one too many can cost 10x on a busy one
+at most that core's share on an idle machine; one too many cost 2-30x on a busy one
 (docs/performance.md#threads has the figures).
 """
 
