@@ -316,6 +316,8 @@ CASES = [
     ("serve-threads-negative-in-config", ["serve", "--set", "runtime.threads=-2"], 1,
      "runtime.threads (--set runtime.threads): Input should be greater than or equal to 1"),
     ("serve-drain-window-negative", ["serve", "--drain-window", "-1"], 2, "Invalid value for '--drain-window'"),
+    ("serve-host-not-this-machine", ["serve", "--host", "203.0.113.1"], 1,  # TEST-NET-3: never a local address
+     "error: cannot listen on 203.0.113.1:8000"),
     ("ask-threads-zero", ["ask", IMG, Q, "--set", "runtime.threads=0"], 1,
      "runtime.threads (--set runtime.threads): Input should be greater than or equal to 1"),
     ("ask-threads-not-a-number", ["ask", IMG, Q, "--set", "runtime.threads=many"], 1,

@@ -153,6 +153,22 @@ def test_sigterm_drains_health_says_so_new_requests_get_503_then_it_exits_0(tmp_
         served.close()
 
 
+@pytest.mark.slow
+def test_a_port_in_use_is_one_clear_line_before_the_model_loads(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = subprocess.run([PERCEIVE, "serve", "--port", str(port)], capture_output=True, text=True, timeout=120,
+                           cwd=tmp_path)
+    text = r.stdout + r.stderr
+    assert r.returncode == 1 and "Traceback" not in text, text
+    assert f"error: cannot listen on 127.0.0.1:{port}: Address already in use" in text
+    assert "choose another --port (0: any free one)" in text
+
+
 def _until(check, seconds: float = 60) -> bool:
     t0 = time.monotonic()
     while time.monotonic() - t0 < seconds:

@@ -50,7 +50,7 @@ def serve(
         import uvicorn
 
         from perceive.serve import ServeSettings, create_app
-        from perceive.serve.server import DrainingServer
+        from perceive.serve.server import DrainingServer, listen
     except ImportError as exc:
         raise fail(f"perceive serve needs the serve extra ({exc.name} is missing): pip install 'perceive[serve]'",
                    1) from None
@@ -64,15 +64,22 @@ def serve(
     cfg = run_config(config, set_, flags)  # sets torch's threads, before the model thread starts
     if cfg.remote is not None:
         raise fail(f"{cfg.source} sets remote.url ({cfg.remote.url}): perceive serve runs a local model", 2)
+    where = f"[{host}]" if ":" in host else host  # an IPv6 address
+    try:
+        sock = listen(host, port)
+    except OSError as exc:
+        raise fail(PerceiveError(f"cannot listen on {where}:{port}: {exc.strerror or exc}",
+                                 hint="another server may use the port: choose another --port (0: any free one), "
+                                      "or a --host of this machine")) from None
     try:
         loop = PerceptionLoop.from_config(cfg)
     except PerceiveError as exc:
+        sock.close()
         raise fail(exc, 1) from None
     settings = ServeSettings(model_name=name or Path(cfg.model.path).resolve().name, max_batch=max_batch,
                              max_queue=max_queue, max_body_bytes=int(max_body_mb * 1024 * 1024),
                              deadline_s=deadline, allow_local_images=allow_local_images)
     app = create_app(loop, settings)
-    where = f"[{host}]" if ":" in host else host  # an IPv6 address
 
     def started(bound: int | None) -> None:  # the port really bound: --port 0 picks one
         console.print(f"serving {settings.model_name!r} (protocol {loop.protocol.name}) on http://{where}:{bound}/v1",
@@ -83,7 +90,7 @@ def serve(
     server = DrainingServer(uvicorn.Config(app, host=host, port=port, log_level="info",
                                            timeout_graceful_shutdown=int(deadline) + 5),
                             app.state.scheduler, drain_window_s=drain_window, on_started=started)
-    server.run()
+    server.run(sockets=[sock])
     if server.forced:
         raise fail("stopped by a second signal before the requests in flight finished", 1)
     if server.started:
