@@ -143,8 +143,8 @@ class Invariant(str, Enum):
 
     __str__ = str.__str__
     KIND = "kind"  # at least one item, each of the kind the action declares
-    VIEW_RGB = "view_rgb"  # a view's image is RGB
-    VIEW_SIZE = "view_size"  # its image is exactly its frame's width x height
+    VIEW_RGB = "view_rgb"  # a view's image is an RGB PIL image
+    VIEW_SIZE = "view_size"  # its frame is a Frame of exactly its image's width x height
     VIEW_INSIDE = "view_inside"  # its box (root pixels) is non-empty and inside the original image
     VIEW_PARENT = "view_parent"  # its frame's parent is the view the call ran on
     VIEW_SCALE = "view_scale"  # its frame's scale times its size is its box's size
@@ -166,8 +166,8 @@ _TYPES = {"view": View, "features": Features, "text": Text}
 def check_observation(action: str, declared: ObservationKind, result: Any, context: ActionContext) -> Observation:
     """``result`` (what ``action``'s ``run`` returned: one item or a list) as a tuple of one kind,
     once every :class:`Invariant` holds on it. ``context`` is the call's: the view it ran on
-    (``context.frame``), the original image (``context.root``) and the encoder hub (the declared
-    layout and width of features; not checked without one, nor on a hub of tiny test encoders).
+    (``context.frame``), the original image (``context.root``) and the encoder hub (features'
+    layout, and their width as :func:`_feature_width` says; neither is checked without a hub).
 
     Raises :class:`~perceive.errors.ObservationError` whose ``invariant`` names the first breach."""
     expected = _TYPES.get(declared, Features)
@@ -195,11 +195,12 @@ def _breach(invariant: Invariant, message: str, hint: str | None = None) -> Obse
 
 def _check_view(action: str, item: View, context: ActionContext) -> None:
     W, H = context.root.size
-    if item.image.mode != "RGB":
-        raise _breach(Invariant.VIEW_RGB, f"action {action!r} returned a {item.image.mode} image; views must be RGB")
-    if item.image.size != item.frame.size:
+    if not isinstance(item.image, Image.Image) or item.image.mode != "RGB":
+        what = f"a {item.image.mode} image" if isinstance(item.image, Image.Image) else type(item.image).__name__
+        raise _breach(Invariant.VIEW_RGB, f"action {action!r} returned {what}; views must be RGB PIL images")
+    if not isinstance(item.frame, Frame) or item.image.size != item.frame.size:
         raise _breach(Invariant.VIEW_SIZE, f"action {action!r} returned a {item.image.size} image whose frame "
-                      f"says {item.frame.size}")
+                      f"says {getattr(item.frame, 'size', item.frame)!r}")
     b = item.box
     if not (b.frame == ROOT and 0 <= b.x0 < b.x1 <= W and 0 <= b.y0 < b.y1 <= H):
         raise _breach(Invariant.VIEW_INSIDE, f"action {action!r} returned a view of {b.as_tuple()}, not inside the "

@@ -122,3 +122,18 @@ def test_a_breach_is_a_hop_error_at_run_time_and_a_conformance_failure(model, in
     # the conformance kit finds the same breach
     report = check_action(action, registry=reg, quick=True)
     assert f"(invariant {invariant.value})" in report.render(), report.render()
+
+
+@pytest.mark.parametrize("make,invariant", [
+    (lambda ctx: View(__import__("numpy").zeros((4, 4, 3)), crop(ctx).frame), Invariant.VIEW_RGB),
+    (lambda ctx: View(crop(ctx).image, None), Invariant.VIEW_SIZE),
+], ids=["array-not-an-image", "no-frame"])
+def test_a_view_of_the_wrong_types_is_a_breach_not_a_crash(make, invariant):
+    from perceive import ActionCall, ActionContext, dispatch
+    from perceive.regions import RegionArgs
+
+    reg = load_registry([("breaker", Breaker("region_select", make))])
+    ctx = ActionContext.for_image(real_photos()["astronaut"])
+    res = dispatch(reg.pm, reg.action("region_select"), ActionCall("region_select", RegionArgs(xs=(1,), ys=(1,))), ctx)
+    assert (res.failure.stage, res.failure.invariant, res.failure.code) == ("observation", invariant.value,
+                                                                             "observation-invalid"), res.failure
