@@ -202,6 +202,16 @@ def test_bad_requests_get_openai_errors(client, kw, status, words):
     assert "Traceback" not in err["message"]
 
 
+def test_zero_hops_answers_without_looking_and_the_trace_says_which_call_went_unanswered(client):
+    """The serve twin of `ask --max-hops 0`: not an error; the model's call goes unanswered."""
+    r = _create(client, extra_body={"perceive": {"max_hops": 0}})
+    ext = r.model_extra["perceive"]
+    assert r.choices[0].finish_reason == "stop" and not ext["trace"]["hops"]
+    (event,) = [e for e in ext["trace"]["events"] if e["type"] == "budget_exhausted"]
+    assert "the model's 'region_select' call" in event["message"] and "the hop budget is 0" in event["message"]
+    assert "region_token" not in (r.choices[0].message.content or "")
+
+
 @pytest.mark.parametrize("kw,code", [
     ({"messages": [user(Image.new("RGB", (1, 1)))]}, "image-unreadable"),
     ({"messages": [user(EXAMPLES / "card_0.png", "why? " * 20000)]}, "input-invalid"),
