@@ -87,7 +87,7 @@ class EncoderSpec:
     ``encode`` returns, whatever the layout: for ``(T, C)`` tokens that is T, one pad per row
     (right for a projector that gives a row per token, at any size); for a ``(C, H, W)`` map it
     is C, the channels, which is the projector's row count only by coincidence, so a map
-    encoder gives an int (SAM: 256). A count the projector does not give fails that call with
+    encoder gives an int (e.g. 256 for a 16x16 map). A count the projector does not give fails that call with
     an :class:`~perceive.errors.ObservationError`. ``Options`` is a pydantic model (``extra="forbid"``) of the
     ``options`` ``build`` reads, checked when a config is loaded and before ``build`` runs;
     ``None``: options reach ``build`` unchecked. ``layout``: the shape of one image's features
