@@ -130,3 +130,32 @@ def test_a_bad_omp_num_threads_fails_the_cli_in_one_line(tmp_path):
     text = r.stdout + r.stderr
     assert r.returncode == 1 and "Traceback" not in text, text
     assert "error: OMP_NUM_THREADS='lots' is not a whole number of threads" in text
+
+
+@pytest.mark.parametrize("argv", [
+    ["ask", "IMG", "What number is written on the card?"],
+    ["graph", "run", "free_choice", "--image", "IMG", "--question", "What number is written on the card?"],
+    ["eval", "--model", "MODEL", "--data", "DATA"],
+    ["serve", "--host", "203.0.113.1"],  # were the threads not set first, this fails at once, not serves
+], ids=["ask", "graph-run", "eval", "serve"])
+def test_every_command_that_runs_the_model_sets_the_threads_first(argv, monkeypatch, tmp_path):
+    """Each command hands ``runtime.threads`` to :func:`set_torch_threads` before its model loads
+    (the stand-in stops the command there)."""
+    from typer.testing import CliRunner
+
+    import perceive.threads
+    from perceive.cli import app
+
+    seen = []
+
+    def stand_in(requested, env=None):
+        seen.append(requested)
+        raise ConfigError("stopped where the threads are set")
+
+    monkeypatch.setattr(perceive.threads, "set_torch_threads", stand_in)
+    (tmp_path / "data.json").write_text("[]")
+    model = ROOT / "models" / "default"
+    paths = {"IMG": str(model / "examples" / "card_0.png"), "MODEL": str(model), "DATA": str(tmp_path / "data.json")}
+    r = CliRunner().invoke(app, [paths.get(a, a) for a in argv] + ["--set", "runtime.threads=3"])
+    assert seen == [3], r.output
+    assert r.exit_code == 1 and "stopped where the threads are set" in r.output
