@@ -85,3 +85,22 @@ def photo():
     from perceive.testing.images import real_photos
 
     return real_photos()["astronaut"]
+
+
+# a registry with the test plugin of a text action, and a tiny VPT model whose tokenizer has its tokens
+# (test_ocr, test_tokenizer_checks)
+@pytest.fixture(scope="module")
+def text_registry():
+    from tests.plugins import textual
+
+    return load_registry([("textual", textual)])
+
+
+@pytest.fixture(scope="module")
+def text_model(text_registry):
+    from perceive.testing.tiny import build_tokenizer, tiny_vpt_model
+    from tests.plugins import textual
+
+    g = textual.Caption.grammar
+    tok = build_tokenizer(branches=[], extra_tokens=[g.start, g.end], registry=text_registry)
+    return tiny_vpt_model(branches=[], tokenizer=tok, registry=text_registry)

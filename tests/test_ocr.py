@@ -9,25 +9,12 @@ from __future__ import annotations
 import pytest
 
 from perceive.loop import LoopOptions, PerceptionLoop
-from perceive.plugins import load_registry
 from perceive.testing.scripted import ScriptedPolicy, span_tokens
-from perceive.testing.tiny import build_tokenizer, tiny_vpt_model
 from perceive.trace import EventType
-from tests.plugins import textual
 
 CAPTION = "<|caption_start|><|caption_end|>"
 
 
-@pytest.fixture(scope="module")
-def text_registry():
-    return load_registry([("textual", textual)])
-
-
-@pytest.fixture(scope="module")
-def text_model(text_registry):
-    g = textual.Caption.grammar
-    tok = build_tokenizer(branches=[], extra_tokens=[g.start, g.end], registry=text_registry)
-    return tiny_vpt_model(branches=[], tokenizer=tok, registry=text_registry)
 
 
 def run_span(model, registry, span, photo, *, fed=None, **opts):

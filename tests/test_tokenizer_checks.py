@@ -74,24 +74,6 @@ def test_the_warning_names_each_character_its_code_point_and_what_to_do():
 
 # -- the loop records them ----------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def text_registry():
-    from perceive.plugins import load_registry
-    from tests.plugins import textual
-
-    return load_registry([("textual", textual)])
-
-
-@pytest.fixture(scope="module")
-def text_model(text_registry):
-    from perceive.testing.tiny import build_tokenizer, tiny_vpt_model
-    from tests.plugins import textual
-
-    g = textual.Caption.grammar
-    tok = build_tokenizer(branches=[], extra_tokens=[g.start, g.end], registry=text_registry)
-    return tiny_vpt_model(branches=[], tokenizer=tok, registry=text_registry)
-
-
 def test_a_question_with_unencodable_characters_is_a_tokenizer_event(text_model, text_registry, photo):
     loop = PerceptionLoop(text_model, registry=text_registry, options=LoopOptions(max_new_tokens=2))
     lost, plain = loop.ask_batch([(photo, "Quel numéro? 🤔🤔"), (photo, QUESTION)])

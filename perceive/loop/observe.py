@@ -13,6 +13,7 @@ from PIL import Image
 from perceive.actions import ActionCall, ActionContext
 from perceive.control import Dispatch, Force
 from perceive.dispatch import dispatch
+from perceive.encoders import branch_option_problems
 from perceive.errors import ConfigError, ObservationError, PerceiveError, error_code
 from perceive.geometry import ROOT
 from perceive.loop.engine import Chunk, ChunkKind
@@ -66,8 +67,7 @@ class Observer:
             why = encoder_width_problem(action, opts.get("encoder"), self.cfg.branches, self.loop.registry)
             if why:
                 raise ConfigError(f"actions.{action}.encoder: {why}")
-        from perceive.encoders import branch_option_problems  # options the model's trained branch would ignore
-
+        # options the model's trained branch would ignore
         names = list(self.loop.hub.configs)
         for (_, i, _), why in branch_option_problems(list(self.loop.hub.configs.values()), self.cfg.branches,
                                                      self.loop.registry):
