@@ -138,6 +138,12 @@ def corpus(tmp_path_factory) -> Path:
     pj = json.loads((swapped / "perceive.json").read_text())
     pj["region"]["start_id"], pj["region"]["end_id"] = pj["region"]["end_id"], pj["region"]["start_id"]
     (swapped / "perceive.json").write_text(json.dumps(pj))
+    bogus = d / "model_token_beyond_vocab"  # special tokens added at ids the embedding has no row for
+    shutil.copytree(good, bogus)
+    tj = json.loads((bogus / "tokenizer.json").read_text())
+    tj["added_tokens"] += [{"id": 139 + k, "content": f"<|extra_{k}|>", "single_word": False, "lstrip": False,
+                            "rstrip": False, "normalized": False, "special": True} for k in range(60)]
+    (bogus / "tokenizer.json").write_text(json.dumps(tj))
     from perceive.eval.run_folder import fingerprint
     from perceive.eval.runner import EvalConfig
 
@@ -197,6 +203,9 @@ CASES = [
     ("ask-model-ids-disagree", ["ask", IMG, Q, "--model", "model_ids_disagree"], 1,
      "error: model_ids_disagree: the tokenizer does not agree with perceive.json: perceive.json says "
      "region.start_id = "),
+    ("ask-model-token-beyond-vocab", ["ask", IMG, Q, "--model", "model_token_beyond_vocab"], 1,
+     "error: model_token_beyond_vocab: the tokenizer has token(s) the model has no embedding for (its vocabulary "
+     "is 192): '<|extra_53|>' (id 192)"),
     # a question the tokenizer cannot encode all of: answered, with a warning naming the characters
     ("ask-unencodable-question", ["ask", IMG, f"{Q} 🤔", "--model", "model"], 0,
      "warning: the model's tokenizer cannot encode '🤔' (U+1F914) in the question"),

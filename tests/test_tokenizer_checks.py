@@ -267,3 +267,17 @@ def test_an_error_whose_first_line_ends_in_a_colon_keeps_what_follows():
     exc = ValueError("Couldn't instantiate the backend tokenizer from one of: \n(1) a file, \n(2) a class")
     assert first_line(exc) == "Couldn't instantiate the backend tokenizer from one of: (1) a file, (2) a class"
     assert first_line(ValueError("one\ntwo")) == "one" and first_line(ValueError("")) == "ValueError"
+
+
+def test_a_tokenizer_token_the_embedding_has_no_row_for_is_refused(folder):
+    """Special tokens added to tokenizer.json past the model's vocabulary would index past the
+    embedding the first time a text holds one."""
+    def add(t):  # added tokens take ids from the tokenizer's length on (139): 60 reach past row 191
+        t["added_tokens"] += [{"id": 139 + k, "content": f"<|extra_{k}|>", "single_word": False, "lstrip": False,
+                               "rstrip": False, "normalized": False, "special": True} for k in range(60)]
+
+    _edit_json(folder / "tokenizer.json", add)
+    with pytest.raises(ModelLoadError, match=r"the tokenizer has token\(s\) the model has no embedding for \(its "
+                                             r"vocabulary is 192\): '<\|extra_53\|>' \(id 192\)") as e:
+        load_model(folder)
+    assert "remove the added token(s)" in e.value.hint

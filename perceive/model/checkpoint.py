@@ -225,7 +225,8 @@ def load_model(path: str | Path, *, device: str | None = "cpu", dtype: str | Non
         model = _load_plain(path, dt, raw)
     _load_side_files(model, path)
     if model.tokenizer is not None:  # the folder as a whole: tokenizer, ids and chat template agree
-        check_tokenizer(model.tokenizer, model.config, model.specs, path, CONFIG_FILE if own else "config.json")
+        check_tokenizer(model.tokenizer, model.config, model.specs, path, CONFIG_FILE if own else "config.json",
+                        rows=model.base.get_input_embeddings().num_embeddings)
     return model.to(dev, dt).eval()
 
 

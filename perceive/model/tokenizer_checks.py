@@ -113,10 +113,26 @@ def check_chat_template(tokenizer, cfg: VPTConfig, path: Path, source: str) -> N
                  "model; restore chat_template.jinja from where the model came from")
 
 
-def check_tokenizer(tokenizer, cfg: VPTConfig, specs: dict, path: Path, source: str = "perceive.json") -> None:
+def tokens_beyond_vocabulary(tokenizer, rows: int) -> list[str]:
+    """The tokens ``tokenizer`` has at an id the model's embedding (``rows`` rows) has no row for,
+    as ``'<|bogus|>' (id 5000)``: encoding one would index past the embedding."""
+    return [f"{t!r} (id {i})" for t, i in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1]) if i >= rows]
+
+
+def check_tokenizer(tokenizer, cfg: VPTConfig, specs: dict, path: Path, source: str = "perceive.json",
+                    rows: int | None = None) -> None:
     """After the folder loaded: the tokenizer, ``cfg`` (read from ``source``: ``perceive.json``, or
-    ``config.json`` for a plain or paper checkpoint) and the chat template agree; a
-    :class:`ModelLoadError` naming each disagreement otherwise."""
+    ``config.json`` for a plain or paper checkpoint), the model's embedding (``rows``: its number of
+    rows, when known) and the chat template agree; a :class:`ModelLoadError` naming each
+    disagreement otherwise."""
+    beyond = tokens_beyond_vocabulary(tokenizer, rows) if rows else []
+    if beyond:
+        more = f" (+{len(beyond) - SHOWN} more)" if len(beyond) > SHOWN else ""
+        raise ModelLoadError(f"{path}: the tokenizer has token(s) the model has no embedding for (its vocabulary is "
+                             f"{rows}): {', '.join(beyond[:SHOWN])}{more}",
+                             hint=f"the tokenizer files must be the ones saved with this model: remove the added "
+                                  f"token(s) from tokenizer.json and tokenizer_config.json, or restore them "
+                                  f"({RESTORE})")
     expected = expected_tokens(cfg, specs)
     if cfg.special.newline is not None:
         expected.append(("special.newline", "\n", cfg.special.newline))
