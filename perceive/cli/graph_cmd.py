@@ -7,16 +7,23 @@ from pathlib import Path
 
 import typer
 
-from perceive.cli.output import console, fail
-from perceive.cli.run_config import (
-    CONFIG_HELP,
-    REMOTE_HELP,
-    REMOTE_MODEL_HELP,
-    SET_HELP,
-    loop_flags,
-    remote_flags,
-    run_config,
+from perceive.cli.options import (
+    ActionTimeoutOpt,
+    ConfigOpt,
+    DeviceOpt,
+    DtypeOpt,
+    JsonOpt,
+    MaxNewTokensOpt,
+    ModelOpt,
+    RemoteModelOpt,
+    RemoteOpt,
+    RenderOpt,
+    ReprefillOpt,
+    SetOpt,
+    ThreadsOpt,
 )
+from perceive.cli.output import console, fail
+from perceive.cli.run_config import loop_flags, remote_flags, run_config
 from perceive.trace import EventType
 
 app = typer.Typer(no_args_is_help=True, help="Validate, run and draw perception graphs.")
@@ -176,26 +183,24 @@ def run(file: str | None = typer.Argument(None, metavar="[GRAPH]",
                                           help="Graph YAML file, or a shipped graph's name (default: the config's "
                                                "graph, else free_choice)."),
         image: Path = typer.Option(..., "--image"), question: str = typer.Option(..., "--question"),
-        config: Path | None = typer.Option(None, "--config", help=CONFIG_HELP),
-        model: Path | None = typer.Option(None, "--model", help="Default: the config's model.path, else "
-                                                               "models/default."),
-        as_json: bool = typer.Option(False, "--json"),
-        render: Path | None = typer.Option(None, "--render", help="Write the trace picture (PNG)."),
-        set_: list[str] = typer.Option(None, "--set", metavar="KEY=VALUE", help=SET_HELP),
-        max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", min=1, help="Default 256."),
-        device: str | None = typer.Option(None, "--device", help="Default auto."),
-        dtype: str | None = typer.Option(None, "--dtype", help="Default auto."),
-        reprefill: bool = typer.Option(False, "--reprefill"),
-        action_timeout: float | None = typer.Option(None, "--action-timeout", min=0.001, max=86400, metavar="S",
-                                                    help="Deadline of each perception call, in seconds (default "
-                                                         "120)."),
-        remote: str | None = typer.Option(None, "--remote", metavar="URL", help=REMOTE_HELP),
-        remote_model: str | None = typer.Option(None, "--remote-model", metavar="NAME", help=REMOTE_MODEL_HELP),
+        config: ConfigOpt = None,
+        model: ModelOpt = None,
+        as_json: JsonOpt = False,
+        render: RenderOpt = None,
+        set_: SetOpt = None,
+        max_new_tokens: MaxNewTokensOpt = None,
+        device: DeviceOpt = None,
+        dtype: DtypeOpt = None,
+        reprefill: ReprefillOpt = False,
+        action_timeout: ActionTimeoutOpt = None,
+        threads: ThreadsOpt = None,
+        remote: RemoteOpt = None,
+        remote_model: RemoteModelOpt = None,
         ) -> None:
     """Run a graph on one image and question.
 
     Values come from, highest first: GRAPH and the flags, --set, the --config file, the defaults."""
     flags = [(("graph",), file, "the GRAPH argument"),
-             *loop_flags(model, max_new_tokens, device, dtype, reprefill, action_timeout),
+             *loop_flags(model, max_new_tokens, device, dtype, reprefill, action_timeout, threads),
              *remote_flags(remote, remote_model)]
     run_graph(run_config(config, set_, flags), image, question, as_json, render)

@@ -6,40 +6,46 @@ from pathlib import Path
 
 import typer
 
-from perceive.cli.output import console, fail
-from perceive.cli.run_config import (
-    CONFIG_HELP,
-    REMOTE_HELP,
-    REMOTE_MODEL_HELP,
-    SET_HELP,
-    loop_flags,
-    remote_flags,
-    run_config,
+from perceive.cli.options import (
+    ActionTimeoutOpt,
+    ConfigOpt,
+    DeviceOpt,
+    DtypeOpt,
+    GraphOpt,
+    JsonOpt,
+    MaxNewTokensOpt,
+    ModelOpt,
+    RemoteModelOpt,
+    RemoteOpt,
+    RenderOpt,
+    ReprefillOpt,
+    SetOpt,
+    ThreadsOpt,
 )
+from perceive.cli.output import console, fail
+from perceive.cli.run_config import loop_flags, remote_flags, run_config
 
 
 def ask(
     image: Path = typer.Argument(..., help="Image file."),
     question: str = typer.Argument(..., help="The question."),
-    config: Path | None = typer.Option(None, "--config", help=CONFIG_HELP),
-    model: Path | None = typer.Option(None, "--model", help="Local model folder (project or paper format); default: "
-                                                           "the config's model.path, else models/default."),
-    graph: str | None = typer.Option(None, "--graph", help="Graph YAML file or shipped graph name (default: the "
-                                                          "config's, else free_choice)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the answer and the trace as JSON."),
+    config: ConfigOpt = None,
+    model: ModelOpt = None,
+    graph: GraphOpt = None,
+    as_json: JsonOpt = False,
     max_hops: int | None = typer.Option(None, "--max-hops", min=0,
                                         help="Perception calls allowed: runtime.max_hops and the graph's max_hops "
                                              "param (default 4)."),
-    max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", min=1, help="Default 256."),
-    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1, ... or auto (the default)."),
-    dtype: str | None = typer.Option(None, "--dtype", help="float32, bfloat16, float16 or auto (the default)."),
-    reprefill: bool = typer.Option(False, "--reprefill", help="Reference-style: re-prefill after each hop."),
-    render: Path | None = typer.Option(None, "--render", help="Write the trace picture (PNG)."),
-    action_timeout: float | None = typer.Option(None, "--action-timeout", min=0.001, max=86400, metavar="S",
-                                                help="Deadline of each perception call, in seconds (default 120)."),
-    set_: list[str] = typer.Option(None, "--set", metavar="KEY=VALUE", help=SET_HELP),
-    remote: str | None = typer.Option(None, "--remote", metavar="URL", help=REMOTE_HELP),
-    remote_model: str | None = typer.Option(None, "--remote-model", metavar="NAME", help=REMOTE_MODEL_HELP),
+    max_new_tokens: MaxNewTokensOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    reprefill: ReprefillOpt = False,
+    render: RenderOpt = None,
+    action_timeout: ActionTimeoutOpt = None,
+    threads: ThreadsOpt = None,
+    set_: SetOpt = None,
+    remote: RemoteOpt = None,
+    remote_model: RemoteModelOpt = None,
 ) -> None:
     """Answer a question about an image, letting the model call perception actions.
 
@@ -53,7 +59,7 @@ def ask(
 
     flags = [(("graph",), graph, "--graph"), (("runtime", "max_hops"), max_hops, "--max-hops"),
              (("params", "max_hops"), max_hops, "--max-hops"),
-             *loop_flags(model, max_new_tokens, device, dtype, reprefill, action_timeout),
+             *loop_flags(model, max_new_tokens, device, dtype, reprefill, action_timeout, threads),
              *remote_flags(remote, remote_model)]
     cfg = run_config(config, set_, flags)
     # header only (upright size): a wrong or too small or too elongated image fails before the model loads

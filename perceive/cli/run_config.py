@@ -62,12 +62,15 @@ def remote_flags(remote: str | None, remote_model: str | None) -> list[tuple[tup
 
 
 def loop_flags(model: Path | None, max_new_tokens: int | None, device: str | None, dtype: str | None,
-               reprefill: bool, action_timeout: float | None) -> list[tuple[tuple, Any, str]]:
-    """The flags every command that runs the loop takes, as config overrides."""
+               reprefill: bool, action_timeout: float | None,
+               threads: int | None = None) -> list[tuple[tuple, Any, str]]:
+    """The flags every command that runs the loop takes (:mod:`perceive.cli.options`), as config
+    overrides."""
     return [(("model", "path"), model, "--model"), (("runtime", "max_new_tokens"), max_new_tokens, "--max-new-tokens"),
             (("device",), device, "--device"), (("dtype",), dtype, "--dtype"),
             (("runtime", "reprefill"), True if reprefill else None, "--reprefill"),
-            (("runtime", "action_timeout_s"), action_timeout, "--action-timeout")]
+            (("runtime", "action_timeout_s"), action_timeout, "--action-timeout"),
+            (("runtime", "threads"), threads, "--threads")]
 
 
 def check_set_params(cfg) -> None:

@@ -6,15 +6,24 @@ from pathlib import Path
 
 import typer
 
+from perceive.cli.options import (
+    ActionTimeoutOpt,
+    ConfigOpt,
+    DeviceOpt,
+    DtypeOpt,
+    MaxNewTokensOpt,
+    ModelOpt,
+    SetOpt,
+    ThreadsOpt,
+)
 from perceive.cli.output import console, fail
-from perceive.cli.run_config import CONFIG_HELP, SET_HELP, loop_flags, run_config
-from perceive.threads import MAX_THREADS, choose_threads
+from perceive.cli.run_config import loop_flags, run_config
+from perceive.threads import choose_threads
 
 
 def serve(
-    config: Path | None = typer.Option(None, "--config", help=CONFIG_HELP),
-    model: Path | None = typer.Option(None, "--model", help="Local model folder (default: the config's model.path, "
-                                                           "else models/default)."),
+    config: ConfigOpt = None,
+    model: ModelOpt = None,
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port (0: any free one; the one bound is "
                                                                    "printed)."),
@@ -32,15 +41,12 @@ def serve(
     drain_window: float = typer.Option(5.0, "--drain-window", min=0.0, max=3600.0, metavar="S",
                                        help="After SIGTERM, the least time the listener stays open answering "
                                             "/health 503 (draining), so a load balancer stops routing here."),
-    threads: int | None = typer.Option(None, "--threads", min=1, max=MAX_THREADS,
-                                       help="torch's intra-op threads (runtime.threads; default: the usable "
-                                            "cores less one, or OMP_NUM_THREADS)."),
-    max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", min=1, help="Default 256."),
-    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1, ... or auto (the default)."),
-    dtype: str | None = typer.Option(None, "--dtype", help="float32, bfloat16, float16 or auto (the default)."),
-    action_timeout: float | None = typer.Option(None, "--action-timeout", min=0.001, max=86400, metavar="S",
-                                                help="Deadline of each perception call, in seconds (default 120)."),
-    set_: list[str] = typer.Option(None, "--set", metavar="KEY=VALUE", help=SET_HELP),
+    threads: ThreadsOpt = None,
+    max_new_tokens: MaxNewTokensOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    action_timeout: ActionTimeoutOpt = None,
+    set_: SetOpt = None,
 ) -> None:
     """Serve a model on an OpenAI-compatible chat endpoint that runs perception: POST
     /v1/chat/completions, GET /v1/models, /health and /metrics. SIGTERM drains: /health answers 503
@@ -59,8 +65,7 @@ def serve(
 
     if allow_local_images is not None and not allow_local_images.is_dir():
         raise fail(f"--allow-local-images {allow_local_images}: not a folder", 2)
-    flags = [*loop_flags(model, max_new_tokens, device, dtype, False, action_timeout),
-             (("runtime", "threads"), threads, "--threads")]
+    flags = loop_flags(model, max_new_tokens, device, dtype, False, action_timeout, threads)
     cfg = run_config(config, set_, flags)  # sets torch's threads, before the model thread starts
     if cfg.remote is not None:
         raise fail(f"{cfg.source} sets remote.url ({cfg.remote.url}): perceive serve runs a local model", 2)

@@ -9,16 +9,21 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from perceive.cli.output import console, fail
-from perceive.cli.run_config import (
-    CONFIG_HELP,
-    REMOTE_HELP,
-    REMOTE_MODEL_HELP,
-    SET_HELP,
-    check_set_params,
-    cli_overrides,
-    remote_flags,
+from perceive.cli.options import (
+    ActionTimeoutOpt,
+    ConfigOpt,
+    DeviceOpt,
+    DtypeOpt,
+    GraphOpt,
+    MaxNewTokensOpt,
+    ModelOpt,
+    RemoteModelOpt,
+    RemoteOpt,
+    SetOpt,
+    ThreadsOpt,
 )
+from perceive.cli.output import console, fail
+from perceive.cli.run_config import check_set_params, cli_overrides, remote_flags
 
 data_app = typer.Typer(no_args_is_help=True, help="Generate and check datasets.")
 
@@ -223,27 +228,24 @@ def eval_(ctx: typer.Context,
           targets: list[str] = typer.Argument(None, metavar="[CONFIG | compare RUN...]",
                                          help="An eval config (YAML): a run config plus data, batch_size, output, "
                                               "...; or `compare` and eval.json files or folders."),
-          config: Path = typer.Option(None, "--config", help=CONFIG_HELP + " An eval CONFIG given too is laid over "
-                                                                         "it."),
-          model: Path = typer.Option(None, "--model"), data: Path = typer.Option(None, "--data"),
-          graph: str = typer.Option(None, "--graph"), out: Path = typer.Option(None, "--out",
-                                                                           help="Output folder (compare: a .md file)."),
-          max_samples: int = typer.Option(None, "--max-samples"),
-          max_new_tokens: int = typer.Option(None, "--max-new-tokens", min=1, help="runtime.max_new_tokens."),
-          device: str = typer.Option(None, "--device"), dtype: str = typer.Option(None, "--dtype"),
+          config: ConfigOpt = None,
+          model: ModelOpt = None, data: Path = typer.Option(None, "--data"),
+          graph: GraphOpt = None, out: Path = typer.Option(None, "--out", help="Output folder (compare: a .md file)."),
+          max_samples: int = typer.Option(None, "--max-samples", min=1),
+          batch_size: int = typer.Option(None, "--batch-size", min=1,
+                                         help="Samples run at once in the running batch (batch_size; default 8)."),
+          max_new_tokens: MaxNewTokensOpt = None,
+          device: DeviceOpt = None, dtype: DtypeOpt = None, threads: ThreadsOpt = None,
           oracle_spans: bool = typer.Option(None, "--oracle-spans/--no-oracle-spans",
                                             help="Force each item's ground-truth perception span first."),
           max_skipped_fraction: float = typer.Option(
               None, "--max-skipped-fraction", min=0.0, max=1.0,
               help="The share of the data's items that may be skipped (missing images, malformed items) before the "
                    "run refuses to report a score (default 0.05)."),
-          action_timeout: float = typer.Option(
-              None, "--action-timeout", metavar="S",
-              help="Deadline of one perception call in seconds; a call past it fails its own sample (default: "
-                   "runtime.action_timeout_s's, 120)."),
-          set_: list[str] = typer.Option(None, "--set", metavar="KEY=VALUE", help=SET_HELP),
-          remote: str = typer.Option(None, "--remote", metavar="URL", help=REMOTE_HELP),
-          remote_model: str = typer.Option(None, "--remote-model", metavar="NAME", help=REMOTE_MODEL_HELP),
+          action_timeout: ActionTimeoutOpt = None,
+          set_: SetOpt = None,
+          remote: RemoteOpt = None,
+          remote_model: RemoteModelOpt = None,
           resume: bool = typer.Option(False, "--resume",
                                       help="Finish the run in --out that was stopped: run only the samples its "
                                            "predictions.jsonl lacks (same config and data, or it refuses), then "
@@ -276,10 +278,12 @@ def eval_(ctx: typer.Context,
                    "RUN.yaml)", 2)
     flags = [(("model", "path"), model, "--model"), (("data",), data, "--data"), (("graph",), graph, "--graph"),
              (("output",), out, "--out"), (("max_samples",), max_samples, "--max-samples"),
+             (("batch_size",), batch_size, "--batch-size"),
              (("runtime", "max_new_tokens"), max_new_tokens, "--max-new-tokens"), (("device",), device, "--device"),
              (("dtype",), dtype, "--dtype"), (("oracle_spans",), oracle_spans, "--oracle-spans"),
              (("max_skipped_fraction",), max_skipped_fraction, "--max-skipped-fraction"),
-             (("runtime", "action_timeout_s"), action_timeout, "--action-timeout"), *remote_flags(remote, remote_model)]
+             (("runtime", "action_timeout_s"), action_timeout, "--action-timeout"),
+             (("runtime", "threads"), threads, "--threads"), *remote_flags(remote, remote_model)]
     overrides = cli_overrides(set_, flags, EvalConfig.model_fields)
     cfg = None
     try:
