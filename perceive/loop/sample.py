@@ -14,6 +14,7 @@ from PIL import Image
 from perceive.control import Dispatch
 from perceive.errors import InputError
 from perceive.geometry import ROOT, Frame
+from perceive.images import check_input_size
 from perceive.loop.engine import Chunk
 from perceive.observations import View
 from perceive.protocol import StreamParser
@@ -126,8 +127,11 @@ def answer_each(items, run) -> list[Answer]:
                                                    []) for _, q, e in loaded]
 
 
-def check_question(question) -> None:
-    """Refuse an empty or missing question (:class:`InputError`)."""
+def check_input(question, size: tuple[int, int]) -> None:
+    """What a sample's input must be before any frame is made, locally and remote alike: a
+    non-empty question (:class:`InputError`) and an image of ``size`` (width, height; pixels) that
+    is not too small or too elongated to look at (:func:`~perceive.images.check_input_size`)."""
     if not isinstance(question, str) or not question.strip():
         got = "no question" if question is None else f"the question {question!r}"
         raise InputError(f"{got}: a question must be non-empty text", hint="ask something about the image")
+    check_input_size(size)

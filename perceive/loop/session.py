@@ -28,13 +28,13 @@ from perceive.control import merge_action_options as merge_options
 from perceive.encoders import EncoderHub
 from perceive.errors import ConfigError, InputError, PerceiveError
 from perceive.geometry import ROOT
-from perceive.images import as_rgb, check_input_size, load_image
+from perceive.images import as_rgb, load_image
 from perceive.loop.batch import Batch
 from perceive.loop.decisions import Decisions
 from perceive.loop.engine import Chunk, ChunkKind, Engine, NativeEngine, ReprefillEngine
 from perceive.loop.observe import Observer, err
 from perceive.loop.options import LoopOptions, options_from_config
-from perceive.loop.sample import Answer, Sample, Turn, answer_each, check_question
+from perceive.loop.sample import Answer, Sample, Turn, answer_each, check_input
 from perceive.loop.sampling import Sampler
 from perceive.loop.template import ChatLayout
 from perceive.loop.unencodable import TextRole, note_unencodable
@@ -214,8 +214,7 @@ class PerceptionLoop(Decisions):
                    torch.Generator().manual_seed(self.options.seed + index), question=q, client_tools=client_tools,
                    controller=controller, limits=limits)
         try:
-            check_question(question)
-            check_input_size(root.size)  # the input's shape, before any frame is made
+            check_input(question, root.size)
             pv, grid = self.observer.pixels(root)
             s.seen[ROOT] = self.observer.seen_size(grid)
         except PerceiveError as exc:

@@ -38,10 +38,10 @@ from perceive.control import Dispatch, Finish, Force, Ignore, RunLimits, Stop
 from perceive.control import merge_action_options as merge_options
 from perceive.encoders import EncoderHub
 from perceive.errors import ConfigError, PerceiveError, RemoteError
-from perceive.images import as_rgb, check_input_size, load_image
+from perceive.images import as_rgb, load_image
 from perceive.loop.observe import Observer, err
 from perceive.loop.options import LoopOptions
-from perceive.loop.sample import Answer, Sample, answer_each, check_question
+from perceive.loop.sample import Answer, Sample, answer_each, check_input
 from perceive.protocol import ParseError, PerceptionCall
 from perceive.remote.endpoint import call_endpoint, data_url, make_client
 from perceive.trace import EventType, FinishReason, Trace
@@ -175,8 +175,7 @@ class RemoteLoop:
         q = question if isinstance(question, str) else ""
         s = Sample(index, root, Trace(question=q, image_size=root.size), None, torch.Generator(), question=q)
         try:
-            check_question(question)
-            check_input_size(root.size)  # the input's shape, before any frame is made
+            check_input(question, root.size)
             if self.remote.mode == "server":
                 return self._server_side(s)
             self._client_side(s)
