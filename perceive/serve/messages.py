@@ -22,7 +22,7 @@ from PIL import Image
 from perceive.errors import ImageError, InputError
 from perceive.images import load_image
 from perceive.loop.sample import ToolResult, Turn
-from perceive.serve.schema import ChatRequest, ImagePart, Message, TextPart
+from perceive.serve.openai_schema import ChatRequest, ImagePart, Message, TextPart
 
 
 @dataclass
