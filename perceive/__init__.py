@@ -15,8 +15,7 @@ from perceive.geometry import Box, Frame
 from perceive.hookspecs import hookimpl
 from perceive.observations import Features, Text, View
 from perceive.plugins import Registry, get_registry, load_registry
-from perceive.protocol import ParseError, PerceptionCall, StreamParser
-from perceive.protocols import TextToolProtocol, ToolProtocol
+from perceive.protocols import ParseError, PerceptionCall, StreamParser, TextToolProtocol, ToolProtocol
 from perceive.reencode import ReencodeAction
 
 __version__ = "0.1.0"

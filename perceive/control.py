@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
-from perceive.protocol import PerceptionCall
+from perceive.protocols.calls import PerceptionCall
 from perceive.trace import EventType, FinishReason, Trace
 
 

@@ -169,7 +169,8 @@ def parse(text: str = typer.Argument(..., help="The model's output."),
     if isinstance(proto, TextToolProtocol):
         results = proto.read_text(text, frames, actions)
     else:  # a token protocol (vpt): each <|...|> piece and each run of text between is one token
-        from perceive.protocol import ParseError, parse_tokens, split_text
+        from perceive.protocols.calls import ParseError
+        from perceive.protocols.vpt_stream import parse_tokens, split_text
 
         results = parse_tokens([a for a in actions if a.grammar is not None], split_text(text))
         results = [r if isinstance(r, ParseError) else r.to_call() for r in results]

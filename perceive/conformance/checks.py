@@ -43,7 +43,8 @@ from perceive.encoders import EncoderHub, image_key, layout_mismatch
 from perceive.geometry import Box, Frame
 from perceive.images import as_rgb
 from perceive.observations import Text, View
-from perceive.protocol import DictCodec, StreamParser
+from perceive.protocols.codec import DictCodec
+from perceive.protocols.vpt_stream import StreamParser
 
 
 class CheckStatus(str, Enum):

@@ -18,7 +18,7 @@ from perceive.control import Decision, Dispatch, Finish, Force, Ignore, RunLimit
 from perceive.control import merge_action_options as merge_options
 from perceive.graph.predicates import parse_predicate
 from perceive.graph.spec import ANY
-from perceive.protocol import PerceptionCall
+from perceive.protocols.calls import PerceptionCall
 from perceive.trace import EventType, FinishReason
 
 if TYPE_CHECKING:

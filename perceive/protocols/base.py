@@ -11,7 +11,7 @@ A :class:`ToolProtocol` knows four things about its family:
   :class:`~perceive.geometry.Frame`);
 * how the observation turn after a call is written (:meth:`ToolProtocol.observation_text`).
 
-Malformed calls are :class:`~perceive.protocol.ParseError` values; nothing a model writes raises.
+Malformed calls are :class:`~perceive.protocols.calls.ParseError` values; nothing a model writes raises.
 Protocols arrive through the ``perceive_register_protocols`` hook; ``vpt``, ``hermes_json`` and
 ``mini_o3_grounding`` are built in.
 """
@@ -29,7 +29,8 @@ from pydantic import BaseModel, ConfigDict
 
 from perceive.actions import Action
 from perceive.geometry import Frame
-from perceive.protocol import Event, ParseError, ParseErrorKind, PerceptionCall, TokenCodec
+from perceive.protocols.calls import Event, ParseError, ParseErrorKind, PerceptionCall
+from perceive.protocols.codec import TokenCodec
 from perceive.protocols.boxes import BoxProblem, Resolved, _exact, _num, crop_call, read_box, view_at  # noqa: F401 - public here too
 
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
@@ -93,7 +94,7 @@ class ToolProtocol:
         return [a.name for a in actions]
 
     def calls_in_text(self, text: str, views: Sequence[Frame], actions: Sequence[Action]) -> list[Event]:
-        """Every call (:class:`~perceive.protocol.PerceptionCall`) and parse error in a finished turn's
+        """Every call (:class:`~perceive.protocols.calls.PerceptionCall`) and parse error in a finished turn's
         ``text``, written as the model writes it (perception tokens as their literals)."""
         raise NotImplementedError(f"protocol {self.name!r} cannot read calls out of text")
 

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from perceive.actions import Action
 from perceive.geometry import ROOT, Box, Frame
-from perceive.protocol import ParseErrorKind
+from perceive.protocols.calls import ParseErrorKind
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from perceive.actions import Action
 from perceive.errors import did_you_mean
 from perceive.geometry import Frame
-from perceive.protocol import ParseErrorKind
+from perceive.protocols.calls import ParseErrorKind
 from perceive.protocols.base import BoxProblem, Resolved, TextToolProtocol, crop_call, read_box, view_at
 from perceive.protocols.boxes import SmallBoxRule
 

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from perceive.actions import Action
 from perceive.geometry import Frame
-from perceive.protocol import ParseErrorKind
+from perceive.protocols.calls import ParseErrorKind
 from perceive.protocols.base import BoxProblem, Resolved, TextToolProtocol, crop_call, read_box, view_at
 
 SYSTEM_PROMPT = (

@@ -1,6 +1,6 @@
 """``vpt``: the paper's perception tokens (``<|region_token_start|>`` ... on an 8x8 grid).
 
-The reader is :class:`perceive.protocol.StreamParser`, the observation turn the paper's image
+The reader is :class:`perceive.protocols.vpt_stream.StreamParser`, the observation turn the paper's image
 turn (``ChatLayout.observation_turn``), the system turn the run's own: today's behaviour, unchanged.
 """
 
@@ -10,7 +10,9 @@ from collections.abc import Sequence
 
 from perceive.actions import Action
 from perceive.geometry import Frame
-from perceive.protocol import Event, StreamParser, TokenCodec, parse_tokens, split_text
+from perceive.protocols.calls import Event
+from perceive.protocols.codec import TokenCodec
+from perceive.protocols.vpt_stream import StreamParser, parse_tokens, split_text
 from perceive.protocols.base import ToolProtocol, Views
 
 

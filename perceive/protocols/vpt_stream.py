@@ -1,135 +1,21 @@
-"""The perception-token protocol: a streaming parser from generated ids to calls.
+"""The VPT stream parser: the paper's perception-token spans, read from generated ids one at a time.
 
-Feed it token ids one at a time as the model generates them. When a span closes it returns a
-:class:`PerceptionCall` (typed arguments, raw tokens). Anything malformed comes back as a
-:class:`ParseError` *value*, which the loop records in the trace; no exception escapes
-:meth:`StreamParser.feed` or :meth:`StreamParser.close`.
-
-Malformed input and what it yields:
-
-==================  ==========================================================================
-kind                when
-==================  ==========================================================================
-missing_x/missing_y a region span without any x (or y) cell token
-out_of_range        a grid token whose index is >= the grid size, e.g. ``<|x_8|>`` on 8x8
-unexpected_token    ordinary text or a token the action does not allow inside its span
-mixed_families      a token of another action's grammar inside a span
-nested_start        a start token while a span is open (the open span is dropped and the new
-                    one starts)
-stray_end           an end token with no open span
-unclosed            generation ended inside a span
-invalid_args        the action's parser rejected the span for another reason; for a tool call:
-                    missing or ill-typed arguments
-invalid_json        a tool call whose body is not valid JSON (text protocols)
-unknown_tool        a tool call naming no declared tool
-bad_box             a degenerate box, or (without repair) one outside its view or too small
-unknown_view        a tool call naming a view that was never shown (``img_idx``, ``source``)
-==================  ==========================================================================
-
-Text tool-call protocols (``perceive.protocols``) report their errors with the same kinds.
+Feed it token ids as the model generates them. When a span closes it returns a
+:class:`~perceive.protocols.calls.PerceptionCall` (typed arguments, raw tokens). Anything
+malformed comes back as a :class:`~perceive.protocols.calls.ParseError` *value* (its kinds are
+listed in :mod:`perceive.protocols.calls`); no exception escapes :meth:`StreamParser.feed` or
+:meth:`StreamParser.close`. The ``vpt`` protocol (:mod:`perceive.protocols.vpt`) reads with it.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from enum import Enum
-from typing import Any, Protocol
 
-from pydantic import BaseModel
-
-from perceive.actions import Action, ActionCall, SpanError
-from perceive.geometry import ROOT
-
-
-class ParseErrorKind(str, Enum):
-    MISSING_X = "missing_x"
-    MISSING_Y = "missing_y"
-    OUT_OF_RANGE = "out_of_range"
-    UNEXPECTED_TOKEN = "unexpected_token"
-    MIXED_FAMILIES = "mixed_families"
-    NESTED_START = "nested_start"
-    STRAY_END = "stray_end"
-    UNCLOSED = "unclosed"
-    INVALID_ARGS = "invalid_args"
-    INVALID_JSON = "invalid_json"
-    UNKNOWN_TOOL = "unknown_tool"
-    BAD_BOX = "bad_box"
-    UNKNOWN_VIEW = "unknown_view"
-
-@dataclass(frozen=True)
-class ParseError:
-    """A malformed perception span, as a value. ``position`` is the stream index where it was
-    detected; ``tokens`` the span read so far (start token included)."""
-
-    kind: ParseErrorKind
-    message: str
-    action: str | None = None
-    tokens: tuple[str, ...] = ()
-    position: int = -1
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind.value,
-            "message": self.message,
-            "action": self.action,
-            "tokens": list(self.tokens),
-            "position": self.position,
-        }
-
-@dataclass(frozen=True)
-class PerceptionCall:
-    """A closed, well-formed span. ``start``/``end`` are stream indices of its first and last
-    token (inclusive). ``target``: the view the call itself names (tool-call protocols whose
-    calls carry their frame); ``None`` when the loop's ``target`` option decides (VPT spans)."""
-
-    action: str
-    args: BaseModel
-    tokens: tuple[str, ...]
-    token_ids: tuple[int, ...]
-    start: int
-    end: int
-    target: str | None = None
-
-    def to_call(self, target: str = ROOT) -> ActionCall:
-        return ActionCall(self.action, self.args, self.target or target, self.tokens, self.token_ids)
-
-Event = PerceptionCall | ParseError
-
-class TokenCodec(Protocol):
-    """How the parser sees token ids. A transformers tokenizer fits through
-    :func:`codec_from_tokenizer`."""
-
-    def token(self, token_id: int) -> str:
-        """The token's string form (special tokens exactly as written, e.g. ``<|x_3|>``)."""
-
-    def text(self, token_ids: list[int]) -> str:
-        """Ordinary ids decoded to text."""
-
-@dataclass
-class DictCodec:
-    """A codec from an explicit id -> string table; unknown ids decode to ``""``."""
-
-    table: Mapping[int, str]
-
-    def token(self, token_id: int) -> str:
-        return self.table.get(int(token_id), "")
-
-    def text(self, token_ids: list[int]) -> str:
-        return "".join(self.table.get(int(i), "") for i in token_ids)
-
-def codec_from_tokenizer(tokenizer) -> TokenCodec:
-    """Wrap a transformers tokenizer (``convert_ids_to_tokens`` / ``decode``)."""
-
-    class _Tok:
-        def token(self, token_id: int) -> str:
-            return tokenizer.convert_ids_to_tokens(int(token_id)) or ""
-
-        def text(self, token_ids: list[int]) -> str:
-            return tokenizer.decode(token_ids, skip_special_tokens=False)
-
-    return _Tok()
+from perceive.actions import Action, SpanError
+from perceive.protocols.calls import Event, ParseError, ParseErrorKind, PerceptionCall
+from perceive.protocols.codec import DictCodec, TokenCodec
 
 _PIECE = re.compile(r"<\|[^|<>]*\|>|[^<]+|<")
 
@@ -284,3 +170,6 @@ def parse_tokens(actions: Iterable[Action], tokens: Iterable[str]) -> list[Event
     events = parser.feed_many(ids[t] for t in tokens)
     tail = parser.close()
     return events + ([tail] if tail else [])
+
+
+__all__ = ["StreamParser", "parse_tokens", "split_text"]
