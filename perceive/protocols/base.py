@@ -29,9 +29,9 @@ from pydantic import BaseModel, ConfigDict
 
 from perceive.actions import Action
 from perceive.geometry import Frame
+from perceive.protocols.boxes import BoxProblem, Resolved, _exact, _num, crop_call, read_box, view_at  # noqa: F401 - public here too
 from perceive.protocols.calls import Event, ParseError, ParseErrorKind, PerceptionCall
 from perceive.protocols.codec import TokenCodec
-from perceive.protocols.boxes import BoxProblem, Resolved, _exact, _num, crop_call, read_box, view_at  # noqa: F401 - public here too
 
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
 

@@ -26,9 +26,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from perceive.actions import Action
 from perceive.errors import did_you_mean
 from perceive.geometry import Frame
-from perceive.protocols.calls import ParseErrorKind
 from perceive.protocols.base import BoxProblem, Resolved, TextToolProtocol, crop_call, read_box, view_at
 from perceive.protocols.boxes import SmallBoxRule
+from perceive.protocols.calls import ParseErrorKind
 
 TOOLS_HEADER = ("# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
                 "You are provided with function signatures within <tools></tools> XML tags:\n<tools>")

@@ -19,8 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from perceive.actions import Action
 from perceive.geometry import Frame
-from perceive.protocols.calls import ParseErrorKind
 from perceive.protocols.base import BoxProblem, Resolved, TextToolProtocol, crop_call, read_box, view_at
+from perceive.protocols.calls import ParseErrorKind
 
 SYSTEM_PROMPT = (
     "You are a helpful assistant. Answer the user's question based on the image provided. Output your thinking "

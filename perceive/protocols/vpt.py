@@ -10,10 +10,10 @@ from collections.abc import Sequence
 
 from perceive.actions import Action
 from perceive.geometry import Frame
+from perceive.protocols.base import ToolProtocol, Views
 from perceive.protocols.calls import Event
 from perceive.protocols.codec import TokenCodec
 from perceive.protocols.vpt_stream import StreamParser, parse_tokens, split_text
-from perceive.protocols.base import ToolProtocol, Views
 
 
 class VPTProtocol(ToolProtocol):
