@@ -1,7 +1,7 @@
 """Typed errors. Every error says what went wrong and what to do next.
 
 Errors that happen *inside* a perception loop (a malformed span, a failing plugin) are
-recorded as values in the trace instead of being raised; see `perceive.protocol.ParseError`
+recorded as values in the trace instead of being raised; see `perceive.protocols.calls.ParseError`
 and `perceive.dispatch.ActionFailure`. The exceptions here are for the caller's mistakes:
 a bad config, an unreadable image, an unknown action name.
 """
