@@ -6,7 +6,6 @@ encoder features, or text) is fed back to the model.
 """
 
 from perceive.actions import Action, ActionCall, ActionContext, SpanError, TriggerGrammar
-from perceive.branches import BranchInput, BranchSpec, BranchTokens, ModelBranchEncoder, PaperLayout
 from perceive.config import PerceiveConfig, load_config
 from perceive.dispatch import ActionFailure, DispatchResult, dispatch
 from perceive.encoders import EncoderHub, EncoderSpec
@@ -16,7 +15,7 @@ from perceive.hookspecs import hookimpl
 from perceive.observations import Features, Text, View
 from perceive.plugins import Registry, get_registry, load_registry
 from perceive.protocols import ParseError, PerceptionCall, StreamParser, TextToolProtocol, ToolProtocol
-from perceive.reencode import ReencodeAction
+from perceive.reencode import BranchInput, BranchSpec, BranchTokens, ModelBranchEncoder, PaperLayout, ReencodeAction
 
 __version__ = "0.1.0"
 

@@ -94,7 +94,7 @@ class EncoderSpec:
     (a :class:`FeatureLayout`; ``"tokens"`` or ``"map"`` are accepted).
 
     ``branch_options``: the options ``build`` still applies when, given no weights, it runs the
-    loaded model's own trained branch (:class:`~perceive.branches.ModelBranchEncoder`) instead of
+    loaded model's own trained branch (:class:`~perceive.reencode.ModelBranchEncoder`) instead of
     a standalone encoder. Any other option set then is refused when the run starts
     (:func:`branch_option_problems`): the branch runs as it was trained (perceive.json), and an
     option it would ignore must not look as if it applied.
@@ -156,7 +156,7 @@ def trained_branch(encoder: str, branches: Mapping[str, Any], actions: Mapping[s
     ``branches``: the model's (``VPTConfig.branches``, by action); ``actions``: the registered
     actions, by name. A branch runs the encoders of its features action (an encoder's ``build``
     returns the model's own branch when there are no weights: see
-    :class:`~perceive.branches.ModelBranchEncoder`) and the one it was trained with."""
+    :class:`~perceive.reencode.ModelBranchEncoder`) and the one it was trained with."""
     for name, branch in branches.items():
         if getattr(branch, "encoder", None) == encoder or encoder in getattr(actions.get(name), "encoders", ()):
             return name

@@ -14,7 +14,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from perceive.actions import Action, ActionCall, ActionContext
-    from perceive.branches import BranchSpec
+    from perceive.reencode.branch_spec import BranchSpec
     from perceive.encoders import EncoderSpec
     from perceive.protocols import ToolProtocol
 

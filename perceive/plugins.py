@@ -27,7 +27,7 @@ import pluggy
 
 from perceive import hookspecs
 from perceive.actions import Action, action_problems
-from perceive.branches import BranchSpec, branch_problems
+from perceive.reencode.branch_spec import BranchSpec, branch_problems
 from perceive.dispatch import CorePlugin
 from perceive.encoders import EncoderSpec, encoder_problems
 from perceive.errors import (

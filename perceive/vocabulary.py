@@ -1,7 +1,7 @@
 """The perception-token vocabulary of the VPT paper (vpt-paper.md §1.1).
 
 Token strings are exact. The grid size is a parameter (the paper hard-wires 8). The re-encode
-tokens belong to the branches plugins register (:class:`perceive.branches.BranchTokens`).
+tokens belong to the branches plugins register (:class:`perceive.reencode.BranchTokens`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from perceive.branches import BranchTokens
+    from perceive.reencode.branch_spec import BranchTokens
 
 REGION_START = "<|region_token_start|>"
 REGION_END = "<|region_token_end|>"

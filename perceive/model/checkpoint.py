@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from perceive.branches.weights import strict_load  # noqa: F401 - part of the plugin API, importable here as before
+from perceive.reencode.weights import strict_load  # noqa: F401 - part of the plugin API, importable here as before
 from perceive.errors import ConfigError, ModelLoadError, PerceiveError
 from perceive.model import paper
 from perceive.model.checks import (  # re-exported: perceive.model.checkpoint.read_json etc. keep working

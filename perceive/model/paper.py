@@ -3,7 +3,7 @@
 Layout: ``config.json`` with ``model_type`` ``qwen2_vl_vpt`` or ``vrt_qwen2_vl`` (a flat
 Qwen2-VL config plus the VPT fields), weights in ``pytorch_model*.bin`` shards with the legacy
 key families ``model.*``, ``visual.*``, ``lm_head.*`` and each re-encode family's own. The
-families are the registered branches that declare a :class:`~perceive.branches.PaperLayout`:
+families are the registered branches that declare a :class:`~perceive.reencode.PaperLayout`:
 ``vision_encoder_ls`` names them, ``{family}_action_start_id`` (and ``_action_id``,
 ``_image_token_id``) give their ids, their key prefixes map to ``branches.<name>.encoder`` /
 ``.projector``, and each branch reads its own encoder architecture from the folder
@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from perceive.branches.weights import library_rename, read_config_file  # noqa: F401 - the plugin API; here as before
+from perceive.reencode.weights import library_rename, read_config_file  # noqa: F401 - the plugin API; here as before
 from perceive.errors import ModelLoadError
 from perceive.model.config import BranchConfig, RegionConfig, SpecialIds, VPTConfig
 from perceive.vocabulary import REGION_END, REGION_START, Vocabulary
@@ -125,7 +125,7 @@ def read_state(path: Path) -> dict[str, torch.Tensor]:
 
 def convert_state(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Paper keys -> :class:`~perceive.model.vpt.VPTModel` keys: each registered branch's paper
-    prefixes (:class:`~perceive.branches.PaperLayout` ``weights``) become ``branches.<name>.<part>.``,
+    prefixes (:class:`~perceive.reencode.PaperLayout` ``weights``) become ``branches.<name>.<part>.``,
     converted by the branch (:meth:`~perceive.BranchSpec.convert_paper_weights`). Keys of no known
     family pass through unchanged, so the strict load reports them as unexpected."""
     out: dict[str, torch.Tensor] = {}

@@ -1,7 +1,7 @@
 """The VPT model: a stock transformers Qwen2-VL / Qwen2.5-VL (or Qwen3-VL) with perception branches beside it.
 
 Composition, not a fork: ``base`` is an unmodified ``Qwen2VLForConditionalGeneration`` (or
-Qwen2.5-VL) and ``branches`` holds one :class:`~perceive.model.branches.Branch` per re-encode
+Qwen2.5-VL) and ``branches`` holds one :class:`~perceive.model.branch_modules.Branch` per re-encode
 action (its encoder and projector), built by the plugin that registers the branch
 (:class:`perceive.BranchSpec`): nothing here knows one branch from another.
 :meth:`VPTModel.forward` is the paper's training forward (vpt-paper.md §2.6-2.8); the online loop
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from perceive.model.branches import Branch, branch_spec
+from perceive.model.branch_modules import Branch, branch_spec
 from perceive.model.config import BranchConfig, VPTConfig
 
 IGNORE_INDEX = -100
@@ -216,7 +216,7 @@ class VPTModel(nn.Module):
         """One image's raw features through the model's own branch: the branch's preprocessing
         (as in training), then its encoder. Shaped as an encoder returns them (what
         :meth:`project_features` takes). ``image``: a PIL image, or anything
-        :func:`perceive.images.load_image` reads. :class:`perceive.branches.ModelBranchEncoder` wraps it."""
+        :func:`perceive.images.load_image` reads. :class:`perceive.reencode.ModelBranchEncoder` wraps it."""
         from perceive.images import as_rgb, load_image
 
         spec, cfg = self.branch_spec(action), self.branch_config(action)
@@ -365,7 +365,7 @@ class VPTModel(nn.Module):
         preprocessed extra images, ``{branch: inputs}`` with ``inputs`` as its spec collates them
         (the collator's ``batch["extra"]``). The reference's own keywords for them
         (``paper_inputs``) are read through each branch's
-        :class:`~perceive.branches.PaperLayout` (:meth:`paper_inputs`).
+        :class:`~perceive.reencode.PaperLayout` (:meth:`paper_inputs`).
 
         Gradients reach the token embeddings and the encoders whenever their parameters require
         them. ``reference_no_grad`` computes those under ``no_grad`` as the reference does (§2.6

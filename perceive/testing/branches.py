@@ -31,7 +31,7 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
-from perceive.branches import BranchInput, BranchSpec, branch_problems
+from perceive.reencode.branch_spec import BranchInput, BranchSpec, branch_problems
 from perceive.conformance import CheckResult, ConformanceReport, awkward_images, real_photos
 from perceive.images import as_rgb
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from perceive.branches import BranchInput, BranchSpec, BranchTokens, PaperLayout
+from perceive.reencode import BranchInput, BranchSpec, BranchTokens, PaperLayout
 
 TOKENS = BranchTokens.named("detection")
 
@@ -68,7 +68,7 @@ class DinoBranch(BranchSpec):
         return Dinov2Model(Dinov2Config(**self._encoder_config(config)))
 
     def build_projector(self, config, hidden_size: int, scale: int = 1):
-        from perceive.branches.projectors import TokenProjector
+        from perceive.reencode.projectors import TokenProjector
 
         return TokenProjector(config.feature_dim, hidden_size, scale)
 
@@ -76,7 +76,7 @@ class DinoBranch(BranchSpec):
         """A local transformers DINOv2 folder, loaded strictly."""
         from transformers import Dinov2Model
 
-        from perceive.branches.weights import strict_load
+        from perceive.reencode.weights import strict_load
 
         src = Dinov2Model.from_pretrained(str(weights), local_files_only=True)
         strict_load(encoder, src.state_dict(), str(weights))
@@ -91,7 +91,7 @@ class DinoBranch(BranchSpec):
         return out.last_hidden_state[:, 1:], None
 
     def paper_config(self, folder, raw, hidden_size: int) -> dict[str, Any]:
-        from perceive.branches.weights import read_config_file
+        from perceive.reencode.weights import read_config_file
 
         f = folder / "dino_config.json"
         cfg = read_config_file(f) if f.exists() else self.encoder_config_for("dinov2_large")
@@ -99,7 +99,7 @@ class DinoBranch(BranchSpec):
 
     def convert_paper_weights(self, part, state, module):
         if part == "encoder" and module is not None and state:
-            from perceive.branches.weights import library_rename
+            from perceive.reencode.weights import library_rename
 
             return library_rename(module, state)  # legacy attention keys, as transformers renames them
         return state

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from transformers import BitImageProcessorPil, Dinov2Config, Dinov2Model
 
-from perceive.branches import model_has_branch
+from perceive.reencode import model_has_branch
 from perceive.encoders import require_weights
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from perceive.branches import BranchInput, BranchSpec, BranchTokens, PaperLayout
+from perceive.reencode import BranchInput, BranchSpec, BranchTokens, PaperLayout
 
 TOKENS = BranchTokens.named("clip")
 

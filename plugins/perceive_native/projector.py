@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from perceive.branches.projectors import ConditionedProjector, condition, xavier
+from perceive.reencode.projectors import ConditionedProjector, condition, xavier
 
 
 class NativeProjector(ConditionedProjector):

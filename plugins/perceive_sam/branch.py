@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from perceive.branches import BranchInput, BranchSpec, BranchTokens, PaperLayout
+from perceive.reencode import BranchInput, BranchSpec, BranchTokens, PaperLayout
 
 TOKENS = BranchTokens.named("seg")
 
@@ -96,7 +96,7 @@ class SamBranch(BranchSpec):
         return encoder(inputs["pixel_values"].to(w.dtype)), None
 
     def paper_config(self, folder, raw, hidden_size: int) -> dict[str, Any]:
-        from perceive.branches.weights import read_config_file
+        from perceive.reencode.weights import read_config_file
 
         f = folder / "sam_vision_config.json"
         cfg = read_config_file(f) if f.exists() else self.encoder_config_for("sam_vit_l")

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from transformers import SamImageProcessorPil
 
-from perceive.branches import model_has_branch
+from perceive.reencode import model_has_branch
 from perceive.encoders import require_weights
 from perceive_sam.modeling import VARIANTS, image_encoder, load_official, sam_modeling
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from perceive import BranchInput, BranchSpec, BranchTokens, EncoderSpec, ReencodeAction, hookimpl
 from perceive.actions import EncoderOptions
-from perceive.branches import ModelBranchEncoder, model_has_branch
+from perceive.reencode import ModelBranchEncoder, model_has_branch
 
 TOKENS = BranchTokens.named("sobel")  # <|sobel_action_start|> <|sobel_action|> <|sobel_action_end|> <|sobel_image_pad|>
 CONFIG = {"grid": 4, "dim": 16}  # 4x4 = 16 tokens of 16 features
@@ -72,7 +72,7 @@ class SobelBranch(BranchSpec):
         return sobel_module(**config.encoder_config)
 
     def build_projector(self, config, hidden_size, scale=1):
-        from perceive.branches.projectors import TokenProjector
+        from perceive.reencode.projectors import TokenProjector
 
         return TokenProjector(config.feature_dim, hidden_size, scale)
 

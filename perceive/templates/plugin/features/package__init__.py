@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from perceive import BranchInput, BranchSpec, BranchTokens, EncoderSpec, ModelBranchEncoder, ReencodeAction, hookimpl
 from perceive.actions import EncoderOptions
-from perceive.branches import model_has_branch
+from perceive.reencode import model_has_branch
 
 TOKENS = BranchTokens(start="${start}", action="${action}", end="${end}", pad="${pad}")
 #: the encoder's architecture; a model stores it in perceive.json (``encoder_config``)
@@ -79,14 +79,14 @@ class ${Name}Branch(BranchSpec):
         return encoder_module(**(config.encoder_config or CONFIG))
 
     def build_projector(self, config, hidden_size, scale=1):
-        from perceive.branches.projectors import TokenProjector
+        from perceive.reencode.projectors import TokenProjector
 
         return TokenProjector(config.feature_dim, hidden_size, scale)
 
     def load_encoder_weights(self, encoder, weights):
         import torch
 
-        from perceive.branches.weights import strict_load
+        from perceive.reencode.weights import strict_load
 
         strict_load(encoder, torch.load(weights, map_location="cpu", weights_only=True), str(weights))
 

@@ -22,7 +22,8 @@ is a :class:`BranchSpec`, which a plugin registers through ``perceive_register_b
 
 The model (:class:`perceive.VPTModel`), the collator, the paper converter, the training config
 and the test models only ever iterate over the registered specs: a branch a third-party plugin
-registers is trained, saved, loaded and run exactly like the reference ones.
+registers is trained, saved, loaded and run exactly like the reference ones. At inference a
+branch's encoder runs through :class:`~perceive.reencode.branch_encoder.ModelBranchEncoder`.
 
 This module imports neither torch nor transformers; a spec imports what it needs inside its
 methods, so plugin discovery stays fast.
@@ -174,7 +175,7 @@ class BranchSpec:
     def build_projector(self, config: BranchConfig, hidden_size: int, scale: int = 1) -> nn.Module:
         """A randomly initialised projector from ``config.feature_dim`` features to
         ``hidden_size`` rows, conditioned on a ``hidden_size * scale`` control vector.
-        :class:`perceive.branches.projectors.TokenProjector` fits ``(N, T, C)`` token features."""
+        :class:`perceive.reencode.projectors.TokenProjector` fits ``(N, T, C)`` token features."""
         raise NotImplementedError
 
     def load_encoder_weights(self, encoder: nn.Module, weights: str) -> None:
@@ -274,31 +275,4 @@ def branch_problems(spec: Any) -> list[str]:
     return problems
 
 
-class ModelBranchEncoder:
-    """A :class:`~perceive.encoders.VisionEncoder` that runs a loaded model's own branch (its
-    trained encoder weights and its preprocessing): ``encode(image)`` is
-    ``model.branch_features(branch, image)``. A plugin's encoder ``build(weights, options,
-    model)`` returns one when no weights are given and the model carries the branch::
-
-        def build(weights=None, options=None, model=None):
-            if weights is None and model_has_branch(model, "sobel"):
-                return ModelBranchEncoder(model, "sobel")
-            ...  # else: a standalone encoder from local weights
-    """
-
-    def __init__(self, model: Any, branch: str):
-        self.model = model
-        self.branch = branch
-
-    def encode(self, image: Image.Image) -> torch.Tensor:
-        return self.model.branch_features(self.branch, image).float()
-
-
-def model_has_branch(model: Any, name: str) -> bool:
-    """Whether ``model`` is a VPT model that carries the re-encode branch ``name``."""
-    has = getattr(model, "has_branch", None)
-    return bool(has is not None and has(name))
-
-
-__all__ = ["BranchInput", "BranchSpec", "BranchTokens", "ModelBranchEncoder", "PaperLayout", "branch_problems",
-           "model_has_branch"]
+__all__ = ["BranchInput", "BranchSpec", "BranchTokens", "PaperLayout", "branch_problems"]

@@ -12,7 +12,7 @@ from perceive.errors import ModelLoadError
 from perceive.model.config import BranchConfig
 
 if TYPE_CHECKING:
-    from perceive.branches import BranchSpec
+    from perceive.reencode.branch_spec import BranchSpec
     from perceive.plugins import Registry
 
 

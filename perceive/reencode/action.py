@@ -1,9 +1,9 @@
 """Vision Re-Encoding actions (the paper's second token family, vpt-paper.md §1.1, §2.5).
 
-The span is ``start action end`` (a :class:`~perceive.branches.BranchTokens`, in the paper's
+The span is ``start action end`` (a :class:`~perceive.reencode.branch_spec.BranchTokens`, in the paper's
 naming ``<|F_action_start|> <|F_action|> <|F_action_end|>``). The action encodes the target view
 with a vision encoder and returns :class:`Features`; the model's branch of the same name (a
-:class:`~perceive.BranchSpec` its plugin registers) projects them, conditioned on the control
+:class:`~perceive.reencode.branch_spec.BranchSpec` its plugin registers) projects them, conditioned on the control
 hidden state (the last-layer state at the span's start token), and the loop places them at
 ``num_placeholders`` copies of the branch's pad token.
 """
@@ -16,7 +16,7 @@ from typing import ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from perceive.actions import Action, ActionCall, ActionContext, SpanError, TriggerGrammar
-from perceive.branches import BranchTokens
+from perceive.reencode.branch_spec import BranchTokens
 from perceive.encoders import FeatureLayout, layout_mismatch
 from perceive.errors import ActionInputError, EncoderUnavailableError
 from perceive.observations import Features
@@ -31,7 +31,7 @@ class ReencodeArgs(BaseModel):
 
 class ReencodeAction(Action):
     """Base for re-encode actions. Subclasses set ``name``, ``tokens`` (the branch's
-    :class:`~perceive.branches.BranchTokens`), ``encoders`` (the first is the default) and, when
+    :class:`~perceive.reencode.branch_spec.BranchTokens`), ``encoders`` (the first is the default) and, when
     the branch's projector takes ``(C, H, W)`` maps, ``layout = FeatureLayout.MAP``.
 
     :meth:`run` returns :class:`Features` whose ``tensor`` is the encoder's output for the target
