@@ -1,0 +1,8 @@
+"""Deprecated: moved to :mod:`perceive.reencode.projectors`. Importing a name from here works for
+one release and warns."""
+
+from perceive.deprecation import moved_names
+
+__getattr__, __dir__ = moved_names(__name__, dict.fromkeys(
+    ["ConditionedProjector", "TokenProjector", "condition", "xavier"], "perceive.reencode.projectors"))
+__all__: list[str] = []  # a star import must not pull every name through the warning

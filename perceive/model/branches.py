@@ -1,0 +1,8 @@
+"""Deprecated: moved to :mod:`perceive.model.branch_modules`. Importing a name from here works for
+one release and warns."""
+
+from perceive.deprecation import moved_names
+
+__getattr__, __dir__ = moved_names(__name__, dict.fromkeys(
+    ["Branch", "branch_spec", "build_encoder"], "perceive.model.branch_modules"))
+__all__: list[str] = []  # a star import must not pull every name through the warning
