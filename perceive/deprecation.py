@@ -4,6 +4,7 @@ release, answering each name from its new home with a ``DeprecationWarning`` tha
 from __future__ import annotations
 
 import importlib
+import sys
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -17,7 +18,10 @@ def moved_names(old: str, new: Mapping[str, str]) -> tuple[Callable[[str], Any],
     def __getattr__(name: str) -> Any:
         if name not in new:
             raise AttributeError(f"module {old!r} has no attribute {name!r}")
-        warnings.warn(f"{old} is deprecated: import {name} from {new[name]}", DeprecationWarning, stacklevel=2)
+        # `from package import name` asks twice (the import system's hasattr, then the statement):
+        # warn once, at the statement, so the warning points at the caller's line
+        if sys._getframe(1).f_globals.get("__name__") != "importlib._bootstrap":
+            warnings.warn(f"{old} is deprecated: import {name} from {new[name]}", DeprecationWarning, stacklevel=2)
         return getattr(importlib.import_module(new[name]), name)
 
     def __dir__() -> list[str]:

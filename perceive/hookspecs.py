@@ -14,9 +14,9 @@ import pluggy
 
 if TYPE_CHECKING:
     from perceive.actions import Action, ActionCall, ActionContext
-    from perceive.reencode.branch_spec import BranchSpec
     from perceive.encoders import EncoderSpec
     from perceive.protocols import ToolProtocol
+    from perceive.reencode.branch_spec import BranchSpec
 
 PROJECT = "perceive"
 hookspec = pluggy.HookspecMarker(PROJECT)

@@ -27,7 +27,6 @@ import pluggy
 
 from perceive import hookspecs
 from perceive.actions import Action, action_problems
-from perceive.reencode.branch_spec import BranchSpec, branch_problems
 from perceive.dispatch import CorePlugin
 from perceive.encoders import EncoderSpec, encoder_problems
 from perceive.errors import (
@@ -39,6 +38,7 @@ from perceive.errors import (
     did_you_mean,
 )
 from perceive.protocols import ToolProtocol, builtin_protocols, protocol_problems
+from perceive.reencode.branch_spec import BranchSpec, branch_problems
 
 ENTRY_POINT_GROUP = "perceive.plugins"
 log = logging.getLogger(__name__)

@@ -12,8 +12,8 @@ from perceive.errors import ModelLoadError
 from perceive.model.config import BranchConfig
 
 if TYPE_CHECKING:
-    from perceive.reencode.branch_spec import BranchSpec
     from perceive.plugins import Registry
+    from perceive.reencode.branch_spec import BranchSpec
 
 
 def branch_spec(branch: BranchConfig | str, registry: Registry | None = None) -> BranchSpec:

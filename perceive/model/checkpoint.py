@@ -21,7 +21,6 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from perceive.reencode.weights import strict_load  # noqa: F401 - part of the plugin API, importable here as before
 from perceive.errors import ConfigError, ModelLoadError, PerceiveError
 from perceive.model import paper
 from perceive.model.checks import (  # re-exported: perceive.model.checkpoint.read_json etc. keep working
@@ -38,6 +37,7 @@ from perceive.model.checks import (  # re-exported: perceive.model.checkpoint.re
 from perceive.model.config import VPTConfig
 from perceive.model.tokenizer_checks import check_tokenizer, check_tokenizer_files
 from perceive.model.vpt import VPTModel
+from perceive.reencode.weights import strict_load  # noqa: F401 - part of the plugin API, importable here as before
 
 VIEW_PROCESSOR_DIR = "view_processor"  # how crops and other views are shown, when it differs
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

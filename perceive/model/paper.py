@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
-from perceive.reencode.weights import library_rename, read_config_file  # noqa: F401 - the plugin API; here as before
 from perceive.errors import ModelLoadError
 from perceive.model.config import BranchConfig, RegionConfig, SpecialIds, VPTConfig
+from perceive.reencode.weights import library_rename, read_config_file  # noqa: F401 - the plugin API; here as before
 from perceive.vocabulary import REGION_END, REGION_START, Vocabulary
 
 MODEL_TYPES = {"qwen2_vl_vpt", "vrt_qwen2_vl"}

@@ -16,10 +16,10 @@ from typing import ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from perceive.actions import Action, ActionCall, ActionContext, SpanError, TriggerGrammar
-from perceive.reencode.branch_spec import BranchTokens
 from perceive.encoders import FeatureLayout, layout_mismatch
 from perceive.errors import ActionInputError, EncoderUnavailableError
 from perceive.observations import Features
+from perceive.reencode.branch_spec import BranchTokens
 
 
 class ReencodeArgs(BaseModel):

@@ -31,9 +31,9 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
-from perceive.reencode.branch_spec import BranchInput, BranchSpec, branch_problems
 from perceive.conformance import CheckResult, ConformanceReport, awkward_images, real_photos
 from perceive.images import as_rgb
+from perceive.reencode.branch_spec import BranchInput, BranchSpec, branch_problems
 
 
 class BranchReport(ConformanceReport):

@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 from transformers import BitImageProcessorPil, Dinov2Config, Dinov2Model
 
-from perceive.reencode import model_has_branch
 from perceive.encoders import require_weights
+from perceive.reencode import model_has_branch
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]

@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 from transformers import SamImageProcessorPil
 
-from perceive.reencode import model_has_branch
 from perceive.encoders import require_weights
+from perceive.reencode import model_has_branch
 from perceive_sam.modeling import VARIANTS, image_encoder, load_official, sam_modeling
 
 __all__ = ["VARIANTS", "SamEncoder", "build", "build_tiny", "image_encoder", "load_official", "sam_modeling"]
