@@ -16,7 +16,19 @@ import sys
 import typer
 from typer.core import TyperGroup
 
-from perceive.cli import config_cmd, demo, graph_cmd, model_cmds, plugins_cmd, protocols_cmd, serve_cmd, train_cmds
+from perceive.cli import (
+    ask_cmd,
+    config_cmd,
+    convert_cmd,
+    data_cmd,
+    demo_cmd,
+    eval_cmd,
+    graph_cmd,
+    plugins_cmd,
+    protocols_cmd,
+    serve_cmd,
+    train_cmd,
+)
 from perceive.cli.output import DEBUG_HINT, console, fail, internal_error, print_error
 from perceive.cli.typer_compat import hide_flag_types
 
@@ -76,12 +88,12 @@ app.add_typer(plugins_cmd.app, name="plugins")
 app.add_typer(protocols_cmd.app, name="protocols")
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(graph_cmd.app, name="graph")
-app.add_typer(train_cmds.data_app, name="data")
-app.command("train")(train_cmds.train)
-app.command("eval")(train_cmds.eval_)
-app.command("demo")(demo.demo)
-app.command("ask")(model_cmds.ask)
-app.command("convert")(model_cmds.convert)
+app.add_typer(data_cmd.data_app, name="data")
+app.command("train")(train_cmd.train)
+app.command("eval")(eval_cmd.eval_)  # `perceive eval compare RUN...` included
+app.command("demo")(demo_cmd.demo)
+app.command("ask")(ask_cmd.ask)
+app.command("convert")(convert_cmd.convert)
 app.command("serve")(serve_cmd.serve)
 
 

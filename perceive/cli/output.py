@@ -37,6 +37,20 @@ def fail(message: object, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def warn_skipped(skipped) -> None:
+    """Print a dataset's skipped items (a :class:`~perceive.data.skipped.Skipped`: how many, why,
+    the first few) as a warning."""
+    if skipped.items:
+        console.print(f"[yellow]warning[/]: {escape(skipped.describe())}")
+
+
+def shell_command(*args: object) -> str:
+    """A command line the user can paste into a shell (each argument quoted where it must be)."""
+    import shlex
+
+    return " ".join(shlex.quote(str(a)) for a in args)
+
+
 def internal_error(exc: BaseException) -> typer.Exit:
     """One line for an exception that is not the user's mistake: what it was, and how to see more."""
     text = str(exc).strip().splitlines()

@@ -1,4 +1,4 @@
-"""``perceive ask`` and ``perceive convert``."""
+"""``perceive ask``: answer a question about an image, letting the model call perception actions."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from perceive.cli.options import (
     SetOpt,
     ThreadsOpt,
 )
-from perceive.cli.output import console, fail
+from perceive.cli.output import fail
 from perceive.cli.run_config import loop_flags, remote_flags, run_config
 
 
@@ -65,17 +65,3 @@ def ask(
     # header only (upright size): a wrong or too small or too elongated image fails before the model loads
     check_input_size(check_image_file(image), f"image {image}")
     run_graph(cfg, image, question, as_json, render)
-
-
-def convert(src: Path = typer.Argument(..., help="Paper checkpoint folder (qwen2_vl_vpt / vrt_qwen2_vl)."),
-            dst: Path = typer.Argument(..., help="Output folder, in perceive's format.")) -> None:
-    """Convert one of the paper's released checkpoints to perceive's format (strict: a key that
-    does not match is an error, never a silent partial load)."""
-    from perceive.errors import PerceiveError
-    from perceive.model import convert as do_convert
-
-    try:
-        out = do_convert(src, dst)
-    except PerceiveError as exc:
-        raise fail(exc, 1) from None
-    console.print(f"wrote {out}")
