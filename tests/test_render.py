@@ -91,7 +91,7 @@ def shipped_graphs():
 def longest_shared_run(path, other, near=1.5, step=1.0):
     """The longest stretch (pixels) of ``path`` that lies within ``near`` px of ``other``: a
     crossing shares a few pixels; edges drawn over each other share their length."""
-    from perceive.graph.layout import _sample, path_distance
+    from perceive.graph.draw.layout import _sample, path_distance
 
     run = best = 0
     for q in _sample(path, step):
@@ -104,7 +104,7 @@ def check_layout(spec):
     """Every problem of ``spec``'s picture, checked on its geometry against the graph."""
     from collections import Counter
 
-    from perceive.graph.layout import _inside, _overlap, graph_edges, layout_graph, path_distance, rect_distance
+    from perceive.graph.draw.layout import _inside, _overlap, graph_edges, layout_graph, path_distance, rect_distance
 
     L = layout_graph(spec)
     problems = []
@@ -238,7 +238,7 @@ def test_a_long_chain_is_laid_out_without_recursion(loop):
 def test_rect_distance_measures_the_sampled_path():
     """The placing of labels measures each edge from many candidate boxes on points sampled once;
     the distance is the same as from the path itself."""
-    from perceive.graph.layout import _sample, rect_distance
+    from perceive.graph.draw.layout import _sample, rect_distance
 
     path = [(0.0, 0.0), (10.0, 0.0), (10.0, 10.0)]
     pts = np.asarray(_sample(path, 1.0))

@@ -75,7 +75,7 @@ class CompiledGraph:
         return suffix, note
 
     def to_mermaid(self) -> str:
-        from perceive.graph.render import to_mermaid
+        from perceive.graph.draw.mermaid import to_mermaid
 
         return to_mermaid(self.spec)
 

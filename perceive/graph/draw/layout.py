@@ -1,5 +1,5 @@
 """Where everything of a graph picture goes: nodes in layers, every edge routed, each label
-against its own edge. :mod:`perceive.graph.render` draws exactly this; the geometry helpers here
+against its own edge. :mod:`perceive.graph.draw.graph_picture` draws exactly this; the geometry helpers here
 (distances between points, paths and rectangles) are what the layout and its tests measure with."""
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ class DrawnEdge:
 
 @dataclass
 class GraphLayout:
-    """Where everything of a graph picture is: :func:`perceive.graph.render.render_graph` draws
+    """Where everything of a graph picture is: :func:`perceive.graph.draw.graph_picture.render_graph` draws
     exactly this."""
 
     width: int
