@@ -105,7 +105,7 @@ def show(file: str = typer.Argument(...), mermaid: bool = typer.Option(False, "-
          set_: list[str] = typer.Option(None, "--set")) -> None:
     """Draw the graph (PNG), or print it as Mermaid text."""
     from perceive.graph import compile_graph
-    from perceive.graph.render import render_graph
+    from perceive.graph.draw import render_graph
 
     g = compile_graph(file, params=parse_sets(set_))
     if mermaid:
@@ -121,7 +121,7 @@ def run_graph(cfg, image: Path, question: str, as_json: bool, render: Path | Non
     from perceive.cli.output import check_picture_path, print_error, write_picture
     from perceive.errors import PerceiveError
     from perceive.graph import GraphValidationError, compile_graph
-    from perceive.graph.render import render_trace
+    from perceive.graph.draw import render_trace
     from perceive.remote import loop_from_config
 
     if render is not None:
