@@ -19,7 +19,7 @@ class FinishReason(str, Enum):
     CONTEXT_FULL = "context_full"  # the next tokens would pass the model's max_position_embeddings
     MALFORMED = "malformed"  # a malformed span, with on_malformed: stop
     ACTION_FAILED = "action_failed"  # a plugin raised, or returned the wrong observation
-    ACTION_TIMEOUT = "action_timeout"  # a plugin call passed its deadline
+    ACTION_TIMEOUT = "action_timeout"  # a plugin call passed its timeout (runtime.action_timeout_s)
     OBSERVATION_INVALID = "observation_invalid"  # an observation the model cannot be shown
     GRAPH_ERROR = "graph_error"  # the graph could not route the sample
     STOPPED = "stopped"  # a controller stopped the sample

@@ -101,7 +101,7 @@ def check(name: str = typer.Argument(..., help="Registered action name."),
           as_json: bool = typer.Option(False, "--json"),
           quick: bool = typer.Option(False, "--quick", help="One photo, fewer awkward inputs."),
           action_timeout: float = typer.Option(120.0, "--action-timeout", min=0.001, max=86400, metavar="S",
-                                               help="Deadline of each call, in seconds.")) -> None:
+                                               help="Timeout of each call, in seconds.")) -> None:
     """Run the conformance kit on an action; exit 1 with a readable report if it fails."""
     from perceive.conformance import check_action
     from perceive.errors import UnknownActionError

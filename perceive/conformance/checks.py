@@ -301,7 +301,7 @@ def check_action(action: Action | str, *, registry=None, hub: EncoderHub | None 
 
     ``registry`` defaults to the installed plugins. Re-encode actions get tiny random-weight
     encoders unless ``hub`` is given. ``quick`` uses one photo and fewer awkward inputs.
-    ``timeout_s`` is every call's deadline: a call past it fails its check (and after two, the
+    ``timeout_s`` is every call's timeout: a call past it fails its check (and after two, the
     action is quarantined, so the rest fail at once instead of hanging).
     """
     from perceive.plugins import get_registry
