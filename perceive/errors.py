@@ -104,7 +104,7 @@ class ModelLoadError(PerceiveError, RuntimeError):
 
 
 class ActionTimeoutError(PerceiveError, TimeoutError):
-    """A perception call passed its deadline (recorded in the trace, finish reason
+    """A perception call passed its timeout (recorded in the trace, finish reason
     ``action_timeout``); or its action is quarantined after earlier calls did."""
 
     code = ErrorCode.ACTION_TIMEOUT
