@@ -1,8 +1,8 @@
 """The VPT model's own config (``perceive.json`` in a checkpoint folder).
 
 Names the perception token ids, the branches (one per re-encode action, each provided by the
-plugin that registers it, see :mod:`perceive.branches`) and the projector settings. The base
-MLLM's config lives beside it in standard transformers layout.
+plugin that registers it, see :mod:`perceive.reencode.branch_spec`) and the projector settings. The
+base MLLM's config lives beside it in standard transformers layout.
 """
 
 from __future__ import annotations
