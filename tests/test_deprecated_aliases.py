@@ -1,0 +1,119 @@
+"""Moved modules keep their old import paths for one release (CHANGELOG.md): each old name still
+imports, warns with a DeprecationWarning that names its new place, and is the very same object."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+#: old module -> {name: the module that now holds it}; every name each old module offered
+MOVED = {
+    "perceive.protocol": {
+        **dict.fromkeys(["Event", "ParseError", "ParseErrorKind", "PerceptionCall"], "perceive.protocols.calls"),
+        **dict.fromkeys(["DictCodec", "TokenCodec", "codec_from_tokenizer"], "perceive.protocols.codec"),
+        **dict.fromkeys(["StreamParser", "parse_tokens", "split_text"], "perceive.protocols.vpt_stream"),
+    },
+    "perceive.branches": {
+        **dict.fromkeys(["BranchInput", "BranchSpec", "BranchTokens", "PaperLayout", "branch_problems"],
+                        "perceive.reencode.branch_spec"),
+        **dict.fromkeys(["ModelBranchEncoder", "model_has_branch"], "perceive.reencode.branch_encoder"),
+    },
+    "perceive.branches.projectors": dict.fromkeys(["ConditionedProjector", "TokenProjector", "condition", "xavier"],
+                                                  "perceive.reencode.projectors"),
+    "perceive.branches.weights": dict.fromkeys(["library_rename", "read_config_file", "strict_load"],
+                                               "perceive.reencode.weights"),
+    "perceive.model.branches": dict.fromkeys(["Branch", "branch_spec", "build_encoder"],
+                                             "perceive.model.branch_modules"),
+    "perceive.graph.render": {
+        **dict.fromkeys(["COLORS", "render_trace"], "perceive.graph.draw.trace_picture"),
+        **dict.fromkeys(["EDGE_COLOR", "FILLS", "LABEL_COLOR", "render_graph"], "perceive.graph.draw.graph_picture"),
+        **dict.fromkeys(["SHAPES", "to_mermaid"], "perceive.graph.draw.mermaid"),
+        **dict.fromkeys(["GraphLayout", "graph_edges", "layout_graph", "path_distance", "rect_distance"],
+                        "perceive.graph.draw.layout"),
+    },
+    "perceive.graph.layout": dict.fromkeys(
+        ["DrawnEdge", "DrawnNode", "GraphLayout", "Point", "Rect", "graph_edges", "layout_graph", "path_distance",
+         "point_segment_distance", "rect_distance"], "perceive.graph.draw.layout"),
+}
+CASES = [(old, name, new) for old, names in MOVED.items() for name, new in names.items()]
+
+
+@pytest.mark.parametrize(("old", "name", "new"), CASES, ids=[f"{o}.{n}" for o, n, _ in CASES])
+def test_an_old_name_warns_with_its_new_place_and_is_the_same_object(old, name, new):
+    module = importlib.import_module(old)
+    with pytest.warns(DeprecationWarning) as caught:
+        obj = getattr(module, name)
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert old in message and name in message and new in message, message
+    assert obj is getattr(importlib.import_module(new), name)
+    assert caught[0].filename == __file__  # the warning points at the caller's line, not at the alias
+
+
+def test_a_from_import_warns_once_at_the_importing_line():
+    # `from package import name` asks the package twice (the import system's hasattr, then the
+    # statement): one warning, at this file
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        from perceive.branches import BranchSpec
+        from perceive.protocol import StreamParser
+    assert [(w.category, w.filename) for w in caught] == [(DeprecationWarning, __file__)] * 2
+    from perceive.protocols import StreamParser as new_parser
+    from perceive.reencode import BranchSpec as new_spec
+
+    assert BranchSpec is new_spec and StreamParser is new_parser
+
+
+def test_an_unknown_name_is_an_attribute_error_without_a_warning():
+    import perceive.branches
+    import perceive.protocol
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for module in (perceive.protocol, perceive.branches):
+            with pytest.raises(AttributeError, match="no_such_name"):
+                module.no_such_name  # noqa: B018
+            assert not hasattr(module, "_private")
+
+
+def test_dir_lists_the_moved_names():
+    for old, names in MOVED.items():
+        assert set(names) <= set(dir(importlib.import_module(old))), old
+
+
+def test_the_public_api_is_the_new_objects():
+    import perceive
+    from perceive.protocols import ParseError, PerceptionCall, StreamParser
+    from perceive.reencode import (
+        BranchInput,
+        BranchSpec,
+        BranchTokens,
+        ModelBranchEncoder,
+        PaperLayout,
+        ReencodeAction,
+    )
+
+    for obj in (ParseError, PerceptionCall, StreamParser, BranchInput, BranchSpec, BranchTokens, ModelBranchEncoder,
+                PaperLayout, ReencodeAction):
+        assert getattr(perceive, obj.__name__) is obj
+
+
+def test_perceive_and_its_plugins_load_without_a_deprecated_name():
+    """``import perceive`` and loading the reference plugins use the new places only (a fresh
+    process: this one has imported the aliases already)."""
+    code = ("import warnings; warnings.filterwarnings('error', ' is deprecated: import ', DeprecationWarning); "
+            "import perceive; r = perceive.load_registry(); assert not r.broken, r.broken; "
+            "import perceive.cli, perceive.graph.draw, perceive.model")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
+def test_the_serve_schema_module_still_reexports_the_openai_models():
+    from perceive.serve import openai_schema, schema
+
+    for name in ("ChatRequest", "ImagePart", "Message", "TextPart"):
+        assert getattr(schema, name) is getattr(openai_schema, name)
