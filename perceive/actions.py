@@ -30,24 +30,23 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar
 
 from PIL import Image
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ValidationError, model_validator
 
 from perceive.errors import ConfigError, did_you_mean
 from perceive.geometry import ROOT, Box, Frame
 from perceive.images import as_rgb
 from perceive.observations import OBSERVATION_KINDS, Features, ObservationKind, Text, View
+from perceive.strict import FrozenStrictModel
 
 _SPECIAL = re.compile(r"<\|[^|<>\s]+\|>")
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 
-class TriggerGrammar(BaseModel):
+class TriggerGrammar(FrozenStrictModel):
     """The tokens of one action's span: ``start (inner)* end``.
 
     Every string must be a special-token literal of the form ``<|name|>``.
     """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     start: str
     end: str
@@ -80,14 +79,12 @@ class SpanError(ValueError):
         super().__init__(message)
 
 
-class NoArgs(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class NoArgs(FrozenStrictModel):
+    """``Args`` of an action whose span takes no arguments."""
 
 
-class NoOptions(BaseModel):
+class NoOptions(FrozenStrictModel):
     """``Options`` of an action that reads no options: any option given is an error."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 DEVICE_HELP = "auto, cpu, cuda, cuda:N, mps, or another device string torch accepts"
@@ -111,11 +108,10 @@ def check_device(value: str) -> str:
 Device = Annotated[str, AfterValidator(check_device)]
 
 
-class EncoderOptions(BaseModel):
+class EncoderOptions(FrozenStrictModel):
     """``Options`` of a features action: ``encoder``, the registered encoder to use (config
     ``actions.<name>.encoder``, or a graph node's ``encoder``); default: the action's first."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
     encoder: str | None = None
 
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from perceive.config import PerceiveConfig, load_config
 from perceive.config_files import Override
@@ -20,6 +20,7 @@ from perceive.data.skipped import DEFAULT_MAX_SKIPPED_FRACTION, Skipped
 from perceive.errors import ConfigError, ResumeError
 from perceive.eval.metrics import anls, exact_match, relaxed_accuracy
 from perceive.eval.report import markdown, summarize
+from perceive.strict import StrictModel
 
 TRIGGERS = ("Identify the region that can help you answer the question, and then answer the question.",
             "Require additional perception features, and then answer the question.",
@@ -27,11 +28,7 @@ TRIGGERS = ("Identify the region that can help you answer the question, and then
             "Answer with the option's letter from the given choices directly")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class JudgeSettings(_Strict):
+class JudgeSettings(StrictModel):
     base_url: str
     model: str = "gpt-4o"
     api_key_env: str = "OPENAI_API_KEY"

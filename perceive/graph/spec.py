@@ -18,28 +18,25 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from perceive.prompts import Trigger
+from perceive.strict import StrictModel
 
 ANY = "*"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class When(_Strict):
+class When(StrictModel):
     """``if``: ``FIELD OP VALUE`` with FIELD one of hops, generated_tokens, answered, last_action;
     OP one of < <= > >= == !=."""
 
     if_: str = Field(alias="if")
     then: str
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(populate_by_name=True)
 
 
-class NodeSpec(_Strict):
+class NodeSpec(StrictModel):
     kind: Literal["generate", "action", "route", "answer"]
     next: str | None = None
     # generate
@@ -93,7 +90,7 @@ class NodeSpec(_Strict):
         return out
 
 
-class GraphSpec(_Strict):
+class GraphSpec(StrictModel):
     name: str
     description: str = ""
     start: str

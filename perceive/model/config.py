@@ -9,14 +9,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from perceive.strict import StrictModel
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class BranchConfig(_Strict):
+class BranchConfig(StrictModel):
     """One re-encode branch: its tokens, its encoder and its projector. ``action`` names the
     branch (and the features action it serves); the plugin that registers a branch of that name
     (``perceive_register_branches``) builds its modules."""
@@ -37,7 +35,7 @@ class BranchConfig(_Strict):
     plugin: str | None = None
 
 
-class RegionConfig(_Strict):
+class RegionConfig(StrictModel):
     start_id: int
     end_id: int
     x_ids: list[int]
@@ -48,7 +46,7 @@ class RegionConfig(_Strict):
         return len(self.x_ids)
 
 
-class SpecialIds(_Strict):
+class SpecialIds(StrictModel):
     """Ids of the chat template's structural tokens."""
 
     im_start: int
@@ -60,7 +58,7 @@ class SpecialIds(_Strict):
     eos: list[int] = Field(default_factory=list)
 
 
-class PromptConventions(_Strict):
+class PromptConventions(StrictModel):
     """The trigger prompts (text appended to the question) a model was trained with; ``None``: it
     was trained without one and decides by itself (see :mod:`perceive.prompts`)."""
 
@@ -68,7 +66,7 @@ class PromptConventions(_Strict):
     reencode: str | None
 
 
-class VPTConfig(_Strict):
+class VPTConfig(StrictModel):
     format: Literal["perceive-vpt"] = "perceive-vpt"
     version: int = 1
     base: Literal["qwen2_vl", "qwen2_5_vl", "qwen3_vl"] = "qwen2_vl"

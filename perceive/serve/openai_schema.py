@@ -10,22 +10,20 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from perceive.strict import StrictModel
 
 
-class ImageURL(_Strict):
+class ImageURL(StrictModel):
     url: str
     detail: Literal["auto", "low", "high"] | None = None
 
 
-class TextPart(_Strict):
+class TextPart(StrictModel):
     type: Literal["text"]
     text: str
 
 
-class ImagePart(_Strict):
+class ImagePart(StrictModel):
     type: Literal["image_url"]
     image_url: ImageURL
 
@@ -33,7 +31,7 @@ class ImagePart(_Strict):
 Part = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 
-class FunctionCall(_Strict):
+class FunctionCall(StrictModel):
     name: str
     arguments: str = "{}"
 
@@ -46,11 +44,10 @@ class ToolCall(BaseModel):
     function: FunctionCall
 
 
-class Message(BaseModel):
+class Message(StrictModel):
     """One chat message. ``perceive`` on an assistant message is the server's own record of the
     turn (``{"text": ...}``: exactly what the model wrote); sending it back keeps the replay exact."""
 
-    model_config = ConfigDict(extra="forbid")
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[Part] | None = None
     name: str | None = None
@@ -60,19 +57,19 @@ class Message(BaseModel):
     perceive: dict[str, Any] | None = None
 
 
-class FunctionDef(_Strict):
+class FunctionDef(StrictModel):
     name: str
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
 
 
-class Tool(_Strict):
+class Tool(StrictModel):
     type: Literal["function"]
     function: FunctionDef
 
 
-class PerceiveOptions(_Strict):
+class PerceiveOptions(StrictModel):
     """perceive's own request options (``extra_body={"perceive": {...}}`` with the openai client)."""
 
     #: a shipped graph name (``free_choice``, ``region_then_answer``, ...), or the server's default
@@ -87,7 +84,7 @@ class PerceiveOptions(_Strict):
     trace: bool = True
 
 
-class ChatRequest(_Strict):
+class ChatRequest(StrictModel):
     model: str
     messages: list[Message] = Field(min_length=1)
     stream: bool = False

@@ -5,16 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator
 
 from perceive.config import ProtocolConfig, format_validation_error
 from perceive.data.skipped import DEFAULT_MAX_SKIPPED_FRACTION
 from perceive.errors import ConfigError
 from perceive.model.config import PromptConventions
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from perceive.strict import StrictModel
 
 
 def installed_branch(name: str) -> str:
@@ -31,7 +28,7 @@ def installed_branch(name: str) -> str:
     return name
 
 
-class TinyModel(_Strict):
+class TinyModel(StrictModel):
     """A from-scratch Qwen2-VL-architecture model (no pretrained weights needed)."""
 
     hidden: int = 64
@@ -61,7 +58,7 @@ class TinyModel(_Strict):
         return [installed_branch(n) for n in names]
 
 
-class NewBranch(_Strict):
+class NewBranch(StrictModel):
     """A re-encode branch added to a checkpoint: its encoder and projector start random and
     train with the model. ``action``: an installed branch (its plugin registers it).
     ``encoder_config`` sizes the encoder, in the form the branch's plugin reads (None: the
@@ -79,7 +76,7 @@ class NewBranch(_Strict):
         return installed_branch(name)
 
 
-class ModelSource(_Strict):
+class ModelSource(StrictModel):
     path: Path | None = None  # a local checkpoint to start from
     tiny: TinyModel | None = None  # or build one
     #: override the checkpoint's processors (curriculum stages that change resolutions)
@@ -94,7 +91,7 @@ class ModelSource(_Strict):
     rope_theta: float | None = Field(None, gt=1)
 
 
-class DataConfig(_Strict):
+class DataConfig(StrictModel):
     train: Path
     eval: Path | None = None
     policy: Literal["skip", "reject"] = "skip"
@@ -105,7 +102,7 @@ class DataConfig(_Strict):
     max_skipped_fraction: float = Field(DEFAULT_MAX_SKIPPED_FRACTION, ge=0, le=1)
 
 
-class OptimConfig(_Strict):
+class OptimConfig(StrictModel):
     steps: int = Field(100, ge=1)
     batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(1, ge=1)
@@ -117,14 +114,14 @@ class OptimConfig(_Strict):
     seed: int = 0
 
 
-class LoraConfig(_Strict):
+class LoraConfig(StrictModel):
     r: int = 8
     alpha: int = 16
     dropout: float = 0.0
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictModel):
     """``stage``: ``alignment`` trains only the projectors with one pass; ``instruct`` runs the
     two-pass forward with the paragraph mask. ``freeze`` lists module-name prefixes kept fixed
     (``base.model.visual``, ``branches.NAME.encoder``, ...); ``trainable`` (if set) lists the only
