@@ -2,8 +2,10 @@
 
 The run config (:class:`PerceiveConfig`) is the one config of a run: the model, the encoders
 and their local weights, each action's options, the graph and its params, the runtime limits,
-the device and the dtype. ``perceive ask``, ``perceive graph run`` and ``perceive eval`` read it
-with ``--config FILE`` (an eval config is a run config plus what to evaluate on:
+sampling, the device and the dtype, and ``perceive serve``'s settings (the sections the loop and
+the server read are :mod:`perceive.settings`). ``perceive ask``, ``perceive graph run``,
+``perceive eval`` and ``perceive serve`` read it with ``--config FILE`` (an eval config is a run
+config plus what to evaluate on:
 :class:`perceive.eval.runner.EvalConfig`); in Python, :meth:`perceive.loop.PerceptionLoop.from_config`.
 
 A file may extend another (``extends: base.yaml``) and the command line overrides its values
@@ -18,9 +20,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError, model_validator
 
 from perceive.actions import Device
 from perceive.config_files import (  # noqa: F401 - format_validation_error, render_problem: kept for importers
@@ -34,15 +36,21 @@ from perceive.config_files import (  # noqa: F401 - format_validation_error, ren
 )
 from perceive.encoders import branch_option_problems
 from perceive.errors import ConfigError, did_you_mean
+from perceive.settings import (  # noqa: F401 - ActionTimeout, MAX_ACTION_TIMEOUT_S, RuntimeConfig: for importers
+    AUTO_PROTOCOL,
+    DEFAULT_GRAPH,
+    MAX_ACTION_TIMEOUT_S,
+    ActionTimeout,
+    RuntimeConfig,
+    SamplingConfig,
+    ServeConfig,
+)
+from perceive.strict import StrictModel
 from perceive.yamlio import LinedDict as _LinedDict
 from perceive.yamlio import load_yaml as _read_yaml
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ModelConfig(_Strict):
+class ModelConfig(StrictModel):
     """The MLLM. ``path`` is a local folder (perceive never downloads); ``model: DIR`` is short
     for ``model: {path: DIR}``."""
 
@@ -55,7 +63,7 @@ class ModelConfig(_Strict):
         return {"path": value} if isinstance(value, (str, Path)) else value
 
 
-class EncoderConfig(_Strict):
+class EncoderConfig(StrictModel):
     """One vision encoder: its registry ``name``, local ``weights`` and free ``options``."""
 
     name: str
@@ -63,7 +71,7 @@ class EncoderConfig(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
-class ActionConfig(_Strict):
+class ActionConfig(StrictModel):
     """Options for one action; ``encoder`` picks a re-encode action's encoder by name."""
 
     enabled: bool = True
@@ -71,34 +79,14 @@ class ActionConfig(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
-#: the longest deadline of one perception call, in seconds (a day); ``threading.Event.wait``
-#: overflows on huge timeouts, so ``.inf`` and ``1e12`` are refused when the config is loaded
-MAX_ACTION_TIMEOUT_S = 86400
-#: seconds, above 0, at most :data:`MAX_ACTION_TIMEOUT_S`, finite (``.inf`` and ``.nan`` refused)
-ActionTimeout = Annotated[float, Field(gt=0, le=MAX_ACTION_TIMEOUT_S, allow_inf_nan=False)]
-
-
-class RuntimeConfig(_Strict):
-    max_hops: int = Field(4, ge=0)
-    max_new_tokens: int = Field(256, ge=1)
-    #: what to do after a malformed perception span: keep generating, or stop the sample
-    on_malformed: Literal["continue", "stop"] = "continue"
-    #: deadline of one perception call, in seconds; a call past it fails its own sample only
-    #: (``action_timeout`` in the trace), at most a day. null: no deadline
-    action_timeout_s: ActionTimeout | None = 120.0
-    #: the reference's way: prefill the whole conversation again after each observation
-    reprefill: bool = False
-    threads: int | None = Field(None, ge=1, le=1024)  # torch intra-op threads; null: usable cores-1 (perceive.threads)
-
-
-class ProtocolConfig(_Strict):
+class ProtocolConfig(StrictModel):
     """The tool-call protocol the model speaks: ``protocol: hermes_json``, or
     ``protocol: {name: hermes_json, options: {coordinates: relative_1000}}``. ``auto`` (the
     default): the one the model's files declare (perceive.protocols.detect): ``vpt`` for a
     perceive/VPT model, ``hermes_json`` for a chat template with a tools section; otherwise the
     run is refused, asking for a name."""
 
-    name: str = "auto"
+    name: str = AUTO_PROTOCOL
     options: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="before")
@@ -107,7 +95,7 @@ class ProtocolConfig(_Strict):
         return {"name": value} if isinstance(value, str) else value
 
 
-class RemoteConfig(_Strict):
+class RemoteConfig(StrictModel):
     """A model served elsewhere, driven through its OpenAI-compatible chat endpoint (vLLM, SGLang,
     ``perceive serve``): ``remote: {url: http://host:8000/v1, model: Qwen/Qwen3-VL-8B-Instruct}``."""
 
@@ -124,35 +112,46 @@ class RemoteConfig(_Strict):
     concurrency: int = Field(8, ge=1, le=1024)
 
 
-class PerceiveConfig(_Strict):
+class PerceiveConfig(StrictModel):
+    """A run: the model, its graph, the plugins' settings and the loop's (``runtime``, ``sampling``;
+    :class:`perceive.loop.LoopOptions` is built from them by
+    :func:`perceive.loop.options.options_from_config`), and ``perceive serve``'s (``serve``)."""
+
     model: ModelConfig = Field(default_factory=ModelConfig)
     #: the perception graph: a shipped graph's name (``graphs/*.yaml``) or a graph file (relative
     #: to the config that names it)
-    graph: str = "free_choice"
-    #: the graph's params (its ``${name}`` values), over the graph's own defaults. ``free_choice``'s
-    #: ``max_hops`` defaults to ``runtime.max_hops``
+    graph: str = DEFAULT_GRAPH
+    #: the graph's params (its ``${name}`` values), over the graph's own defaults; a graph's
+    #: ``max_hops`` is ``runtime.max_hops`` unless set here (see :meth:`graph_params`)
     params: dict[str, Any] = Field(default_factory=dict)
     encoders: list[EncoderConfig] = Field(default_factory=list)
     #: per-action settings; actions not listed use defaults. ``None`` enables all installed.
     actions: dict[str, ActionConfig] | None = None
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    #: how the next token is chosen (greedy by default)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     #: the tool-call protocol the model speaks (``perceive protocols list``); default ``auto``
     protocol: ProtocolConfig = Field(default_factory=ProtocolConfig)
     device: Device = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     #: a served model to drive instead of a local one (``--remote URL``); ``model`` is then unused
     remote: RemoteConfig | None = None
+    #: ``perceive serve``'s settings (its flags override them); other commands ignore them
+    serve: ServeConfig = Field(default_factory=ServeConfig)
     #: the parsed YAML (with key lines) and its path, when loaded from a file
     _data: Any = PrivateAttr(default=None)
     _source: str | None = PrivateAttr(default=None)
 
     def path_fields(self) -> list[tuple]:
         """Where this config holds local paths (relative ones resolve against their file's folder)."""
-        return [("model", "path"), *(("encoders", i, "weights") for i in range(len(self.encoders)))]
+        return [("model", "path"), *(("encoders", i, "weights") for i in range(len(self.encoders))),
+                ("serve", "allow_local_images")]
 
     def graph_params(self) -> dict[str, Any]:
-        """``params``, with ``free_choice``'s ``max_hops`` from ``runtime.max_hops`` unless set."""
-        return {"max_hops": self.runtime.max_hops, **self.params} if self.graph == "free_choice" else dict(self.params)
+        """The params the run gives its graph: ``params`` over the run's hop budget as ``max_hops``
+        (``runtime.max_hops``), which every graph that reads ``${max_hops}`` takes as its budget and
+        any other graph ignores (see :func:`perceive.graph.compile_graph`)."""
+        return {"max_hops": self.runtime.max_hops, **self.params}
 
     @property
     def source(self) -> str:

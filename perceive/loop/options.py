@@ -1,52 +1,64 @@
-"""A run's options."""
+"""The loop's settings: one pydantic model, built from a run config.
+
+:class:`LoopOptions` is the run config's ``runtime:`` and ``sampling:`` sections
+(:mod:`perceive.settings`, where each field and its default are defined) with the run's action
+options and protocol; :data:`CONFIG_HOMES` says where a run config sets each field, and
+:func:`options_from_config` reads them all.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
+
+from pydantic import Field
+
+from perceive.settings import AUTO_PROTOCOL, LoopRuntime, SamplingConfig
 
 
-@dataclass
-class LoopOptions:
-    max_hops: int = 4
-    max_new_tokens: int = 256
-    #: after a malformed span: keep generating, or finish the sample
-    on_malformed: Literal["continue", "stop"] = "continue"
-    #: reference-style baseline: prefill the whole conversation again after each observation
-    reprefill: bool = False
-    #: False: never dispatch (generation as the reference's offline first round does)
-    dispatch: bool = True
-    #: which view a span's coordinates refer to: the latest view shown, or the original image
-    target: Literal["latest", "root"] = "latest"
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    seed: int = 0
-    system: str | None = None
-    #: per-action options (e.g. {"zoom": {"size": 448}})
-    action_options: dict[str, dict[str, Any]] = field(default_factory=dict)
-    #: action names the parser recognises (None: every installed action)
+class LoopOptions(LoopRuntime, SamplingConfig):
+    """Everything a perception loop reads of its run: the limits and switches of
+    :class:`~perceive.settings.LoopRuntime` (``max_hops``, ``max_new_tokens``, ``target``,
+    ``system``, ``max_batch_size``, ...), the sampling of :class:`~perceive.settings.SamplingConfig`
+    (``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``seed``), and the fields below. An
+    unknown or out-of-range value is a ``pydantic.ValidationError``: ``LoopOptions(max_hops=2)``."""
+
+    #: per-action options (e.g. {"zoom": {"size": 448}}); config ``actions.<name>.options`` and ``.encoder``
+    action_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    #: action names the parser recognises (None: every installed action); config ``actions.<name>.enabled``
     actions: list[str] | None = None
-    record_logits: bool = False
-    #: deadline of one perception call in seconds (None: none); a call past it fails its sample
-    #: with ``action_timeout`` (see perceive.dispatch for what happens to its thread)
-    action_timeout_s: float | None = 120.0
-    #: samples in the running batch at once (None: all); the others join as samples finish
-    max_batch_size: int | None = None
     #: the tool-call protocol the model speaks (a registered name: ``vpt``, ``hermes_json``,
-    #: ``mini_o3_grounding``, or a plugin's) and its options; ``auto``, as in a run config, reads it
-    #: from the model (perceive.protocols.detect)
-    protocol: str = "auto"
-    protocol_options: dict[str, Any] = field(default_factory=dict)
+    #: ``mini_o3_grounding``, or a plugin's) and its options; ``auto`` reads it from the model
+    #: (perceive.protocols.detect). Config ``protocol.name`` and ``protocol.options``
+    protocol: str = AUTO_PROTOCOL
+    protocol_options: dict[str, Any] = Field(default_factory=dict)
+
+    def replace(self, **changes: Any) -> LoopOptions:
+        """A copy with ``changes``, validated (what ``dataclasses.replace`` gave when this was a
+        dataclass): ``options.replace(max_hops=2)``."""
+        return type(self).model_validate({**self.model_dump(), **changes})
+
+
+#: where a run config sets each :class:`LoopOptions` field (``<name>``: any action's name);
+#: ``tests/test_settings.py`` checks that every field has one
+CONFIG_HOMES: dict[str, tuple[str, ...]] = {
+    **{name: ("runtime", name) for name in LoopRuntime.model_fields},
+    **{name: ("sampling", name) for name in SamplingConfig.model_fields},
+    "action_options": ("actions", "<name>", "options"),
+    "actions": ("actions", "<name>", "enabled"),
+    "protocol": ("protocol", "name"),
+    "protocol_options": ("protocol", "options"),
+}
 
 
 def options_from_config(cfg) -> LoopOptions:
-    """The loop options a run config (:class:`perceive.config.PerceiveConfig`) sets."""
+    """The loop options a run config (:class:`perceive.config.PerceiveConfig`) sets: its
+    ``runtime`` (less ``threads``, a process setting) and ``sampling`` sections, each action's
+    ``options`` (with its ``encoder``), the enabled actions and the protocol."""
     action_options = {name: {**a.options, **({"encoder": a.encoder} if a.encoder else {})}
                       for name, a in (cfg.actions or {}).items()}
-    rt = cfg.runtime
-    return LoopOptions(max_hops=rt.max_hops, max_new_tokens=rt.max_new_tokens, on_malformed=rt.on_malformed,
-                       action_options=action_options, actions=cfg.enabled_actions(),
-                       action_timeout_s=rt.action_timeout_s, reprefill=rt.reprefill, protocol=cfg.protocol.name,
+    return LoopOptions(**cfg.runtime.model_dump(include=set(LoopRuntime.model_fields)), **cfg.sampling.model_dump(),
+                       action_options=action_options, actions=cfg.enabled_actions(), protocol=cfg.protocol.name,
                        protocol_options=dict(cfg.protocol.options))
+
+
+__all__ = ["CONFIG_HOMES", "LoopOptions", "options_from_config"]
