@@ -80,6 +80,7 @@ def check_set_params(cfg) -> None:
     from perceive.config import load_yaml
     from perceive.errors import ConfigError, did_you_mean
     from perceive.graph import resolve
+    from perceive.graph.spec import placeholders
 
     params = cfg._data.get("params") if cfg._data is not None else None
     bare = [k for k, origin in getattr(params, "origins", {}).items() if origin == f"--set {k}"]
@@ -89,7 +90,9 @@ def check_set_params(cfg) -> None:
         graph = load_yaml(resolve(cfg.graph))
     except (OSError, ConfigError):
         return  # compiling the graph reports it
+    # its params: those it declares, and those it reads without a default (max_hops: the run's)
     declared = list((graph.get("params") or {}) if isinstance(graph, dict) else {})
+    declared += sorted(placeholders(graph) - set(declared)) if isinstance(graph, dict) else []
     fields = [*type(cfg).model_fields, *(f"runtime.{f}" for f in type(cfg.runtime).model_fields)]
     for key in bare:
         if key not in declared:

@@ -11,10 +11,16 @@ import networkx as nx
 
 from perceive.config import load_yaml
 from perceive.errors import ConfigError
-from perceive.graph.spec import ANY, GraphSpec, substitute
+from perceive.graph.spec import ANY, GraphSpec, placeholders, substitute
 from perceive.graph.validate import GraphIssue, GraphValidationError, parse, to_networkx, validate
+from perceive.settings import DEFAULT_GRAPH, LoopRuntime
 
 GRAPHS_DIR = Path(os.environ.get("PERCEIVE_GRAPHS_DIR", Path(__file__).resolve().parents[2] / "graphs"))
+#: the params a run gives every graph that reads them, declared or not, under the graph's own
+#: defaults and the given params: ``max_hops``, the run's hop budget. A run gives its own
+#: (``runtime.max_hops``: :func:`run_controller`, ``PerceiveConfig.graph_params``); these defaults
+#: apply where none is given (``perceive graph validate``, ``compile_graph`` in Python)
+RUN_PARAMS: dict[str, Any] = {"max_hops": LoopRuntime.model_fields["max_hops"].default}
 
 
 @dataclass
@@ -81,7 +87,7 @@ class CompiledGraph:
 
 
 def resolve(path: str | Path) -> Path:
-    """A graph file path, or the name of a shipped graph (``free_choice``)."""
+    """A graph file path, or the name of a shipped graph (``free_choice``, ``iterative_zoom``, ...)."""
     p = Path(path)
     if p.exists():
         return p
@@ -92,7 +98,8 @@ def resolve(path: str | Path) -> Path:
 
 
 def check(source: str | Path | dict, registry=None, params: dict | None = None) -> tuple[GraphSpec | None, list]:
-    """Every problem of a graph (YAML path, shipped name or dict), without raising."""
+    """Every problem of a graph (YAML path, shipped name or dict), without raising. Its
+    ``${name}`` values are ``params`` over the graph's own ``params`` over :data:`RUN_PARAMS`."""
     from perceive.plugins import get_registry
 
     registry = registry or get_registry()
@@ -109,17 +116,23 @@ def check(source: str | Path | dict, registry=None, params: dict | None = None) 
     if not isinstance(data.get("params") or {}, dict):
         return None, [GraphIssue("schema", "params: must be a mapping of name: default value",
                                  line=getattr(data, "lines", {}).get("params"))]
-    merged = {**(data.get("params") or {}), **(params or {})}
+    declared = dict(data.get("params") or {})
+    used = placeholders({k: v for k, v in data.items() if k != "params"}) | set(declared)
+    merged = {**{k: v for k, v in RUN_PARAMS.items() if k in used}, **declared, **(params or {})}
     data = substitute(data, merged)
     spec, issues = parse(data)
     if spec is None:
         return None, issues
-    spec.params = merged
+    # the params this graph reads: a run gives every graph its max_hops, which most ignore
+    spec.params = {k: v for k, v in merged.items() if k in used}
     return spec, validate(spec, registry, data)
 
 
 def compile_graph(source: str | Path | dict | GraphSpec, registry=None, params: dict | None = None) -> CompiledGraph:
-    """Validate and compile; :class:`GraphValidationError` lists every problem at once."""
+    """Validate and compile; :class:`GraphValidationError` lists every problem at once. ``params``
+    fill the graph's ``${name}`` placeholders over its own defaults; ``${max_hops}`` is the run's hop
+    budget (a run gives ``runtime.max_hops``; default :data:`RUN_PARAMS`) even where the graph
+    declares no default for it, and a run's ``max_hops`` overrides the default a graph declares."""
     from perceive.plugins import get_registry
 
     registry = registry or get_registry()
@@ -135,13 +148,12 @@ def compile_graph(source: str | Path | dict | GraphSpec, registry=None, params: 
 
 def run_controller(graph, registry, *, max_hops: int, params: dict | None = None, model=None):
     """The controller a run uses: ``graph`` (compiled, a shipped name, a YAML path or a dict;
-    ``None``: ``free_choice``) compiled with ``params``, and checked against ``model`` when given.
-    ``free_choice``'s hop budget is the run's ``max_hops`` unless its params set one."""
+    ``None``: :data:`~perceive.settings.DEFAULT_GRAPH`) compiled with ``params`` over the run's hop
+    budget ``max_hops`` (the budget of every graph that reads ``${max_hops}``; a graph with a budget
+    of its own keeps it), and checked against ``model`` when given. A compiled graph is used as it is."""
     if not isinstance(graph, CompiledGraph):
-        graph = "free_choice" if graph is None else graph
-        if graph == "free_choice":
-            params = {"max_hops": max_hops, **(params or {})}
-        graph = compile_graph(graph, registry=registry, params=params)
+        graph = compile_graph(DEFAULT_GRAPH if graph is None else graph, registry=registry,
+                              params={"max_hops": max_hops, **(params or {})})
     return graph.controller(registry.pm, model=model)
 
 

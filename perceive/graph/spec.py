@@ -10,7 +10,8 @@ A graph names a ``start`` node and its ``nodes``; each node has a ``kind``:
 * ``answer``: the end.
 
 ``budget`` caps perception hops per sample; a graph with a cycle must set it. ``params`` are
-defaults for ``${name}`` placeholders anywhere in the file.
+defaults for ``${name}`` placeholders anywhere in the file; ``${max_hops}`` needs none: it is the
+run's hop budget (``runtime.max_hops``), see :func:`perceive.graph.compile_graph`.
 """
 
 from __future__ import annotations
@@ -110,6 +111,17 @@ class GraphSpec(StrictModel):
 
 
 _PARAM = re.compile(r"\$\{(\w+)\}")
+
+
+def placeholders(data: Any) -> set[str]:
+    """The names of the ``${name}`` placeholders anywhere in ``data`` (keys and values)."""
+    if isinstance(data, str):
+        return set(_PARAM.findall(data))
+    if isinstance(data, dict):
+        return set().union(*(placeholders(k) | placeholders(v) for k, v in data.items()))
+    if isinstance(data, list):
+        return set().union(*(placeholders(v) for v in data))
+    return set()
 
 
 def substitute(data: Any, params: dict[str, Any]) -> Any:
