@@ -170,3 +170,13 @@ def did_you_mean(name: str, choices) -> str | None:
         return "did you mean " + " or ".join(f"'{m}'" for m in matches) + "?"
     known = sorted(choices)
     return ("known: " + ", ".join(known)) if known else None
+
+
+def trace_error(exc: BaseException) -> dict:
+    """``exc`` as a trace's ``error``: ``code`` is its documented ``ErrorCode`` value (``internal``
+    for one that is not a ``PerceiveError``), the stable field to read; ``type`` its class name;
+    ``message`` and, when it has one, ``hint``."""
+    d = {"code": error_code(exc), "type": type(exc).__name__, "message": getattr(exc, "message", str(exc))}
+    if getattr(exc, "hint", None):
+        d["hint"] = exc.hint
+    return d

@@ -92,6 +92,11 @@ class Trace:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def warnings(self) -> list[str]:
+        """The messages of the ``tokenizer`` events (characters the tokenizer lost), each once, in
+        order: what the CLI prints and ``perceive serve`` returns in ``perceive.warnings``."""
+        return list(dict.fromkeys(e["message"] for e in self.events if e.get("type") == EventType.TOKENIZER))
+
     def to_json(self, **kw) -> str:
         return json.dumps(self.to_dict(), **kw)
 

@@ -262,7 +262,7 @@ def test_cli_ctrl_c_keeps_the_finished_samples_and_prints_the_command_to_finish(
     def ctrl_c_while_loading(*a, **kw):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("perceive.remote.loop_from_config", ctrl_c_while_loading)
+    monkeypatch.setattr("perceive.loop_factory.loop_from_config", ctrl_c_while_loading)
     code, out = cli(*args)
     assert code == 130 and out == f"error: interrupted before any sample ran: nothing was written to {tmp_path / 'out'}"
     assert (tmp_path / "out/eval.json").exists()  # the finished run is still there

@@ -25,8 +25,8 @@ def run_span(model, registry, span, photo, *, fed=None, **opts):
     if fed is not None:  # every chunk the session queues, in order
         show = loop.observer.show_text
 
-        def spy(s, call, decision, closing):
-            show(s, call, decision, closing)
+        def spy(s, *args):
+            show(s, *args)
             if s.pending is not None:
                 fed.append(list(s.pending.ids))
         loop.observer.show_text = spy
@@ -109,10 +109,9 @@ def test_a_graph_forces_a_text_action_after_a_view(text_model, text_registry, ph
     assert read.node == "read" and read.prefilled_tokens > 0
 
 
-def test_the_session_routes_text_calls_to_show_text(text_model, text_registry):
+def test_the_session_shows_text_and_view_calls_as_turns(text_model, text_registry):
     loop = PerceptionLoop(text_model, registry=text_registry)
-    assert loop._show("caption") == loop.observer.show_text
-    assert loop._show("region_select") == loop.observer.show_views
+    assert loop.stepper.showable("caption") and loop.stepper.showable("region_select")
 
 
 # -- the ocr plugin ---------------------------------------------------------------------------

@@ -122,7 +122,7 @@ def run_graph(cfg, image: Path, question: str, as_json: bool, render: Path | Non
     from perceive.errors import PerceiveError
     from perceive.graph import GraphValidationError, compile_graph
     from perceive.graph.draw import render_trace
-    from perceive.remote import loop_from_config
+    from perceive.loop_factory import loop_from_config
 
     if render is not None:
         check_picture_path(render)
@@ -172,9 +172,7 @@ def run_graph(cfg, image: Path, question: str, as_json: bool, render: Path | Non
 def warn_unencodable(trace) -> None:
     """``warning: ...`` on stderr, once per text, for characters the model's tokenizer could not
     encode (the trace's ``tokenizer`` events): the answer may be wrong without any other sign."""
-    from perceive.loop.unencodable import warnings
-
-    for message in warnings(trace.events):
+    for message in trace.warnings():
         typer.echo(f"warning: {message}", err=True)
 
 

@@ -2,8 +2,8 @@
 so the runner can record it at once (a run that dies keeps what it finished) and each sample's
 latency is its own: from joining the running batch to finishing, not its batch's wall time.
 
-Locally the samples run on one open :class:`~perceive.loop.batch.Batch` (``cap`` at once; a
-finished sample's place is taken at the next step). A remote endpoint gets ``remote.concurrency``
+Locally the samples run on one open batch of the loop (``cap`` at once; a finished sample's place
+is taken at the next step), whose events are read as they come. A remote endpoint gets ``remote.concurrency``
 requests in flight.
 """
 
@@ -13,10 +13,8 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Any
 
-from perceive.errors import PerceiveError
-from perceive.loop.observe import err
-from perceive.loop.sample import Answer
-from perceive.loop.scripted import ScriptedPolicy, span_tokens
+from perceive.errors import PerceiveError, trace_error
+from perceive.loop import Answer, Finished, ScriptedPolicy, span_tokens
 from perceive.remote import RemoteLoop
 from perceive.trace import FinishReason, Trace
 
@@ -40,7 +38,7 @@ class OraclePolicy(ScriptedPolicy):
 
 
 def _failed(question: str, exc: PerceiveError) -> Answer:
-    return Answer("", Trace(question=question, error=err(exc), finish_reason=FinishReason.ERROR), [])
+    return Answer("", Trace(question=question, error=trace_error(exc), finish_reason=FinishReason.ERROR), [])
 
 
 def answers(loop, work: Iterable[Work], cap: int,
@@ -61,7 +59,6 @@ def _local(loop, work: Iterable[Work], cap: int, oracle: OraclePolicy | None) ->
 
     todo = iter(work)
     batch = loop.batch(cap)
-    where: dict[int, int] = {}  # id(sample) -> position
     more = True
     with torch.no_grad():
         while more or len(batch):
@@ -80,15 +77,14 @@ def _local(loop, work: Iterable[Work], cap: int, oracle: OraclePolicy | None) ->
                     continue
                 if oracle is not None:
                     oracle.add(k, example)
-                s = loop.start(image, question, index=k)
-                if s.done:  # refused before it ran (an empty question, a prompt past the context)
-                    yield k, loop.answer(s), False
-                    continue
-                where[id(s)] = k
-                batch.add(s)
+                # a sample refused before it ran (an empty question, a prompt past the context) ends here
+                for ev in batch.add(loop.start(image, question, index=k)):
+                    if isinstance(ev, Finished):
+                        yield k, Answer.from_event(ev), False
             if len(batch):
-                for s in batch.step():
-                    yield where.pop(id(s)), loop.answer(s), True
+                for ev in batch.step():  # a sample's index is its position
+                    if isinstance(ev, Finished):
+                        yield ev.sample, Answer.from_event(ev), True
 
 
 def _remote(loop: RemoteLoop, work: Iterable[Work], concurrency: int) -> Iterator[tuple[int, Answer, bool]]:

@@ -5,52 +5,65 @@ is a hop in the trace, whatever happens to it."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
 
 from perceive.actions import ActionCall, ActionContext
-from perceive.control import Dispatch, Force
+from perceive.control import Force
 from perceive.dispatch import dispatch
 from perceive.encoders import branch_option_problems
-from perceive.errors import ConfigError, ObservationError, PerceiveError, error_code
+from perceive.errors import ConfigError, ObservationError, PerceiveError, trace_error
 from perceive.geometry import ROOT
 from perceive.loop.engine import Chunk, ChunkKind
+from perceive.loop.events import HopStarted, Provenance
+from perceive.loop.turn_text import TurnText
 from perceive.loop.unencodable import TextRole, note_unencodable
 from perceive.observations import Features, Text
-from perceive.protocol import PerceptionCall
 from perceive.trace import EventType, FinishReason, Hop
 
 if TYPE_CHECKING:
-    from perceive.loop.session import PerceptionLoop, Sample
+    from perceive.encoders import EncoderHub
+    from perceive.loop.options import LoopOptions
+    from perceive.loop.sample import Sample
+    from perceive.loop.template import ChatLayout
+    from perceive.plugins import Registry
+    from perceive.protocols.base import ToolProtocol
 
-
-def err(exc: BaseException) -> dict:
-    """An exception as a trace error: ``code`` is its documented ``ErrorCode`` value (``internal``
-    for one that is not a ``PerceiveError``), the stable field to read; ``type`` its class name."""
-    d = {"code": error_code(exc), "type": type(exc).__name__, "message": getattr(exc, "message", str(exc))}
-    if getattr(exc, "hint", None):
-        d["hint"] = exc.hint
-    return d
+#: deprecated name of :func:`perceive.errors.trace_error`
+err = trace_error
 
 
 class Observer:
-    def __init__(self, loop: PerceptionLoop):
-        self.loop = loop
-        self.model = loop.model
-        self.cfg = loop.cfg
-        # a remote engine has no local model: it only runs calls (run, _hop)
-        self.merge = getattr(loop.model, "spatial_merge_size", 1)
-        self.perception_ids = self._perception_ids() if loop.model is not None else frozenset()
+    """Runs calls and renders observations. It reads only what it is given: the registry and the
+    encoder hub (to run actions), the protocol and chat layout (to frame observation turns), the
+    run's options (the default target, the call timeout) and the model (image processor,
+    projectors, special tokens). A remote engine gives no model and no layout: it only runs calls
+    and records their hops (``run``, ``record_views``, ``record_text``)."""
+
+    def __init__(self, registry: Registry, hub: EncoderHub, protocol: ToolProtocol, options: LoopOptions,
+                 model=None, layout: ChatLayout | None = None):
+        self.registry = registry
+        self.hub = hub
+        self.protocol = protocol
+        self.options = options
+        self.model = model
+        self.layout = layout
+        self.cfg = getattr(model, "config", None)
+        self.tokenizer = getattr(model, "tokenizer", None)
+        self.merge = getattr(model, "spatial_merge_size", 1)
+        self.eos = frozenset({*self.cfg.special.eos, self.cfg.special.im_end}) if self.cfg else frozenset()
+        self.perception_ids = self._perception_ids() if model is not None else frozenset()
 
     def _perception_ids(self) -> frozenset[int]:
         """Ids of every perception token (each installed action's span tokens, the model's region
         and branch tokens): never part of an answer's text."""
-        tok, cfg = self.loop.tokenizer, self.cfg
+        tok, cfg = self.tokenizer, self.cfg
         ids = set()
         if tok is not None:
-            words = {w for a in self.loop.registry.select(None) if a.grammar is not None for w in a.grammar.tokens}
+            words = {w for a in self.registry.select(None) if a.grammar is not None for w in a.grammar.tokens}
             unk = tok.unk_token_id
             ids |= {i for i in tok.convert_tokens_to_ids(sorted(words)) if i is not None and i != unk}
         if cfg.region is not None:
@@ -63,14 +76,14 @@ class Observer:
         """A re-encode action may use any registered encoder whose output its projector accepts."""
         from perceive.config import encoder_width_problem
 
-        for action, opts in self.loop.options.action_options.items():
-            why = encoder_width_problem(action, opts.get("encoder"), self.cfg.branches, self.loop.registry)
+        for action, opts in self.options.action_options.items():
+            why = encoder_width_problem(action, opts.get("encoder"), self.cfg.branches, self.registry)
             if why:
                 raise ConfigError(f"actions.{action}.encoder: {why}")
         # options the model's trained branch would ignore
-        names = list(self.loop.hub.configs)
-        for (_, i, _), why in branch_option_problems(list(self.loop.hub.configs.values()), self.cfg.branches,
-                                                     self.loop.registry):
+        names = list(self.hub.configs)
+        for (_, i, _), why in branch_option_problems(list(self.hub.configs.values()), self.cfg.branches,
+                                                     self.registry):
             raise ConfigError(f"encoders.{names[i]}.options: {why}")
 
     # -- chunks ---------------------------------------------------------------------------------
@@ -103,7 +116,7 @@ class Observer:
             e = ObservationError(f"{have} image tokens for {want} image features")
             if s.trace.hops:
                 s.trace.hops[-1].error = err(e)
-            self.loop.finish(s, FinishReason.OBSERVATION_INVALID, err(e))
+            s.finish(FinishReason.OBSERVATION_INVALID, err(e))
             return False
         s.pending = chunk
         return True
@@ -115,7 +128,7 @@ class Observer:
         root = s.root.copy()
         image = root if target == ROOT else s.image(target).copy()
         return ActionContext(image=image, frame=s.frame(target), root=root, options=options,
-                             encoders=self.loop.hub, device=str(getattr(self.model, "device", "cpu")), _ids=s.ids)
+                             encoders=self.hub, device=str(getattr(self.model, "device", "cpu")), _ids=s.ids)
 
     def _hop(self, s: Sample, call: ActionCall, node: str | None) -> Hop:
         hop = Hop(index=len(s.trace.hops), action=call.action, tokens=list(call.tokens),
@@ -123,18 +136,20 @@ class Observer:
                   node=node or s.node)
         s.trace.hops.append(hop)
         s.decoded_since_hop = 0
+        s.close_hop()  # a forced first view's hop ends where the next begins
+        s.outbox.append(HopStarted(s.index, hop.index, hop.action, hop.args, hop.target, hop.node))
+        s.open_hop = hop
         return hop
 
     def target_of(self, s: Sample, want: str | None) -> str:
         """The view id a call runs on: ``want`` is "latest", "root", a view a call named, or None
         (the run's ``target`` option)."""
-        want = want or self.loop.options.target
+        want = want or self.options.target
         return s.target if want == "latest" else (want if want in s.views else ROOT)
 
     def run(self, s: Sample, call: ActionCall, options: dict, target: str | None, node: str | None):
         """Run one call on the view it targets: ``(observation or None, hop)``. The hop is recorded
         whatever happens; a failure finishes the sample."""
-        loop = self.loop
         target = self.target_of(s, target)
         call = ActionCall(call.action, call.args, target, call.tokens, call.token_ids, call.forced)
         hop = self._hop(s, call, node)
@@ -144,10 +159,10 @@ class Observer:
         if key in s.observations:
             hop.cached = True
             return s.observations[key], hop
-        before = {k: (v.hits, v.misses) for k, v in loop.hub.stats.items()}
-        res = dispatch(loop.registry.pm, loop.registry.action(call.action), call, self._context(s, options, target),
-                       timeout_s=loop.options.action_timeout_s)
-        for k, v in loop.hub.stats.items():
+        before = {k: (v.hits, v.misses) for k, v in self.hub.stats.items()}
+        res = dispatch(self.registry.pm, self.registry.action(call.action), call, self._context(s, options, target),
+                       timeout_s=self.options.action_timeout_s)
+        for k, v in self.hub.stats.items():
             h0, m0 = before.get(k, (0, 0))
             hop.encoder_cache_hits += v.hits - h0
             hop.encoder_cache_misses += v.misses - m0
@@ -155,21 +170,21 @@ class Observer:
         if not res.ok:
             hop.error = res.failure.to_dict()
             reason = FinishReason.ACTION_TIMEOUT if res.failure.timed_out else FinishReason.ACTION_FAILED
-            loop.finish(s, reason, {"type": reason.value, **res.failure.to_dict()})
+            s.finish(reason, {"type": reason.value, **res.failure.to_dict()})
             return None, hop
         s.observations[key] = res.observation
         return res.observation, hop
 
     def _fail(self, s: Sample, hop: Hop, exc: PerceiveError) -> None:
         hop.error = err(exc)
-        self.loop.finish(s, FinishReason.OBSERVATION_INVALID, err(exc))
+        s.finish(FinishReason.OBSERVATION_INVALID, err(exc))
 
     # -- views ----------------------------------------------------------------------------------
 
     def _view_blocks(self, s: Sample, views, hop: Hop):
         """Markup and pixels of views shown as images; records them as the sample's views."""
         blocks, images = [], []
-        layout = self.loop.layout
+        layout = self.layout
         for k, view in enumerate(views):
             pv, grid = self.pixels(view.image, view=True)
             n = int(grid.prod()) // self.merge**2
@@ -192,13 +207,6 @@ class Observer:
             hop.box = views[-1].box.to_dict()
         if len(views) == 1:
             s.target = views[0].frame.id
-
-    def replay(self, s: Sample, turn):
-        """An earlier client-run turn and its observation: ``(ids, images)``, or None when the
-        sample finished (:mod:`perceive.loop.replay`)."""
-        from perceive.loop.replay import replay
-
-        return replay(self, s, turn)
 
     def first_turn_views(self, s: Sample, d: Force):
         """A view the controller forces before the model speaks: ``(markup blocks, images)`` for
@@ -223,9 +231,10 @@ class Observer:
         # before the question: each block on its own line
         return [b if b.endswith("\n") else b + "\n" for b in blocks or []], []
 
-    def show_views(self, s: Sample, call: ActionCall, decision: Dispatch | Force, closing: list[int]) -> None:
+    def show_views(self, s: Sample, call: ActionCall, options: Mapping, target: str | None, node: str | None,
+                   closing: list[int]) -> None:
         """Run a view call and queue its observation turn after the ``closing`` tokens."""
-        obs, hop = self.run(s, call, dict(decision.options), decision.target, decision.node)
+        obs, hop = self.run(s, call, dict(options), target, node)
         if obs is None:
             return
         try:
@@ -233,21 +242,24 @@ class Observer:
         except PerceiveError as exc:
             self._fail(s, hop, exc)
             return
-        self._queue_observation(s, hop, self.observation_ids(blocks, len(s.views) - len(blocks) + 1, closing), images)
+        self._queue_observation(s, hop, self.observation_ids(blocks, len(s.views) - len(blocks) + 1, closing), images,
+                                len(closing))
 
     def observation_ids(self, blocks: list[str], first: int, closing: list[int]) -> list[int]:
         """``closing``, then the observation turn holding ``blocks`` as the model's family was trained
         to see it (vpt: the paper's image turn); ``first`` numbers its first view (observation_N)."""
-        turn = self.loop.protocol.observation_turn(self.loop.layout, blocks, first)
+        turn = self.protocol.observation_turn(self.layout, blocks, first)
         im_end = self.cfg.special.im_end
         if closing and closing[-1] == im_end and turn and turn[0] == im_end:
             turn = turn[1:]  # the model already closed its turn
         return closing + turn
 
-    def _queue_observation(self, s: Sample, hop: Hop, ids: list[int], images=()) -> None:
+    def _queue_observation(self, s: Sample, hop: Hop, ids: list[int], images=(), closing: int = 0) -> None:
+        """Queue ``ids`` (the ``closing`` tokens the model already wrote, then the observation turn)."""
         if self.feed(s, Chunk(ids, ChunkKind.OBSERVE, list(images))):
             hop.prefilled_tokens = len(ids)
-            s.answer_from = len(s.generated)
+            s.tokens(ids[closing:], Provenance.OBSERVATION)
+            self.new_turn(s)
 
     # -- text -----------------------------------------------------------------------------------
 
@@ -255,7 +267,7 @@ class Observer:
         """``text`` as words only: a special or added token's literal in it (``<|im_end|>``, a span
         token an image might spell out) gets a space after its first character, so that what a tool
         read can never close a turn or open a call."""
-        tok = self.loop.tokenizer
+        tok = self.tokenizer
         if not hasattr(self, "_literals"):
             added = tok.get_added_vocab() if hasattr(tok, "get_added_vocab") else {}
             self._literals = sorted({w for w in (*added, *getattr(tok, "all_special_tokens", ())) if len(w) > 1},
@@ -268,25 +280,26 @@ class Observer:
                     text, hit = text.replace(w, f"{w[0]} {w[1:]}"), True
         return text
 
-    def show_text(self, s: Sample, call: ActionCall, decision: Dispatch | Force, closing: list[int]) -> None:
+    def show_text(self, s: Sample, call: ActionCall, options: Mapping, target: str | None, node: str | None,
+                  closing: list[int]) -> None:
         """Run a text call and queue its observation turn after the ``closing`` tokens: a plain user
         turn holding the text (``Region k: `` before each when a call gives several). A model whose
         perceive.json ``views`` (what it was trained to read) leaves the action out is not shown the
         text: it stays in the hop, with a ``not_shown`` event."""
-        obs, hop = self.run(s, call, dict(decision.options), decision.target, decision.node)
+        obs, hop = self.run(s, call, dict(options), target, node)
         if obs is None:
             return
         blocks = self._text_blocks(s, call.action, obs, hop)
         if blocks is None:
-            if closing and closing[-1] in self.loop.eos:
-                self.loop.finish(s, FinishReason.EOS)  # after an answer: the answer stands
+            if closing and closing[-1] in self.eos:
+                s.finish(FinishReason.EOS)  # after an answer: the answer stands
             else:
                 s.pending = Chunk(closing, ChunkKind.DECODE)  # after a call: as if it went unanswered
             return
         # the text in the family's own tool-response turn (a plain user turn for vpt)
         ids = self.observation_ids(blocks, len(s.views) + 1, closing)
-        note_unencodable(s, self.loop.tokenizer, ids, ((TextRole.OBSERVATION, b) for b in blocks))
-        self._queue_observation(s, hop, ids)
+        note_unencodable(s, self.tokenizer, ids, ((TextRole.OBSERVATION, b) for b in blocks))
+        self._queue_observation(s, hop, ids, closing=len(closing))
 
     @staticmethod
     def record_text(hop: Hop, texts) -> None:
@@ -311,16 +324,13 @@ class Observer:
 
     # -- features -------------------------------------------------------------------------------
 
-    def show_features(self, s: Sample, branch, ev: PerceptionCall, decision: Dispatch,
-                      control: torch.Tensor) -> None:
+    def show_features(self, s: Sample, branch, call: ActionCall, options: Mapping, target: str | None,
+                      node: str | None, control: torch.Tensor) -> None:
         """Run a re-encode call, condition its features on ``control`` (the span's start-token
-        state) and queue them at the branch's placeholder tokens."""
+        state, ``(d,)``) and queue them at the branch's placeholder tokens."""
         A, E = branch.action_id, branch.end_id
-        options = {"encoder": branch.encoder, **decision.options}
-        call = ev.to_call()
-        if decision.args is not None:
-            call = ActionCall(call.action, decision.args, call.target, call.tokens, call.token_ids, True)
-        obs, hop = self.run(s, call, options, decision.target, decision.node)
+        options = {"encoder": branch.encoder, **options}
+        obs, hop = self.run(s, call, options, target, node)
         if obs is None:
             return
         try:
@@ -331,16 +341,25 @@ class Observer:
             return
         hop.features.append(feats.summary())
         hop.box = feats.box.to_dict()
-        tok = self.loop.tokenizer
+        tok = self.tokenizer
         pad = tok.convert_ids_to_tokens(branch.pad_id)
         vs, ve = (tok.convert_ids_to_tokens(i) for i in (self.cfg.special.vision_start, self.cfg.special.vision_end))
-        ids = [A, E] + self.loop.layout.observation_turn([vs + pad * rows.shape[0] + ve])
+        ids = [A, E] + self.layout.observation_turn([vs + pad * rows.shape[0] + ve])
         overrides = {0: control}
         pads = [i for i, t in enumerate(ids) if t == branch.pad_id]
         overrides.update({i: rows[k] for k, i in enumerate(pads)})
         s.pending = Chunk(ids, ChunkKind.OBSERVE, overrides=overrides)
         hop.prefilled_tokens = len(ids)
+        s.tokens(ids[2:], Provenance.OBSERVATION)  # the span's action and end tokens are forced, emitted already
+        self.new_turn(s)
+
+    def new_turn(self, s: Sample) -> None:
+        """A new assistant turn starts after what is queued: its text is streamed afresh."""
         s.answer_from = len(s.generated)
+        if self.tokenizer is not None:
+            tok = self.tokenizer
+            s.turn_text = TurnText(lambda ids: tok.decode(ids, skip_special_tokens=True),
+                                   self.perception_ids | self.eos, getattr(self.protocol, "open_tag", ""))
 
     def _project(self, branch, feats: Features, control: torch.Tensor) -> torch.Tensor:
         """The branch's projector conditions ``feats`` on ``control``: ``(num_placeholders, d)``."""

@@ -11,15 +11,18 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from perceive.actions import ActionCall
+from perceive.dispatch import dispatch
 from perceive.errors import InputError, PerceiveError
 from perceive.geometry import Frame
 from perceive.images import as_rgb
 from perceive.loop.unencodable import TextRole, note_unencodable
 from perceive.observations import View
-from perceive.protocol import ParseError, PerceptionCall
+from perceive.protocols.calls import ParseError, PerceptionCall
 from perceive.trace import EventType, FinishReason
 
 if TYPE_CHECKING:
+    from perceive.control import RunLimits
     from perceive.loop.observe import Observer
     from perceive.loop.sample import Sample, ToolResult, Turn
 
@@ -33,14 +36,15 @@ def _resized(frame: Frame, size: tuple[int, int]) -> Frame:
                  frame.sy * Fraction(frame.height, h), frame.parent)
 
 
-def replay(obs: Observer, s: Sample, turn: Turn) -> tuple[list[int], list[tuple[torch.Tensor, torch.Tensor]]] | None:
+def replay(obs: Observer, s: Sample, turn: Turn,
+           limits: RunLimits) -> tuple[list[int], list[tuple[torch.Tensor, torch.Tensor]]] | None:
     """``(ids, images)`` of ``turn`` and the observation turn of its call, to prefill after the
-    prompt; None when the sample finished (a turn that is not one call, a result of the wrong kind)."""
-    loop = obs.loop
+    prompt; None when the sample finished (a turn that is not one call, a result of the wrong kind).
+    ``limits``: the sample's (its action options)."""
     try:
         if s.parser is None:
             raise InputError("dispatch is off: earlier tool calls cannot be replayed")
-        ids = loop.tokenizer.encode(turn.text, add_special_tokens=False)
+        ids = obs.tokenizer.encode(turn.text, add_special_tokens=False)
         calls, errors = [], []
         for t in ids:
             ev = s.parser.feed(t)
@@ -67,20 +71,17 @@ def replay(obs: Observer, s: Sample, turn: Turn) -> tuple[list[int], list[tuple[
         if len(turn.results) != 1:
             raise InputError(f"the tool call {calls[0].action!r} got {len(turn.results)} results; send one",
                              hint="answer each tool call with one tool message (or one user turn of images)")
-        turn_ids, images = _observation(obs, s, calls[0], turn.results[0], ids[-1])
+        turn_ids, images = _observation(obs, s, calls[0], turn.results[0], ids[-1], limits)
     except PerceiveError as exc:
-        from perceive.loop.observe import err
-
-        loop.finish(s, FinishReason.ERROR, err(exc))
+        s.fail(FinishReason.ERROR, exc)
         return None
     return ids + turn_ids, images
 
 
-def _observation(obs: Observer, s: Sample, ev: PerceptionCall, result: ToolResult, closing: int):
-    loop = obs.loop
+def _observation(obs: Observer, s: Sample, ev: PerceptionCall, result: ToolResult, closing: int, limits: RunLimits):
     call = ev.to_call()
-    options = dict((s.limits or loop.limits).action_options.get(call.action, {}))
-    kind = loop.registry.action(call.action).observation
+    options = dict(limits.action_options.get(call.action, {}))
+    kind = obs.registry.action(call.action).observation
     if kind == "view":
         if isinstance(result, str) or not result:
             raise InputError(f"{call.action!r} returns views: send its result as images, not text")
@@ -104,29 +105,24 @@ def _observation(obs: Observer, s: Sample, ev: PerceptionCall, result: ToolResul
         raise InputError(f"{call.action!r} returns encoder features: only view and text actions run client-side")
     turn = obs.observation_ids(blocks, first, [closing])[1:]
     if kind == "text":
-        note_unencodable(s, loop.tokenizer, turn, [(TextRole.OBSERVATION, blocks[0])])
+        note_unencodable(s, obs.tokenizer, turn, [(TextRole.OBSERVATION, blocks[0])])
     hop.prefilled_tokens = len(turn)
     return turn, images
 
 
-def preview_boxes(obs: Observer, s: Sample, ev: PerceptionCall) -> list[dict] | None:
+def preview_boxes(obs: Observer, s: Sample, ev: PerceptionCall, limits: RunLimits) -> list[dict] | None:
     """The root-pixel boxes the views of a call going back to the client will show (what it must
     crop), computed by running the action here without recording it; None for a call that shows
     no views, or one that fails (the client finds out when it runs it)."""
-    from perceive.dispatch import dispatch
-
-    loop = obs.loop
     call = ev.to_call()
-    action = loop.registry.action(call.action)
+    action = obs.registry.action(call.action)
     if action.observation != "view":
         return None
-    options = dict((s.limits or loop.limits).action_options.get(call.action, {}))
+    options = dict(limits.action_options.get(call.action, {}))
     target = obs.target_of(s, ev.target)
-    from perceive.actions import ActionCall
-
     call = ActionCall(call.action, call.args, target, call.tokens, call.token_ids)
-    res = dispatch(loop.registry.pm, action, call, obs._context(s, options, target),
-                   timeout_s=loop.options.action_timeout_s)
+    res = dispatch(obs.registry.pm, action, call, obs._context(s, options, target),
+                   timeout_s=obs.options.action_timeout_s)
     if not res.ok:
         return None
     return [v.box.to_dict() for v in res.observation]

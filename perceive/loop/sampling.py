@@ -18,9 +18,14 @@ class Sampler:
         if do_sample and top_p:
             self.warpers.append(TopPLogitsWarper(top_p))
 
-    def __call__(self, logits: torch.Tensor, generator: torch.Generator) -> int:
-        """``logits`` (V,) float32 -> a token id."""
+    def __call__(self, logits: torch.Tensor, generator: torch.Generator) -> tuple[int, float]:
+        """``logits`` (V,) float32 -> ``(token id, its log-probability under the distribution it was
+        drawn from)``: greedy reads ``log_softmax(logits)``; sampling, the warped logits' (temperature,
+        then top-k and top-p masks)."""
         if not self.do_sample:
-            return int(torch.argmax(logits))
-        scores = self.warpers(None, logits.unsqueeze(0))
-        return int(torch.multinomial(torch.softmax(scores, -1)[0].cpu(), 1, generator=generator))
+            t = int(torch.argmax(logits))
+            return t, float(logits[t].float() - torch.logsumexp(logits.float(), -1))
+        scores = self.warpers(None, logits.unsqueeze(0))[0].float()
+        logp = torch.log_softmax(scores, -1)
+        t = int(torch.multinomial(logp.exp().cpu(), 1, generator=generator))
+        return t, float(logp[t])

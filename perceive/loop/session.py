@@ -15,9 +15,8 @@ and answer; by default the graph ``free_choice``.
 
 from __future__ import annotations
 
-import dataclasses
-import time
-from collections.abc import Callable, Sequence
+import json
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -29,21 +28,32 @@ from perceive.encoders import EncoderHub
 from perceive.errors import ConfigError, InputError, PerceiveError
 from perceive.geometry import ROOT
 from perceive.images import as_rgb, load_image
-from perceive.loop.batch import Batch
-from perceive.loop.decisions import Decisions
+from perceive.loop.continuous_batching import Batch
 from perceive.loop.engine import Chunk, ChunkKind, Engine, NativeEngine, ReprefillEngine
-from perceive.loop.observe import Observer, err
+from perceive.loop.events import Event, Finished, Provenance
+from perceive.loop.observe import Observer
 from perceive.loop.options import LoopOptions, options_from_config
+from perceive.loop.replay import replay
 from perceive.loop.sample import Answer, Sample, Turn, answer_each, check_input
 from perceive.loop.sampling import Sampler
+from perceive.loop.stepper import Policy, Stepper
 from perceive.loop.template import ChatLayout
 from perceive.loop.unencodable import TextRole, note_unencodable
-from perceive.protocol import ParseError, PerceptionCall, codec_from_tokenizer
+from perceive.protocols.codec import codec_from_tokenizer
 from perceive.protocols.detect import choose_protocol
 from perceive.trace import EventType, FinishReason, Trace
 
 
-class PerceptionLoop(Decisions):
+def _updated(options: LoopOptions, **changes) -> LoopOptions:
+    """A copy of ``options`` with ``changes``."""
+    if hasattr(options, "model_copy"):
+        return options.model_copy(update=changes)
+    import dataclasses
+
+    return dataclasses.replace(options, **changes)
+
+
+class PerceptionLoop:
     """Runs a VPT model with perception dispatch. One loop is one session: its encoder cache is
     shared by every sample it runs.
 
@@ -55,36 +65,44 @@ class PerceptionLoop(Decisions):
     ``options.reprefill``)."""
 
     def __init__(self, model, registry=None, options: LoopOptions | None = None, hub: EncoderHub | None = None,
-                 encoder_configs: dict | None = None, policy=None, controller: Controller | None = None,
-                 graph=None, params: dict | None = None, engine: Callable[[Any], Engine] | None = None):
+                 encoder_configs: dict | None = None, policy: Policy | None = None,
+                 controller: Controller | None = None, graph=None, params: dict | None = None,
+                 engine: Callable[[Any], Engine] | None = None):
         from perceive.plugins import get_registry
 
         self.model = model
-        self.policy = policy
         self.engine = engine
         # a compiled graph brings the registry it was validated against
         self.registry = registry or getattr(graph, "registry", None) or get_registry()
         options = options or LoopOptions()
         # the options the model was trained with (a region margin, ...), under the run's own
         merged = merge_options(self.registry, model.config.action_defaults, options.action_options)
-        self.options = dataclasses.replace(options, action_options=merged)
+        self.options = _updated(options, action_options=merged)
+        self.graph = graph  # what the run's controller was built from (None: the default graph)
         self.controller = controller or self._graph_controller(graph, params)
         self.limits = RunLimits(self.options.max_hops, self.options.action_options)
         self.hub = hub or EncoderHub(self.registry.encoder_specs(), encoder_configs or {}, model=model)
-        self.cfg = cfg = model.config
+        self.cfg = model.config
         self.tokenizer = model.tokenizer
         # the tool-call protocol the model speaks: how calls are read, declared and answered
         # (``auto``: the one its files declare, perceive.protocols.detect)
         self.protocol = choose_protocol(self.registry, self.options.protocol, self.options.protocol_options, model)
         system = self.protocol.system_prompt(self.options.system, self.registry.select(self.options.actions))
         self.layout = ChatLayout(self.tokenizer, system) if self.tokenizer is not None else None
-        self.eos = set(cfg.special.eos) | {cfg.special.im_end}
-        self.start_branch = {b.start_id: b for b in cfg.branches.values()}
         self.actions = [a for a in self.registry.select(self.options.actions) if a.grammar is not None]
-        self.observer = Observer(self)
+        self.observer = Observer(self.registry, self.hub, self.protocol, self.options, model, self.layout)
         self.observer.check_encoders()
-        self._sampler = Sampler(self.options.do_sample, self.options.temperature, self.options.top_k,
-                                self.options.top_p)
+        o = self.options
+        self.stepper = Stepper(self.observer, o, self.controller, self.limits,
+                               Sampler(o.do_sample, o.temperature, o.top_k, o.top_p), model.max_positions, policy)
+
+    @property
+    def policy(self) -> Policy | None:
+        return self.stepper.policy
+
+    @policy.setter
+    def policy(self, policy: Policy | None) -> None:
+        self.stepper.policy = policy
 
     def _graph_controller(self, graph, params, max_hops: int | None = None):
         from perceive.graph import run_controller
@@ -134,12 +152,23 @@ class PerceptionLoop(Decisions):
     def run(self, items: list[tuple[Image.Image, str]], indices: list[int] | None = None) -> list[Answer]:
         """Run decoded images together. ``indices`` are the samples' positions in the caller's
         batch (they seed sampling and key the policy); default 0..n-1."""
+        indices = list(range(len(items))) if indices is None else indices
+        done = {ev.sample: Answer.from_event(ev) for ev in self.stream(items, indices) if isinstance(ev, Finished)}
+        return [done[i] for i in indices]
+
+    def stream(self, items: list[tuple[Image.Image, str]], indices: list[int] | None = None) -> Iterator[Event]:
+        """The events of decoded images run together (:mod:`perceive.loop.events`), as they
+        happen: each sample's ``sample`` is its index (``indices``, default 0..n-1), and its
+        ``Finished`` event comes last."""
         if self.layout is None:
             raise PerceiveError("this model has no tokenizer", hint="load a checkpoint that ships one")
         indices = list(range(len(items))) if indices is None else indices
-        samples = [self._new_sample(i, img, q) for i, (img, q) in zip(indices, items, strict=True)]
-        self._drive(samples)
-        return [self._answer(s) for s in samples]
+        batch = self.batch()
+        for i, (img, q) in zip(indices, items, strict=True):
+            yield from batch.add(self.start(img, q, i))
+        with torch.no_grad():
+            while len(batch):
+                yield from batch.step()
 
     def generate_ids(self, prompt_ids: list[int], pixel_values=None, image_grid_thw=None,
                      max_new_tokens: int = 16) -> list[int]:
@@ -153,9 +182,13 @@ class PerceptionLoop(Decisions):
         s.pending = Chunk(list(prompt_ids), ChunkKind.PROMPT, images)
         s.trace.prompt_tokens = len(prompt_ids)
         # a prompt that ends with a re-encode start token: the next token is forced
-        s.awaiting_control = self.start_branch.get(int(prompt_ids[-1]))
+        s.awaiting_control = self.stepper.start_branch.get(int(prompt_ids[-1]))
         s.pending.logits = s.awaiting_control is None
-        self._drive([s])
+        batch = self.batch()
+        batch.add(s)
+        with torch.no_grad():
+            while len(batch):
+                batch.step()
         return list(prompt_ids) + s.generated
 
     # -- set-up -----------------------------------------------------------------------------
@@ -178,30 +211,26 @@ class PerceptionLoop(Decisions):
             hops = self.options.max_hops if max_hops is None else max_hops
             limits = RunLimits(hops, merge_options(self.registry, self.options.action_options, action_options or {}))
             if graph is not None or params or max_hops is not None:
-                controller = self.controller_for(graph or "free_choice", params, hops)
+                controller = self.controller_for(graph, params, hops)
         s = self._new_sample(index, image, question, history, bool(client_tools), controller, limits)
         s.max_new_tokens = max_new_tokens
         s.tools = frozenset(client_tools) if isinstance(client_tools, frozenset | set) else None
         return s
 
-    def controller_for(self, graph, params: dict | None = None, max_hops: int | None = None):
-        """The controller of ``graph`` with ``params`` and hop budget ``max_hops`` (default: the run's),
-        compiled and checked against the model once per (graph, params, budget). Raises
+    def controller_for(self, graph=None, params: dict | None = None, max_hops: int | None = None):
+        """The controller of ``graph`` (None: the run's) with ``params`` and hop budget ``max_hops``
+        (default: the run's), compiled and checked against the model once per (graph, params,
+        budget). Raises
         ``GraphValidationError``, ``ConfigError`` (a graph the model cannot run) or
         ``FileNotFoundError``."""
-        import json
-
         hops = self.options.max_hops if max_hops is None else max_hops
+        graph = self.graph if graph is None else graph
         key = (graph if isinstance(graph, str) else id(graph), json.dumps(params or {}, sort_keys=True, default=str),
                hops)
         cache = self.__dict__.setdefault("_controllers", {})
         if key not in cache:
             cache[key] = self._graph_controller(graph, params, hops)
         return cache[key]
-
-    def answer(self, s: Sample) -> Answer:
-        """The answer of a finished sample (its trace completed)."""
-        return self._answer(s)
 
     def _new_sample(self, index: int, image: Image.Image, question: str, history: Sequence[Turn] = (),
                     client_tools: bool = False, controller=None, limits=None) -> Sample:
@@ -218,12 +247,33 @@ class PerceptionLoop(Decisions):
             pv, grid = self.observer.pixels(root)
             s.seen[ROOT] = self.observer.seen_size(grid)
         except PerceiveError as exc:
-            self.finish(s, FinishReason.ERROR, err(exc))
+            s.fail(FinishReason.ERROR, exc)
             return s
-        images, blocks, reencode = [(pv, grid)], [], None
-        for d in self._controller(s).start(self._limits(s), s):
-            # calls the controller makes before the model speaks: views join the first user turn,
-            # a re-encode opens the first assistant turn
+        first = self._first_calls(s)
+        if first is None:
+            return s
+        blocks, images, reencode = first
+        ids = self.layout.prompt(s.question, int(grid.prod()) // self.model.spatial_merge_size**2, blocks)
+        # a character the tokenizer cannot encode is read as its unknown token: say which (an event)
+        note_unencodable(s, self.tokenizer, ids, [(TextRole.SYSTEM, self.layout.system),
+                                                  *((TextRole.OBSERVATION, b) for b in blocks),
+                                                  (TextRole.QUESTION, s.question)])
+        images = [(pv, grid), *images]
+        for turn in history:
+            done = replay(self.observer, s, turn, s.limits or self.limits)
+            if done is None:
+                return s
+            ids += done[0]
+            images += done[1]
+        self._queue_prompt(s, ids, images, reencode)
+        return s
+
+    def _first_calls(self, s: Sample):
+        """Run the calls the controller makes before the model speaks: views and text join the
+        first user turn, a re-encode opens the first assistant turn. ``(markup blocks, images,
+        the branch to open or None)``, or None when the sample finished."""
+        blocks, images, reencode = [], [], None
+        for d in (s.controller or self.controller).start(s.limits or self.limits, s):
             if not self.options.dispatch:
                 s.event(EventType.GRAPH, message=f"dispatch is off: the forced {d.action!r} call did not run")
                 continue
@@ -231,44 +281,39 @@ class PerceptionLoop(Decisions):
             if kind in ("view", "text"):
                 shown = (self.observer.first_turn_views if kind == "view" else self.observer.first_turn_text)(s, d)
                 if shown is None:
-                    return s
+                    return None
                 blocks += shown[0]
                 images += shown[1]
                 continue
             reencode = next((b for b in self.cfg.branches.values() if b.action == d.action), None)
             if reencode is None:
                 msg = f"the model has no {d.action!r} branch to force"
-                self.finish(s, FinishReason.GRAPH_ERROR, {"type": "graph_error", "message": msg})
-                return s
+                s.finish(FinishReason.GRAPH_ERROR, {"type": "graph_error", "message": msg})
+                return None
             s.forced_reencode = Dispatch(options=d.options, target=d.target, args=d.args, node=d.node)
-        ids = self.layout.prompt(s.question, int(grid.prod()) // self.model.spatial_merge_size**2, blocks)
-        # a character the tokenizer cannot encode is read as its unknown token: say which (an event)
-        note_unencodable(s, self.tokenizer, ids, [(TextRole.SYSTEM, self.layout.system),
-                                                  *((TextRole.OBSERVATION, b) for b in blocks),
-                                                  (TextRole.QUESTION, s.question)])
-        for turn in history:
-            done = self.observer.replay(s, turn)
-            if done is None:
-                return s
-            ids += done[0]
-            images += done[1]
+        return blocks, images, reencode
+
+    def _queue_prompt(self, s: Sample, ids: list[int], images: list, reencode) -> None:
+        """Queue the prompt ``ids`` (then ``reencode``'s start token, forced), or refuse a prompt past
+        the model's context before any forward: there the model only answers noise."""
         limit = self.model.max_positions
         if len(ids) + (reencode is not None) >= limit:
-            # refuse before any forward: past the trained context the model only answers noise
-            self.finish(s, FinishReason.ERROR, err(InputError(
+            s.fail(FinishReason.ERROR, InputError(
                 f"the prompt is {len(ids)} tokens (image tokens included) but the model's context "
                 f"(max_position_embeddings) is {limit}",
-                hint="shorten the question, or use a smaller image")))
-            return s
+                hint="shorten the question, or use a smaller image"))
+            return
+        s.tokens(ids, Provenance.PROMPT)
         if reencode is not None:
             ids = ids + [reencode.start_id]
             s.generated.append(reencode.start_id)
+            s.tokens([reencode.start_id], Provenance.FORCED)
             if s.parser is not None:
                 s.parser.feed(reencode.start_id)
             s.awaiting_control = reencode
         s.trace.prompt_tokens = len(ids)
-        self.observer.feed(s, Chunk(ids, ChunkKind.PROMPT, images, logits=reencode is None))
-        return s
+        if self.observer.feed(s, Chunk(ids, ChunkKind.PROMPT, images, logits=reencode is None)):
+            self.observer.new_turn(s)
 
     # -- the decode loop ----------------------------------------------------------------------
 
@@ -279,105 +324,8 @@ class PerceptionLoop(Decisions):
 
     def batch(self, cap: int | None = None) -> Batch:
         """An open batch on a fresh engine: add samples (:meth:`start`), step it, cancel samples
-        (``perceive serve`` keeps one running). ``cap``: samples running at once (default
-        ``max_batch_size``; 1 for the reprefill baseline, which runs one at a time as the reference
-        does)."""
+        (``perceive serve`` keeps one running); each step returns the samples' events. ``cap``:
+        samples running at once (default ``max_batch_size``; 1 for the reprefill baseline, which
+        runs one at a time as the reference does)."""
         cap = 1 if self.options.reprefill else (cap or self.options.max_batch_size)
-        return Batch(self, self._engine(), cap)
-
-    @torch.no_grad()
-    def _drive(self, samples: list[Sample]) -> None:
-        """Step every sample through one batch until all are done; waiting samples join as others
-        finish (at most ``max_batch_size`` at once)."""
-        batch = self.batch()
-        for s in samples:
-            batch.add(s)
-        while len(batch):
-            batch.step()
-
-    def _fed(self, s: Sample, ms: float) -> None:
-        chunk, s.pending = s.pending, None
-        s.fed += len(chunk.ids)
-        if chunk.kind is ChunkKind.OBSERVE and s.trace.hops:
-            s.trace.hops[-1].prefill_ms = ms
-
-    def _check_context(self, s: Sample) -> None:
-        """Finish a sample whose next tokens would not fit the model's context."""
-        if s.pending is not None and s.fed + len(s.pending.ids) > self.model.max_positions:
-            self.finish(s, FinishReason.CONTEXT_FULL)
-
-    def _advance(self, s: Sample, h: torch.Tensor, logits: torch.Tensor | None) -> None:
-        """After a step: ``h`` is the sample's last final-norm state, ``logits`` its next-token
-        logits (None when the next token is forced)."""
-        if s.awaiting_control is not None:
-            branch, s.awaiting_control = s.awaiting_control, None
-            self._reencode(s, branch, h)
-            return
-        if self.options.record_logits:
-            s.logits.append(logits.cpu())
-        t = self.policy(s.index, s.generated, logits) if self.policy is not None else None
-        self._on_token(s, self._sampler(logits, s.gen) if t is None else int(t))
-
-    def _spent(self, s: Sample, reserve: int = 0) -> bool:
-        """Finish the sample when its token budget cannot take ``reserve`` more tokens. Every
-        generated or forced token counts, on every path."""
-        if len(s.generated) + reserve < (s.max_new_tokens or self.options.max_new_tokens):
-            return False
-        self.finish(s, FinishReason.MAX_NEW_TOKENS)
-        return True
-
-    def _on_token(self, s: Sample, t: int) -> None:
-        s.generated.append(t)
-        s.decoded_since_hop += 1
-        ev = s.parser.feed(t) if s.parser is not None else None
-        if isinstance(ev, ParseError):
-            s.event(EventType.PARSE_ERROR, **ev.to_dict())
-        branch = self.start_branch.get(t)
-        if branch is not None:
-            # a re-encode span opens: feed the start token; its final hidden state is the
-            # control signal the forced action token carries (§2.6 step 3, §2.9). The forced
-            # tokens (action, and end when dispatching) must fit the budget too.
-            if self._spent(s, reserve=1 if s.parser is None else 2):
-                return
-            s.awaiting_control = branch
-            s.pending = Chunk([t], ChunkKind.DECODE, logits=False)
-            return
-        if isinstance(ev, PerceptionCall):
-            if s.client_tools:  # the caller runs it: the call goes back with the sample
-                self._on_client_call(s, ev, closing=t)
-            elif not self._spent(s):  # no token left to use an observation
-                self._on_call(s, ev, closing=t)
-            return
-        if isinstance(ev, ParseError) and self.options.on_malformed == "stop":
-            self.finish(s, FinishReason.MALFORMED)
-            return
-        if t in self.eos:
-            self._on_answer(s, t)
-            return
-        if not self._spent(s):
-            s.pending = Chunk([t], ChunkKind.DECODE)
-
-    def finish(self, s: Sample, reason: FinishReason, error: dict | None = None) -> None:
-        if s.parser is not None:
-            tail = s.parser.close()
-            if tail is not None:
-                s.event(EventType.PARSE_ERROR, **tail.to_dict())
-        s.done = True
-        s.pending = None
-        s.trace.finish_reason = FinishReason(reason)
-        if error is not None:
-            s.trace.error = error
-
-    def _answer(self, s: Sample) -> Answer:
-        tok = self.tokenizer
-        # an answer is text: a perception token left in it (a malformed span) is a parse_error
-        # event in the trace, never part of the answer
-        # nor is an unanswered call (a text protocol writes it in ordinary tokens)
-        skip = {i for a, b in s.unanswered for i in range(a, b + 1)}
-        final = [t for i, t in enumerate(s.generated[s.answer_from:], s.answer_from)
-                 if t not in self.eos and t not in self.observer.perception_ids and i not in skip]
-        s.trace.answer = tok.decode(final, skip_special_tokens=True).strip()
-        s.trace.text = tok.decode(s.generated, skip_special_tokens=False)
-        s.trace.generated_tokens = len(s.generated)
-        s.trace.total_ms = (time.perf_counter() - s.t0) * 1000
-        return Answer(s.trace.answer, s.trace, list(s.generated), s.logits if self.options.record_logits else None)
+        return Batch(self.stepper, self._engine(), cap)

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from enum import Enum
 from typing import TYPE_CHECKING
 
-from perceive.trace import EventType
+from perceive.trace import EventType, Trace
 
 if TYPE_CHECKING:
     from perceive.loop.sample import Sample
@@ -99,4 +99,4 @@ def note_unencodable(s: Sample, tokenizer, ids: Sequence[int], texts: Iterable[t
 def warnings(events: Iterable[dict]) -> list[str]:
     """The messages of a trace's ``tokenizer`` events, each once, in order (what the CLI prints and
     ``perceive serve`` returns in ``perceive.warnings``)."""
-    return list(dict.fromkeys(e["message"] for e in events if e.get("type") == EventType.TOKENIZER))
+    return Trace(events=list(events)).warnings()

@@ -1,6 +1,6 @@
 """A chat request's messages as one perceive conversation: the image and the question of the
 first user turn, then the earlier assistant turns whose calls the client ran
-(:class:`perceive.loop.sample.Turn`), in either shape a client sends them back:
+(:class:`perceive.loop.Turn`), in either shape a client sends them back:
 
 * OpenAI's: the assistant message with ``tool_calls``, then one ``tool`` message per call (an
   image part for a view, text for text);
@@ -21,7 +21,7 @@ from PIL import Image
 
 from perceive.errors import ImageError, InputError
 from perceive.images import load_image
-from perceive.loop.sample import ToolResult, Turn
+from perceive.loop import ToolResult, Turn
 from perceive.serve.openai_schema import ChatRequest, ImagePart, Message, TextPart
 
 

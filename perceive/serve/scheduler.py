@@ -1,9 +1,11 @@
-"""The server's one model thread: continuous batching over an open :class:`~perceive.loop.batch.Batch`.
+"""The server's one model thread: continuous batching over an open batch of the loop
+(:mod:`perceive.loop.continuous_batching`).
 
 Requests arrive from the HTTP side (``submit``) and join the running batch between steps; a
 request whose client went away or whose deadline passed is cancelled before the next step (its
-cache row freed), and nothing else in the batch notices. Each job gets its events (hops and text
-as they happen, then its answer) through an asyncio queue on the server's event loop.
+cache row freed), and nothing else in the batch notices. The scheduler reads only the loop's
+events (:mod:`perceive.loop.events`) and routes each to its job's asyncio queue on the server's
+event loop.
 """
 
 from __future__ import annotations
@@ -15,13 +17,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
-from perceive.loop.observe import err
-from perceive.loop.sample import Answer, Sample
-from perceive.protocols.base import IncrementalDetokenizer
+from perceive.errors import trace_error
+from perceive.loop import Event, Finished, ToolCallsPending
 from perceive.serve.messages import Conversation
 from perceive.trace import FinishReason
 
@@ -38,9 +38,10 @@ class Draining(Exception):
 
 @dataclass(eq=False)
 class Job:
-    """One request's sample, and what its handler waits on. ``emit`` is called on the model
-    thread; the handler reads ``events`` on the event loop: ``("hop", dict)``, ``("delta", str)``,
-    then ``("done", Answer)`` or ``("error", exception)`` (a ``PerceiveError``: the request's fault)."""
+    """One request, and what its handler waits on. ``emit`` is called on the model thread; the
+    handler reads ``events`` on the event loop: the loop's events for its sample (all of them when
+    streaming; else the calls going back and ``Finished``), or an exception when the request could
+    not start (a ``PerceiveError``: the request's fault; anything else a bug)."""
 
     conv: Conversation
     client_tools: bool | frozenset[str] = False  # the tool names the client runs
@@ -53,30 +54,24 @@ class Job:
     stream: bool = False
     aio: asyncio.AbstractEventLoop | None = None
     events: asyncio.Queue | None = None
-    sample: Sample | None = None
+    key: int | None = None  # its sample's index in the batch, once admitted
+    finished: bool = False
     cancelled: bool = False
     t0: float = field(default_factory=time.monotonic)
-    # streaming: what has been sent
-    _hops_sent: int = 0
-    _seen: int = 0
-    _turn: int = -1
-    _detok: Any = None
-    _text: str = ""
-    _emitted: int = 0
 
-    def emit(self, kind: str, value: Any) -> None:
+    def emit(self, item: Event | BaseException) -> None:
         if self.aio is not None and self.events is not None:
-            self.aio.call_soon_threadsafe(self.events.put_nowait, (kind, value))
+            self.aio.call_soon_threadsafe(self.events.put_nowait, item)
 
 
 class Scheduler:
     """Runs ``loop``'s model on one thread. ``max_batch``: samples running at once; ``max_queue``:
     requests waiting to join (more get ``QueueFull``). ``on_step(seconds, running)`` and
-    ``on_done(job, answer)`` feed the metrics."""
+    ``on_done(job, finished)`` feed the metrics (``finished`` None: the job never ran)."""
 
     def __init__(self, loop, max_batch: int = 8, max_queue: int = 64,
                  on_step: Callable[[float, int], None] | None = None,
-                 on_done: Callable[[Job, Answer | None], None] | None = None):
+                 on_done: Callable[[Job, Finished | None], None] | None = None):
         self.loop = loop
         self.max_batch = max_batch
         self.max_queue = max_queue
@@ -85,7 +80,7 @@ class Scheduler:
         self.batch = loop.batch(cap=max_batch)
         self.cv = threading.Condition()
         self.inbox: list[Job] = []
-        self.jobs: dict[Sample, Job] = {}
+        self.jobs: dict[int, Job] = {}  # by sample index
         self.index = itertools.count()
         self.stopping = False
         #: set on SIGTERM (by the signal handler: a plain flag, no lock): new requests are refused,
@@ -160,120 +155,57 @@ class Scheduler:
             t = time.perf_counter()
             try:
                 with torch.no_grad():
-                    finished = self.batch.step()
+                    events = self.batch.step()
             except Exception as exc:  # an engine failure: fail the batch, keep serving
-                finished = self._fail_batch(exc)
+                events = self.batch.fail(trace_error(exc))
+                self.batch = self.loop.batch(cap=self.max_batch)
             dt = time.perf_counter() - t
             self.step_s = 0.9 * self.step_s + 0.1 * dt
             self.on_step(dt, self.running)
-            for s, job in list(self.jobs.items()):
-                if job.stream and not s.done:
-                    self._guard(self._progress, job)
-            for s in finished:
-                self._guard(self._finish, s)
+            self._route(events)
 
-    def _guard(self, fn, arg) -> None:
-        """Run one job's bookkeeping; a bug in it fails that job, not the thread."""
-        try:
-            fn(arg)
-        except Exception as exc:
-            job = arg if isinstance(arg, Job) else self.jobs.pop(arg, None)
-            if job is not None:
-                job.emit("error", exc)  # not the client's: a 500 with code internal
+    def _route(self, events: list[Event]) -> None:
+        """Each event to its job; a bug in one job's bookkeeping fails that job, not the thread."""
+        for ev in events:
+            job = self.jobs.get(ev.sample)
+            if job is None:
+                continue
+            try:
+                if isinstance(ev, Finished):
+                    del self.jobs[ev.sample]
+                    job.finished = True
+                    job.emit(ev)
+                    self.on_done(job, ev)
+                elif job.stream or isinstance(ev, ToolCallsPending):
+                    job.emit(ev)
+            except Exception as exc:
+                self.jobs.pop(ev.sample, None)
+                job.emit(exc)  # not the client's: a 500 with code internal
 
     def _admit(self, job: Job) -> None:
         if job.cancelled:
             self.on_done(job, None)
             return
         c = job.conv
+        key = next(self.index)
         try:
-            s = self.loop.start(c.image, c.question, next(self.index), history=c.history,
-                                client_tools=job.client_tools, max_new_tokens=job.max_new_tokens, graph=job.graph,
-                                params=job.params, max_hops=job.max_hops, action_options=job.action_options)
+            handle = self.loop.start(c.image, c.question, key, history=c.history, client_tools=job.client_tools,
+                                     max_new_tokens=job.max_new_tokens, graph=job.graph, params=job.params,
+                                     max_hops=job.max_hops, action_options=job.action_options)
         except Exception as exc:  # the model thread never dies of one request
-            job.emit("error", exc)  # a PerceiveError is the request's fault (a 400), anything else a bug (a 500)
+            job.emit(exc)  # a PerceiveError is the request's fault (a 400), anything else a bug (a 500)
             self.on_done(job, None)
             return
-        job.sample = s
-        self.jobs[s] = job
-        if s.done:
-            self._finish(s)
-        else:
-            self.batch.add(s)
+        job.key = key
+        self.jobs[key] = job
+        self._route(self.batch.add(handle))  # a sample refused at its start finishes here
 
     def _expire(self) -> None:
         now = time.monotonic()
-        for s, job in list(self.jobs.items()):
-            if s.done:
-                continue
+        for key, job in list(self.jobs.items()):
             if job.cancelled:
-                self.batch.cancel(s, FinishReason.CANCELLED)
-                self._finish(s)
+                self._route(self.batch.cancel(key, FinishReason.CANCELLED))
             elif job.deadline is not None and now > job.deadline:
-                self.batch.cancel(s, FinishReason.DEADLINE, {
+                self._route(self.batch.cancel(key, FinishReason.DEADLINE, {
                     "type": "deadline", "message": f"the request's deadline passed after {now - job.t0:.1f} s",
-                    "hint": "raise perceive.deadline_s, or ask for fewer hops or tokens"})
-                self._finish(s)
-
-    def _fail_batch(self, exc: Exception) -> list[Sample]:
-        failed = list(self.batch.running) + list(self.batch.waiting)
-        for s in failed:
-            self.loop.finish(s, FinishReason.ERROR, err(exc))
-        self.batch = self.loop.batch(cap=self.max_batch)
-        return failed
-
-    def _finish(self, s: Sample) -> None:
-        job = self.jobs.pop(s, None)
-        if job is None:
-            return
-        answer = self.loop.answer(s)
-        if job.stream:
-            self._progress(job, final=answer)
-        job.emit("done", answer)
-        self.on_done(job, answer)
-
-    def _progress(self, job: Job, final: Answer | None = None) -> None:
-        """Send a streaming job its new hops and the new text of its current turn (the text before
-        a call's opening tag is held back until it cannot be the tag)."""
-        s, loop = job.sample, self.loop
-        hops = s.trace.hops
-        for hop in hops[job._hops_sent:]:
-            job.emit("hop", {"index": hop.index, "action": hop.action, "box": hop.box, "node": hop.node,
-                             "dispatch_ms": round(hop.dispatch_ms, 3), "error": hop.error, "cached": hop.cached})
-        job._hops_sent = len(hops)
-        if s.answer_from != job._turn:  # a new assistant turn
-            job._turn, job._seen = s.answer_from, s.answer_from
-            job._detok, job._text, job._emitted = IncrementalDetokenizer(self._decode), "", 0
-        skip = loop.observer.perception_ids | loop.eos
-        for t in s.generated[job._seen:]:
-            if t not in skip:
-                job._text += job._detok.push(t)
-        job._seen = len(s.generated)
-        text = job._text.lstrip()
-        safe = len(text)
-        tag = getattr(loop.protocol, "open_tag", "")
-        if tag:
-            at = text.find(tag)
-            if at != -1:
-                safe = at
-            else:  # hold back a suffix that may be the tag's beginning
-                safe = next((len(text) - k for k in range(min(len(tag) - 1, len(text)), 0, -1)
-                             if tag.startswith(text[-k:])), safe)
-        if final is not None and s.trace.finish_reason is not FinishReason.TOOL_CALLS:
-            # the answer, as the response gives it: whatever was held back, stripped
-            answer, sent = final.text, text[:job._emitted]
-            if answer.startswith(sent):
-                rest = answer[len(sent):]
-            elif answer.startswith(sent.rstrip()):
-                rest = answer[len(sent.rstrip()):].lstrip()
-            else:  # cannot happen for a well-behaved tokenizer: send the answer's tail anyway
-                rest = ""
-            if rest:
-                job.emit("delta", rest)
-            return
-        if safe > job._emitted:
-            job.emit("delta", text[job._emitted:safe])
-            job._emitted = safe
-
-    def _decode(self, ids: list[int]) -> str:
-        return self.loop.tokenizer.decode(ids, skip_special_tokens=True)
+                    "hint": "raise perceive.deadline_s, or ask for fewer hops or tokens"}))
