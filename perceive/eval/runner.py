@@ -9,17 +9,19 @@ and each sample's first region hop is scored by IoU against it.
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from perceive.config import PerceiveConfig, load_config
+from perceive.config import PerceiveConfig, RuntimeConfig, load_config
 from perceive.config_files import Override
 from perceive.data.skipped import DEFAULT_MAX_SKIPPED_FRACTION, Skipped
 from perceive.errors import ConfigError, ResumeError
 from perceive.eval.metrics import anls, exact_match, relaxed_accuracy
 from perceive.eval.report import markdown, summarize
+from perceive.settings import MANY_SAMPLES_BATCH_SIZE
 from perceive.strict import StrictModel
 
 TRIGGERS = ("Identify the region that can help you answer the question, and then answer the question.",
@@ -43,8 +45,9 @@ class EvalConfig(PerceiveConfig):
     data: Path
     name: str | None = None
     max_samples: int | None = None
-    #: samples running at once (continuous batching: a finished sample's place is taken at once)
-    batch_size: int = 8
+    #: deprecated spelling of ``runtime.max_batch_size`` (the samples running at once): given, it is
+    #: moved there; read, it is that setting. An eval runs :data:`MANY_SAMPLES_BATCH_SIZE` by default
+    batch_size: int | None = Field(None, ge=1, exclude=True)
     #: force each item's own first assistant turn (its ground-truth perception span) before the
     #: model continues: separates finding the region from reading it
     oracle_spans: bool = False
@@ -57,18 +60,73 @@ class EvalConfig(PerceiveConfig):
     def path_fields(self) -> list[tuple]:
         return [*super().path_fields(), ("data",), ("output",)]
 
+    @model_validator(mode="before")
+    @classmethod
+    def _batch_size_moved(cls, data: Any) -> Any:
+        """``EvalConfig(batch_size=N)`` in Python (a file's is moved by :func:`_normalise`)."""
+        if not isinstance(data, dict) or data.get("batch_size") is None:
+            return data
+        warnings.warn(BATCH_SIZE_MOVED, DeprecationWarning, stacklevel=4)
+        runtime = data.get("runtime") or {}
+        runtime = runtime.model_dump(exclude_unset=True) if isinstance(runtime, RuntimeConfig) else dict(runtime)
+        if runtime.get("max_batch_size", data["batch_size"]) != data["batch_size"]:
+            raise ValueError(f"batch_size {data['batch_size']} and runtime.max_batch_size "
+                             f"{runtime['max_batch_size']} disagree: set runtime.max_batch_size only")
+        return {**{k: v for k, v in data.items() if k != "batch_size"},
+                "runtime": {**runtime, "max_batch_size": data["batch_size"]}}
+
+    @model_validator(mode="after")
+    def _eval_batch(self) -> EvalConfig:
+        # an eval runs many samples: a batch of a few by default, not all of them at once
+        if self.runtime.max_batch_size is None:
+            self.runtime = self.runtime.model_copy(update={"max_batch_size": MANY_SAMPLES_BATCH_SIZE})
+        self.batch_size = self.runtime.max_batch_size  # the old spelling reads the one setting
+        return self
+
 
 #: fields an eval config had before it was a run config, and where they are now
 MOVED = {"max_new_tokens": "runtime.max_new_tokens", "action_timeout_s": "runtime.action_timeout_s",
          "action_options": "actions.<name>.options"}
+#: what a ``batch_size`` written in a file, a ``--set`` or Python is told
+BATCH_SIZE_MOVED = "the eval config's batch_size is deprecated: set runtime.max_batch_size (--batch-size sets it)"
 #: keyword arguments of :func:`load_eval_config` that name a nested field
 FLAG_KEYS = {"model": ("model", "path"), "max_new_tokens": ("runtime", "max_new_tokens"),
              "action_timeout_s": ("runtime", "action_timeout_s")}
 
 
+def _batch_size_as_setting(data):
+    """``batch_size`` moved to ``runtime.max_batch_size``, keeping where it was written. From the
+    command line it wins over the file's setting, as every flag; written in a file beside
+    ``runtime.max_batch_size``, the two are refused unless they agree."""
+    from perceive.yamlio import LinedDict
+
+    origin, line = data.origins.pop("batch_size", None), data.lines.pop("batch_size", None)
+    value = data.pop("batch_size")
+    if origin != "--batch-size":
+        where = f"{origin or 'the eval config'}" + (f" line {line}" if line else "")
+        warnings.warn(f"{where}: {BATCH_SIZE_MOVED}", DeprecationWarning, stacklevel=2)
+    runtime = data.get("runtime")
+    if runtime is None:
+        runtime = data["runtime"] = LinedDict()
+    if not isinstance(runtime, LinedDict):  # not a mapping: validation names the field
+        return data
+    command_line = str(origin or "").startswith("--")
+    if "max_batch_size" in runtime and not command_line and runtime["max_batch_size"] != value:
+        raise ConfigError(f"{origin or 'the eval config'}: batch_size ({value}"
+                          + (f", line {line}" if line else "") + f") and runtime.max_batch_size "
+                          f"({runtime['max_batch_size']}) disagree", hint="set runtime.max_batch_size only")
+    runtime["max_batch_size"] = value
+    runtime.lines.pop("max_batch_size", None)
+    if line is not None:
+        runtime.lines["max_batch_size"] = line
+    if origin is not None:
+        runtime.origins["max_batch_size"] = origin
+    return data
+
+
 def _normalise(data):
-    """``model: DIR`` shorthand; the fields that moved into the run config's sections refused
-    with where they are now."""
+    """``model: DIR`` shorthand; ``batch_size`` as ``runtime.max_batch_size``; the fields that moved
+    into the run config's sections refused with where they are now."""
     from perceive.config import model_shorthand
 
     moved = [k for k in MOVED if k in data]
@@ -80,6 +138,8 @@ def _normalise(data):
                                      *lines]),
                           hint="an eval config is a run config now: e.g. `runtime: {max_new_tokens: 16}`; see "
                                "docs/reference/config.md")
+    if "batch_size" in data:
+        data = _batch_size_as_setting(data)
     return model_shorthand(data)
 
 
@@ -170,7 +230,7 @@ def evaluate(cfg: EvalConfig, model=None, registry=None, progress: bool = True, 
         with Progress(disable=not progress) as bar:
             task = bar.add_task("eval", total=n, completed=len(lines))
             todo = (work(k) for k in range(n) if index_of[k] not in lines)
-            for k, a, ran in answers(loop, todo, cfg.batch_size, oracle):
+            for k, a, ran in answers(loop, todo, cfg.runtime.max_batch_size, oracle):
                 rec = _record(ds, k, a, ran, judge)
                 rec.update(session=session, elapsed_s=time.perf_counter() - t_start)
                 lines[rec["index"]] = rec
