@@ -110,10 +110,3 @@ def test_perceive_and_its_plugins_load_without_a_deprecated_name():
             "import perceive.cli, perceive.graph.draw, perceive.model")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-
-
-def test_the_serve_schema_module_still_reexports_the_openai_models():
-    from perceive.serve import openai_schema, schema
-
-    for name in ("ChatRequest", "ImagePart", "Message", "TextPart"):
-        assert getattr(schema, name) is getattr(openai_schema, name)
