@@ -14,20 +14,24 @@ from typing import Annotated
 import typer
 
 from perceive.cli.run_config import CONFIG_HELP, REMOTE_HELP, REMOTE_MODEL_HELP, SET_HELP
+from perceive.settings import DEFAULT_GRAPH, MAX_ACTION_TIMEOUT_S, RuntimeConfig
 from perceive.threads import MAX_THREADS
 
 #: the bounds of a perception call's deadline (``runtime.action_timeout_s``), in seconds
-ACTION_TIMEOUT_MIN_S, ACTION_TIMEOUT_MAX_S = 0.001, 86400.0
+ACTION_TIMEOUT_MIN_S, ACTION_TIMEOUT_MAX_S = 0.001, float(MAX_ACTION_TIMEOUT_S)
+#: the defaults the help texts name: the settings' own
+_DEFAULT = {name: f.default for name, f in RuntimeConfig.model_fields.items()}
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help=CONFIG_HELP)]
 ModelOpt = Annotated[Path | None, typer.Option(
     "--model", help="Local model folder (project or paper format); default: the config's model.path, else "
                     "models/default.")]
 GraphOpt = Annotated[str | None, typer.Option(
-    "--graph", help="Graph YAML file or shipped graph name (default: the config's, else free_choice).")]
+    "--graph", help=f"Graph YAML file or shipped graph name (default: the config's, else {DEFAULT_GRAPH}).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help=SET_HELP)]
 MaxNewTokensOpt = Annotated[int | None, typer.Option(
-    "--max-new-tokens", min=1, help="Tokens a sample may generate (runtime.max_new_tokens; default 256).")]
+    "--max-new-tokens", min=1,
+    help=f"Tokens a sample may generate (runtime.max_new_tokens; default {_DEFAULT['max_new_tokens']}).")]
 DeviceOpt = Annotated[str | None, typer.Option(
     "--device", help="cpu, cuda, cuda:1, ... or auto (the default).")]
 DtypeOpt = Annotated[str | None, typer.Option(
@@ -37,7 +41,7 @@ ReprefillOpt = Annotated[bool, typer.Option(
 ActionTimeoutOpt = Annotated[float | None, typer.Option(
     "--action-timeout", min=ACTION_TIMEOUT_MIN_S, max=ACTION_TIMEOUT_MAX_S, metavar="S",
     help="Deadline of each perception call, in seconds; a call past it fails its own sample "
-         "(runtime.action_timeout_s; default 120).")]
+         f"(runtime.action_timeout_s; default {_DEFAULT['action_timeout_s']:g}).")]
 ThreadsOpt = Annotated[int | None, typer.Option(
     "--threads", min=1, max=MAX_THREADS,
     help="torch's intra-op threads (runtime.threads; default: the usable cores less one, or OMP_NUM_THREADS).")]
