@@ -9,8 +9,7 @@ def loop_from_config(cfg, registry=None, graph=None, policy=None, model=None):
     """A :class:`~perceive.remote.RemoteLoop` when the run config (:class:`perceive.config.PerceiveConfig`)
     names a ``remote`` endpoint, else the local :meth:`PerceptionLoop.from_config
     <perceive.loop.PerceptionLoop.from_config>`. Both emit the same events and answers."""
-    from perceive.loop import PerceptionLoop
-    from perceive.loop.options import options_from_config
+    from perceive.loop import PerceptionLoop, options_from_config
     from perceive.plugins import get_registry
     from perceive.remote import RemoteLoop
 

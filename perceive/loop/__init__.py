@@ -17,7 +17,7 @@ from perceive.loop.events import (
     TokenDelta,
     ToolCallsPending,
 )
-from perceive.loop.options import LoopOptions
+from perceive.loop.options import LoopOptions, options_from_config
 from perceive.loop.sample import Answer, ToolResult, Turn, answer_each
 from perceive.loop.scripted import ScriptedPolicy, span_tokens
 from perceive.loop.session import PerceptionLoop
@@ -28,7 +28,7 @@ __all__ = [
     "Answer", "ChatLayout", "Chunk", "ChunkKind", "Engine", "Event", "Finished", "Generated", "HopFinished",
     "HopStarted", "LoopOptions", "NativeEngine", "Notice", "PendingCall", "PerceptionLoop", "Provenance",
     "ReprefillEngine", "ScriptedPolicy", "StepOut", "TokenDelta", "ToolCallsPending", "ToolResult", "Turn",
-    "TurnBackend", "TurnSession", "answer_each", "span_tokens",
+    "TurnBackend", "TurnSession", "answer_each", "options_from_config", "span_tokens",
 ]
 
 

@@ -70,18 +70,20 @@ class Stepper:
         import time
 
         s.close_hop()
-        obs, tok = self.observer, self.observer.tokenizer
+        obs = self.observer
+        # a model without a tokenizer (``generate_ids`` on bare weights): ids only
+        decode = obs.tokenizer.decode if obs.tokenizer is not None else (lambda ids, **_: "")
         # an answer is text: a perception token left in it (a malformed span) is a parse_error event,
         # never part of the answer; nor is an unanswered call (a text protocol writes it in ordinary tokens)
         skip = {i for a, b in s.unanswered for i in range(a, b + 1)}
         turn = list(enumerate(s.generated[s.answer_from:], s.answer_from))
         final = [t for i, t in turn if t not in self.eos and t not in obs.perception_ids and i not in skip]
         t = s.trace
-        t.answer = tok.decode(final, skip_special_tokens=True).strip()
-        t.text = tok.decode(s.generated, skip_special_tokens=False)
+        t.answer = decode(final, skip_special_tokens=True).strip()
+        t.text = decode(s.generated, skip_special_tokens=False)
         t.generated_tokens = len(s.generated)
         t.total_ms = (time.perf_counter() - s.t0) * 1000 if s.ran else 0.0
-        raw = tok.decode([i for _, i in turn if i not in self.eos], skip_special_tokens=False)
+        raw = decode([i for _, i in turn if i not in self.eos], skip_special_tokens=False)
         if s.calls:
             s.outbox.append(self._pending(s, t.answer, raw))
         elif s.turn_text is not None:

@@ -82,7 +82,7 @@ class Chunks:
     def __init__(self, req: ChatRequest, model: str, rid: str, warnings: list[str]):
         self.req, self.model, self.rid, self.warnings = req, model, rid, warnings
         self.created = int(time.time())
-        self.pending: ToolCallsPending | None = None
+        self.calls: ToolCallsPending | None = None
 
     def chunk(self, delta: dict | None, finish: str | None = None, **extra) -> str:
         body = {"id": self.rid, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
@@ -101,14 +101,14 @@ class Chunks:
             hop["dispatch_ms"] = round(hop["dispatch_ms"] or 0.0, 3)
             return [self.chunk(None, perceive={"event": "hop", "hop": hop})]
         if isinstance(ev, ToolCallsPending):
-            self.pending = ev
+            self.calls = ev
             return []
         if isinstance(ev, Finished):
             try:
                 check(ev)
             except HTTPProblem as p:
                 return [p.sse()]
-            msg, finish = message(self.req, ev, self.pending)
+            msg, finish = message(self.req, ev, self.calls)
             delta = {k: v for k, v in msg.items() if k in ("tool_calls", "perceive")}
             if "tool_calls" in delta:
                 delta["tool_calls"] = [{"index": i, **c} for i, c in enumerate(delta["tool_calls"])]
