@@ -1,12 +1,11 @@
 """The remote engine: a model served elsewhere (vLLM, SGLang, ``perceive serve``) driven through
-its OpenAI-compatible chat endpoint, with the same registry, graph, protocol and trace as a local
-run.
+its OpenAI-compatible chat endpoint, with the same registry, graph, protocol, decision rule, trace
+and events as a local run.
 
-The local :class:`~perceive.loop.engine.Engine` interface is token-level (chunks on a KV cache);
-a chat endpoint works in turns, so the remote engine sits one level up, at the session's
-decisions: per sample, ask the endpoint for the next assistant turn, read its calls with the
-model's protocol, let the controller decide, run the action here, and send the observation back
-as the next user turn. Two modes (``remote.mode``):
+A chat endpoint works in turns, not token chunks, so the sample runs in
+:class:`~perceive.loop.TurnSession` (the session one level up, at the controller's decisions),
+over this module's backend: the endpoint asked for the next assistant turn. Two modes
+(``remote.mode``):
 
 * ``client`` (any endpoint): the actions are declared as tools (the protocol's system turn, and
   ``tools`` for perceive serve); the endpoint only generates. Each turn is asked for raw
