@@ -108,7 +108,7 @@ def test_perceive_and_its_plugins_use_no_deprecated_name():
     aliases = sorted(MOVED)
     code = f"""
 import importlib, pkgutil, warnings
-warnings.filterwarnings("error", " is deprecated: import ", DeprecationWarning)
+warnings.filterwarnings("error", ".* is deprecated: import ", DeprecationWarning)
 import perceive
 for m in pkgutil.walk_packages(perceive.__path__, "perceive."):
     if m.name not in {aliases!r} and not m.name.endswith("__main__") and ".templates" not in m.name:
