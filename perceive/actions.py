@@ -22,9 +22,11 @@ and, for the conformance kit, ``examples()`` (argument values to run it with) an
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar
@@ -146,14 +148,17 @@ class ActionContext:
     """What an action may use while it runs.
 
     ``image`` is the target view's pixels (RGB PIL) and ``frame`` its frame; ``root`` is the
-    original image. ``features(encoder, view)`` returns cached encoder output. ``options``
-    holds this action's options from config. Actions must not mutate any image they are given.
+    original image. ``features(encoder, view)`` returns cached encoder output. ``options`` are
+    this action's options (config ``actions.<name>.options``, a graph node's, the model's trained
+    defaults): when the call runs, an instance of the action's ``Options`` model, validated, its
+    defaults filled in (``context.options.size``); a dict, unchecked, for an action without one
+    (see :func:`action_options`). Actions must not mutate any image they are given.
     """
 
     image: Image.Image
     frame: Frame
     root: Image.Image
-    options: dict[str, Any] = field(default_factory=dict)
+    options: BaseModel | dict[str, Any] = field(default_factory=dict)
     encoders: Any = None  # perceive.encoders.EncoderHub
     device: str = "cpu"
     _ids: Any = field(default_factory=lambda: itertools.count(1), repr=False)
@@ -163,6 +168,12 @@ class ActionContext:
     def for_image(cls, image: Image.Image, **kw) -> ActionContext:
         """A context whose target is the original image itself."""
         return cls(image=image, frame=Frame.root(*image.size), root=image, **kw)
+
+    def for_action(self, action: Action) -> ActionContext:
+        """This context with ``options`` as ``action`` reads them (:func:`action_options`); the
+        same view ids (a copy sharing the id counter). :func:`perceive.dispatch.dispatch` gives each
+        call's hooks this context."""
+        return dataclasses.replace(self, options=action_options(action, self.options))
 
     def new_view_id(self) -> str:
         return f"{self.id_prefix}{next(self._ids)}"
@@ -351,3 +362,66 @@ def validate_action_options(action: Action, options: Mapping[str, Any] | None,
     if problems:
         raise options_error("action", action.name, model, problems, source)
     return validated
+
+
+#: what dict-style reads of ``context.options`` say, for the release they keep working
+OPTIONS_AS_DICT = ("context.options is the action's validated Options instance: read context.options.{attr} "
+                   "(dict-style access, {key}, is deprecated and goes in the next release)")
+
+
+class _DictReads:
+    """The dict reads ``context.options`` allowed when it was the dict of the options given, for one
+    release: each warns. They see only the options given (what the dict held), so code that laid
+    them over its own defaults (``{"size": 448, **context.options}``) behaves as before."""
+
+    def _given(self, key: object) -> dict[str, Any]:
+        attr = key if isinstance(key, str) and key.isidentifier() else "<name>"
+        warnings.warn(OPTIONS_AS_DICT.format(attr=attr, key=repr(key) if attr == key else key), DeprecationWarning,
+                      stacklevel=3)
+        return self.model_dump(exclude_unset=True)  # type: ignore[attr-defined]
+
+    def __getitem__(self, key: str) -> Any:
+        return self._given(key)[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._given(key).get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._given(key)
+
+    def keys(self):  # `**context.options` and `dict(context.options)` read keys() then [key]
+        return self._given(".keys()").keys()
+
+    def items(self):
+        return self._given(".items()").items()
+
+    def values(self):
+        return self._given(".values()").values()
+
+
+@functools.cache
+def _with_dict_reads(model: type[BaseModel]) -> type[BaseModel]:
+    """``model`` with the deprecated dict reads: a subclass, so ``isinstance(options, model)`` holds
+    and ``model.model_validate(options)`` returns it as it is."""
+    names = {"__module__": model.__module__, "__qualname__": model.__qualname__, "__doc__": model.__doc__}
+    return type(model.__name__, (_DictReads, model), names)
+
+
+def action_options(action: Action, options: Mapping[str, Any] | BaseModel | None,
+                   source: str | None = None) -> BaseModel | dict[str, Any]:
+    """What ``action.run`` reads as ``context.options``: ``options`` (a mapping, or an ``Options``
+    instance already) validated into an instance of ``action.Options``, its defaults filled in and
+    ``model_fields_set`` naming the options given; a copy of the dict, unchecked, for an action
+    without an ``Options`` model. Raises :class:`~perceive.errors.ConfigError` as
+    :func:`validate_action_options` does."""
+    model = getattr(action, "Options", None)
+    if model is not None and isinstance(options, _DictReads) and isinstance(options, model):
+        return options  # built for this action already
+    given = options.model_dump(exclude_unset=True) if isinstance(options, BaseModel) else dict(options or {})
+    if model is None:
+        return given
+    try:
+        return _with_dict_reads(model).model_validate(given)
+    except ValidationError:
+        raise options_error("action", action.name, model, option_problems("action", action.name, model, given)[1],
+                            source) from None

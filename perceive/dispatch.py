@@ -40,7 +40,7 @@ _abandoned_lock = threading.Lock()
 
 class FailureStage(str, Enum):
     __str__ = str.__str__
-    BEFORE = "before"  # perceive_before_action raised
+    BEFORE = "before"  # perceive_before_action raised, or the options do not fit the action's Options
     RUN = "run"  # the action (or a perceive_run_action hook) raised
     OBSERVATION = "observation"  # the action returned something that is not its observation
     TIMEOUT = "timeout"  # the call passed its deadline, or the action is quarantined
@@ -160,13 +160,22 @@ def dispatch(pm, action: Action, call: ActionCall, context: ActionContext,
     ``perceive_after_action``. Never raises for a plugin's fault: the failure is returned.
 
     ``timeout_s``: the call's deadline (None or 0: none). A call past it fails with stage
-    ``timeout``; see the module docstring for what happens to its thread."""
+    ``timeout``; see the module docstring for what happens to its thread.
+
+    The hooks get ``context`` with its ``options`` validated into the action's ``Options`` instance
+    (:meth:`~perceive.actions.ActionContext.for_action`): options that do not fit fail the call at
+    stage ``before``."""
     hook = pm.hook
     t0 = time.perf_counter()
-    if timeout_s:
-        observation, failure, error = _run_with_deadline(pm, action, call, context, timeout_s)
+    try:
+        context = context.for_action(action)
+    except PerceiveError as exc:  # options passed in by hand that no config check saw
+        observation, failure, error = None, ActionFailure.of(call.action, FailureStage.BEFORE, exc), exc
     else:
-        observation, failure, error = _run_hooks(pm, action, call, context)
+        if timeout_s:
+            observation, failure, error = _run_with_deadline(pm, action, call, context, timeout_s)
+        else:
+            observation, failure, error = _run_hooks(pm, action, call, context)
     elapsed = (time.perf_counter() - t0) * 1000
     try:
         hook.perceive_after_action(action=action, call=call, context=context,

@@ -75,7 +75,9 @@ class ReencodeAction(Action):
 
     def run(self, call: ActionCall, context: ActionContext) -> Features:
         # any registered encoder whose layout the projector takes; ``encoders`` are the defaults
-        name = call.args.encoder or context.options.get("encoder") or self.encoders[0]
+        opts = context.options  # the action's Options instance (EncoderOptions); a dict where it declares none
+        configured = opts.get("encoder") if isinstance(opts, dict) else getattr(opts, "encoder", None)
+        name = call.args.encoder or configured or self.encoders[0]
         if context.encoders is None:
             raise EncoderUnavailableError(f"action {self.name!r} needs an encoder hub",
                                           hint="run it through a perceive session or model")

@@ -125,7 +125,7 @@ class Ocr(Action):
     def run(self, call: ActionCall, context: ActionContext) -> Text:
         import numpy as np
 
-        opts = OcrOptions.model_validate(context.options)
+        opts = context.options  # an OcrOptions, validated, its defaults filled in
         ocr = engine(opts.threads)
         w, h = context.frame.size
         region = context.root_box(call.args.box_in(w, h, context.frame.id))  # whole pixels of the original

@@ -26,13 +26,12 @@ class Zoom(GridSpanAction):
     description = "Crop the named grid cells and resample the crop so its longest side is `size`."
     start_token = "<|zoom_start|>"
     end_token = "<|zoom_end|>"
-    default_size = 448
     Options = ZoomOptions
 
     def run(self, call: ActionCall, context: ActionContext) -> View:
         box = call.args.box_in(context.frame.width, context.frame.height, context.frame.id)
         rb = context.root_box(box)  # bounds-checked, whole pixels of the original
-        size = ZoomOptions.model_validate({"size": self.default_size, **context.options}).size
+        size = context.options.size  # a ZoomOptions, validated, its default filled in
         scale = size / max(rb.width, rb.height)
         out = (max(1, round(rb.width * scale)), max(1, round(rb.height * scale)))
         return context.crop_root(box, out_size=out, label="zoom")
