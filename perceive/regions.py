@@ -11,17 +11,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from perceive.actions import Action, SpanError, TriggerGrammar
 from perceive.geometry import Box, grid_cells_to_box
+from perceive.strict import FrozenStrictModel
 from perceive.vocabulary import Vocabulary, grid_index
 
 
-class RegionArgs(BaseModel):
+class RegionArgs(FrozenStrictModel):
     """Either grid ``cells`` (paper semantics) or an explicit ``box`` in the target view's pixels."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     xs: tuple[int, ...] = ()
     ys: tuple[int, ...] = ()

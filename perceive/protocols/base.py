@@ -25,13 +25,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
 from perceive.actions import Action
 from perceive.geometry import Frame
 from perceive.protocols.boxes import BoxProblem, Resolved, _exact, _num, crop_call, read_box, view_at  # noqa: F401 - public here too
 from perceive.protocols.calls import Event, ParseError, ParseErrorKind, PerceptionCall
 from perceive.protocols.codec import TokenCodec
+from perceive.strict import FrozenStrictModel
 
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
 
@@ -39,8 +40,8 @@ _NAME = re.compile(r"[a-z][a-z0-9_]*")
 Views = Callable[[], Sequence[Frame]]
 
 
-class NoProtocolOptions(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class NoProtocolOptions(FrozenStrictModel):
+    """``Options`` of a protocol that takes none: any option given is an error."""
 
 
 class ToolProtocol:

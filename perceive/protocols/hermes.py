@@ -21,7 +21,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from perceive.actions import Action
 from perceive.errors import did_you_mean
@@ -29,6 +29,7 @@ from perceive.geometry import Frame
 from perceive.protocols.base import BoxProblem, Resolved, TextToolProtocol, crop_call, read_box, view_at
 from perceive.protocols.boxes import SmallBoxRule
 from perceive.protocols.calls import ParseErrorKind
+from perceive.strict import FrozenStrictModel
 
 TOOLS_HEADER = ("# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
                 "You are provided with function signatures within <tools></tools> XML tags:\n<tools>")
@@ -43,10 +44,9 @@ _SMALL_BOX_RULE: dict[str, SmallBoxRule] = {"absolute": "refuse", "absolute_resi
 _MIN_BOX: dict[str, int] = {"refuse": 30, "enlarge": 28, "qwen_agent": 32}
 
 
-class HermesOptions(BaseModel):
+class HermesOptions(FrozenStrictModel):
     """Options of ``hermes_json``."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
     #: ``absolute`` pixels of the view (DeepEyes: the image as given), ``absolute_resized`` pixels
     #: of the view as the model's processor resized it (stock Qwen2.5-VL grounding), or
     #: ``relative_1000`` (Qwen3-VL)

@@ -15,12 +15,13 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from perceive.actions import Action
 from perceive.geometry import Frame
 from perceive.protocols.base import BoxProblem, Resolved, TextToolProtocol, crop_call, read_box, view_at
 from perceive.protocols.calls import ParseErrorKind
+from perceive.strict import FrozenStrictModel
 
 SYSTEM_PROMPT = (
     "You are a helpful assistant. Answer the user's question based on the image provided. Output your thinking "
@@ -37,10 +38,9 @@ CONTINUE = (".\nContinue your reasoning process inside <think> and </think>. If 
 _OBS = re.compile(r"observation_(\d+)")
 
 
-class MiniO3Options(BaseModel):
+class MiniO3Options(FrozenStrictModel):
     """Options of ``mini_o3_grounding``."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
     #: clamp a box that leaves its image (and enlarge one under ``min_box``); False: report it
     repair: bool = True
     #: the smallest side in view pixels (unset: none, as Mini-o3)

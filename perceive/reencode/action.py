@@ -13,19 +13,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
 from perceive.actions import Action, ActionCall, ActionContext, SpanError, TriggerGrammar
 from perceive.encoders import FeatureLayout, layout_mismatch
 from perceive.errors import ActionInputError, EncoderUnavailableError
 from perceive.observations import Features
 from perceive.reencode.branch_spec import BranchTokens
+from perceive.strict import FrozenStrictModel
 
 
-class ReencodeArgs(BaseModel):
+class ReencodeArgs(FrozenStrictModel):
     """``encoder``: registry name to use; ``None`` means the action's configured default."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
     encoder: str | None = None
 
 
