@@ -177,6 +177,17 @@ def test_a_graph_with_a_budget_of_its_own_keeps_it(registry):
     assert compile_graph("free_choice", registry).spec.budget == LoopOptions().max_hops  # outside a run
 
 
+def test_a_compiled_graph_takes_a_requests_budget_and_params(registry):
+    """A loop built from a config holds its graph compiled with the run's params: a request's own
+    max_hops or params compile it again over them."""
+    from perceive.graph import compile_graph
+
+    cfg = PerceiveConfig(runtime={"max_hops": 2}, params={"max_hops": 3})
+    g = compile_graph("iterative_zoom", registry, params=cfg.graph_params())
+    assert g.spec.budget == 3 and g.with_params({}) is g
+    assert g.with_params({"max_hops": 1}).spec.budget == 1 and g.spec.budget == 3
+
+
 # -- eval's batch -----------------------------------------------------------------------------------
 
 

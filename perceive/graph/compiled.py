@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +29,21 @@ class CompiledGraph:
     graph: nx.DiGraph
     registry: Any = None
     source: str = ""
+    #: what it was compiled from (a path, a shipped name, a dict or a GraphSpec) and with which params
+    origin: Any = None
+    given_params: dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    def with_params(self, params: dict[str, Any]) -> CompiledGraph:
+        """This graph compiled again with ``params`` over the ones it was compiled with (a request's
+        own ``max_hops`` or params over the run's); itself when there are none, or when it was built
+        in Python (a ``GraphSpec`` has no placeholders)."""
+        if not params or self.origin is None or isinstance(self.origin, GraphSpec):
+            return self
+        return compile_graph(self.origin, self.registry, params={**self.given_params, **params})
 
     def controller(self, pm=None, model=None):
         """The loop controller that runs this graph; with ``model``, checked against it first."""
@@ -143,7 +154,7 @@ def compile_graph(source: str | Path | dict | GraphSpec, registry=None, params: 
         label = str(resolve(source)) if not isinstance(source, dict) else (source.get("name") or "graph")
     if issues:
         raise GraphValidationError(issues, label)
-    return CompiledGraph(spec, to_networkx(spec), registry, label)
+    return CompiledGraph(spec, to_networkx(spec), registry, label, source, dict(params or {}))
 
 
 def run_controller(graph, registry, *, max_hops: int, params: dict | None = None, model=None):
