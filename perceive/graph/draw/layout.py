@@ -210,136 +210,167 @@ def layout_graph(spec: GraphSpec) -> GraphLayout:
 
 
 def _layout(spec: GraphSpec, grow: int, force: bool = False) -> GraphLayout | None:
-    import networkx as nx
+    """One attempt at ``spec``'s layout with gaps ``grow`` steps wider; None when a label does not
+    fit (unless ``force``)."""
+    d = _Draft(spec, grow)
+    d.place_x()
+    d.place_y()
+    return d.finish(d.route(), force)
 
-    edges = graph_edges(spec)
-    g = nx.DiGraph()
-    g.add_nodes_from(spec.nodes)
-    g.add_edges_from((u, v) for u, v, _ in edges)
-    order, back = _dfs(g, spec.start)
-    depth = _layers(g, back)
-    rows: dict[int, list[str]] = {}
-    for n in sorted(spec.nodes, key=lambda n: (depth[n], order[n])):
-        rows.setdefault(depth[n], []).append(n)
-    nrows = max(rows) + 1 if rows else 0
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    f_name, f_sub, f_label = _font(14), _font(12), _font(12)
-    texts = [e[2].replace("*", "any") if e[2] != "next" else "" for e in edges]
-    leaving: dict[str, list[int]] = {n: [] for n in spec.nodes}  # each node's edges (indices), in order
-    arriving: dict[str, list[int]] = {n: [] for n in spec.nodes}
-    for i, (u, v, _) in enumerate(edges):
-        leaving[u].append(i)
-        arriving[v].append(i)
-    ports = max([len(ends) for ends in (*leaving.values(), *arriving.values())] + [0])
-    bw = max([180, 36 * (ports + 1)] + [int(probe.textlength(n, font=f_name)) + 24 for n in spec.nodes]
-             + [int(probe.textlength(_subtitle(spec.nodes[n]), font=f_sub)) + 24 for n in spec.nodes])
-    bh, gx, track, lane_gap, margin = 48, 40 + 10 * grow, 14, 16 + 4 * grow, 40 + 10 * grow
-    # per edge: "short" (to the next layer) or "lane" (longer, back up, or to itself)
-    kinds = ["short" if depth[v] == depth[u] + 1 and (u, v) not in back else "lane" for u, v, _ in edges]
 
-    # x: rows centred; lanes beside the nodes, on the side nearer the edge's ends, longer spans further out
-    widest = max((len(names) * bw + (len(names) - 1) * gx for names in rows.values()), default=bw)
-    centre = {n: -(len(names) * bw + (len(names) - 1) * gx) / 2 + k * (bw + gx) + bw / 2
-              for names in rows.values() for k, n in enumerate(names)}
-    lane_edges = [i for i, k in enumerate(kinds) if k == "lane"]
-    side = {i: "left" if centre[edges[i][0]] + centre[edges[i][1]] < 0 else "right" for i in lane_edges}
-    span = {i: (abs(depth[edges[i][1]] - depth[edges[i][0]]), i) for i in lane_edges}
-    lanes_l = sorted((i for i in lane_edges if side[i] == "left"), key=span.get)
-    lanes_r = sorted((i for i in lane_edges if side[i] == "right"), key=span.get)
-    left_w = margin + lane_gap * len(lanes_l) + 20 if lanes_l else 20
-    right_w = margin + lane_gap * len(lanes_r) + 20 if lanes_r else 20
-    width = int(left_w + widest + right_w)
-    ox = left_w + widest / 2
-    node_x = {n: ox + centre[n] - bw / 2 for n in spec.nodes}
-    lane_x = {i: left_w - margin - lane_gap * k for k, i in enumerate(lanes_l)}
-    lane_x |= {i: left_w + widest + margin + lane_gap * k for k, i in enumerate(lanes_r)}
+class _Draft:
+    """The phases of one layout attempt, in order: layers and sizes (``__init__``), x (``place_x``:
+    columns, lanes, ports), y (``place_y``: gaps, rows, tracks), the edges' paths (``route``), and
+    the picture's final width and labels (``finish``)."""
 
-    # ports: outgoing on the bottom, incoming on the top, each edge its own, ordered by where the
-    # edge's other end lies (so parallel edges do not cross)
-    def spread(n, k, count):
-        return node_x[n] + bw * (k + 1) / (count + 1)
+    def __init__(self, spec: GraphSpec, grow: int):
+        import networkx as nx
 
-    out_x, in_x = {}, {}
-    for n in spec.nodes:
-        outs = sorted(leaving[n],
-                      key=lambda i: (lane_x[i] if kinds[i] == "lane" else ox + centre[edges[i][1]], i))
-        out_x |= {i: spread(n, k, len(outs)) for k, i in enumerate(outs)}
-    for n in spec.nodes:
-        ins = sorted(arriving[n],
-                     key=lambda i: (lane_x[i] if kinds[i] == "lane" else out_x[i], i))
-        in_x |= {i: spread(n, k, len(ins)) for k, i in enumerate(ins)}
+        self.spec, self.grow = spec, grow
+        edges = self.edges = graph_edges(spec)
+        g = nx.DiGraph()
+        g.add_nodes_from(spec.nodes)
+        g.add_edges_from((u, v) for u, v, _ in edges)
+        order, back = _dfs(g, spec.start)
+        depth = self.depth = _layers(g, back)
+        self.rows: dict[int, list[str]] = {}
+        for n in sorted(spec.nodes, key=lambda n: (depth[n], order[n])):
+            self.rows.setdefault(depth[n], []).append(n)
+        self.nrows = max(self.rows) + 1 if self.rows else 0
+        self.probe = probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+        f_name, f_sub, self.f_label = _font(14), _font(12), _font(12)
+        self.texts = [e[2].replace("*", "any") if e[2] != "next" else "" for e in edges]
+        self.leaving: dict[str, list[int]] = {n: [] for n in spec.nodes}  # each node's edges (indices), in order
+        self.arriving: dict[str, list[int]] = {n: [] for n in spec.nodes}
+        for i, (u, v, _) in enumerate(edges):
+            self.leaving[u].append(i)
+            self.arriving[v].append(i)
+        ports = max([len(ends) for ends in (*self.leaving.values(), *self.arriving.values())] + [0])
+        self.bw = max([180, 36 * (ports + 1)] + [int(probe.textlength(n, font=f_name)) + 24 for n in spec.nodes]
+                      + [int(probe.textlength(_subtitle(spec.nodes[n]), font=f_sub)) + 24 for n in spec.nodes])
+        self.bh, self.gx, self.track = 48, 40 + 10 * grow, 14
+        self.lane_gap, self.margin = 16 + 4 * grow, 40 + 10 * grow
+        # per edge: "short" (to the next layer) or "lane" (longer, back up, or to itself)
+        self.kinds = ["short" if depth[v] == depth[u] + 1 and (u, v) not in back else "lane" for u, v, _ in edges]
 
-    # y: gap r lies under row r (gap -1 above row 0). A lane edge leaves through the gap under
-    # its source and arrives through the gap above its target, each on a track of its own; a
-    # gap is deep enough for its tracks, its labels, and edges that cross it steeply
-    exits: dict[int, list[int]] = {r: [] for r in range(-1, nrows)}
-    entries: dict[int, list[int]] = {r: [] for r in range(-1, nrows)}
-    short_from: dict[int, list[int]] = {r: [] for r in range(-1, nrows)}
-    for i in lane_edges:
-        exits[depth[edges[i][0]]].append(i)
-        entries[depth[edges[i][1]] - 1].append(i)
-    for i, k in enumerate(kinds):
-        if k == "short":
-            short_from[depth[edges[i][0]]].append(i)
-    gap_h = {}
-    for r in range(-1, nrows):
-        shorts = short_from[r]
-        base = (16 if r in (-1, nrows - 1) else 56) + 10 * grow + track * (len(exits[r]) + len(entries[r]))
-        base += 12 if any(texts[i] for i in shorts) else 0
-        steep = max((0.4 * abs(out_x[i] - in_x[i]) for i in shorts), default=0)
-        gap_h[r] = max(base, min(steep, 240))
-    row_y, y = {}, gap_h[-1]
-    for r in range(nrows):
-        row_y[r] = y
-        y += bh + gap_h[r]
-    height = y + 24
-    nodes = {n: DrawnNode(n, spec.nodes[n].kind, (node_x[n], row_y[depth[n]], node_x[n] + bw, row_y[depth[n]] + bh))
-             for n in spec.nodes}
-    # tracks: leaving edges on the upper ones (the port furthest from its lane lowest), arriving
-    # edges on the lower ones
-    exit_y, entry_y = {}, {}
-    for r in range(-1, nrows):
-        top = (row_y[r] + bh) if r >= 0 else 0
-        bottom = row_y[r + 1] if r + 1 < nrows else height - 24
-        ex = sorted(exits[r], key=lambda i: -abs(lane_x[i] - out_x[i]))
-        exit_y |= {i: top + 12 + track * (len(ex) - 1 - k) + (4 if r == -1 else 0) for k, i in enumerate(ex)}
-        en = sorted(entries[r], key=lambda i: abs(lane_x[i] - in_x[i]))
-        entry_y |= {i: bottom - 12 - track * k for k, i in enumerate(en)}
-    # parallel edges to the next layer fan out, their middles a label's width apart
-    bulge = {}
-    groups: dict[tuple[str, str], list[int]] = {}
-    for i, k in enumerate(kinds):
-        if k == "short":
-            groups.setdefault(edges[i][:2], []).append(i)
-    for group in groups.values():
-        group.sort(key=lambda i: out_x[i])
-        step = max(probe.textlength(texts[i], font=f_label) for i in group) + 24 + 10 * grow
-        bulge |= {i: (k - (len(group) - 1) / 2) * step if len(group) > 1 else 0.0 for k, i in enumerate(group)}
-    drawn = []
-    for i, ((u, v, label), kind) in enumerate(zip(edges, kinds, strict=True)):
-        a, b = (out_x[i], nodes[u].box[3]), (in_x[i], nodes[v].box[1])
-        if kind == "short":
-            path = _curve(a, b, bulge[i])
-        else:
-            lx = lane_x[i]
-            path = _rounded([a, (a[0], exit_y[i]), (lx, exit_y[i]), (lx, entry_y[i]), (b[0], entry_y[i]), b])
-        drawn.append(DrawnEdge(u, v, label, texts[i], path))
-    # a fan near the picture's side may reach past it: widen the picture to hold every line
-    lo = min(min(x for x, _ in e.path) for e in drawn) if drawn else 20
-    hi = max(max(x for x, _ in e.path) for e in drawn) if drawn else width - 20
-    shift = max(0.0, 20 - lo)
-    width = int(max(width + shift, hi + shift + 20))
-    if shift:
-        for node in nodes.values():
-            x0, y0, x1, y1 = node.box
-            node.box = (x0 + shift, y0, x1 + shift, y1)
-        for e in drawn:
-            e.path = [(x + shift, y) for x, y in e.path]
-    layout = GraphLayout(width, int(height), nodes, drawn,
-                         f"hop budget: {spec.budget}" if spec.budget is not None else "")
-    if not _place_labels(layout, probe, f_label, force):
-        return None
-    return layout
+    def place_x(self) -> None:
+        """Rows centred; lanes beside the nodes, on the side nearer the edge's ends, longer spans
+        further out; ports: outgoing on the bottom, incoming on the top, each edge its own, ordered
+        by where the edge's other end lies (so parallel edges do not cross)."""
+        edges, depth, bw, gx, kinds = self.edges, self.depth, self.bw, self.gx, self.kinds
+        widest = max((len(names) * bw + (len(names) - 1) * gx for names in self.rows.values()), default=bw)
+        centre = {n: -(len(names) * bw + (len(names) - 1) * gx) / 2 + k * (bw + gx) + bw / 2
+                  for names in self.rows.values() for k, n in enumerate(names)}
+        self.lane_edges = lane_edges = [i for i, k in enumerate(kinds) if k == "lane"]
+        side = {i: "left" if centre[edges[i][0]] + centre[edges[i][1]] < 0 else "right" for i in lane_edges}
+        span = {i: (abs(depth[edges[i][1]] - depth[edges[i][0]]), i) for i in lane_edges}
+        lanes_l = sorted((i for i in lane_edges if side[i] == "left"), key=span.get)
+        lanes_r = sorted((i for i in lane_edges if side[i] == "right"), key=span.get)
+        left_w = self.margin + self.lane_gap * len(lanes_l) + 20 if lanes_l else 20
+        right_w = self.margin + self.lane_gap * len(lanes_r) + 20 if lanes_r else 20
+        self.width = int(left_w + widest + right_w)
+        ox = left_w + widest / 2
+        self.node_x = node_x = {n: ox + centre[n] - bw / 2 for n in self.spec.nodes}
+        self.lane_x = lane_x = {i: left_w - self.margin - self.lane_gap * k for k, i in enumerate(lanes_l)}
+        lane_x |= {i: left_w + widest + self.margin + self.lane_gap * k for k, i in enumerate(lanes_r)}
+
+        def spread(n, k, count):
+            return node_x[n] + bw * (k + 1) / (count + 1)
+
+        self.out_x, self.in_x = out_x, in_x = {}, {}
+        for n in self.spec.nodes:
+            outs = sorted(self.leaving[n],
+                          key=lambda i: (lane_x[i] if kinds[i] == "lane" else ox + centre[edges[i][1]], i))
+            out_x |= {i: spread(n, k, len(outs)) for k, i in enumerate(outs)}
+        for n in self.spec.nodes:
+            ins = sorted(self.arriving[n], key=lambda i: (lane_x[i] if kinds[i] == "lane" else out_x[i], i))
+            in_x |= {i: spread(n, k, len(ins)) for k, i in enumerate(ins)}
+
+    def place_y(self) -> None:
+        """Gap r lies under row r (gap -1 above row 0). A lane edge leaves through the gap under
+        its source and arrives through the gap above its target, each on a track of its own; a gap
+        is deep enough for its tracks, its labels, and edges that cross it steeply."""
+        edges, depth, nrows, track, bh = self.edges, self.depth, self.nrows, self.track, self.bh
+        exits: dict[int, list[int]] = {r: [] for r in range(-1, nrows)}
+        entries: dict[int, list[int]] = {r: [] for r in range(-1, nrows)}
+        short_from: dict[int, list[int]] = {r: [] for r in range(-1, nrows)}
+        for i in self.lane_edges:
+            exits[depth[edges[i][0]]].append(i)
+            entries[depth[edges[i][1]] - 1].append(i)
+        for i, k in enumerate(self.kinds):
+            if k == "short":
+                short_from[depth[edges[i][0]]].append(i)
+        gap_h = {}
+        for r in range(-1, nrows):
+            shorts = short_from[r]
+            base = (16 if r in (-1, nrows - 1) else 56) + 10 * self.grow + track * (len(exits[r]) + len(entries[r]))
+            base += 12 if any(self.texts[i] for i in shorts) else 0
+            steep = max((0.4 * abs(self.out_x[i] - self.in_x[i]) for i in shorts), default=0)
+            gap_h[r] = max(base, min(steep, 240))
+        row_y, y = {}, gap_h[-1]
+        for r in range(nrows):
+            row_y[r] = y
+            y += bh + gap_h[r]
+        self.height = height = y + 24
+        self.nodes = {n: DrawnNode(n, self.spec.nodes[n].kind,
+                                   (self.node_x[n], row_y[depth[n]], self.node_x[n] + self.bw, row_y[depth[n]] + bh))
+                      for n in self.spec.nodes}
+        # tracks: leaving edges on the upper ones (the port furthest from its lane lowest), arriving
+        # edges on the lower ones
+        self.exit_y, self.entry_y = {}, {}
+        lane_x = self.lane_x
+        for r in range(-1, nrows):
+            top = (row_y[r] + bh) if r >= 0 else 0
+            bottom = row_y[r + 1] if r + 1 < nrows else height - 24
+            ex = sorted(exits[r], key=lambda i: -abs(lane_x[i] - self.out_x[i]))
+            self.exit_y |= {i: top + 12 + track * (len(ex) - 1 - k) + (4 if r == -1 else 0) for k, i in enumerate(ex)}
+            en = sorted(entries[r], key=lambda i: abs(lane_x[i] - self.in_x[i]))
+            self.entry_y |= {i: bottom - 12 - track * k for k, i in enumerate(en)}
+
+    def route(self) -> list[DrawnEdge]:
+        """Every edge's path; parallel edges to the next layer fan out, their middles a label's
+        width apart."""
+        out_x, texts = self.out_x, self.texts
+        bulge = {}
+        groups: dict[tuple[str, str], list[int]] = {}
+        for i, k in enumerate(self.kinds):
+            if k == "short":
+                groups.setdefault(self.edges[i][:2], []).append(i)
+        for group in groups.values():
+            group.sort(key=lambda i: out_x[i])
+            step = max(self.probe.textlength(texts[i], font=self.f_label) for i in group) + 24 + 10 * self.grow
+            bulge |= {i: (k - (len(group) - 1) / 2) * step if len(group) > 1 else 0.0 for k, i in enumerate(group)}
+        drawn = []
+        for i, ((u, v, label), kind) in enumerate(zip(self.edges, self.kinds, strict=True)):
+            a, b = (out_x[i], self.nodes[u].box[3]), (self.in_x[i], self.nodes[v].box[1])
+            if kind == "short":
+                path = _curve(a, b, bulge[i])
+            else:
+                lx, ey, ny = self.lane_x[i], self.exit_y[i], self.entry_y[i]
+                path = _rounded([a, (a[0], ey), (lx, ey), (lx, ny), (b[0], ny), b])
+            drawn.append(DrawnEdge(u, v, label, texts[i], path))
+        return drawn
+
+    def finish(self, drawn: list[DrawnEdge], force: bool) -> GraphLayout | None:
+        """The layout, widened so that a fan near the picture's side stays inside it, with its
+        labels placed (None when one does not fit, unless ``force``)."""
+        width, nodes = self.width, self.nodes
+        lo = min(min(x for x, _ in e.path) for e in drawn) if drawn else 20
+        hi = max(max(x for x, _ in e.path) for e in drawn) if drawn else width - 20
+        shift = max(0.0, 20 - lo)
+        width = int(max(width + shift, hi + shift + 20))
+        if shift:
+            for node in nodes.values():
+                x0, y0, x1, y1 = node.box
+                node.box = (x0 + shift, y0, x1 + shift, y1)
+            for e in drawn:
+                e.path = [(x + shift, y) for x, y in e.path]
+        budget = self.spec.budget
+        layout = GraphLayout(width, int(self.height), nodes, drawn,
+                             f"hop budget: {budget}" if budget is not None else "")
+        if not _place_labels(layout, self.probe, self.f_label, force):
+            return None
+        return layout
 
 
 def _place_labels(layout: GraphLayout, probe, font, force: bool) -> bool:
