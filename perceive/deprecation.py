@@ -21,7 +21,8 @@ def moved_names(old: str, new: Mapping[str, str]) -> tuple[Callable[[str], Any],
         # `from package import name` asks twice (the import system's hasattr, then the statement):
         # warn once, at the statement, so the warning points at the caller's line
         if sys._getframe(1).f_globals.get("__name__") != "importlib._bootstrap":
-            warnings.warn(f"{old} is deprecated: import {name} from {new[name]}", DeprecationWarning, stacklevel=2)
+            warnings.warn(f"{old}.{name} is deprecated: import {name} from {new[name]}", DeprecationWarning,
+                          stacklevel=2)
         return getattr(importlib.import_module(new[name]), name)
 
     def __dir__() -> list[str]:

@@ -227,7 +227,8 @@ def test_samples_with_unknown_characters_are_counted(tmp_path, cards, model):
 
 
 def test_cli_ctrl_c_keeps_the_finished_samples_and_prints_the_command_to_finish(tmp_path, cards, model, monkeypatch):
-    from perceive.loop.batch import Batch
+    from perceive.loop import Finished
+    from perceive.loop.continuous_batching import Batch
     from perceive.model import save_model
 
     path = save_model(model, tmp_path / "m")
@@ -240,7 +241,7 @@ def test_cli_ctrl_c_keeps_the_finished_samples_and_prints_the_command_to_finish(
         if len(finished) >= 3:
             raise KeyboardInterrupt
         done = step(self)
-        finished.extend(done)
+        finished.extend(e for e in done if isinstance(e, Finished))
         return done
 
     monkeypatch.setattr(Batch, "step", ctrl_c_after_three)
@@ -273,13 +274,14 @@ def test_cli_ctrl_c_keeps_the_finished_samples_and_prints_the_command_to_finish(
 
 KILLED_AFTER_3 = """
 import os, signal, sys
-from perceive.loop.batch import Batch
+from perceive.loop import Finished
+from perceive.loop.continuous_batching import Batch
 step, finished = Batch.step, []
 def kill_after_three(self):
     if len(finished) >= 3:
         os.kill(os.getpid(), signal.SIGKILL)
     done = step(self)
-    finished.extend(done)
+    finished.extend(e for e in done if isinstance(e, Finished))
     return done
 Batch.step = kill_after_three
 sys.argv = ["perceive", *sys.argv[1:]]

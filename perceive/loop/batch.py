@@ -1,9 +1,7 @@
-"""Deprecated: :mod:`perceive.loop.continuous_batching`."""
+"""Deprecated: :mod:`perceive.loop.continuous_batching` (importing a name from here works for one
+release and warns)."""
 
-import warnings
+from perceive.deprecation import moved_names
 
-from perceive.loop.continuous_batching import Batch, Steps
-
-warnings.warn("perceive.loop.batch moved to perceive.loop.continuous_batching", DeprecationWarning, stacklevel=2)
-
-__all__ = ["Batch", "Steps"]
+__getattr__, __dir__ = moved_names(__name__, dict.fromkeys(["Batch", "Steps"], "perceive.loop.continuous_batching"))
+__all__: list[str] = []

@@ -255,14 +255,3 @@ class _Endpoint:
 class _Bare:
     turn_open = ""
     turn_close = ""
-
-
-def loop_from_config(*args, **kwargs):
-    """Deprecated: :func:`perceive.loop_factory.loop_from_config`."""
-    import warnings
-
-    from perceive.loop_factory import loop_from_config
-
-    warnings.warn("perceive.remote.loop_from_config moved to perceive.loop_factory.loop_from_config",
-                  DeprecationWarning, stacklevel=2)
-    return loop_from_config(*args, **kwargs)
