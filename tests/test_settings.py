@@ -80,6 +80,15 @@ def test_every_loop_setting_is_reachable_from_a_config_file_and_from_set(tmp_pat
     assert getattr(loaded(tmp_path, registry, sets=sets), name) == want
 
 
+def test_a_bare_set_of_a_setting_names_its_section():
+    from typer.testing import CliRunner
+
+    from perceive.cli import app
+
+    res = CliRunner().invoke(app, ["ask", "x.png", "Q", "--set", "temperature=0.5"], env={"COLUMNS": "200"})
+    assert res.exit_code == 2 and "did you mean 'sampling.temperature'" in res.output, res.output
+
+
 def test_the_loop_and_the_config_share_one_set_of_defaults():
     assert options_from_config(PerceiveConfig()) == LoopOptions()
     assert set(LoopOptions.model_fields) == set(CONFIG_HOMES)

@@ -93,7 +93,8 @@ def check_set_params(cfg) -> None:
     # its params: those it declares, and those it reads without a default (max_hops: the run's)
     declared = list((graph.get("params") or {}) if isinstance(graph, dict) else {})
     declared += sorted(placeholders(graph) - set(declared)) if isinstance(graph, dict) else []
-    fields = [*type(cfg).model_fields, *(f"runtime.{f}" for f in type(cfg.runtime).model_fields)]
+    fields = [*type(cfg).model_fields, *(f"{section}.{f}" for section in ("runtime", "sampling", "serve")
+                                         for f in type(getattr(cfg, section)).model_fields)]
     for key in bare:
         if key not in declared:
             raise fail(f"--set {key}: not a config field, nor a param of the graph {cfg.graph} (its params: "
