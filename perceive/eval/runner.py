@@ -203,8 +203,8 @@ def evaluate(cfg: EvalConfig, model=None, registry=None, progress: bool = True, 
     from perceive.eval.judge import Judge, JudgeConfig
     from perceive.eval.stream import OraclePolicy, answers
     from perceive.graph import compile_graph
+    from perceive.loop_factory import loop_from_config
     from perceive.plugins import get_registry
-    from perceive.remote import loop_from_config
 
     registry = registry or get_registry()
     graph = compile_graph(cfg.graph, registry=registry, params=cfg.graph_params())  # fails before the model loads

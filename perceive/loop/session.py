@@ -27,6 +27,7 @@ from perceive.control import merge_action_options as merge_options
 from perceive.encoders import EncoderHub
 from perceive.errors import ConfigError, InputError, PerceiveError
 from perceive.geometry import ROOT
+from perceive.graph import CompiledGraph
 from perceive.images import as_rgb, load_image
 from perceive.loop.continuous_batching import Batch
 from perceive.loop.engine import Chunk, ChunkKind, Engine, NativeEngine, ReprefillEngine
@@ -42,15 +43,6 @@ from perceive.loop.unencodable import TextRole, note_unencodable
 from perceive.protocols.codec import codec_from_tokenizer
 from perceive.protocols.detect import choose_protocol
 from perceive.trace import EventType, FinishReason, Trace
-
-
-def _updated(options: LoopOptions, **changes) -> LoopOptions:
-    """A copy of ``options`` with ``changes``."""
-    if hasattr(options, "model_copy"):
-        return options.model_copy(update=changes)
-    import dataclasses
-
-    return dataclasses.replace(options, **changes)
 
 
 class PerceptionLoop:
@@ -77,7 +69,7 @@ class PerceptionLoop:
         options = options or LoopOptions()
         # the options the model was trained with (a region margin, ...), under the run's own
         merged = merge_options(self.registry, model.config.action_defaults, options.action_options)
-        self.options = _updated(options, action_options=merged)
+        self.options = options.replace(action_options=merged)
         self.graph = graph  # what the run's controller was built from (None: the default graph)
         self.controller = controller or self._graph_controller(graph, params)
         self.limits = RunLimits(self.options.max_hops, self.options.action_options)
@@ -225,6 +217,9 @@ class PerceptionLoop:
         ``FileNotFoundError``."""
         hops = self.options.max_hops if max_hops is None else max_hops
         graph = self.graph if graph is None else graph
+        if isinstance(graph, CompiledGraph) and (params or max_hops is not None):
+            # a precompiled graph (the run's) with a request's own params or budget: compiled over them
+            graph = graph.with_params({**(params or {}), **({"max_hops": max_hops} if max_hops is not None else {})})
         key = (graph if isinstance(graph, str) else id(graph), json.dumps(params or {}, sort_keys=True, default=str),
                hops)
         cache = self.__dict__.setdefault("_controllers", {})

@@ -174,8 +174,8 @@ class Scheduler:
                 if isinstance(ev, Finished):
                     del self.jobs[ev.sample]
                     job.finished = True
+                    self.on_done(job, ev)  # counted before its client can read the metrics
                     job.emit(ev)
-                    self.on_done(job, ev)
                 elif job.stream or isinstance(ev, ToolCallsPending):
                     job.emit(ev)
             except Exception as exc:
