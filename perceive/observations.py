@@ -18,16 +18,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 from PIL import Image, ImageChops
 
 from perceive.errors import ObservationError
 from perceive.geometry import ROOT, Box, Frame
 from perceive.images import as_rgb
-
-if TYPE_CHECKING:
-    from perceive.actions import ActionContext
 
 ObservationKind = Literal["view", "features", "text"]
 #: every observation kind, in the order the docs list them
@@ -163,7 +160,21 @@ class Invariant(str, Enum):
 _TYPES = {"view": View, "features": Features, "text": Text}
 
 
-def check_observation(action: str, declared: ObservationKind, result: Any, context: ActionContext) -> Observation:
+class CallContext(Protocol):
+    """What :func:`check_observation` reads of a call's context (an
+    :class:`~perceive.actions.ActionContext` is one; declared here, so that observations need no
+    actions): ``frame``, the view the call ran on; ``root``, the original RGB image; ``encoders``,
+    the run's encoder hub (``specs``; None: features go unchecked against an encoder)."""
+
+    @property
+    def frame(self) -> Frame: ...
+    @property
+    def root(self) -> Image.Image: ...
+    @property
+    def encoders(self) -> Any: ...
+
+
+def check_observation(action: str, declared: ObservationKind, result: Any, context: CallContext) -> Observation:
     """``result`` (what ``action``'s ``run`` returned: one item or a list) as a tuple of one kind,
     once every :class:`Invariant` holds on it. ``context`` is the call's: the view it ran on
     (``context.frame``), the original image (``context.root``) and the encoder hub (features'
@@ -193,7 +204,7 @@ def _breach(invariant: Invariant, message: str, hint: str | None = None) -> Obse
     return ObservationError(message, hint=hint, invariant=invariant.value)
 
 
-def _check_view(action: str, item: View, context: ActionContext) -> None:
+def _check_view(action: str, item: View, context: CallContext) -> None:
     W, H = context.root.size
     if not isinstance(item.image, Image.Image) or item.image.mode != "RGB":
         what = f"a {item.image.mode} image" if isinstance(item.image, Image.Image) else type(item.image).__name__
@@ -220,7 +231,7 @@ def _check_view(action: str, item: View, context: ActionContext) -> None:
                           "view must hold exactly the original's pixels under its box")
 
 
-def _check_text(action: str, item: Text, context: ActionContext) -> None:
+def _check_text(action: str, item: Text, context: CallContext) -> None:
     def bad(invariant: Invariant, what: str) -> ObservationError:
         return _breach(invariant, f"action {action!r} returned a Text whose {what}",
                        hint="Text(text: str, source: context.frame, boxes=((Box(..., frame='root'), str), ...))")
@@ -264,7 +275,7 @@ def _feature_width(action: str, spec, hub) -> int | None:
     return spec.feature_dim
 
 
-def _check_features(action: str, item: Features, context: ActionContext) -> None:
+def _check_features(action: str, item: Features, context: CallContext) -> None:
     import torch
 
     t = item.tensor

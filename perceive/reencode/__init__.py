@@ -5,7 +5,8 @@ same name projects those features, conditioned on the control hidden state, into
 - :mod:`perceive.reencode.action`: :class:`ReencodeAction`, the base of a features action (its
   span's grammar, running its encoder on the target view);
 - :mod:`perceive.reencode.branch_spec`: :class:`BranchSpec`, the model-side half a plugin registers
-  (tokens, encoder module, projector, preprocessing, dataset and paper layout);
+  (tokens, encoder module, projector, preprocessing, dataset and paper layout), and
+  :class:`BranchArchitecture`, what a spec reads of a model's branch config;
 - :mod:`perceive.reencode.branch_encoder`: :class:`ModelBranchEncoder`, an encoder that runs a
   loaded model's own trained branch;
 - :mod:`perceive.reencode.projectors`: the projector building blocks (conditioning on the control
@@ -19,7 +20,14 @@ transformers; ``projectors`` and ``weights`` do, so import them where a branch i
 
 from perceive.reencode.action import ReencodeAction, ReencodeArgs
 from perceive.reencode.branch_encoder import ModelBranchEncoder, model_has_branch
-from perceive.reencode.branch_spec import BranchInput, BranchSpec, BranchTokens, PaperLayout, branch_problems
+from perceive.reencode.branch_spec import (
+    BranchArchitecture,
+    BranchInput,
+    BranchSpec,
+    BranchTokens,
+    PaperLayout,
+    branch_problems,
+)
 
-__all__ = ["BranchInput", "BranchSpec", "BranchTokens", "ModelBranchEncoder", "PaperLayout", "ReencodeAction",
-           "ReencodeArgs", "branch_problems", "model_has_branch"]
+__all__ = ["BranchArchitecture", "BranchInput", "BranchSpec", "BranchTokens", "ModelBranchEncoder", "PaperLayout",
+           "ReencodeAction", "ReencodeArgs", "branch_problems", "model_has_branch"]

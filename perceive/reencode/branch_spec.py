@@ -34,14 +34,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 if TYPE_CHECKING:
     import torch
     from PIL import Image
     from torch import nn
-
-    from perceive.model.config import BranchConfig
 
 _SPECIAL = re.compile(r"<\|[^|<>\s]+\|>")
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
@@ -76,6 +74,26 @@ class BranchTokens:
     def span(self) -> tuple[str, str, str]:
         """The ordinary (non-special) tokens: ``(start, action, end)``."""
         return (self.start, self.action, self.end)
+
+
+class BranchArchitecture(Protocol):
+    """What a spec reads of one model's branch: the architecture fields of its entry in the
+    model's ``perceive.json`` ``branches`` (the model's :class:`perceive.model.BranchConfig` has
+    them). A protocol, read-only, so that the plugin API depends on no model internals.
+
+    ``encoder``: the registered encoder the branch was trained with. ``encoder_config``: the
+    encoder module's architecture as the spec reads it (None: no module of its own, or none
+    stored). ``feature_dim``: C, the width of the encoder's features the projector takes.
+    ``image_size``: the encoder's input side in pixels (None: the spec's default)."""
+
+    @property
+    def encoder(self) -> str: ...
+    @property
+    def encoder_config(self) -> dict[str, Any] | None: ...
+    @property
+    def feature_dim(self) -> int: ...
+    @property
+    def image_size(self) -> int | None: ...
 
 
 @dataclass(frozen=True)
@@ -160,19 +178,19 @@ class BranchSpec:
         """The width of the encoder's features (the projector's input) for ``encoder_config``."""
         return hidden_size
 
-    def placeholders(self, config: BranchConfig) -> int | None:
+    def placeholders(self, config: BranchArchitecture) -> int | None:
         """How many pad tokens one image's features fill for this branch's config; None when it
         depends on the image (then :meth:`preprocess` says)."""
         return None
 
     # -- modules --------------------------------------------------------------------------
 
-    def build_encoder(self, config: BranchConfig) -> nn.Module | None:
+    def build_encoder(self, config: BranchArchitecture) -> nn.Module | None:
         """A randomly initialised encoder module of ``config``'s architecture
         (``config.encoder_config``); None when the branch reuses the MLLM's own vision tower."""
         raise NotImplementedError
 
-    def build_projector(self, config: BranchConfig, hidden_size: int, scale: int = 1) -> nn.Module:
+    def build_projector(self, config: BranchArchitecture, hidden_size: int, scale: int = 1) -> nn.Module:
         """A randomly initialised projector from ``config.feature_dim`` features to
         ``hidden_size`` rows, conditioned on a ``hidden_size * scale`` control vector.
         :class:`perceive.reencode.projectors.TokenProjector` fits ``(N, T, C)`` token features."""
@@ -184,7 +202,7 @@ class BranchSpec:
 
     # -- data -----------------------------------------------------------------------------
 
-    def preprocess(self, image: Image.Image, config: BranchConfig, model: Any) -> BranchInput:
+    def preprocess(self, image: Image.Image, config: BranchArchitecture, model: Any) -> BranchInput:
         """One RGB training image -> the tensors :meth:`encode` takes, and the number of pad
         tokens it gives. ``model`` is the :class:`~perceive.VPTModel` (its processors, its
         ``spatial_merge_size``)."""
@@ -275,4 +293,4 @@ def branch_problems(spec: Any) -> list[str]:
     return problems
 
 
-__all__ = ["BranchInput", "BranchSpec", "BranchTokens", "PaperLayout", "branch_problems"]
+__all__ = ["BranchArchitecture", "BranchInput", "BranchSpec", "BranchTokens", "PaperLayout", "branch_problems"]
