@@ -34,11 +34,16 @@ from typing import Annotated, Any, ClassVar
 from PIL import Image
 from pydantic import AfterValidator, BaseModel, ValidationError, model_validator
 
-from perceive.errors import ConfigError, did_you_mean
+from perceive.encoders import layout_mismatch
 from perceive.geometry import ROOT, Box, Frame
 from perceive.images import as_rgb
 from perceive.observations import OBSERVATION_KINDS, Features, ObservationKind, Text, View
 from perceive.strict import FrozenStrictModel
+
+# the check of a plugin's options lives with the strict base; the action contract exports it too
+from perceive.strict import describe_options as describe_options
+from perceive.strict import option_problems as option_problems
+from perceive.strict import options_error as options_error
 
 _SPECIAL = re.compile(r"<\|[^|<>\s]+\|>")
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
@@ -279,45 +284,6 @@ def action_problems(action: Any) -> list[str]:
     return problems
 
 
-def option_problems(owner_kind: str, name: str, model: type[BaseModel] | None,
-                    options: Mapping[str, Any] | None) -> tuple[dict[str, Any] | None, list[tuple[tuple, str]]]:
-    """Check ``options`` against an ``Options`` ``model``, validating once: ``(validated, problems)``.
-
-    The one check behind every source of options (a run config's ``actions`` and ``encoders``, a
-    graph node, an eval or train config, :func:`validate_action_options`,
-    :func:`~perceive.encoders.validate_encoder_options`). ``validated``: the options given, coerced
-    to the field types (the model's defaults are not filled in), or a copy unchecked when there is
-    no model; ``None`` when there are problems. ``problems``: ``(location inside the options,
-    message)``, each message ``"<owner_kind> '<name>': ..."``."""
-    opts = dict(options or {})
-    if model is None:
-        return opts, []
-    try:
-        return model.model_validate(opts).model_dump(exclude_unset=True), []
-    except ValidationError as exc:
-        errors = exc.errors()
-    problems = []
-    for err in errors:
-        loc = tuple(err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "not an option; " + (did_you_mean(str(loc[-1]), model.model_fields) or f"{name} takes no options")
-        elif err["type"] != "missing" and loc:  # (a whole-model error would repeat every option)
-            msg += f" (got {err['input']!r})"
-        problems.append((loc, f"{owner_kind} {name!r}: {msg}"))
-    return None, problems
-
-
-def options_error(owner_kind: str, name: str, model: type[BaseModel] | None, problems: list[tuple[tuple, str]],
-                  source: str | None = None) -> ConfigError:
-    """The :class:`~perceive.errors.ConfigError` for :func:`option_problems`' ``problems``: one line
-    each, ``field: message``, under ``source`` (where the options came from)."""
-    lines = [(f"{source}: " if source else "") + f"{len(problems)} invalid option(s)"]
-    lines += [f"  {'.'.join(map(str, loc)) or '(options)'}: {msg}" for loc, msg in problems]
-    return ConfigError("\n".join(lines), hint=f"{owner_kind} {name} takes {describe_options(model)}; "
-                       "see docs/reference/config.md")
-
-
 def encoder_problem(action: Action, encoder: str, spec: Any) -> str | None:
     """Why ``action`` cannot use the encoder ``encoder`` (its ``EncoderSpec``; ``None`` for a name
     the registry does not know, which callers report their own way), or ``None``: a view action
@@ -327,24 +293,8 @@ def encoder_problem(action: Action, encoder: str, spec: Any) -> str | None:
         return f"action {action.name!r} is a {action.observation} action and uses no encoder: remove `encoder`"
     layout = getattr(action, "layout", None)
     if spec is not None and layout is not None and spec.layout != layout:
-        from perceive.encoders import layout_mismatch
-
         return ": ".join(layout_mismatch(action, encoder, spec.layout))
     return None
-
-
-def describe_options(model: type[BaseModel] | None) -> str:
-    """``size (int, default 448), ...`` for hints; ``no options`` for an empty model."""
-    if model is None:
-        return "options not declared (unchecked)"
-    parts = []
-    for name, f in model.model_fields.items():
-        ann = f.annotation
-        kind = ann.__name__ if isinstance(ann, type) else str(ann).replace("typing.", "")
-        # a default_factory field has no f.default (PydanticUndefined): show what the factory gives
-        default = None if f.is_required() else f.get_default(call_default_factory=True)
-        parts.append(f"{name} ({kind}" + ("" if f.is_required() else f", default {default!r}") + ")")
-    return ", ".join(parts) or "no options"
 
 
 def validate_action_options(action: Action, options: Mapping[str, Any] | None,

@@ -19,6 +19,7 @@ from PIL import Image
 from pydantic import BaseModel
 
 from perceive.errors import EncoderUnavailableError, UnknownEncoderError, did_you_mean
+from perceive.strict import option_problems, options_error
 
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
 
@@ -142,8 +143,6 @@ def validate_encoder_options(spec: EncoderSpec, options: Mapping[str, Any] | Non
     """``options`` checked against ``spec.Options``: the options given, coerced, for ``build``
     (a copy, unchecked, when the spec has no Options model). Raises
     :class:`~perceive.errors.ConfigError` naming the encoder and each bad field."""
-    from perceive.actions import option_problems, options_error
-
     validated, problems = option_problems("encoder", spec.name, spec.Options, options)
     if problems:
         raise options_error("encoder", spec.name, spec.Options, problems, source)
