@@ -38,6 +38,21 @@ MOVED = {
     "perceive.graph.layout": dict.fromkeys(
         ["DrawnEdge", "DrawnNode", "GraphLayout", "Point", "Rect", "graph_edges", "layout_graph", "path_distance",
          "point_segment_distance", "rect_distance"], "perceive.graph.draw.layout"),
+    "perceive.settings": dict.fromkeys(
+        ["AUTO_PROTOCOL", "DEFAULT_GRAPH", "MANY_SAMPLES_BATCH_SIZE", "MAX_ACTION_TIMEOUT_S", "ActionTimeout",
+         "LoopRuntime", "RuntimeConfig", "SamplingConfig", "ServeConfig"], "perceive.config.settings"),
+    "perceive.yamlio": dict.fromkeys(
+        ["MAX_ALIASES", "MAX_BYTES", "MAX_DEPTH", "MAX_VALUES", "LinedDict", "load_yaml", "loads"],
+        "perceive.config.safe_yaml"),
+    "perceive.config_files": {
+        **dict.fromkeys(["EXTENDS", "MAX_CHAIN", "load_mapping", "merge", "read_mapping", "stamp", "without"],
+                        "perceive.config.files"),
+        **dict.fromkeys(["Override", "apply_overrides", "parse_sets"], "perceive.config.overrides"),
+        **dict.fromkeys(["at", "format_validation_error", "origin_dir", "rebase", "render_problem", "where"],
+                        "perceive.config.origins"),
+    },
+    "perceive.config_check": dict.fromkeys(["CONFIG_KINDS", "check_config_file", "config_kind", "model_fit_problems"],
+                                           "perceive.cli.config_check"),
 }
 CASES = [(old, name, new) for old, names in MOVED.items() for name, new in names.items()]
 
@@ -118,3 +133,23 @@ assert not registry.broken, registry.broken
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
+
+
+def test_perceive_config_is_a_package_that_still_offers_every_name_it_did():
+    """perceive/config.py became the package perceive/config/: no alias, the same names, no warning."""
+    names = ["ActionConfig", "EncoderConfig", "ModelConfig", "PerceiveConfig", "ProtocolConfig", "RemoteConfig",
+             "RuntimeConfig", "SamplingConfig", "ServeConfig", "ActionTimeout", "AUTO_PROTOCOL", "DEFAULT_GRAPH",
+             "MAX_ACTION_TIMEOUT_S", "Override", "action_option_problems", "apply_overrides", "compose",
+             "config_files", "encoder_fit_problems", "encoder_width_problem", "format_validation_error",
+             "load_config", "load_mapping", "load_yaml", "load_yaml_mapping", "merge", "model_shorthand",
+             "path_problem", "rebase", "rebase_paths", "registry_problems", "render_problem", "run_path_problems",
+             "validate"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        config = importlib.import_module("perceive.config")
+        missing = [n for n in names if not hasattr(config, n)]
+    assert not missing, missing
+    assert set(names) <= set(config.__all__)
+    from perceive.config.run_config import PerceiveConfig
+
+    assert config.PerceiveConfig is PerceiveConfig

@@ -18,7 +18,7 @@ def check(path: Path,
     """Validate a config file as `perceive` would use it: the schema, action and encoder options,
     names of installed plugins, local paths, devices, and an eval config's graph. Exit 1 on any
     problem."""
-    from perceive.config_check import check_config_file
+    from perceive.cli.config_check import check_config_file
     from perceive.errors import ConfigError
 
     try:

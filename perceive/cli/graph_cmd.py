@@ -30,7 +30,7 @@ app = typer.Typer(no_args_is_help=True, help="Validate, run and draw perception 
 
 
 def parse_sets(sets: list[str] | None) -> dict:
-    from perceive.yamlio import loads
+    from perceive.config.safe_yaml import loads
 
     out = {}
     for item in sets or []:

@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from perceive.cli.run_config import CONFIG_HELP, REMOTE_HELP, REMOTE_MODEL_HELP, SET_HELP
-from perceive.settings import DEFAULT_GRAPH, MAX_ACTION_TIMEOUT_S, RuntimeConfig
+from perceive.config.settings import DEFAULT_GRAPH, MAX_ACTION_TIMEOUT_S, RuntimeConfig
 from perceive.threads import MAX_THREADS
 
 #: the bounds of a perception call's deadline (``runtime.action_timeout_s``), in seconds

@@ -2,7 +2,7 @@
 flags that override them, shared by ``ask``, ``graph run`` and ``eval``.
 
 Precedence, highest first: a command's own flag (``--max-hops 2``), ``--set``, the config file,
-the files it extends, the schema's default (see :mod:`perceive.config_files`).
+the files it extends, the schema's default (see :mod:`perceive.config.files`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from perceive.config_files import Override, parse_sets
+from perceive.config.overrides import Override, parse_sets
 
 CONFIG_HELP = ("A run config (YAML): model, encoders, actions, graph and params, runtime, device, dtype "
                "(docs/reference/config.md). Flags and --set override its values.")

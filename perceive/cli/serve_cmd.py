@@ -1,7 +1,7 @@
 """``perceive serve``: the OpenAI-compatible perception server (docs/how-to/serve.md).
 
 Its settings are the run config's (``--config``): the model and the loop's, and the ``serve:``
-section (:class:`perceive.settings.ServeConfig`); each flag overrides its value, as on every
+section (:class:`perceive.config.settings.ServeConfig`); each flag overrides its value, as on every
 command (:func:`serve_flags`).
 """
 
@@ -24,7 +24,7 @@ from perceive.cli.options import (
 )
 from perceive.cli.output import console, fail
 from perceive.cli.run_config import loop_flags, run_config
-from perceive.settings import MANY_SAMPLES_BATCH_SIZE
+from perceive.config.settings import MANY_SAMPLES_BATCH_SIZE
 from perceive.threads import choose_threads
 
 

@@ -16,12 +16,12 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from perceive.config import PerceiveConfig, RuntimeConfig, load_config
-from perceive.config_files import Override
+from perceive.config.overrides import Override
+from perceive.config.settings import MANY_SAMPLES_BATCH_SIZE
 from perceive.data.skipped import DEFAULT_MAX_SKIPPED_FRACTION, Skipped
 from perceive.errors import ConfigError, ResumeError
 from perceive.eval.metrics import anls, exact_match, relaxed_accuracy
 from perceive.eval.report import markdown, summarize
-from perceive.settings import MANY_SAMPLES_BATCH_SIZE
 from perceive.strict import StrictModel
 
 TRIGGERS = ("Identify the region that can help you answer the question, and then answer the question.",
@@ -98,7 +98,7 @@ def _batch_size_as_setting(data):
     """``batch_size`` moved to ``runtime.max_batch_size``, keeping where it was written. From the
     command line it wins over the file's setting, as every flag; written in a file beside
     ``runtime.max_batch_size``, the two are refused unless they agree."""
-    from perceive.yamlio import LinedDict
+    from perceive.config.safe_yaml import LinedDict
 
     origin, line = data.origins.pop("batch_size", None), data.lines.pop("batch_size", None)
     value = data.pop("batch_size")

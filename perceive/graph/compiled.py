@@ -10,10 +10,10 @@ from typing import Any
 import networkx as nx
 
 from perceive.config import load_yaml
+from perceive.config.settings import DEFAULT_GRAPH, LoopRuntime
 from perceive.errors import ConfigError
 from perceive.graph.spec import ANY, GraphSpec, placeholders, substitute
 from perceive.graph.validate import GraphIssue, GraphValidationError, parse, to_networkx, validate
-from perceive.settings import DEFAULT_GRAPH, LoopRuntime
 
 GRAPHS_DIR = Path(os.environ.get("PERCEIVE_GRAPHS_DIR", Path(__file__).resolve().parents[2] / "graphs"))
 #: the params a run gives every graph that reads them, declared or not, under the graph's own
@@ -116,7 +116,7 @@ def check(source: str | Path | dict, registry=None, params: dict | None = None) 
     registry = registry or get_registry()
     try:
         data = load_yaml(resolve(source)) if not isinstance(source, dict) else source
-    except ConfigError as exc:  # unreadable, malformed, or over perceive.yamlio's limits
+    except ConfigError as exc:  # unreadable, malformed, or over perceive.config.safe_yaml's limits
         detail = getattr(exc, "detail", exc.message)
         return None, [GraphIssue("yaml", f"{detail}; {exc.hint}" if exc.hint else detail,
                                  line=getattr(exc, "line", None))]
@@ -159,7 +159,7 @@ def compile_graph(source: str | Path | dict | GraphSpec, registry=None, params: 
 
 def run_controller(graph, registry, *, max_hops: int, params: dict | None = None, model=None):
     """The controller a run uses: ``graph`` (compiled, a shipped name, a YAML path or a dict;
-    ``None``: :data:`~perceive.settings.DEFAULT_GRAPH`) compiled with ``params`` over the run's hop
+    ``None``: :data:`~perceive.config.settings.DEFAULT_GRAPH`) compiled with ``params`` over the run's hop
     budget ``max_hops`` (the budget of every graph that reads ``${max_hops}``; a graph with a budget
     of its own keeps it), and checked against ``model`` when given. A compiled graph is used as it is."""
     if not isinstance(graph, CompiledGraph):

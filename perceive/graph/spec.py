@@ -134,7 +134,7 @@ def substitute(data: Any, params: dict[str, Any]) -> Any:
     if isinstance(data, dict):
         items = {substitute(k, params): substitute(v, params) for k, v in data.items()}
         if hasattr(data, "lines"):  # keep YAML line numbers, under substituted keys too
-            from perceive.config import _LinedDict
+            from perceive.config.safe_yaml import LinedDict as _LinedDict
 
             return _LinedDict(items, {substitute(k, params): v for k, v in data.lines.items()})
         return items

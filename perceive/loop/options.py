@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import Field
 
-from perceive.settings import AUTO_PROTOCOL, LoopRuntime, SamplingConfig
+from perceive.config.settings import AUTO_PROTOCOL, LoopRuntime, SamplingConfig
 
 
 class LoopOptions(LoopRuntime, SamplingConfig):

@@ -167,7 +167,7 @@ class TrainConfig(StrictModel):
 
 
 def load_train_config(path: str | Path, *, overrides=(), **fields: Any) -> TrainConfig:
-    """A training config, its ``extends`` chain merged (see :mod:`perceive.config_files`), then
+    """A training config, its ``extends`` chain merged (see :mod:`perceive.config.files`), then
     ``overrides`` (``--set``) and top-level ``fields``. Relative paths resolve against the folder
     of the file that wrote them (the working folder for ones from the command line)."""
     from perceive.config import compose, rebase_paths
