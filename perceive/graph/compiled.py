@@ -1,4 +1,4 @@
-"""Loading, validating and compiling graphs; running them."""
+"""Loading, validating and compiling graphs (:mod:`perceive.graph.executor` runs them)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import networkx as nx
 
 from perceive.config import load_yaml
-from perceive.config.settings import DEFAULT_GRAPH, LoopRuntime
+from perceive.config.settings import LoopRuntime
 from perceive.errors import ConfigError
 from perceive.graph.spec import ANY, GraphSpec, placeholders, substitute
 from perceive.graph.validate import GraphIssue, GraphValidationError, parse, to_networkx, validate
@@ -18,8 +18,9 @@ from perceive.graph.validate import GraphIssue, GraphValidationError, parse, to_
 GRAPHS_DIR = Path(os.environ.get("PERCEIVE_GRAPHS_DIR", Path(__file__).resolve().parents[2] / "graphs"))
 #: the params a run gives every graph that reads them, declared or not, under the graph's own
 #: defaults and the given params: ``max_hops``, the run's hop budget. A run gives its own
-#: (``runtime.max_hops``: :func:`run_controller`, ``PerceiveConfig.graph_params``); these defaults
-#: apply where none is given (``perceive graph validate``, ``compile_graph`` in Python)
+#: (``runtime.max_hops``: :func:`~perceive.graph.executor.run_controller`,
+#: ``PerceiveConfig.graph_params``); these defaults apply where none is given (``perceive graph
+#: validate``, ``compile_graph`` in Python)
 RUN_PARAMS: dict[str, Any] = {"max_hops": LoopRuntime.model_fields["max_hops"].default}
 
 
@@ -44,13 +45,6 @@ class CompiledGraph:
         if not params or self.origin is None or isinstance(self.origin, GraphSpec):
             return self
         return compile_graph(self.origin, self.registry, params={**self.given_params, **params})
-
-    def controller(self, pm=None, model=None):
-        """The loop controller that runs this graph; with ``model``, checked against it first."""
-        from perceive.graph.executor import GraphController
-
-        suffix, note = self.check_model(model) if model is not None else (self.spec.prompt_suffix, None)
-        return GraphController(self, pm or self.registry.pm, question_suffix=suffix, prompt_note=note)
 
     def check_model(self, model) -> tuple[str, str | None]:
         """What this graph appends to the question on ``model`` (see :mod:`perceive.prompts`), and
@@ -157,18 +151,6 @@ def compile_graph(source: str | Path | dict | GraphSpec, registry=None, params: 
     return CompiledGraph(spec, to_networkx(spec), registry, label, source, dict(params or {}))
 
 
-def run_controller(graph, registry, *, max_hops: int, params: dict | None = None, model=None):
-    """The controller a run uses: ``graph`` (compiled, a shipped name, a YAML path or a dict;
-    ``None``: :data:`~perceive.config.settings.DEFAULT_GRAPH`) compiled with ``params`` over the run's hop
-    budget ``max_hops`` (the budget of every graph that reads ``${max_hops}``; a graph with a budget
-    of its own keeps it), and checked against ``model`` when given. A compiled graph is used as it is."""
-    if not isinstance(graph, CompiledGraph):
-        graph = compile_graph(DEFAULT_GRAPH if graph is None else graph, registry=registry,
-                              params={"max_hops": max_hops, **(params or {})})
-    return graph.controller(registry.pm, model=model)
-
-
 load_graph = compile_graph
 
-__all__ = ["CompiledGraph", "GraphIssue", "GraphValidationError", "check", "compile_graph", "load_graph", "resolve",
-           "run_controller"]
+__all__ = ["CompiledGraph", "GraphIssue", "GraphValidationError", "check", "compile_graph", "load_graph", "resolve"]

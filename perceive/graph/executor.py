@@ -12,17 +12,16 @@ around every node.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from perceive.config.settings import DEFAULT_GRAPH
 from perceive.control import Decision, Dispatch, Finish, Force, Ignore, RunLimits, SampleView, Stop
 from perceive.control import merge_action_options as merge_options
+from perceive.graph.compiled import CompiledGraph, compile_graph
 from perceive.graph.predicates import parse_predicate
 from perceive.graph.spec import ANY
 from perceive.protocols.calls import PerceptionCall
 from perceive.trace import EventType, FinishReason
-
-if TYPE_CHECKING:
-    from perceive.graph.compiled import CompiledGraph
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +59,13 @@ class GraphController:
                       for i, w in enumerate(s.when)}
         # a walk may revisit nodes only as often as the budget lets hops happen
         self.visit_cap = (len(self.spec.nodes) + 1) * ((self.spec.budget or 0) + 2)
+
+    @classmethod
+    def of(cls, graph: CompiledGraph, pm=None, model=None) -> GraphController:
+        """The controller that runs ``graph`` (hooks: ``pm``, default its registry's); with
+        ``model``, checked against it first (:meth:`CompiledGraph.check_model`)."""
+        suffix, note = graph.check_model(model) if model is not None else (graph.spec.prompt_suffix, None)
+        return cls(graph, pm or graph.registry.pm, question_suffix=suffix, prompt_note=note)
 
     # -- controller protocol ---------------------------------------------------------------------
 
@@ -226,3 +232,14 @@ class GraphController:
                                              outcome=outcome)
         except Exception:
             log.exception("perceive_after_node raised; ignored")
+
+
+def run_controller(graph, registry, *, max_hops: int, params: dict | None = None, model=None) -> GraphController:
+    """The controller a run uses: ``graph`` (compiled, a shipped name, a YAML path or a dict;
+    ``None``: :data:`~perceive.config.settings.DEFAULT_GRAPH`) compiled with ``params`` over the run's hop
+    budget ``max_hops`` (the budget of every graph that reads ``${max_hops}``; a graph with a budget
+    of its own keeps it), and checked against ``model`` when given. A compiled graph is used as it is."""
+    if not isinstance(graph, CompiledGraph):
+        graph = compile_graph(DEFAULT_GRAPH if graph is None else graph, registry=registry,
+                              params={"max_hops": max_hops, **(params or {})})
+    return GraphController.of(graph, registry.pm, model=model)
