@@ -63,3 +63,46 @@ def test_region_crop_of_a_crop(registry):
     assert second.box.as_tuple() == (300, 393, 375, 450)
     assert second.frame.parent == first.frame.id and second.frame.id != first.frame.id
     assert second.image.tobytes() == img.crop((300, 393, 375, 450)).tobytes()
+
+
+def test_run_with_timeout_gives_up_on_a_call_quarantines_its_action_and_lets_go_when_it_returns():
+    """Plugin call timeouts (perceive.dispatch.timeouts), without a plugin: the work that overruns
+    is abandoned and counted, a third call of a quarantined action does not run, and an abandoned
+    call that returns leaves the count."""
+    import threading
+
+    from perceive.dispatch import MAX_ABANDONED, FailureStage, abandoned_calls, run_with_timeout
+
+    release, started = threading.Event(), []
+
+    def hung():
+        started.append(1)
+        release.wait(10)
+        return "late", None, None
+
+    try:
+        for _ in range(MAX_ABANDONED):
+            observation, failure, error = run_with_timeout("hung_action", hung, 0.05)
+            assert observation is None and failure.stage is FailureStage.TIMEOUT and failure.timed_out
+            assert "did not return within 0.05 s" in failure.message and type(error).__name__ == "ActionTimeoutError"
+        assert abandoned_calls()["hung_action"] == MAX_ABANDONED
+        _, failure, _ = run_with_timeout("hung_action", hung, 5)
+        assert "quarantined" in failure.message and len(started) == MAX_ABANDONED  # refused without running
+        assert run_with_timeout("other_action", lambda: ("ok", None, None), 5) == ("ok", None, None)
+    finally:
+        release.set()
+    for _ in range(200):
+        if "hung_action" not in abandoned_calls():
+            break
+        threading.Event().wait(0.01)
+    assert "hung_action" not in abandoned_calls()
+
+
+def test_run_with_timeout_reports_what_the_work_raises_as_its_run_failure():
+    from perceive.dispatch import FailureStage, run_with_timeout
+
+    def interrupted():
+        raise KeyboardInterrupt("the plugin's own")
+
+    observation, failure, error = run_with_timeout("interrupting", interrupted, 5)
+    assert observation is None and failure.stage is FailureStage.RUN and isinstance(error, KeyboardInterrupt)
