@@ -17,7 +17,7 @@ from perceive.cli.run_config import CONFIG_HELP, REMOTE_HELP, REMOTE_MODEL_HELP,
 from perceive.config.settings import DEFAULT_GRAPH, MAX_ACTION_TIMEOUT_S, RuntimeConfig
 from perceive.threads import MAX_THREADS
 
-#: the bounds of a perception call's deadline (``runtime.action_timeout_s``), in seconds
+#: the bounds of a perception call's timeout (``runtime.action_timeout_s``), in seconds
 ACTION_TIMEOUT_MIN_S, ACTION_TIMEOUT_MAX_S = 0.001, float(MAX_ACTION_TIMEOUT_S)
 #: the defaults the help texts name: the settings' own
 _DEFAULT = {name: f.default for name, f in RuntimeConfig.model_fields.items()}
@@ -40,7 +40,7 @@ ReprefillOpt = Annotated[bool, typer.Option(
     "--reprefill", help="Reference-style: re-prefill after each hop (runtime.reprefill).")]
 ActionTimeoutOpt = Annotated[float | None, typer.Option(
     "--action-timeout", min=ACTION_TIMEOUT_MIN_S, max=ACTION_TIMEOUT_MAX_S, metavar="S",
-    help="Deadline of each perception call, in seconds; a call past it fails its own sample "
+    help="Timeout of each perception call, in seconds; a call past it fails its own sample "
          f"(runtime.action_timeout_s; default {_DEFAULT['action_timeout_s']:g}).")]
 ThreadsOpt = Annotated[int | None, typer.Option(
     "--threads", min=1, max=MAX_THREADS,

@@ -24,9 +24,11 @@ from perceive.threads import MAX_THREADS
 DEFAULT_GRAPH = "free_choice"
 #: the protocol name that means "the one the model's files declare" (perceive.protocols.detect)
 AUTO_PROTOCOL = "auto"
-#: the longest deadline of one perception call in a config, in seconds (a day); ``.inf`` and
-#: ``1e12`` are refused when a config is loaded, so a typo cannot pass for "no deadline"
+#: the longest timeout of one perception call in a config, in seconds (a day); ``.inf`` and
+#: ``1e12`` are refused when a config is loaded, so a typo cannot pass for "no timeout"
 MAX_ACTION_TIMEOUT_S = 86400
+#: the longest deadline of a request to ``perceive serve``, in seconds (a day)
+MAX_DEADLINE_S = 86400
 #: samples in the running batch of a command that runs many (``perceive eval``, ``perceive serve``)
 #: when ``runtime.max_batch_size`` is unset
 MANY_SAMPLES_BATCH_SIZE = 8
@@ -45,9 +47,9 @@ class LoopRuntime(StrictModel):
     max_new_tokens: int = Field(256, ge=1)
     #: after a malformed perception span: keep generating, or finish the sample
     on_malformed: Literal["continue", "stop"] = "continue"
-    #: deadline of one perception call in seconds (None: none); a call past it fails its own sample
-    #: with ``action_timeout`` (see perceive.dispatch for what happens to its thread). A run config
-    #: allows at most a day; in Python ``float("inf")`` is no deadline too
+    #: timeout of one perception call in seconds (None: none); a call past it fails its own sample
+    #: with ``action_timeout`` (see perceive.dispatch.timeouts for what happens to its thread). A run
+    #: config allows at most a day; in Python ``float("inf")`` is no timeout too
     action_timeout_s: float | None = Field(120.0, gt=0)
     #: the reference's way: prefill the whole conversation again after each observation
     reprefill: bool = False
@@ -74,9 +76,9 @@ class RuntimeConfig(LoopRuntime):
     @field_validator("action_timeout_s")
     @classmethod
     def _a_day_at_most(cls, value: float | None) -> float | None:
-        # ``threading.Event.wait`` overflows on huge timeouts: a file names a real deadline or null
+        # ``threading.Event.wait`` overflows on huge timeouts: a file names a real timeout or null
         if value is not None and not (math.isfinite(value) and value <= MAX_ACTION_TIMEOUT_S):
-            raise ValueError(f"a deadline is a finite number of seconds, at most {MAX_ACTION_TIMEOUT_S} (a day); "
+            raise ValueError(f"a timeout is a finite number of seconds, at most {MAX_ACTION_TIMEOUT_S} (a day); "
                              "null for none")
         return value
 
@@ -109,7 +111,7 @@ class ServeConfig(StrictModel):
     #: requests waiting to join the running batch; more are answered 429
     max_queue: int = Field(64, ge=0)
     #: the longest a request may take, queueing included (a request's own deadline is capped to it)
-    deadline_s: float = Field(600.0, ge=0.01, le=MAX_ACTION_TIMEOUT_S)
+    deadline_s: float = Field(600.0, ge=0.01, le=MAX_DEADLINE_S)
     #: the largest request body, in MB (413 above)
     max_body_mb: float = Field(20.0, ge=0.001, allow_inf_nan=False)
     #: accept ``image_url`` paths to files under this folder (None: data URLs only); relative to the
@@ -119,5 +121,5 @@ class ServeConfig(StrictModel):
     drain_window_s: float = Field(5.0, ge=0, le=3600)
 
 
-__all__ = ["AUTO_PROTOCOL", "DEFAULT_GRAPH", "MANY_SAMPLES_BATCH_SIZE", "MAX_ACTION_TIMEOUT_S", "ActionTimeout",
-           "LoopRuntime", "RuntimeConfig", "SamplingConfig", "ServeConfig"]
+__all__ = ["AUTO_PROTOCOL", "DEFAULT_GRAPH", "MANY_SAMPLES_BATCH_SIZE", "MAX_ACTION_TIMEOUT_S", "MAX_DEADLINE_S",
+           "ActionTimeout", "LoopRuntime", "RuntimeConfig", "SamplingConfig", "ServeConfig"]
