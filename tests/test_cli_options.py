@@ -62,3 +62,36 @@ def test_eval_takes_batch_size_and_threads(tmp_path):
     overrides = cli_overrides(["batch_size=3"], [(("batch_size",), 5, "--batch-size"),
                                                  (("runtime", "threads"), 1, "--threads")], EvalConfig.model_fields)
     assert [(o.path, o.value) for o in overrides][-2:] == [(("batch_size",), 5), (("runtime", "threads"), 1)]
+
+
+def test_eval_batch_size_sets_runtime_max_batch_size_over_the_file(tmp_path, monkeypatch):
+    """--batch-size is runtime.max_batch_size, not the deprecated eval batch_size: it beats the
+    file's setting (either spelling) and warns of nothing."""
+    import warnings
+
+    from perceive.errors import PerceiveError
+
+    seen = []
+
+    def fake(cfg, **kw):
+        seen.append(cfg)
+        raise PerceiveError("stop here")
+
+    monkeypatch.setattr("perceive.eval.runner.evaluate", fake)
+    ev = tmp_path / "eval.yaml"
+    for setting in ("runtime: {max_batch_size: 4}", "batch_size: 4"):
+        ev.write_text(f"model: m\ndata: d.json\n{setting}\n")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            CliRunner().invoke(app, ["eval", str(ev), "--batch-size", "2"])
+        assert seen[-1].runtime.max_batch_size == 2 and seen[-1].batch_size == 2, setting
+        moved = [w for w in caught if "batch_size is deprecated" in str(w.message)]
+        assert len(moved) == (setting == "batch_size: 4"), (setting, [str(w.message) for w in caught])
+    ev.write_text("model: m\ndata: d.json\n")
+    CliRunner().invoke(app, ["eval", str(ev), "--batch-size", "3"])
+    assert seen[-1].runtime.max_batch_size == 3
+    assert seen[-1]._data["runtime"].origins["max_batch_size"] == "--batch-size"
+    # a flag beats --set, whichever spelling the --set uses
+    for spelling in ("batch_size", "runtime.max_batch_size"):
+        CliRunner().invoke(app, ["eval", str(ev), "--set", f"{spelling}=7", "--batch-size", "2"])
+        assert seen[-1].runtime.max_batch_size == 2, spelling

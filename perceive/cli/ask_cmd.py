@@ -57,6 +57,8 @@ def ask(
                    f"perceive ask {image} \"What is written on the sign?\"", 2)
     from perceive.images import check_image_file, check_input_size
 
+    # --max-hops is runtime.max_hops, and also the graph's param: a config's params.max_hops would
+    # otherwise beat the flag (tests/test_cli.py: --max-hops 0 over params.max_hops 2)
     flags = [(("graph",), graph, "--graph"), (("runtime", "max_hops"), max_hops, "--max-hops"),
              (("params", "max_hops"), max_hops, "--max-hops"),
              *loop_flags(model, max_new_tokens, device, dtype, reprefill, action_timeout, threads),

@@ -40,7 +40,7 @@ def demo(out: Path = typer.Option(Path("out/demo"), help="Where to write the tra
     picture = out / "trace.png"
     from perceive.cli.run_config import run_config
 
-    cfg = run_config(None, None, [(("model", "path"), model, "models/default"), (("params", "max_hops"), 2, "demo"),
+    cfg = run_config(None, None, [(("model", "path"), model, "models/default"), (("runtime", "max_hops"), 2, "demo"),
                                   (("runtime", "max_new_tokens"), 16, "demo"), (("device",), device, "--device")])
     run_graph(cfg, image, QUESTION, False, picture)
     console.print("The examples are held-out cards this model reads correctly; it does not read every card. "

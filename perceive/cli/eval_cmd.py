@@ -27,14 +27,15 @@ from perceive.cli.run_config import check_set_params, cli_overrides, remote_flag
 
 def eval_(ctx: typer.Context,
           targets: list[str] = typer.Argument(None, metavar="[CONFIG | compare RUN...]",
-                                         help="An eval config (YAML): a run config plus data, batch_size, output, "
+                                         help="An eval config (YAML): a run config plus data, output, "
                                               "...; or `compare` and eval.json files or folders."),
           config: ConfigOpt = None,
           model: ModelOpt = None, data: Path = typer.Option(None, "--data"),
           graph: GraphOpt = None, out: Path = typer.Option(None, "--out", help="Output folder (compare: a .md file)."),
           max_samples: int = typer.Option(None, "--max-samples", min=1),
           batch_size: int = typer.Option(None, "--batch-size", min=1,
-                                         help="Samples run at once in the running batch (batch_size; default 8)."),
+                                         help="Samples run at once in the running batch (runtime.max_batch_size; "
+                                              "default 8)."),
           max_new_tokens: MaxNewTokensOpt = None,
           device: DeviceOpt = None, dtype: DtypeOpt = None, threads: ThreadsOpt = None,
           oracle_spans: bool = typer.Option(None, "--oracle-spans/--no-oracle-spans",
@@ -79,7 +80,7 @@ def eval_(ctx: typer.Context,
                    "RUN.yaml)", 2)
     flags = [(("model", "path"), model, "--model"), (("data",), data, "--data"), (("graph",), graph, "--graph"),
              (("output",), out, "--out"), (("max_samples",), max_samples, "--max-samples"),
-             (("batch_size",), batch_size, "--batch-size"),
+             (("runtime", "max_batch_size"), batch_size, "--batch-size"),
              (("runtime", "max_new_tokens"), max_new_tokens, "--max-new-tokens"), (("device",), device, "--device"),
              (("dtype",), dtype, "--dtype"), (("oracle_spans",), oracle_spans, "--oracle-spans"),
              (("max_skipped_fraction",), max_skipped_fraction, "--max-skipped-fraction"),

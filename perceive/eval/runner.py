@@ -110,6 +110,8 @@ def _batch_size_as_setting(data):
         runtime = data["runtime"] = LinedDict()
     if not isinstance(runtime, LinedDict):  # not a mapping: validation names the field
         return data
+    if runtime.origins.get("max_batch_size") == "--batch-size":
+        return data  # the flag sets runtime.max_batch_size, and a flag beats --set batch_size
     command_line = str(origin or "").startswith("--")
     if "max_batch_size" in runtime and not command_line and runtime["max_batch_size"] != value:
         raise ConfigError(f"{origin or 'the eval config'}: batch_size ({value}"
