@@ -10,6 +10,7 @@ perceive.testing imports perceive.testing, and the plugins use perceive's public
 
 import os
 import pkgutil
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -90,6 +91,21 @@ def test_the_layers_state_the_real_structure():
     module imports another, they are in different tiers."""
     layers = contracts()["layers"]["layers"]
     assert not [tier for tier in layers if ":" in tier], layers
+
+
+def test_the_architecture_picture_draws_the_layers():
+    """docs/explanation/architecture.md's layer picture has each tier on a line of its own, top
+    to bottom as the contract lists them, with every module of it."""
+    doc = (ROOT / "docs/explanation/architecture.md").read_text()
+    picture = doc.partition("## Layers")[2].split("```")[1].splitlines()
+    names = [set(re.findall(r"(?:perceive)?\.(\w+)", line.split("  ")[0])) for line in picture]
+    rows = []
+    for tier in contracts()["layers"]["layers"]:
+        modules = {m.strip() for m in tier.split("|")}
+        drawn = [i for i, line in enumerate(names) if line == modules]
+        assert drawn, f"draw the tier {tier!r} on a line of the picture"
+        rows.append(drawn[0])
+    assert rows == sorted(rows), "draw the tiers top to bottom in the contract's order"
 
 
 def test_every_package_of_perceive_is_acyclic():
