@@ -1,7 +1,7 @@
 """The loop's settings: one pydantic model, built from a run config.
 
 :class:`LoopOptions` is the run config's ``runtime:`` and ``sampling:`` sections
-(:mod:`perceive.settings`, where each field and its default are defined) with the run's action
+(:mod:`perceive.config.settings`, where each field and its default are defined) with the run's action
 options and protocol; :data:`CONFIG_HOMES` says where a run config sets each field, and
 :func:`options_from_config` reads them all.
 """
@@ -17,8 +17,8 @@ from perceive.config.settings import AUTO_PROTOCOL, LoopRuntime, SamplingConfig
 
 class LoopOptions(LoopRuntime, SamplingConfig):
     """Everything a perception loop reads of its run: the limits and switches of
-    :class:`~perceive.settings.LoopRuntime` (``max_hops``, ``max_new_tokens``, ``target``,
-    ``system``, ``max_batch_size``, ...), the sampling of :class:`~perceive.settings.SamplingConfig`
+    :class:`~perceive.config.settings.LoopRuntime` (``max_hops``, ``max_new_tokens``, ``target``,
+    ``system``, ``max_batch_size``, ...), the sampling of :class:`~perceive.config.settings.SamplingConfig`
     (``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``seed``), and the fields below. An
     unknown or out-of-range value is a ``pydantic.ValidationError``: ``LoopOptions(max_hops=2)``."""
 
