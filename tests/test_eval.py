@@ -220,6 +220,10 @@ def test_eval_compare_tells_runs_with_the_same_name_apart(tmp_path):
     # a run's default name is its folder, or its model's (with the run above a trained `model`)
     assert run_name(EvalConfig(model="runs/cards/model", data="d.json", output="runs/eval-b")) == "eval-b"
     assert run_name(EvalConfig(model="runs/cards/model", data="d.json")) == "cards/model"
+    # a served model without --out (found by a new-user trial: it crashed after every sample had run)
+    assert run_name(EvalConfig(data="d.json", remote={"url": "http://127.0.0.1:8815/v1"})) == "127.0.0.1:8815"
+    served = EvalConfig(data="d.json", remote={"url": "http://h/v1", "model": "Qwen/Qwen3-VL"})
+    assert run_name(served) == "Qwen_Qwen3-VL"
 
 
 class Hang:

@@ -144,3 +144,14 @@ def test_a_sample_refused_at_its_start_still_finishes_in_the_stream(model, photo
     assert set(ends) == {0, 1}
     assert ends[0].error["code"] == "input-invalid" and ends[0].trace.total_ms == 0
     assert ends[1].error is None
+
+
+def test_stream_takes_images_as_ask_does_and_an_unreadable_one_finishes_at_once(model, photo, tmp_path):
+    path = tmp_path / "photo.png"
+    photo.save(path)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    ends = {e.sample: e for e in PerceptionLoop(model, options=LoopOptions(max_new_tokens=4)).stream(
+        [(str(path), "What is there?"), (broken, "And here?"), (photo, "And here?")]) if isinstance(e, Finished)}
+    assert ends[0].error is None and ends[2].error is None
+    assert ends[1].error["code"] == "image-unreadable" and ends[1].trace.question == "And here?"

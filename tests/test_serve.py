@@ -16,7 +16,7 @@ from PIL import Image
 openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")
 
-from perceive.loop import PerceptionLoop  # noqa: E402
+from perceive.loop import LoopOptions, PerceptionLoop  # noqa: E402
 from perceive.model import load_model  # noqa: E402
 from perceive.testing.live import data_url, live_server, user_message  # noqa: E402
 
@@ -76,6 +76,19 @@ def test_answers_and_traces_equal_offline_ask(client, offline):
         assert trace["finish_reason"] == "eos"
         assert r.usage.completion_tokens == want.trace.generated_tokens
         assert r.usage.prompt_tokens == want.trace.prompt_tokens + sum(h.prefilled_tokens for h in want.trace.hops)
+
+
+def test_a_requests_temperature_is_not_used_and_the_warning_says_how_the_server_decodes(client, model):
+    r = client.chat.completions.create(model="default", messages=[user(EXAMPLES / "card_0.png")], temperature=0.7)
+    assert r.choices[0].message.content == TRUTH["card_0.png"]
+    assert any("decodes greedily" in w for w in r.model_extra["perceive"]["warnings"])
+    # a server whose run config samples says so (found by a new-user trial: the warning said greedy)
+    sampling = PerceptionLoop(model, options=LoopOptions(do_sample=True, temperature=0.5, seed=2))
+    with live_server(sampling, model_name="default", max_batch=1) as url:
+        r = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=60).chat.completions.create(
+            model="default", messages=[user(EXAMPLES / "card_0.png")], temperature=0.7, max_tokens=8)
+    (warning,) = [w for w in r.model_extra["perceive"]["warnings"] if "temperature/top_p" in w]
+    assert "samples with its run config's sampling (temperature 0.5" in warning
 
 
 def test_models_health_and_metrics(client, server):

@@ -299,5 +299,7 @@ def run_name(cfg: EvalConfig) -> str:
     when that is a run's ``model``, as training writes it)."""
     if cfg.output is not None:
         return cfg.output.name
+    if cfg.model.path is None and cfg.remote is not None:  # a served model: its name, else the endpoint's host
+        return (cfg.remote.model or cfg.remote.url.split("//")[-1].split("/")[0]).replace("/", "_")
     p = Path(cfg.model.path)
     return "/".join(p.parts[-2:]) if p.name == "model" and len(p.parts) > 1 else p.name

@@ -34,10 +34,13 @@ __all__ = [
 
 def __getattr__(name):
     if name == "Sample":  # the engine side's state: read events instead
+        import sys
         import warnings
 
         from perceive.loop.sample import Sample
 
+        if sys._getframe(1).f_globals.get("__name__") == "importlib._bootstrap":
+            return Sample  # a from-import asks twice: warn once, at the statement
         warnings.warn("perceive.loop.Sample is internal: consumers read perceive.loop.events", DeprecationWarning,
                       stacklevel=2)
         return Sample

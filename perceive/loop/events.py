@@ -34,7 +34,7 @@ class Provenance(str, Enum):
 
 @dataclass(frozen=True)
 class TokenDelta:
-    """Tokens appended to the sample's sequence.
+    """Tokens appended to the sample's sequence, all of one ``provenance``.
 
     ``logprobs``: for ``GENERATED`` tokens, the natural-log probability of each id under the
     distribution it was sampled from (float; greedy: ``log_softmax(logits)``; sampled: after the

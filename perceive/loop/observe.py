@@ -32,8 +32,16 @@ if TYPE_CHECKING:
     from perceive.plugins import Registry
     from perceive.protocols.base import ToolProtocol
 
-#: deprecated name of :func:`perceive.errors.trace_error`
-err = trace_error
+
+
+def __getattr__(name: str):
+    if name == "err":  # its old name, for one release
+        import warnings
+
+        warnings.warn("perceive.loop.observe.err is deprecated: use perceive.errors.trace_error", DeprecationWarning,
+                      stacklevel=2)
+        return trace_error
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class Observer:
@@ -115,8 +123,8 @@ class Observer:
         if have != want:
             e = ObservationError(f"{have} image tokens for {want} image features")
             if s.trace.hops:
-                s.trace.hops[-1].error = err(e)
-            s.finish(FinishReason.OBSERVATION_INVALID, err(e))
+                s.trace.hops[-1].error = trace_error(e)
+            s.finish(FinishReason.OBSERVATION_INVALID, trace_error(e))
             return False
         s.pending = chunk
         return True
@@ -176,8 +184,8 @@ class Observer:
         return res.observation, hop
 
     def _fail(self, s: Sample, hop: Hop, exc: PerceiveError) -> None:
-        hop.error = err(exc)
-        s.finish(FinishReason.OBSERVATION_INVALID, err(exc))
+        hop.error = trace_error(exc)
+        s.finish(FinishReason.OBSERVATION_INVALID, trace_error(exc))
 
     # -- views ----------------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from PIL import Image
 from perceive.control import Controller, Dispatch, RunLimits
 from perceive.control import merge_action_options as merge_options
 from perceive.encoders import EncoderHub
-from perceive.errors import ConfigError, InputError, PerceiveError
+from perceive.errors import ConfigError, InputError, PerceiveError, trace_error
 from perceive.geometry import ROOT
 from perceive.graph import CompiledGraph
 from perceive.images import as_rgb, load_image
@@ -148,15 +148,23 @@ class PerceptionLoop:
         done = {ev.sample: Answer.from_event(ev) for ev in self.stream(items, indices) if isinstance(ev, Finished)}
         return [done[i] for i in indices]
 
-    def stream(self, items: list[tuple[Image.Image, str]], indices: list[int] | None = None) -> Iterator[Event]:
-        """The events of decoded images run together (:mod:`perceive.loop.events`), as they
-        happen: each sample's ``sample`` is its index (``indices``, default 0..n-1), and its
-        ``Finished`` event comes last."""
+    def stream(self, items: list[tuple[Any, str]], indices: list[int] | None = None) -> Iterator[Event]:
+        """The events of ``(image, question)`` pairs run together (:mod:`perceive.loop.events`), as
+        they happen. An image is what :meth:`ask` takes (a path, bytes, a PIL image). Each sample's
+        ``sample`` is its index (``indices``, default 0..n-1), and its ``Finished`` event comes last;
+        a sample whose image cannot be read finishes at once with the error in its trace."""
         if self.layout is None:
             raise PerceiveError("this model has no tokenizer", hint="load a checkpoint that ships one")
         indices = list(range(len(items))) if indices is None else indices
         batch = self.batch()
         for i, (img, q) in zip(indices, items, strict=True):
+            try:
+                img = load_image(img)
+            except PerceiveError as exc:
+                trace = Trace(question=q if isinstance(q, str) else "", error=trace_error(exc),
+                              finish_reason=FinishReason.ERROR)
+                yield Finished(i, "", FinishReason.ERROR, trace)
+                continue
             yield from batch.add(self.start(img, q, i))
         with torch.no_grad():
             while len(batch):

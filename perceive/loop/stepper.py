@@ -98,7 +98,8 @@ class Stepper:
         calls = []
         for call in s.calls:
             name, arguments = self.observer.protocol.call_name_and_arguments(call)
-            calls.append(PendingCall(name, arguments, call.action, call.args.model_dump(mode="json"), call.target,
+            calls.append(PendingCall(name, arguments, call.action, call.args.model_dump(mode="json"),
+                                     self.observer.target_of(s, call.target),
                                      dict(limits.action_options.get(call.action, {})),
                                      preview_boxes(self.observer, s, call, limits)))
         tag = getattr(self.observer.protocol, "open_tag", "")

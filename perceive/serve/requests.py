@@ -42,7 +42,7 @@ class Requests:
                               f"{settings.model_name!r} (GET /v1/models)", param="model", code="model_not_found")
         if req.unsupported():
             raise HTTPProblem(400, f"{', '.join(req.unsupported())}: not supported by perceive serve (it returns the "
-                              "model's greedy text, its tool calls and its trace)", param=req.unsupported()[0],
+                              "model's text, its tool calls and its trace)", param=req.unsupported()[0],
                               code="unsupported")
         self._check_tools(req)
         try:
@@ -76,10 +76,13 @@ class Requests:
     def _ignored(self, req: ChatRequest) -> list[str]:
         """Warnings for what the request sets and the server does not use."""
         warnings = []
+        o = self.loop.options
+        how = (f"this server samples with its run config's sampling (temperature {o.temperature}, top_k {o.top_k}, "
+               f"top_p {o.top_p})" if o.do_sample else "this server decodes greedily (its run config's sampling)")
         if req.temperature or (req.top_p is not None and req.top_p < 1):
-            warnings.append("temperature/top_p are not used: this server decodes greedily")
+            warnings.append(f"temperature/top_p are not used per request: {how}")
         if req.ignored():
-            warnings.append(f"{', '.join(req.ignored())}: not used (greedy decoding)")
+            warnings.append(f"{', '.join(req.ignored())}: not used ({how})")
         stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         own = set(self.loop.protocol.stop_strings(self.loop.actions))
         if set(stops) - own:
