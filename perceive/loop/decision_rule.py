@@ -61,6 +61,13 @@ class Refuse:
 
 Effect = Observe | Unanswered | End | Refuse
 
+
+def ending(effect: End | Refuse) -> tuple[FinishReason, dict | None]:
+    """How an ``End`` or a ``Refuse`` finishes the sample: ``(reason, trace error or None)``."""
+    if isinstance(effect, End):
+        return effect.reason, None
+    return FinishReason.GRAPH_ERROR, {"type": "graph_error", "message": effect.message}
+
 _DECISIONS = (Dispatch, Force, Ignore, Stop, Finish)
 
 

@@ -40,7 +40,8 @@ class TokenDelta:
     distribution it was sampled from (float; greedy: ``log_softmax(logits)``; sampled: after the
     temperature, top-k and top-p warpers); None for other provenances. ``text``: the new visible
     text of the current assistant turn (perception tokens, call markup and the end-of-turn token
-    left out; a suffix that may begin a call's opening tag is held back until it cannot)."""
+    left out; a suffix that may begin a call's opening tag is held back until it cannot); always
+    empty for a sample started without ``stream_text`` (``run``, ``ask``: no decoding per token)."""
 
     sample: int
     ids: tuple[int, ...]

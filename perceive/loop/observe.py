@@ -364,7 +364,7 @@ class Observer:
     def new_turn(self, s: Sample) -> None:
         """A new assistant turn starts after what is queued: its text is streamed afresh."""
         s.answer_from = len(s.generated)
-        if self.tokenizer is not None:
+        if s.stream_text and self.tokenizer is not None:  # nobody reads it otherwise: no decoding per token
             tok = self.tokenizer
             s.turn_text = TurnText(lambda ids: tok.decode(ids, skip_special_tokens=True),
                                    self.perception_ids | self.eos, getattr(self.protocol, "open_tag", ""))

@@ -88,7 +88,8 @@ class Sample:
     ran: bool = False  # it entered an engine (a sample refused at its start never does)
     outbox: list[Event] = field(default_factory=list)  # events not yet read by the consumer
     open_hop: Hop | None = None  # the hop whose HopFinished is not emitted yet
-    turn_text: TurnText | None = None  # the current assistant turn's visible text (streamed)
+    stream_text: bool = False  # its consumer reads TokenDelta.text (a stream): decode as it goes
+    turn_text: TurnText | None = None  # the current assistant turn's visible text (stream_text)
 
     def event(self, type: EventType, **fields: Any) -> None:
         """A trace event, emitted as a :class:`~perceive.loop.events.Notice` too."""

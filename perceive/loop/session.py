@@ -145,14 +145,18 @@ class PerceptionLoop:
         """Run decoded images together. ``indices`` are the samples' positions in the caller's
         batch (they seed sampling and key the policy); default 0..n-1."""
         indices = list(range(len(items))) if indices is None else indices
-        done = {ev.sample: Answer.from_event(ev) for ev in self.stream(items, indices) if isinstance(ev, Finished)}
+        done = {ev.sample: Answer.from_event(ev) for ev in self.stream(items, indices, text=False)
+                if isinstance(ev, Finished)}
         return [done[i] for i in indices]
 
-    def stream(self, items: list[tuple[Any, str]], indices: list[int] | None = None) -> Iterator[Event]:
+    def stream(self, items: list[tuple[Any, str]], indices: list[int] | None = None, *,
+               text: bool = True) -> Iterator[Event]:
         """The events of ``(image, question)`` pairs run together (:mod:`perceive.loop.events`), as
         they happen. An image is what :meth:`ask` takes (a path, bytes, a PIL image). Each sample's
         ``sample`` is its index (``indices``, default 0..n-1), and its ``Finished`` event comes last;
-        a sample whose image cannot be read finishes at once with the error in its trace."""
+        a sample whose image cannot be read finishes at once with the error in its trace.
+        ``text=False``: ``TokenDelta.text`` stays empty (no decoding per token; the answer is in
+        ``Finished``)."""
         if self.layout is None:
             raise PerceiveError("this model has no tokenizer", hint="load a checkpoint that ships one")
         indices = list(range(len(items))) if indices is None else indices
@@ -165,7 +169,7 @@ class PerceptionLoop:
                               finish_reason=FinishReason.ERROR)
                 yield Finished(i, "", FinishReason.ERROR, trace)
                 continue
-            yield from batch.add(self.start(img, q, i))
+            yield from batch.add(self.start(img, q, i, stream_text=text))
         with torch.no_grad():
             while len(batch):
                 yield from batch.step()
@@ -196,7 +200,7 @@ class PerceptionLoop:
     def start(self, image: Image.Image, question: str, index: int = 0, *, history: Sequence[Turn] = (),
               client_tools: bool | frozenset[str] = False, max_new_tokens: int | None = None, graph=None,
               params: dict | None = None, max_hops: int | None = None,
-              action_options: dict[str, dict] | None = None) -> Sample:
+              action_options: dict[str, dict] | None = None, stream_text: bool = False) -> Sample:
         """A new sample, ready to :meth:`batch`-step: its prompt is built and any forced first
         views have run. ``history``: earlier assistant turns that ended in calls, and what each call
         returned (a client that ran its tools itself); they are prefilled with the prompt.
@@ -204,7 +208,8 @@ class PerceptionLoop:
         goes back to the caller (``Sample.calls``) instead of running; a set of tool names: only
         calls to those (another call goes unanswered, with a ``graph`` event). ``graph``, ``params``,
         ``max_hops``, ``action_options``: this sample's own, over the run's (a graph is compiled
-        once per name and params, and checked against the model). Problems finish the sample
+        once per name and params, and checked against the model). ``stream_text``: its
+        ``TokenDelta`` events carry the visible text as it is written. Problems finish the sample
         (see its trace), never raise; a graph that does not compile raises ``GraphError``."""
         controller = limits = None
         if graph is not None or params or max_hops is not None or action_options:
@@ -212,7 +217,7 @@ class PerceptionLoop:
             limits = RunLimits(hops, merge_options(self.registry, self.options.action_options, action_options or {}))
             if graph is not None or params or max_hops is not None:
                 controller = self.controller_for(graph, params, hops)
-        s = self._new_sample(index, image, question, history, bool(client_tools), controller, limits)
+        s = self._new_sample(index, image, question, history, bool(client_tools), controller, limits, stream_text)
         s.max_new_tokens = max_new_tokens
         s.tools = frozenset(client_tools) if isinstance(client_tools, frozenset | set) else None
         return s
@@ -236,7 +241,7 @@ class PerceptionLoop:
         return cache[key]
 
     def _new_sample(self, index: int, image: Image.Image, question: str, history: Sequence[Turn] = (),
-                    client_tools: bool = False, controller=None, limits=None) -> Sample:
+                    client_tools: bool = False, controller=None, limits=None, stream_text: bool = False) -> Sample:
         root = as_rgb(image)
         parser = (self.protocol.reader(self.actions, codec_from_tokenizer(self.tokenizer),
                                        lambda: s.frames())
@@ -244,7 +249,7 @@ class PerceptionLoop:
         q = question if isinstance(question, str) else ""
         s = Sample(index, root, Trace(question=q, image_size=root.size), parser,
                    torch.Generator().manual_seed(self.options.seed + index), question=q, client_tools=client_tools,
-                   controller=controller, limits=limits)
+                   controller=controller, limits=limits, stream_text=stream_text)
         try:
             check_input(question, root.size)
             pv, grid = self.observer.pixels(root)

@@ -17,7 +17,7 @@ import torch
 
 from perceive.control import Controller, Decision, RunLimits
 from perceive.graph.executor import RAISE_MAX_HOPS, describe_call, hops_budget
-from perceive.loop.decision_rule import End, Moment, Observe, Refuse, Unanswered, resolve
+from perceive.loop.decision_rule import End, Moment, Observe, Refuse, Unanswered, ending, resolve
 from perceive.loop.engine import Chunk, ChunkKind, StepOut
 from perceive.loop.events import Finished, PendingCall, Provenance, TokenDelta, ToolCallsPending
 from perceive.loop.replay import preview_boxes
@@ -231,10 +231,8 @@ class Stepper:
                 show(s, effect.call, effect.options, effect.target, effect.node, closing)
             case Unanswered():
                 self._unanswered(s, ev, closing)
-            case End():
-                s.finish(effect.reason)
-            case Refuse():
-                s.finish(FinishReason.GRAPH_ERROR, {"type": "graph_error", "message": effect.message})
+            case End() | Refuse():
+                s.finish(*ending(effect))
             case _:
                 assert_never(effect)
 
@@ -266,10 +264,8 @@ class Stepper:
                                             control)
             case Unanswered():
                 s.pending = skip
-            case End():
-                s.finish(effect.reason)
-            case Refuse():
-                s.finish(FinishReason.GRAPH_ERROR, {"type": "graph_error", "message": effect.message})
+            case End() | Refuse():
+                s.finish(*ending(effect))
             case _:
                 assert_never(effect)
 

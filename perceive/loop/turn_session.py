@@ -24,7 +24,7 @@ from perceive.actions import ActionCall
 from perceive.control import Controller, RunLimits
 from perceive.errors import ConfigError, PerceiveError
 from perceive.images import as_rgb
-from perceive.loop.decision_rule import End, Moment, Observe, Refuse, Unanswered, resolve
+from perceive.loop.decision_rule import End, Moment, Observe, Refuse, Unanswered, ending, resolve
 from perceive.loop.events import Event, Finished, Provenance, TokenDelta
 from perceive.loop.observe import Observer
 from perceive.loop.options import LoopOptions
@@ -166,10 +166,8 @@ class TurnSession:
                         turn = ""
                 case Unanswered():  # the model continues its turn
                     s.state.setdefault("unanswered", []).append("".join(call.tokens))
-                case End():
-                    s.finish(effect.reason)
-                case Refuse():
-                    s.finish(FinishReason.GRAPH_ERROR, {"type": "graph_error", "message": effect.message})
+                case End() | Refuse():
+                    s.finish(*ending(effect))
                 case _:
                     assert_never(effect)
             yield from s.drain()

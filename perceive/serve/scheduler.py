@@ -191,7 +191,8 @@ class Scheduler:
         try:
             handle = self.loop.start(c.image, c.question, key, history=c.history, client_tools=job.client_tools,
                                      max_new_tokens=job.max_new_tokens, graph=job.graph, params=job.params,
-                                     max_hops=job.max_hops, action_options=job.action_options)
+                                     max_hops=job.max_hops, action_options=job.action_options,
+                                     stream_text=job.stream)
         except Exception as exc:  # the model thread never dies of one request
             job.emit(exc)  # a PerceiveError is the request's fault (a 400), anything else a bug (a 500)
             self.on_done(job, None)
