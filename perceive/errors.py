@@ -180,3 +180,8 @@ def trace_error(exc: BaseException) -> dict:
     if getattr(exc, "hint", None):
         d["hint"] = exc.hint
     return d
+
+
+class ConfigDeprecationWarning(DeprecationWarning):
+    """A config key or value that still works for one release but has a new home. Unlike other
+    deprecation warnings it is for the person running a command, so the CLI always shows it."""

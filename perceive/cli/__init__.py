@@ -107,7 +107,22 @@ def version() -> None:
 
 def main() -> None:
     """The console script. What escapes the commands' own boundary (an error while click parses
-    or builds the commands) is reported the same way."""
+    or builds the commands) is reported the same way. A deprecated config key is shown as a
+    ``warning:`` line (Python hides deprecation warnings from code outside ``__main__``)."""
+    import warnings
+
+    from perceive.errors import ConfigDeprecationWarning
+
+    warnings.simplefilter("default", ConfigDeprecationWarning)
+    shown = warnings.showwarning
+
+    def show(message, category, *args, **kwargs):
+        if issubclass(category, ConfigDeprecationWarning):
+            typer.echo(f"warning: {message}", err=True)
+        else:
+            shown(message, category, *args, **kwargs)
+
+    warnings.showwarning = show
     try:
         app()
     except SystemExit:

@@ -19,7 +19,7 @@ from perceive.config import PerceiveConfig, RuntimeConfig, load_config
 from perceive.config.overrides import Override
 from perceive.config.settings import MANY_SAMPLES_BATCH_SIZE
 from perceive.data.skipped import DEFAULT_MAX_SKIPPED_FRACTION, Skipped
-from perceive.errors import ConfigError, ResumeError
+from perceive.errors import ConfigDeprecationWarning, ConfigError, ResumeError
 from perceive.eval.metrics import anls, exact_match, relaxed_accuracy
 from perceive.eval.report import markdown, summarize
 from perceive.strict import StrictModel
@@ -66,7 +66,7 @@ class EvalConfig(PerceiveConfig):
         """``EvalConfig(batch_size=N)`` in Python (a file's is moved by :func:`_normalise`)."""
         if not isinstance(data, dict) or data.get("batch_size") is None:
             return data
-        warnings.warn(BATCH_SIZE_MOVED, DeprecationWarning, stacklevel=4)
+        warnings.warn(BATCH_SIZE_MOVED, ConfigDeprecationWarning, stacklevel=4)
         runtime = data.get("runtime") or {}
         runtime = runtime.model_dump(exclude_unset=True) if isinstance(runtime, RuntimeConfig) else dict(runtime)
         if runtime.get("max_batch_size", data["batch_size"]) != data["batch_size"]:
@@ -104,7 +104,7 @@ def _batch_size_as_setting(data):
     value = data.pop("batch_size")
     if origin != "--batch-size":
         where = f"{origin or 'the eval config'}" + (f" line {line}" if line else "")
-        warnings.warn(f"{where}: {BATCH_SIZE_MOVED}", DeprecationWarning, stacklevel=2)
+        warnings.warn(f"{where}: {BATCH_SIZE_MOVED}", ConfigDeprecationWarning, stacklevel=2)
     runtime = data.get("runtime")
     if runtime is None:
         runtime = data["runtime"] = LinedDict()
