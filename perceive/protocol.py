@@ -10,4 +10,4 @@ __getattr__, __dir__ = moved_names(__name__, {
     **dict.fromkeys(["DictCodec", "TokenCodec", "codec_from_tokenizer"], "perceive.protocols.codec"),
     **dict.fromkeys(["StreamParser", "parse_tokens", "split_text"], "perceive.protocols.vpt_stream"),
 })
-__all__: list[str] = []  # a star import must not pull every name through the warning
+__all__ = __dir__()  # a star import still works: each name comes through its warning

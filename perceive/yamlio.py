@@ -7,4 +7,4 @@ from perceive.deprecation import moved_names
 __getattr__, __dir__ = moved_names(__name__, dict.fromkeys(
     ["MAX_ALIASES", "MAX_BYTES", "MAX_DEPTH", "MAX_VALUES", "LinedDict", "load_yaml", "loads"],
     "perceive.config.safe_yaml"))
-__all__: list[str] = []  # a star import must not pull every name through the warning
+__all__ = __dir__()  # a star import still works: each name comes through its warning

@@ -69,6 +69,19 @@ def test_an_old_name_warns_with_its_new_place_and_is_the_same_object(old, name, 
     assert caught[0].filename == __file__  # the warning points at the caller's line, not at the alias
 
 
+@pytest.mark.parametrize("old", sorted(MOVED))
+def test_a_star_import_of_an_old_module_gets_every_name_each_with_its_warning(old):
+    """Old code that star-imports an alias gets the names (not an empty namespace that fails later
+    with a NameError; found by a new-user trial), each warning once."""
+    namespace: dict = {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        exec(f"from {old} import *", namespace)
+    assert set(MOVED[old]) <= set(namespace)
+    warned = [str(w.message).split(" is deprecated")[0] for w in caught]
+    assert len(warned) == len(set(warned)) and {f"{old}.{n}" for n in MOVED[old]} <= set(warned)
+
+
 def test_a_from_import_warns_once_at_the_importing_line():
     # `from package import name` asks the package twice (the import system's hasattr, then the
     # statement): one warning, at this file

@@ -11,4 +11,4 @@ __getattr__, __dir__ = moved_names(__name__, {
                     "perceive.reencode.branch_spec"),
     **dict.fromkeys(["ModelBranchEncoder", "model_has_branch"], "perceive.reencode.branch_encoder"),
 })
-__all__: list[str] = []  # a star import must not pull every name through the warning
+__all__ = __dir__()  # a star import still works: each name comes through its warning

@@ -5,4 +5,4 @@ from perceive.deprecation import moved_names
 
 __getattr__, __dir__ = moved_names(__name__, dict.fromkeys(
     ["ConditionedProjector", "TokenProjector", "condition", "xavier"], "perceive.reencode.projectors"))
-__all__: list[str] = []  # a star import must not pull every name through the warning
+__all__ = __dir__()  # a star import still works: each name comes through its warning

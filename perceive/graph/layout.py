@@ -6,4 +6,4 @@ from perceive.deprecation import moved_names
 __getattr__, __dir__ = moved_names(__name__, dict.fromkeys(
     ["DrawnEdge", "DrawnNode", "GraphLayout", "Point", "Rect", "graph_edges", "layout_graph", "path_distance",
      "point_segment_distance", "rect_distance"], "perceive.graph.draw.layout"))
-__all__: list[str] = []  # a star import must not pull every name through the warning
+__all__ = __dir__()  # a star import still works: each name comes through its warning

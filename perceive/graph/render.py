@@ -12,4 +12,4 @@ __getattr__, __dir__ = moved_names(__name__, {
     **dict.fromkeys(["SHAPES", "to_mermaid"], "perceive.graph.draw.mermaid"),
     **dict.fromkeys(_LAYOUT, "perceive.graph.draw.layout"),
 })
-__all__: list[str] = []  # a star import must not pull every name through the warning
+__all__ = __dir__()  # a star import still works: each name comes through its warning
