@@ -1,16 +1,13 @@
-"""The perception session: per sample, prompt -> generate until a call closes or the turn ends
--> the controller decides -> dispatch -> observe -> continue.
+"""The perception session: ``PerceptionLoop``, the public face of the local loop.
 
-The session keeps the trace, the budgets and the view frames, and drives an engine
-(``perceive.loop.engine``) through chunks of tokens; it never touches a KV cache, a position
-id or the model's layers. Only new tokens are ever fed: the span's closing token, the end of the
-assistant turn, a user turn with the view's image tokens or the feature placeholders, and the
-next assistant header. Re-encode spans take their control signal from the step that fed the
-start token, and encoder features are cached per image (``EncoderHub``).
-
-Samples run together; with ``max_batch_size`` the others wait and join the running batch as
-samples finish (continuous batching). A controller (``perceive.control``) decides at each call
-and answer; by default the graph ``free_choice``.
+It builds each sample's prompt (the first user turn, views a graph forces before the model
+speaks, earlier turns a client ran), opens batches on an engine, and hands out the samples'
+events (:mod:`perceive.loop.events`). What happens after each engine step (the next token, a
+closed call, the controller's decision) is :mod:`perceive.loop.stepper`; running calls and
+rendering observations, :mod:`perceive.loop.observe`; joining and leaving a running batch,
+:mod:`perceive.loop.continuous_batching`. Only new tokens are ever fed, and encoder features are
+cached per image (``EncoderHub``). A controller (``perceive.control``) decides at each call and
+answer: by default the run's graph.
 """
 
 from __future__ import annotations
