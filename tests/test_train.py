@@ -661,7 +661,18 @@ class FakeAccelerator:
             ctrl_c()
 
 
-def test_a_checkpoint_save_is_whole_or_not_there(tmp_path, monkeypatch):
+@pytest.fixture
+def default_sigint():
+    """Ctrl-C raises KeyboardInterrupt, whatever this process inherited: a process started in the
+    background of a non-interactive shell (a CI step's `make test &`) starts with SIGINT ignored."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_a_checkpoint_save_is_whole_or_not_there(tmp_path, monkeypatch, default_sigint):
     """A save replaces an earlier checkpoint-N only once it is complete; one interrupted while
     writing leaves the earlier one and no .tmp; Ctrl-C while it is renamed into place waits until
     the renaming is done."""
