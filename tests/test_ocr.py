@@ -111,7 +111,7 @@ def test_a_graph_forces_a_text_action_after_a_view(text_model, text_registry, ph
 
 def test_the_session_shows_text_and_view_calls_as_turns(text_model, text_registry):
     loop = PerceptionLoop(text_model, registry=text_registry)
-    assert loop.stepper.showable("caption") and loop.stepper.showable("region_select")
+    assert loop.observer.showable("caption") and loop.observer.showable("region_select")
 
 
 # -- the ocr plugin ---------------------------------------------------------------------------

@@ -80,6 +80,11 @@ class Observer:
             ids |= {b.start_id, b.action_id, b.end_id, b.pad_id}
         return frozenset(ids)
 
+    def showable(self, action: str) -> bool:
+        """Whether ``action``'s observation can be shown as a turn (views, text); features only go
+        through the model's own re-encode span."""
+        return self.registry.action(action).observation in ("view", "text")
+
     def check_encoders(self) -> None:
         """A re-encode action may use any registered encoder whose output its projector accepts."""
         from perceive.config import encoder_width_problem

@@ -9,15 +9,16 @@ calls :meth:`Stepper.after_step` and :meth:`Stepper.conclude`, nothing else.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, assert_never
 
 import torch
 
-from perceive.control import Controller, Decision, RunLimits
+from perceive.control import Controller, RunLimits
 from perceive.graph.executor import RAISE_MAX_HOPS, describe_call, hops_budget
-from perceive.loop.decision_rule import End, Moment, Observe, Refuse, Unanswered, ending, resolve
+from perceive.loop.decision_rule import Effect, End, Moment, Observe, Refuse, Unanswered, ending, resolve
 from perceive.loop.engine import Chunk, ChunkKind, StepOut
 from perceive.loop.events import Finished, PendingCall, Provenance, TokenDelta, ToolCallsPending
 from perceive.loop.replay import preview_boxes
@@ -67,8 +68,6 @@ class Stepper:
     def conclude(self, s: Sample) -> None:
         """Complete a finished sample's trace and emit its last events (the rest of its text, the
         calls going back to its client, ``Finished``)."""
-        import time
-
         s.close_hop()
         obs = self.observer
         # a model without a tokenizer (``generate_ids`` on bare weights): ids only
@@ -173,11 +172,6 @@ class Stepper:
 
     # -- decisions --------------------------------------------------------------------------------
 
-    def showable(self, action: str) -> bool:
-        """Whether ``action``'s observation can be shown as a turn (views, text); features only go
-        through the model's own re-encode span."""
-        return self.observer.registry.action(action).observation in ("view", "text")
-
     def _unanswered(self, s: Sample, ev: PerceptionCall, closing: list[int]) -> None:
         """``ev`` goes unanswered: the model keeps generating after ``closing``, and the call's text is
         no part of its answer (a text protocol's call is ordinary tokens)."""
@@ -185,13 +179,13 @@ class Stepper:
         s.pending = Chunk(closing, ChunkKind.DECODE)
 
     def _on_call(self, s: Sample, ev: PerceptionCall, closing: int) -> None:
-        if not self.showable(ev.action):
+        if not self.observer.showable(ev.action):
             s.event(EventType.NO_PROJECTOR, action=ev.action,
                     message=f"the model has no branch to show {ev.action!r} features")
             self._unanswered(s, ev, [closing])
             return
         decision = self._controller(s).on_call(self._limits(s), s, ev)
-        self._apply(s, decision, Moment.CALL, ev, [closing])
+        self._apply(s, resolve(decision, Moment.CALL, ev, self.observer.showable), ev, [closing])
 
     def _on_client_call(self, s: Sample, ev: PerceptionCall, closing: int) -> None:
         """Client-side tools: the call goes back to the caller, within the run's hop budget (earlier
@@ -216,14 +210,13 @@ class Stepper:
             s.finish(FinishReason.EOS)
             return
         decision = self._controller(s).on_answer(self._limits(s), s)
-        if isinstance(resolve(decision, Moment.ANSWER, None, self.showable), Observe) and self._spent(s):
+        effect = resolve(decision, Moment.ANSWER, None, self.observer.showable)
+        if isinstance(effect, Observe) and self._spent(s):
             return  # no token left to use the observation
-        self._apply(s, decision, Moment.ANSWER, None, [closing])
+        self._apply(s, effect, None, [closing])
 
-    def _apply(self, s: Sample, decision: Decision, moment: Moment, ev: PerceptionCall | None,
-               closing: list[int]) -> None:
-        """Carry out the rule's effect of ``decision`` on a view or text call, or at an answer."""
-        effect = resolve(decision, moment, ev, self.showable)
+    def _apply(self, s: Sample, effect: Effect, ev: PerceptionCall | None, closing: list[int]) -> None:
+        """Carry out the rule's effect on a view or text call, or at an answer."""
         match effect:
             case Observe():
                 kind = self.observer.registry.action(effect.call.action).observation
@@ -257,7 +250,7 @@ class Stepper:
             s.pending = skip
             return
         decision, s.forced_reencode = (s.forced_reencode or self._controller(s).on_call(self._limits(s), s, ev)), None
-        effect = resolve(decision, Moment.REENCODE, ev, self.showable)
+        effect = resolve(decision, Moment.REENCODE, ev, self.observer.showable)
         match effect:
             case Observe():
                 self.observer.show_features(s, branch, effect.call, effect.options, effect.target, effect.node,

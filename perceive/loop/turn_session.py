@@ -108,9 +108,6 @@ class TurnSession:
         yield from s.drain()
         yield Finished(index, t.answer, t.finish_reason, t, s.state.get("turn", ""))
 
-    def showable(self, action: str) -> bool:
-        return self.observer.registry.action(action).observation in ("view", "text")
-
     def _first_views(self, s: Sample) -> list[Image.Image] | None:
         """Views the graph shows before the model speaks (only views: a remote model cannot be given
         anything else there); None when one failed (the sample is finished)."""
@@ -159,7 +156,7 @@ class TurnSession:
                 s.state["answer"] = _SPECIAL.sub("", answer).strip()
                 s.state["turn"] = turn
                 moment, decision = Moment.ANSWER, self.controller.on_answer(self.limits, s)
-            effect = resolve(decision, moment, call, self.showable)
+            effect = resolve(decision, moment, call, self.observer.showable)
             match effect:
                 case Observe():
                     if self._observe(s, chat, turn, effect):
