@@ -24,6 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
+from perceive.config.settings import MANY_SAMPLES_BATCH_SIZE, ServeConfig
 from perceive.loop import Finished, ToolCallsPending
 from perceive.serve import replies
 from perceive.serve.metrics import Metrics
@@ -33,15 +34,19 @@ from perceive.serve.requests import Requests
 from perceive.serve.scheduler import Draining, Job, QueueFull, Scheduler
 from perceive.trace import FinishReason
 
+_DEFAULTS = ServeConfig()  # the run config's serve: section holds the one set of defaults
+
 
 @dataclass
 class ServeSettings:
+    """The app's settings, resolved from the run config (``perceive.cli.serve_cmd.serve_settings``)."""
+
     model_name: str = "perceive"
-    max_batch: int = 8
-    max_queue: int = 64
-    max_body_bytes: int = 20 * 1024 * 1024
+    max_batch: int = MANY_SAMPLES_BATCH_SIZE
+    max_queue: int = _DEFAULTS.max_queue
+    max_body_bytes: int = int(_DEFAULTS.max_body_mb * 1024 * 1024)
     #: the longest a request may take (its own ``deadline_s`` is capped to this)
-    deadline_s: float = 600.0
+    deadline_s: float = _DEFAULTS.deadline_s
     allow_local_images: Path | None = None
 
 
