@@ -34,6 +34,14 @@ def cards(n: int = typer.Option(..., "--n", min=1, help="Number of images."),
           widths: tuple[int, int] = typer.Option((40, 64), "--card-widths",
                                                  help="Training only: the card's width range LO HI in px, inside "
                                                       "40 64 (narrow it to over-sample small cards)."),
+          large_share: float = typer.Option(0.0, "--large-cards", metavar="SHARE",
+                                            help="Make this share of the cards (0 to 1, each card by a seeded "
+                                                 "coin) large: readable in a 112x112 first view. Any split, eval "
+                                                 "included; each item's card_size says which."),
+          large_widths: tuple[int, int] | None = typer.Option(
+              None, "--large-card-widths",
+              help="The large cards' width range LO HI in px, above 64 and at most 448 (default 240 320: a "
+                   "digit is 0.06 x width px tall at 112x112, so 14-19 px, a 14 px patch or more)."),
           reencode: str | None = typer.Option(None, "--reencode", metavar="ACTION",
                                               help="The features action whose span, placeholder and images key "
                                                    "reencode.json uses: any installed one with a model branch "
@@ -43,12 +51,17 @@ def cards(n: int = typer.Option(..., "--n", min=1, help="Number of images."),
     """Write the number-card task in the paper's dataset layout (plain, region, reencode)."""
     from rich.progress import Progress
 
-    from perceive.data.cards import REENCODE_BRANCH, generate, reencode_branch
+    from perceive.data.cards import LARGE_WIDTHS, REENCODE_BRANCH, check_large_cards, generate, reencode_branch
+    from perceive.data.dataset import DatasetError
     from perceive.errors import PerceiveError
 
     reencode = REENCODE_BRANCH if reencode is None else reencode
     try:
         reencode_branch(reencode)  # a wrong name is a usage error, before anything is written
+        if large_widths is not None and large_share == 0:
+            raise DatasetError("--large-card-widths sets the large cards' widths, but --large-cards is 0: no card "
+                               "is large", hint="add --large-cards SHARE, e.g. --large-cards 0.5")
+        large_widths = check_large_cards(large_share, large_widths or LARGE_WIDTHS)
     except PerceiveError as e:
         raise fail(e, 2) from None
     with Progress() as bar:
@@ -56,6 +69,7 @@ def cards(n: int = typer.Option(..., "--n", min=1, help="Number of images."),
         try:
             generate(out, n, seed=seed, backgrounds=backgrounds, split=split, fmt=fmt, margin=margin, prompts=prompts,
                      augment=augment, distractors=distractors, widths=widths, reencode=reencode,
+                     large_share=large_share, large_widths=large_widths,
                      progress=lambda k: bar.update(task, completed=k))
         except ValueError as e:
             raise fail(e) from None

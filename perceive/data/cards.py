@@ -21,6 +21,20 @@ the specification above stays exact: the ``train_wide`` split adds the remaining
 blobs under the card (hard negatives), so that bright background objects (coins, a clock face)
 are seen in training as things that are not the card. A fourth, ``widths``, narrows the card's width
 range inside [40, 64] to over-sample the small cards, whose digits are hardest to read.
+
+One more option, off by default and allowed on every split (the held-out set included: it changes the
+card's size, never its background): ``large_share`` makes that share of the cards **large**, each
+card independently (a seeded coin, drawn only when the share is above 0, so that sets made without it
+are unchanged), with its width uniform in ``large_widths`` (default [240, 320]) and everything else
+as specified (height 0.6 * width, digits 0.55 * height, the 2 px outline). Each card's size class
+(:class:`CardSize`) is in ``cards.json`` and in every item (``card_size``), so that results can be
+broken down by it. Why 240-320: the first view of ``models/default`` is the 448 canvas at 112x112, a
+quarter scale. A digit's ink is about 0.73 of the font size, so 0.73 * 0.55 * 0.6 * w = 0.24 w canvas
+px tall, 0.06 w px in the first view: 2.4-3.8 px for the specification's 40-64 px cards (unreadable),
+14.4-19.2 px for 240-320 px (measured: 15-19), i.e. at least one 14 px patch of the vision tower per
+digit, the smallest unit the model sees. (In its 3x crops the model reads digits 27-45 px tall; the
+canvas caps a first-view digit at about 27 px, w = 448.) At 320 px the card still has 128 px of
+horizontal and 256 px of vertical room to be placed in.
 """
 
 from __future__ import annotations
@@ -28,6 +42,7 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import asdict, dataclass
+from enum import Enum
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
@@ -53,6 +68,41 @@ EVAL_PHOTOS = ("rocket", "coins", "clock", "gravel")
 WIDE_PHOTOS = TRAIN_PHOTOS + ("cell", "page", "text", "microaneurysms")
 SPLITS = ("train", "train_wide", "eval", "flat")
 WIDTHS = (40, 64)  # the card's width range in px (the specification)
+#: the large cards' default width range in px: digits 14-19 px tall in a 112x112 first view (module docstring)
+LARGE_WIDTHS = (240, 320)
+
+
+class CardSize(str, Enum):
+    """A card's size class: ``small`` is the specification's card (40-64 px wide, unreadable in a
+    112x112 first view), ``large`` one drawn from the large-card width range (readable there)."""
+
+    SMALL = "small"
+    LARGE = "large"
+
+
+def check_large_cards(share: float, widths: tuple[int, int]) -> tuple[int, int]:
+    """``widths`` as a tuple, once ``share`` is a share (0 to 1) and ``widths`` a range LO HI of
+    large-card widths in canvas px: wider than the specification's cards, at most the 448 canvas.
+    Raises :class:`DatasetError` saying which and what to pass."""
+    if not 0.0 <= share <= 1.0:
+        raise DatasetError(f"the share of large cards must be between 0 and 1, got {share}",
+                           hint="e.g. --large-cards 0.5 for half the cards")
+    widths = tuple(widths)
+    if not (len(widths) == 2 and WIDTHS[1] < widths[0] <= widths[1] <= CANVAS):
+        raise DatasetError(f"large card widths {widths} must be a range LO HI above {WIDTHS[1]} and at most "
+                           f"{CANVAS} px (the canvas)",
+                           hint=f"e.g. --large-card-widths {LARGE_WIDTHS[0]} {LARGE_WIDTHS[1]}")
+    return widths
+
+
+def card_width(rng: random.Random, widths: tuple[int, int] = WIDTHS, large_share: float = 0.0,
+               large_widths: tuple[int, int] = LARGE_WIDTHS) -> tuple[int, CardSize]:
+    """A card's width in canvas px and its size class: large with probability ``large_share``. The
+    size coin is drawn only when the share is above 0, so a set made without large cards draws
+    exactly the numbers it drew before the option existed."""
+    if large_share > 0 and rng.random() < large_share:
+        return rng.randint(*large_widths), CardSize.LARGE
+    return rng.randint(*widths), CardSize.SMALL
 
 
 def skimage_photos(names) -> dict[str, Image.Image]:
@@ -109,6 +159,7 @@ class Card:
     ys: list[int]
     crop: tuple[int, int, int, int]  # the region the span selects (cells +- margin, §1.2)
     background: str
+    card_size: CardSize = CardSize.SMALL
 
 
 def jitter_background(rng: random.Random, img: Image.Image) -> Image.Image:
@@ -156,7 +207,11 @@ def paste_distractors(rng: random.Random, img: Image.Image) -> Image.Image:
 
 def make_card(rng: random.Random, photos: dict[str, Image.Image], margin: int = 1,
               augment: bool = False, distractors: bool = False,
-              widths: tuple[int, int] = WIDTHS) -> tuple[Image.Image, Card]:
+              widths: tuple[int, int] = WIDTHS, large_share: float = 0.0,
+              large_widths: tuple[int, int] = LARGE_WIDTHS) -> tuple[Image.Image, Card]:
+    """A 448x448 RGB canvas with one card on it, and the card's ground truth (canvas px). The card
+    is large with probability ``large_share`` (width in ``large_widths``), else its width is in
+    ``widths``; its digits scale with it."""
     name = rng.choice(sorted(photos))
     photo = photos[name]
     short = min(photo.size)
@@ -168,7 +223,7 @@ def make_card(rng: random.Random, photos: dict[str, Image.Image], margin: int = 
         canvas = jitter_background(rng, canvas)
     if distractors:
         canvas = paste_distractors(rng, canvas)
-    w = rng.randint(*widths)
+    w, size = card_width(rng, widths, large_share, large_widths)
     h = round(0.6 * w)
     x0 = rng.randint(0, CANVAS - w)
     y0 = rng.randint(0, CANVAS - h)
@@ -180,7 +235,7 @@ def make_card(rng: random.Random, photos: dict[str, Image.Image], margin: int = 
     box = Box(x0, y0, x0 + w, y0 + h)
     xs, ys = box_to_grid_cells(box, CANVAS, CANVAS, grid=GRID)
     crop = grid_cells_to_box(set(xs), set(ys), CANVAS, CANVAS, grid=GRID, margin=margin)
-    return canvas, Card(number, box.as_int_tuple(), xs, ys, crop.as_int_tuple(), name)
+    return canvas, Card(number, box.as_int_tuple(), xs, ys, crop.as_int_tuple(), name, size)
 
 
 def region_span(card: Card, grid: int = GRID) -> str:
@@ -211,7 +266,9 @@ def items_for(path: str, card: Card, prompts: bool = True, reencode: str = REENC
     """The dataset items of one image, in the paper's layout (§3.2), one per variant. With
     ``prompts`` the region and re-encode questions end with the paper's instruction to use the
     token; without, the bare question (the model decides to look closer by itself). ``reencode``:
-    the installed re-encode branch whose span and placeholder the re-encode item uses."""
+    the installed re-encode branch whose span and placeholder the re-encode item uses. Every item
+    also names its card's size class (``card_size``: ``small`` or ``large``), an extra key the
+    dataset reader keeps and ``perceive eval`` copies into its records."""
     branch = reencode_branch(reencode)
     crop = ",".join(str(v) for v in card.crop)
     region_q = f"{QUESTION} \n{REGION_PROMPT}" if prompts else QUESTION
@@ -221,7 +278,7 @@ def items_for(path: str, card: Card, prompts: bool = True, reencode: str = REENC
                            {"role": "user", "content": "<image>"},
                            {"role": "assistant", "content": card.number}],
               "images": [path, f"{path}_{crop}"]}
-    return {
+    items = {
         "plain": {"messages": [{"role": "user", "content": f"<image>{QUESTION}"},
                                {"role": "assistant", "content": card.number}],
                   "images": [path]},
@@ -242,6 +299,9 @@ def items_for(path: str, card: Card, prompts: bool = True, reencode: str = REENC
                                   {"role": "assistant", "content": card.number}],
                      "images": [path], branch.images_key: [path]},
     }
+    for item in items.values():
+        item["card_size"] = card.card_size.value
+    return items
 
 
 def photos_for(split: str) -> dict[str, Image.Image]:
@@ -255,12 +315,16 @@ def photos_for(split: str) -> dict[str, Image.Image]:
 def generate(out: str | Path, n: int, seed: int = 0, backgrounds: str | Path | None = None,
              split: str = "train", progress=None, fmt: str = "png", margin: int = 1, prompts: bool = True,
              augment: bool = False, distractors: bool = False, widths: tuple[int, int] = WIDTHS,
-             reencode: str = REENCODE_BRANCH) -> Path:
+             reencode: str = REENCODE_BRANCH, large_share: float = 0.0,
+             large_widths: tuple[int, int] = LARGE_WIDTHS) -> Path:
     """Write ``n`` card images and the datasets into ``out``: ``plain.json``, ``region.json``,
     ``locate.json`` (the region span alone), ``read_card.json`` and ``read.json`` (the card alone,
     then the selected crop alone: a reading curriculum), ``reencode.json``, and ``cards.json``
-    (ground truth: number, card box, cells, crop). ``widths``: the card's width range in px, a
-    training-only narrowing of [40, 64]. ``reencode``: the re-encode branch ``reencode.json`` uses."""
+    (ground truth: number, card box, cells, crop, size class). ``widths``: the card's width range in
+    px, a training-only narrowing of [40, 64]. ``reencode``: the re-encode branch ``reencode.json``
+    uses. ``large_share``: the probability that a card is large, its width then in ``large_widths``
+    (any split; see the module docstring for the default range)."""
+    large_widths = check_large_cards(large_share, large_widths)
     widths = tuple(widths)
     if not (len(widths) == 2 and WIDTHS[0] <= widths[0] <= widths[1] <= WIDTHS[1]):
         raise DatasetError(f"card widths {widths} must be a range LO HI inside {WIDTHS[0]}-{WIDTHS[1]} px",
@@ -282,19 +346,20 @@ def generate(out: str | Path, n: int, seed: int = 0, backgrounds: str | Path | N
                              "reencode": []}
     cards = []
     for i in range(n):
-        img, card = make_card(rng, photos, margin, augment, distractors, widths)
+        img, card = make_card(rng, photos, margin, augment, distractors, widths, large_share, large_widths)
         rel = f"images/{i:06d}.{fmt}"
         # fast PNG compression; JPEG (quality 95) for training-scale sets, 4x smaller
         img.save(out / rel, **({"compress_level": 1} if fmt == "png" else {"quality": 95}))
         for k, item in items_for(rel, card, prompts, reencode).items():
             sets[k].append(item)
-        cards.append(asdict(card))
+        cards.append({**asdict(card), "card_size": card.card_size.value})
         if progress:
             progress(i + 1)
     for k, items in sets.items():
         (out / f"{k}.json").write_text(json.dumps(items, indent=1))
     meta = {"n": n, "seed": seed, "canvas": CANVAS, "grid": GRID, "margin": margin, "prompts": prompts, "split": split,
             "augment": augment, "distractors": distractors, "widths": list(widths),
+            "large_share": large_share, "large_widths": list(large_widths),
             "backgrounds": str(backgrounds) if backgrounds else sorted(photos)}
     (out / "cards.json").write_text(json.dumps({"meta": meta, "cards": cards}, indent=1))
     return out
