@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from perceive.encoders import EncoderSpec
     from perceive.protocols import ToolProtocol
     from perceive.reencode.branch_spec import BranchSpec
+    from perceive.rewards import Reward
 
 PROJECT = "perceive"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -67,6 +68,20 @@ def perceive_register_protocols() -> list[ToolProtocol]:
     (``LoopOptions.protocol``, config ``protocol:``). Results are **collected** and validated like
     actions: names are unique across plugins and the built-ins (``vpt``, ``hermes_json``,
     ``mini_o3_grounding``).
+    """
+
+
+@hookspec
+def perceive_register_rewards() -> list[Reward]:
+    """Return the reward functions this plugin provides, as :class:`perceive.rewards.Reward`.
+
+    A reward scores RL rollouts (``perceive train`` with ``method: grpo``; a run names rewards
+    and their weights in ``rewards:``). Its function has TRL's reward signature plus the trace:
+    ``fn(prompts, completions, **kwargs) -> list[float | None]``, ``kwargs`` holding ``answer``,
+    ``trace``, ``raw``, ``finish_reason``, ``completion_ids`` and ``box`` per rollout (see
+    :mod:`perceive.rewards`). Results are **collected** and validated; names are unique across
+    plugins and the built-ins (``exact_match``, ``anls``, ``format``, ``tool_bonus``,
+    ``hop_cost``, ``crop_iou``).
     """
 
 

@@ -39,6 +39,7 @@ from perceive.errors import (
 )
 from perceive.protocols import ToolProtocol, builtin_protocols, protocol_problems
 from perceive.reencode.branch_spec import BranchSpec, branch_problems
+from perceive.rewards import Reward, reward_problems
 
 ENTRY_POINT_GROUP = "perceive.plugins"
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class PluginInfo:
     encoders: list[str] = field(default_factory=list)
     branches: list[str] = field(default_factory=list)
     protocols: list[str] = field(default_factory=list)
+    rewards: list[str] = field(default_factory=list)
     hooks: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -90,6 +92,8 @@ class Registry:
         # the built-in tool-call protocols; plugins add theirs (perceive_register_protocols)
         self.protocols: dict[str, Registered] = {p.name: Registered(p, "perceive", None, None)
                                                  for p in builtin_protocols()}
+        #: rewards plugins register (perceive_register_rewards); the built-ins are perceive.rl.rewards'
+        self.rewards: dict[str, Registered] = {}
         self.problems: list[str] = []
 
     # -- lookup ---------------------------------------------------------------------------
@@ -188,6 +192,8 @@ class Registry:
             encoders = self._collect(plugin, "perceive_register_encoders", encoder_problems, info)
             branches = self._collect(plugin, "perceive_register_branches", branch_problems, info)
             protocols = self._collect(plugin, "perceive_register_protocols", protocol_problems, info)
+            rewards: list[Reward] = self._collect(plugin, "perceive_register_rewards", reward_problems, info)
+            self._check_unique("reward", rewards, self.rewards, info)
             self._check_names(actions, encoders, info)
             self._check_protocols(protocols, info)
             self._check_branches(branches, actions, info)
@@ -198,7 +204,8 @@ class Registry:
         # one registry per extensible concept, each filled the same way
         for table, listed, objs in ((self.actions, info.actions, actions), (self.encoders, info.encoders, encoders),
                                     (self.branches, info.branches, branches),
-                                    (self.protocols, info.protocols, protocols)):
+                                    (self.protocols, info.protocols, protocols),
+                                    (self.rewards, info.rewards, rewards)):
             for obj in objs:
                 table[obj.name] = Registered(obj, name, dist, version)
                 listed.append(obj.name)
@@ -326,6 +333,8 @@ class Registry:
             "branches": [entry(n, r, "branch") for n, r in sorted(self.branches.items())],
             "protocols": [{"name": n, "plugin": r.plugin, "distribution": r.dist, "version": r.version,
                            "description": r.obj.description} for n, r in sorted(self.protocols.items())],
+            "rewards": [{"name": n, "plugin": r.plugin, "distribution": r.dist, "version": r.version,
+                         "description": r.obj.description} for n, r in sorted(self.rewards.items())],
             "plugins": [p.to_dict() for _, p in sorted(self.plugins.items())],
             "problems": list(self.problems),
         }

@@ -28,7 +28,8 @@ LINT_IMPORTS = VENV_BIN / "lint-imports"
 #: The modules of perceive a plugin may import, the plugin API: what ``perceive/__init__.py``
 #: exports comes from these, and the plugin guide and hooks reference document them.
 PUBLIC_FOR_PLUGINS = {"actions", "branches", "conformance", "dispatch", "encoders", "errors", "geometry", "hookspecs",
-                      "observations", "plugins", "protocol", "protocols", "reencode", "regions", "vocabulary"}
+                      "observations", "plugins", "protocol", "protocols", "reencode", "regions", "rewards",
+                      "vocabulary"}
 #: Internal modules the plugin API stands on (a plugin does not import them itself): RGB images,
 #: the strict pydantic base, and the deprecated aliases' helper.
 UNDER_THE_PLUGIN_API = {"images", "strict", "deprecation"}

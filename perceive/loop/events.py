@@ -41,13 +41,24 @@ class TokenDelta:
     temperature, top-k and top-p warpers); None for other provenances. ``text``: the new visible
     text of the current assistant turn (perception tokens, call markup and the end-of-turn token
     left out; a suffix that may begin a call's opening tag is held back until it cannot); always
-    empty for a sample started without ``stream_text`` (``run``, ``ask``: no decoding per token)."""
+    empty for a sample started without ``stream_text`` (``run``, ``ask``: no decoding per token).
+    ``images`` and ``features`` (below) hold references to tensors the loop made anyway: an RL
+    rollout's teacher-forced forward reads them (:mod:`perceive.rl.trajectory`)."""
 
     sample: int
     ids: tuple[int, ...]
     provenance: Provenance
     logprobs: tuple[float, ...] | None = None
     text: str = ""
+    #: ``(pixel_values, grid_thw)`` of the images whose image-pad runs are among ``ids``, in order
+    #: (``PROMPT`` and ``OBSERVATION``): float pixel rows as the vision tower takes them, grid
+    #: ``(3,)`` or ``(k, 3)`` long. What a training forward needs to see exactly what the loop fed.
+    images: tuple[tuple[Any, Any], ...] = ()
+    #: ``(branch, raw features)`` of a re-encode observation among ``ids``: the encoder's output
+    #: (``Features.tensor``, before the branch's projector) whose projected rows fill the branch's
+    #: placeholder tokens. A training forward projects them again, conditioned on its own control
+    #: state (:meth:`perceive.model.vpt.VPTModel.forward`'s ``features``).
+    features: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -271,7 +271,7 @@ class Observer:
         """Queue ``ids`` (the ``closing`` tokens the model already wrote, then the observation turn)."""
         if self.feed(s, Chunk(ids, ChunkKind.OBSERVE, list(images))):
             hop.prefilled_tokens = len(ids)
-            s.tokens(ids[closing:], Provenance.OBSERVATION)
+            s.tokens(ids[closing:], Provenance.OBSERVATION, images=images)
             self.new_turn(s)
 
     # -- text -----------------------------------------------------------------------------------
@@ -363,7 +363,8 @@ class Observer:
         overrides.update({i: rows[k] for k, i in enumerate(pads)})
         s.pending = Chunk(ids, ChunkKind.OBSERVE, overrides=overrides)
         hop.prefilled_tokens = len(ids)
-        s.tokens(ids[2:], Provenance.OBSERVATION)  # the span's action and end tokens are forced, emitted already
+        # the span's action and end tokens are forced, emitted already
+        s.tokens(ids[2:], Provenance.OBSERVATION, features=[(branch.action, feats.tensor)])
         self.new_turn(s)
 
     def new_turn(self, s: Sample) -> None:

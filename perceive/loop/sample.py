@@ -96,11 +96,13 @@ class Sample:
         self.trace.events.append({"type": EventType(type), **fields})
         self.outbox.append(Notice(self.index, EventType(type), dict(fields)))
 
-    def tokens(self, ids, provenance: Provenance, logprobs=None, text: str = "") -> None:
-        """Tokens appended to the sequence fed to the model (a :class:`TokenDelta`)."""
+    def tokens(self, ids, provenance: Provenance, logprobs=None, text: str = "", images=(), features=()) -> None:
+        """Tokens appended to the sequence fed to the model (a :class:`TokenDelta`), with the
+        images and re-encode features they carry."""
         if ids or text:
             self.outbox.append(TokenDelta(self.index, tuple(int(i) for i in ids), provenance,
-                                          None if logprobs is None else tuple(logprobs), text))
+                                          None if logprobs is None else tuple(logprobs), text, tuple(images),
+                                          tuple(features)))
 
     def close_hop(self) -> None:
         """The open hop is complete (its observation fed, or the sample ended): emit it."""

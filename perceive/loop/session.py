@@ -308,7 +308,7 @@ class PerceptionLoop:
                 f"(max_position_embeddings) is {limit}",
                 hint="shorten the question, or use a smaller image"))
             return
-        s.tokens(ids, Provenance.PROMPT)
+        s.tokens(ids, Provenance.PROMPT, images=images)
         if reencode is not None:
             ids = ids + [reencode.start_id]
             s.generated.append(reencode.start_id)

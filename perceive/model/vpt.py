@@ -351,6 +351,17 @@ class VPTModel(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden).float()
 
+    def _project_feats(self, action: str, feats, control: torch.Tensor | None) -> torch.Tensor:
+        """Projected rows of one branch's features: ``feats`` is ``(features, sizes)`` as
+        :meth:`encode_extra` batches them, or a list of one such pair per image (``forward``'s
+        ``features``), whose images take the rows of ``control`` ``(N, d*s)`` in order."""
+        if not isinstance(feats, list):
+            return self.project(action, feats[0], control, feats[1])
+        if control is not None and control.shape[0] != len(feats):
+            raise ValueError(f"{len(feats)} {action} feature tensors for {control.shape[0]} action tokens")
+        return torch.cat([self.project(action, f, None if control is None else control[k:k + 1], sizes)
+                          for k, (f, sizes) in enumerate(feats)])
+
     # -- the paper's training forward -----------------------------------------------------
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -359,7 +370,8 @@ class VPTModel(nn.Module):
                 extra: dict[str, dict[str, torch.Tensor]] | None = None,
                 num_inner_forward_run: int | None = None, para_mask_id: int | None = None,
                 para_mask_ratio: float | None = None, generator: torch.Generator | None = None,
-                reference_no_grad: bool = False, **paper_inputs: torch.Tensor) -> VPTOutput:
+                reference_no_grad: bool = False, features: dict[str, list[torch.Tensor]] | None = None,
+                fed: torch.Tensor | None = None, **paper_inputs: torch.Tensor) -> VPTOutput:
         """vpt-paper.md §2.6. ``input_ids`` (B, L); ``position_ids`` (3, B, L) M-RoPE or None
         (then 0..L-1 on every axis, as the reference's training does). ``extra``: each branch's
         preprocessed extra images, ``{branch: inputs}`` with ``inputs`` as its spec collates them
@@ -369,9 +381,22 @@ class VPTModel(nn.Module):
 
         Gradients reach the token embeddings and the encoders whenever their parameters require
         them. ``reference_no_grad`` computes those under ``no_grad`` as the reference does (§2.6
-        step 0): then they never train, whatever is frozen. Outputs are the same either way."""
+        step 0): then they never train, whatever is frozen. Outputs are the same either way.
+
+        ``features``: instead of ``extra``, each branch's raw features already encoded, one tensor
+        per image in placeholder order (``Features.tensor``, as the loop's observation held them):
+        an RL trajectory's teacher-forced forward, which projects them again (with gradients to
+        the projector and the control state) but does not run the encoder. ``fed`` ``(B, L)`` bool:
+        the tokens the loop placed (prompt, forced and observation tokens); only there is an
+        image pad, a branch pad or an action token what it stands for. A sampled policy can write
+        those ids itself, and the loop feeds such a token as plain text. None: everywhere."""
         cfg = self.config
         run = num_inner_forward_run or cfg.num_inner_forward_run
+
+        def at(token_id: int) -> torch.Tensor:  # where ``token_id`` stands for what the loop placed
+            found = input_ids == token_id
+            return found if fed is None else found & fed.to(found.device)
+
         extras = {**self.paper_inputs(**paper_inputs), **(extra or {})}
         # The reference's quirk: a model trained from scratch under it keeps a random vision tower.
         with torch.no_grad() if reference_no_grad else contextlib.nullcontext():
@@ -379,9 +404,9 @@ class VPTModel(nn.Module):
             deep: dict = {}  # Qwen3-VL: the deepstack features go to every language-model pass
             if pixel_values is not None:
                 img, ds = self.image_features(pixel_values, image_grid_thw)
-                embeds = _scatter(embeds, input_ids == cfg.special.image_pad, img)
+                embeds = _scatter(embeds, at(cfg.special.image_pad), img)
                 if ds is not None:
-                    deep = {"visual_pos_masks": input_ids == cfg.special.image_pad, "deepstack_visual_embeds": ds}
+                    deep = {"visual_pos_masks": at(cfg.special.image_pad), "deepstack_visual_embeds": ds}
             feats = {}
             for action, inputs in extras.items():
                 if inputs is None:
@@ -389,54 +414,68 @@ class VPTModel(nn.Module):
                 if action not in self.branches:
                     raise ValueError(f"extra images given for the {action!r} branch but the model has no such branch")
                 feats[action] = self.encode_extra(action, inputs)
+        for action, raws in (features or {}).items():
+            spec = self.branch_spec(action)  # a KeyError names the model's branches
+            feats[action] = [spec.one_image(torch.as_tensor(t).to(self.device, self.dtype)) for t in raws]
         out = VPTOutput(logits=None, hidden=None)  # type: ignore[arg-type]
         first = embeds
-        for action, (f, sizes) in feats.items():
-            p0 = self.project(action, f, None, sizes)
+        for action, f in feats.items():
+            p0 = self._project_feats(action, f, None)
             out.projected[action] = (p0, None)
-            first = _scatter(first, input_ids == cfg.branches[action].pad_id, p0)
-        has_action = any(bool((input_ids == b.action_id).any()) for b in cfg.branches.values())
-        if run == 2 and not has_action and not feats:
+            first = _scatter(first, at(cfg.branches[action].pad_id), p0)
+        has_action = any(bool(at(b.action_id).any()) for b in cfg.branches.values())
+        if run >= 2 and not has_action and not feats:
             run = 1  # nothing to condition: the second pass would repeat the first exactly (§6.2 #7)
-        if run == 1:
-            hidden = self.lm(first, position_ids, attention_mask, **deep).last_hidden_state
-        else:
-            h1 = self.lm(first, position_ids, attention_mask, **deep).last_hidden_state
-            out.first_hidden = h1
-            second = embeds
-            action_rows = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-            action_masks = {}
-            for name, b in cfg.branches.items():
-                is_action = input_ids == b.action_id
-                if not is_action.any():
-                    if name in feats:
-                        raise ValueError(f"{name} features given but no {name} action token in the batch")
-                    continue
-                # the control signal: final-norm state of the token *before* each action token
-                before = torch.zeros_like(is_action)
-                before[:, :-1] = is_action[:, 1:]
-                control = h1[before]
-                out.controls[name] = control
-                action_masks[name] = (is_action, control)
-                action_rows |= is_action.any(-1)
-                if name in feats:
-                    f, sizes = feats[name]
-                    p2 = self.project(name, f, control, sizes)
-                    out.projected[name] = (out.projected[name][0], p2)
-                    second = _scatter(second, input_ids == b.pad_id, p2)
-            mask_id = cfg.para_mask_id if para_mask_id is None else para_mask_id
-            ratio = cfg.para_mask_ratio if para_mask_ratio is None else para_mask_ratio
-            if mask_id and feats and torch.rand(1, generator=generator).item() < ratio:
-                second = paragraph_mask(second, input_ids, action_rows, cfg.special.im_start,
-                                        cfg.special.im_end, [1] if mask_id == 1 else [1, 3])
-            for is_action, control in action_masks.values():
-                second = _scatter(second, is_action, control)
+        hidden = self.lm(first, position_ids, attention_mask, **deep).last_hidden_state
+        if run > 1:
+            out.first_hidden = hidden
+        # each later pass conditions on the one before: two passes are the paper's; k re-encode
+        # spans in one sequence need k + 1 for every control state to see the conditioned
+        # features of the spans before it, as the loop's did (an RL trajectory's forward)
+        for _ in range(run - 1):
+            second = self._conditioned(hidden, embeds, input_ids, feats, out, at, para_mask_id, para_mask_ratio,
+                                       generator)
             hidden = self.lm(second, position_ids, attention_mask, **deep).last_hidden_state
         out.hidden = hidden
         out.logits = self.logits(hidden)
         if labels is not None:
             out.loss = causal_lm_loss(out.logits, labels)
         return out
+
+
+    def _conditioned(self, h1: torch.Tensor, embeds: torch.Tensor, input_ids: torch.Tensor, feats: dict,
+                     out: VPTOutput, at, para_mask_id, para_mask_ratio, generator) -> torch.Tensor:
+        """The embeddings of a conditioned pass: each action token's control state (the final-norm
+        state of the token before it in ``h1``, the previous pass) at the action token, and the
+        branch's features projected on it at its pad tokens (§2.6)."""
+        cfg = self.config
+        second = embeds
+        action_rows = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        action_masks = {}
+        for name, b in cfg.branches.items():
+            is_action = at(b.action_id)
+            if not is_action.any():
+                if name in feats:
+                    raise ValueError(f"{name} features given but no {name} action token in the batch")
+                continue
+            before = torch.zeros_like(is_action)
+            before[:, :-1] = is_action[:, 1:]
+            control = h1[before]
+            out.controls[name] = control
+            action_masks[name] = (is_action, control)
+            action_rows |= is_action.any(-1)
+            if name in feats:
+                p2 = self._project_feats(name, feats[name], control)
+                out.projected[name] = (out.projected[name][0], p2)
+                second = _scatter(second, at(b.pad_id), p2)
+        mask_id = cfg.para_mask_id if para_mask_id is None else para_mask_id
+        ratio = cfg.para_mask_ratio if para_mask_ratio is None else para_mask_ratio
+        if mask_id and feats and torch.rand(1, generator=generator).item() < ratio:
+            second = paragraph_mask(second, input_ids, action_rows, cfg.special.im_start,
+                                    cfg.special.im_end, [1] if mask_id == 1 else [1, 3])
+        for is_action, control in action_masks.values():
+            second = _scatter(second, is_action, control)
+        return second
 
 
 def _scatter(embeds: torch.Tensor, mask: torch.Tensor, values: torch.Tensor) -> torch.Tensor:

@@ -127,6 +127,9 @@ class TrainConfig(StrictModel):
     (``base.model.visual``, ``branches.NAME.encoder``, ...); ``trainable`` (if set) lists the only
     prefixes that train."""
 
+    #: ``sft``: supervised (spans in the data); ``grpo``: reinforcement learning from rewards
+    #: (:class:`perceive.rl.config.GRPOConfig`, whose fields the loader adds)
+    method: Literal["sft"] = "sft"
     model: ModelSource
     data: DataConfig
     stage: Literal["alignment", "instruct"] = "instruct"
@@ -166,17 +169,24 @@ class TrainConfig(StrictModel):
         return str(self._source) if self._source is not None else "the training config"
 
 
-def load_train_config(path: str | Path, *, overrides=(), **fields: Any) -> TrainConfig:
+def load_train_config(path: str | Path, *, overrides=(), cls: type[TrainConfig] | None = None,
+                      **fields: Any) -> TrainConfig:
     """A training config, its ``extends`` chain merged (see :mod:`perceive.config.files`), then
     ``overrides`` (``--set``) and top-level ``fields``. Relative paths resolve against the folder
-    of the file that wrote them (the working folder for ones from the command line)."""
+    of the file that wrote them (the working folder for ones from the command line). ``cls``: the
+    schema (a subclass for another method; :func:`perceive.rl.config.load_training_config` picks
+    it from ``method:``)."""
     from perceive.config import compose, rebase_paths
 
+    cls = cls or TrainConfig
     data = compose(path, overrides)
+    if cls is TrainConfig and data.get("method") == "grpo":
+        raise ConfigError(f"{path}: method: grpo is a reinforcement-learning config",
+                          hint="run it with `perceive train` (perceive.rl.config.load_training_config reads it)")
     try:
-        cfg = TrainConfig.model_validate({**data, **fields})
+        cfg = cls.model_validate({**data, **fields})
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, str(path), data, TrainConfig)) from None
+        raise ConfigError(format_validation_error(exc, str(path), data, cls)) from None
     rebase_paths(cfg, data, [("data", "train"), ("data", "eval"), ("model", "path"), ("output",)], Path(path).parent)
     cfg._source = Path(path)
     return cfg

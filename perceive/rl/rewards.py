@@ -1,0 +1,104 @@
+"""The built-in rewards, and the table a run picks its rewards from (these plus every plugin's,
+:mod:`perceive.rewards` has the signature). Each scores one rollout per entry of ``completions``.
+
+* ``exact_match``, ``anls``: the answer against the ground truth (``perceive eval``'s metrics).
+* ``format``: -1 for a rollout with a malformed span or call (a ``parse_error`` event, a call
+  whose arguments the action refused, a ``malformed`` finish), else 0.
+* ``tool_bonus``: DeepEyes' bonus: 1 when the answer is right *and* the rollout made a hop,
+  else 0 (a hop alone earns nothing, so looking is paid only when it helped).
+* ``hop_cost``: minus the number of hops (its weight is the price of one hop).
+* ``crop_iou``: the IoU of the first region hop's box with the item's box (root pixels); None for
+  an item without one. Off unless named: it needs box labels, which learning from the answer
+  alone does without; telemetry measures it whatever the rewards.
+"""
+
+from __future__ import annotations
+
+from perceive.errors import ConfigError, ErrorCode, did_you_mean
+from perceive.eval.metrics import anls, exact_match
+from perceive.geometry import Box
+from perceive.rewards import Reward
+from perceive.trace import EventType, FinishReason, Trace
+
+#: actions whose hop box is where the model looked (crop IoU)
+REGION_ACTIONS = ("region_select", "zoom")
+
+
+def _exact_match(prompts, completions, answer, **kwargs) -> list[float]:
+    return [exact_match(c, a) for c, a in zip(completions, answer, strict=True)]
+
+
+def _anls(prompts, completions, answer, **kwargs) -> list[float]:
+    return [anls(c, a) for c, a in zip(completions, answer, strict=True)]
+
+
+def malformed(trace: Trace, finish_reason: str) -> bool:
+    """Whether the rollout wrote a span or call that could not be read or run as written."""
+    if str(finish_reason) == FinishReason.MALFORMED:
+        return True
+    if any(ev.get("type") == EventType.PARSE_ERROR for ev in trace.events):
+        return True
+    return any(h.error and h.error.get("code") == ErrorCode.ACTION_INPUT for h in trace.hops)
+
+
+def _format(prompts, completions, trace, finish_reason, **kwargs) -> list[float]:
+    return [-1.0 if malformed(t, f) else 0.0 for t, f in zip(trace, finish_reason, strict=True)]
+
+
+def _tool_bonus(prompts, completions, answer, trace, **kwargs) -> list[float]:
+    return [float(exact_match(c, a) == 1.0 and len(t.hops) > 0)
+            for c, a, t in zip(completions, answer, trace, strict=True)]
+
+
+def _hop_cost(prompts, completions, trace, **kwargs) -> list[float]:
+    return [-float(len(t.hops)) for t in trace]
+
+
+def crop_iou(trace: Trace, box) -> float | None:
+    """IoU of the first region hop's box with ``box`` (root pixels); 0 without a region hop, None
+    without a ``box``."""
+    if box is None:
+        return None
+    hops = [h for h in trace.hops if h.box and h.action in REGION_ACTIONS]
+    return Box.from_dict(hops[0].box).iou(Box(*box)) if hops else 0.0
+
+
+def _crop_iou(prompts, completions, trace, box, **kwargs) -> list[float | None]:
+    return [crop_iou(t, b) for t, b in zip(trace, box, strict=True)]
+
+
+def builtin_rewards() -> list[Reward]:
+    return [
+        Reward("exact_match", _exact_match, "1 when the answer equals the ground truth (normalised), else 0"),
+        Reward("anls", _anls, "average normalised Levenshtein similarity to the ground truth (0..1)"),
+        Reward("format", _format, "-1 for a malformed span or call, else 0"),
+        Reward("tool_bonus", _tool_bonus, "DeepEyes: 1 when the answer is right and a hop was made, else 0"),
+        Reward("hop_cost", _hop_cost, "minus the number of hops (the weight is the price of a hop)"),
+        Reward("crop_iou", _crop_iou, "IoU of the first region hop's box with the item's box (needs box labels)"),
+    ]
+
+
+def reward_table(registry) -> dict[str, Reward]:
+    """Every reward a run can name: the built-ins, then each plugin's (a plugin's reward may not
+    take a built-in's name)."""
+    table = {r.name: r for r in builtin_rewards()}
+    for name, reg in registry.rewards.items():
+        if name in table:
+            raise ConfigError(f"plugin {reg.plugin!r} registers a reward named {name!r}, which is built in",
+                              hint="rename the plugin's reward")
+        table[name] = reg.obj
+    return table
+
+
+def pick_rewards(weights: dict[str, float], registry, source: str = "the config") -> list[tuple[Reward, float]]:
+    """``(reward, weight)`` for each name of ``weights``; an unknown name is a :class:`ConfigError`
+    naming the installed ones."""
+    table = reward_table(registry)
+    out = []
+    for name, w in weights.items():
+        if name not in table:
+            hint = did_you_mean(name, table)
+            raise ConfigError(f"{source}: rewards: no reward named {name!r}",
+                              hint=(f"{hint}; " if hint else "") + f"installed: {', '.join(sorted(table))}")
+        out.append((table[name], float(w)))
+    return out
