@@ -161,3 +161,42 @@ def test_the_cli_writes_a_mixed_held_out_set(tmp_path):
     cards = _cards(tmp_path)["cards"]
     assert [c["card_size"] for c in cards] == ["large"] * 4
     assert all(200 <= c["box"][2] - c["box"][0] <= 210 for c in cards)
+
+
+def test_eval_keeps_the_card_size_and_compare_breaks_the_hop_rate_down_by_it(tmp_path):
+    """The when-to-look figure: hop rate per card size, from `perceive eval compare RUN --by card_size`."""
+    from typer.testing import CliRunner
+
+    from perceive.cli import app
+    from perceive.eval import EvalConfig, evaluate
+    from perceive.testing.scripted import ScriptedPolicy, span_tokens
+    from perceive.testing.tiny import tiny_vpt_model
+
+    data = generate(tmp_path / "cards", 4, seed=3, split="eval", large_share=0.5)  # 3 large, 1 small
+    cards = _cards(data)["cards"]
+    assert {c["card_size"] for c in cards} == {"small", "large"}
+    items = json.loads((data / "region.json").read_text())
+    model = tiny_vpt_model(branches=())
+    tok = model.tokenizer
+    # a policy that looks at the small cards only, and answers every card right
+    scripts = {i: (span_tokens(tok, items[i]["messages"][1]["content"]) if c["card_size"] == "small" else [])
+               + span_tokens(tok, c["number"]) + ["<|im_end|>"] for i, c in enumerate(cards)}
+    cfg = EvalConfig(model=tmp_path, data=data / "region.json", graph="free_choice", runtime={"max_new_tokens": 16},
+                     output=tmp_path / "run")
+    result = evaluate(cfg, model=model, policy=ScriptedPolicy(tok, scripts), progress=False)
+    assert [r["item"] for r in result["records"]] == [{"card_size": c["card_size"]} for c in cards]
+    res = CliRunner().invoke(app, ["eval", "compare", str(tmp_path / "run"), "--by", "card_size",
+                                   "--out", str(tmp_path / "t.md")], env={"COLUMNS": "300"})
+    assert res.exit_code == 0, res.output
+    rows = {row.split(" | ")[0].removeprefix("| "): row.split(" | ")
+            for row in (tmp_path / "t.md").read_text().splitlines()[2:]}
+    assert sorted(rows) == ["run [card_size=large]", "run [card_size=small]"]
+    header = (tmp_path / "t.md").read_text().splitlines()[0].split(" | ")
+    hop, em, n = header.index("hop rate"), header.index("exact match"), header.index("samples")
+    n_large = sum(c["card_size"] == "large" for c in cards)
+    assert rows["run [card_size=large]"][hop] == "0.000" and rows["run [card_size=small]"][hop] == "1.000"
+    assert rows["run [card_size=large]"][em] == rows["run [card_size=small]"][em] == "1.000"
+    assert rows["run [card_size=large]"][n] == str(n_large)
+    bad = CliRunner().invoke(app, ["eval", "compare", str(tmp_path / "run"), "--by", "colour"])
+    assert bad.exit_code == 1 and bad.output.startswith("error: no record of the run 'run' has the item field 'colour'")
+    assert CliRunner().invoke(app, ["eval", "--by", "card_size"]).exit_code == 2

@@ -54,7 +54,10 @@ def eval_(ctx: typer.Context,
                                            "report over all of them."),
           overwrite: bool = typer.Option(False, "--overwrite",
                                          help="Start again in an --out folder that holds an unfinished run, "
-                                              "replacing its predictions.")) -> None:
+                                              "replacing its predictions."),
+          by: str = typer.Option(None, "--by", metavar="KEY",
+                                 help="compare: one row per run and value of its items' field KEY (e.g. "
+                                      "card_size, from perceive data cards --large-cards).")) -> None:
     """Run a model with a graph over a dataset: exact match, ANLS, relaxed accuracy, optional LLM
     judge, crop IoU, latency per sample (mean, p50, p95) and throughput (samples/s). With --out,
     each finished sample goes to OUT/predictions.jsonl at once (a stopped run keeps its work:
@@ -66,7 +69,9 @@ def eval_(ctx: typer.Context,
     if targets and targets[0] == "compare":
         if len(targets) < 2:
             raise fail("compare needs at least one run: perceive eval compare RUN [RUN...]", 2)
-        return compare([Path(t) for t in targets[1:]], out)
+        return compare([Path(t) for t in targets[1:]], out, by)
+    if by is not None:
+        raise fail("--by breaks a comparison down: perceive eval compare RUN... --by KEY", 2)
     if len(targets) > 1:
         raise fail(f"one config at a time, got {len(targets)}: {' '.join(targets)}", 2)
     files = [p for p in (config, Path(targets[0]) if targets else None) if p is not None]
@@ -186,10 +191,11 @@ def run_labels(results: list[dict], paths: list[Path]) -> list[str]:
     return labels
 
 
-def compare(runs: list[Path], out: Path | None = None) -> None:
+def compare(runs: list[Path], out: Path | None = None, by: str | None = None) -> None:
     """Put several runs side by side (one markdown table); runs that share a name are told apart
-    by their folders."""
-    from perceive.errors import OutputError
+    by their folders. ``by``: one row per run and value of its records' item field ``by``."""
+    from perceive.errors import OutputError, PerceiveError
+    from perceive.eval.report import split_by
     from perceive.eval.run_folder import check_output_file
     from perceive.eval.runner import markdown
 
@@ -208,6 +214,11 @@ def compare(runs: list[Path], out: Path | None = None) -> None:
         paths.append(p)
     for res, label in zip(results, run_labels(results, paths), strict=True):
         res["name"] = label
+    if by is not None:
+        try:
+            results = [part for res in results for part in split_by(res, by)]
+        except PerceiveError as exc:
+            raise fail(exc, 1) from None
     table = markdown(results)
     typer.echo(table)
     if out:

@@ -59,6 +59,26 @@ def summarize(records: list[dict], judged: bool = False, wall_s: float | None = 
     return s
 
 
+def split_by(result: dict, key: str) -> list[dict]:
+    """``result`` (an eval run: its ``name``, ``graph`` and ``records``) as one run per value of its
+    records' ``item[key]`` (an item's extra field, e.g. ``card_size``), in sorted order, each named
+    ``NAME [KEY=VALUE]`` with the summary of its records. Timing over the whole run does not split,
+    so throughput is left out. Raises :class:`~perceive.errors.InputError` when no record has the key."""
+    from perceive.errors import InputError
+
+    groups: dict[str, list[dict]] = {}
+    for r in result.get("records") or []:
+        value = (r.get("item") or {}).get(key)
+        if value is not None:
+            groups.setdefault(str(value), []).append(r)
+    if not groups:
+        raise InputError(f"no record of the run {result.get('name')!r} has the item field {key!r}",
+                         hint="--by names a key of the data's items (perceive data cards writes card_size); a run "
+                              "made before perceive eval kept item fields must be run again")
+    return [{**result, "name": f"{result['name']} [{key}={value}]", "records": records, "summary": summarize(records)}
+            for value, records in sorted(groups.items())]
+
+
 COLUMNS = [("exact match", "exact_match"), ("ANLS", "anls"), ("relaxed acc.", "relaxed_accuracy"),
            ("hop rate", "samples_with_a_hop"), ("crop IoU", "crop_iou"), ("tokens/sample", "tokens_per_sample"),
            ("latency mean ms", "latency_ms_mean"), ("latency p50 ms", "latency_ms_p50"),

@@ -3,7 +3,10 @@
 The question is the first user turn without its image placeholders and without the paper's
 trigger prompts (the graph adds its own); the ground truth is the last assistant turn. When an
 item carries a crop (a second image ``path_x0,y0,x1,y1``), that box is the ground-truth region
-and each sample's first region hop is scored by IoU against it.
+and each sample's first region hop is scored by IoU against it. An item's extra scalar keys (a
+string, number or boolean beside ``messages`` and the image lists, e.g. ``card_size`` from
+``perceive data cards``) are copied into its record under ``item``, so that results can be broken
+down by them (``perceive eval compare --by KEY``).
 """
 
 from __future__ import annotations
@@ -291,7 +294,16 @@ def _record(ds, k: int, a, ran: bool, judge) -> dict[str, Any]:
         rec["crop_iou"] = Box.from_dict(region_hops[0].box).iou(Box(*gt_box)) if region_hops else None
     if judge is not None:
         rec["judge"] = judge.score(question, gt, a.text)
+    extra = item_fields(item)
+    if extra:
+        rec["item"] = extra
     return rec
+
+
+def item_fields(item: dict[str, Any]) -> dict[str, str | int | float | bool]:
+    """An item's extra scalar keys (``card_size``, a category, a source id): every key whose value
+    is a string, number or boolean. ``messages`` and the image lists are lists, so never among them."""
+    return {key: v for key, v in item.items() if isinstance(v, (str, int, float, bool))}
 
 
 def run_name(cfg: EvalConfig) -> str:
