@@ -31,7 +31,7 @@ as specified (height 0.6 * width, digits 0.55 * height, the 2 px outline). Each 
 broken down by it. Why 240-320: the first view of ``models/default`` is the 448 canvas at 112x112, a
 quarter scale. A digit's ink is about 0.73 of the font size, so 0.73 * 0.55 * 0.6 * w = 0.24 w canvas
 px tall, 0.06 w px in the first view: 2.4-3.8 px for the specification's 40-64 px cards (unreadable),
-14.4-19.2 px for 240-320 px (measured: 15-19), i.e. at least one 14 px patch of the vision tower per
+14.4-19.2 px for 240-320 px (measured: 14-19), i.e. at least one 14 px patch of the vision tower per
 digit, the smallest unit the model sees. (In its 3x crops the model reads digits 27-45 px tall; the
 canvas caps a first-view digit at about 27 px, w = 448.) At 320 px the card still has 128 px of
 horizontal and 256 px of vertical room to be placed in.
