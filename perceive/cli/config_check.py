@@ -24,7 +24,7 @@ from perceive.config import (
     render_problem,
     run_path_problems,
 )
-from perceive.errors import ConfigError
+from perceive.errors import ConfigError, PerceiveError
 
 CONFIG_KINDS = ("run", "train", "eval", "graph")
 
@@ -35,12 +35,12 @@ def config_kind(data: Any) -> tuple[str, str]:
     path eval."""
     from perceive.eval.runner import EvalConfig
     from perceive.graph.spec import GraphSpec
-    from perceive.train.config import TrainConfig
+    from perceive.rl.config import GRPOConfig
 
     keys = set(data) if isinstance(data, dict) else set()
     if {"nodes", "start"} <= keys:
         return "graph", "top-level keys nodes and start"
-    fields = {"run": set(PerceiveConfig.model_fields), "train": set(TrainConfig.model_fields),
+    fields = {"run": set(PerceiveConfig.model_fields), "train": set(GRPOConfig.model_fields),
               "eval": set(EvalConfig.model_fields), "graph": set(GraphSpec.model_fields)}
     score = {k: float(len(keys & f)) for k, f in fields.items()}
     if isinstance(data, dict) and "data" in data:
@@ -53,10 +53,18 @@ def config_kind(data: Any) -> tuple[str, str]:
 
 
 def _train_problems(path: Path, registry) -> list[tuple[tuple, str]]:
-    from perceive.train.config import load_train_config
+    from perceive.rl.config import GRPOConfig, load_training_config
+    from perceive.rl.rewards import pick_rewards
 
-    cfg = load_train_config(path)  # ConfigError for schema errors
+    cfg = load_training_config(path)  # ConfigError for schema errors; supervised or GRPO by `method:`
     out = []
+    if isinstance(cfg, GRPOConfig):
+        try:
+            pick_rewards(cfg.rewards, registry, str(path))
+        except PerceiveError as exc:
+            out.append((("rewards",), exc.message + (f" ({exc.hint})" if exc.hint else "")))
+        out += _graph_problems(cfg.rollout.graph, {"max_hops": cfg.rollout.max_hops, **cfg.rollout.params},
+                               registry, ("rollout", "graph"))
     for attr in ("train", "eval"):
         out.append((("data", attr), path_problem(getattr(cfg.data, attr),
                                                  "training reads JSONL data from a local file")))
@@ -70,20 +78,23 @@ def _train_problems(path: Path, registry) -> list[tuple[tuple, str]]:
 
 def _eval_problems(path: Path, registry) -> list[tuple[tuple, str]]:
     from perceive.eval.runner import load_eval_config
-    from perceive.graph import check as check_graph
-    from perceive.graph import resolve
 
     cfg = load_eval_config(path)  # ConfigError for schema errors and options, the device included
     out = [*registry_problems(cfg, registry), *run_path_problems(cfg), *model_fit_problems(cfg, registry),
            (("data",), path_problem(cfg.data, "evaluation reads JSONL data from a local file"))]
+    return out + _graph_problems(cfg.graph, cfg.graph_params(), registry, ("graph",))
+
+
+def _graph_problems(name, params: dict, registry, where: tuple) -> list[tuple[tuple, str]]:
+    from perceive.graph import check as check_graph
+    from perceive.graph import resolve
+
     try:
-        graph = resolve(cfg.graph)
+        graph = resolve(name)
     except FileNotFoundError as exc:
-        out.append((("graph",), str(exc)))
-    else:
-        _, issues = check_graph(graph, registry, cfg.graph_params())
-        out += [(("graph",), "graph " + i.render(str(graph))) for i in issues]
-    return out
+        return [(where, str(exc))]
+    _, issues = check_graph(graph, registry, params)
+    return [(where, "graph " + i.render(str(graph))) for i in issues]
 
 
 def model_fit_problems(cfg: PerceiveConfig, registry) -> list[tuple[tuple, str]]:

@@ -11,7 +11,8 @@ from perceive.cli.output import console, fail, shell_command, warn_skipped
 from perceive.cli.run_config import cli_overrides
 
 
-def train(config: Path = typer.Argument(..., help="Training config (YAML)."),
+def train(config: Path = typer.Argument(..., help="Training config (YAML); or `plot`, then run folders."),
+          runs: list[Path] = typer.Argument(None, hidden=True, help="`perceive train plot RUN...`: run folders."),
           resume: Path = typer.Option(None, "--resume", help="A checkpoint folder (OUTPUT/checkpoint-N) to continue "
                                                              "from."),
           steps: int = typer.Option(None, "--steps", min=1, help="Override optim.steps."),
@@ -29,7 +30,11 @@ def train(config: Path = typer.Argument(..., help="Training config (YAML)."),
                                              help="With --resume: resume even though the config names another model "
                                                   "or other training data than the checkpoint's (say, the same data "
                                                   "moved to another folder).")) -> None:
-    """Fine-tune a VPT model (projector alignment or instruction tuning).
+    """Fine-tune a VPT model: supervised (projector alignment or instruction tuning), or by
+    reinforcement learning from rewards (`method: grpo`).
+
+    `perceive train plot RUN...` draws GRPO runs' curves (RUN/telemetry.jsonl) to RUN/curves.png
+    (several runs: the first one's folder, curves.png, one line per run).
 
     Values come from, highest first: the flags, --set, CONFIG, the files it extends, the
     defaults. Each evaluation prints one line; OUTPUT/evals.jsonl keeps the full records. With
@@ -37,15 +42,22 @@ def train(config: Path = typer.Argument(..., help="Training config (YAML)."),
     other data is refused). Ctrl-C stops after the current step and saves a checkpoint there; the
     command to resume is printed."""
     from perceive.errors import PerceiveError
-    from perceive.train import Trainer, load_train_config
+    from perceive.rl import GRPOConfig, GRPOTrainer, load_training_config
+    from perceive.train import Trainer
     from perceive.train.eval_log import EVALS_FILE
     from perceive.train.resume import describe_changes, resume_changes
     from perceive.train.trainer import TrainingInterrupted, check_checkpoint, check_output, run_files
 
+    if str(config) == "plot" and not config.exists():
+        _plot(runs or [])
+        return
+    if runs:
+        raise fail(f"unexpected arguments after the config: {' '.join(map(str, runs))} (perceive train CONFIG "
+                   "[options]; or perceive train plot RUN...)", 2)
     extra: list[object] = [a for item in set_ or [] for a in ("--set", item)]  # what a resumed run needs too
     overrides = cli_overrides(set_, [])
     try:
-        cfg = load_train_config(config, overrides=overrides)
+        cfg = load_training_config(config, overrides=overrides)
         if steps is not None:
             cfg.optim.steps = steps
             extra += ["--steps", steps]
@@ -61,7 +73,7 @@ def train(config: Path = typer.Argument(..., help="Training config (YAML)."),
                 console.print(f"[yellow]warning[/]: {escape(changed[0])}", highlight=False, soft_wrap=True)
                 for line in changed[1:]:
                     console.print(line, markup=False, highlight=False, soft_wrap=True)
-        t = Trainer(cfg)
+        t = GRPOTrainer(cfg) if isinstance(cfg, GRPOConfig) else Trainer(cfg)
     except PerceiveError as exc:
         raise fail(exc, 1) from None
     except KeyboardInterrupt:
@@ -92,3 +104,21 @@ def train(config: Path = typer.Argument(..., help="Training config (YAML)."),
         console.print(f"evaluations (the full records): {cfg.output / EVALS_FILE}", markup=False, highlight=False,
                       soft_wrap=True)
     console.print(f"model written to {out}")
+
+
+def _plot(runs: list[Path]) -> None:
+    """``perceive train plot RUN...``: the curves of GRPO runs to a PNG."""
+    from perceive.errors import PerceiveError
+
+    if not runs:
+        raise fail("perceive train plot needs at least one run folder: perceive train plot runs/grpo (a folder "
+                   "`perceive train` with method: grpo wrote)", 2)
+    try:
+        from perceive.rl.plot import plot_runs
+
+        out = plot_runs(runs, runs[0] / "curves.png")
+    except ImportError as exc:
+        raise fail(f"plotting needs matplotlib ({exc}): pip install \"perceive[rl]\"", 1) from None
+    except PerceiveError as exc:
+        raise fail(exc, 1) from None
+    console.print(f"curves written to {out}", markup=False, highlight=False, soft_wrap=True)

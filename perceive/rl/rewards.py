@@ -102,3 +102,31 @@ def pick_rewards(weights: dict[str, float], registry, source: str = "the config"
                               hint=(f"{hint}; " if hint else "") + f"installed: {', '.join(sorted(table))}")
         out.append((table[name], float(w)))
     return out
+
+
+def rollout_rewards(picked: list[tuple[Reward, float]], prompts: list, trajs: list) -> tuple[list[float], dict]:
+    """Score trajectories (``prompts[i]`` is trajectory ``i``'s :class:`~perceive.rl.rollout.Prompt`):
+    ``(total per trajectory, {reward name: its values})``. The total is the weighted sum, a None
+    counting 0. A reward that raises, or returns the wrong number of values, is a
+    :class:`ConfigError` naming it: a broken reward must stop the run, not train on noise."""
+    done = [t.finished for t in trajs]
+    kwargs = {"answer": [p.answer for p in prompts], "trace": [d.trace for d in done],
+              "raw": [d.raw for d in done], "finish_reason": [str(d.finish_reason) for d in done],
+              "completion_ids": [list(d.token_ids) for d in done], "box": [p.box for p in prompts]}
+    questions, answers = [p.question for p in prompts], [d.answer for d in done]
+    total = [0.0] * len(trajs)
+    parts: dict[str, list] = {}
+    for reward, weight in picked:
+        try:
+            values = list(reward(questions, answers, **kwargs))
+        except Exception as exc:  # a plugin's bug, reported with its name
+            raise ConfigError(f"reward {reward.name!r} raised {type(exc).__name__}: {exc}",
+                              hint="fix the reward function (it gets prompts, completions and keyword "
+                                   "arguments: see perceive.rewards)") from exc
+        if len(values) != len(trajs):
+            raise ConfigError(f"reward {reward.name!r} returned {len(values)} values for {len(trajs)} rollouts",
+                              hint="return one float (or None) per completion")
+        parts[reward.name] = values
+        for i, v in enumerate(values):
+            total[i] += weight * float(v) if v is not None else 0.0
+    return total, parts

@@ -1,0 +1,327 @@
+"""The GRPO trainer: rollouts from the perception loop, rewards from plugins, the update from
+supervised training's forward (:mod:`perceive.rl.trajectory`).
+
+It is :class:`perceive.train.Trainer` with another step: the same accelerate set-up (CPU, one GPU
+or several processes), model building, LoRA, freezing, optimizer, schedule, checkpoints,
+Ctrl-C handling and exact resume. A step: take ``prompts_per_step`` prompts (a seeded order,
+epoch by epoch), sample ``group_size`` rollouts of each, score them, turn the rewards into group
+advantages, and take ``loss.inner_epochs`` optimizer steps on the batch. Under ``accelerate
+launch`` each process takes whole groups (prompt slots ``rank, rank + world, ...``), and the
+loss's denominators are the step's, across processes, so the update equals the one-process one.
+
+Why not TRL's ``GRPOTrainer``: see docs/how-to/train-with-rewards.md ("Why perceive has its own
+trainer"): its loss forward is the stock model's, on prompt and completion ids, and cannot show a
+trajectory's crops and re-encoded features where the loop showed them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from pathlib import Path
+
+import torch
+
+from perceive.loop.events import Provenance
+from perceive.loop.sampling import Sampler
+from perceive.rl.config import GRPOConfig, Reference
+from perceive.rl.loss import Denominators, TokenStats, advantages, policy_loss
+from perceive.rl.rewards import pick_rewards, rollout_rewards
+from perceive.rl.rollout import Prompt, read_prompt, roll, rollout_loop
+from perceive.rl.telemetry import append_telemetry, console_line, floor_warning, rollout_metrics, write_telemetry
+from perceive.rl.trajectory import Trajectory, score
+from perceive.trace import EventType, FinishReason
+from perceive.train.trainer import Trainer
+
+#: finish reasons of a trajectory cut by a budget (over-turn: masked, not punished)
+CUT = (FinishReason.MAX_NEW_TOKENS, FinishReason.CONTEXT_FULL)
+
+
+def truncated(t: Trajectory) -> bool:
+    """Cut by the token or context budget, or a call went unanswered for the hop budget."""
+    d = t.finished
+    return d.finish_reason in CUT or any(ev.get("type") == EventType.BUDGET_EXHAUSTED for ev in d.trace.events)
+
+
+@contextlib.contextmanager
+def adapters_disabled(model):
+    """The policy with its LoRA adapters switched off: the base model, as a KL reference."""
+    from peft.tuners.lora import LoraLayer
+
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    for m in layers:
+        m.enable_adapters(False)
+    try:
+        yield model
+    finally:
+        for m in layers:
+            m.enable_adapters(True)
+
+
+class GRPOTrainer(Trainer):
+    def __init__(self, cfg: GRPOConfig, model=None, progress: bool = True, registry=None):
+        from perceive.plugins import get_registry
+
+        self.registry = registry or get_registry()
+        self.rewards = pick_rewards(cfg.rewards, self.registry, cfg.source)  # a wrong name fails before the model
+        super().__init__(cfg, model, progress)
+        policy = self.policy
+        self.loop = rollout_loop(policy, cfg, self.registry)
+        self.eval_loop = rollout_loop(policy, cfg, self.registry, greedy=True) if self.eval_ds is not None else None
+        r = cfg.rollout
+        self.warpers = Sampler(True, r.temperature, r.top_k, r.top_p).warpers
+        self.reference = self._reference()
+
+    @property
+    def policy(self):
+        return self.acc.unwrap_model(self.model)
+
+    def _scheduler(self):
+        from transformers import get_scheduler
+
+        o, total = self.cfg.optim, self.cfg.optim.steps * self.cfg.loss.inner_epochs
+        name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[o.scheduler]
+        return get_scheduler(name, self.opt, num_warmup_steps=int(o.warmup_ratio * total), num_training_steps=total)
+
+    def _reference(self):
+        """The KL reference: a frozen copy of the starting model (built again from the config, so a
+        resumed run has the same one), the policy with adapters off, or None (no KL term)."""
+        kind = self.cfg.reference
+        if kind is Reference.FROZEN:
+            from perceive.train.build import build_model
+
+            torch.manual_seed(self.cfg.optim.seed)
+            ref = build_model(self.cfg).eval()
+            for p in ref.parameters():
+                p.requires_grad_(False)
+            return ref.to(self.acc.device)
+        return kind  # ADAPTER_DISABLED or None
+
+    # -- the step --------------------------------------------------------------------------------
+
+    def step_prompts(self, step: int) -> list[Prompt]:
+        """This process's prompts of ``step``: the step's ``prompts_per_step`` slots of a seeded
+        per-epoch order of the set, those with ``slot % world == rank``."""
+        n, per = len(self.train_ds), self.cfg.rollout.prompts_per_step
+        out = []
+        for slot in range(self.acc.process_index, per, self.acc.num_processes):
+            epoch, k = divmod(step * per + slot, n)
+            out.append(read_prompt(self.train_ds, self._order(epoch)[k], slot))
+        return out
+
+    def _gathered(self, rows: list) -> list:
+        if self.acc.num_processes == 1:
+            return rows
+        from accelerate.utils import gather_object
+
+        return gather_object(rows)
+
+    def _denominators(self, trajs: list[Trajectory], keep: list[bool]) -> Denominators:
+        tokens = sum(t.num_generated for t, k in zip(trajs, keep, strict=True) if k)
+        counts = torch.tensor([float(sum(keep)), float(tokens)])
+        if self.acc.num_processes > 1:
+            counts = self.acc.reduce(counts.to(self.acc.device), reduction="sum").cpu()
+        return Denominators(max(1, int(counts[0])), max(1, int(counts[1])), self.cfg.rollout.max_new_tokens)
+
+    @torch.no_grad()
+    def _ref_logprobs(self, trajs: list[Trajectory]) -> list[torch.Tensor] | None:
+        if self.reference is None:
+            return None
+        bs, out = self.cfg.optim.batch_size, []
+        for i in range(0, len(trajs), bs):
+            if self.reference is Reference.ADAPTER_DISABLED:
+                with adapters_disabled(self.policy):
+                    out += score(self.policy, trajs[i:i + bs], self.warpers).logprobs
+            else:
+                out += score(self.reference, trajs[i:i + bs], self.warpers).logprobs
+        return out
+
+    def _update(self, trajs: list[Trajectory], adv: torch.Tensor, keep: list[bool], den: Denominators,
+                ref: list[torch.Tensor] | None) -> dict:
+        """``loss.inner_epochs`` optimizer steps on the batch; telemetry of the first pass."""
+        cfg, bs = self.cfg, self.cfg.optim.batch_size
+        old = [torch.tensor(t.old_logprobs, device=self.acc.device) for t in trajs]
+        micro = [list(range(i, min(len(trajs), i + bs))) for i in range(0, len(trajs), bs)] or [[]]
+        stats, entropy, grad_norm = TokenStats(), [], None
+        self.model.train()
+        for epoch in range(cfg.loss.inner_epochs):
+            for k, idx in enumerate(micro):
+                last = k == len(micro) - 1
+                sync = contextlib.nullcontext() if last or self.acc.num_processes == 1 else self.acc.no_sync(self.model)
+                with sync:
+                    batch = [trajs[i] for i in idx]
+                    scored = score(self.policy, batch, self.warpers, forward=self.model)
+                    loss = policy_loss(scored.logprobs, [old[i] for i in idx], adv[idx], [keep[i] for i in idx],
+                                       cfg.loss, den, None if ref is None else [ref[i] for i in idx],
+                                       stats if epoch == 0 else None)
+                    # every process backpropagates (DDP syncs), through a graph even when all is masked
+                    loss = loss + 0.0 * sum(lp.sum() for lp in scored.logprobs)
+                    self.acc.backward(loss * self.acc.num_processes)  # DDP averages: the shares add up
+                    if epoch == 0:
+                        entropy += [e for e, i in zip(scored.entropy, idx, strict=True) if keep[i]]
+            grad_norm = self._optimizer_step()
+        ent = torch.cat(entropy) if entropy else torch.zeros(0)
+        return {"entropy": float(ent.mean()) if ent.numel() else None, "grad_norm": grad_norm,
+                "clip_fraction": stats.clipped / stats.tokens if stats.tokens else None,
+                "kl": stats.kl / stats.tokens if stats.tokens and ref is not None else None}
+
+    def _optimizer_step(self) -> float:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.cfg.optim.max_grad_norm:
+            norm = self.acc.clip_grad_norm_(params, self.cfg.optim.max_grad_norm)
+        else:
+            grads = [p.grad.norm() for p in params if p.grad is not None]
+            norm = torch.norm(torch.stack(grads)) if grads else torch.zeros(())
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad()
+        return float(norm)
+
+    def rl_step(self, step: int) -> dict:
+        """One step: rollouts, rewards, advantages, the update. Returns its telemetry record."""
+        cfg, G = self.cfg, self.cfg.rollout.group_size
+        t0 = time.perf_counter()
+        prompts = self.step_prompts(step)
+        self.model.eval()
+        trajs = roll(self.loop, prompts, G, step, cfg.rollout.seed)
+        t_roll = time.perf_counter() - t0
+        each = [p for p in prompts for _ in range(G)]
+        total, parts = rollout_rewards(self.rewards, each, trajs)
+        adv = advantages(torch.tensor(total), G, cfg.loss.advantage).to(self.acc.device)
+        cut = [truncated(t) for t in trajs]
+        keep = [not (c and cfg.loss.mask_truncated) for c in cut]
+        den = self._denominators(trajs, keep)
+        t1 = time.perf_counter()
+        self._in_step = True
+        update = self._update(trajs, adv, keep, den, self._ref_logprobs(trajs))
+        t_update = time.perf_counter() - t1
+        rows = self._gathered([{"prompt": _light(p), "traj_done": t.finished, "total": r, "cut": c,
+                                "parts": {k: v[i] for k, v in parts.items()}}
+                               for i, (p, t, r, c) in enumerate(zip(each, trajs, total, cut, strict=True))])
+        return self._record(step, rows, update, t_roll, t_update)
+
+    def _record(self, step: int, rows: list[dict], update: dict, t_roll: float, t_update: float) -> dict:
+        G = self.cfg.rollout.group_size
+        trajs = [_Done(r["traj_done"]) for r in rows]
+        parts = {k: [r["parts"][k] for r in rows] for k in (rows[0]["parts"] if rows else {})}
+        totals = [r["total"] for r in rows]
+        rec = {"step": step + 1, "lr": self.sched.get_last_lr()[0],
+               **rollout_metrics([r["prompt"] for r in rows], trajs, totals, parts), **update}
+        groups = [totals[i:i + G] for i in range(0, len(totals), G)]
+        rec["zero_advantage_fraction"] = sum(max(g) == min(g) for g in groups) / max(1, len(groups))
+        rec["truncated_fraction"] = sum(r["cut"] for r in rows) / max(1, len(rows))
+        rec["rollout_samples_per_s"] = len(rows) / max(t_roll, 1e-9)
+        rec["update_samples_per_s"] = len(rows) * self.cfg.loss.inner_epochs / max(t_update, 1e-9)
+        rec["tool_use_floor"] = self.cfg.telemetry.tool_use_floor
+        warning = floor_warning(rec["tool_use_rate"], rec["tool_use_floor"], step + 1)
+        rec["warnings"] = [warning] if warning else []
+        return rec
+
+    def _loop(self, last: int, bar, task, on_step) -> None:
+        cfg = self.cfg
+        t_start = time.perf_counter() - (self.history[-1].get("telemetry", {}).get("wall_s", 0.0)
+                                         if self.history else 0.0)
+        while self.step < last:
+            rec = self.rl_step(self.step)
+            rec["wall_s"] = time.perf_counter() - t_start
+            self.step = rec["step"]
+            self.history.append({"step": self.step, "telemetry": rec})
+            self._in_step = False
+            if self.acc.is_main_process:
+                append_telemetry(cfg.output, rec)
+                for w in rec["warnings"]:
+                    bar.console.print(f"warning: {w}", markup=False, highlight=False, soft_wrap=True)
+                if self.show_progress and cfg.log_every and self.step % cfg.log_every == 0:
+                    bar.console.print(console_line(rec), markup=False, highlight=False, soft_wrap=True)
+            bar.update(task, completed=self.step, loss=f"reward {rec['reward/mean']:.3f}")
+            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.eval_ds is not None:
+                self._evaluate_and_report(bar)
+            if cfg.save_every and self.step % cfg.save_every == 0:
+                self.save(cfg.output / f"checkpoint-{self.step}")
+            if on_step is not None:
+                on_step(self.step)
+            if self._stop_requested():
+                raise KeyboardInterrupt
+        if self.step == cfg.optim.steps and self.eval_ds is not None and not (
+                cfg.eval_every and self.step % cfg.eval_every == 0):
+            self._evaluate_and_report(bar)
+        self.write_log()
+
+    # -- evaluation, resume ----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Greedy answers to the first ``data.max_eval_samples`` eval items, as ``perceive eval``
+        decodes: exact match, hop rate and crop IoU (and each per ``card_size`` when items say)."""
+        n = min(len(self.eval_ds), self.cfg.data.max_eval_samples)
+        ranks = range(self.acc.process_index, n, self.acc.num_processes)
+        prompts = [read_prompt(self.eval_ds, k, slot=k) for k in ranks]
+        self.model.eval()
+        trajs = roll(self.eval_loop, prompts, 1, 0, self.cfg.rollout.seed)
+        rows = self._gathered([{"prompt": _light(p), "traj_done": t.finished}
+                               for p, t in zip(prompts, trajs, strict=True)])
+        rec = _eval_summary(rows)
+        groups = sorted({r["prompt"].extra.get("card_size") for r in rows} - {None})
+        for g in groups:
+            rec[f"card_size/{g}"] = _eval_summary([r for r in rows if r["prompt"].extra.get("card_size") == g])
+        return rec
+
+    def _evaluate_and_report(self, bar) -> None:
+        record = self.evaluate()
+        self.history.append({"step": self.step, "eval": record})
+        if self.acc.is_main_process:
+            from perceive.train.eval_log import append_eval
+
+            append_eval(self.cfg.output, self.step, record)
+            if self.show_progress:
+                line = (f"eval step {self.step}  exact match {record['exact_match']:.3f}  hop rate "
+                        f"{record['hop_rate']:.3f}" + (f"  crop IoU {record['crop_iou']:.3f}"
+                                                       if record.get("crop_iou") is not None else ""))
+                bar.console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    def load(self, path: str | Path, allow_changes: bool = False) -> None:
+        super().load(path, allow_changes)
+        if self.acc.is_main_process:
+            write_telemetry(self.cfg.output, [h["telemetry"] for h in self.history if "telemetry" in h])
+
+
+def _light(p: Prompt) -> Prompt:
+    """``p`` without its image: what telemetry reads, cheap to gather across processes."""
+    return dataclasses.replace(p, image=None)
+
+
+class _Done:
+    """A finished rollout as :func:`rollout_metrics` reads it (its ``finished`` event)."""
+
+    def __init__(self, finished):
+        self.finished = finished
+
+
+def _eval_summary(rows: list[dict]) -> dict:
+    from perceive.eval.metrics import exact_match
+    from perceive.rl.rewards import crop_iou
+
+    done = [(r["prompt"], r["traj_done"]) for r in rows]
+    ious = [crop_iou(d.trace, p.box) for p, d in done]
+    ious = [v for v in ious if v is not None]
+    return {"exact_match": sum(exact_match(d.answer, p.answer) for p, d in done) / max(1, len(done)),
+            "hop_rate": sum(bool(d.trace.hops) for _, d in done) / max(1, len(done)),
+            "crop_iou": sum(ious) / len(ious) if ious else None, "samples": len(done)}
+
+
+def train_grpo(cfg: GRPOConfig, resume=None, progress: bool = True, overwrite: bool = False,
+               allow_changes: bool = False):
+    """Run ``cfg`` to its end and save the model: ``(trainer, model folder)``."""
+    from perceive.train.checkpoints import check_checkpoint, check_output
+    from perceive.train.resume import resume_changes
+
+    check_output(cfg.output, resume, overwrite)
+    if resume:
+        resume_changes(resume, check_checkpoint(resume), cfg, allow_changes)
+    t = GRPOTrainer(cfg, progress=progress)
+    t.train(resume, overwrite=overwrite, allow_changes=allow_changes)
+    return t, t.save_model()
+
+
+__all__ = ["GRPOTrainer", "Provenance", "train_grpo", "truncated"]
