@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import keyword
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from enum import Enum
 from typing import Any, ClassVar
@@ -123,16 +124,17 @@ class PerceptionEnvironment:
         self.hops: list[ToolHop] = []
 
     def reset(self, **row: Any) -> None:
-        """Start a rollout on ``row``'s image (TRL passes the dataset row: ``image``, or the first
-        of ``images``). The image must be upright as stored: the model sees its pixels as they are."""
-        image = row.get("image")
-        if image is None and row.get("images"):
-            image = row["images"][0]
+        """Start a rollout on ``row``'s image (TRL passes the dataset row: ``image``, or ``images``
+        holding one image). The image must be upright as stored: the model sees its pixels as they are."""
+        images = row.get("images") or []
+        if len(images) > 1:  # img_idx would name the sample's second image, not the first crop
+            raise ConfigError(f"a dataset row holds {len(images)} images: perceive's tools work on one image per "
+                              "sample, as its loop does", hint="give each row one image")
+        image = row.get("image", images[0] if images else None)
         if not isinstance(image, Image.Image):
             raise ConfigError("perceive's tools crop the sample's image, and this dataset row has no PIL image "
                               f"in `image` or `images` (columns: {sorted(row)})",
-                              hint="give the dataset an `image` column of PIL images (or `images`: the first is "
-                                   "the one cropped)")
+                              hint="give the dataset an `image` column of PIL images")
         if orientation(image) not in (0, 1):
             raise ConfigError("a dataset image carries an EXIF orientation: the model would see it as stored and "
                               "the crops would not match it",
@@ -206,7 +208,8 @@ def _docstring(spec: CropTool) -> str:
                                    "the crop.")
     return (f"{summary}\n\n"
             "Args:\n"
-            f"    bbox_2d: The region as [x1, y1, x2, y2], top-left then bottom-right corner, {_BOX_DOC[spec.coordinates]}\n"
+            "    bbox_2d: The region as [x1, y1, x2, y2], top-left then bottom-right corner, "
+            f"{_BOX_DOC[spec.coordinates]}\n"
             "    label: The name of the object in the region\n"
             "    img_idx: Which image to crop: 0 the original, k the k-th crop shown so far\n")
 
@@ -232,10 +235,10 @@ def _check_tool(spec: CropTool, registry, seen_size) -> Any:
                           hint="use a Python identifier that does not start with '_' and is not "
                                f"{' or '.join(sorted(_RESERVED))}")
     action = registry.action(spec.action)
-    if action.observation != "view" or action.args_for_box(Box(0, 0, 1, 1)) is None:
+    takes_box = action.args_for_box(Box(0, 0, 1, 1)) is not None
+    if action.observation != "view" or not takes_box:
         raise ConfigError(f"action {spec.action!r} gives {action.observation} and takes "
-                          f"{'a box' if action.args_for_box(Box(0, 0, 1, 1)) is not None else 'no box'}: a TRL "
-                          "tool runs a view action that crops a box",
+                          f"{'a box' if takes_box else 'no box'}: a TRL tool runs a view action that crops a box",
                           hint="use region_select, zoom or another view action with args_for_box")
     validate_action_options(action, spec.action_options, f"CropTool {spec.name!r} action_options")
     if spec.coordinates is Coordinates.ABSOLUTE_RESIZED and seen_size is None:
@@ -295,6 +298,7 @@ def enable_tool_calls(processor):
         raise ConfigError("the processor's chat template cannot render tool calls and tool turns",
                           hint="set processor.chat_template to one with a tools section (Qwen2.5-VL: verl's "
                                "qwen_vl_tool_chat_template.jinja2; Qwen3-VL's own template has one)")
+    _warn_if_numpy_images(processor)
     tokenizer = getattr(processor, "tokenizer", processor)
     if getattr(tokenizer, "response_template", None) is None and getattr(tokenizer, "response_schema", None) is None:
         try:
@@ -307,6 +311,25 @@ def enable_tool_calls(processor):
             else:
                 tokenizer.response_schema = ctu.qwen3_schema
     return processor
+
+
+def _warn_if_numpy_images(processor) -> None:
+    """TRL 1.16 renders each prompt alone under ``environment_factory`` and concatenates its image
+    fields only when they are torch tensors (``GRPOTrainer._tokenize_prompts``); numpy arrays (the
+    PIL image processor's, used without torchvision) become lists, and ``_tool_call_loop`` fails on
+    them (``split_pixel_values_by_grid``) in a batch where no tool call has returned an image yet."""
+    import torch
+
+    if not hasattr(processor, "image_processor"):
+        return
+    probe = [{"role": "user", "content": [{"type": "image", "image": Image.new("RGB", (32, 32))},
+                                          {"type": "text", "text": "?"}]}]
+    out = processor.apply_chat_template([probe], tokenize=True, return_dict=True)
+    if not isinstance(out.get("pixel_values"), torch.Tensor | None):
+        warnings.warn(f"{type(processor.image_processor).__name__} gives numpy image fields: TRL 1.16's tool loop "
+                      "under environment_factory fails on them when every tool call of a batch fails; install "
+                      "torchvision and load the processor with its torchvision image processor", UserWarning,
+                      stacklevel=3)
 
 
 __all__ = ["Coordinates", "CropTool", "PerceptionEnvironment", "ToolCallError", "ToolHop", "enable_tool_calls",
