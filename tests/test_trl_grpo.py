@@ -254,7 +254,7 @@ class ScriptedGenerate:
             scripts = ["42<|im_end|>"] * len(texts)
         else:
             self.step += 1
-            scripts = [tool_call(BOX if self.step == 1 else [60, 50, 20, 90]), "7<|im_end|>"]
+            scripts = [tool_call(BOX if self.step == 1 else [60, 50, 20, 90]), "7<|im_end|>"]  # the answer is 42
         ids = [self.tok.encode(s) for s in scripts]
         width = max(map(len, ids))
         pad = self.tok.pad_token_id
@@ -262,8 +262,26 @@ class ScriptedGenerate:
         return torch.cat([input_ids, out], dim=-1)
 
 
+def final_text(completion) -> str:
+    """The text of a rollout's last assistant turn (its answer)."""
+    return next((str(m["content"]) for m in reversed(completion) if m["role"] == "assistant"), "").strip()
+
+
+def correct(completions, answer, **kwargs):
+    """1 when the last assistant turn is the answer."""
+    return [float(final_text(c) == a) for c, a in zip(completions, answer, strict=True)]
+
+
+def tool_bonus(completions, answer, environments, **kwargs):
+    """DeepEyes' bonus: 1 when the answer is right and a crop was shown."""
+    return [float(final_text(c) == a and any(h.ok for h in e.hops))
+            for c, a, e in zip(completions, answer, environments, strict=True)]
+
+
 @pytest.mark.slow
 def test_grpo_trains_a_stock_qwen25_vl_whose_tool_is_perceive_s_crop(tmp_path, monkeypatch):
+    """The code of docs/how-to/train-with-rewards.md's TRL section, on the tiny model, without
+    vLLM: only what names the model, the sizes and the device differ."""
     from unittest.mock import patch
 
     from datasets import Dataset
@@ -274,18 +292,20 @@ def test_grpo_trains_a_stock_qwen25_vl_whose_tool_is_perceive_s_crop(tmp_path, m
     model = tiny_base(processor.tokenizer, "qwen2_5_vl")
     images = [photo(10), photo(11)]
     dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": "What number is on the card?"}],
-                                  "image": im} for im in images])
+                                  "image": im, "answer": "42"} for im in images])
     seen = []  # per step: (hops, completions) of each rollout
 
-    def used_the_tool(completions, environments, **kwargs):
+    def spy(completions, environments, **kwargs):
         seen.append(([list(e.hops) for e in environments], completions))
-        return [1.0 if e.hops else 0.0 for e in environments]
+        return [None] * len(completions)  # no reward: TRL leaves it out of the sum
 
-    args = GRPOConfig(output_dir=str(tmp_path), learning_rate=0.1, per_device_train_batch_size=2, num_generations=2,
-                      max_steps=2, max_completion_length=512, logging_steps=1, save_strategy="no", report_to="none",
-                      seed=0, dataloader_num_workers=0, bf16=False, use_cpu=True)
-    trainer = GRPOTrainer(model=model, reward_funcs=used_the_tool, args=args, train_dataset=dataset,
-                          processing_class=processor, environment_factory=perception_environment())
+    args = GRPOConfig(output_dir=str(tmp_path), num_generations=2, per_device_train_batch_size=2,
+                      max_completion_length=512, max_tool_calling_iterations=4, learning_rate=0.1,
+                      reward_weights=[1.0, 0.5, 1.0], mask_truncated_completions=True, bf16=False,
+                      use_cpu=True, logging_steps=1, report_to="none",
+                      max_steps=2, save_strategy="no", seed=0, dataloader_num_workers=0)
+    trainer = GRPOTrainer(model=model, reward_funcs=[correct, tool_bonus, spy], args=args, train_dataset=dataset,
+                          processing_class=processor, environment_factory=perception_environment([CropTool()]))
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     encoded = []  # the image grids the vision tower encoded with gradients on: the loss's forward
 
@@ -304,6 +324,9 @@ def test_grpo_trains_a_stock_qwen25_vl_whose_tool_is_perceive_s_crop(tmp_path, m
     logs = [e for e in trainer.state.log_history if "tools/call_frequency" in e]
     assert [e["tools/call_frequency"] for e in logs] == [0.5, 0.5]
     assert [e["tools/failure_frequency"] for e in logs] == [0.0, 1.0]
+    # the rollout that looked answered right (and was paid the bonus when its crop was shown)
+    assert [e["rewards/correct/mean"] for e in logs] == [0.5, 0.5]
+    assert [e["rewards/tool_bonus/mean"] for e in logs] == [0.5, 0.0]
 
     # step 1: the tool ran perceive's region_select on the rollout's own image ...
     (hop,), () = seen[0][0]
