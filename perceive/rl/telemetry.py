@@ -58,11 +58,11 @@ def floor_warning(rate: float | None, floor: float | None, step: int) -> str | N
 
 
 def console_line(rec: dict) -> str:
-    """``step 12  reward 0.812 +- 0.301  acc 0.750  tools 1.000  hops 1.00  kl 0.0012  clip 0.031``."""
+    """``step 12  reward 0.812 +- 0.301  acc 0.750  tools 1.000  hops 1.00  kl 0.0012  clipped 0.031``."""
     parts = [f"step {rec['step']}"]
     for key, label, fmt in (("reward/mean", "reward", ".3f"), ("accuracy", "acc", ".3f"),
                             ("tool_use_rate", "tools", ".3f"), ("hops_per_sample", "hops", ".2f"),
-                            ("crop_iou", "iou", ".3f"), ("kl", "kl", ".4f"), ("clip_fraction", "clip", ".3f")):
+                            ("crop_iou", "iou", ".3f"), ("kl", "kl", ".4f"), ("clip_fraction", "clipped", ".3f")):
         if rec.get(key) is not None:
             text = f"{label} {rec[key]:{fmt}}"
             if key == "reward/mean" and rec.get("reward/std") is not None:

@@ -1,0 +1,124 @@
+"""GRPO's arithmetic and its rewards: group advantages, the clipped loss under each aggregation,
+over-turn masking, and reward plugins with TRL's signature."""
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import perceive
+from perceive.errors import ConfigError
+from perceive.plugins import load_registry
+from perceive.rewards import Reward
+from perceive.rl.config import AdvantageNorm, Aggregation, LossConfig
+from perceive.rl.loss import Denominators, TokenStats, advantages, policy_loss
+from perceive.rl.rewards import builtin_rewards, pick_rewards, rollout_rewards
+from perceive.trace import Hop, Trace
+
+
+def test_advantages_are_centred_per_group_and_scaled_by_its_std():
+    r = torch.tensor([1.0, 0.0, 0.0, 0.0, 2.0, 2.0, 2.0, 2.0])
+    a = advantages(r, 4, AdvantageNorm.GROUP_STD)
+    g = r[:4]
+    assert a[:4] == pytest.approx(((g - g.mean()) / (g.std() + 1e-4)).tolist(), abs=1e-6)
+    assert a[4:].tolist() == [0.0] * 4  # all equal: nothing to learn from this group
+    assert advantages(r, 4, AdvantageNorm.NONE)[:4].tolist() == pytest.approx([0.75, -0.25, -0.25, -0.25])
+
+
+def loss_of(agg, lps, olds, adv, keep=None, den=None, **cfg):
+    c = LossConfig(aggregation=agg, **cfg)
+    keep = keep or [True] * len(lps)
+    den = den or Denominators(sum(keep), sum(x.numel() for x, k in zip(lps, keep, strict=True) if k), 8)
+    return policy_loss(lps, olds, torch.tensor(adv), keep, c, den)
+
+
+@pytest.mark.parametrize("agg", list(Aggregation))
+def test_at_ratio_one_the_loss_is_minus_the_aggregated_advantage(agg):
+    lps = [torch.zeros(2), torch.zeros(3)]
+    adv = [1.0, -0.5]
+    got = float(loss_of(agg, lps, [torch.zeros(2), torch.zeros(3)], adv))
+    expected = {Aggregation.TOKEN_MEAN: -(2 * 1.0 + 3 * -0.5) / 5,
+                Aggregation.SEQUENCE_MEAN: -(1.0 - 0.5) / 2,
+                Aggregation.DR_GRPO: -(2 * 1.0 + 3 * -0.5) / (2 * 8)}[agg]
+    assert got == pytest.approx(expected)
+
+
+def test_the_clip_stops_the_gradient_past_one_plus_epsilon_high_for_a_positive_advantage():
+    lp = torch.tensor([math.log(1.5), math.log(1.1)], requires_grad=True)
+    stats = TokenStats()
+    loss = policy_loss([lp], [torch.zeros(2)], torch.tensor([1.0]), [True], LossConfig(epsilon_high=0.28),
+                       Denominators(1, 2, 8), stats=stats)
+    loss.backward()
+    assert lp.grad[0] == 0 and lp.grad[1] != 0  # 1.5 is clipped at 1.28; 1.1 is inside
+    assert stats.clipped == 1 and stats.tokens == 2
+
+
+def test_a_masked_trajectory_adds_nothing():
+    lps = [torch.zeros(2, requires_grad=True), torch.zeros(3, requires_grad=True)]
+    loss = loss_of(Aggregation.TOKEN_MEAN, lps, [torch.zeros(2), torch.zeros(3)], [1.0, 5.0], keep=[True, False])
+    loss.backward()
+    assert float(loss) == pytest.approx(-1.0) and lps[1].grad is None
+
+
+def test_the_kl_term_is_the_k3_estimator():
+    lp, ref = torch.tensor([-1.0]), torch.tensor([-1.5])
+    c = LossConfig(kl_coef=0.5)
+    loss = policy_loss([lp], [lp.clone()], torch.tensor([0.0]), [True], c, Denominators(1, 1, 8), ref=[ref])
+    d = -0.5
+    assert float(loss) == pytest.approx(0.5 * (math.exp(d) - d - 1))
+
+
+def done(answer, hops=0, events=(), finish="eos"):
+    trace = Trace(hops=[Hop(i, "region_select", [], {}, "root", box={"x0": 0, "y0": 0, "x1": 10, "y1": 10})
+                        for i in range(hops)], events=list(events))
+    return SimpleNamespace(finished=SimpleNamespace(answer=answer, trace=trace, raw=answer, finish_reason=finish,
+                                                    token_ids=(1, 2)))
+
+
+def prompt(answer, box=None):
+    return SimpleNamespace(question="What number?", answer=answer, box=box)
+
+
+def test_the_builtin_rewards():
+    picked = [(r, 1.0) for r in builtin_rewards()]
+    trajs = [done("123", hops=1), done("124"), done("123", events=[{"type": "parse_error"}]), done("123", hops=2)]
+    total, parts = rollout_rewards(picked, [prompt("123", [0, 0, 10, 20])] * 4, trajs)
+    assert parts["exact_match"] == [1.0, 0.0, 1.0, 1.0]
+    assert parts["format"] == [0.0, 0.0, -1.0, 0.0]
+    assert parts["tool_bonus"] == [1.0, 0.0, 0.0, 1.0]  # right *and* looked
+    assert parts["hop_cost"] == [-1.0, 0.0, 0.0, -2.0]
+    assert parts["crop_iou"] == [0.5, 0.0, 0.0, 0.5]
+    assert total[0] == pytest.approx(sum(parts[k][0] for k in parts))
+
+
+class LengthPlugin:
+    """A TRL-style reward: (prompts, completions, **kwargs), reading the trace too."""
+
+    @perceive.hookimpl
+    def perceive_register_rewards(self):
+        def short(prompts, completions, trace, **kwargs):
+            return [1.0 if len(c) <= 3 and not t.hops else None for c, t in zip(completions, trace, strict=True)]
+        return [Reward("short_blind", short, "short answers given without looking")]
+
+
+def test_a_plugin_reward_is_picked_by_name_and_none_counts_zero():
+    reg = load_registry([("length", LengthPlugin())], autoload=False)
+    assert "short_blind" in reg.to_json()["rewards"][0]["name"]
+    picked = pick_rewards({"short_blind": 2.0, "exact_match": 1.0}, reg)
+    total, parts = rollout_rewards(picked, [prompt("12")] * 2, [done("12"), done("12345", hops=1)])
+    assert parts["short_blind"] == [1.0, None] and total == [3.0, 0.0]
+
+
+def test_a_malformed_or_broken_reward_is_reported_with_its_name():
+    class Bad:
+        @perceive.hookimpl
+        def perceive_register_rewards(self):
+            return [Reward("no_kwargs", lambda prompts, completions: [0.0])]
+    reg = load_registry([("bad", Bad())], autoload=False)
+    assert any("must accept **kwargs" in e for e in reg.plugins["bad"].errors)
+
+    def boom(prompts, completions, **kwargs):
+        raise KeyError("solution")
+    with pytest.raises(ConfigError, match="reward 'boom' raised KeyError"):
+        rollout_rewards([(Reward("boom", boom), 1.0)], [prompt("1")], [done("1")])
