@@ -230,3 +230,30 @@ def test_hook_perceive_after_node(registry):
     after = [e[1:] for e in log if e[0] == "after"]
     assert after[:3] == [("select", "generate", "call region_select"), ("called", "route", "-> crop"),
                          ("crop", "action", "dispatch region_select")]
+
+
+def test_hook_perceive_register_rewards(registry):
+    """The reward plugin of docs/reference/hooks.md and train-with-rewards.md, registered and scoring by name."""
+    from types import SimpleNamespace
+
+    from perceive.rewards import Reward
+    from perceive.rl.rewards import pick_rewards, rollout_rewards
+    from perceive.trace import Hop, Trace
+
+    def looked_once(prompts, completions, trace, **kwargs):
+        return [1.0 if len(t.hops) == 1 else 0.0 for t in trace]
+
+    class Plugin:
+        @hookimpl
+        def perceive_register_rewards(self):
+            return [Reward("looked_once", looked_once, "1 for exactly one hop")]
+
+    info = registry.register(Plugin(), "looked")
+    assert info.ok and info.rewards == ["looked_once"]
+    picked = pick_rewards({"looked_once": 0.5}, registry)
+    done = [SimpleNamespace(finished=SimpleNamespace(answer="1", trace=Trace(hops=[Hop(0, "zoom", [], {}, "root")] * n),
+                                                     raw="", finish_reason="eos", token_ids=()))
+            for n in (1, 2)]
+    prompt = SimpleNamespace(question="q", answer="1", box=None)
+    total, parts = rollout_rewards(picked, [prompt, prompt], done)
+    assert parts["looked_once"] == [1.0, 0.0] and total == [0.5, 0.0]
