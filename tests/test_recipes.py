@@ -9,7 +9,7 @@ import pytest
 
 from perceive.config import load_yaml_mapping
 from perceive.eval.runner import load_eval_config
-from perceive.train.config import load_train_config
+from perceive.rl.config import load_training_config
 from perceive.yamlio import load_yaml
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -39,7 +39,7 @@ def test_there_are_recipes():
 @pytest.mark.parametrize("path", [p for p in CONFIGS if p.resolve() not in bases()],
                          ids=lambda p: str(p.relative_to(RECIPES)))
 def test_config_validates(path):
-    load = load_eval_config if path.name.startswith("eval") else load_train_config
+    load = load_eval_config if path.name.startswith("eval") else load_training_config
     load(path)
 
 
