@@ -69,11 +69,13 @@ def test_the_kl_term_is_the_k3_estimator():
     assert float(loss) == pytest.approx(0.5 * (math.exp(d) - d - 1))
 
 
-def done(answer, hops=0, events=(), finish="eos"):
+def done(answer, hops=0, events=(), finish="eos"):  # a finished rollout, as the trainer reads it
     trace = Trace(hops=[Hop(i, "region_select", [], {}, "root", box={"x0": 0, "y0": 0, "x1": 10, "y1": 10})
                         for i in range(hops)], events=list(events))
-    return SimpleNamespace(finished=SimpleNamespace(answer=answer, trace=trace, raw=answer, finish_reason=finish,
-                                                    token_ids=(1, 2)))
+    from perceive.trace import FinishReason
+
+    return SimpleNamespace(finished=SimpleNamespace(answer=answer, trace=trace, raw=answer,
+                                                    finish_reason=FinishReason(finish), token_ids=(1, 2)))
 
 
 def prompt(answer, box=None):
@@ -122,3 +124,19 @@ def test_a_malformed_or_broken_reward_is_reported_with_its_name():
         raise KeyError("solution")
     with pytest.raises(ConfigError, match="reward 'boom' raised KeyError"):
         rollout_rewards([(Reward("boom", boom), 1.0)], [prompt("1")], [done("1")])
+
+
+def test_over_turn_trajectories_are_the_ones_a_budget_cut():
+    from perceive.rl.trainer import truncated
+
+    assert truncated(done("", finish="max_new_tokens")) and truncated(done("", finish="context_full"))
+    assert truncated(done("12", events=[{"type": "budget_exhausted", "max_hops": 1}]))
+    assert not truncated(done("12", hops=2)) and not truncated(done("", finish="malformed"))
+
+
+def test_the_tool_use_floor_warns_below_it_only():
+    from perceive.rl.telemetry import floor_warning
+
+    msg = floor_warning(0.02, 0.05, 20)
+    assert "step 20: tool use 0.020 is below the floor 0.050" in msg and "tool_bonus" in msg
+    assert floor_warning(0.05, 0.05, 20) is None and floor_warning(0.0, None, 20) is None

@@ -60,6 +60,8 @@ def adapters_disabled(model):
 
 
 class GRPOTrainer(Trainer):
+    bar_label = "reward -"
+
     def __init__(self, cfg: GRPOConfig, model=None, progress: bool = True, registry=None):
         from perceive.plugins import get_registry
 
@@ -72,6 +74,7 @@ class GRPOTrainer(Trainer):
         r = cfg.rollout
         self.warpers = Sampler(True, r.temperature, r.top_k, r.top_p).warpers
         self.reference = self._reference()
+        self._below_floor = False  # the console warns once each time tool use falls below the floor
 
     @property
     def policy(self):
@@ -230,8 +233,10 @@ class GRPOTrainer(Trainer):
             self._in_step = False
             if self.acc.is_main_process:
                 append_telemetry(cfg.output, rec)
-                for w in rec["warnings"]:
-                    bar.console.print(f"warning: {w}", markup=False, highlight=False, soft_wrap=True)
+                if rec["warnings"] and not self._below_floor:
+                    for w in rec["warnings"]:
+                        bar.console.print(f"warning: {w}", markup=False, highlight=False, soft_wrap=True)
+                self._below_floor = bool(rec["warnings"])
                 if self.show_progress and cfg.log_every and self.step % cfg.log_every == 0:
                     bar.console.print(console_line(rec), markup=False, highlight=False, soft_wrap=True)
             bar.update(task, completed=self.step, loss=f"reward {rec['reward/mean']:.3f}")

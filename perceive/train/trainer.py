@@ -152,6 +152,9 @@ class Trainer:
         self._sigint = SigintStop(announce=self.acc.is_main_process)  # what Ctrl-C asked for
         self._in_step = False  # model and optimizer are mid-update: no checkpoint can be taken
 
+    #: the progress bar's figure before the first step
+    bar_label = "loss -"
+
     def _freeze(self) -> None:
         cfg, m = self.cfg, self.model
         if cfg.lora is not None:
@@ -247,14 +250,14 @@ class Trainer:
             self.load(resume, allow_changes)
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        cols = [TextColumn("step {task.completed}/{task.total}"), BarColumn(), TextColumn("loss {task.fields[loss]}"),
+        cols = [TextColumn("step {task.completed}/{task.total}"), BarColumn(), TextColumn("{task.fields[loss]}"),
                 TimeElapsedColumn(), TimeRemainingColumn()]
         self._sigint = SigintStop(announce=self.acc.is_main_process)
         self._in_step = False
         stopped = None
         with Progress(*cols, disable=not self.show_progress or not self.acc.is_main_process) as bar, \
                 self._sigint.installed():
-            task = bar.add_task("train", total=cfg.optim.steps, completed=self.step, loss="-")
+            task = bar.add_task("train", total=cfg.optim.steps, completed=self.step, loss=self.bar_label)
             try:
                 self._loop(last, bar, task, on_step)
             except KeyboardInterrupt:
@@ -289,7 +292,7 @@ class Trainer:
                    "seconds": time.perf_counter() - t0}
             self.history.append(rec)
             self._in_step = False
-            bar.update(task, completed=self.step, loss=f"{total:.4f}")
+            bar.update(task, completed=self.step, loss=f"loss {total:.4f}")
             if cfg.log_every and self.step % cfg.log_every == 0:
                 self.write_log()  # headless runs can be watched through history.json
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.eval_ds is not None:
