@@ -69,20 +69,27 @@ def test_a_step_changes_the_policy_and_reports_its_telemetry(cards, tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_make_the_one_process_update(cards, tmp_path):
-    cfg = json.dumps(raw_config(cards, rollout={"prompts_per_step": 4}, optim={"steps": 2, "batch_size": 4},
-                                loss={"kl_coef": 0.0}))
+    """The documented command, `accelerate launch -m perceive train CONFIG`, on 1 and 2 CPU processes."""
+    from safetensors.torch import load_file
+
+    raw = raw_config(cards, rollout={"prompts_per_step": 4}, optim={"steps": 2, "batch_size": 4},
+                     loss={"kl_coef": 0.0})
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     runs = {}
     for n in (1, 2):
         out = tmp_path / f"p{n}"
+        cfg = tmp_path / f"p{n}.yaml"
+        cfg.write_text(json.dumps({**raw, "output": str(out)}))
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", str(n),
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               str(ROOT / "tests" / "rl" / "two_process_run.py"), cfg, str(out)]
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "perceive", "train",
+               str(cfg)]
         r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-3000:]
-        runs[n] = (torch.load(out / "weights.pt"), json.loads((out / "rewards.json").read_text()))
+        rewards = [json.loads(x)["reward/mean"] for x in (out / "telemetry.jsonl").read_text().splitlines()]
+        runs[n] = (load_file(out / "model" / "model.safetensors"), rewards)
     (w1, r1), (w2, r2) = runs[1], runs[2]
-    assert r1 == pytest.approx(r2, abs=1e-6)  # the same rollouts, whichever process ran them
+    assert len(r1) == 2 and r1 == pytest.approx(r2, abs=1e-6)  # the same rollouts, whichever process ran them
+    assert w1.keys() == w2.keys()
     for k in w1:
         assert torch.allclose(w1[k], w2[k], atol=1e-5, rtol=1e-4), k
 
