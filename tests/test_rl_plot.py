@@ -40,9 +40,10 @@ def _run(folder, lines) -> object:
     return folder
 
 
-# the default panels of _line: reward, its two components, then accuracy .. grad norm without crop IoU
+# the default panels of _line: reward, its two components, then accuracy .. throughput without crop IoU
 PANELS = ["reward/mean", "reward/exact_match/mean", "reward/format/mean", "accuracy", "tool_use_rate",
-          "hops_per_sample", "response_length", "entropy", "kl", "clip_fraction", "grad_norm"]
+          "hops_per_sample", "response_length", "entropy", "kl", "clip_fraction", "grad_norm",
+          "zero_advantage_fraction", "truncated_fraction", "rollout_samples_per_s", "update_samples_per_s"]
 
 
 def test_the_png_has_a_panel_per_metric_and_a_line_per_run(tmp_path):

@@ -112,7 +112,13 @@ def test_lora_policy_with_the_base_as_reference(cards, tmp_path):
     t.train()
     rec = t.history[-1]["telemetry"]
     assert rec["kl"] is not None and rec["kl"] >= 0 and rec["truncated_fraction"] > 0
-    assert any("lora_" in n for n, p in t.policy.named_parameters() if p.requires_grad)
+    # only the adapters train: switched off, they give back the starting model, the KL reference
+    assert {("lora_" in n) for n, p in t.policy.named_parameters() if p.requires_grad} == {True}
+
+
+def test_the_adapters_off_are_no_reference_when_more_than_the_adapters_train(cards, tmp_path):
+    with pytest.raises(ConfigError, match="adapter_disabled measures KL against the policy with its adapters off"):
+        GRPOTrainer(config(cards, tmp_path / "x", lora={"r": 4}, trainable=["base.lm_head"]), progress=False)
 
 
 def test_cli_trains_plots_and_refuses_a_bad_method(cards, tmp_path):

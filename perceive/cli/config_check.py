@@ -60,7 +60,7 @@ def _train_problems(path: Path, registry) -> list[tuple[tuple, str]]:
     out = []
     if isinstance(cfg, GRPOConfig):
         try:
-            pick_rewards(cfg.rewards, registry, str(path))
+            pick_rewards(cfg.rewards, registry, "")
         except PerceiveError as exc:
             out.append((("rewards",), exc.message + (f" ({exc.hint})" if exc.hint else "")))
         out += _graph_problems(cfg.rollout.graph, {"max_hops": cfg.rollout.max_hops, **cfg.rollout.params},

@@ -42,6 +42,10 @@ def list_(as_json: bool = typer.Option(False, "--json", help="Machine-readable o
 
     reg = get_registry()
     data = reg.to_json()
+    from perceive.rl.rewards import builtin_rewards
+
+    data["rewards"] = [{"name": b.name, "plugin": "perceive", "distribution": None, "version": None,
+                        "description": b.description} for b in builtin_rewards()] + data["rewards"]
     if as_json:
         typer.echo(json.dumps(data, indent=2))
         return
@@ -70,6 +74,12 @@ def list_(as_json: bool = typer.Option(False, "--json", help="Machine-readable o
         e.add_row(x["name"], x["plugin"], x["family"], x["layout"], str(x["feature_dim"] or "model"),
                   str(x["placeholders"] or "per token"))
     console.print(e)
+    r = Table(title="rewards (GRPO: `rewards:` in a method: grpo config)")
+    for col in ("reward", "plugin", "description"):
+        r.add_column(col, no_wrap=col == "reward")
+    for x in data["rewards"]:
+        r.add_row(x["name"], x["plugin"], x["description"])
+    console.print(r)
     for p in reg.broken:
         console.print(f"[bold red]broken plugin[/] {p.name!r} ({p.dist or 'no distribution'}):")
         for err in p.errors:

@@ -54,7 +54,11 @@ TAIL = [Panel("accuracy", "accuracy"),
         Panel("entropy", "entropy"),
         Panel("kl", "KL to the reference"),
         Panel("clip_fraction", "clip fraction"),
-        Panel("grad_norm", "gradient norm")]
+        Panel("grad_norm", "gradient norm"),
+        Panel("zero_advantage_fraction", "groups with equal rewards (no signal)"),
+        Panel("truncated_fraction", "cut by a budget (masked)"),
+        Panel("rollout_samples_per_s", "rollouts / s"),
+        Panel("update_samples_per_s", "update trajectories / s")]
 
 
 def read_telemetry(run: Path) -> list[dict]:
@@ -106,7 +110,8 @@ def _has(runs: dict[str, list[dict]], key: str) -> bool:
 def default_panels(runs: dict[str, list[dict]]) -> list[Panel]:
     """The default panels that at least one run has a value for: the reward, each reward
     component's mean (by name), accuracy, tool-use rate, crop IoU, hops, response length,
-    entropy, KL, clip fraction, gradient norm."""
+    entropy, KL, clip fraction, gradient norm, the groups without signal, the truncated share,
+    and rollout and update throughput."""
     names = sorted({m.group("name") for rows in runs.values() for row in rows for k in row
                     if (m := _COMPONENT.match(k))})
     components = [Panel(f"reward/{n}/mean", f"reward: {n} (mean, +-std)", band=f"reward/{n}/std") for n in names]

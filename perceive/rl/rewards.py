@@ -98,7 +98,7 @@ def pick_rewards(weights: dict[str, float], registry, source: str = "the config"
     for name, w in weights.items():
         if name not in table:
             hint = did_you_mean(name, table)
-            raise ConfigError(f"{source}: rewards: no reward named {name!r}",
+            raise ConfigError(f"{source + ': ' if source else ''}rewards: no reward named {name!r}",
                               hint=(f"{hint}; " if hint else "") + f"installed: {', '.join(sorted(table))}")
         out.append((table[name], float(w)))
     return out

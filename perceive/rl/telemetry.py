@@ -49,12 +49,16 @@ def rollout_metrics(prompts: list, trajs: list, total: list[float], parts: dict[
     return rec
 
 
-def floor_warning(rate: float | None, floor: float | None, step: int) -> str | None:
-    """A warning when tool use fell below the floor: the policy is learning to answer blind."""
+def floor_warning(rate: float | None, floor: float | None, step: int, rewards=()) -> str | None:
+    """A warning when tool use fell below the floor: the policy is learning to answer blind.
+    ``rewards``: the run's reward names (the advice fits them)."""
     if rate is None or floor is None or rate >= floor:
         return None
+    advice = ["raise tool_bonus's weight" if "tool_bonus" in rewards else "add tool_bonus to the rewards"]
+    advice += ["lower hop_cost's weight"] if "hop_cost" in rewards else []
+    advice += ["raise the temperature"]
     return (f"step {step}: tool use {rate:.3f} is below the floor {floor:.3f}: the policy is learning to answer "
-            "without looking (add tool_bonus to the rewards, lower hop_cost, or raise the temperature)")
+            f"without looking ({', '.join(advice[:-1])} or {advice[-1]})")
 
 
 def console_line(rec: dict) -> str:

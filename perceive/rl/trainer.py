@@ -76,6 +76,25 @@ class GRPOTrainer(Trainer):
         self.reference = self._reference()
         self._below_floor = False  # the console warns once each time tool use falls below the floor
 
+    def _freeze(self) -> None:
+        """As supervised training freezes, except that with ``lora:`` and no ``trainable:`` only the
+        adapters train (then the adapters switched off are exactly the starting model, the KL
+        reference). A KL reference of the adapters off while other parameters train is refused."""
+        super()._freeze()
+        cfg = self.cfg
+        if cfg.lora is not None and cfg.trainable is None:
+            for name, p in self.model.named_parameters():
+                if "lora_" not in name:
+                    p.requires_grad_(False)
+        if cfg.reference is Reference.ADAPTER_DISABLED:
+            others = [n for n, p in self.model.named_parameters() if p.requires_grad and "lora_" not in n]
+            if others:
+                from perceive.errors import ConfigError
+
+                raise ConfigError(f"{cfg.source}: loss.reference: adapter_disabled measures KL against the policy with "
+                                  f"its adapters off, but {len(others)} other parameters train too ({others[0]}, ...)",
+                                  hint="use loss.reference: frozen, or let only the adapters train (no trainable:)")
+
     @property
     def policy(self):
         return self.acc.unwrap_model(self.model)
@@ -217,7 +236,7 @@ class GRPOTrainer(Trainer):
         rec["rollout_samples_per_s"] = len(rows) / max(t_roll, 1e-9)
         rec["update_samples_per_s"] = len(rows) * self.cfg.loss.inner_epochs / max(t_update, 1e-9)
         rec["tool_use_floor"] = self.cfg.telemetry.tool_use_floor
-        warning = floor_warning(rec["tool_use_rate"], rec["tool_use_floor"], step + 1)
+        warning = floor_warning(rec["tool_use_rate"], rec["tool_use_floor"], step + 1, self.cfg.rewards)
         rec["warnings"] = [warning] if warning else []
         return rec
 
