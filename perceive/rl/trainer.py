@@ -259,18 +259,8 @@ class GRPOTrainer(Trainer):
                 if self.show_progress and cfg.log_every and self.step % cfg.log_every == 0:
                     bar.console.print(console_line(rec), markup=False, highlight=False, soft_wrap=True)
             bar.update(task, completed=self.step, loss=f"reward {rec['reward/mean']:.3f}")
-            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.eval_ds is not None:
-                self._evaluate_and_report(bar)
-            if cfg.save_every and self.step % cfg.save_every == 0:
-                self.save(cfg.output / f"checkpoint-{self.step}")
-            if on_step is not None:
-                on_step(self.step)
-            if self._stop_requested():
-                raise KeyboardInterrupt
-        if self.step == cfg.optim.steps and self.eval_ds is not None and not (
-                cfg.eval_every and self.step % cfg.eval_every == 0):
-            self._evaluate_and_report(bar)
-        self.write_log()
+            self._after_step(bar, on_step)
+        self._finish(bar)
 
     # -- evaluation, resume ----------------------------------------------------------------------
 

@@ -295,14 +295,24 @@ class Trainer:
             bar.update(task, completed=self.step, loss=f"loss {total:.4f}")
             if cfg.log_every and self.step % cfg.log_every == 0:
                 self.write_log()  # headless runs can be watched through history.json
-            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.eval_ds is not None:
-                self._evaluate_and_report(bar)
-            if cfg.save_every and self.step % cfg.save_every == 0:
-                self.save(cfg.output / f"checkpoint-{self.step}")
-            if on_step is not None:
-                on_step(self.step)
-            if self._stop_requested():
-                raise KeyboardInterrupt
+            self._after_step(bar, on_step)
+        self._finish(bar)
+
+    def _after_step(self, bar, on_step) -> None:
+        """After each step: evaluate, save, call ``on_step``, stop if Ctrl-C asked to."""
+        cfg = self.cfg
+        if cfg.eval_every and self.step % cfg.eval_every == 0 and self.eval_ds is not None:
+            self._evaluate_and_report(bar)
+        if cfg.save_every and self.step % cfg.save_every == 0:
+            self.save(cfg.output / f"checkpoint-{self.step}")
+        if on_step is not None:
+            on_step(self.step)
+        if self._stop_requested():
+            raise KeyboardInterrupt
+
+    def _finish(self, bar) -> None:
+        """At the last step: the final evaluation (unless ``eval_every`` just made it), the log."""
+        cfg = self.cfg
         if self.step == cfg.optim.steps and self.eval_ds is not None and not (
                 cfg.eval_every and self.step % cfg.eval_every == 0):
             self._evaluate_and_report(bar)
