@@ -1,9 +1,10 @@
 """Reward functions: what an RL run (``perceive train`` with ``method: grpo``) scores rollouts with.
 
 A reward has the signature of TRL's reward functions, so one written for either ports to the
-other::
+other; every argument is passed by keyword, as TRL passes them::
 
     def my_reward(prompts: list[str], completions: list[str], **kwargs) -> list[float | None]
+    def my_reward(completions, answer, **kwargs) -> list[float | None]   # as well
 
 ``prompts`` are the questions, ``completions`` the final answers (the text a user sees: calls and
 perception tokens left out), one per rollout; ``kwargs`` hold, per rollout, ``answer`` (the
@@ -42,7 +43,9 @@ class Reward:
     description: str = ""
 
     def __call__(self, prompts: list[str], completions: list[str], **kwargs: Any) -> list:
-        return self.fn(prompts, completions, **kwargs)
+        # by keyword, as TRL calls reward functions: f(completions, **kwargs) and
+        # f(prompts, completions, answer, **kwargs) both work
+        return self.fn(prompts=prompts, completions=completions, **kwargs)
 
 
 def reward_problems(reward: Any) -> list[str]:
@@ -59,11 +62,12 @@ def reward_problems(reward: Any) -> list[str]:
         params = inspect.signature(reward.fn).parameters.values()
     except (TypeError, ValueError):  # a builtin without a signature: trust it
         return problems
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    if len(positional) < 2 and not any(p.kind is p.VAR_POSITIONAL for p in params):
-        problems.append("fn must take (prompts, completions, **kwargs), as TRL's reward functions do")
-    elif not any(p.kind is p.VAR_KEYWORD for p in params):
-        problems.append("fn must accept **kwargs (answer, trace, raw, ... are passed by keyword)")
+    params = list(params)
+    if any(p.kind is p.POSITIONAL_ONLY for p in params):
+        problems.append("fn's arguments are passed by keyword (prompts=, completions=, ...), as TRL passes "
+                        "them: drop the positional-only marker")
+    if not any(p.kind is p.VAR_KEYWORD for p in params):
+        problems.append("fn must accept **kwargs (prompts, completions, answer, trace, ... are passed by keyword)")
     return problems
 
 

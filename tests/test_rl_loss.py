@@ -140,3 +140,36 @@ def test_the_tool_use_floor_warns_below_it_only():
     msg = floor_warning(0.02, 0.05, 20)
     assert "step 20: tool use 0.020 is below the floor 0.050" in msg and "tool_bonus" in msg
     assert floor_warning(0.05, 0.05, 20) is None and floor_warning(0.0, None, 20) is None
+
+
+def test_a_cut_trajectory_is_out_of_its_groups_mean_and_spread():
+    r = torch.tensor([0.0, 0.0, 1.0, 0.0])
+    keep = torch.tensor([False, True, True, True])
+    a = advantages(r, 4, AdvantageNorm.NONE, keep)
+    assert a.tolist() == pytest.approx([0.0, -1 / 3, 2 / 3, -1 / 3])  # the mean of the three kept: 1/3
+    assert advantages(r, 4, AdvantageNorm.GROUP_STD, keep)[0] == 0
+
+
+def test_a_token_outside_the_top_k_set_gives_no_nan():
+    lp = torch.tensor([-0.5, float("-inf")], requires_grad=True)
+    loss = policy_loss([lp], [torch.tensor([-0.5, -1.0])], torch.tensor([1.0]), [True], LossConfig(kl_coef=0.1),
+                       Denominators(1, 2, 8), ref=[torch.tensor([-0.7, -1.0])])
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(lp.grad).all()
+
+
+def test_a_trl_style_reward_is_called_by_keyword():
+    def correct(completions, answer, **kwargs):  # TRL's usual form: no prompts argument
+        return [float(c == a) for c, a in zip(completions, answer, strict=True)]
+    reward = Reward("correct", correct)
+    from perceive.rewards import reward_problems
+    assert reward_problems(reward) == []
+    total, parts = rollout_rewards([(reward, 1.0)], [prompt("7")] * 2, [done("7"), done("8")])
+    assert parts["correct"] == [1.0, 0.0]
+
+
+def test_a_nan_reward_stops_the_run_with_its_name():
+    def nan(prompts, completions, **kwargs):
+        return [float("nan")] * len(completions)
+    with pytest.raises(ConfigError, match="reward 'nan' returned nan: not a finite number"):
+        rollout_rewards([(Reward("nan", nan), 1.0)], [prompt("1")], [done("1")])

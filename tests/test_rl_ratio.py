@@ -78,3 +78,15 @@ def test_the_recomputed_logprobs_carry_gradients_to_the_projector_and_the_langua
     assert any(g is not None and g.abs().sum() > 0 for g in proj)
     assert any(g is not None and g.abs().sum() > 0 for g in lm)
     dino_model.zero_grad()
+
+
+def test_a_span_past_the_hop_budget_keeps_its_control_state_without_features(dino_model, photo):
+    """Two re-encode spans, one hop allowed: the second goes unanswered (no features) but is still
+    fed with its control state; the recomputed log-probabilities still match."""
+    trajs = rollouts(dino_model, photo, DINO + "a" + DINO, n=2, max_hops=1)
+    for t in trajs:
+        assert len(t.features) == 1 and len(t.finished.trace.hops) == 1
+    with torch.no_grad():
+        scored = score(dino_model, trajs)
+    for t, lp in zip(trajs, scored.logprobs, strict=True):
+        assert torch.allclose(lp, torch.tensor(t.old_logprobs), atol=1e-4)

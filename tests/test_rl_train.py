@@ -27,7 +27,8 @@ def cards(tmp_path_factory):
 def raw_config(cards, **over) -> dict:
     cfg = {"method": "grpo", "model": {"tiny": {}}, "data": {"train": str(cards / "region.json")},
            "rollout": {"group_size": 4, "prompts_per_step": 2, "max_new_tokens": 10, "max_hops": 1, "seed": 3},
-           "loss": {"kl_coef": 0.05, "aggregation": "token_mean"},
+           # a random model's rollouts run out of tokens: kept in the loss, so that every step learns
+           "loss": {"kl_coef": 0.05, "aggregation": "token_mean", "mask_truncated": False},
            "optim": {"steps": 4, "batch_size": 3, "lr": 1e-3}, "log_every": 0}
     for k, v in over.items():
         cfg[k] = {**cfg[k], **v} if isinstance(v, dict) and isinstance(cfg.get(k), dict) else v
@@ -72,7 +73,7 @@ def test_two_processes_make_the_one_process_update(cards, tmp_path):
     """The documented command, `accelerate launch -m perceive train CONFIG`, on 1 and 2 CPU processes."""
     from safetensors.torch import load_file
 
-    raw = raw_config(cards, rollout={"prompts_per_step": 4}, optim={"steps": 2, "batch_size": 4},
+    raw = raw_config(cards, rollout={"prompts_per_step": 4}, optim={"steps": 3, "batch_size": 4, "warmup_ratio": 0.0},
                      loss={"kl_coef": 0.0})
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     runs = {}
@@ -85,10 +86,12 @@ def test_two_processes_make_the_one_process_update(cards, tmp_path):
                str(cfg)]
         r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-3000:]
-        rewards = [json.loads(x)["reward/mean"] for x in (out / "telemetry.jsonl").read_text().splitlines()]
+        lines = [json.loads(x) for x in (out / "telemetry.jsonl").read_text().splitlines()]
+        assert all(x["grad_norm"] > 0 and x["lr"] > 0 for x in lines)  # both steps learned something
+        rewards = [x["reward/mean"] for x in lines]
         runs[n] = (load_file(out / "model" / "model.safetensors"), rewards)
     (w1, r1), (w2, r2) = runs[1], runs[2]
-    assert len(r1) == 2 and r1 == pytest.approx(r2, abs=1e-6)  # the same rollouts, whichever process ran them
+    assert len(r1) == 3 and r1 == pytest.approx(r2, abs=1e-6)  # the same rollouts, whichever process ran them
     assert w1.keys() == w2.keys()
     for k in w1:
         assert torch.allclose(w1[k], w2[k], atol=1e-5, rtol=1e-4), k
@@ -136,3 +139,19 @@ def test_cli_trains_plots_and_refuses_a_bad_method(cards, tmp_path):
     r = subprocess.run([*perceive, "train", str(bad)], capture_output=True, text=True)
     assert r.returncode == 1 and "Traceback" not in r.stderr + r.stdout
     assert "method: 'ppo' is not a training method" in r.stdout + r.stderr
+
+
+def test_a_prompt_whose_image_cannot_be_read_is_skipped_and_reported(cards, tmp_path):
+    import shutil
+
+    data = tmp_path / "cards"
+    shutil.copytree(cards, data)
+    items = json.loads((data / "region.json").read_text())
+    first = items[0]["images"][0].split("#")[0]
+    (data / first).write_bytes(b"not an image")
+    t = GRPOTrainer(config(data, tmp_path / "run", rollout={"prompts_per_step": 8}, optim={"steps": 1}),
+                    progress=False)
+    t.train()
+    rec = t.history[-1]["telemetry"]
+    assert rec["unreadable_prompts"] == 1 and 0 in t.unreadable
+    assert len(t.step_prompts(0)) == 8  # its slot went to another item

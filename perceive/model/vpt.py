@@ -371,7 +371,8 @@ class VPTModel(nn.Module):
                 num_inner_forward_run: int | None = None, para_mask_id: int | None = None,
                 para_mask_ratio: float | None = None, generator: torch.Generator | None = None,
                 reference_no_grad: bool = False, features: dict[str, list[torch.Tensor]] | None = None,
-                fed: torch.Tensor | None = None, **paper_inputs: torch.Tensor) -> VPTOutput:
+                fed: torch.Tensor | None = None, shown: dict[str, torch.Tensor] | None = None,
+                **paper_inputs: torch.Tensor) -> VPTOutput:
         """vpt-paper.md §2.6. ``input_ids`` (B, L); ``position_ids`` (3, B, L) M-RoPE or None
         (then 0..L-1 on every axis, as the reference's training does). ``extra``: each branch's
         preprocessed extra images, ``{branch: inputs}`` with ``inputs`` as its spec collates them
@@ -389,7 +390,10 @@ class VPTModel(nn.Module):
         the projector and the control state) but does not run the encoder. ``fed`` ``(B, L)`` bool:
         the tokens the loop placed (prompt, forced and observation tokens); only there is an
         image pad, a branch pad or an action token what it stands for. A sampled policy can write
-        those ids itself, and the loop feeds such a token as plain text. None: everywhere."""
+        those ids itself, and the loop feeds such a token as plain text. None: everywhere.
+        ``shown``: per branch, a ``(n,)`` bool over its action tokens in row-major order, True where
+        the span's features were shown (``features`` holds those only); a span that went unanswered
+        (past the hop budget, malformed) still takes its control state. None: every span."""
         cfg = self.config
         run = num_inner_forward_run or cfg.num_inner_forward_run
 
@@ -434,7 +438,7 @@ class VPTModel(nn.Module):
         # features of the spans before it, as the loop's did (an RL trajectory's forward)
         for _ in range(run - 1):
             second = self._conditioned(hidden, embeds, input_ids, feats, out, at, para_mask_id, para_mask_ratio,
-                                       generator)
+                                       generator, shown)
             hidden = self.lm(second, position_ids, attention_mask, **deep).last_hidden_state
         out.hidden = hidden
         out.logits = self.logits(hidden)
@@ -444,7 +448,7 @@ class VPTModel(nn.Module):
 
 
     def _conditioned(self, h1: torch.Tensor, embeds: torch.Tensor, input_ids: torch.Tensor, feats: dict,
-                     out: VPTOutput, at, para_mask_id, para_mask_ratio, generator) -> torch.Tensor:
+                     out: VPTOutput, at, para_mask_id, para_mask_ratio, generator, shown=None) -> torch.Tensor:
         """The embeddings of a conditioned pass: each action token's control state (the final-norm
         state of the token before it in ``h1``, the previous pass) at the action token, and the
         branch's features projected on it at its pad tokens (§2.6)."""
@@ -465,7 +469,8 @@ class VPTModel(nn.Module):
             action_masks[name] = (is_action, control)
             action_rows |= is_action.any(-1)
             if name in feats:
-                p2 = self._project_feats(name, feats[name], control)
+                rows = control if shown is None or name not in shown else control[shown[name].to(control.device)]
+                p2 = self._project_feats(name, feats[name], rows)
                 out.projected[name] = (out.projected[name][0], p2)
                 second = _scatter(second, at(b.pad_id), p2)
         mask_id = cfg.para_mask_id if para_mask_id is None else para_mask_id

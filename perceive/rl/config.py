@@ -112,6 +112,9 @@ class GRPOConfig(TrainConfig):
         if self.loss.reference is Reference.ADAPTER_DISABLED and self.lora is None:
             raise ValueError("loss.reference: adapter_disabled needs lora: (there is no adapter to disable); "
                              "use reference: frozen")
+        if self.optim.grad_accum != 1:
+            raise ValueError("optim.grad_accum: GRPO accumulates over a step's micro-batches itself (optim.batch_size "
+                             "trajectories each); leave grad_accum at 1")
         if self.stage != "instruct":
             raise ValueError("stage: GRPO trains the whole policy forward (stage: instruct)")
         return self

@@ -13,14 +13,21 @@ import torch
 from perceive.rl.config import AdvantageNorm, Aggregation, LossConfig
 
 
-def advantages(rewards: torch.Tensor, group_size: int, norm: AdvantageNorm, eps: float = 1e-4) -> torch.Tensor:
+def advantages(rewards: torch.Tensor, group_size: int, norm: AdvantageNorm, keep: torch.Tensor | None = None,
+               eps: float = 1e-4) -> torch.Tensor:
     """``rewards`` ``(N,)`` in groups of ``group_size`` -> ``(N,)``: each reward minus its group's
     mean, divided by the group's (unbiased) standard deviation plus ``eps`` for ``group_std``. A
-    group whose rewards are all equal has advantage 0: it teaches nothing."""
-    r = rewards.view(-1, group_size)
-    a = r - r.mean(1, keepdim=True)
+    group whose rewards are all equal has advantage 0: it teaches nothing. ``keep`` ``(N,)`` bool:
+    the members that count (over-turn masking: a cut trajectory is out of its group's mean and
+    spread, as out of the loss); the others get advantage 0."""
+    keep = torch.ones_like(rewards, dtype=torch.bool) if keep is None else keep
+    r, k = rewards.view(-1, group_size), keep.view(-1, group_size).to(rewards.dtype)
+    n = k.sum(1, keepdim=True)
+    mean = (r * k).sum(1, keepdim=True) / n.clamp(min=1)
+    a = (r - mean) * k
     if norm is AdvantageNorm.GROUP_STD:
-        a = a / (r.std(1, keepdim=True) + eps)
+        std = ((a**2).sum(1, keepdim=True) / (n - 1).clamp(min=1)).sqrt()
+        a = a / (std + eps)
     return a.reshape(-1)
 
 
@@ -55,12 +62,15 @@ def policy_loss(logprobs: list[torch.Tensor], old: list[torch.Tensor], adv: torc
     for i, (lp, o) in enumerate(zip(logprobs, old, strict=True)):
         if not keep[i] or lp.numel() == 0:
             continue
-        ratio = torch.exp(lp - o)
+        ratio = torch.exp(lp - o)  # 0 for a token that left the top-k/top-p set: clipped, no gradient
         a = adv[i]
         per = -torch.minimum(ratio * a, ratio.clamp(1 - cfg.epsilon_low, 1 + cfg.epsilon_high) * a)
         kl = None
         if ref is not None and cfg.kl_coef:
-            d = ref[i] - lp
+            # a token outside the top-k/top-p set of the policy or the reference has log-prob -inf:
+            # no KL is measured there (it would be inf, and its gradient NaN)
+            finite = torch.isfinite(lp) & torch.isfinite(ref[i])
+            d = torch.where(finite, ref[i] - lp, torch.zeros_like(lp))
             kl = torch.exp(d) - d - 1
             per = per + cfg.kl_coef * kl
         if cfg.aggregation is Aggregation.SEQUENCE_MEAN:

@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import math
+
 from perceive.errors import ConfigError, ErrorCode, did_you_mean
 from perceive.eval.metrics import anls, exact_match
 from perceive.geometry import Box
@@ -24,11 +26,11 @@ from perceive.trace import EventType, FinishReason, Trace
 REGION_ACTIONS = ("region_select", "zoom")
 
 
-def _exact_match(prompts, completions, answer, **kwargs) -> list[float]:
+def _exact_match(completions, answer, **kwargs) -> list[float]:
     return [exact_match(c, a) for c, a in zip(completions, answer, strict=True)]
 
 
-def _anls(prompts, completions, answer, **kwargs) -> list[float]:
+def _anls(completions, answer, **kwargs) -> list[float]:
     return [anls(c, a) for c, a in zip(completions, answer, strict=True)]
 
 
@@ -41,16 +43,16 @@ def malformed(trace: Trace, finish_reason: str) -> bool:
     return any(h.error and h.error.get("code") == ErrorCode.ACTION_INPUT for h in trace.hops)
 
 
-def _format(prompts, completions, trace, finish_reason, **kwargs) -> list[float]:
+def _format(trace, finish_reason, **kwargs) -> list[float]:
     return [-1.0 if malformed(t, f) else 0.0 for t, f in zip(trace, finish_reason, strict=True)]
 
 
-def _tool_bonus(prompts, completions, answer, trace, **kwargs) -> list[float]:
+def _tool_bonus(completions, answer, trace, **kwargs) -> list[float]:
     return [float(exact_match(c, a) == 1.0 and len(t.hops) > 0)
             for c, a, t in zip(completions, answer, trace, strict=True)]
 
 
-def _hop_cost(prompts, completions, trace, **kwargs) -> list[float]:
+def _hop_cost(trace, **kwargs) -> list[float]:
     return [-float(len(t.hops)) for t in trace]
 
 
@@ -63,7 +65,7 @@ def crop_iou(trace: Trace, box) -> float | None:
     return Box.from_dict(hops[0].box).iou(Box(*box)) if hops else 0.0
 
 
-def _crop_iou(prompts, completions, trace, box, **kwargs) -> list[float | None]:
+def _crop_iou(trace, box, **kwargs) -> list[float | None]:
     return [crop_iou(t, b) for t, b in zip(trace, box, strict=True)]
 
 
@@ -104,6 +106,13 @@ def pick_rewards(weights: dict[str, float], registry, source: str = "the config"
     return out
 
 
+def _finite_number(v) -> bool:
+    try:
+        return math.isfinite(float(v)) and not isinstance(v, bool | str)
+    except (TypeError, ValueError):
+        return False
+
+
 def rollout_rewards(picked: list[tuple[Reward, float]], prompts: list, trajs: list) -> tuple[list[float], dict]:
     """Score trajectories (``prompts[i]`` is trajectory ``i``'s :class:`~perceive.rl.rollout.Prompt`):
     ``(total per trajectory, {reward name: its values})``. The total is the weighted sum, a None
@@ -117,6 +126,8 @@ def rollout_rewards(picked: list[tuple[Reward, float]], prompts: list, trajs: li
     total = [0.0] * len(trajs)
     parts: dict[str, list] = {}
     for reward, weight in picked:
+        if not weight:  # weight 0 drops a reward (say, one a base config names)
+            continue
         try:
             values = list(reward(questions, answers, **kwargs))
         except Exception as exc:  # a plugin's bug, reported with its name
@@ -126,6 +137,10 @@ def rollout_rewards(picked: list[tuple[Reward, float]], prompts: list, trajs: li
         if len(values) != len(trajs):
             raise ConfigError(f"reward {reward.name!r} returned {len(values)} values for {len(trajs)} rollouts",
                               hint="return one float (or None) per completion")
+        bad = [v for v in values if v is not None and not _finite_number(v)]
+        if bad:  # a NaN would poison the group's advantages and then the weights, silently
+            raise ConfigError(f"reward {reward.name!r} returned {bad[0]!r}: not a finite number",
+                              hint="return a finite float (or None where the reward does not apply)")
         parts[reward.name] = values
         for i, v in enumerate(values):
             total[i] += weight * float(v) if v is not None else 0.0

@@ -43,14 +43,17 @@ def read_prompt(ds, k: int, slot: int = 0) -> Prompt:
     from perceive.data.dataset import split_crop
     from perceive.eval.runner import question_of
 
-    ex = ds[k]
+    from perceive.data.dataset import load_ref
+
     _, item = ds.items[k]
     refs = [str(r) for r in item.get("images") or []]
     box = split_crop(refs[1])[1] if len(refs) > 1 else None
+    image = load_ref(refs[0], ds.root)  # only the first image: crops in the data are labels RL does without
     extra = {key: v for key, v in item.items()
              if key not in ("messages", "images") and isinstance(v, str | int | float)}
-    return Prompt(k, ex.images["images"][0], question_of(ex.question), item["messages"][-1]["content"],
-                  list(box) if box else None, slot, extra)
+    question = next(m["content"] for m in item["messages"] if m["role"] == "user")
+    return Prompt(k, image, question_of(question), item["messages"][-1]["content"], list(box) if box else None,
+                  slot, extra)
 
 
 def rollout_loop(model, cfg: GRPOConfig, registry, greedy: bool = False) -> PerceptionLoop:
@@ -70,7 +73,8 @@ def rollout_loop(model, cfg: GRPOConfig, registry, greedy: bool = False) -> Perc
 def roll(loop: PerceptionLoop, prompts: list[Prompt], group_size: int, step: int, base_seed: int) -> list[Trajectory]:
     """``group_size`` rollouts of each prompt, in prompt order (a group's rollouts together)."""
     base = loop.options
-    loop.options = base.replace(seed=base_seed + step * STEP_SEED_STRIDE)
+    # runs with neighbouring seeds share no rollout: the run's seed spreads far apart
+    loop.options = base.replace(seed=(base_seed * 7_919_000_009 + step * STEP_SEED_STRIDE) % 2**62)
     try:
         items = [(p.image, p.question) for p in prompts for _ in range(group_size)]
         indices = [p.slot * group_size + g for p in prompts for g in range(group_size)]

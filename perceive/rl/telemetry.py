@@ -8,7 +8,8 @@ Keys (floats unless said; a metric that was not measured is left out or null): `
 ``response_length`` (generated and forced tokens), ``entropy`` (per generated token, of the
 sampling distribution), ``kl``, ``clip_fraction``, ``grad_norm``, ``crop_iou`` (first region hop
 against the item's box; measured, never rewarded unless named), ``rollout_samples_per_s``,
-``update_samples_per_s``, ``truncated_fraction`` (cut by a budget), ``zero_advantage_fraction``
+``update_samples_per_s``, ``truncated_fraction`` (cut by a budget), ``failed_fraction`` (ended by a
+perception action), ``unreadable_prompts``, ``zero_advantage_fraction``
 (groups whose rewards were all equal) and ``warnings`` (a list of strings).
 """
 

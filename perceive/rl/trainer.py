@@ -38,6 +38,15 @@ from perceive.train.trainer import Trainer
 CUT = (FinishReason.MAX_NEW_TOKENS, FinishReason.CONTEXT_FULL)
 
 
+#: finish reasons of a rollout that a perception action (a plugin), not the policy, ended
+FAILED = (FinishReason.ACTION_FAILED, FinishReason.ACTION_TIMEOUT, FinishReason.OBSERVATION_INVALID,
+          FinishReason.GRAPH_ERROR, FinishReason.ERROR, FinishReason.DEADLINE)
+
+
+def failed_rollout(t: Trajectory) -> bool:
+    return t.finished.finish_reason in FAILED
+
+
 def truncated(t: Trajectory) -> bool:
     """Cut by the token or context budget, or a call went unanswered for the hop budget."""
     d = t.finished
@@ -68,6 +77,12 @@ class GRPOTrainer(Trainer):
         self.registry = registry or get_registry()
         self.rewards = pick_rewards(cfg.rewards, self.registry, cfg.source)  # a wrong name fails before the model
         super().__init__(cfg, model, progress)
+        if cfg.rollout.prompts_per_step % self.acc.num_processes:
+            from perceive.errors import ConfigError
+
+            raise ConfigError(f"{cfg.source}: rollout.prompts_per_step ({cfg.rollout.prompts_per_step}) must be a "
+                              f"multiple of the {self.acc.num_processes} processes (each takes whole groups)",
+                              hint=f"set rollout.prompts_per_step to {self.acc.num_processes} or a multiple")
         policy = self.policy
         self.loop = rollout_loop(policy, cfg, self.registry)
         self.eval_loop = rollout_loop(policy, cfg, self.registry, greedy=True) if self.eval_ds is not None else None
@@ -75,6 +90,8 @@ class GRPOTrainer(Trainer):
         self.warpers = Sampler(True, r.temperature, r.top_k, r.top_p).warpers
         self.reference = self._reference()
         self._below_floor = False  # the console warns once each time tool use falls below the floor
+        #: prompts set items whose image could not be read (item -> why): skipped, reported
+        self.unreadable: dict[int, str] = {}
 
     def _freeze(self) -> None:
         """As supervised training freezes, except that with ``lora:`` and no ``trainable:`` only the
@@ -82,6 +99,9 @@ class GRPOTrainer(Trainer):
         reference). A KL reference of the adapters off while other parameters train is refused."""
         super()._freeze()
         cfg = self.cfg
+        for name, p in self.model.named_parameters():  # the update projects the rollout's features again
+            if name.startswith("branches.") and ".encoder." in name:
+                p.requires_grad_(False)
         if cfg.lora is not None and cfg.trainable is None:
             for name, p in self.model.named_parameters():
                 if "lora_" not in name:
@@ -94,6 +114,12 @@ class GRPOTrainer(Trainer):
                 raise ConfigError(f"{cfg.source}: loss.reference: adapter_disabled measures KL against the policy with "
                                   f"its adapters off, but {len(others)} other parameters train too ({others[0]}, ...)",
                                   hint="use loss.reference: frozen, or let only the adapters train (no trainable:)")
+
+    def accelerator_kwargs(self) -> list:
+        # a micro-batch without a re-encode span leaves the branch's projector unused
+        from accelerate.utils import DistributedDataParallelKwargs
+
+        return [DistributedDataParallelKwargs(find_unused_parameters=True)]
 
     @property
     def policy(self):
@@ -125,11 +151,19 @@ class GRPOTrainer(Trainer):
     def step_prompts(self, step: int) -> list[Prompt]:
         """This process's prompts of ``step``: the step's ``prompts_per_step`` slots of a seeded
         per-epoch order of the set, those with ``slot % world == rank``."""
+        from perceive.errors import PerceiveError
+
         n, per = len(self.train_ds), self.cfg.rollout.prompts_per_step
         out = []
         for slot in range(self.acc.process_index, per, self.acc.num_processes):
-            epoch, k = divmod(step * per + slot, n)
-            out.append(read_prompt(self.train_ds, self._order(epoch)[k], slot))
+            at = step * per + slot
+            for tries in range(n):  # an item whose image cannot be read gives its slot to the next one
+                epoch, k = divmod(at + tries * per * 1009, n)
+                try:
+                    out.append(read_prompt(self.train_ds, self._order(epoch)[k], slot))
+                    break
+                except (PerceiveError, OSError, ValueError) as exc:
+                    self.unreadable.setdefault(self._order(epoch)[k], str(exc))
         return out
 
     def _gathered(self, rows: list) -> list:
@@ -150,6 +184,10 @@ class GRPOTrainer(Trainer):
     def _ref_logprobs(self, trajs: list[Trajectory]) -> list[torch.Tensor] | None:
         if self.reference is None:
             return None
+        with self.acc.autocast():
+            return self._ref_batches(trajs)
+
+    def _ref_batches(self, trajs: list[Trajectory]) -> list[torch.Tensor]:
         bs, out = self.cfg.optim.batch_size, []
         for i in range(0, len(trajs), bs):
             if self.reference is Reference.ADAPTER_DISABLED:
@@ -166,6 +204,7 @@ class GRPOTrainer(Trainer):
         old = [torch.tensor(t.old_logprobs, device=self.acc.device) for t in trajs]
         micro = [list(range(i, min(len(trajs), i + bs))) for i in range(0, len(trajs), bs)] or [[]]
         stats, entropy, grad_norm = TokenStats(), [], None
+        lr = self.opt.param_groups[0]["lr"]  # the rate this step's updates use
         self.model.train()
         for epoch in range(cfg.loss.inner_epochs):
             for k, idx in enumerate(micro):
@@ -175,30 +214,40 @@ class GRPOTrainer(Trainer):
                     batch = [trajs[i] for i in idx]
                     scored = score(self.policy, batch, self.warpers, forward=self.model)
                     loss = policy_loss(scored.logprobs, [old[i] for i in idx], adv[idx], [keep[i] for i in idx],
-                                       cfg.loss, den, None if ref is None else [ref[i] for i in idx],
-                                       stats if epoch == 0 else None)
+                                       cfg.loss, den, None if ref is None else [ref[i] for i in idx], stats)
                     # every process backpropagates (DDP syncs), through a graph even when all is masked
-                    loss = loss + 0.0 * sum(lp.sum() for lp in scored.logprobs)
+                    loss = loss + 0.0 * sum(lp[torch.isfinite(lp)].sum() for lp in scored.logprobs)
                     self.acc.backward(loss * self.acc.num_processes)  # DDP averages: the shares add up
                     if epoch == 0:
                         entropy += [e for e, i in zip(scored.entropy, idx, strict=True) if keep[i]]
-            grad_norm = self._optimizer_step()
+            grad_norm, skipped = self._optimizer_step()
         ent = torch.cat(entropy) if entropy else torch.zeros(0)
-        return {"entropy": float(ent.mean()) if ent.numel() else None, "grad_norm": grad_norm,
-                "clip_fraction": stats.clipped / stats.tokens if stats.tokens else None,
-                "kl": stats.kl / stats.tokens if stats.tokens and ref is not None else None}
+        # every process's tokens: (clipped, kl, tokens) over all epochs, (entropy sum, count) over the first
+        sums = torch.tensor([stats.clipped, stats.kl, float(stats.tokens), float(ent.sum()), float(ent.numel())])
+        if self.acc.num_processes > 1:
+            sums = self.acc.reduce(sums.to(self.acc.device), reduction="sum").cpu()
+        clipped, kl, tokens, ent_sum, ent_n = sums.tolist()
+        return {"lr": lr, "entropy": ent_sum / ent_n if ent_n else None, "grad_norm": grad_norm, "skipped": skipped,
+                "clip_fraction": clipped / tokens if tokens else None,
+                "kl": kl / tokens if tokens and ref is not None else None}
 
-    def _optimizer_step(self) -> float:
+    def _optimizer_step(self) -> tuple[float, bool]:
+        """Clip, step the optimizer and the schedule once: ``(gradient norm, skipped)``. A gradient
+        that is not finite is dropped, with its step (the weights would turn NaN)."""
         params = [p for p in self.model.parameters() if p.requires_grad]
         if self.cfg.optim.max_grad_norm:
             norm = self.acc.clip_grad_norm_(params, self.cfg.optim.max_grad_norm)
         else:
             grads = [p.grad.norm() for p in params if p.grad is not None]
             norm = torch.norm(torch.stack(grads)) if grads else torch.zeros(())
-        self.opt.step()
-        self.sched.step()
+        skipped = not bool(torch.isfinite(torch.as_tensor(norm)))
+        if not skipped:
+            self.opt.step()
+        # the schedule itself: accelerate's wrapper steps it once per process (a schedule counted in
+        # batches per process), and a GRPO step is one step whatever the processes
+        getattr(self.sched, "scheduler", self.sched).step()
         self.opt.zero_grad()
-        return float(norm)
+        return float(norm), skipped
 
     def rl_step(self, step: int) -> dict:
         """One step: rollouts, rewards, advantages, the update. Returns its telemetry record."""
@@ -206,21 +255,24 @@ class GRPOTrainer(Trainer):
         t0 = time.perf_counter()
         prompts = self.step_prompts(step)
         self.model.eval()
-        trajs = roll(self.loop, prompts, G, step, cfg.rollout.seed)
+        with self.acc.autocast():  # the precision the update's forward runs in: the ratio starts at 1
+            trajs = roll(self.loop, prompts, G, step, cfg.rollout.seed)
         t_roll = time.perf_counter() - t0
         each = [p for p in prompts for _ in range(G)]
         total, parts = rollout_rewards(self.rewards, each, trajs)
-        adv = advantages(torch.tensor(total), G, cfg.loss.advantage).to(self.acc.device)
         cut = [truncated(t) for t in trajs]
-        keep = [not (c and cfg.loss.mask_truncated) for c in cut]
+        failed = [failed_rollout(t) for t in trajs]
+        # a plugin's failure is not the policy's doing: it neither teaches nor punishes
+        keep = [not ((c and cfg.loss.mask_truncated) or f) for c, f in zip(cut, failed, strict=True)]
+        adv = advantages(torch.tensor(total), G, cfg.loss.advantage, torch.tensor(keep)).to(self.acc.device)
         den = self._denominators(trajs, keep)
         t1 = time.perf_counter()
         self._in_step = True
         update = self._update(trajs, adv, keep, den, self._ref_logprobs(trajs))
         t_update = time.perf_counter() - t1
-        rows = self._gathered([{"prompt": _light(p), "traj_done": t.finished, "total": r, "cut": c,
+        rows = self._gathered([{"prompt": _light(p), "traj_done": t.finished, "total": r, "cut": c, "failed": f,
                                 "parts": {k: v[i] for k, v in parts.items()}}
-                               for i, (p, t, r, c) in enumerate(zip(each, trajs, total, cut, strict=True))])
+                               for i, (p, t, r, c, f) in enumerate(zip(each, trajs, total, cut, failed, strict=True))])
         return self._record(step, rows, update, t_roll, t_update)
 
     def _record(self, step: int, rows: list[dict], update: dict, t_roll: float, t_update: float) -> dict:
@@ -228,16 +280,26 @@ class GRPOTrainer(Trainer):
         trajs = [_Done(r["traj_done"]) for r in rows]
         parts = {k: [r["parts"][k] for r in rows] for k in (rows[0]["parts"] if rows else {})}
         totals = [r["total"] for r in rows]
-        rec = {"step": step + 1, "lr": self.sched.get_last_lr()[0],
+        rec = {"step": step + 1,
                **rollout_metrics([r["prompt"] for r in rows], trajs, totals, parts), **update}
         groups = [totals[i:i + G] for i in range(0, len(totals), G)]
         rec["zero_advantage_fraction"] = sum(max(g) == min(g) for g in groups) / max(1, len(groups))
         rec["truncated_fraction"] = sum(r["cut"] for r in rows) / max(1, len(rows))
+        rec["failed_fraction"] = sum(r["failed"] for r in rows) / max(1, len(rows))
         rec["rollout_samples_per_s"] = len(rows) / max(t_roll, 1e-9)
         rec["update_samples_per_s"] = len(rows) * self.cfg.loss.inner_epochs / max(t_update, 1e-9)
         rec["tool_use_floor"] = self.cfg.telemetry.tool_use_floor
         warning = floor_warning(rec["tool_use_rate"], rec["tool_use_floor"], step + 1, self.cfg.rewards)
         rec["warnings"] = [warning] if warning else []
+        if rec["failed_fraction"]:
+            reasons = sorted({str(r["traj_done"].finish_reason) for r in rows if r["failed"]})
+            rec["warnings"].append(f"step {step + 1}: {rec['failed_fraction']:.3f} of the rollouts failed in a "
+                                   f"perception action ({', '.join(reasons)}): left out of the loss; see the traces "
+                                   "with perceive ask on the same inputs")
+        if self.unreadable:
+            rec["unreadable_prompts"] = len(self.unreadable)
+        if update.get("skipped"):
+            rec["warnings"].append(f"step {step + 1}: the gradient was not finite: the optimizer step was skipped")
         return rec
 
     def _loop(self, last: int, bar, task, on_step) -> None:

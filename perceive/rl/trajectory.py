@@ -35,6 +35,9 @@ class Trajectory:
     #: the ids of each delta, with its image grids: positions continue delta by delta as the
     #: engines compute them chunk by chunk (a generated id is text, whatever it is)
     segments: list[tuple[int, list[list[int]]]] = field(default_factory=list)
+    #: where each delta that carried re-encode features starts (an index into ``ids``): the span's
+    #: action token is two before it (action, end, then the observation)
+    features_at: list[int] = field(default_factory=list)
     finished: Finished | None = None
 
     @classmethod
@@ -42,6 +45,8 @@ class Trajectory:
         t = cls()
         for ev in events:
             if isinstance(ev, TokenDelta):
+                if ev.features:
+                    t.features_at.append(len(t.ids))
                 t.ids += ev.ids
                 t.provenance += [ev.provenance] * len(ev.ids)
                 if ev.provenance is Provenance.GENERATED:
@@ -94,6 +99,8 @@ def forward_inputs(model, trajs: list[Trajectory]) -> dict:
     positions = torch.zeros(3, B, L, dtype=torch.long)
     fed = torch.zeros(B, L, dtype=torch.bool)
     pixels, grids, features = [], [], {}
+    shown: dict[str, list[bool]] = {}
+    branches = {b.action_id: name for name, b in model.config.branches.items()}
     for i, t in enumerate(trajs):
         n = len(t.ids)
         input_ids[i, :n] = torch.tensor(t.ids)
@@ -104,6 +111,10 @@ def forward_inputs(model, trajs: list[Trajectory]) -> dict:
         grids += [g.reshape(-1, 3) for _, g in t.images]
         for branch, f in t.features:
             features.setdefault(branch, []).append(f.clone())  # made under inference_mode: not saveable
+        fed_here = t.fed_mask
+        for j, tok in enumerate(t.ids):  # each span the loop placed: were its features shown?
+            if tok in branches and fed_here[j]:
+                shown.setdefault(branches[tok], []).append(j + 2 in t.features_at)
     dev = model.device
     out = {"input_ids": input_ids.to(dev), "attention_mask": mask.to(dev), "position_ids": positions.to(dev),
            "fed": fed.to(dev)}
@@ -112,6 +123,8 @@ def forward_inputs(model, trajs: list[Trajectory]) -> dict:
         out["image_grid_thw"] = torch.cat(grids).to(dev)
     if features:
         out["features"] = features
+    if shown:
+        out["shown"] = {k: torch.tensor(v, dtype=torch.bool) for k, v in shown.items()}
     return out
 
 
@@ -139,8 +152,9 @@ def score(model, trajs: list[Trajectory], warpers=None, forward=None) -> Scored:
     possibly distributed, module)."""
     inputs = forward_inputs(model, trajs)
     run = forward or model
-    actions = [b.action_id for b in model.config.branches.values()]
-    spans = max((sum(t.ids.count(a) for a in actions) for t in trajs), default=0)
+    actions = {b.action_id for b in model.config.branches.values()}
+    spans = max((sum(1 for j, a in enumerate(t.ids) if a in actions and t.provenance[j] is not Provenance.GENERATED)
+                 for t in trajs), default=0)
     out = run(**inputs, para_mask_id=0, para_mask_ratio=0.0,
               num_inner_forward_run=max(model.config.num_inner_forward_run, 1 + spans))
     logprobs, entropy = [], []

@@ -121,7 +121,7 @@ class Trainer:
         if prec == "auto":
             prec = "bf16" if torch.cuda.is_available() else "no"
         self.acc = Accelerator(mixed_precision=prec, gradient_accumulation_steps=cfg.optim.grad_accum,
-                               project_dir=str(cfg.output))
+                               project_dir=str(cfg.output), kwargs_handlers=self.accelerator_kwargs())
         # the data first: a set with nothing usable (or too little) fails before a model is built
         self.train_ds = VPTDataset(cfg.data.train, policy=cfg.data.policy)
         self.eval_ds = VPTDataset(cfg.data.eval, policy=cfg.data.policy) if cfg.data.eval else None
@@ -154,6 +154,10 @@ class Trainer:
 
     #: the progress bar's figure before the first step
     bar_label = "loss -"
+
+    def accelerator_kwargs(self) -> list:
+        """accelerate's kwargs handlers for this trainer (none for supervised training)."""
+        return []
 
     def _freeze(self) -> None:
         cfg, m = self.cfg, self.model
