@@ -40,10 +40,8 @@ def read_prompt(ds, k: int, slot: int = 0) -> Prompt:
     """Item ``k`` of a :class:`~perceive.data.dataset.VPTDataset` as a prompt: its first image,
     its first user turn's question (placeholders and trigger prompts removed), its last turn's
     answer, and the box of its crop when it names one (``image.png#x0,y0,x1,y1``)."""
-    from perceive.data.dataset import split_crop
+    from perceive.data.dataset import load_ref, split_crop
     from perceive.eval.runner import question_of
-
-    from perceive.data.dataset import load_ref
 
     _, item = ds.items[k]
     refs = [str(r) for r in item.get("images") or []]
