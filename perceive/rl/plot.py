@@ -69,7 +69,7 @@ def read_telemetry(run: Path) -> list[dict]:
     path = Path(run) / TELEMETRY
     if not Path(run).is_dir():
         raise InputError(f"{run} is not a run folder" + (" (it is a file)" if Path(run).exists() else ""),
-                         hint=f"give the output folder of a GRPO run: it holds {TELEMETRY}, which {WRITTEN_BY}")
+                         hint=f"give the output folder of a GRPO run: it holds {TELEMETRY} ({WRITTEN_BY})")
     try:
         text = path.read_text()
     except FileNotFoundError:

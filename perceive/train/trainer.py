@@ -288,7 +288,10 @@ class Trainer:
                     if self.acc.sync_gradients and cfg.optim.max_grad_norm:
                         self.acc.clip_grad_norm_(self.model.parameters(), cfg.optim.max_grad_norm)
                     self.opt.step()
-                    self.sched.step()
+                    if self.acc.sync_gradients:
+                        # the schedule itself: accelerate's wrapper would step it once per process, and
+                        # optim.steps counts steps of all processes together
+                        getattr(self.sched, "scheduler", self.sched).step()
                     self.opt.zero_grad()
                 total += out.loss.item() / len(micro)
             self.step = step + 1
