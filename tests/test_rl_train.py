@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import perceive
 from perceive.data.cards import generate
 from perceive.errors import ConfigError
 from perceive.rl.config import GRPOConfig
@@ -155,3 +156,35 @@ def test_a_prompt_whose_image_cannot_be_read_is_skipped_and_reported(cards, tmp_
     rec = t.history[-1]["telemetry"]
     assert rec["unreadable_prompts"] == 1 and 0 in t.unreadable
     assert len(t.step_prompts(0)) == 8  # its slot went to another item
+
+
+class HangOnce:
+    """A plugin whose first perception call hangs (until released): a rollout must not stall the step."""
+
+    def __init__(self):
+        import threading
+
+        self.release, self.calls = threading.Event(), 0
+
+    @perceive.hookimpl
+    def perceive_before_action(self, context):
+        self.calls += 1
+        if self.calls == 1:
+            self.release.wait(60)
+
+
+def test_a_hung_perception_call_fails_its_rollout_which_is_masked_and_reported(cards, tmp_path):
+    from perceive.plugins import load_registry
+
+    hang = HangOnce()
+    models = ROOT / "models" / "default"
+    try:
+        cfg = config(cards, tmp_path / "run", model={"path": str(models)}, optim={"steps": 1, "lr": 1e-5},
+                     rollout={"action_timeout_s": 0.5, "max_new_tokens": 16}, loss={"kl_coef": 0.0})
+        t = GRPOTrainer(cfg, progress=False, registry=load_registry([("hang", hang)]))
+        t.train()
+    finally:
+        hang.release.set()
+    rec = t.history[-1]["telemetry"]
+    assert rec["failed_fraction"] == pytest.approx(1 / 8)  # one of 2 prompts x 4 rollouts
+    assert any("action_timeout" in w for w in rec["warnings"])

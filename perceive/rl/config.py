@@ -66,6 +66,10 @@ class RolloutConfig(StrictModel):
     params: dict[str, Any] = Field(default_factory=dict)
     #: samples decoded together (continuous batching)
     max_batch_size: int = Field(64, ge=1)
+    #: a perception call that runs longer fails (its rollout is masked and counted, not waited on)
+    action_timeout_s: float | None = Field(30.0, gt=0)
+    #: per-action options over the model's own (e.g. {zoom: {size: 448}})
+    action_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     seed: int = 0
 
 

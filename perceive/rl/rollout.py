@@ -63,6 +63,7 @@ def rollout_loop(model, cfg: GRPOConfig, registry, greedy: bool = False) -> Perc
     protocol = cfg.protocol
     options = LoopOptions(do_sample=not greedy, temperature=r.temperature, top_k=r.top_k, top_p=r.top_p, seed=r.seed,
                           max_new_tokens=r.max_new_tokens, max_hops=r.max_hops, max_batch_size=r.max_batch_size,
+                          action_timeout_s=r.action_timeout_s, action_options=r.action_options,
                           **({"protocol": protocol.name, "protocol_options": protocol.options} if protocol else {}))
     graph = compile_graph(r.graph, registry=registry, params={"max_hops": r.max_hops, **r.params})
     return PerceptionLoop(model, registry, options=options, graph=graph)
