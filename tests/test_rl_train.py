@@ -57,10 +57,15 @@ def test_resume_is_exact(cards, tmp_path):
 
 
 def test_a_step_changes_the_policy_and_reports_its_telemetry(cards, tmp_path):
-    t = GRPOTrainer(config(cards, tmp_path / "run", optim={"steps": 2}), progress=False)
-    before = {n: p.detach().clone() for n, p in t.policy.named_parameters()}
-    t.train()
-    assert any(not torch.equal(before[n], p) for n, p in t.policy.named_parameters())
+    from perceive.rl import train_grpo
+    from perceive.train.build import build_model
+
+    cfg = config(cards, tmp_path / "run", optim={"steps": 2})
+    torch.manual_seed(cfg.optim.seed)
+    before = dict(build_model(cfg).named_parameters())  # the starting model, as the trainer builds it
+    t, out = train_grpo(cfg, progress=False)
+    assert (out / "perceive.json").exists()
+    assert any(not torch.equal(before[n].detach(), p.detach()) for n, p in t.policy.named_parameters())
     rec = json.loads((tmp_path / "run" / "telemetry.jsonl").read_text().splitlines()[-1])
     for key in ("reward/mean", "reward/exact_match/mean", "reward/format/mean", "accuracy", "tool_use_rate",
                 "hops_per_sample", "response_length", "entropy", "kl", "clip_fraction", "grad_norm",

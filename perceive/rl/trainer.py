@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from perceive.loop.events import Provenance
+from perceive.errors import ConfigError, PerceiveError
 from perceive.loop.sampling import Sampler
 from perceive.rl.config import GRPOConfig, Reference
 from perceive.rl.loss import Denominators, TokenStats, advantages, policy_loss
@@ -78,8 +78,6 @@ class GRPOTrainer(Trainer):
         self.rewards = pick_rewards(cfg.rewards, self.registry, cfg.source)  # a wrong name fails before the model
         super().__init__(cfg, model, progress)
         if cfg.rollout.prompts_per_step % self.acc.num_processes:
-            from perceive.errors import ConfigError
-
             raise ConfigError(f"{cfg.source}: rollout.prompts_per_step ({cfg.rollout.prompts_per_step}) must be a "
                               f"multiple of the {self.acc.num_processes} processes (each takes whole groups)",
                               hint=f"set rollout.prompts_per_step to {self.acc.num_processes} or a multiple")
@@ -109,8 +107,6 @@ class GRPOTrainer(Trainer):
         if cfg.reference is Reference.ADAPTER_DISABLED:
             others = [n for n, p in self.model.named_parameters() if p.requires_grad and "lora_" not in n]
             if others:
-                from perceive.errors import ConfigError
-
                 raise ConfigError(f"{cfg.source}: loss.reference: adapter_disabled measures KL against the policy with "
                                   f"its adapters off, but {len(others)} other parameters train too ({others[0]}, ...)",
                                   hint="use loss.reference: frozen, or let only the adapters train (no trainable:)")
@@ -125,12 +121,9 @@ class GRPOTrainer(Trainer):
     def policy(self):
         return self.acc.unwrap_model(self.model)
 
-    def _scheduler(self):
-        from transformers import get_scheduler
-
-        o, total = self.cfg.optim, self.cfg.optim.steps * self.cfg.loss.inner_epochs
-        name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[o.scheduler]
-        return get_scheduler(name, self.opt, num_warmup_steps=int(o.warmup_ratio * total), num_training_steps=total)
+    @property
+    def optimizer_steps(self) -> int:
+        return self.cfg.optim.steps * self.cfg.loss.inner_epochs  # each rollout step takes inner_epochs
 
     def _reference(self):
         """The KL reference: a frozen copy of the starting model (built again from the config, so a
@@ -151,8 +144,6 @@ class GRPOTrainer(Trainer):
     def step_prompts(self, step: int) -> list[Prompt]:
         """This process's prompts of ``step``: the step's ``prompts_per_step`` slots of a seeded
         per-epoch order of the set, those with ``slot % world == rank``."""
-        from perceive.errors import PerceiveError
-
         n, per = len(self.train_ds), self.cfg.rollout.prompts_per_step
         out = []
         for slot in range(self.acc.process_index, per, self.acc.num_processes):
@@ -400,4 +391,4 @@ def train_grpo(cfg: GRPOConfig, resume=None, progress: bool = True, overwrite: b
     return t, t.save_model()
 
 
-__all__ = ["GRPOTrainer", "Provenance", "train_grpo", "truncated"]
+__all__ = ["GRPOTrainer", "failed_rollout", "train_grpo", "truncated"]

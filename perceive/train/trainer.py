@@ -198,13 +198,17 @@ class Trainer:
                              "the adapters of the language model); " + _prefix_hint("", names))
             raise ConfigError(f"{cfg.source}: nothing to train: {why}", hint=hint)
 
+    @property
+    def optimizer_steps(self) -> int:
+        """How many optimizer steps the run takes (the schedule's length)."""
+        return self.cfg.optim.steps
+
     def _scheduler(self):
         from transformers import get_scheduler
 
-        o = self.cfg.optim
+        o, total = self.cfg.optim, self.optimizer_steps
         name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[o.scheduler]
-        return get_scheduler(name, self.opt, num_warmup_steps=int(o.warmup_ratio * o.steps),
-                             num_training_steps=o.steps)
+        return get_scheduler(name, self.opt, num_warmup_steps=int(o.warmup_ratio * total), num_training_steps=total)
 
     def _order(self, epoch: int) -> list[int]:
         g = torch.Generator().manual_seed(self.cfg.optim.seed * 1000 + epoch)
