@@ -136,20 +136,23 @@ def test_the_adapters_off_are_no_reference_when_more_than_the_adapters_train(car
 
 
 def test_cli_trains_plots_and_refuses_a_bad_method(cards, tmp_path):
+    from typer.testing import CliRunner
+
+    from perceive.cli import app
+
     cfg = tmp_path / "grpo.yaml"
     raw = raw_config(cards, optim={"steps": 1})
     cfg.write_text(json.dumps({**raw, "output": str(tmp_path / "run")}))
-    perceive = [sys.executable, "-m", "perceive"]
-    r = subprocess.run([*perceive, "train", str(cfg)], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    assert (tmp_path / "run" / "model" / "perceive.json").exists()
-    r = subprocess.run([*perceive, "train", "plot", str(tmp_path / "run")], capture_output=True, text=True)
-    assert r.returncode == 0 and (tmp_path / "run" / "curves.png").exists(), r.stderr
+    r = CliRunner().invoke(app, ["train", str(cfg)])
+    assert r.exit_code == 0, r.output
+    assert "model written to" in r.output and (tmp_path / "run" / "model" / "perceive.json").exists()
+    r = CliRunner().invoke(app, ["train", "plot", str(tmp_path / "run")])
+    assert r.exit_code == 0 and (tmp_path / "run" / "curves.png").exists(), r.output
     bad = tmp_path / "bad.yaml"
     bad.write_text(json.dumps({**raw, "method": "ppo"}))
-    r = subprocess.run([*perceive, "train", str(bad)], capture_output=True, text=True)
-    assert r.returncode == 1 and "Traceback" not in r.stderr + r.stdout
-    assert "method: 'ppo' is not a training method" in r.stdout + r.stderr
+    r = CliRunner().invoke(app, ["train", str(bad)])
+    assert r.exit_code == 1, r.output
+    assert "method: 'ppo' is not a training method" in r.output and "Traceback" not in r.output
 
 
 def test_a_prompt_whose_image_cannot_be_read_is_skipped_and_reported(cards, tmp_path):
