@@ -443,3 +443,21 @@ def test_loop_online_equals_reprefill(qwen25, name):
     assert observed.endswith("<|im_end|>\n<|im_start|>assistant\n")
     assert not [e for e in online.trace.events if e["type"] == "parse_error"]
     assert ("# Tools" in loop.layout.system) == name.startswith("hermes")
+
+
+def test_naming_the_models_own_protocol_keeps_the_options_it_was_trained_with():
+    """A bare `protocol: hermes_json` for a model whose perceive.json declares hermes_json with
+    options keeps those options (the run's own go over them); found by a new-user trial."""
+    from types import SimpleNamespace
+
+    from perceive.plugins import get_registry
+    from perceive.protocols.detect import choose_protocol
+
+    model = SimpleNamespace(config=SimpleNamespace(protocol={"name": "hermes_json",
+                                                             "options": {"response": "deepeyes", "declare": False}}))
+    bare = choose_protocol(get_registry(), "hermes_json", None, model)
+    assert bare.options.response == "deepeyes" and bare.options.declare is False
+    over = choose_protocol(get_registry(), "hermes_json", {"declare": True}, model)
+    assert over.options.response == "deepeyes" and over.options.declare is True
+    other = choose_protocol(get_registry(), "mini_o3_grounding", None, model)  # another protocol: its defaults
+    assert type(other).__name__ == "MiniO3Grounding"

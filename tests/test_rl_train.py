@@ -201,3 +201,21 @@ def test_a_hung_perception_call_fails_its_rollout_which_is_masked_and_reported(c
     rec = t.history[-1]["telemetry"]
     assert rec["failed_fraction"] == pytest.approx(1 / 8)  # one of 2 prompts x 4 rollouts
     assert any("action_timeout" in w for w in rec["warnings"])
+
+
+def test_a_step_whose_rollouts_were_all_masked_says_so(cards, tmp_path):
+    t = GRPOTrainer(config(cards, tmp_path / "run", optim={"steps": 1}, loss={"mask_truncated": True}),
+                    progress=False)
+    t.train()
+    rec = t.history[-1]["telemetry"]
+    assert rec["truncated_fraction"] == 1.0 and rec["zero_advantage_fraction"] == 1.0  # a random model: all cut
+    assert any("every rollout was left out of the loss" in w for w in rec["warnings"])
+
+
+def test_overwrite_clears_the_telemetry_of_the_earlier_run(cards, tmp_path):
+    from perceive.train.checkpoints import run_files
+
+    (tmp_path / "run").mkdir()
+    for name in ("telemetry.jsonl", "curves.png", "notes.txt"):
+        (tmp_path / "run" / name).write_text("x")
+    assert {p.name for p in run_files(tmp_path / "run")} == {"telemetry.jsonl", "curves.png"}

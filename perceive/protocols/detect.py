@@ -96,10 +96,16 @@ def detect_protocol(model, names: list[str] | None = None) -> tuple[str, dict[st
 
 def choose_protocol(registry, name: str, options: dict[str, Any] | None, model):
     """The configured protocol the loop runs: ``name`` from ``registry`` with ``options``, or,
-    for ``auto``, the detected one (the run's ``options`` over the detected ones)."""
+    for ``auto``, the detected one (the run's ``options`` over the detected ones). Naming the
+    protocol the model's ``perceive.json`` declares keeps that file's options under the run's (a
+    bare ``protocol: hermes_json`` must not drop the options the model was trained with)."""
     if name == AUTO:
         name, found = detect_protocol(model, sorted(getattr(registry, "protocols", {}) or {}) or None)
         options = {**found, **(options or {})}
+    else:
+        declared = getattr(getattr(model, "config", None), "protocol", None)
+        if isinstance(declared, dict) and declared.get("name") == name:
+            options = {**(declared.get("options") or {}), **(options or {})}
     return registry.protocol(name, options)
 
 

@@ -262,8 +262,9 @@ class GRPOTrainer(Trainer):
         update = self._update(trajs, adv, keep, den, self._ref_logprobs(trajs))
         t_update = time.perf_counter() - t1
         rows = self._gathered([{"prompt": _light(p), "traj_done": t.finished, "total": r, "cut": c, "failed": f,
-                                "parts": {k: v[i] for k, v in parts.items()}}
-                               for i, (p, t, r, c, f) in enumerate(zip(each, trajs, total, cut, failed, strict=True))])
+                                "masked": not k, "parts": {name: v[i] for name, v in parts.items()}}
+                               for i, (p, t, r, c, f, k) in enumerate(zip(each, trajs, total, cut, failed, keep,
+                                                                           strict=True))])
         return self._record(step, rows, update, t_roll, t_update)
 
     def _record(self, step: int, rows: list[dict], update: dict, t_roll: float, t_update: float) -> dict:
@@ -274,7 +275,11 @@ class GRPOTrainer(Trainer):
         rec = {"step": step + 1,
                **rollout_metrics([r["prompt"] for r in rows], trajs, totals, parts), **update}
         groups = [totals[i:i + G] for i in range(0, len(totals), G)]
-        rec["zero_advantage_fraction"] = sum(max(g) == min(g) for g in groups) / max(1, len(groups))
+        kept = [not r["masked"] for r in rows]
+        kept_groups = [[t for t, k in zip(totals[i:i + G], kept[i:i + G], strict=True) if k]
+                       for i in range(0, len(totals), G)]
+        # a group with fewer than two kept members teaches nothing either
+        rec["zero_advantage_fraction"] = sum(len(g) < 2 or max(g) == min(g) for g in kept_groups) / max(1, len(groups))
         rec["truncated_fraction"] = sum(r["cut"] for r in rows) / max(1, len(rows))
         rec["failed_fraction"] = sum(r["failed"] for r in rows) / max(1, len(rows))
         rec["rollout_samples_per_s"] = len(rows) / max(t_roll, 1e-9)
@@ -287,6 +292,10 @@ class GRPOTrainer(Trainer):
             rec["warnings"].append(f"step {step + 1}: {rec['failed_fraction']:.3f} of the rollouts failed in a "
                                    f"perception action ({', '.join(reasons)}): left out of the loss; see the traces "
                                    "with perceive ask on the same inputs")
+        if rows and not any(kept):
+            rec["warnings"].append(f"step {step + 1}: every rollout was left out of the loss (cut by a budget or "
+                                   "failed): nothing was learned; raise rollout.max_new_tokens or max_hops, or set "
+                                   "loss.mask_truncated: false")
         if self.unreadable:
             rec["unreadable_prompts"] = len(self.unreadable)
         if update.get("skipped"):

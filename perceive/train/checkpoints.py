@@ -78,12 +78,13 @@ def latest_checkpoint(folder: str | Path) -> Path | None:
 
 def run_files(output: str | Path) -> list[Path]:
     """What a training run leaves in its output folder: ``model``, ``history.json``,
-    ``evals.jsonl``, ``checkpoint-*``. Other files there are not the trainer's, and are left alone."""
+    ``evals.jsonl``, ``checkpoint-*``, and a GRPO run's ``telemetry.jsonl`` and ``curves.png``.
+    Other files there are not the trainer's, and are left alone."""
     output = Path(output)
     if not output.is_dir():
         return []
-    return sorted(p for p in output.iterdir()
-                  if p.name in ("model", "history.json", "evals.jsonl") or p.name.startswith("checkpoint-"))
+    names = ("model", "history.json", "evals.jsonl", "telemetry.jsonl", "curves.png")
+    return sorted(p for p in output.iterdir() if p.name in names or p.name.startswith("checkpoint-"))
 
 
 def _inside(path: Path, folder: Path) -> bool:
