@@ -204,11 +204,11 @@ def test_a_hung_perception_call_fails_its_rollout_which_is_masked_and_reported(c
 
 
 def test_a_step_whose_rollouts_were_all_masked_says_so(cards, tmp_path):
-    t = GRPOTrainer(config(cards, tmp_path / "run", optim={"steps": 1}, loss={"mask_truncated": True}),
-                    progress=False)
+    t = GRPOTrainer(config(cards, tmp_path / "run", optim={"steps": 1}, loss={"mask_truncated": True},
+                           rollout={"max_new_tokens": 2}), progress=False)
     t.train()
     rec = t.history[-1]["telemetry"]
-    assert rec["truncated_fraction"] == 1.0 and rec["zero_advantage_fraction"] == 1.0  # a random model: all cut
+    assert rec["truncated_fraction"] == 1.0 and rec["zero_advantage_fraction"] == 1.0  # 2 tokens: all cut
     assert any("every rollout was left out of the loss" in w for w in rec["warnings"])
 
 
