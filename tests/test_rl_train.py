@@ -203,12 +203,15 @@ def test_a_hung_perception_call_fails_its_rollout_which_is_masked_and_reported(c
     assert any("action_timeout" in w for w in rec["warnings"])
 
 
-def test_a_step_whose_rollouts_were_all_masked_says_so(cards, tmp_path):
-    t = GRPOTrainer(config(cards, tmp_path / "run", optim={"steps": 1}, loss={"mask_truncated": True},
-                           rollout={"max_new_tokens": 2}), progress=False)
+def test_a_step_whose_rollouts_were_all_masked_says_so(cards, tmp_path, monkeypatch):
+    import perceive.rl.trainer as trainer
+
+    monkeypatch.setattr(trainer, "truncated", lambda t: True)  # every rollout cut by a budget
+    t = GRPOTrainer(config(cards, tmp_path / "run", optim={"steps": 1}, loss={"mask_truncated": True}),
+                    progress=False)
     t.train()
     rec = t.history[-1]["telemetry"]
-    assert rec["truncated_fraction"] == 1.0 and rec["zero_advantage_fraction"] == 1.0  # 2 tokens: all cut
+    assert rec["truncated_fraction"] == 1.0 and rec["zero_advantage_fraction"] == 1.0 and rec["grad_norm"] == 0
     assert any("every rollout was left out of the loss" in w for w in rec["warnings"])
 
 
