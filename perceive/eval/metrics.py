@@ -1,4 +1,5 @@
-"""Answer metrics. All take a prediction and a ground truth string and return a score in [0, 1]."""
+"""Answer metrics. All take a prediction and a ground truth string and return a score in [0, 1];
+and the crop IoU of a trace's first region hop against an item's box."""
 
 from __future__ import annotations
 
@@ -47,3 +48,19 @@ def relaxed_accuracy(pred: str, gt: str, tolerance: float = 0.05) -> float:
     if p is not None and g is not None:
         return float(p == g if g == 0 else abs(p - g) / abs(g) <= tolerance)
     return exact_match(pred, gt)
+
+
+#: actions whose hop box is where the model looked (crop IoU)
+REGION_ACTIONS = ("region_select", "zoom")
+
+
+def crop_iou(trace, box, no_hop: float | None = None) -> float | None:
+    """IoU of ``trace``'s first region hop's box with ``box`` (root pixels ``[x0, y0, x1, y1]``);
+    ``no_hop`` when the trace has no region hop (eval: None, nothing to score; a reward: 0), None
+    without a ``box``."""
+    from perceive.geometry import Box
+
+    if box is None:
+        return None
+    hops = [h for h in trace.hops if h.box and h.action in REGION_ACTIONS]
+    return Box.from_dict(hops[0].box).iou(Box(*box)) if hops else no_hop

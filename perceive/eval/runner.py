@@ -23,7 +23,7 @@ from perceive.config.overrides import Override
 from perceive.config.settings import MANY_SAMPLES_BATCH_SIZE
 from perceive.data.skipped import DEFAULT_MAX_SKIPPED_FRACTION, Skipped
 from perceive.errors import ConfigDeprecationWarning, ConfigError, ResumeError
-from perceive.eval.metrics import anls, exact_match, relaxed_accuracy
+from perceive.eval.metrics import anls, crop_iou, exact_match, relaxed_accuracy
 from perceive.eval.report import markdown, summarize
 from perceive.strict import StrictModel
 
@@ -270,7 +270,6 @@ def evaluate(cfg: EvalConfig, model=None, registry=None, progress: bool = True, 
 def _record(ds, k: int, a, ran: bool, judge) -> dict[str, Any]:
     """One finished sample's record: what it answered, how it scores, what it did and cost."""
     from perceive.data.dataset import split_crop
-    from perceive.geometry import Box
 
     index, item = ds.items[k]
     gt = item["messages"][-1]["content"]
@@ -287,11 +286,10 @@ def _record(ds, k: int, a, ran: bool, judge) -> dict[str, Any]:
     }
     refs = [str(r) for r in item.get("images") or []]
     gt_box = split_crop(refs[1])[1] if len(refs) > 1 else None
-    region_hops = [h for h in a.trace.hops if h.box and h.action in ("region_select", "zoom")]
     if gt_box is not None:
         rec["gt_box"] = list(gt_box)
         # no region hop: nothing to score (None, shown "-"), not an IoU of 0
-        rec["crop_iou"] = Box.from_dict(region_hops[0].box).iou(Box(*gt_box)) if region_hops else None
+        rec["crop_iou"] = crop_iou(a.trace, gt_box)
     if judge is not None:
         rec["judge"] = judge.score(question, gt, a.text)
     extra = item_fields(item)

@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from perceive.errors import ConfigError, InputError, OutputError
+from perceive.rl.telemetry import TELEMETRY_FILE
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-TELEMETRY = "telemetry.jsonl"
+TELEMETRY = TELEMETRY_FILE
 WRITTEN_BY = "`perceive train CONFIG` with `method: grpo` writes it"
 #: the picture's geometry: panels of PANEL_SIZE inches, COLUMNS to a row, at DPI dots per inch
 PANEL_SIZE = (4.5, 3.0)

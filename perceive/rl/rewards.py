@@ -17,13 +17,9 @@ from __future__ import annotations
 import math
 
 from perceive.errors import ConfigError, ErrorCode, did_you_mean
-from perceive.eval.metrics import anls, exact_match
-from perceive.geometry import Box
+from perceive.eval.metrics import anls, crop_iou, exact_match
 from perceive.rewards import Reward
 from perceive.trace import EventType, FinishReason, Trace
-
-#: actions whose hop box is where the model looked (crop IoU)
-REGION_ACTIONS = ("region_select", "zoom")
 
 
 def _exact_match(completions, answer, **kwargs) -> list[float]:
@@ -56,17 +52,8 @@ def _hop_cost(trace, **kwargs) -> list[float]:
     return [-float(len(t.hops)) for t in trace]
 
 
-def crop_iou(trace: Trace, box) -> float | None:
-    """IoU of the first region hop's box with ``box`` (root pixels); 0 without a region hop, None
-    without a ``box``."""
-    if box is None:
-        return None
-    hops = [h for h in trace.hops if h.box and h.action in REGION_ACTIONS]
-    return Box.from_dict(hops[0].box).iou(Box(*box)) if hops else 0.0
-
-
 def _crop_iou(trace, box, **kwargs) -> list[float | None]:
-    return [crop_iou(t, b) for t, b in zip(trace, box, strict=True)]
+    return [crop_iou(t, b, no_hop=0.0) for t, b in zip(trace, box, strict=True)]
 
 
 def builtin_rewards() -> list[Reward]:

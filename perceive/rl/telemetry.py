@@ -19,8 +19,7 @@ import json
 import statistics
 from pathlib import Path
 
-from perceive.eval.metrics import exact_match
-from perceive.rl.rewards import crop_iou
+from perceive.eval.metrics import crop_iou, exact_match
 
 TELEMETRY_FILE = "telemetry.jsonl"
 
@@ -46,7 +45,7 @@ def rollout_metrics(prompts: list, trajs: list, total: list[float], parts: dict[
     rec["tool_use_rate"] = _mean(float(bool(d.trace.hops)) for d in done)
     rec["hops_per_sample"] = _mean(len(d.trace.hops) for d in done)
     rec["response_length"] = _mean(len(d.token_ids) for d in done)
-    rec["crop_iou"] = _mean(crop_iou(d.trace, p.box) for d, p in zip(done, prompts, strict=True))
+    rec["crop_iou"] = _mean(crop_iou(d.trace, p.box, no_hop=0.0) for d, p in zip(done, prompts, strict=True))
     return rec
 
 
@@ -87,10 +86,3 @@ def append_telemetry(output: Path, rec: dict) -> None:
     output.mkdir(parents=True, exist_ok=True)
     with (output / TELEMETRY_FILE).open("a") as f:
         f.write(json.dumps(rec) + "\n")
-
-
-def read_telemetry(output: Path) -> list[dict]:
-    path = Path(output) / TELEMETRY_FILE
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

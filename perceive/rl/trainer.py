@@ -375,11 +375,10 @@ class _Done:
 
 
 def _eval_summary(rows: list[dict]) -> dict:
-    from perceive.eval.metrics import exact_match
-    from perceive.rl.rewards import crop_iou
+    from perceive.eval.metrics import crop_iou, exact_match
 
     done = [(r["prompt"], r["traj_done"]) for r in rows]
-    ious = [crop_iou(d.trace, p.box) for p, d in done]
+    ious = [crop_iou(d.trace, p.box) for p, d in done]  # as perceive eval: items without a hop are unscored
     ious = [v for v in ious if v is not None]
     return {"exact_match": sum(exact_match(d.answer, p.answer) for p, d in done) / max(1, len(done)),
             "hop_rate": sum(bool(d.trace.hops) for _, d in done) / max(1, len(done)),
