@@ -44,6 +44,7 @@ def summarize(records: list[dict], judged: bool = False, wall_s: float | None = 
     s = {"samples": n, "exact_match": mean("exact_match"), "anls": mean("anls"),
          "relaxed_accuracy": mean("relaxed_accuracy"),
          "samples_with_a_hop": sum(1 for r in records if r["hops"]) / n if n else 0.0,
+         "hops_per_sample": mean("hops"),
          # over the samples whose first region hop was scored: None (shown "-") when none made one
          "action_counts": actions, "crop_iou": mean("crop_iou"),
          "errors": sum(1 for r in records if r["error"]),
@@ -57,6 +58,38 @@ def summarize(records: list[dict], judged: bool = False, wall_s: float | None = 
         s["judge"] = mean("judge")
         s["judge_failures"] = sum(1 for r in records if r.get("judge") is None)
     return s
+
+
+def estimates(bench, records: list[dict], judged: bool = False) -> dict[str, dict]:
+    """Each of ``bench``'s figures over ``records`` with its standard error and 95% interval over
+    items (:mod:`perceive.eval.stats`): the mean of each metric, or the benchmark's own aggregate
+    (bootstrapped); the judge's mean score too when the run was judged."""
+    from perceive.eval.benchmarks.base import Benchmark
+    from perceive.eval.stats import bootstrap, by_item, item_means, normal
+
+    groups = by_item(records)
+    if type(bench).figures is not Benchmark.figures:
+        out = bootstrap(groups, bench.figures)
+    else:
+        out = {m: normal(item_means(groups, m)) for m in bench.metrics}
+    if judged:
+        out["judge"] = normal(item_means(groups, "judge"))
+    return {k: e.to_json() for k, e in out.items()}
+
+
+def breakdown(bench, records: list[dict], judged: bool = False) -> dict[str, Any]:
+    """The summary's figures: ``figures`` (each with its interval) overall, and ``categories``
+    (the same per category, for a benchmark whose items have one), plus each overall figure's value
+    under its own name (the table's columns)."""
+    figures = estimates(bench, records, judged)
+    out: dict[str, Any] = {"figures": figures, **{k: e["mean"] for k, e in figures.items()}}
+    cats: dict[str, list[dict]] = {}
+    for r in records:
+        if r.get("category") is not None:
+            cats.setdefault(str(r["category"]), []).append(r)
+    if cats:
+        out["categories"] = {c: estimates(bench, rs, judged) for c, rs in sorted(cats.items())}
+    return out
 
 
 def split_by(result: dict, key: str) -> list[dict]:
@@ -75,33 +108,77 @@ def split_by(result: dict, key: str) -> list[dict]:
         raise InputError(f"no record of the run {result.get('name')!r} has the item field {key!r}",
                          hint="--by names a key of the data's items (perceive data cards writes card_size); a run "
                               "made before perceive eval kept item fields must be run again")
-    return [{**result, "name": f"{result['name']} [{key}={value}]", "records": records, "summary": summarize(records)}
+    from perceive.eval.benchmarks import get_benchmark
+
+    bench = get_benchmark(result.get("benchmark") or "paper")
+    judged = "judge" in (result.get("summary") or {})
+    return [{**result, "name": f"{result['name']} [{key}={value}]", "records": records,
+             "summary": {**summarize(records, judged=judged), **breakdown(bench, records, judged)}}
             for value, records in sorted(groups.items())]
 
 
-COLUMNS = [("exact match", "exact_match"), ("ANLS", "anls"), ("relaxed acc.", "relaxed_accuracy"),
-           ("hop rate", "samples_with_a_hop"), ("crop IoU", "crop_iou"), ("tokens/sample", "tokens_per_sample"),
-           ("latency mean ms", "latency_ms_mean"), ("latency p50 ms", "latency_ms_p50"),
-           ("latency p95 ms", "latency_ms_p95"), ("samples/s", "throughput_samples_per_s"),
-           ("errors", "errors"), ("samples", "samples"), ("skipped", "skipped")]
+#: the hop telemetry and cost columns, after the figures
+TELEMETRY = [("hop rate", "samples_with_a_hop"), ("hops/sample", "hops_per_sample"), ("crop IoU", "crop_iou"),
+             ("tokens/sample", "tokens_per_sample"), ("latency mean ms", "latency_ms_mean"),
+             ("latency p50 ms", "latency_ms_p50"), ("latency p95 ms", "latency_ms_p95"),
+             ("samples/s", "throughput_samples_per_s"), ("errors", "errors"), ("samples", "samples"),
+             ("skipped", "skipped")]
+#: a run made before figures had intervals: its figures by these names
+OLD_FIGURES = ["exact_match", "anls", "relaxed_accuracy", "judge"]
+NAMES = {"exact_match": "exact match", "anls": "ANLS", "relaxed_accuracy": "relaxed acc.",
+         "vqa_accuracy": "VQA acc.", "accuracy": "accuracy"}
 
 
 def _fmt(v) -> str:
     return "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
 
 
-def markdown(results: list[dict]) -> str:
-    """One row per run: the comparison table. A figure a run does not have (no ground-truth
-    region, no region hop, an older run's eval.json) is ``-``. The judge column appears when a run
-    was judged; ``unknown chars`` when a run has samples whose question held characters the
-    tokenizer does not know."""
-    cols = list(COLUMNS)
-    if any("judge" in r["summary"] for r in results):
-        cols.insert(3, ("judge", "judge"))
+def _figure(e: dict | None) -> str:
+    """A figure with its 95% interval: ``0.733 [0.681, 0.785]``; ``-`` when the run lacks it."""
+    if not e or e.get("mean") is None:
+        return "-"
+    if e.get("lo") is None:
+        return f"{e['mean']:.3f}"
+    return f"{e['mean']:.3f} [{e['lo']:.3f}, {e['hi']:.3f}]"
+
+
+def _figures_of(result: dict) -> dict[str, dict]:
+    s = result["summary"]
+    if "figures" in s:
+        return s["figures"]
+    return {k: {"mean": s[k]} for k in OLD_FIGURES if s.get(k) is not None}
+
+
+def markdown(results: list[dict], groups: list[str] | None = None) -> str:
+    """One row per run: the comparison table. Each figure with its 95% interval over items, then
+    the hop telemetry and cost. A figure a run does not have (no ground-truth region, no region
+    hop, another benchmark's metric) is ``-``. ``groups``: a label per run that names its protocol
+    (runs with the same label were measured the same way), shown when given; ``unknown chars``
+    appears when a run has samples whose question held characters the tokenizer does not know."""
+    names: list[str] = []
+    for r in results:
+        names += [k for k in _figures_of(r) if k not in names]
+    cols = list(TELEMETRY)
     if any(r["summary"].get("unknown_characters") for r in results):
         cols.insert(cols.index(("errors", "errors")) + 1, ("unknown chars", "unknown_characters"))
-    lines = ["| run | graph | " + " | ".join(c for c, _ in cols) + " |", "|" + " --- |" * (len(cols) + 2)]
-    for r in results:
-        s = r["summary"]
-        lines.append(f"| {r['name']} | {r['graph']} | " + " | ".join(_fmt(s.get(k)) for _, k in cols) + " |")
+    head = ["run", "graph"] + (["protocol"] if groups else []) + [NAMES.get(n, n) for n in names] + [c for c, _ in cols]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for i, r in enumerate(results):
+        figs = _figures_of(r)
+        row = [r["name"], r["graph"]] + ([groups[i]] if groups else []) + [_figure(figs.get(n)) for n in names]
+        lines.append("| " + " | ".join(row + [_fmt(r["summary"].get(k)) for _, k in cols]) + " |")
+    return "\n".join(lines) + "\n" + categories(results, names)
+
+
+def categories(results: list[dict], names: list[str]) -> str:
+    """Per-category tables, one row per run and category, for the runs whose benchmark has
+    categories ("" when none has)."""
+    rows = [(r["name"], c, figs) for r in results for c, figs in (r["summary"].get("categories") or {}).items()]
+    if not rows:
+        return ""
+    head = ["run", "category", "items"] + [NAMES.get(n, n) for n in names]
+    lines = ["", "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for name, c, figs in rows:
+        n = next((e.get("n") for e in figs.values() if e.get("n") is not None), None)
+        lines.append("| " + " | ".join([name, c, _fmt(n)] + [_figure(figs.get(m)) for m in names]) + " |")
     return "\n".join(lines) + "\n"

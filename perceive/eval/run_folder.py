@@ -169,10 +169,11 @@ def differences(then: dict, now: dict) -> list[str]:
 # -- predictions ----------------------------------------------------------------------------------
 
 
-def read_predictions(path: Path) -> tuple[dict[int, dict], int]:
-    """The finished samples of ``path`` by item index, and how many lines were dropped: a last line
-    without its newline (the run was killed while writing it) or a line that is not a sample's."""
-    kept: dict[int, dict] = {}
+def read_predictions(path: Path) -> tuple[dict[tuple[int, int], dict], int]:
+    """The finished samples of ``path`` by ``(item index, sample)`` (a run of one sample per item:
+    sample 0), and how many lines were dropped: a last line without its newline (the run was killed
+    while writing it) or a line that is not a sample's."""
+    kept: dict[tuple[int, int], dict] = {}
     dropped = 0
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
@@ -187,8 +188,8 @@ def read_predictions(path: Path) -> tuple[dict[int, dict], int]:
         except ValueError:
             dropped += 1
             continue
-        if isinstance(rec, dict) and isinstance(rec.get("index"), int):
-            kept[rec["index"]] = rec
+        if isinstance(rec, dict) and isinstance(rec.get("index"), int) and isinstance(rec.get("sample", 0), int):
+            kept[(rec["index"], rec.get("sample", 0))] = rec
         elif line.strip():
             dropped += 1
     return kept, dropped
@@ -205,9 +206,9 @@ def _read_fingerprint(out: Path) -> dict | None:
     return fp if isinstance(fp, dict) else {}
 
 
-def plan(out: Path, fp: dict, resume: bool, overwrite: bool) -> tuple[dict[int, dict], int]:
-    """Before any work: the samples a run into ``out`` keeps (``resume``: the partial run's, by item
-    index; else none) and the lines it drops. Raises :class:`ResumeError` when there is nothing to
+def plan(out: Path, fp: dict, resume: bool, overwrite: bool) -> tuple[dict[tuple[int, int], dict], int]:
+    """Before any work: the samples a run into ``out`` keeps (``resume``: the partial run's, by
+    ``(item index, sample)``; else none) and the lines it drops. Raises :class:`ResumeError` when there is nothing to
     resume, when the partial run was another config or data, and when a fresh run would replace an
     unfinished one without ``overwrite``."""
     out = Path(out)

@@ -1,194 +1,157 @@
-"""``perceive eval``: a model and a graph over a dataset; metrics, telemetry, reports.
+"""``perceive eval``: a model and a graph over a benchmark; metrics with intervals, the protocol,
+telemetry, reports.
 
-The question is the first user turn without its image placeholders and without the paper's
-trigger prompts (the graph adds its own); the ground truth is the last assistant turn. When an
-item carries a crop (a second image ``path_x0,y0,x1,y1``), that box is the ground-truth region
-and each sample's first region hop is scored by IoU against it. An item's extra scalar keys (a
-string, number or boolean beside ``messages`` and the image lists, e.g. ``card_size`` from
-``perceive data cards``) are copied into its record under ``item``, so that results can be broken
-down by them (``perceive eval compare --by KEY``).
+The data is read by the run's benchmark reader (``benchmark:``; the default ``paper`` reads the
+VPT paper's layout, see :mod:`perceive.eval.benchmarks`): each item is asked ``samples`` times
+(Avg@k, each sample with its own seed), scored by the benchmark's extraction rule and metric, and
+every figure is reported with its standard error and 95% interval over items, overall and per
+category, beside the protocol that produced it (:mod:`perceive.eval.protocol`).
 """
 
 from __future__ import annotations
 
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, model_validator
-
-from perceive.config import PerceiveConfig, RuntimeConfig, load_config
-from perceive.config.overrides import Override
-from perceive.config.settings import MANY_SAMPLES_BATCH_SIZE
-from perceive.data.skipped import DEFAULT_MAX_SKIPPED_FRACTION, Skipped
-from perceive.errors import ConfigDeprecationWarning, ConfigError, ResumeError
-from perceive.eval.metrics import anls, crop_iou, exact_match, relaxed_accuracy
-from perceive.eval.report import markdown, summarize
-from perceive.strict import StrictModel
-
-TRIGGERS = ("Identify the region that can help you answer the question, and then answer the question.",
-            "Require additional perception features, and then answer the question.",
-            "Answer the question using a single word or phrase",
-            "Answer with the option's letter from the given choices directly")
-
-
-class JudgeSettings(StrictModel):
-    base_url: str
-    model: str = "gpt-4o"
-    api_key_env: str = "OPENAI_API_KEY"
-    retries: int = 3
-
-
-class EvalConfig(PerceiveConfig):
-    """A run config (the model, encoders, actions, graph and params, runtime, device, dtype: see
-    :class:`perceive.config.PerceiveConfig`) plus what to evaluate it on. ``model: DIR`` is short
-    for ``model: {path: DIR}``; the model is required."""
-
-    data: Path
-    name: str | None = None
-    max_samples: int | None = None
-    #: deprecated spelling of ``runtime.max_batch_size`` (the samples running at once): given, it is
-    #: moved there; read, it is that setting. An eval runs :data:`MANY_SAMPLES_BATCH_SIZE` by default
-    batch_size: int | None = Field(None, ge=1, exclude=True)
-    #: force each item's own first assistant turn (its ground-truth perception span) before the
-    #: model continues: separates finding the region from reading it
-    oracle_spans: bool = False
-    judge: JudgeSettings | None = None
-    output: Path | None = None
-    #: the share of the data's items that may be skipped (missing images, malformed items) before
-    #: the run refuses: a score on what is left would pass for a score on the whole set
-    max_skipped_fraction: float = Field(DEFAULT_MAX_SKIPPED_FRACTION, ge=0, le=1)
-
-    def path_fields(self) -> list[tuple]:
-        return [*super().path_fields(), ("data",), ("output",)]
-
-    @model_validator(mode="before")
-    @classmethod
-    def _batch_size_moved(cls, data: Any) -> Any:
-        """``EvalConfig(batch_size=N)`` in Python (a file's is moved by :func:`_normalise`)."""
-        if not isinstance(data, dict) or data.get("batch_size") is None:
-            return data
-        warnings.warn(BATCH_SIZE_MOVED, ConfigDeprecationWarning, stacklevel=4)
-        runtime = data.get("runtime") or {}
-        runtime = runtime.model_dump(exclude_unset=True) if isinstance(runtime, RuntimeConfig) else dict(runtime)
-        if runtime.get("max_batch_size", data["batch_size"]) != data["batch_size"]:
-            raise ValueError(f"batch_size {data['batch_size']} and runtime.max_batch_size "
-                             f"{runtime['max_batch_size']} disagree: set runtime.max_batch_size only")
-        return {**{k: v for k, v in data.items() if k != "batch_size"},
-                "runtime": {**runtime, "max_batch_size": data["batch_size"]}}
-
-    @model_validator(mode="after")
-    def _eval_batch(self) -> EvalConfig:
-        # an eval runs many samples: a batch of a few by default, not all of them at once
-        if self.runtime.max_batch_size is None:
-            self.runtime = self.runtime.model_copy(update={"max_batch_size": MANY_SAMPLES_BATCH_SIZE})
-        self.batch_size = self.runtime.max_batch_size  # the old spelling reads the one setting
-        return self
-
-
-#: fields an eval config had before it was a run config, and where they are now
-MOVED = {"max_new_tokens": "runtime.max_new_tokens", "action_timeout_s": "runtime.action_timeout_s",
-         "action_options": "actions.<name>.options"}
-#: what a ``batch_size`` written in a file, a ``--set`` or Python is told
-BATCH_SIZE_MOVED = "the eval config's batch_size is deprecated: set runtime.max_batch_size (--batch-size sets it)"
-#: keyword arguments of :func:`load_eval_config` that name a nested field
-FLAG_KEYS = {"model": ("model", "path"), "max_new_tokens": ("runtime", "max_new_tokens"),
-             "action_timeout_s": ("runtime", "action_timeout_s")}
-
-
-def _batch_size_as_setting(data):
-    """``batch_size`` moved to ``runtime.max_batch_size``, keeping where it was written. From the
-    command line it wins over the file's setting, as every flag; written in a file beside
-    ``runtime.max_batch_size``, the two are refused unless they agree."""
-    from perceive.config.safe_yaml import LinedDict
-
-    origin, line = data.origins.pop("batch_size", None), data.lines.pop("batch_size", None)
-    value = data.pop("batch_size")
-    if origin != "--batch-size":
-        where = f"{origin or 'the eval config'}" + (f" line {line}" if line else "")
-        warnings.warn(f"{where}: {BATCH_SIZE_MOVED}", ConfigDeprecationWarning, stacklevel=2)
-    runtime = data.get("runtime")
-    if runtime is None:
-        runtime = data["runtime"] = LinedDict()
-    if not isinstance(runtime, LinedDict):  # not a mapping: validation names the field
-        return data
-    if runtime.origins.get("max_batch_size") == "--batch-size":
-        return data  # the flag sets runtime.max_batch_size, and a flag beats --set batch_size
-    command_line = str(origin or "").startswith("--")
-    if "max_batch_size" in runtime and not command_line and runtime["max_batch_size"] != value:
-        raise ConfigError(f"{origin or 'the eval config'}: batch_size ({value}"
-                          + (f", line {line}" if line else "") + f") and runtime.max_batch_size "
-                          f"({runtime['max_batch_size']}) disagree", hint="set runtime.max_batch_size only")
-    runtime["max_batch_size"] = value
-    runtime.lines.pop("max_batch_size", None)
-    if line is not None:
-        runtime.lines["max_batch_size"] = line
-    if origin is not None:
-        runtime.origins["max_batch_size"] = origin
-    return data
-
-
-def _normalise(data):
-    """``model: DIR`` shorthand; ``batch_size`` as ``runtime.max_batch_size``; the fields that moved
-    into the run config's sections refused with where they are now."""
-    from perceive.config import model_shorthand
-
-    moved = [k for k in MOVED if k in data]
-    if moved:
-        lines = [f"  {k}" + (f" (line {data.lines[k]})" if k in data.lines else "") + f": moved to {MOVED[k]}"
-                 for k in moved]
-        origin = data.origins.get(moved[0])
-        raise ConfigError("\n".join([f"{origin or 'the eval config'}: {len(moved)} field(s) of the old eval config",
-                                     *lines]),
-                          hint="an eval config is a run config now: e.g. `runtime: {max_new_tokens: 16}`; see "
-                               "docs/reference/config.md")
-    if "batch_size" in data:
-        data = _batch_size_as_setting(data)
-    return model_shorthand(data)
-
-
-def load_eval_config(path: str | Path | list | None, *, overrides: list[Override] | tuple = (),
-                     **flags) -> EvalConfig:
-    """An eval config: ``path`` (several files: each laid over the one before; ``None``: the
-    command line alone) with its ``extends`` chain, then ``overrides`` (``--set``, flags), then
-    ``flags`` (``model=DIR``, ``device="cpu"``, ...; ``None``: not given). Relative paths resolve
-    against the file that wrote them. See :func:`perceive.config.load_config`."""
-    flag_overrides = [Override(FLAG_KEYS.get(k, (k,)), v, "--" + k.replace("_", "-"))
-                      for k, v in flags.items() if v is not None]
-    cfg = load_config(path, overrides=[*overrides, *flag_overrides], schema=EvalConfig, normalise=_normalise)
-    if cfg.model.path is None and cfg.remote is None:
-        raise ConfigError(f"{cfg._source}: model.path is not set: evaluation loads a local model folder",
-                          hint="set `model: DIR` in the config, pass --model DIR, or --remote URL for a served model")
-    return cfg
-
-
-def question_of(text: str) -> str:
-    q = text
-    from perceive.data.dataset import placeholders
-
-    for ph in placeholders().values():
-        q = q.replace(ph, "")
-    for t in TRIGGERS:
-        q = q.replace(t, "")
-    return q.strip()
+from perceive.data.skipped import Skipped
+from perceive.errors import ConfigError, ResumeError
+from perceive.eval.benchmarks.paper import TRIGGERS, item_fields, question_of  # noqa: F401 - public here too
+from perceive.eval.config import (  # noqa: F401 - public here too
+    BenchmarkConfig,
+    EvalConfig,
+    JudgeSettings,
+    load_eval_config,
+)
+from perceive.eval.metrics import crop_iou
+from perceive.eval.report import markdown, summarize  # noqa: F401 - public here too
 
 
 def evaluate(cfg: EvalConfig, model=None, registry=None, progress: bool = True, policy=None, *,
              resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
-    """Run ``cfg``'s model and graph over its data; the results (``summary``, ``records`` in data
-    order, ...), also written to ``cfg.output`` when set. ``policy`` overrides the model's token
-    choices (see ``PerceptionLoop``); for oracle runs and tests.
+    """Run ``cfg``'s model and graph over its data; the results (``summary``, ``protocol``,
+    ``system``, ``records`` in data order, one per item and sample), also written to ``cfg.output``
+    when set. ``policy`` overrides the model's token choices (see ``PerceptionLoop``); for oracle
+    runs and tests.
 
     With an output folder, each finished sample is a line of ``OUTPUT/predictions.jsonl`` at once,
     so a run that dies keeps its work; ``resume`` runs only the samples that folder lacks (the
     partial run's config and data must be the same) and reports over all of them. Raises, before
     any work: ``OutputError`` (the folder cannot be written), ``ResumeError``, ``DataUnusableError``,
     ``ConfigError``. See :mod:`perceive.eval.run_folder`."""
+    from perceive.eval.stream import answers
+
+    run = prepare(cfg, model=model, registry=registry, policy=policy, resume=resume, overwrite=overwrite)
+    t_start = time.perf_counter()
+    try:
+        with _bar(progress, len(run.keys), len(run.lines)) as update:
+            for pos, a, ran in answers(run.loop, run.todo(), cfg.runtime.max_batch_size, run.oracle):
+                run.add(record(run, pos, a, ran), time.perf_counter() - t_start)
+                update(len(run.lines))
+    finally:
+        run.close()
+    return run.finish(time.perf_counter() - t_start)
+
+
+def _bar(progress: bool, total: int, done: int):
+    """A progress bar over the samples; yields the function that sets how many are done."""
+    from contextlib import contextmanager
+
     from rich.progress import Progress
 
-    from perceive.data.dataset import VPTDataset
+    @contextmanager
+    def bar():
+        with Progress(disable=not progress) as p:
+            task = p.add_task("eval", total=total, completed=done)
+            yield lambda n: p.update(task, completed=n)
+    return bar()
+
+
+class Run:
+    """One eval run's state: its benchmark and items, the loop, the samples to run (``keys``:
+    ``(item index, sample)``) and those finished (``lines``), the output folder's log. What the
+    one-process runner and the Ray driver share (:mod:`perceive.eval.distributed`)."""
+
+    def __init__(self, cfg, bench, read, items, loop, graph, judge, oracle, kept, fp, resume, dropped):
+        from perceive.eval import run_folder
+
+        self.cfg, self.bench, self.read, self.items = cfg, bench, read, items
+        self.loop, self.graph, self.judge, self.oracle = loop, graph, judge, oracle
+        self.k = cfg.samples
+        self.keys = [(it.index, j) for it in items for j in range(self.k)]
+        self.lines = {key: kept[key] for key in self.keys if key in kept}
+        self.session = 1 + max((r.get("session", 1) for r in self.lines.values()), default=0)
+        self.resumed, self.resume, self.dropped, self.fp = len(self.lines), resume, dropped, fp
+        self.by_pos = {it.index * self.k + j: (it, j) for it in items for j in range(self.k)}
+        self.log = run_folder.PredictionLog(cfg.output, fp, list(self.lines.values())) \
+            if cfg.output is not None else None
+
+    def todo(self):
+        """The samples left to run, as the stream's work: ``(position, get)``; a sample's position
+        ``i*k + j`` seeds its sampling (``sampling.seed + position``)."""
+        for pos, (it, j) in self.by_pos.items():
+            if (it.index, j) not in self.lines:
+                yield pos, self._getter(it)
+
+    def _getter(self, it):
+        oracle = self.oracle is not None and it.example is not None
+        return lambda: (it.load(), it.question, it.example() if oracle else None)
+
+    def add(self, rec: dict, elapsed_s: float) -> None:
+        rec.update(session=self.session, elapsed_s=elapsed_s)
+        self.lines[(rec["index"], rec.get("sample", 0))] = rec
+        if self.log is not None:
+            self.log.write(rec)
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
+
+    def finish(self, wall_s: float) -> dict[str, Any]:
+        """The results over every sample (kept and run now), written to the output folder."""
+        from perceive.eval.protocol import protocol_of, system_of
+        from perceive.eval.report import breakdown
+
+        cfg = self.cfg
+        records = [{k: v for k, v in self.lines[key].items() if k not in ("trace", "session", "elapsed_s")}
+                   for key in self.keys]
+        # the wall time of each session that ran samples (a killed one's ends with its last sample)
+        wall: dict[int, float] = {}
+        for r in self.lines.values():
+            wall[r.get("session", 1)] = max(wall.get(r.get("session", 1), 0.0), r.get("elapsed_s") or 0.0)
+        if len(self.lines) > self.resumed:  # this session ran samples: its wall time is all of it
+            wall[self.session] = wall_s
+        summary = summarize(records, judged=self.judge is not None, wall_s=sum(wall.values()))
+        summary.update(breakdown(self.bench, records, judged=self.judge is not None))
+        summary["sessions"] = len(wall)
+        summary["skipped"] = len(self.read.skipped)
+        where = str(cfg.model.path) if cfg.remote is None else f"{cfg.remote.url} ({self.loop.served})"
+        judge = cfg.judge.model if cfg.judge else None
+        result = {"name": cfg.name or run_name(cfg), "model": where, "graph": self.graph.name, "params": cfg.params,
+                  "data": str(cfg.data), "data_items": self.read.total, "benchmark": self.bench.name,
+                  "protocol": protocol_of(cfg, self.bench, _data_sha256(cfg.data), len(self.items), judge),
+                  "system": system_of(cfg, self.loop, self.graph),
+                  "summary": summary, "records": records,
+                  "skipped_items": [{"index": i, "problems": p} for i, p in self.read.skipped]}
+        if self.resume:
+            result["resumed"] = {"kept": self.resumed, "dropped_lines": self.dropped}
+        if self.log is not None:
+            self.log.results(result, markdown([result]))
+        return result
+
+
+def prepare(cfg: EvalConfig, model=None, registry=None, policy=None, *, resume: bool = False,
+            overwrite: bool = False, load_loop: bool = True) -> Run:
+    """Everything before the first sample, each check before any work: the output folder, the
+    resume plan, the benchmark's items (refused when too many were skipped), the graph, then the
+    loop (``load_loop=False``: none, for a driver whose workers hold the loops)."""
     from perceive.eval import run_folder
+    from perceive.eval.benchmarks import get_benchmark
+    from perceive.eval.judge import Judge, JudgeConfig
+    from perceive.eval.stream import OraclePolicy
+    from perceive.graph import compile_graph
+    from perceive.loop_factory import loop_from_config
+    from perceive.plugins import get_registry
 
     fp, kept, dropped = None, {}, 0
     if cfg.output is not None:  # every output path first: a run must not end unable to write
@@ -198,110 +161,70 @@ def evaluate(cfg: EvalConfig, model=None, registry=None, progress: bool = True, 
     elif resume:
         raise ResumeError("--resume finishes the run in an output folder, and none is given",
                           hint="give --out (or output: in the config) the folder of the run to finish")
-    ds = VPTDataset(cfg.data)
-    skipped = Skipped.of(ds)
-    skipped.check(cfg.max_skipped_fraction)  # before the model loads: nothing to score, or too little
-    n = len(ds) if cfg.max_samples is None else min(len(ds), cfg.max_samples)
+    bench = get_benchmark(cfg.benchmark.name)
+    if cfg.oracle_spans and bench.name != "paper":
+        raise ConfigError(f"oracle_spans forces each item's own perception span: the {bench.name} benchmark has "
+                          "none (only the paper layout does)", hint="drop --oracle-spans")
     if cfg.oracle_spans and cfg.remote is not None:
         raise ConfigError("oracle_spans forces spans token by token: it needs a local model, not remote.url",
                           hint="drop --oracle-spans, or run the model locally")
-    from perceive.eval.judge import Judge, JudgeConfig
-    from perceive.eval.stream import OraclePolicy, answers
-    from perceive.graph import compile_graph
-    from perceive.loop_factory import loop_from_config
-    from perceive.plugins import get_registry
-
+    read = bench.read(cfg.data, shuffle=cfg.benchmark.shuffled(bench), seed=cfg.benchmark.seed,
+                      **({"split": cfg.benchmark.split} if cfg.benchmark.split else {}))
+    Skipped(str(cfg.data), read.total, read.skipped, read.root).check(cfg.max_skipped_fraction)
+    items = read.items if cfg.max_samples is None else read.items[:cfg.max_samples]
     registry = registry or get_registry()
     graph = compile_graph(cfg.graph, registry=registry, params=cfg.graph_params())  # fails before the model loads
-    loop = loop_from_config(cfg, registry=registry, policy=policy, model=model, graph=graph)
-    oracle = None
-    if cfg.oracle_spans:
-        loop.policy = oracle = OraclePolicy(loop.model.tokenizer)
+    loop = oracle = None
+    if load_loop:
+        loop = loop_from_config(cfg, registry=registry, policy=policy, model=model, graph=graph)
+        if cfg.oracle_spans:
+            loop.policy = oracle = OraclePolicy(loop.model.tokenizer)
     judge = Judge(JudgeConfig(**cfg.judge.model_dump())) if cfg.judge else None
-    index_of = [ds.items[k][0] for k in range(n)]  # position -> the item's index in the data file
-    lines = {i: kept[i] for i in index_of if i in kept}
-    session = 1 + max((r.get("session", 1) for r in lines.values()), default=0)
-    resumed = len(lines)
-    log = run_folder.PredictionLog(cfg.output, fp, list(lines.values())) if cfg.output is not None else None
-
-    def work(k):
-        def get():
-            e = ds[k]
-            return e.images["images"][0], question_of(e.question), e
-        return k, get
-
-    t_start = time.perf_counter()
-    try:
-        with Progress(disable=not progress) as bar:
-            task = bar.add_task("eval", total=n, completed=len(lines))
-            todo = (work(k) for k in range(n) if index_of[k] not in lines)
-            for k, a, ran in answers(loop, todo, cfg.runtime.max_batch_size, oracle):
-                rec = _record(ds, k, a, ran, judge)
-                rec.update(session=session, elapsed_s=time.perf_counter() - t_start)
-                lines[rec["index"]] = rec
-                if log is not None:
-                    log.write({**rec, "trace": a.trace.to_dict()})
-                bar.update(task, completed=len(lines))
-    finally:
-        if log is not None:
-            log.close()
-    records = [{k: v for k, v in lines[i].items() if k not in ("trace", "session", "elapsed_s")} for i in index_of]
-    # the wall time of each session that ran samples (a killed one's ends with its last sample)
-    wall: dict[int, float] = {}
-    for r in lines.values():
-        wall[r.get("session", 1)] = max(wall.get(r.get("session", 1), 0.0), r.get("elapsed_s") or 0.0)
-    if len(lines) > resumed:  # this session ran samples: its wall time is all of it, to the results
-        wall[session] = time.perf_counter() - t_start
-    summary = summarize(records, judged=judge is not None, wall_s=sum(wall.values()))
-    summary["sessions"] = len(wall)
-    summary["skipped"] = skipped.count
-    # skipped items: one entry per item (an image and its crop both missing is one item)
-    where = str(cfg.model.path) if cfg.remote is None else f"{cfg.remote.url} ({loop.served})"
-    result = {"name": cfg.name or run_name(cfg), "model": where,
-              "graph": graph.name, "params": cfg.params, "data": str(cfg.data), "data_items": skipped.total,
-              "summary": summary, "records": records, "skipped_items": skipped.to_json()}
-    if resume:
-        result["resumed"] = {"kept": resumed, "dropped_lines": dropped}
-    if log is not None:
-        log.results(result, markdown([result]))
-    return result
+    return Run(cfg, bench, read, items, loop, graph, judge, oracle, kept, fp, resume, dropped)
 
 
-def _record(ds, k: int, a, ran: bool, judge) -> dict[str, Any]:
-    """One finished sample's record: what it answered, how it scores, what it did and cost."""
-    from perceive.data.dataset import split_crop
-
-    index, item = ds.items[k]
-    gt = item["messages"][-1]["content"]
-    question = question_of(item["messages"][0]["content"])
-    rec: dict[str, Any] = {
-        "index": index, "question": question, "answer": gt, "prediction": a.text,
-        "exact_match": exact_match(a.text, gt), "anls": anls(a.text, gt),
-        "relaxed_accuracy": relaxed_accuracy(a.text, gt),
+def record(run: Run, pos: int, a, ran: bool) -> dict[str, Any]:
+    """One finished sample's record: what it answered, how it scores (the benchmark's figures and
+    what its extraction rule read), what it did and cost."""
+    item, j = run.by_pos[pos]
+    rec: dict[str, Any] = {"index": item.index, "sample": j}
+    if run.cfg.sampling.do_sample:
+        rec["seed"] = run.cfg.sampling.seed + pos
+    rec.update(question=item.question, answer=item.answer, prediction=a.text)
+    if len(item.answers) > 1:
+        rec["answers"] = item.answers
+    if item.options is not None:
+        rec["options"] = item.options
+    rec.update(run.bench.score(a.text, item))
+    if item.category is not None:
+        rec["category"] = item.category
+    rec.update({
         "actions": [h.action for h in a.trace.hops], "hops": len(a.trace.hops),
         "generated_tokens": a.trace.generated_tokens,
         # its own time, from joining the running batch to finishing; None: it never ran
         "latency_ms": a.trace.total_ms if ran else None,
         "error": a.error, "events": [str(ev.get("type")) for ev in a.trace.events],
-    }
-    refs = [str(r) for r in item.get("images") or []]
-    gt_box = split_crop(refs[1])[1] if len(refs) > 1 else None
-    if gt_box is not None:
-        rec["gt_box"] = list(gt_box)
+    })
+    if item.box is not None:
+        rec["gt_box"] = list(item.box)
         # no region hop: nothing to score (None, shown "-"), not an IoU of 0
-        rec["crop_iou"] = crop_iou(a.trace, gt_box)
-    if judge is not None:
-        rec["judge"] = judge.score(question, gt, a.text)
-    extra = item_fields(item)
-    if extra:
-        rec["item"] = extra
+        rec["crop_iou"] = crop_iou(a.trace, item.box)
+    if run.judge is not None:
+        rec["judge"] = run.judge.score(item.question, item.answer, a.text)
+    if item.fields:
+        rec["item"] = item.fields
+    rec["trace"] = a.trace.to_dict()
     return rec
 
 
-def item_fields(item: dict[str, Any]) -> dict[str, str | int | float | bool]:
-    """An item's extra scalar keys (``card_size``, a category, a source id): every key whose value
-    is a string, number or boolean. ``messages`` and the image lists are lists, so never among them."""
-    return {key: v for key, v in item.items() if isinstance(v, (str, int, float, bool))}
+def _data_sha256(path) -> str | None:
+    from perceive.eval.run_folder import _digest
+
+    p = Path(path)
+    try:
+        return _digest(p, edge=1 << 62) if p.is_file() else None
+    except OSError:
+        return None
 
 
 def run_name(cfg: EvalConfig) -> str:
