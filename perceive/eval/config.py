@@ -49,6 +49,21 @@ class BenchmarkConfig(StrictModel):
         return bool(benchmark.choices and self.shuffle)
 
 
+class RayConfig(StrictModel):
+    """``perceive eval --ray``: the items stream to a pool of Ray actors, each holding one loaded
+    loop (:mod:`perceive.eval.distributed`). ``ray: {}`` starts a local cluster."""
+
+    #: the cluster to join (``auto``, ``ray://host:10001``; unset: ``RAY_ADDRESS``, else a local one)
+    address: str | None = None
+    #: actors in the pool (unset: one per GPU where there are GPUs, else 2)
+    actors: int | None = Field(None, ge=1)
+    #: each actor's share of the CPUs and of the GPUs (unset GPUs: 1 where the cluster has GPUs, else 0)
+    cpus_per_actor: float = Field(1.0, gt=0)
+    gpus_per_actor: float | None = Field(None, ge=0)
+    #: items a worker is handed at once (it batches them continuously with runtime.max_batch_size)
+    batch_size: int = Field(16, ge=1)
+
+
 class EvalConfig(PerceiveConfig):
     """A run config (the model, encoders, actions, graph and params, runtime, device, dtype: see
     :class:`perceive.config.PerceiveConfig`) plus what to evaluate it on. ``model: DIR`` is short
@@ -61,6 +76,8 @@ class EvalConfig(PerceiveConfig):
     #: more than one needs ``sampling.do_sample`` (greedy samples would all be the same)
     samples: int = Field(1, ge=1)
     name: str | None = None
+    #: run on a Ray cluster (``--ray [ADDRESS]``); unset: in this process
+    ray: RayConfig | None = None
     max_samples: int | None = None
     #: deprecated spelling of ``runtime.max_batch_size`` (the samples running at once): given, it is
     #: moved there; read, it is that setting. An eval runs :data:`MANY_SAMPLES_BATCH_SIZE` by default
