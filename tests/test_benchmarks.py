@@ -167,6 +167,16 @@ def test_hrbench_reads_its_layout(tmp_path):
         got.items[-1].load()
 
 
+def test_hrbench_reads_a_split_of_a_folder_of_splits(tmp_path):
+    one = datasets.Dataset.from_parquet(str(hrbench_file(tmp_path / "hr.parquet")))
+    datasets.DatasetDict({"hrbench_4k": one.select([0]), "hrbench_8k": one.select([1, 2])}).save_to_disk(
+        str(tmp_path / "hr"))
+    got = HRBench().read(tmp_path / "hr", shuffle=False, seed=0, split="hrbench_8k")
+    assert [i.fields["index"] for i in got.items] == [11, 12]
+    with pytest.raises(DataUnusableError, match="holds the splits"):
+        HRBench().read(tmp_path / "hr", shuffle=False, seed=0)
+
+
 def test_hrbench_scores_judge_free(tmp_path):
     item = HRBench().read(hrbench_file(tmp_path / "hr.parquet"), shuffle=True, seed=5).items[0]
     shown = item.answer
@@ -190,6 +200,9 @@ def test_hrbench_score_is_the_mean_of_its_cycles(tmp_path):
     assert figures["accuracy"] == pytest.approx(0.5)            # ... is not HR-Bench's: (1 + 0) / 2
     assert figures["accuracy/single"] == pytest.approx(0.5)     # c1: 2/2, c2: 0/1
     assert figures["accuracy/cross"] == pytest.approx(1.0)      # c1 only
+    # a record without a category counts once, overall
+    extra = {"accuracy": 1.0, "item": {"cycle_category": "c2"}}
+    assert bench.figures([*records, extra])["accuracy"] == pytest.approx((1 + 0.5) / 2)
     with pytest.raises(ValueError, match="cycle_category"):
         bench.figures([{"accuracy": 1.0}])
 

@@ -40,19 +40,27 @@ def _field(record: dict[str, Any], key: str) -> Any:
     return None
 
 
-def cycle_mean(records: list[dict[str, Any]], metric: str = "accuracy") -> float | None:
-    """The mean over ``cycle_category`` of each cycle's mean ``metric`` (records without a value,
-    failed samples, are left out). None: no record has one."""
-    by_cycle: dict[Any, list[float]] = defaultdict(list)
+def cycle_means(records: list[dict[str, Any]], metric: str = "accuracy") -> dict[str | None, float]:
+    """HR-Bench's aggregate in one pass: for all records (key None) and for each category, the
+    mean over ``cycle_category`` of each cycle's mean ``metric``. Records without a value (failed
+    samples) are left out; a key none of whose records has one is absent."""
+    tally: dict[tuple[str | None, Any], list[float]] = defaultdict(lambda: [0.0, 0])
     for r in records:
-        if r.get(metric) is None:
+        value = r.get(metric)
+        if value is None:
             continue
         cycle = _field(r, "cycle_category")
         if cycle is None:
             raise ValueError("an HR-Bench record has no cycle_category: records carry their item's fields")
-        by_cycle[cycle].append(r[metric])
-    means = [sum(v) / len(v) for v in by_cycle.values()]
-    return sum(means) / len(means) if means else None
+        category = _field(r, "category")
+        for key in (None,) if category is None else (None, str(category)):
+            t = tally[(key, cycle)]
+            t[0] += value
+            t[1] += 1
+    per_key: dict[str | None, list[float]] = defaultdict(list)
+    for (key, _), (total, n) in tally.items():
+        per_key[key].append(total / n)
+    return {key: sum(means) / len(means) for key, means in per_key.items()}
 
 
 class HRBench(Benchmark):
@@ -68,10 +76,10 @@ class HRBench(Benchmark):
     choices = True
     extraction = "lmms-eval 0.7.3 hrbench HRBenchEval.can_infer (no judge)"
 
-    def read(self, path: Path, *, shuffle: bool, seed: int) -> ReadResult:
+    def read(self, path: Path, *, shuffle: bool, seed: int, split: str | None = None) -> ReadResult:
         required = ("question", "answer", "category", "cycle_category", "A")
         table = read_table(path, benchmark=self.name, required=required, image_column="image",
-                           encoding=ImageEncoding.BASE64, split=getattr(self, "split", None))
+                           encoding=ImageEncoding.BASE64, split=split)
         columns = [c for c in LETTERS if table.rows and c in table.rows[0]]
 
         def build(row: int, rec: dict[str, Any]) -> EvalItem | list[str]:
@@ -100,9 +108,7 @@ class HRBench(Benchmark):
     def figures(self, records: list[dict]) -> dict[str, float | None]:
         """``accuracy``: the mean of the cycles' accuracies; ``accuracy/<category>``: the same over
         that category's records (``single``, ``cross``, and any other category the file has)."""
+        means = cycle_means(records)
         cats = [c.value for c in HRBenchCategory]
-        cats += sorted({str(c) for r in records if (c := _field(r, "category")) is not None} - set(cats))
-        out: dict[str, float | None] = {"accuracy": cycle_mean(records)}
-        for cat in cats:
-            out[f"accuracy/{cat}"] = cycle_mean([r for r in records if _field(r, "category") == cat])
-        return out
+        cats += sorted(c for c in means if c is not None and c not in cats)
+        return {"accuracy": means.get(None), **{f"accuracy/{c}": means.get(c) for c in cats}}

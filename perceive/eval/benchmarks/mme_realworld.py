@@ -49,10 +49,10 @@ class MMERealWorld(Benchmark):
     choices = True
     extraction = "lmms-eval 0.7.3 mme_realworld extract_characters_regex"
 
-    def read(self, path: Path, *, shuffle: bool, seed: int) -> ReadResult:
+    def read(self, path: Path, *, shuffle: bool, seed: int, split: str | None = None) -> ReadResult:
         required = ("question", OPTIONS, "answer", "category")
         table = read_table(path, benchmark=self.name, required=required, image_column="bytes",
-                           encoding=ImageEncoding.BASE64, split=getattr(self, "split", None))
+                           encoding=ImageEncoding.BASE64, split=split)
 
         def build(row: int, rec: dict[str, Any]) -> EvalItem | list[str]:
             problems = absent(rec, required)

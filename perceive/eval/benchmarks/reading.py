@@ -34,10 +34,10 @@ class _Reading(Benchmark):
     def category(self, rec: dict[str, Any]) -> str | None:
         return None
 
-    def read(self, path: Path, *, shuffle: bool, seed: int) -> ReadResult:
+    def read(self, path: Path, *, shuffle: bool, seed: int, split: str | None = None) -> ReadResult:
         required = ("question", self.answer_column)
         table = read_table(path, benchmark=self.name, required=required, image_column="image",
-                           encoding=ImageEncoding.HF_IMAGE, split=getattr(self, "split", None))
+                           encoding=ImageEncoding.HF_IMAGE, split=split)
 
         def build(row: int, rec: dict[str, Any]) -> EvalItem | list[str]:
             problems = absent(rec, required)

@@ -27,9 +27,9 @@ class VStar(Benchmark):
     choices = True
     extraction = "lmms-eval 0.7.3 vstar_bench extract_answer_letter"
 
-    def read(self, path: Path, *, shuffle: bool, seed: int) -> ReadResult:
+    def read(self, path: Path, *, shuffle: bool, seed: int, split: str | None = None) -> ReadResult:
         table = read_table(path, benchmark=self.name, required=("text", "label"), image_column="image",
-                           encoding=ImageEncoding.HF_IMAGE, split=getattr(self, "split", None))
+                           encoding=ImageEncoding.HF_IMAGE, split=split)
 
         def build(row: int, rec: dict[str, Any]) -> EvalItem | list[str]:
             problems = absent(rec, ("text", "label"))
