@@ -130,7 +130,7 @@ def test_eval_compare_cli_puts_runs_side_by_side(tmp_path):
     assert len(rows) == 2
     bad = subprocess.run([sys.executable, "-m", "perceive", "eval", "compare", str(tmp_path / "missing")],
                          capture_output=True, text=True, timeout=120, env={"COLUMNS": "200", "PATH": ""})
-    assert bad.returncode == 1 and "cannot read the run" in bad.stdout
+    assert bad.returncode == 1 and "is not an eval run (no such file or folder)" in bad.stdout
 
 
 # -- evaluations that must not report a score on nothing -----------------------------------------

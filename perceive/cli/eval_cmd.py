@@ -26,9 +26,10 @@ from perceive.cli.run_config import check_set_params, cli_overrides, remote_flag
 
 
 def eval_(ctx: typer.Context,
-          targets: list[str] = typer.Argument(None, metavar="[CONFIG | compare RUN...]",
-                                         help="An eval config (YAML): a run config plus data, output, "
-                                              "...; or `compare` and eval.json files or folders."),
+          targets: list[str] = typer.Argument(None, metavar="[CONFIG | compare RUN... | benchmarks]",
+                                         help="An eval config (YAML): a run config plus data, benchmark, "
+                                              "output, ...; or `compare` and eval.json files or folders; or "
+                                              "`benchmarks` (the readers)."),
           config: ConfigOpt = None,
           model: ModelOpt = None, data: Path = typer.Option(None, "--data"),
           graph: GraphOpt = None, out: Path = typer.Option(None, "--out", help="Output folder (compare: a .md file)."),
@@ -55,23 +56,50 @@ def eval_(ctx: typer.Context,
           overwrite: bool = typer.Option(False, "--overwrite",
                                          help="Start again in an --out folder that holds an unfinished run, "
                                               "replacing its predictions."),
+          benchmark: str = typer.Option(None, "--benchmark", metavar="NAME",
+                                        help="The data's format and metric: vstar, hrbench, mme_realworld, textvqa, "
+                                             "docvqa, chartqa, or paper (the default: the VPT layout). `perceive "
+                                             "eval benchmarks` lists them."),
+          samples: int = typer.Option(None, "--samples", min=1, metavar="K",
+                                      help="Ask each item K times (Avg@k; needs sampling.do_sample)."),
+          shuffle: bool = typer.Option(None, "--shuffle/--no-shuffle",
+                                       help="Show multiple-choice options in a seeded random order (default: on)."),
+          ray: bool = typer.Option(False, "--ray",
+                                   help="Run on Ray: a pool of actors, each with a loaded model; `--ray` alone: a "
+                                        "local cluster (or RAY_ADDRESS's); `--ray ADDRESS` (auto, "
+                                        "ray://HOST:10001): that cluster."),
+          ray_address: str = typer.Option(None, "--ray-address", metavar="ADDRESS",
+                                          help="The Ray cluster to join (as `--ray ADDRESS`)."),
+          allow_protocol_differences: bool = typer.Option(
+              False, "--allow-protocol-differences",
+              help="compare: show runs measured under different protocols side by side, each labelled with its "
+                   "protocol (refused otherwise)."),
           by: str = typer.Option(None, "--by", metavar="KEY",
                                  help="compare: one row per run and value of its items' field KEY (e.g. "
                                       "card_size, from perceive data cards --large-cards).")) -> None:
-    """Run a model with a graph over a dataset: exact match, ANLS, relaxed accuracy, optional LLM
-    judge, crop IoU, latency per sample (mean, p50, p95) and throughput (samples/s). With --out,
+    """Run a model with a graph over a benchmark (--benchmark: V* Bench, HR-Bench, MME-RealWorld,
+    TextVQA, DocVQA, ChartQA from local files, or the paper's layout): the benchmark's metric with a
+    95% interval, per category, optional LLM judge, crop IoU, hops, latency per sample (mean, p50,
+    p95) and throughput (samples/s), with the protocol recorded in the result. With --out,
     each finished sample goes to OUT/predictions.jsonl at once (a stopped run keeps its work:
     finish it with --resume), and eval.json and eval.md at the end. `perceive eval compare RUN...`
-    puts several runs side by side.
+    puts several runs side by side (refused when their protocols differ).
 
     Values come from, highest first: the flags, --set, CONFIG, --config, the defaults."""
     targets = targets or []
     if targets and targets[0] == "compare":
         if len(targets) < 2:
             raise fail("compare needs at least one run: perceive eval compare RUN [RUN...]", 2)
-        return compare([Path(t) for t in targets[1:]], out, by)
-    if by is not None:
-        raise fail("--by breaks a comparison down: perceive eval compare RUN... --by KEY", 2)
+        return compare([Path(t) for t in targets[1:]], out, by, allow_protocol_differences)
+    if by is not None or allow_protocol_differences:
+        raise fail("--by and --allow-protocol-differences are for comparisons: perceive eval compare RUN... --by KEY",
+                   2)
+    if targets and targets[0] == "benchmarks":
+        return list_benchmarks()
+    if ray_address is not None:
+        ray = True
+    elif ray and targets and not Path(targets[-1]).exists() and Path(targets[-1]).suffix not in (".yaml", ".yml"):
+        targets, ray_address = targets[:-1], targets[-1]  # `--ray ADDRESS`: the word after --ray
     if len(targets) > 1:
         raise fail(f"one config at a time, got {len(targets)}: {' '.join(targets)}", 2)
     files = [p for p in (config, Path(targets[0]) if targets else None) if p is not None]
@@ -90,14 +118,25 @@ def eval_(ctx: typer.Context,
              (("dtype",), dtype, "--dtype"), (("oracle_spans",), oracle_spans, "--oracle-spans"),
              (("max_skipped_fraction",), max_skipped_fraction, "--max-skipped-fraction"),
              (("runtime", "action_timeout_s"), action_timeout, "--action-timeout"),
-             (("runtime", "threads"), threads, "--threads"), *remote_flags(remote, remote_model)]
+             (("runtime", "threads"), threads, "--threads"), (("benchmark", "name"), benchmark, "--benchmark"),
+             (("samples",), samples, "--samples"), (("benchmark", "shuffle"), shuffle, "--shuffle"),
+             *remote_flags(remote, remote_model)]
     overrides = cli_overrides(set_, flags, EvalConfig.model_fields)
     cfg = None
     try:
         cfg = load_eval_config(files or None, overrides=overrides)
         check_set_params(cfg)
+        if ray:  # --ray: the config's ray section (or a default one), at ADDRESS when given
+            from perceive.eval.config import RayConfig
+
+            cfg.ray = (cfg.ray or RayConfig()).model_copy(update={"address": ray_address} if ray_address else {})
         set_torch_threads(cfg.runtime.threads)  # before the model runs (docs/performance.md#threads)
-        result = evaluate(cfg, resume=resume, overwrite=overwrite)
+        if cfg.ray is not None:
+            from perceive.eval.distributed import evaluate_on_ray
+
+            result = evaluate_on_ray(cfg, resume=resume, overwrite=overwrite)
+        else:
+            result = evaluate(cfg, resume=resume, overwrite=overwrite)
     except PerceiveError as exc:
         raise fail(exc, 1) from None
     except KeyboardInterrupt:
@@ -124,6 +163,21 @@ def eval_(ctx: typer.Context,
     if cfg.output:
         console.print(f"wrote {cfg.output / 'eval.json'}, eval.md and predictions.jsonl", markup=False,
                       highlight=False)
+
+
+def list_benchmarks() -> None:
+    """``perceive eval benchmarks``: each reader's name, metrics, whether it shuffles, and what it reads."""
+    from rich.table import Table
+
+    from perceive.eval.benchmarks import BENCHMARKS
+
+    table = Table("benchmark", "metrics", "multiple choice", "reads")
+    seen: dict[type, list[str]] = {}
+    for name, cls in BENCHMARKS.items():
+        seen.setdefault(cls, []).append(name)
+    for cls, names in seen.items():
+        table.add_row(" / ".join(names), ", ".join(cls.metrics), "yes" if cls.choices else "no", cls.description)
+    console.print(table)
 
 
 def _eval_interrupted(ctx: typer.Context, cfg) -> typer.Exit:
@@ -191,9 +245,68 @@ def run_labels(results: list[dict], paths: list[Path]) -> list[str]:
     return labels
 
 
-def compare(runs: list[Path], out: Path | None = None, by: str | None = None) -> None:
-    """Put several runs side by side (one markdown table); runs that share a name are told apart
-    by their folders. ``by``: one row per run and value of its records' item field ``by``."""
+def _refuse(message: str, hint: str) -> typer.Exit:
+    from perceive.errors import InputError
+
+    return fail(InputError(message, hint=hint), 1)
+
+
+def read_run(r: Path) -> tuple[dict, Path]:
+    """The results of the eval run ``r`` (its folder or its eval.json) and the file read; a one-line
+    error saying what ``r`` is instead."""
+    p = r / "eval.json" if r.is_dir() else r
+    if not p.exists():
+        from perceive.eval.run_folder import PREDICTIONS
+
+        if r.is_dir() and (r / PREDICTIONS).exists():
+            raise _refuse(f"the run {r} has not finished: it holds predictions but no eval.json",
+                          "finish it with perceive eval ... --out " + shell_command(str(r)) + " --resume")
+        what = "no such file or folder" if not r.exists() else "a folder without eval.json"
+        raise _refuse(f"{r} is not an eval run ({what})", "give the folder an eval wrote with --out, or its eval.json")
+    try:
+        result = json.loads(p.read_text())
+    except OSError as exc:
+        raise _refuse(f"cannot read the run {p}: {exc.strerror or exc}", "check the file's permissions") from None
+    except ValueError as exc:
+        raise _refuse(f"{p} is not an eval result: not valid JSON ({exc})",
+                      "give an eval.json perceive eval wrote") from None
+    if not isinstance(result, dict) or not isinstance(result.get("summary"), dict):
+        raise _refuse(f"{p} is not an eval result: it has no summary", "give an eval.json perceive eval wrote")
+    return result, p
+
+
+def protocol_groups(results: list[dict], labels: list[str], allow: bool) -> list[str] | None:
+    """A label per run naming its protocol (``A``, ``B``, ...) when the runs' protocols differ, else
+    ``None``; refused with every difference listed unless ``allow``."""
+    from perceive.eval.protocol import differences
+
+    protocols = [r.get("protocol") for r in results]
+    distinct: list = []
+    for p in protocols:
+        if p not in distinct:
+            distinct.append(p)
+    if len(distinct) == 1:
+        return None
+    lines = []
+    for label, p in zip(labels, protocols, strict=True):
+        diff = differences(protocols[0], p)
+        if diff:
+            lines.append(f"  {labels[0]} vs {label}: " + "; ".join(diff))
+    message = "the runs were measured under different protocols, so their figures are not comparable:\n" + \
+        "\n".join(lines)
+    if not allow:
+        raise _refuse(message, "compare runs of one protocol (the same benchmark and data, shuffling, extraction, "
+                                 "samples, decoding and budgets), or add --allow-protocol-differences to show them "
+                                 "side by side, each run labelled with its protocol")
+    console.print(f"[red]warning[/]: {message}", highlight=False, soft_wrap=True)
+    return [chr(ord("A") + distinct.index(p)) for p in protocols]
+
+
+def compare(runs: list[Path], out: Path | None = None, by: str | None = None, allow: bool = False) -> None:
+    """Put several runs side by side (one markdown table, then their per-category figures); runs
+    that share a name are told apart by their folders. Runs measured under different protocols are
+    refused unless ``allow`` (then each row names its protocol). ``by``: one row per run and value
+    of its records' item field ``by``."""
     from perceive.errors import OutputError, PerceiveError
     from perceive.eval.report import split_by
     from perceive.eval.run_folder import check_output_file
@@ -206,23 +319,25 @@ def compare(runs: list[Path], out: Path | None = None, by: str | None = None) ->
             raise fail(exc, 1) from None
     results, paths = [], []
     for r in runs:
-        p = r / "eval.json" if r.is_dir() else r
-        try:
-            results.append(json.loads(p.read_text()))
-        except (OSError, ValueError) as exc:
-            raise fail(f"cannot read the run {r}: {exc}", 1) from None
+        result, p = read_run(r)
+        results.append(result)
         paths.append(p)
-    for res, label in zip(results, run_labels(results, paths), strict=True):
+    labels = run_labels(results, paths)
+    for res, label in zip(results, labels, strict=True):
         res["name"] = label
+    groups = protocol_groups(results, labels, allow)
     if by is not None:
         try:
-            results = [part for res in results for part in split_by(res, by)]
+            parts = [(part, g) for i, res in enumerate(results)
+                     for part, g in ((p, groups[i] if groups else None) for p in split_by(res, by))]
         except PerceiveError as exc:
             raise fail(exc, 1) from None
-    table = markdown(results)
+        results = [p for p, _ in parts]
+        groups = [g for _, g in parts] if groups else None
+    table = markdown(results, groups)
     typer.echo(table)
     if out:
         try:
             out.write_text(table)
         except OSError as exc:
-            raise fail(f"cannot write {out}: {exc}", 1) from None
+            raise fail(f"cannot write {out}: {exc.strerror or exc}", 1) from None
