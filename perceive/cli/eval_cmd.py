@@ -103,10 +103,7 @@ def eval_(ctx: typer.Context,
     if len(targets) > 1:
         raise fail(f"one config at a time, got {len(targets)}: {' '.join(targets)}", 2)
     files = [p for p in (config, Path(targets[0]) if targets else None) if p is not None]
-    from perceive.data.skipped import Skipped
-    from perceive.errors import PerceiveError
-    from perceive.eval.runner import EvalConfig, evaluate, load_eval_config, markdown
-    from perceive.threads import set_torch_threads
+    from perceive.eval.runner import EvalConfig
 
     if not files and ((model is None and remote is None) or data is None):
         raise fail("give a config file, or --model (or --remote URL) and --data (a config: CONFIG, or --config "
@@ -121,15 +118,27 @@ def eval_(ctx: typer.Context,
              (("runtime", "threads"), threads, "--threads"), (("benchmark", "name"), benchmark, "--benchmark"),
              (("samples",), samples, "--samples"), (("benchmark", "shuffle"), shuffle, "--shuffle"),
              *remote_flags(remote, remote_model)]
-    overrides = cli_overrides(set_, flags, EvalConfig.model_fields)
+    result, cfg = run(ctx, files, cli_overrides(set_, flags, EvalConfig.model_fields), ray_address if ray else False,
+                      resume, overwrite)
+    report(result, cfg)
+
+
+def run(ctx: typer.Context, files: list[Path], overrides, ray: str | None | bool, resume: bool, overwrite: bool):
+    """Load the eval config and run it (here, or on Ray: ``ray`` is its address, ``None`` for the
+    default cluster, ``False`` for no Ray); ``(result, config)``; a user's mistake exits with its
+    one-line error."""
+    from perceive.errors import PerceiveError
+    from perceive.eval.runner import evaluate, load_eval_config
+    from perceive.threads import set_torch_threads
+
     cfg = None
     try:
         cfg = load_eval_config(files or None, overrides=overrides)
         check_set_params(cfg)
-        if ray:  # --ray: the config's ray section (or a default one), at ADDRESS when given
+        if ray is not False:  # --ray: the config's ray section (or a default one), at ADDRESS when given
             from perceive.eval.config import RayConfig
 
-            cfg.ray = (cfg.ray or RayConfig()).model_copy(update={"address": ray_address} if ray_address else {})
+            cfg.ray = (cfg.ray or RayConfig()).model_copy(update={"address": ray} if ray else {})
         set_torch_threads(cfg.runtime.threads)  # before the model runs (docs/performance.md#threads)
         if cfg.ray is not None:
             from perceive.eval.distributed import evaluate_on_ray
@@ -141,6 +150,14 @@ def eval_(ctx: typer.Context,
         raise fail(exc, 1) from None
     except KeyboardInterrupt:
         raise _eval_interrupted(ctx, cfg) from None
+    return result, cfg
+
+
+def report(result: dict, cfg) -> None:
+    """What a finished eval prints: skipped items, the resume, the table, warnings, failures."""
+    from perceive.data.skipped import Skipped
+    from perceive.eval.runner import markdown
+
     warn_skipped(Skipped.from_json(result["data"], result["data_items"], result["skipped_items"]))
     if "resumed" in result:
         r = result["resumed"]

@@ -69,12 +69,22 @@ def estimates(bench, records: list[dict], judged: bool = False) -> dict[str, dic
 
     groups = by_item(records)
     if type(bench).figures is not Benchmark.figures:
-        out = bootstrap(groups, bench.figures)
+        # resample items, each as one record of its samples' means: k times fewer records per draw
+        out = bootstrap([[_item_mean(g, bench.metrics)] for g in groups], bench.figures)
     else:
         out = {m: normal(item_means(groups, m)) for m in bench.metrics}
     if judged:
         out["judge"] = normal(item_means(groups, "judge"))
     return {k: e.to_json() for k, e in out.items()}
+
+
+def _item_mean(group: list[dict], metrics) -> dict:
+    """An item's k samples as one record: the first's fields, each metric its samples' mean."""
+    out = dict(group[0])
+    for m in metrics:
+        vals = [r[m] for r in group if r.get(m) is not None]
+        out[m] = sum(vals) / len(vals) if vals else None
+    return out
 
 
 def breakdown(bench, records: list[dict], judged: bool = False) -> dict[str, Any]:

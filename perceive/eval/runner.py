@@ -195,7 +195,9 @@ def record(run: Run, pos: int, a, ran: bool) -> dict[str, Any]:
         rec["answers"] = item.answers
     if item.options is not None:
         rec["options"] = item.options
-    rec.update(run.bench.score(a.text, item))
+    # a failed sample answered nothing: wrong (0), and counted apart as an error; never read by the
+    # extraction rule (MME-RealWorld's reads an empty response as "A")
+    rec.update({m: 0.0 for m in run.bench.metrics} | {"extracted": None} if a.error else run.bench.score(a.text, item))
     if item.category is not None:
         rec["category"] = item.category
     rec.update({

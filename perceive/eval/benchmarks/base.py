@@ -78,7 +78,8 @@ class Benchmark:
     choices: ClassVar[bool] = False
     extraction: ClassVar[str] = ""
 
-    def read(self, path: Path, *, shuffle: bool, seed: int) -> ReadResult:
+    def read(self, path: Path, *, shuffle: bool, seed: int, split: str | None = None) -> ReadResult:
+        """The file's items (``split``: which split of a ``save_to_disk`` folder of several)."""
         raise NotImplementedError
 
     def score(self, prediction: str, item: EvalItem) -> dict[str, Any]:
@@ -139,7 +140,11 @@ def open_table(path: Path, split: str | None = None):
                 ds = ds[split]
             return ds
         if path.suffix == ".parquet":
-            return datasets.Dataset.from_parquet(str(path), keep_in_memory=True)
+            import pyarrow.parquet as pq
+
+            # the table as it is (its schema's metadata keeps the Image features): from_parquet would
+            # copy the whole file into the datasets cache first
+            return datasets.Dataset(pq.read_table(str(path)))
         if path.suffix == ".arrow":
             return datasets.Dataset.from_file(str(path), in_memory=True)
     except DataUnusableError:

@@ -45,7 +45,7 @@ class Paper(Benchmark):
     metrics = ("exact_match", "anls", "relaxed_accuracy")
     extraction = "whole response, lower-cased, spaces collapsed, trailing period dropped"
 
-    def read(self, path: Path, *, shuffle: bool = False, seed: int = 0) -> ReadResult:
+    def read(self, path: Path, *, shuffle: bool = False, seed: int = 0, split: str | None = None) -> ReadResult:
         from perceive.data.dataset import VPTDataset, split_crop
 
         ds = VPTDataset(path)
