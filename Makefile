@@ -8,14 +8,14 @@ STAMP := $(VENV)/.installed
 # wheels, 300 MB installed) is installed too, so that `make test` (what CI runs) runs the OCR tests.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: setup demo test test-fast lint clean
+.PHONY: setup demo test test-fast test-lmms-eval lint clean
 
 $(STAMP): pyproject.toml
 	@$(PY) -c 'import sys; v=sys.version_info[:2]; sys.exit(0 if (3,10)<=v<=(3,12) else "perceive needs Python 3.10-3.12, found %d.%d: set PY=python3.X" % v)'
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_PIN)"
-	$(BIN)/python -m pip install -q -e ".[dev,ocr,serve,remote,rl]"
+	$(BIN)/python -m pip install -q -e ".[dev,ocr,serve,remote,rl,benchmarks,ray]"
 	@touch $(STAMP)
 
 setup: $(STAMP)
@@ -32,9 +32,22 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# lmms-eval's CLI with `--model perceive` (tests/test_lmms_eval.py), in a venv of its own: lmms-eval pulls
+# about 75 packages that CI does not need; the torch pin in the same pip command keeps the CPU wheel
+LMMS_VENV := .venv-lmms
+$(LMMS_VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(LMMS_VENV)
+	$(LMMS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LMMS_VENV)/bin/python -m pip install -q "$(TORCH_PIN)"
+	$(LMMS_VENV)/bin/python -m pip install -q -e ".[dev,benchmarks,lmms-eval]" "$(TORCH_PIN)"
+	@touch $@
+
+test-lmms-eval: $(LMMS_VENV)/.installed
+	$(LMMS_VENV)/bin/python -m pytest -q -m lmms_eval tests/test_lmms_eval.py
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) $(LMMS_VENV) *.egg-info .pytest_cache .hypothesis
