@@ -88,6 +88,9 @@ class Trace:
     finish_reason: FinishReason | None = None
     error: dict[str, Any] | None = None
     total_ms: float = 0.0
+    #: the remote endpoint (its /v1 base URL, one of ``remote.url``) the sample ran all its turns on;
+    #: None for a local model
+    endpoint: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -45,7 +45,7 @@ ActionTimeoutOpt = Annotated[float | None, typer.Option(
 ThreadsOpt = Annotated[int | None, typer.Option(
     "--threads", min=1, max=MAX_THREADS,
     help="torch's intra-op threads (runtime.threads; default: the usable cores less one, or OMP_NUM_THREADS).")]
-RemoteOpt = Annotated[str | None, typer.Option("--remote", metavar="URL", help=REMOTE_HELP)]
+RemoteOpt = Annotated[list[str] | None, typer.Option("--remote", metavar="URL", help=REMOTE_HELP)]
 RemoteModelOpt = Annotated[str | None, typer.Option("--remote-model", metavar="NAME", help=REMOTE_MODEL_HELP)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the answer and the trace as JSON.")]
 RenderOpt = Annotated[Path | None, typer.Option("--render", help="Write the trace picture (PNG).")]

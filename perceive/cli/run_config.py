@@ -52,13 +52,20 @@ def run_config(config: Path | None, sets: list[str] | None, flags: list[tuple[tu
 
 
 REMOTE_HELP = ("Drive a model served at this OpenAI-compatible base URL (vLLM, SGLang, perceive serve), e.g. "
-               "http://127.0.0.1:8000/v1, instead of loading one (remote.url).")
+               "http://127.0.0.1:8000/v1, instead of loading one (remote.url). Several endpoints serving the same "
+               "model share an eval's load: repeat the flag, or separate the URLs with commas.")
 REMOTE_MODEL_HELP = "The served model's id (remote.model; default: the endpoint's first)."
 
 
-def remote_flags(remote: str | None, remote_model: str | None) -> list[tuple[tuple, Any, str]]:
-    """``--remote URL`` and ``--remote-model NAME`` as config overrides."""
-    return [(("remote", "url"), remote, "--remote"), (("remote", "model"), remote_model, "--remote-model")]
+def remote_flags(remote: list[str] | str | None, remote_model: str | None) -> list[tuple[tuple, Any, str]]:
+    """``--remote URL`` (repeatable, or URLs separated by commas) and ``--remote-model NAME`` as
+    config overrides: one URL is ``remote.url: URL``, several a list (checked by the schema)."""
+    urls = None
+    if remote:
+        given = [remote] if isinstance(remote, str) else remote
+        urls = [u.strip() for flag in given for u in flag.split(",") if u.strip()] or list(given)
+        urls = urls[0] if len(urls) == 1 else urls
+    return [(("remote", "url"), urls, "--remote"), (("remote", "model"), remote_model, "--remote-model")]
 
 
 def loop_flags(model: Path | None, max_new_tokens: int | None, device: str | None, dtype: str | None,

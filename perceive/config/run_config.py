@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, PrivateAttr, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from perceive.actions import Device
 from perceive.config.checks import registry_problems, run_path_problems
@@ -70,9 +71,13 @@ class ProtocolConfig(StrictModel):
 
 class RemoteConfig(StrictModel):
     """A model served elsewhere, driven through its OpenAI-compatible chat endpoint (vLLM, SGLang,
-    ``perceive serve``): ``remote: {url: http://host:8000/v1, model: Qwen/Qwen3-VL-8B-Instruct}``."""
+    ``perceive serve``): ``remote: {url: http://host:8000/v1, model: Qwen/Qwen3-VL-8B-Instruct}``.
+    Several endpoints serving the same model share the load: ``url: [http://a:8000/v1,
+    http://b:8000/v1]`` (each sample runs all its turns on one of them)."""
 
-    url: str
+    #: the endpoint's /v1 base URL, or a list of them (a string with commas is a list); one URL
+    #: stays a string, several are a list (:attr:`urls` is always a list)
+    url: str | list[str]
     #: the served model's id (unset: the endpoint's first, GET /v1/models)
     model: str | None = None
     #: ``client``: perceive runs actions and graph, the endpoint generates; ``server``: perceive serve runs all
@@ -82,7 +87,38 @@ class RemoteConfig(StrictModel):
     timeout_s: float = Field(120.0, gt=0)
     #: retries of a request answered 429 or 5xx, or timed out (exponential backoff)
     max_retries: int = Field(3, ge=0, le=20)
+    #: requests in flight at once, across all the endpoints together (a sample has one in flight
+    #: at a time, so this is also the samples running at once); each endpoint batches its own
     concurrency: int = Field(8, ge=1, le=1024)
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _endpoints(cls, value: Any) -> Any:
+        """Each an http(s) URL, none twice; ``"a,b"`` is ``[a, b]``; a list of one is its URL."""
+        urls = value.split(",") if isinstance(value, str) else value
+        if not isinstance(urls, list):
+            return value  # the type check says what is wrong
+        urls = [u.strip() if isinstance(u, str) else u for u in urls]
+        urls = [u for u in urls if u != ""]  # "a,b," or a blank line in a YAML list
+        if not urls:
+            raise ValueError("no URL: give the endpoint's /v1 base URL, e.g. http://127.0.0.1:8000/v1")
+        seen: set[str] = set()
+        for u in urls:
+            if not isinstance(u, str):
+                return value
+            parts = urlsplit(u)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"{u!r} is not an http(s) URL: give each endpoint's /v1 base URL, e.g. "
+                                 "http://127.0.0.1:8000/v1")
+            if u.rstrip("/") in seen:
+                raise ValueError(f"{u} is listed twice: give each endpoint once")
+            seen.add(u.rstrip("/"))
+        return urls[0] if len(urls) == 1 else urls
+
+    @property
+    def urls(self) -> list[str]:
+        """Every endpoint's base URL, in the order given (one: ``[url]``)."""
+        return [self.url] if isinstance(self.url, str) else list(self.url)
 
 
 class PerceiveConfig(StrictModel):

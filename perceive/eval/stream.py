@@ -88,6 +88,11 @@ def _local(loop, work: Iterable[Work], cap: int, oracle: OraclePolicy | None) ->
 
 
 def _remote(loop: RemoteLoop, work: Iterable[Work], concurrency: int) -> Iterator[tuple[int, Answer, bool]]:
+    """``concurrency`` samples in flight (each has one request in flight at a time), over all the
+    endpoints of ``remote.url``: the loop puts each sample, as it starts, on the endpoint with the
+    fewest running and keeps all its turns there; its answer's ``trace.endpoint`` says which. A
+    sample whose endpoint fails ends with the error in its trace (no retry elsewhere: each sample
+    is answered once), and the run goes on."""
     todo = iter(work)
     pool = ThreadPoolExecutor(max_workers=concurrency)
     running: dict[Any, int] = {}

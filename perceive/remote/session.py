@@ -17,6 +17,9 @@ over this module's backend: the endpoint asked for the next assistant turn. Two 
 * ``server`` (``perceive serve`` only): the endpoint runs the whole sample; the answer and the
   trace come back in one response.
 
+``remote.url`` may list several endpoints serving the same model: each sample runs all its turns
+on one of them (:mod:`perceive.remote.balance`), and its trace's ``endpoint`` says which.
+
 Re-encode actions cannot run remotely: their control state is the model's hidden state, which
 no chat endpoint returns. A graph that forces one is refused.
 """
@@ -37,12 +40,15 @@ from perceive.encoders import EncoderHub
 from perceive.errors import ConfigError, RemoteError
 from perceive.images import load_image
 from perceive.loop import Answer, Finished, Generated, LoopOptions, TurnSession, answer_each
-from perceive.remote.endpoint import call_endpoint, data_url, make_client
+from perceive.remote.balance import Balancer
+from perceive.remote.endpoint import Endpoint, data_url
 
 
 class RemoteLoop:
-    """A :class:`~perceive.loop.PerceptionLoop` whose model is an endpoint (``remote``: a
-    :class:`perceive.config.RemoteConfig`). ``ask``/``ask_batch``/``run`` as the local loop."""
+    """A :class:`~perceive.loop.PerceptionLoop` whose model is an endpoint, or several serving the
+    same model (``remote``: a :class:`perceive.config.RemoteConfig`). ``ask``/``ask_batch``/``run``
+    as the local loop. ``client``: an ``openai.OpenAI``-like client for every endpoint, or a list
+    of them, one per URL (tests); unset, each endpoint gets its own."""
 
     def __init__(self, remote, registry=None, options: LoopOptions | None = None, graph=None, params=None,
                  encoder_configs: dict | None = None, client=None, graph_name: str | None = None,
@@ -56,10 +62,11 @@ class RemoteLoop:
         self.registry = registry or getattr(graph, "registry", None) or get_registry()
         options = options or LoopOptions()
         self.options = options
-        self.client = client or make_client(remote)
-        self.served = remote.model or self._first_model()
-        self._check_served()
-        self.info = self._served_info()  # perceive serve describes its model; other endpoints do not
+        clients = list(client) if isinstance(client, (list, tuple)) else [client] * len(remote.urls)
+        self.endpoints = [Endpoint(remote, url, c) for url, c in zip(remote.urls, clients, strict=True)]
+        self.balancer = Balancer(self.endpoints)
+        # the served model's id, and what perceive serve says of it (other endpoints say nothing)
+        self.served, self.info = self._served()
         # the options the served model was trained with (perceive serve says), under the run's own
         trained = (self.info or {}).get("action_options") or {}
         self.limits = RunLimits(options.max_hops, merge_options(self.registry, trained, options.action_options))
@@ -68,8 +75,10 @@ class RemoteLoop:
         self.controller = self._controller(graph, params)
         self.hub = EncoderHub(self.registry.encoder_specs(), encoder_configs or {})
         self.system, self.tools = self._declaration()
-        self.session = TurnSession(_Endpoint(self), self.registry, self.hub, self.protocol, self.controller,
-                                   self.limits, options, whole=remote.mode == "server")
+        # one session per endpoint (its backend holds the client); they share everything else
+        self.sessions = [TurnSession(_ChatBackend(self, ep), self.registry, self.hub, self.protocol, self.controller,
+                                     self.limits, options, whole=remote.mode == "server") for ep in self.endpoints]
+        self.session = self.sessions[0]
 
     def _declaration(self) -> tuple[str | None, list[dict] | None]:
         """How the actions are declared: ``(system turn, tools)``. perceive serve declares them itself
@@ -87,43 +96,51 @@ class RemoteLoop:
 
     # -- set-up -------------------------------------------------------------------------------
 
-    def _first_model(self) -> str:
-        models = call_endpoint(self.remote, lambda: self.client.models.list())
-        ids = [m.id for m in models.data]
+    def _served(self) -> tuple[str, dict | None]:
+        """``(model id, perceive serve's description of it or None)``, checked on every endpoint
+        now, not as every sample's error: each must list the model (when it has ``GET /models``)
+        and describe it alike. One that cannot be reached refuses the run."""
+        first = self.endpoints[0]
+        listed = None if self.remote.model else first.call(lambda c: c.models.list())
+        served = self.remote.model or self._first_model(first, listed)
+        infos = [self._served_info(ep, served, listed if ep is first else None) for ep in self.endpoints]
+        for ep, info in zip(self.endpoints[1:], infos[1:], strict=True):
+            if info != infos[0]:
+                raise RemoteError(f"{ep.url} and {first.url} describe {served!r} differently (GET /models): they "
+                                  "serve different models under one name, or one is perceive serve and one not",
+                                  hint="list in remote.url only endpoints serving the same model the same way")
+        return served, infos[0]
+
+    @staticmethod
+    def _first_model(ep: Endpoint, listed) -> str:
+        ids = [m.id for m in listed.data]
         if not ids:
-            raise RemoteError(f"{self.remote.url} serves no model (GET /models is empty)")
-        self._models = models
+            raise RemoteError(f"{ep.url} serves no model (GET /models is empty)")
         return ids[0]
 
-    def _check_served(self) -> None:
-        """A model the endpoint does not list is refused now, not as every sample's error."""
-        try:
-            listed = getattr(self, "_models", None) or call_endpoint(self.remote, lambda: self.client.models.list())
-        except RemoteError as exc:
-            if getattr(exc, "status", None) is None:
-                raise
-            return  # no /models: the first request will tell
-        self._models = listed
-        ids = [m.id for m in listed.data]
-        if ids and self.served not in ids:
-            raise RemoteError(f"{self.remote.url} does not serve {self.served!r}; it serves {ids}",
-                              hint="set remote.model (or --remote-model) to one of them")
-
-    def _served_info(self) -> dict | None:
-        try:
-            served = getattr(self, "_models", None) or call_endpoint(self.remote, lambda: self.client.models.list())
-        except RemoteError as exc:
-            if getattr(exc, "status", None) is None:
-                raise  # not there at all
+    def _served_info(self, ep: Endpoint, served: str, listed=None) -> dict | None:
+        """What ``ep`` says of ``served`` (perceive serve's ``perceive`` entry); a model it does not
+        list is refused."""
+        listed = ep.models() if listed is None else listed
+        if listed is None:
             return None  # an endpoint without /models: the run config must say everything
-        return next(((m.model_extra or {}).get("perceive") for m in served.data if m.id == self.served), None)
+        ids = [m.id for m in listed.data]
+        if ids and served not in ids:
+            if len(self.endpoints) == 1:
+                hint = "set remote.model (or --remote-model) to one of them"
+            else:
+                hint = (f"every endpoint of remote.url must serve the same model ({served!r}: "
+                        + ("remote.model" if self.remote.model else f"{self.endpoints[0].url}'s first") +
+                        "); list only those that do")
+            raise RemoteError(f"{ep.url} does not serve {served!r}; it serves {ids}", hint=hint)
+        return next(((m.model_extra or {}).get("perceive") for m in listed.data if m.id == served), None)
 
     def _protocol(self):
         name, options = self.options.protocol, self.options.protocol_options
         info = self.info
         if name == "auto":  # perceive serve says which; another endpoint cannot
             if not info:
-                raise ConfigError(f"protocol: auto, but {self.remote.url} does not say which tool-call protocol "
+                raise ConfigError(f"protocol: auto, but {self.endpoints[0].url} does not say which tool-call protocol "
                                   f"{self.served!r} speaks",
                                   hint="set protocol.name in the run config (hermes_json for Qwen2.5-VL/Qwen3-VL "
                                        "with coordinates: relative_1000 for Qwen3-VL, vpt, mini_o3_grounding)")
@@ -144,15 +161,29 @@ class RemoteLoop:
         return answer_each(items, self.run)
 
     def run(self, items: list[tuple[Image.Image, str]], indices: list[int] | None = None) -> list[Answer]:
-        """Samples run concurrently (``remote.concurrency`` in flight); the endpoint batches them."""
+        """Samples run concurrently (``remote.concurrency`` in flight over all the endpoints); each
+        endpoint batches its own."""
         indices = list(range(len(items))) if indices is None else indices
         work = list(zip(indices, items, strict=True))
         with ThreadPoolExecutor(max_workers=max(1, min(self.remote.concurrency, len(work) or 1))) as pool:
             return list(pool.map(lambda w: self._answer(self.stream(w[0], *w[1])), work))
 
     def stream(self, index: int, image: Image.Image, question: str):
-        """One sample's events (:mod:`perceive.loop.events`), ``Finished`` last."""
-        return self.session.stream(index, image, question)
+        """One sample's events (:mod:`perceive.loop.events`), ``Finished`` last, its trace's
+        ``endpoint`` the base URL it ran on. All its turns go to one endpoint, chosen as it starts
+        (the first event is asked for): the one with the fewest samples running."""
+        k = self.balancer.take()
+        running = True
+        try:
+            for ev in self.sessions[k].stream(index, image, question):
+                if isinstance(ev, Finished):
+                    ev.trace.endpoint = self.endpoints[k].url
+                    self.balancer.give(k)  # its place is free before the consumer reads the answer
+                    running = False
+                yield ev
+        finally:
+            if running:  # the consumer stopped reading before the end
+                self.balancer.give(k)
 
     @staticmethod
     def _answer(events) -> Answer:
@@ -164,14 +195,15 @@ class _Chat:
     messages: list[dict] = field(default_factory=list)
 
 
-class _Endpoint:
+class _ChatBackend:
     """The :class:`~perceive.loop.turn_session.TurnBackend` of an OpenAI-compatible endpoint. Each
     turn is asked for raw (``skip_special_tokens: false``, stopped at the call's closing tag), so
     calls are read from the text exactly as a local run reads them; observations go back as a
     *user* turn in the family's framing (``<tool_response>`` + image), which every engine accepts."""
 
-    def __init__(self, loop: RemoteLoop):
+    def __init__(self, loop: RemoteLoop, endpoint: Endpoint):
         self.loop = loop
+        self.endpoint = endpoint
 
     def _first_user(self, root: Image.Image, views: list[Image.Image], question: str) -> dict:
         parts = [{"type": "image_url", "image_url": {"url": data_url(im)}} for im in (root, *views)]
@@ -189,12 +221,12 @@ class _Endpoint:
         if loop.graph_name:
             ext["graph"] = loop.graph_name
             ext["params"] = loop.graph_params
-        resp = call_endpoint(loop.remote, lambda: loop.client.chat.completions.create(
+        resp = self.endpoint.call(lambda c: c.chat.completions.create(
             model=loop.served, messages=[self._first_user(root, [], question)], max_tokens=o.max_new_tokens,
             extra_body={"perceive": ext}))
         p = (resp.model_extra or {}).get("perceive") or {}
         if "trace" not in p:
-            raise RemoteError(f"{loop.remote.url} returned no perceive trace: remote.mode server needs a perceive "
+            raise RemoteError(f"{self.endpoint.url} returned no perceive trace: remote.mode server needs a perceive "
                               "serve endpoint", hint="use remote.mode: client for other endpoints")
         return p["trace"]
 
@@ -208,7 +240,7 @@ class _Endpoint:
             body |= {"continue_final_message": True, "add_generation_prompt": False}
         stops = loop.protocol.stop_strings(loop.actions)
         tools = {"tools": loop.tools} if loop.tools else {}
-        resp = call_endpoint(loop.remote, lambda: loop.client.chat.completions.create(
+        resp = self.endpoint.call(lambda c: c.chat.completions.create(
             model=loop.served, messages=msgs, max_tokens=max_tokens, stop=stops or None, extra_body=body, **tools))
         choice = resp.choices[0]
         m = choice.message
