@@ -132,7 +132,7 @@ def lmms_run(bench, tmp_path_factory) -> dict:
            "--model_args", f"model={MODEL},graph={bench / 'crop.yaml'},trace_dir={traces}",
            "--tasks", TASK, "--include_path", str(bench / "tasks"), "--batch_size", "4",
            "--output_path", str(out), "--log_samples"]
-    # cwd: not the repository, whose perceive.egg-info would stand for the installed distribution
+    # cwd: not the checkout, where a stale perceive.egg-info (from before the entry point) hides the installed one
     proc = subprocess.run(cmd, cwd=tmp, env=offline_env(tmp), capture_output=True, text=True, timeout=600)
     results = sorted(out.rglob("*_results.json"))
     samples = sorted(out.rglob(f"*_samples_{TASK}.jsonl"))
