@@ -109,7 +109,7 @@ def serve(
                           drain_window)]
     cfg = run_config(config, set_, flags)  # sets torch's threads, before the model thread starts
     if cfg.remote is not None:
-        raise fail(f"{cfg.source} sets remote.url ({cfg.remote.url}): perceive serve runs a local model", 2)
+        raise fail(f"{cfg.source} sets remote.url ({', '.join(cfg.remote.urls)}): perceive serve runs a local model", 2)
     images = cfg.serve.allow_local_images
     if images is not None and not images.is_dir():
         raise fail(ConfigError(f"{cfg.source}: " + cfg.render(("serve", "allow_local_images"),

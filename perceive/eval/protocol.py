@@ -90,7 +90,7 @@ def system_of(cfg, loop, graph) -> dict[str, Any]:
     if cfg.remote is None:
         out.update(model=str(cfg.model.path), model_sha256=model_sha256(cfg.model.path))
     else:
-        out.update(model=getattr(loop, "served", None), endpoint=cfg.remote.url)
+        out.update(model=getattr(loop, "served", None), endpoints=cfg.remote.urls)
     return out
 
 

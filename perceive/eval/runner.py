@@ -85,6 +85,10 @@ class Run:
         self.by_pos = {it.index * self.k + j: (it, j) for it in items for j in range(self.k)}
         self.log = run_folder.PredictionLog(cfg.output, fp, list(self.lines.values())) \
             if cfg.output is not None else None
+        #: what was measured, where no loop here can say (a Ray driver's workers hold the loops and tell it)
+        self.system: dict[str, Any] | None = None
+        #: where the samples ran (a Ray run's pool), recorded apart from the protocol: not how they are measured
+        self.ray: dict[str, Any] | None = None
 
     def todo(self):
         """The samples left to run, as the stream's work: ``(position, get)``; a sample's position
@@ -125,16 +129,19 @@ class Run:
         summary.update(breakdown(self.bench, records, judged=self.judge is not None))
         summary["sessions"] = len(wall)
         summary["skipped"] = len(self.read.skipped)
-        where = str(cfg.model.path) if cfg.remote is None else f"{cfg.remote.url} ({self.loop.served})"
+        system = self.system if self.system is not None else system_of(cfg, self.loop, self.graph)
+        where = str(cfg.model.path) if cfg.remote is None else f"{cfg.remote.url} ({system['model']})"
         judge = cfg.judge.model if cfg.judge else None
         result = {"name": cfg.name or run_name(cfg), "model": where, "graph": self.graph.name, "params": cfg.params,
                   "data": str(cfg.data), "data_items": self.read.total, "benchmark": self.bench.name,
                   "protocol": protocol_of(cfg, self.bench, _data_sha256(cfg.data), len(self.items), judge),
-                  "system": system_of(cfg, self.loop, self.graph),
+                  "system": system,
                   "summary": summary, "records": records,
                   "skipped_items": [{"index": i, "problems": p} for i, p in self.read.skipped]}
         if self.resume:
             result["resumed"] = {"kept": self.resumed, "dropped_lines": self.dropped}
+        if self.ray is not None:
+            result["ray"] = self.ray
         if self.log is not None:
             self.log.results(result, markdown([result]))
         return result
@@ -207,6 +214,8 @@ def record(run: Run, pos: int, a, ran: bool) -> dict[str, Any]:
         "latency_ms": a.trace.total_ms if ran else None,
         "error": a.error, "events": [str(ev.get("type")) for ev in a.trace.events],
     })
+    if a.trace.endpoint is not None:  # several served endpoints: the one the sample ran on
+        rec["endpoint"] = a.trace.endpoint
     if item.box is not None:
         rec["gt_box"] = list(item.box)
         # no region hop: nothing to score (None, shown "-"), not an IoU of 0
@@ -235,6 +244,6 @@ def run_name(cfg: EvalConfig) -> str:
     if cfg.output is not None:
         return cfg.output.name
     if cfg.model.path is None and cfg.remote is not None:  # a served model: its name, else the endpoint's host
-        return (cfg.remote.model or cfg.remote.url.split("//")[-1].split("/")[0]).replace("/", "_")
+        return (cfg.remote.model or cfg.remote.urls[0].split("//")[-1].split("/")[0]).replace("/", "_")
     p = Path(cfg.model.path)
     return "/".join(p.parts[-2:]) if p.name == "model" and len(p.parts) > 1 else p.name
