@@ -40,6 +40,8 @@ $(LMMS_VENV)/.installed: pyproject.toml
 	$(LMMS_VENV)/bin/python -m pip install -q --upgrade pip
 	$(LMMS_VENV)/bin/python -m pip install -q "$(TORCH_PIN)"
 	$(LMMS_VENV)/bin/python -m pip install -q -e ".[dev,benchmarks,lmms-eval]" "$(TORCH_PIN)"
+	# PyPI's torchvision is a CUDA build that cannot load beside the CPU torch; neither needs it
+	$(LMMS_VENV)/bin/python -m pip uninstall -q -y torchvision
 	@touch $@
 
 test-lmms-eval: $(LMMS_VENV)/.installed
