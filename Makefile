@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_PIN)"
-	$(BIN)/python -m pip install -q -e ".[dev,ocr,serve,remote,rl,benchmarks,ray]"
+	$(BIN)/python -m pip install -q -e ".[dev,ocr,serve,remote,rl,benchmarks,ray,mcp]"
 	@touch $(STAMP)
 
 setup: $(STAMP)
