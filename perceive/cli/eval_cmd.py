@@ -67,7 +67,7 @@ def eval_(ctx: typer.Context,
           ray: bool = typer.Option(False, "--ray",
                                    help="Run on Ray: a pool of actors, each with a loaded model; `--ray` alone: a "
                                         "local cluster (or RAY_ADDRESS's); `--ray ADDRESS` (auto, "
-                                        "ray://HOST:10001): that cluster."),
+                                        "HOST:6379): that cluster."),
           ray_address: str = typer.Option(None, "--ray-address", metavar="ADDRESS",
                                           help="The Ray cluster to join (as `--ray ADDRESS`)."),
           allow_protocol_differences: bool = typer.Option(

@@ -53,7 +53,8 @@ class RayConfig(StrictModel):
     """``perceive eval --ray``: the items stream to a pool of Ray actors, each holding one loaded
     loop (:mod:`perceive.eval.distributed`). ``ray: {}`` starts a local cluster."""
 
-    #: the cluster to join (``auto``, ``ray://host:10001``; unset: ``RAY_ADDRESS``, else a local one)
+    #: the cluster to join (``auto``, ``HOST:6379``; ``ray://HOST:10001`` needs ray[client]; unset:
+    #: ``RAY_ADDRESS``, else a local one)
     address: str | None = None
     #: actors in the pool (unset: one per GPU where there are GPUs, else 2)
     actors: int | None = Field(None, ge=1)

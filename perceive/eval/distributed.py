@@ -181,7 +181,7 @@ class Worker:
         from perceive.eval.stream import answers
 
         run = self.run
-        work = [(pos, run._getter(run.by_pos[pos][0])) for pos in positions]
+        work = [(pos, run.getter(run.by_pos[pos][0])) for pos in positions]
         return [json.dumps({"record": record(run, pos, a, ran), "system": self.system, "worker": self.id},
                            default=str)
                 for pos, a, ran in answers(run.loop, work, run.cfg.runtime.max_batch_size, run.oracle)]

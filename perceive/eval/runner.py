@@ -95,9 +95,10 @@ class Run:
         ``i*k + j`` seeds its sampling (``sampling.seed + position``)."""
         for pos, (it, j) in self.by_pos.items():
             if (it.index, j) not in self.lines:
-                yield pos, self._getter(it)
+                yield pos, self.getter(it)
 
-    def _getter(self, it):
+    def getter(self, it):
+        """The stream's function that gives ``it``'s (image, question, example) when its sample starts."""
         oracle = self.oracle is not None and it.example is not None
         return lambda: (it.load(), it.question, it.example() if oracle else None)
 
