@@ -112,6 +112,9 @@ def load_config(path: str | Path | Iterable[str | Path] | None, registry=None, *
     rebase_paths(cfg, data, cfg.path_fields(), folder)
     if cfg.graph.endswith((".yaml", ".yml")):  # a graph file, not a shipped graph's name
         cfg.graph = str(rebase(Path(cfg.graph), data, ("graph",), folder))
+    for i, graph in enumerate(cfg.mcp.graphs or []):  # perceive mcp's graphs, files or shipped names alike
+        if graph.endswith((".yaml", ".yml")):
+            cfg.mcp.graphs[i] = str(rebase(Path(graph), data, ("mcp", "graphs", i), folder))
     return cfg
 
 

@@ -19,7 +19,7 @@ from pydantic import Field, PrivateAttr, field_validator, model_validator
 from perceive.actions import Device
 from perceive.config.checks import registry_problems, run_path_problems
 from perceive.config.origins import render_problem
-from perceive.config.settings import AUTO_PROTOCOL, DEFAULT_GRAPH, RuntimeConfig, SamplingConfig, ServeConfig
+from perceive.config.settings import AUTO_PROTOCOL, DEFAULT_GRAPH, McpConfig, RuntimeConfig, SamplingConfig, ServeConfig
 from perceive.errors import ConfigError
 from perceive.strict import StrictModel
 
@@ -124,7 +124,8 @@ class RemoteConfig(StrictModel):
 class PerceiveConfig(StrictModel):
     """A run: the model, its graph, the plugins' settings and the loop's (``runtime``, ``sampling``;
     :class:`perceive.loop.LoopOptions` is built from them by
-    :func:`perceive.loop.options.options_from_config`), and ``perceive serve``'s (``serve``)."""
+    :func:`perceive.loop.options.options_from_config`), ``perceive serve``'s (``serve``) and
+    ``perceive mcp``'s (``mcp``)."""
 
     model: ModelConfig = Field(default_factory=ModelConfig)
     #: the perception graph: a shipped graph's name (``graphs/*.yaml``) or a graph file (relative
@@ -147,6 +148,8 @@ class PerceiveConfig(StrictModel):
     remote: RemoteConfig | None = None
     #: ``perceive serve``'s settings (its flags override them); other commands ignore them
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    #: ``perceive mcp``'s settings (its flags override them); other commands ignore them
+    mcp: McpConfig = Field(default_factory=McpConfig)
     #: the parsed YAML (with key lines) and its path, when loaded from a file
     _data: Any = PrivateAttr(default=None)
     _source: str | None = PrivateAttr(default=None)
@@ -154,7 +157,7 @@ class PerceiveConfig(StrictModel):
     def path_fields(self) -> list[tuple]:
         """Where this config holds local paths (relative ones resolve against their file's folder)."""
         return [("model", "path"), *(("encoders", i, "weights") for i in range(len(self.encoders))),
-                ("serve", "allow_local_images")]
+                ("serve", "allow_local_images"), ("mcp", "allow_local_images")]
 
     def graph_params(self) -> dict[str, Any]:
         """The params the run gives its graph: ``params`` over the run's hop budget as ``max_hops``

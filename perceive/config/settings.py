@@ -1,10 +1,11 @@
 """The settings of a run, each defined once: what the perception loop reads, and what
-``perceive serve`` reads.
+``perceive serve`` and ``perceive mcp`` read.
 
 Each model here is a section of the run config (:class:`perceive.config.PerceiveConfig`):
 ``runtime:`` (:class:`RuntimeConfig`: limits, batching, the system prompt, the target frame),
-``sampling:`` (:class:`SamplingConfig`) and ``serve:`` (:class:`ServeConfig`), so every value is
-reachable from a YAML file and from ``--set SECTION.FIELD=VALUE``. The loop's own settings,
+``sampling:`` (:class:`SamplingConfig`), ``serve:`` (:class:`ServeConfig`) and ``mcp:``
+(:class:`McpConfig`), so every value is reachable from a YAML file and from
+``--set SECTION.FIELD=VALUE``. The loop's own settings,
 :class:`perceive.loop.LoopOptions`, are :class:`LoopRuntime` and :class:`SamplingConfig` together
 with the run's action options and protocol: the fields and their defaults live here only.
 """
@@ -121,5 +122,30 @@ class ServeConfig(StrictModel):
     drain_window_s: float = Field(5.0, ge=0, le=3600)
 
 
+class McpConfig(StrictModel):
+    """``perceive mcp``'s settings: the run config's ``mcp:`` section (docs/how-to/use-perceive-from-an-agent.md).
+    Which actions are tools is the run's ``actions:`` section (each enabled action whose observation is a
+    view or text), with the options it gives them; ``runtime.action_timeout_s`` is each call's timeout."""
+
+    #: the graphs served as tools (``graph_<name>``), each a shipped graph's name or a graph file (relative
+    #: to the config file that names it); None: the run's ``graph`` and every shipped graph (graphs/*.yaml)
+    graphs: list[str] | None = None
+    #: accept images given as paths of files under this folder (None: ids and data URLs only); a relative
+    #: path an agent gives is taken under it; relative to the config file that sets it
+    allow_local_images: Path | None = None
+    #: images the server keeps at once, registered images and the views tools made of them together;
+    #: past it, the least recently used image goes, with all its views
+    max_images: int = Field(256, ge=1)
+    #: the memory those images may take, in MB of decoded RGB pixels (3 bytes a pixel); past it, the
+    #: least recently used image goes, with its views. A single larger image is refused
+    max_image_mb: float = Field(1024.0, gt=0, allow_inf_nan=False)
+    #: with ``--http``: the address to listen on (0.0.0.0: every interface, no DNS-rebinding protection)
+    host: str = "127.0.0.1"
+    #: with ``--http``: the port (0: any free port; the one bound is printed)
+    port: int = Field(8765, ge=0, le=65535)
+    #: with ``--http``: the largest request body, in MB (413 above): an image sent as base64 counts here
+    max_body_mb: float = Field(20.0, ge=0.001, allow_inf_nan=False)
+
+
 __all__ = ["AUTO_PROTOCOL", "DEFAULT_GRAPH", "MANY_SAMPLES_BATCH_SIZE", "MAX_ACTION_TIMEOUT_S", "MAX_DEADLINE_S",
-           "ActionTimeout", "LoopRuntime", "RuntimeConfig", "SamplingConfig", "ServeConfig"]
+           "ActionTimeout", "LoopRuntime", "McpConfig", "RuntimeConfig", "SamplingConfig", "ServeConfig"]
