@@ -16,6 +16,7 @@ class ErrorCode(str, Enum):
     IMAGE_UNREADABLE = "image-unreadable"
     UNKNOWN_ACTION = "unknown-action"
     UNKNOWN_ENCODER = "unknown-encoder"
+    UNKNOWN_IMAGE = "unknown-image"
     PLUGIN_INVALID = "plugin-invalid"
     ACTION_INPUT = "action-input"
     OBSERVATION_INVALID = "observation-invalid"
@@ -60,6 +61,16 @@ class UnknownActionError(PerceiveError, KeyError):
 
 class UnknownEncoderError(UnknownActionError):
     code = ErrorCode.UNKNOWN_ENCODER
+
+
+class UnknownImageError(PerceiveError, KeyError):
+    """An image id (``perceive mcp``'s ``img3``, ``img3.v1``) that names no image held: never given
+    out, or let go from the image store since (least recently used first)."""
+
+    code = ErrorCode.UNKNOWN_IMAGE
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return Exception.__str__(self)
 
 
 class PluginValidationError(PerceiveError):

@@ -24,6 +24,8 @@ over :data:`MAX_INPUT_ASPECT`, with a hint addressed to the user.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 import os
 import re
@@ -338,3 +340,35 @@ def rescale(image: Image.Image, factor: float) -> Image.Image:
         return image
     size = (max(1, round(image.width * factor)), max(1, round(image.height * factor)))
     return image.resize(size, Image.Resampling.BICUBIC)
+
+
+def decode_image_url(url: str, local_root: Path | None, *, server: str = "perceive serve") -> Image.Image:
+    """An image a request names: a base64 ``data:`` URL, or the path of a file under the folder
+    ``local_root`` (a ``file://`` prefix is stripped; ``None``: paths are refused), decoded by
+    :func:`load_image` (upright; not converted to RGB). An ``http(s)`` URL is refused: perceive never
+    fetches images. ``server`` names the server in messages (``perceive serve``, ``perceive mcp``),
+    whose ``--allow-local-images`` flag sets ``local_root``. Raises :class:`ImageError` saying what
+    to send instead."""
+    if url.startswith("data:"):
+        head, _, data = url.partition(",")
+        if ";base64" not in head:
+            raise ImageError("an image data URL must be base64 (data:image/png;base64,...)")
+        try:
+            raw = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ImageError(f"the image data URL is not valid base64: {exc}") from None
+        return load_image(raw)
+    if url.startswith(("http://", "https://")):
+        raise ImageError(f"{server} never fetches images from the network",
+                         hint="send the image as a base64 data URL (data:image/png;base64,...)")
+    path = Path(url.removeprefix("file://"))
+    if local_root is None:
+        raise ImageError(f"local image paths are off ({url!r})",
+                         hint="send a base64 data URL, or start the server with --allow-local-images DIR")
+    try:
+        resolved = path.resolve()
+        resolved.relative_to(local_root.resolve())
+    except (ValueError, OSError):
+        raise ImageError(f"{url!r} is not under the allowed image folder {str(local_root)!r}",
+                         hint="send a base64 data URL, or a path under --allow-local-images") from None
+    return load_image(resolved)
