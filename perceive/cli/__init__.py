@@ -24,6 +24,7 @@ from perceive.cli import (
     demo_cmd,
     eval_cmd,
     graph_cmd,
+    mcp_cmd,
     plugins_cmd,
     protocols_cmd,
     serve_cmd,
@@ -95,6 +96,7 @@ app.command("demo")(demo_cmd.demo)
 app.command("ask")(ask_cmd.ask)
 app.command("convert")(convert_cmd.convert)
 app.command("serve")(serve_cmd.serve)
+app.command("mcp")(mcp_cmd.mcp)
 
 
 @app.command()
