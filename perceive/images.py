@@ -156,8 +156,8 @@ def _open_checked(source: Path | bytes | bytearray, limit: int | None, then: Cal
     except ImageError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:  # DecompressionBombError too
-        # PIL names a byte buffer by its repr ("<_io.BytesIO object at 0x...>"): say what it is
-        why = re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "the bytes", str(exc))
+        # PIL names a byte buffer by its repr ("<_io.BytesIO object at 0x...>"): drop it
+        why = re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(exc))
         raise ImageError(f"{cannot}: {why}", hint=hint) from exc
 
 

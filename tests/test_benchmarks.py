@@ -318,5 +318,6 @@ def test_benchmarks_by_name_and_alias():
     assert isinstance(get_benchmark("hrbench_4k"), HRBench)
     for name, cls in BENCHMARKS.items():
         assert cls.metrics and cls.description and (cls.extraction or name == "paper"), name
-    with pytest.raises(ConfigError, match="unknown benchmark 'vstarbench': known are chartqa, docvqa"):
+    with pytest.raises(ConfigError, match=r"unknown benchmark 'vstarbench' \(did you mean 'vstar_bench'\?\): "
+                                          "known are chartqa, docvqa"):
         get_benchmark("vstarbench")

@@ -60,7 +60,8 @@ def test_avg_at_k_asks_each_item_k_times_with_its_own_seed(tmp_path, cards, mode
     f = r["summary"]["figures"]["anls"]
     assert f["mean"] == pytest.approx(statistics.fmean(means)) and f["n"] == 3
     assert f["se"] == pytest.approx(statistics.stdev(means) / math.sqrt(3))
-    assert f["lo"] == pytest.approx(f["mean"] - Z95 * f["se"]) and f["hi"] == pytest.approx(f["mean"] + Z95 * f["se"])
+    assert f["lo"] == pytest.approx(max(0.0, f["mean"] - Z95 * f["se"]))
+    assert f["hi"] == pytest.approx(min(1.0, f["mean"] + Z95 * f["se"]))
     # a run cut short resumes by (item, sample): the same records
     lines = (tmp_path / "out/predictions.jsonl").read_text().splitlines(keepends=True)
     (tmp_path / "out/predictions.jsonl").write_text("".join(lines[:4]))
@@ -91,6 +92,8 @@ def test_figures_are_broken_down_by_category(tmp_path, cards, model):
 def test_normal_and_bootstrap_intervals():
     e = normal([1.0, 0.0, 1.0, 1.0])
     assert e.mean == 0.75 and e.se == pytest.approx(0.25) and e.lo == pytest.approx(0.75 - Z95 * 0.25)
+    assert e.hi == 1.0  # clipped: a score is never above 1
+    assert normal([0.0, 0.0, 0.0, 1.0]).lo == 0.0
     assert normal([]).mean is None and normal([1.0]).se is None
     groups = by_item([{"index": i, "x": float(i % 2)} for i in range(40)])
 
@@ -150,5 +153,12 @@ def test_benchmarks_are_listed():
 
 
 def test_an_unknown_benchmark_is_a_config_error(tmp_path, cards):
-    with pytest.raises(ConfigError, match="unknown benchmark 'vstr': known are"):
+    with pytest.raises(ConfigError, match=r"unknown benchmark 'vstr' \(did you mean 'vstar'\?\): known are"):
         evaluate(EvalConfig(model=tmp_path, data=cards, benchmark="vstr"), progress=False)
+
+
+def test_data_check_on_a_benchmark_file_says_which_command_reads_it(tmp_path):
+    (tmp_path / "b.parquet").write_bytes(b"PAR1\x9c\x00\xff")
+    code, out = cli("data", "check", tmp_path / "b.parquet")
+    assert code == 1 and "not a JSON text file" in out and "perceive eval --benchmark NAME" in out
+    assert "internal error" not in out

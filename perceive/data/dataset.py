@@ -106,6 +106,10 @@ class VPTDataset:
         self.root = Path(root) if root else self.path.parent
         try:
             raw = json.loads(self.path.read_text())
+        except UnicodeDecodeError:
+            raise DatasetError(f"cannot read dataset {self.path}: not a JSON text file (the paper's layout is a JSON "
+                               f"list of items)", hint="a benchmark's parquet or arrow file is read by perceive eval "
+                               "--benchmark NAME (perceive eval benchmarks lists them)") from None
         except (OSError, json.JSONDecodeError) as exc:
             raise DatasetError(f"cannot read dataset {self.path}: {exc}") from exc
         if not isinstance(raw, list):

@@ -46,6 +46,8 @@ class Skipped:
     total: int  # items in the file, usable or not
     items: list[tuple[int, list[str]]] = field(default_factory=list)  # (index, problems), in file order
     root: str | None = None  # the folder image paths resolve against
+    #: how to see every skipped item (default: ``perceive data check FILE``, for the paper's layout)
+    listing: str | None = None
 
     @classmethod
     def of(cls, ds) -> Skipped:
@@ -107,7 +109,7 @@ class Skipped:
         """Raise ``DataUnusableError`` when no item is usable, or when more than ``max_fraction``
         of them were skipped. ``setting`` names the config field that raises the limit (the CLI's
         ``--max-skipped-fraction``), for the hint."""
-        check = f"`perceive data check {self.source}` lists every problem"
+        check = self.listing or f"`perceive data check {self.source}` lists every problem"
         if self.total == 0:
             raise DataUnusableError(f"{self.source} holds no items", hint="point the run at a non-empty dataset")
         if self.usable == 0:

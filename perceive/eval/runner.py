@@ -178,7 +178,8 @@ def prepare(cfg: EvalConfig, model=None, registry=None, policy=None, *, resume: 
                           hint="drop --oracle-spans, or run the model locally")
     read = bench.read(cfg.data, shuffle=cfg.benchmark.shuffled(bench), seed=cfg.benchmark.seed,
                       **({"split": cfg.benchmark.split} if cfg.benchmark.split else {}))
-    Skipped(str(cfg.data), read.total, read.skipped, read.root).check(cfg.max_skipped_fraction)
+    listing = None if bench.name == "paper" else "the first rows of each problem are listed above"
+    Skipped(str(cfg.data), read.total, read.skipped, read.root, listing).check(cfg.max_skipped_fraction)
     items = read.items if cfg.max_samples is None else read.items[:cfg.max_samples]
     registry = registry or get_registry()
     graph = compile_graph(cfg.graph, registry=registry, params=cfg.graph_params())  # fails before the model loads

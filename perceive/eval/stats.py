@@ -2,7 +2,8 @@
 
 With k samples per item (Avg@k) an item's figure is the mean of its k samples, and the spread is
 over items: the samples of one item are not independent draws of the benchmark. A plain mean gets
-the standard error ``sd(item means) / sqrt(n)`` and the normal interval ``mean ± 1.96 SE``; a
+the standard error ``sd(item means) / sqrt(n)`` and the normal interval ``mean ± 1.96 SE``,
+clipped to [0, 1]; a
 benchmark whose published score is another aggregate (HR-Bench: the mean of its cycles) gets a
 seeded bootstrap over items (the same resampled items for every figure).
 """
@@ -18,7 +19,7 @@ from dataclasses import asdict, dataclass
 Z95 = 1.959963984540054
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
-NORMAL = "normal approximation over items"
+NORMAL = "normal approximation over items, clipped to [0, 1]"
 BOOTSTRAP = f"bootstrap over items ({BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED})"
 
 
@@ -55,8 +56,10 @@ def item_means(groups: list[list[dict]], key: str) -> list[float]:
     return out
 
 
-def normal(values: list[float]) -> Estimate:
-    """Mean, standard error and normal 95% interval of per-item values."""
+def normal(values: list[float], bounds: tuple[float, float] = (0.0, 1.0)) -> Estimate:
+    """Mean, standard error and normal 95% interval of per-item values, the interval clipped to
+    ``bounds`` (every metric is a score in [0, 1]: an accuracy of 0.25 over 4 items is not
+    ``[-0.24, 0.74]``)."""
     n = len(values)
     if not n:
         return Estimate(None, None, None, None, 0)
@@ -64,7 +67,7 @@ def normal(values: list[float]) -> Estimate:
     if n < 2:
         return Estimate(m, None, None, None, n)
     se = statistics.stdev(values) / math.sqrt(n)
-    return Estimate(m, se, m - Z95 * se, m + Z95 * se, n)
+    return Estimate(m, se, max(bounds[0], m - Z95 * se), min(bounds[1], m + Z95 * se), n)
 
 
 def bootstrap(groups: list[list[dict]],

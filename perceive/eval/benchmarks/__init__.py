@@ -34,8 +34,13 @@ def get_benchmark(name: str) -> Benchmark:
     from perceive.errors import ConfigError
 
     if name not in BENCHMARKS:
-        raise ConfigError(f"unknown benchmark {name!r}: known are {', '.join(sorted(BENCHMARKS))}",
-                          hint="set benchmark.name to one of them (perceive eval benchmarks lists what each reads)")
+        import difflib
+
+        close = difflib.get_close_matches(name, BENCHMARKS, n=1)
+        mean = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown benchmark {name!r}{mean}: known are {', '.join(sorted(BENCHMARKS))}",
+                          hint="--benchmark NAME (benchmark.name in a config) takes one of them; perceive eval "
+                               "benchmarks lists what each reads")
     return BENCHMARKS[name]()
 
 
