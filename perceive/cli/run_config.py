@@ -100,7 +100,7 @@ def check_set_params(cfg) -> None:
     # its params: those it declares, and those it reads without a default (max_hops: the run's)
     declared = list((graph.get("params") or {}) if isinstance(graph, dict) else {})
     declared += sorted(placeholders(graph) - set(declared)) if isinstance(graph, dict) else []
-    fields = [*type(cfg).model_fields, *(f"{section}.{f}" for section in ("runtime", "sampling", "serve")
+    fields = [*type(cfg).model_fields, *(f"{section}.{f}" for section in ("runtime", "sampling", "serve", "mcp")
                                          for f in type(getattr(cfg, section)).model_fields)]
     for key in bare:
         if key not in declared:

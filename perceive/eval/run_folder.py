@@ -31,10 +31,10 @@ VERSION = 1
 #: config fields that do not change a sample's prediction: a resumed run may change them
 #: (``ray``: where the samples run, not what they answer: a run stopped on Ray resumes in one process)
 #: (``runtime.max_batch_size``: the engine computes each sample of a batch as it would alone;
-#: ``serve``: perceive serve's settings, which an eval never reads)
+#: ``serve``, ``mcp``: perceive serve's and perceive mcp's settings, which an eval never reads)
 NOT_FINGERPRINTED = ("output", "name", "batch_size", "runtime.max_batch_size", "serve", "max_skipped_fraction",
                      "remote.timeout_s", "remote.max_retries", "remote.concurrency", "remote.api_key_env",
-                     "judge.retries", "judge.api_key_env", "ray")
+                     "judge.retries", "judge.api_key_env", "ray", "mcp")
 
 
 # -- output paths ---------------------------------------------------------------------------------

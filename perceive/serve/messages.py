@@ -11,16 +11,14 @@ first user turn, then the earlier assistant turns whose calls the client ran
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
 
-from perceive.errors import ImageError, InputError
-from perceive.images import load_image
+from perceive.errors import InputError
+from perceive.images import decode_image_url
 from perceive.loop import ToolResult, Turn
 from perceive.serve.openai_schema import ChatRequest, ImagePart, Message, TextPart
 
@@ -34,30 +32,9 @@ class Conversation:
 
 
 def decode_image(url: str, local_root: Path | None) -> Image.Image:
-    """An ``image_url``: a base64 data URL, or a local path under ``local_root`` (``--allow-local-images``)."""
-    if url.startswith("data:"):
-        head, _, data = url.partition(",")
-        if ";base64" not in head:
-            raise ImageError("an image data URL must be base64 (data:image/png;base64,...)")
-        try:
-            raw = base64.b64decode(data, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise ImageError(f"the image data URL is not valid base64: {exc}") from None
-        return load_image(raw)
-    if url.startswith(("http://", "https://")):
-        raise ImageError("perceive serve never fetches images from the network",
-                         hint="send the image as a base64 data URL (data:image/png;base64,...)")
-    path = Path(url.removeprefix("file://"))
-    if local_root is None:
-        raise ImageError(f"local image paths are off ({url!r})",
-                         hint="send a base64 data URL, or start the server with --allow-local-images DIR")
-    try:
-        resolved = path.resolve()
-        resolved.relative_to(local_root.resolve())
-    except (ValueError, OSError):
-        raise ImageError(f"{url!r} is not under the allowed image folder {str(local_root)!r}",
-                         hint="send a base64 data URL, or a path under --allow-local-images") from None
-    return load_image(resolved)
+    """An ``image_url``: a base64 data URL, or a local path under ``local_root`` (``--allow-local-images``);
+    :func:`perceive.images.decode_image_url`, which ``perceive mcp`` shares."""
+    return decode_image_url(url, local_root)
 
 
 def _parts(m: Message) -> list[TextPart | ImagePart]:
