@@ -139,8 +139,9 @@ import importlib, importlib.util, pkgutil, warnings
 warnings.filterwarnings("error", ".* is deprecated: import ", DeprecationWarning)
 import perceive
 for m in pkgutil.walk_packages(perceive.__path__, "perceive."):
-    # perceive.eval.lmms is lmms-eval's model: it imports only where the lmms-eval extra is installed
-    if m.name == "perceive.eval.lmms" and importlib.util.find_spec("lmms_eval") is None:
+    # perceive.eval.lmms and perceive.mcp.server import only where their extras are installed
+    if (m.name == "perceive.eval.lmms" and importlib.util.find_spec("lmms_eval") is None) or (
+            m.name == "perceive.mcp.server" and importlib.util.find_spec("mcp") is None):
         continue
     if m.name not in {aliases!r} and not m.name.endswith("__main__") and ".templates" not in m.name:
         importlib.import_module(m.name)

@@ -38,8 +38,9 @@ def first_cells(section: str) -> set[str]:
 
 def all_error_types() -> set[type]:
     for mod in pkgutil.walk_packages(perceive.__path__, "perceive."):
-        # perceive.eval.lmms is lmms-eval's model: it imports only where the lmms-eval extra is installed
-        if mod.name == "perceive.eval.lmms" and importlib.util.find_spec("lmms_eval") is None:
+        # perceive.eval.lmms and perceive.mcp.server import only where their extras are installed
+        if (mod.name == "perceive.eval.lmms" and importlib.util.find_spec("lmms_eval") is None) or (
+                mod.name == "perceive.mcp.server" and importlib.util.find_spec("mcp") is None):
             continue
         if not mod.name.endswith("__main__") and ".templates" not in mod.name:
             importlib.import_module(mod.name)
