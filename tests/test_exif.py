@@ -226,12 +226,14 @@ def test_serve_and_the_remote_engine_read_the_sideways_photo_upright(default_loo
 
     received = []  # every image the server decoded, as it decoded it
 
-    def spy(source, **kw):
-        image = load_image(source, **kw)
+    decode = messages.decode_image_url
+
+    def spy(url, local_root, **kw):
+        image = decode(url, local_root, **kw)
         received.append(image)
         return image
 
-    monkeypatch.setattr(messages, "load_image", spy)
+    monkeypatch.setattr(messages, "decode_image_url", spy)
     with live_server(default_loop, model_name="default") as url:
         client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=60)
         # the JPEG's own bytes, tag and all, in a data URL
