@@ -340,9 +340,13 @@ def test_bad_calls_are_tool_errors_and_the_server_goes_on(stdio, name, arguments
 @pytest.mark.slow
 def test_a_graph_tool_over_stdio_answers_as_perceive_ask(stdio, site):
     result = stdio.ok("graph_free_choice", {"image": str(CARD), "question": QUESTION})
-    ask = subprocess.run([sys.executable, "-m", "perceive", "ask", str(CARD), QUESTION, "--json"], cwd=ROOT,
-                         env={**os.environ, **child_env(site)}, capture_output=True, text=True, timeout=300)
-    assert ask.returncode == 0, ask.stdout + ask.stderr
+    from typer.testing import CliRunner
+
+    from perceive.cli import app
+
+    # `perceive ask --json` in this process (the model loads once more, not a whole interpreter)
+    ask = CliRunner().invoke(app, ["ask", str(CARD), QUESTION, "--json"])
+    assert ask.exit_code == 0, ask.output
     want = json.loads(ask.stdout)
     got = result.structured_content
     assert got["answer"] == want["answer"] == result.content[0].text and got["graph"] == want["graph"]
