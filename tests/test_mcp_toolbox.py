@@ -25,7 +25,7 @@ from perceive.actions import ActionCall
 from perceive.config import McpConfig, PerceiveConfig, load_config
 from perceive.dispatch import MAX_ABANDONED, abandoned_calls
 from perceive.encoders import EncoderHub
-from perceive.errors import ActionInputError
+from perceive.errors import ActionInputError, ConfigError
 from perceive.images import as_rgb, load_image
 from perceive.loop.observe import Observer
 from perceive.loop.options import LoopOptions
@@ -120,22 +120,49 @@ def test_the_tools_are_the_view_and_text_actions_register_image_and_the_graphs(r
     assert [t.name for t in only.tools()] == ["register_image", "zoom", "graph_region_then_answer"]
 
 
-def test_an_action_tool_schema_names_the_box_its_coordinate_space_and_the_options(registry):
+def test_an_action_tool_schema_names_the_box_its_coordinate_space_and_no_options_by_default(registry):
     specs = {t.name: t.input_schema for t in Toolbox(cfg_with(), registry).tools()}
     zoom = specs["zoom"]["properties"]
     assert zoom["coordinates"]["enum"] == ["pixels", "relative_1000", "relative_1"]
     assert zoom["coordinates"]["default"] == "pixels" and "0-1000" in zoom["coordinates"]["description"]
     assert "[x0, y0, x1, y1]" in zoom["box"]["description"] and "`coordinates`" in zoom["box"]["description"]
-    assert {"xs", "ys", "grid", "margin"} <= set(zoom)
-    assert zoom["options"]["properties"]["size"]["maximum"] == 8192 and zoom["options"]["additionalProperties"] is False
+    assert (zoom["box"]["type"], zoom["box"]["items"], zoom["box"]["maxItems"]) == ("array", {"type": "number"}, 4)
+    assert {"xs", "ys", "grid", "margin"} <= set(zoom) and "options" not in zoom
     assert specs["zoom"]["required"] == ["image"]
-    tiles = specs["tiles"]["properties"]
-    assert set(tiles) == {"image", "rows", "cols", "options"}  # no box: no coordinate space
-    assert tiles["options"] == {"type": "object", "properties": {}, "additionalProperties": False,
-                                "description": tiles["options"]["description"]}
-    assert set(specs["ocr"]["properties"]["options"]["properties"]) == {"min_score", "pad", "threads"}
+    assert set(specs["tiles"]["properties"]) == {"image", "rows", "cols"}  # no box: no coordinate space
+    assert not any("options" in s["properties"] for s in specs.values())
     image = specs["register_image"]["properties"]["image"]
     assert {"type": "string"} in image["anyOf"] and image["anyOf"][1]["properties"]["type"]["enum"] == ["image"]
+
+
+def test_the_options_the_config_opens_to_agents_are_in_the_schema_with_its_values_as_defaults(registry):
+    cfg = cfg_with(actions={"zoom": {"options": {"size": 300}}, "ocr": {}},
+                   agent_options={"zoom": ["size"], "ocr": ["pad"]})
+    specs = {t.name: t.input_schema for t in Toolbox(cfg, registry).tools()}
+    zoom = specs["zoom"]["properties"]["options"]
+    assert set(zoom["properties"]) == {"size"} and zoom["additionalProperties"] is False
+    assert zoom["properties"]["size"]["default"] == 300 and zoom["properties"]["size"]["maximum"] == 8192
+    assert set(specs["ocr"]["properties"]["options"]["properties"]) == {"pad"}  # not threads, not min_score
+
+
+def test_a_call_cannot_set_an_option_the_config_keeps(registry):
+    closed = Toolbox(cfg_with(actions={"zoom": {"options": {"size": 300}}}), registry)
+    message = error(closed.call("zoom", {"image": str(CARD), "box": NUMBER, "options": {"size": 8192}}))
+    assert message.startswith("zoom: this server lets a call set none of zoom's options") and \
+        "mcp.agent_options.zoom" in message
+    opened = Toolbox(cfg_with(actions={"ocr": {}}, agent_options={"ocr": ["pad"]}), registry)
+    message = error(opened.call("ocr", {"image": str(CARD), "options": {"threads": 64}}))
+    assert message.startswith("ocr: a call may not set the option(s) 'threads'") and "it may set pad" in message
+
+
+@pytest.mark.parametrize(("agent_options", "wanted"), [
+    ({"zom": ["size"]}, "mcp.agent_options.zom: 'zom' is not an action this server serves\n  -> did you mean 'zoom'?"),
+    ({"zoom": ["sise"]}, "mcp.agent_options.zoom: zoom has no option 'sise'\n  -> did you mean 'size'?"),
+])
+def test_agent_options_naming_no_served_action_or_option_are_a_config_error(registry, agent_options, wanted):
+    with pytest.raises(ConfigError) as info:
+        Toolbox(cfg_with(agent_options=agent_options), registry)
+    assert wanted in str(info.value) + "\n  -> " + (info.value.hint or "")
 
 
 def test_schemas_are_inlined():
@@ -156,8 +183,9 @@ def test_schemas_are_inlined():
 
 @pytest.mark.parametrize(("action", "options"), [("region_select", {}), ("zoom", {}), ("zoom", {"size": 224})])
 def test_a_crop_holds_the_pixels_the_loop_shows(registry, action, options):
-    toolbox = Toolbox(cfg_with(), registry)
-    got = ok(toolbox.call(action, {"image": str(CARD), "box": NUMBER, "options": options}))
+    toolbox = Toolbox(cfg_with(agent_options={action: list(options)}), registry)
+    got = ok(toolbox.call(action, {"image": str(CARD), "box": NUMBER, "coordinates": None,
+                                   **({"options": options} if options else {})}))
     want = LoopSample(registry, CARD).run(action, RegionArgs(box=tuple(NUMBER)), options)[0]
     [part] = images(got)
     assert part.image.size == want.image.size and part.image.tobytes() == want.image.tobytes()
@@ -168,10 +196,11 @@ def test_a_crop_holds_the_pixels_the_loop_shows(registry, action, options):
     assert f"img1.v1: box {list(part.box)}".replace(" ", "") in text_of(got).replace(" ", "")
 
 
-def test_the_run_configs_options_apply_and_a_calls_options_override_them(registry):
-    toolbox = Toolbox(cfg_with(actions={"zoom": {"options": {"size": 300}}}), registry)
+def test_the_run_configs_options_apply_and_a_calls_options_override_them_where_allowed(registry):
+    toolbox = Toolbox(cfg_with(actions={"zoom": {"options": {"size": 300}}}, agent_options={"zoom": ["size"]}),
+                      registry)
     loop = LoopSample(registry, CARD)
-    for options, size in (({}, 300), ({"size": 120}, 120)):
+    for options, size in (({}, 300), (None, 300), ({"size": 120}, 120)):
         [part] = images(ok(toolbox.call("zoom", {"image": str(CARD), "box": NUMBER, "options": options})))
         want = loop.run("zoom", RegionArgs(box=tuple(NUMBER)), {"size": size})[0]
         assert max(part.image.size) == size and part.image.tobytes() == want.image.tobytes()
@@ -348,7 +377,9 @@ BOX_HINT = ("  -> img1 is 448x448 px: in pixels, a box inside it lies within [0,
      "zoom: coordinates 'absolute' is not a coordinate space\n  -> use one of pixels, relative_1000, relative_1"),
     ("zoom", {"image": "img1", "box": NUMBER, "options": {"size": 0}},
      "zoom's options: 1 invalid option(s)\n  size: action 'zoom': Input should be greater than or equal to 1"),
-    ("zoom", {"image": "img1", "box": NUMBER, "options": {"sise": 9}}, "not an option; did you mean 'size'?"),
+    ("zoom", {"image": "img1", "box": NUMBER, "options": {"sise": 9}}, "zoom: a call may not set the option(s) "
+     "'sise'\n  -> it may set size (mcp.agent_options.zoom)"),
+    ("zoom", {"image": "img1", "box": NUMBER, "options": []}, "zoom: `options` must be an object"),
     ("zoom", {"image": "img1", "box": [5, 5, 5, 9]}, "zoom: degenerate box [5, 5, 5, 9]: needs x0 < x1 and y0 < y1\n"
      + BOX_HINT),
     ("zoom", {"image": "img1", "box": [500, 0, 600, 10]},
@@ -370,7 +401,7 @@ BOX_HINT = ("  -> img1 is 448x448 px: in pixels, a box inside it lies within [0,
     ("graph_free_choice", {"image": "img1"}, "no tool named 'graph_free_choice'"),
 ])
 def test_every_mistake_is_a_tool_error_with_the_clis_message_and_hint(registry, name, arguments, want):
-    toolbox = Toolbox(cfg_with(), registry)
+    toolbox = Toolbox(cfg_with(agent_options={"zoom": ["size"]}), registry)
     ok(toolbox.call("register_image", {"image": str(CARD)}))
     result = toolbox.call(name, arguments)
     text = error(result)

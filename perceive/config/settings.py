@@ -130,6 +130,11 @@ class McpConfig(StrictModel):
     #: the graphs served as tools (``graph_<name>``), each a shipped graph's name or a graph file (relative
     #: to the config file that names it); None: the run's ``graph`` and every shipped graph (graphs/*.yaml)
     graphs: list[str] | None = None
+    #: the options an agent may set per call, by action (``{zoom: [size]}``): each listed field appears in
+    #: the action tool's ``options`` argument, with the run config's value as its default. Unlisted
+    #: (the default: none), a tool takes no ``options``: an agent cannot raise ``zoom``'s size or
+    #: ``ocr``'s threads past what the operator chose
+    agent_options: dict[str, list[str]] = Field(default_factory=dict)
     #: accept images given as paths of files under this folder (None: ids and data URLs only); a relative
     #: path an agent gives is taken under it; relative to the config file that sets it
     allow_local_images: Path | None = None

@@ -7,11 +7,12 @@ the run config's options, ``runtime.action_timeout_s`` (a hung plugin is abandon
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import PydanticUndefined
 
 from perceive.actions import Action, ActionCall, ActionContext, validate_action_options
 from perceive.dispatch import ActionFailure, dispatch
@@ -19,7 +20,7 @@ from perceive.errors import ActionInputError, did_you_mean
 from perceive.geometry import ROOT
 from perceive.mcp.images import ImageStore, StoredImage
 from perceive.mcp.results import ImagePart, TextPart, ToolResult, ToolSpec, box_list, box_text, error_result
-from perceive.mcp.schemas import BOX, COORDINATES, IMAGE, OPTIONS, CoordinateSpace, action_schema
+from perceive.mcp.schemas import BOX, COORDINATES, IMAGE, OPTIONS, CoordinateSpace, action_schema, takes_box
 from perceive.observations import Text, View
 from perceive.protocols.boxes import BoxProblem, read_box
 
@@ -54,14 +55,29 @@ class ActionTool:
     """The tool of one registered ``action``: its :attr:`spec`, and :meth:`call`."""
 
     def __init__(self, action: Action, registry, store: ImageStore, *, options: Mapping[str, Any],
-                 timeout_s: float | None, local_root: Path | None, context: Callable[[], dict[str, Any]]):
-        """``options``: the run config's ``actions.<name>.options``; ``context``: the rest of each call's
-        ``ActionContext`` (``encoders``, ``device``), made when a call first needs it."""
+                 agent_options: Sequence[str] = (), timeout_s: float | None, local_root: Path | None,
+                 context: Callable[[], dict[str, Any]]):
+        """``options``: the run config's ``actions.<name>.options``; ``agent_options``: the fields of them a
+        call may set (``mcp.agent_options.<name>``; none: the tool takes no ``options``); ``context``: the
+        rest of each call's ``ActionContext`` (``encoders``, ``device``), made when a call first needs it."""
         self.action, self.registry, self.store = action, registry, store
         self.options, self.timeout_s, self.local_root, self.context = dict(options), timeout_s, local_root, context
-        self.takes_box = BOX in getattr(action.Args, "model_fields", {})
-        self.spec = ToolSpec(action.name, describe(action, self.takes_box), action_schema(action, self.takes_box))
+        self.agent_options = tuple(agent_options)
+        self.takes_box = takes_box(action)
+        self.spec = ToolSpec(action.name, describe(action, self.takes_box),
+                             action_schema(action, self.takes_box, self._agent_defaults()))
         self.accepted = list(self.spec.input_schema["properties"])
+
+    def _agent_defaults(self) -> dict[str, Any]:
+        """``{field: its value for a call that does not set it}`` for each field an agent may set: the run
+        config's, else the ``Options`` model's default (None where there is neither)."""
+        given = validate_action_options(self.action, self.options, f"actions.{self.name}.options")
+        fields = getattr(self.action.Options, "model_fields", {})
+        out = {}
+        for f in self.agent_options:
+            default = fields[f].get_default(call_default_factory=True) if f in fields else None
+            out[f] = given.get(f, None if default is PydanticUndefined else default)
+        return out
 
     @property
     def name(self) -> str:
@@ -71,6 +87,11 @@ class ActionTool:
 
     def _check_keys(self, args: Mapping[str, Any]) -> None:
         unknown = [k for k in args if k not in self.accepted]
+        if OPTIONS in unknown:
+            raise ActionInputError(f"{self.name}: this server lets a call set none of {self.name}'s options "
+                                   "(they are its run config's)",
+                                   hint="leave `options` out; the server's operator can open some to calls with "
+                                        f"mcp.agent_options.{self.name}")
         if unknown:
             raise ActionInputError(f"{self.name}: unknown argument(s) {', '.join(map(repr, unknown))}",
                                    hint=did_you_mean(str(unknown[0]), self.accepted)
@@ -114,11 +135,18 @@ class ActionTool:
             raise ActionInputError(f"{self.name}: `image` must be a string (an id, a data URL or a path), not "
                                    f"{type(ref).__name__}", hint="register_image takes MCP image content and gives "
                                                                  "an id to pass here")
-        space = self._space(args.pop(COORDINATES, CoordinateSpace.PIXELS.value))
-        overrides = args.pop(OPTIONS, None) or {}
+        written = args.pop(COORDINATES, None)  # null, as `options`: the default
+        space = self._space(CoordinateSpace.PIXELS.value if written is None else written)
+        overrides = args.pop(OPTIONS, None)
+        overrides = {} if overrides is None else overrides
         if not isinstance(overrides, Mapping):
             raise ActionInputError(f"{self.name}: `options` must be an object of option names and values",
                                    hint=f"e.g. {{}}; the tool's schema lists {self.name}'s options")
+        closed = [k for k in overrides if k not in self.agent_options]
+        if closed:
+            raise ActionInputError(f"{self.name}: a call may not set the option(s) {', '.join(map(repr, closed))}",
+                                   hint=f"it may set {', '.join(self.agent_options)} (mcp.agent_options."
+                                        f"{self.name}); the run config sets the others")
         target, registered = self.store.resolve(ref, self.local_root)
         repairs: tuple[str, ...] = ()
         if self.takes_box and args.get(BOX) is not None:

@@ -6,8 +6,11 @@ models. Every schema is inlined (no ``$ref``: Qwen-Agent keeps only ``type``, ``
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from enum import Enum
 from typing import Any
+
+from pydantic_core import to_jsonable_python
 
 from perceive.actions import Action
 
@@ -79,29 +82,43 @@ def _properties(model) -> tuple[dict[str, Any], list[str]]:
     return dict(schema.get("properties") or {}), list(schema.get("required") or [])
 
 
-def _described(name: str, prop: dict[str, Any]) -> dict[str, Any]:
-    if name == BOX:
-        return {**prop, "description": BOX_DOC}
+def takes_box(action: Action) -> bool:
+    """Whether ``action``'s ``Args`` has a ``box`` that is 4 numbers (optionally None): the field read in the
+    call's coordinate space. A ``box`` of another type is an ordinary argument."""
+    prop = _properties(action.Args)[0].get(BOX)
+    if prop is None:
+        return False
+    kinds = [p for p in prop.get("anyOf", [prop]) if p.get("type") != "null"]
+    return len(kinds) == 1 and kinds[0].get("type") == "array" and kinds[0].get("maxItems") == 4 and all(
+        i.get("type") in ("number", "integer") for i in kinds[0].get("prefixItems", [kinds[0].get("items", {})]))
+
+
+def _described(name: str, prop: dict[str, Any], takes_box: bool) -> dict[str, Any]:
+    if name == BOX and takes_box:  # one plain array type: some clients read neither anyOf nor prefixItems
+        box = {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4, "description": BOX_DOC}
+        return {**box, "default": prop["default"]} if "default" in prop else box
     if "description" not in prop and name in FIELD_DOCS:
         return {**prop, "description": FIELD_DOCS[name]}
     return prop
 
 
-def action_schema(action: Action, takes_box: bool) -> dict[str, Any]:
+def action_schema(action: Action, takes_box: bool, agent_options: Mapping[str, Any]) -> dict[str, Any]:
     """The input schema of ``action``'s tool: ``image`` (required), ``coordinates`` (when its ``Args``
-    has a ``box``), its ``Args`` fields, and ``options`` (its ``Options`` fields, each optional: they
-    override the run config's). ``takes_box``: whether ``Args`` has a ``box`` field."""
+    has a ``box``), its ``Args`` fields, and ``options`` only when the run config lets an agent set some
+    (``agent_options``: ``{field: the run config's value}``, each then optional with that value as its
+    default; empty: no ``options`` property at all). ``takes_box``: whether ``Args`` has a list ``box``."""
     args, required = _properties(action.Args)
     props: dict[str, Any] = {IMAGE: {"type": "string", "description": IMAGE_DOC}}
     if takes_box:
         props[COORDINATES] = {"type": "string", "enum": [c.value for c in CoordinateSpace],
                               "default": CoordinateSpace.PIXELS.value, "description": COORDINATES_DOC}
-    props.update({name: _described(name, prop) for name, prop in args.items()})
-    opts, _ = _properties(action.Options)
-    open_options = action.Options is None  # options reach the action unchecked
-    props[OPTIONS] = {"type": "object", "properties": opts, "additionalProperties": open_options,
-                      "description": f"Overrides of the {action.name} options the server's run config sets "
-                                     "(actions." + action.name + ".options); each optional."}
+    props.update({name: _described(name, prop, takes_box) for name, prop in args.items()})
+    if agent_options:
+        opts, _ = _properties(action.Options)
+        open_props = {f: {**opts.get(f, {}), "default": to_jsonable_python(v)} for f, v in agent_options.items()}
+        props[OPTIONS] = {"type": "object", "properties": open_props, "additionalProperties": False,
+                          "description": f"{action.name} options this call may set (the server's run config allows "
+                                         "these; each optional, its default the run config's)."}
     return {"type": "object", "properties": props, "required": [IMAGE, *required], "additionalProperties": False}
 
 
@@ -125,4 +142,4 @@ def graph_schema() -> dict[str, Any]:
 
 
 __all__ = ["BOX", "COORDINATES", "IMAGE", "OPTIONS", "RESERVED", "CoordinateSpace", "action_schema", "graph_schema",
-           "inline", "register_schema"]
+           "inline", "register_schema", "takes_box"]

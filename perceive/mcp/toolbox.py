@@ -17,7 +17,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from perceive.errors import ActionInputError, UnknownActionError, did_you_mean
+from perceive.errors import ActionInputError, ConfigError, UnknownActionError, did_you_mean
 from perceive.mcp.action_tools import SHOWABLE, ActionTool
 from perceive.mcp.graph_tools import GraphTools
 from perceive.mcp.images import ImageStore
@@ -63,11 +63,27 @@ class Toolbox:
             settings = (cfg.actions or {}).get(action.name)
             self.actions[action.name] = ActionTool(
                 action, registry, self.store, options=settings.options if settings else {},
-                timeout_s=cfg.runtime.action_timeout_s, local_root=cfg.mcp.allow_local_images, context=self._context)
+                agent_options=cfg.mcp.agent_options.get(action.name, ()), timeout_s=cfg.runtime.action_timeout_s,
+                local_root=cfg.mcp.allow_local_images, context=self._context)
+        self._check_agent_options()
         self.graphs = GraphTools(cfg, registry, self.store)
         specs = [ToolSpec(REGISTER, REGISTER_DOC, register_schema()), *(t.spec for t in self.actions.values()),
                  *(s for s in self.graphs.specs() if s.name not in self.actions)]
         self._specs = {s.name: s for s in specs}
+
+    def _check_agent_options(self) -> None:
+        """A :class:`ConfigError` for an ``mcp.agent_options`` entry naming no served action or no option of
+        it (an action without an ``Options`` model takes any name)."""
+        for name, fields in self.cfg.mcp.agent_options.items():
+            where = f"{self.cfg.source}: mcp.agent_options.{name}"
+            if name not in self.actions:
+                raise ConfigError(f"{where}: {name!r} is not an action this server serves",
+                                  hint=did_you_mean(name, self.actions) or f"it serves {', '.join(self.actions)}")
+            known = getattr(self.actions[name].action.Options, "model_fields", None)
+            bad = [f for f in fields if known is not None and f not in known]
+            if bad:
+                raise ConfigError(f"{where}: {name} has no option {bad[0]!r}",
+                                  hint=did_you_mean(bad[0], known) or f"its options: {', '.join(known) or 'none'}")
 
     def tools(self) -> list[ToolSpec]:
         """Every tool: ``register_image``, the action tools, the graph tools."""
