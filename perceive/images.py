@@ -352,11 +352,13 @@ def decode_image_url(url: str, local_root: Path | None, *, server: str = "percei
     if url.startswith("data:"):
         head, _, data = url.partition(",")
         if ";base64" not in head:
-            raise ImageError("an image data URL must be base64 (data:image/png;base64,...)")
+            raise ImageError("an image data URL must be base64 (data:image/png;base64,...)",
+                             hint="encode the file's bytes: 'data:image/png;base64,' + base64(bytes)")
         try:
             raw = base64.b64decode(data, validate=True)
         except (binascii.Error, ValueError) as exc:
-            raise ImageError(f"the image data URL is not valid base64: {exc}") from None
+            raise ImageError(f"the image data URL is not valid base64: {exc}",
+                             hint="send the file's bytes base64-encoded whole (standard alphabet, padded)") from None
         return load_image(raw)
     if url.startswith(("http://", "https://")):
         raise ImageError(f"{server} never fetches images from the network",
@@ -365,10 +367,13 @@ def decode_image_url(url: str, local_root: Path | None, *, server: str = "percei
     if local_root is None:
         raise ImageError(f"local image paths are off ({url!r})",
                          hint="send a base64 data URL, or start the server with --allow-local-images DIR")
+    resolved = path
     try:
         resolved = path.resolve()
         resolved.relative_to(local_root.resolve())
     except (ValueError, OSError):
-        raise ImageError(f"{url!r} is not under the allowed image folder {str(local_root)!r}",
+        # a link inside the folder that points out of it: say where it leads
+        where = f" (it resolves to {str(resolved)!r})" if resolved != path else ""
+        raise ImageError(f"{url!r}{where} is not under the allowed image folder {str(local_root)!r}",
                          hint="send a base64 data URL, or a path under --allow-local-images") from None
     return load_image(resolved)
