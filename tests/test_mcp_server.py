@@ -15,6 +15,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from contextlib import ExitStack, asynccontextmanager
 from pathlib import Path
 
@@ -36,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "models" / "default" / "examples"
 CARD = EXAMPLES / "card_0.png"  # 448x448; its number "460" at [253, 389, 296, 415]
 NUMBER = [253, 389, 296, 415]
+CARD_URL = "data:image/png;base64," + base64.b64encode(CARD.read_bytes()).decode()
 QUESTION = "What number is written on the card?"
 HANG = """
 import time
@@ -110,6 +113,9 @@ class FakeToolbox:
         schema = {"type": "object", "properties": {"image": {"type": "string"}}, "required": ["image"]}
         return [ToolSpec("look", "Look.", schema), ToolSpec("boom", "Raises.", schema, read_only=False)]
 
+    def is_graph(self, name) -> bool:
+        return False
+
     def call(self, name, arguments):
         if name == "boom":
             raise RuntimeError("kaboom\nsecond line")
@@ -149,6 +155,60 @@ def test_the_sdks_client_lists_and_calls_and_a_bug_is_one_tool_error_line(caplog
          None)]
     assert not look.is_error and png_pixels(look.content[0]).getpixel((0, 0)) == (255, 0, 0)
     assert look.structured_content == {"views": [{"id": "img1.v1"}]}
+
+
+class QueuedGraphs(FakeToolbox):
+    """``look`` and a graph tool ``slow`` whose calls take one lock (one model), as GraphTools' do, and wait for
+    ``go``; ``running`` counts the slow calls inside at once, most at ``peak``."""
+
+    def __init__(self):
+        self.lock, self.go, self.count_lock = threading.Lock(), threading.Event(), threading.Lock()
+        self.running = self.peak = self.started = 0
+
+    def tools(self) -> list[ToolSpec]:
+        return [*super().tools(), ToolSpec("slow", "A graph.", {"type": "object", "properties": {}})]
+
+    def is_graph(self, name) -> bool:
+        return name == "slow"
+
+    def call(self, name, arguments):
+        if name != "slow":
+            return super().call(name, arguments)
+        with self.lock:
+            with self.count_lock:
+                self.started += 1
+                self.running += 1
+                self.peak = max(self.peak, self.running)
+            self.go.wait(30)
+            with self.count_lock:
+                self.running -= 1
+        return ToolResult([TextPart("done")], {})
+
+
+async def _many_graph_calls(toolbox: QueuedGraphs, calls: int):
+    async with Client(build_server(toolbox)) as client:
+        results = []
+
+        async def slow():
+            results.append(await client.call_tool("slow", {}))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(calls):
+                tg.start_soon(slow)
+            await anyio.sleep(0.5)
+            threads = threading.active_count()
+            with anyio.fail_after(10):  # hangs if the waiting graph calls took anyio's 40 worker threads
+                look = await client.call_tool("look", {"image": "img1"})
+            toolbox.go.set()
+    return results, look, threads
+
+
+def test_graph_calls_wait_in_the_event_loop_so_action_calls_still_run():
+    toolbox = QueuedGraphs()
+    before = threading.active_count()
+    results, look, threads = anyio.run(_many_graph_calls, toolbox, 45)
+    assert not look.is_error and len(results) == 45 and not any(r.is_error for r in results)
+    assert toolbox.peak == 1 and toolbox.started == 45 and threads - before < 10, (threads, before)
 
 
 def test_a_structured_result_that_is_not_json_is_a_tool_error(caplog):
@@ -458,3 +518,28 @@ def test_a_mistake_over_stdio_is_one_error_on_stderr_and_nothing_on_stdout(tmp_p
         proc.stdin.close()
     assert proc.returncode == code and out == "", out
     assert err.startswith(want) and "Traceback" not in err, err
+
+
+@pytest.mark.slow
+def test_the_server_exits_at_once_when_the_client_closes_stdin_during_a_hung_call(site, tmp_path):
+    def send(message: dict) -> None:
+        proc.stdin.write(json.dumps({"jsonrpc": "2.0", **message}) + "\n")
+        proc.stdin.flush()
+
+    env = {**os.environ, **child_env(site)}
+    proc = subprocess.Popen([sys.executable, "-m", "perceive", "mcp", "--set", "mcp.graphs=[]"], cwd=tmp_path,
+                            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        send({"id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                                                          "clientInfo": {"name": "test", "version": "0"}}})
+        assert json.loads(proc.stdout.readline())["id"] == 1
+        send({"method": "notifications/initialized"})
+        send({"id": 2, "method": "tools/call", "params": {"name": "hang", "arguments": {"image": CARD_URL}}})
+        time.sleep(2)  # the call is in its plugin, which sleeps 30 s
+        proc.stdin.close()
+        start = time.monotonic()
+        proc.wait(timeout=25)
+        took = time.monotonic() - start
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and took < 5, (took, proc.stderr.read())

@@ -417,7 +417,8 @@ def test_local_paths_are_refused_without_an_allowed_folder(registry):
     assert text == (f"local image paths are off ({str(CARD)!r})\n  -> send a base64 data URL, or start the server "
                     "with --allow-local-images DIR")
     assert error(toolbox.call("zoom", {"image": "data:image/png,xyz", "box": NUMBER})) == \
-        "an image data URL must be base64 (data:image/png;base64,...)"
+        "an image data URL must be base64 (data:image/png;base64,...)\n  -> encode the file's bytes: " \
+        "'data:image/png;base64,' + base64(bytes)"
 
 
 def test_a_failing_plugin_is_a_tool_error_and_a_bug_is_one_line(plugged, monkeypatch):

@@ -7,10 +7,12 @@ included, goes to stderr, and the config and the plugins load only once the SDK 
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 
@@ -47,6 +49,18 @@ def mcp_config(config: Path | None, sets: list[str] | None, flags: list[tuple[tu
                                                                f"{images} is not a folder"),
                                hint="point mcp.allow_local_images at the folder whose images agents may name"))
     return cfg
+
+
+def exit_now() -> NoReturn:
+    """End the process with 0 now that serving is over. A call still running (a hung plugin, a graph) holds an
+    anyio worker thread, which is no daemon: a normal exit would wait for it (20 s and more), and an agent that
+    closed stdin or an operator's SIGTERM expects the server gone at once. Nothing is left to save."""
+    import logging
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _require_sdk() -> None:
@@ -93,6 +107,7 @@ def _serve_stdio(config: Path | None, sets: list[str] | None, flags: list[tuple[
 
         serve_stdio(build)
         console.print("perceive mcp: the client closed stdin; stopped", markup=False, highlight=False)
+        exit_now()
     except (typer.Exit, typer.Abort, click.exceptions.Exit, click.ClickException):  # said already
         raise
     except Exception as exc:  # printed here, while the console still writes to stderr
@@ -128,6 +143,7 @@ def _serve_http(config: Path | None, sets: list[str] | None, flags: list[tuple[t
 
     serve_http(toolbox, sock, host, cfg.mcp.max_body_mb, started)
     console.print("stopped", markup=False)
+    exit_now()
 
 
 def mcp(

@@ -105,14 +105,20 @@ def build_server(toolbox: Toolbox) -> Server:
     from perceive import __version__
 
     tools = [tool_of(spec) for spec in toolbox.tools()]
+    # One model runs one graph call at a time. Its waiting calls queue here, in the event loop, not as worker
+    # threads blocked on the model's lock: 40 of those would take anyio's whole pool and hang the action tools.
+    graph_turn = anyio.CapacityLimiter(1)
 
     async def list_tools(ctx, params) -> types.ListToolsResult:
         return types.ListToolsResult(tools=tools)
 
     async def call_tool(ctx, params: types.CallToolRequestParams) -> types.CallToolResult:
+        graph = toolbox.is_graph(params.name)
         try:
+            # a graph call cancelled while queued never starts; once started it holds its turn to the end
+            # (abandoning it would let the next one start beside it); an action call is abandoned at once
             return await anyio.to_thread.run_sync(_answer, toolbox, params.name, params.arguments,
-                                                  abandon_on_cancel=True)
+                                                  abandon_on_cancel=not graph, limiter=graph_turn if graph else None)
         except anyio.get_cancelled_exc_class():
             raise
         except Exception as exc:  # the worker thread could not even start

@@ -89,6 +89,10 @@ class Toolbox:
         """Every tool: ``register_image``, the action tools, the graph tools."""
         return list(self._specs.values())
 
+    def is_graph(self, name: str) -> bool:
+        """Whether ``name`` is a graph tool (its calls share one model: one runs at a time)."""
+        return name in self._specs and name in self.graphs.graphs
+
     def call(self, name: str, arguments: dict[str, Any] | None) -> ToolResult:
         """Run the tool ``name`` (blocking: the server runs it in a worker thread). Never raises: a caller's
         mistake, a failing or hung plugin, and a bug alike are a :class:`ToolResult` with ``is_error``."""
