@@ -542,3 +542,20 @@ def test_building_a_toolbox_loads_no_model_and_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
+
+
+def test_the_device_auto_is_resolved_only_for_an_action_that_names_encoders(registry, monkeypatch):
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: asked.append(1) or False)
+    toolbox = Toolbox(cfg_with(), registry)
+    ok(toolbox.call("zoom", {"image": str(CARD), "box": NUMBER}))
+    zoom = toolbox.actions["zoom"]
+    assert asked == [] and zoom.context()["device"] == "cpu"  # a crop has nothing to place on a device
+
+    class Encoding(Action):
+        name, encoders = "encoding", ("dino",)
+
+    contexts = [toolbox._context(Encoding()) for _ in range(2)]
+    assert asked == [1] and contexts[0]["device"] == "cpu" and contexts[0]["encoders"] is zoom.context()["encoders"]
+    pinned = Toolbox(cfg_with().model_copy(update={"device": "cuda:1"}), registry)
+    assert pinned.actions["zoom"].context()["device"] == "cuda:1" and asked == [1]

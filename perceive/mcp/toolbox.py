@@ -7,13 +7,15 @@ The MCP layer (:mod:`perceive.mcp.server`) only translates: :meth:`Toolbox.tools
 plugin's fault.
 
 Building a toolbox loads no model and imports no torch (an agent such as lmms-eval starts a server for
-every call): the graph tools load the model on their first call, and the first action call resolves the
-device.
+every call): the graph tools load the model on their first call, and only an action that names encoders
+resolves the device ``auto`` (importing torch).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -50,7 +52,9 @@ class Toolbox:
         cfg.refuse(cfg.check_names(registry))
         self.cfg, self.registry = cfg, registry
         self.store = ImageStore.from_config(cfg.mcp)
-        self._extra: dict[str, Any] | None = None
+        self._hub: Any = None
+        self._auto_device: str | None = None
+        self._context_lock = threading.Lock()
         self.actions: dict[str, ActionTool] = {}
         for action in registry.select(cfg.enabled_actions()):
             if action.observation not in SHOWABLE:
@@ -64,7 +68,7 @@ class Toolbox:
             self.actions[action.name] = ActionTool(
                 action, registry, self.store, options=settings.options if settings else {},
                 agent_options=cfg.mcp.agent_options.get(action.name, ()), timeout_s=cfg.runtime.action_timeout_s,
-                local_root=cfg.mcp.allow_local_images, context=self._context)
+                local_root=cfg.mcp.allow_local_images, context=functools.partial(self._context, action))
         self._check_agent_options()
         self.graphs = GraphTools(cfg, registry, self.store)
         specs = [ToolSpec(REGISTER, REGISTER_DOC, register_schema()), *(t.spec for t in self.actions.values()),
@@ -133,20 +137,25 @@ class Toolbox:
                                     f"views they make of it are {entry.id}.v1, {entry.id}.v2, ...")],
                           {"id": entry.id, "size": [w, h], "new": new})
 
-    def _context(self) -> dict[str, Any]:
-        """What every action call's context shares: the encoder hub of the run's encoders (built lazily)
-        and the device (``device``; ``auto``: CUDA when there is one), made on the first call."""
-        if self._extra is None:
-            from perceive.encoders import EncoderHub
+    def _context(self, action) -> dict[str, Any]:
+        """What ``action``'s calls' context shares: the encoder hub of the run's encoders (it builds each
+        encoder on first use) and the device (``device``), made once, under a lock (calls run in several
+        threads). ``auto`` is resolved (CUDA when there is one: importing torch, a second and more) only for
+        an action that names encoders; one that names none has nothing to place on a device and gets cpu,
+        so a server whose calls crop and zoom never imports torch (lmms-eval starts one per call)."""
+        with self._context_lock:
+            if self._hub is None:
+                from perceive.encoders import EncoderHub
 
+                self._hub = EncoderHub(self.registry.encoder_specs(), self.cfg.encoder_configs())
             device = self.cfg.device
-            if device == "auto":  # as the model loader picks (perceive.model's, which imports transformers)
-                import torch
+            if device == "auto" and action.encoders:
+                if self._auto_device is None:  # as the model loader picks (perceive.model's imports transformers)
+                    import torch
 
-                device = "cuda" if torch.cuda.is_available() else "cpu"
-            self._extra = {"encoders": EncoderHub(self.registry.encoder_specs(), self.cfg.encoder_configs()),
-                           "device": device}
-        return self._extra
+                    self._auto_device = "cuda" if torch.cuda.is_available() else "cpu"
+                device = self._auto_device
+            return {"encoders": self._hub, "device": "cpu" if device == "auto" else device}
 
 
 __all__ = ["REGISTER", "ImagePart", "TextPart", "ToolResult", "ToolSpec", "Toolbox"]
