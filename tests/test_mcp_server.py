@@ -543,3 +543,16 @@ def test_the_server_exits_at_once_when_the_client_closes_stdin_during_a_hung_cal
     finally:
         proc.kill()
     assert proc.returncode == 0 and took < 5, (took, proc.stderr.read())
+
+
+@pytest.mark.parametrize(("host", "folder", "warns"), [
+    ("127.0.0.1", EXAMPLES, False), ("::1", EXAMPLES, False), ("localhost", EXAMPLES, False),
+    ("0.0.0.0", None, False), ("0.0.0.0", EXAMPLES, True), ("192.168.1.4", EXAMPLES, True), ("box.lan", EXAMPLES, True),
+])
+def test_serving_local_images_beyond_loopback_warns(host, folder, warns):
+    from perceive.cli.mcp_cmd import exposure_warning
+
+    warning = exposure_warning(host, folder)
+    assert (warning is not None) == warns
+    assert warning is None or (warning.startswith(f"warning: perceive mcp listens on {host} and serves the images "
+                                                  f"under {folder}") and "shared by all its clients" in warning)

@@ -63,6 +63,23 @@ def exit_now() -> NoReturn:
     os._exit(0)
 
 
+def exposure_warning(host: str, allow_local_images: Path | None) -> str | None:
+    """The warning for a server that reads local files for whoever reaches it on a network: ``host`` is not
+    a loopback address and ``allow_local_images`` is set (None otherwise)."""
+    import ipaddress
+
+    if allow_local_images is None or host == "localhost":
+        return None
+    try:
+        if ipaddress.ip_address(host.strip("[]")).is_loopback:
+            return None
+    except ValueError:  # a host name: it may resolve to any interface
+        pass
+    return (f"warning: perceive mcp listens on {host} and serves the images under {allow_local_images} to every "
+            "client that reaches it, with no authentication; the images and views it holds are shared by all its "
+            "clients")
+
+
 def _require_sdk() -> None:
     try:
         import mcp.server.lowlevel  # noqa: F401
@@ -123,6 +140,9 @@ def _serve_http(config: Path | None, sets: list[str] | None, flags: list[tuple[t
 
     cfg = mcp_config(config, sets, flags)
     host, port = cfg.mcp.host, cfg.mcp.port
+    warning = exposure_warning(host, cfg.mcp.allow_local_images)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     where = f"[{host}]" if ":" in host else host  # an IPv6 address
     try:
         sock = listen(host, port)
