@@ -49,8 +49,12 @@ def run_with_timeout(action: str, work: Callable[[], Outcome], timeout_s: float)
     most ``timeout_s`` seconds (``inf``: no timeout). Past it, the call is abandoned and a failure
     at stage ``timeout`` is returned; a quarantined action's call fails at once, without running.
     The worker runs in the caller's torch grad mode."""
-    import torch
+    import contextlib
+    import sys
 
+    # torch only where it is loaded already: a process that never imported it (perceive mcp serving
+    # crops) has nothing to carry, and importing it costs seconds
+    torch = sys.modules.get("torch")
     with _abandoned_lock:
         stuck = _abandoned[action]
     if stuck >= MAX_ABANDONED:
@@ -59,11 +63,11 @@ def run_with_timeout(action: str, work: Callable[[], Outcome], timeout_s: float)
                           "fix or remove the plugin; the quarantine lifts when one of those calls returns")
     box: dict[str, Any] = {}
     done = threading.Event()
-    grad = torch.is_grad_enabled()  # grad mode is per thread: keep the caller's
+    grad = torch.is_grad_enabled() if torch is not None else None  # grad mode is per thread: keep the caller's
 
     def worker():
         try:
-            with torch.set_grad_enabled(grad):
+            with torch.set_grad_enabled(grad) if torch is not None else contextlib.nullcontext():
                 out = work()
         except BaseException as exc:  # a KeyboardInterrupt the plugin raised itself: still its failure
             out = None, ActionFailure.of(action, FailureStage.RUN, exc), exc
