@@ -206,6 +206,18 @@ def test_the_run_configs_options_apply_and_a_calls_options_override_them_where_a
         assert max(part.image.size) == size and part.image.tobytes() == want.image.tobytes()
 
 
+def test_the_same_image_sent_again_keeps_its_id(registry):
+    toolbox = Toolbox(cfg_with(), registry)
+    url = data_url(Image.open(CARD))
+    first = ok(toolbox.call("register_image", {"image": url})).structured
+    again = ok(toolbox.call("register_image", {"image": url})).structured
+    content = {"type": "image", "data": url.partition(",")[2], "mimeType": "image/png"}
+    as_content = ok(toolbox.call("register_image", {"image": content})).structured
+    assert first["id"] == again["id"] == as_content["id"] and len(toolbox.store) == 1  # held once, not 3 copies
+    other = ok(toolbox.call("register_image", {"image": data_url(Image.new("RGB", (64, 64), "red"))})).structured
+    assert other["id"] != first["id"]
+
+
 def test_tiles_give_the_loops_tiles_each_a_new_id(registry):
     toolbox = Toolbox(cfg_with(), registry)
     img = ok(toolbox.call("register_image", {"image": data_url(Image.open(CARD))})).structured["id"]
@@ -284,12 +296,18 @@ def test_images_come_as_ids_data_urls_paths_or_mcp_image_content(registry):
 
 def test_the_store_lets_the_least_recently_used_image_go_with_its_views(registry):
     toolbox = Toolbox(cfg_with(max_images=4), registry)
-    for _ in range(2):
-        ok(toolbox.call("register_image", {"image": data_url(Image.open(CARD))}))
+
+    def card(k):  # a different image each time (the same bytes again would keep their id)
+        image = Image.open(CARD).convert("RGB")
+        image.putpixel((0, 0), (k, k, k))
+        return data_url(image)
+
+    for k in range(2):
+        ok(toolbox.call("register_image", {"image": card(k)}))
     ok(toolbox.call("region_select", {"image": "img1", "box": NUMBER}))  # img1.v1; img1 used after img2
-    ok(toolbox.call("register_image", {"image": data_url(Image.open(CARD))}))
+    ok(toolbox.call("register_image", {"image": card(2)}))
     assert len(toolbox.store) == 4
-    ok(toolbox.call("register_image", {"image": data_url(Image.open(CARD))}))  # img4: img2 goes
+    ok(toolbox.call("register_image", {"image": card(3)}))  # img4: img2 goes
     assert toolbox.store.ids() == ["img1", "img1.v1", "img3", "img4"]
     message = error(toolbox.call("zoom", {"image": "img2", "box": NUMBER}))
     assert message == ("unknown image id 'img2': never registered, or evicted (least recently used) from the store's "

@@ -8,6 +8,7 @@ a crop cut here equals the loop's for the same call; its views' frames map their
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import re
 import threading
@@ -161,6 +162,10 @@ class ImageStore:
         more, :class:`ImageError` for an image that cannot be read or is not allowed."""
         if isinstance(source, str) and looks_like_id(source):
             return self.get(source), False
+        key = source_key(source, local_root)
+        with self._lock:  # the same bytes or file again: the image held, not decoded a second time
+            if key is not None and self._keys.get(key) in self._groups:
+                return self.get(self._keys[key]), False
         image, key = decode_source(source, local_root)
         with self._lock:
             held = key is not None and self._keys.get(key) in self._groups
@@ -231,11 +236,41 @@ def looks_like_id(text: str) -> bool:
     return IMAGE_ID.fullmatch(text.strip()) is not None
 
 
+def _data_key(data: str) -> tuple[str, str]:
+    return ("sha256", hashlib.sha256(data.strip().encode()).hexdigest())
+
+
+def source_key(source: str | Mapping[str, Any], local_root: Path | None) -> Any:
+    """The store key of an image a client gives, before it is decoded: the sha256 of a data URL's or MCP
+    image content's base64 text (an agent that sends its image again gets the id it had), a file's path,
+    size and modification time; ``None`` when it cannot be told (it is then decoded, and refused if bad)."""
+    if isinstance(source, Mapping):
+        data = source.get("data")
+        return _data_key(data) if isinstance(data, str) else None
+    if not isinstance(source, str) or not source.strip():
+        return None
+    text = source.strip()
+    if text.startswith("data:"):
+        return _data_key(text.partition(",")[2])
+    if text.startswith(("http://", "https://")) or local_root is None:
+        return None
+    path = Path(text.removeprefix("file://"))
+    path = path if path.is_absolute() else local_root / path
+    try:
+        resolved = path.resolve()
+        resolved.relative_to(local_root.resolve())  # never stat a file outside the allowed folder
+        stat = resolved.stat()
+    except (OSError, ValueError):
+        return None
+    return (str(resolved), stat.st_size, stat.st_mtime_ns)
+
+
 def decode_source(source: str | Mapping[str, Any], local_root: Path | None) -> tuple[Image.Image, Any]:
     """``(image as load_image returns it, its store key)`` for an image a client gives: a base64 data URL,
     MCP image content (``{"type": "image", "data": BASE64, "mimeType": "image/png"}``), or the path of a file
     under ``local_root`` (a relative path is taken under it; ``None``: paths are refused). The key of a file
-    is its path, size and modification time (a file registered twice is held once); a data URL has none.
+    is its path, size and modification time, a data URL's the sha256 of its base64 text (:func:`source_key`):
+    the same image given twice is held once.
     Raises :class:`ImageError` saying what to send instead."""
     if isinstance(source, Mapping):
         data, mime = source.get("data"), source.get("mimeType", source.get("mime_type", "image/png"))
@@ -243,13 +278,14 @@ def decode_source(source: str | Mapping[str, Any], local_root: Path | None) -> t
             raise ImageError("an image given as an object must be MCP image content: {\"type\": \"image\", "
                              "\"data\": BASE64, \"mimeType\": \"image/png\"}",
                              hint="or give a data URL (data:image/png;base64,...) as a string")
-        return decode_image_url(f"data:{mime};base64,{data}", None, server="perceive mcp"), None
+        return decode_image_url(f"data:{mime};base64,{data}", None, server="perceive mcp"), _data_key(data)
     if not isinstance(source, str) or not source.strip():
         raise ImageError(f"an image must be an id, a data URL or a path, not {source!r}",
                          hint="register_image gives an id (img1); or send data:image/png;base64,...")
     text = source.strip()
     if text.startswith(("data:", "http://", "https://")) or local_root is None:
-        return decode_image_url(text, local_root, server="perceive mcp"), None
+        key = _data_key(text.partition(",")[2]) if text.startswith("data:") else None
+        return decode_image_url(text, local_root, server="perceive mcp"), key
     path = Path(text.removeprefix("file://"))
     if not path.is_absolute():  # an agent's working folder is not the server's: under the allowed folder
         path = local_root / path
@@ -262,4 +298,5 @@ def decode_source(source: str | Mapping[str, Any], local_root: Path | None) -> t
     return image, key
 
 
-__all__ = ["IMAGE_ID", "MB", "ImageStore", "StoredImage", "decode_source", "looks_like_id", "rgb_bytes"]
+__all__ = ["IMAGE_ID", "MB", "ImageStore", "StoredImage", "decode_source", "looks_like_id", "rgb_bytes",
+           "source_key"]
