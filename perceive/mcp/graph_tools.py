@@ -168,8 +168,9 @@ class GraphTools:
         hops = _hop_lines(answer.trace)
         summary = [*head, f"graph {g.name} on {target.id}: {len(hops)} hop(s); boxes in {target.id}'s pixels",
                    *hops]
-        return ToolResult([TextPart(answer.text or "(no answer)"), TextPart("\n".join(summary)),
-                           TextPart("trace: " + json.dumps(trace))], structured)
+        # the trace is in the structured content only: agents that feed every text part to their model
+        # (Qwen-Agent, lmms-eval) would read a page of JSON
+        return ToolResult([TextPart(answer.text or "(no answer)"), TextPart("\n".join(summary))], structured)
 
 
 __all__ = ["PREFIX", "GraphTools", "shipped_graphs", "tool_name"]
