@@ -577,3 +577,13 @@ def test_the_device_auto_is_resolved_only_for_an_action_that_names_encoders(regi
     assert asked == [1] and contexts[0]["device"] == "cpu" and contexts[0]["encoders"] is zoom.context()["encoders"]
     pinned = Toolbox(cfg_with().model_copy(update={"device": "cuda:1"}), registry)
     assert pinned.actions["zoom"].context()["device"] == "cuda:1" and asked == [1]
+
+
+def test_a_missing_model_folder_is_refused_at_start_when_graphs_are_served(registry, tmp_path):
+    from perceive.errors import ConfigError
+
+    cfg = PerceiveConfig(model=tmp_path / "nowhere", mcp=McpConfig(graphs=["free_choice"]))
+    with pytest.raises(ConfigError, match="model folder not found: .*nowhere") as info:
+        Toolbox(cfg, registry)
+    assert "mcp.graphs: []" in info.value.hint
+    Toolbox(PerceiveConfig(model=tmp_path / "nowhere", mcp=McpConfig(graphs=[])), registry)  # actions only: fine

@@ -57,6 +57,11 @@ class GraphTools:
     def __init__(self, cfg, registry, store: ImageStore):
         self.cfg, self.registry, self.store = cfg, registry, store
         self.graphs = self._compile()
+        path = cfg.model.path
+        if self.graphs and cfg.remote is None and path is not None and not Path(path).is_dir():
+            # found now, not at an agent's first graph call
+            raise ConfigError(f"{cfg.source}: model folder not found: {path} (the graph tools run it)",
+                              hint="give --model DIR (a model folder), or mcp.graphs: [] to serve the actions only")
         self._model: Any = None
         self._loops: dict[str, Any] = {}
         self._lock = threading.Lock()  # one model: graph calls run one at a time
