@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 import typer
 
 from perceive.cli.options import ActionTimeoutOpt, ConfigOpt, ModelOpt, SetOpt
-from perceive.cli.output import console, fail
+from perceive.cli.output import console, fail, listen_or_fail, url_host
 from perceive.cli.run_config import loop_flags
 
 INSTALL_HINT = "pip install 'perceive[mcp]'"
@@ -135,21 +135,15 @@ def _serve_stdio(config: Path | None, sets: list[str] | None, flags: list[tuple[
 
 def _serve_http(config: Path | None, sets: list[str] | None, flags: list[tuple[tuple, Any, str]]) -> None:
     _require_sdk()
-    from perceive.errors import PerceiveError
-    from perceive.mcp.server import HTTP_PATH, listen, serve_http
+    from perceive.mcp.server import HTTP_PATH, serve_http
 
     cfg = mcp_config(config, sets, flags)
     host, port = cfg.mcp.host, cfg.mcp.port
     warning = exposure_warning(host, cfg.mcp.allow_local_images)
     if warning:
         print(warning, file=sys.stderr, flush=True)
-    where = f"[{host}]" if ":" in host else host  # an IPv6 address
-    try:
-        sock = listen(host, port)
-    except OSError as exc:
-        raise fail(PerceiveError(f"cannot listen on {where}:{port}: {exc.strerror or exc}",
-                                 hint="another server may use the port: choose another --port (0: any free one), "
-                                      "or a --host of this machine")) from None
+    where = url_host(host)
+    sock = listen_or_fail(host, port)  # before the plugins load: a port in use fails at once
     try:
         toolbox = _toolbox(cfg)
     except BaseException:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+
+if TYPE_CHECKING:
+    import socket
 
 console = Console()
 #: for errors that must not mix into a command's machine-readable stdout (``--json``)
@@ -91,3 +95,22 @@ def write_picture(write: Callable[[], object], path, option: str = "--render") -
         return (f"cannot write the trace picture {option} {path}: {why}",
                 f"the answer above stands; to get the picture, pass {option} a path in a folder you can write to")
     return None
+
+
+def url_host(host: str) -> str:
+    """``host`` as a URL writes it: an IPv6 address in brackets (``[::1]``), anything else as is."""
+    return f"[{host}]" if ":" in host else host
+
+
+def listen_or_fail(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` (:func:`perceive.netserve.listen`; needs uvicorn, so the caller has
+    checked its extra), or the ``typer.Exit`` raised after one error line saying why it cannot listen."""
+    from perceive.errors import PerceiveError
+    from perceive.netserve import listen
+
+    try:
+        return listen(host, port)
+    except OSError as exc:
+        raise fail(PerceiveError(f"cannot listen on {url_host(host)}:{port}: {exc.strerror or exc}",
+                                 hint="another server may use the port: choose another --port (0: any free one), "
+                                      "or a --host of this machine")) from None

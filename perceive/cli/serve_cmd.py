@@ -22,7 +22,7 @@ from perceive.cli.options import (
     SetOpt,
     ThreadsOpt,
 )
-from perceive.cli.output import console, fail
+from perceive.cli.output import console, fail, listen_or_fail, url_host
 from perceive.cli.run_config import loop_flags, run_config
 from perceive.config.settings import MANY_SAMPLES_BATCH_SIZE
 from perceive.threads import choose_threads
@@ -95,7 +95,7 @@ def serve(
         import uvicorn
 
         from perceive.serve import create_app
-        from perceive.serve.server import DrainingServer, listen
+        from perceive.serve.server import DrainingServer
     except ImportError as exc:
         raise fail(f"perceive serve needs the serve extra ({exc.name} is missing): pip install 'perceive[serve]'",
                    1) from None
@@ -117,13 +117,8 @@ def serve(
                                hint="point serve.allow_local_images at the folder whose images clients may name"))
     settings = serve_settings(cfg)
     host, port = cfg.serve.host, cfg.serve.port
-    where = f"[{host}]" if ":" in host else host  # an IPv6 address
-    try:
-        sock = listen(host, port)
-    except OSError as exc:
-        raise fail(PerceiveError(f"cannot listen on {where}:{port}: {exc.strerror or exc}",
-                                 hint="another server may use the port: choose another --port (0: any free one), "
-                                      "or a --host of this machine")) from None
+    where = url_host(host)
+    sock = listen_or_fail(host, port)  # before the model loads: a port in use fails at once
     try:
         loop = PerceptionLoop.from_config(cfg)
     except PerceiveError as exc:

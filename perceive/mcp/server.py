@@ -14,7 +14,6 @@ import io
 import json
 import logging
 import os
-import socket
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,8 +28,11 @@ from mcp.server.stdio import stdio_server
 
 from perceive.mcp.results import ImagePart, TextPart, ToolResult, ToolSpec, failure_of
 from perceive.mcp.toolbox import Toolbox
+from perceive.netserve import ListeningServer
 
 if TYPE_CHECKING:
+    import socket
+
     from PIL import Image
     from starlette.applications import Starlette
 
@@ -169,42 +171,10 @@ def http_app(server: Server, host: str, max_body_mb: float) -> Starlette:
                                       max_request_body_size=int(max_body_mb * 1024 * 1024))
 
 
-def listen(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to ``host:port`` (``port`` 0: a free one), bound before serving so that a port in
-    use fails at once with a clear error. Raises ``OSError``."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port left in TIME_WAIT is free to take
-    try:
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-class HttpServer(uvicorn.Server):
-    """uvicorn that exits 0 on SIGTERM or Ctrl-C: uvicorn's own handler raises the signal again after its
-    shutdown, so the process would die by it. The first signal closes the listener and lets the requests
+class HttpServer(ListeningServer):
+    """uvicorn that exits 0 on SIGTERM or Ctrl-C: the first signal closes the listener and lets the requests
     running finish; a second stops at once. ``on_started(port)``: called once listening, with the port
     really bound."""
-
-    def __init__(self, config: uvicorn.Config, on_started: Callable[[int | None], None] | None = None):
-        super().__init__(config)
-        self.on_started = on_started
-
-    @property
-    def port(self) -> int | None:
-        for server in getattr(self, "servers", []):
-            for sock in server.sockets or ():
-                name = sock.getsockname()
-                if isinstance(name, tuple):
-                    return name[1]
-        return None
-
-    async def startup(self, sockets=None) -> None:
-        await super().startup(sockets)
-        if self.started and self.on_started is not None:
-            self.on_started(self.port)
 
     def handle_exit(self, sig: int, frame) -> None:
         # not uvicorn's: it records the signal to raise again after shutdown

@@ -14,57 +14,29 @@ from __future__ import annotations
 
 import logging
 import signal
-import socket
 import time
 from collections.abc import Callable
 
 import uvicorn
 
+from perceive.netserve import ListeningServer
+
 log = logging.getLogger("uvicorn.error")
 
 
-def listen(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to ``host:port`` (``port`` 0: a free one) for :class:`DrainingServer`,
-    bound before the model loads so that a port in use fails at once. Raises ``OSError``."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    # a port left in TIME_WAIT by the last run is free to take again; one another server listens on is not
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-class DrainingServer(uvicorn.Server):
+class DrainingServer(ListeningServer):
     """``config``: uvicorn's; ``scheduler``: the app's :class:`~perceive.serve.scheduler.Scheduler`;
     ``drain_window_s``: the least time the listener stays open after SIGTERM; ``on_started(port)``:
-    called once listening, with the port really bound (``--port 0`` picks one)."""
+    called once listening, with the port really bound (``--port 0`` picks one). Run it on a socket
+    from :func:`perceive.netserve.listen`, bound before the model loads."""
 
     def __init__(self, config: uvicorn.Config, scheduler, drain_window_s: float = 5.0,
-                 on_started: Callable[[int], None] | None = None):
-        super().__init__(config)
+                 on_started: Callable[[int | None], None] | None = None):
+        super().__init__(config, on_started)
         self.scheduler = scheduler
         self.drain_window_s = drain_window_s
-        self.on_started = on_started
         self.drain_until: float | None = None  # time.monotonic(); None: not draining
         self.forced = False  # a second signal: stopped before the drain ended
-
-    @property
-    def port(self) -> int | None:
-        """The TCP port the server listens on, once started."""
-        for server in getattr(self, "servers", []):
-            for sock in server.sockets or ():
-                name = sock.getsockname()
-                if isinstance(name, tuple):
-                    return name[1]
-        return None
-
-    async def startup(self, sockets=None) -> None:
-        await super().startup(sockets)
-        if self.started and self.on_started is not None:
-            self.on_started(self.port)
 
     def handle_exit(self, sig, frame) -> None:
         # uvicorn's own handler closes the listener at once, and raises the signal again after its
