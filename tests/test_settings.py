@@ -114,7 +114,7 @@ def test_serve_reads_the_run_config_and_its_flags_override_it(tmp_path, monkeypa
     from typer.testing import CliRunner
 
     import perceive.cli.serve_cmd as serve_cmd
-    import perceive.serve.server as server
+    import perceive.netserve as netserve
     from perceive.cli import app
 
     images = tmp_path / "images"
@@ -130,7 +130,7 @@ def test_serve_reads_the_run_config_and_its_flags_override_it(tmp_path, monkeypa
         seen["bind"] = (host, port)
         raise OSError(98, "Address already in use")
 
-    monkeypatch.setattr(server, "listen", no_listen)
+    monkeypatch.setattr(netserve, "listen", no_listen)
     res = CliRunner().invoke(app, ["serve", "--config", str(run), "--max-queue", "5", "--port", "9200"])
     assert res.exit_code == 1 and "cannot listen on 127.0.0.9:9200" in res.output, res.output
     s = seen["settings"]
