@@ -16,6 +16,7 @@ from perceive.errors import ConfigError, ModelLoadError, OutputError
 from perceive.eval import EvalConfig, evaluate
 from perceive.eval.config import RayConfig
 from perceive.eval.distributed import Pool, _raise, _reachable, evaluate_on_ray, plan_pool
+from perceive.testing.traces import untimed
 
 ROOT = Path(__file__).resolve().parents[1]
 N, K = 3, 2  # items, samples per item: 6 positions, 3 batches of 2 over 2 actors
@@ -65,13 +66,6 @@ def one(cards, tmp_path_factory):
     return evaluate(config(cards, out), progress=False), out
 
 
-def untimed(x):
-    """``x`` without its timing figures (``latency_ms``, a trace's ``*_ms``)."""
-    if isinstance(x, dict):
-        return {k: untimed(v) for k, v in x.items() if not k.endswith("_ms")}
-    if isinstance(x, list):
-        return [untimed(v) for v in x]
-    return x
 
 
 def lines(out: Path) -> list[dict]:

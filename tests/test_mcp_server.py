@@ -32,6 +32,7 @@ from PIL import Image  # noqa: E402
 
 from perceive.mcp.results import ImagePart, TextPart, ToolResult, ToolSpec  # noqa: E402
 from perceive.mcp.server import build_server, result_of  # noqa: E402
+from perceive.testing.traces import untimed  # noqa: E402
 from tests.conftest import make_dist  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,13 +95,6 @@ def loop_views(registry, calls: list[tuple[str, dict, str]]) -> list:
     return list(obs)
 
 
-def untimed(x):
-    """``x`` without its timing figures (a trace's ``*_ms``)."""
-    if isinstance(x, dict):
-        return {k: untimed(v) for k, v in x.items() if not k.endswith("_ms")}
-    if isinstance(x, list):
-        return [untimed(v) for v in x]
-    return x
 
 
 # -- the translation, in process ------------------------------------------------------------------

@@ -35,6 +35,7 @@ from perceive.mcp.schemas import inline
 from perceive.mcp.toolbox import ImagePart, TextPart, Toolbox
 from perceive.plugins import load_registry
 from perceive.regions import RegionArgs
+from perceive.testing.traces import untimed
 from perceive.trace import Trace
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -477,13 +478,6 @@ def test_a_hung_plugin_times_out_then_is_quarantined_while_the_other_tools_work(
 # -- graphs ---------------------------------------------------------------------------------------
 
 
-def untimed(x):
-    """``x`` without its timing figures (a trace's ``*_ms``)."""
-    if isinstance(x, dict):
-        return {k: untimed(v) for k, v in x.items() if not k.endswith("_ms")}
-    if isinstance(x, list):
-        return [untimed(v) for v in x]
-    return x
 
 
 @pytest.mark.slow
