@@ -331,11 +331,13 @@ def test_the_store_counts_megabytes_and_refuses_an_image_larger_than_itself():
     assert "raise mcp.max_image_mb" in str(info.value) and store.ids() == ["img2", "img3"]
 
 
-def test_an_images_own_oldest_views_go_when_it_alone_fills_the_store(registry):
+def test_an_images_least_recently_used_views_go_when_it_alone_fills_the_store(registry):
     toolbox = Toolbox(cfg_with(max_images=3), registry)
     ok(toolbox.call("tiles", {"image": str(CARD), "rows": 1, "cols": 2}))
     ok(toolbox.call("tiles", {"image": "img1", "rows": 1, "cols": 2}))
     assert toolbox.store.ids() == ["img1", "img1.v3", "img1.v4"]
+    ok(toolbox.call("zoom", {"image": "img1.v3", "box": [0, 0, 10, 10]}))  # v3 used: v4 goes first, not v3
+    assert toolbox.store.ids() == ["img1", "img1.v3", "img1.v5"]
     message = error(toolbox.call("tiles", {"image": "img1", "rows": 2, "cols": 2}))
     assert "the 4 view(s) this call made" in message and "-> raise mcp.max_images or mcp.max_image_mb" in message
 
@@ -581,3 +583,11 @@ def test_a_missing_model_folder_is_refused_at_start_when_graphs_are_served(regis
         Toolbox(cfg, registry)
     assert "mcp.graphs: []" in info.value.hint
     Toolbox(PerceiveConfig(model=tmp_path / "nowhere", mcp=McpConfig(graphs=[])), registry)  # actions only: fine
+
+
+def test_only_a_graph_tool_on_a_served_model_reaches_beyond_the_machine(registry):
+    local = Toolbox(PerceiveConfig(mcp=McpConfig(graphs=["free_choice"])), registry).tools()
+    assert not any(t.open_world for t in local)
+    served = PerceiveConfig(remote={"url": "http://127.0.0.1:9/v1"}, mcp=McpConfig(graphs=["free_choice"]))
+    tools = {t.name: t for t in Toolbox(served, registry).tools()}  # nothing is contacted until a graph call
+    assert tools["graph_free_choice"].open_world and not tools["zoom"].open_world

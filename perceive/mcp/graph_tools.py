@@ -111,7 +111,8 @@ class GraphTools:
             out.append(ToolSpec(name, f"{own}\n\nAnswers `question` about the image `image` names by running "
                                       f"perceive's perception loop (graph {g.name}) on {self._runs_on()}, as `perceive "
                                       "ask` does. Returns the answer and the trace: each hop's action and box in that "
-                                      "image's pixels. The first graph call loads the model.", graph_schema()))
+                                      "image's pixels. The first graph call loads the model.", graph_schema(),
+                                open_world=self.cfg.remote is not None))
         return out
 
     # -- calls -------------------------------------------------------------------------------------

@@ -65,7 +65,7 @@ class _Group:
     id: str
     root: Image.Image
     key: Any = None
-    views: OrderedDict[str, View] = field(default_factory=OrderedDict)  # frame id -> view, oldest first
+    views: OrderedDict[str, View] = field(default_factory=OrderedDict)  # frame id -> view, least recently used first
     ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     @property
@@ -154,6 +154,8 @@ class ImageStore:
             if group is None or (frame_id != ROOT and frame_id not in group.views):
                 raise self._unknown(image_id)
             self._groups.move_to_end(group.id)
+            if frame_id != ROOT:  # within its image too, a view used is the last to go
+                group.views.move_to_end(frame_id)
             return self._entry(group, frame_id)
 
     def resolve(self, source: str | Mapping[str, Any], local_root: Path | None) -> tuple[StoredImage, bool]:
@@ -174,8 +176,9 @@ class ImageStore:
     def add_views(self, group_id: str, views: Sequence[View]) -> list[str]:
         """Hold ``views`` (made by a call on an image of the group ``group_id``; their frames have ids from
         its counter) and return their ids (``img3.v4``). To make room, other images go first (least recently
-        used first), then this image's own oldest views. Raises :class:`UnknownImageError` when the group was
-        let go meanwhile, :class:`ImageError` when the views alone do not fit beside their image."""
+        used first), then this image's own least recently used views. Raises :class:`UnknownImageError` when
+        the group was let go meanwhile, :class:`ImageError` when the views alone do not fit beside their
+        image."""
         need = sum(rgb_bytes(v.image) for v in views)
         with self._lock:
             group = self._groups.get(group_id)

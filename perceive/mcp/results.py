@@ -21,12 +21,14 @@ HINT_MARK = "\n  -> "
 class ToolSpec:
     """One tool: its name (``^[a-z][a-z0-9_]*$``), what it does, and its JSON input schema (inlined: no
     ``$ref``; ``properties`` always present). ``read_only``: the tool changes nothing outside the server
-    (every perceive tool: the images it keeps are the server's own memory)."""
+    (every perceive tool: the images it keeps are the server's own memory). ``open_world``: it reaches
+    beyond this machine (a graph tool whose model is served at ``remote.url``)."""
 
     name: str
     description: str
     input_schema: dict[str, Any]
     read_only: bool = True
+    open_world: bool = False
 
 
 @dataclass(frozen=True)

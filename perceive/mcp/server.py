@@ -52,10 +52,11 @@ INSTRUCTIONS = (
 
 
 def tool_of(spec: ToolSpec) -> types.Tool:
-    """The SDK's tool for ``spec``: its annotations say whether it only reads, and that no perceive tool
-    reaches anything outside the machine (no network)."""
+    """The SDK's tool for ``spec``: its annotations say whether it only reads, and whether it reaches
+    beyond this machine (only a graph tool whose model is served elsewhere does)."""
     return types.Tool(name=spec.name, description=spec.description, input_schema=spec.input_schema,
-                      annotations=types.ToolAnnotations(read_only_hint=spec.read_only, open_world_hint=False))
+                      annotations=types.ToolAnnotations(read_only_hint=spec.read_only,
+                                                        open_world_hint=spec.open_world))
 
 
 def png_base64(image: Image.Image) -> str:

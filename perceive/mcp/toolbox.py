@@ -71,6 +71,13 @@ class Toolbox:
                 local_root=cfg.mcp.allow_local_images, context=functools.partial(self._context, action))
         self._check_agent_options()
         self.graphs = GraphTools(cfg, registry, self.store)
+        for spec in self.graphs.specs():  # graph_<name> against an action (a plugin) of that name
+            if spec.name in self.actions:
+                if cfg.mcp.graphs is not None:
+                    raise ConfigError(f"{cfg.source}: mcp.graphs serves the tool {spec.name!r}, and an installed "
+                                      "action has that name", hint="leave that graph out of mcp.graphs, or rename "
+                                                                   "the plugin's action")
+                log.warning("perceive mcp: graph tool %s left out: an action has its name", spec.name)
         specs = [ToolSpec(REGISTER, REGISTER_DOC, register_schema()), *(t.spec for t in self.actions.values()),
                  *(s for s in self.graphs.specs() if s.name not in self.actions)]
         self._specs = {s.name: s for s in specs}
