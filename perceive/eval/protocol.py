@@ -17,24 +17,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Any
 
 #: protocol keys two runs may differ in and still be compared (none: every key is a condition)
 COMPARABLE_DESPITE: tuple[str, ...] = ()
 
 
-def model_sha256(path: Path | None) -> str | None:
-    """One sha256 over a model folder: each file's name and digest, in name order (the run folder's
-    per-file digests, so a large file is read at its ends only)."""
-    from perceive.eval.run_folder import _digest
-
-    if path is None or not Path(path).is_dir():
+def model_sha256(digests: dict[str, str] | None) -> str | None:
+    """One sha256 over a model folder from its files' digests (:func:`perceive.eval.run_folder.model_digests`:
+    a large file is read at its ends only), each file's name and digest in name order."""
+    if digests is None:
         return None
     h = hashlib.sha256()
-    for p in sorted(Path(path).iterdir()):
-        if p.is_file():
-            h.update(f"{p.name}\0{_digest(p)}\n".encode())
+    for name, digest in sorted(digests.items()):
+        h.update(f"{name}\0{digest}\n".encode())
     return h.hexdigest()
 
 
@@ -78,9 +74,12 @@ def protocol_of(cfg, benchmark, data_sha256: str | None, items: int, judge_model
     }
 
 
-def system_of(cfg, loop, graph) -> dict[str, Any]:
+def system_of(cfg, loop, graph, model_files: dict[str, str] | None = None) -> dict[str, Any]:
     """What ``cfg``'s run measured: the model (its folder's hash, or the endpoint and served model),
-    the tool protocol and the coordinate space of its boxes, the graph, its params and hash."""
+    the tool protocol and the coordinate space of its boxes, the graph, its params and hash.
+    ``model_files``: the folder's file digests when the run has them already (its fingerprint)."""
+    from perceive.eval.run_folder import model_digests
+
     spec = graph.spec.model_dump(mode="json") if hasattr(graph.spec, "model_dump") else str(graph.spec)
     out: dict[str, Any] = {
         "tool_protocol": loop.protocol.name, "coordinates": coordinate_space(loop.protocol),
@@ -88,7 +87,8 @@ def system_of(cfg, loop, graph) -> dict[str, Any]:
         "graph_sha256": hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest(),
     }
     if cfg.remote is None:
-        out.update(model=str(cfg.model.path), model_sha256=model_sha256(cfg.model.path))
+        digests = model_files if model_files is not None else model_digests(cfg.model.path)
+        out.update(model=str(cfg.model.path), model_sha256=model_sha256(digests))
     else:
         out.update(model=getattr(loop, "served", None), endpoints=cfg.remote.urls)
     return out

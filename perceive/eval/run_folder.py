@@ -108,6 +108,21 @@ def _digest(path: Path, edge: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def data_digest(path) -> str | None:
+    """The data file's whole sha256; ``None`` when it cannot be read (a folder, a missing file)."""
+    try:
+        return _digest(Path(path), edge=1 << 62) if Path(path).is_file() else None
+    except OSError:
+        return None
+
+
+def model_digests(path) -> dict[str, str] | None:
+    """File name -> digest (:func:`_digest`) of each file of a local model folder; ``None``: no folder."""
+    if path is None or not Path(path).is_dir():
+        return None
+    return {p.name: _digest(p) for p in sorted(Path(path).iterdir()) if p.is_file()}
+
+
 def fingerprint(cfg, model_files: bool = True) -> dict[str, Any]:
     """What makes an eval run's predictions: its config (less :data:`NOT_FINGERPRINTED`, with the
     model and data paths absolute), the data file's sha256 (``None``: unreadable, left to the data
@@ -124,13 +139,8 @@ def fingerprint(cfg, model_files: bool = True) -> dict[str, Any]:
     model = Path(cfg.model.path) if cfg.model.path is not None else None
     if model is not None:
         config["model"]["path"] = str(model.resolve())
-    try:
-        data = _digest(Path(cfg.data), edge=1 << 62)
-    except OSError:
-        data = None
-    files = None
-    if model_files and model is not None and model.is_dir():
-        files = {p.name: _digest(p) for p in sorted(model.iterdir()) if p.is_file()}
+    data = data_digest(cfg.data)
+    files = model_digests(model) if model_files else None
     return {"version": VERSION, "config": config, "data_sha256": data, "model_files": files}
 
 

@@ -116,6 +116,7 @@ class Run:
         """The results over every sample (kept and run now), written to the output folder."""
         from perceive.eval.protocol import protocol_of, system_of
         from perceive.eval.report import breakdown
+        from perceive.eval.run_folder import data_digest
 
         cfg = self.cfg
         records = [{k: v for k, v in self.lines[key].items() if k not in ("trace", "session", "elapsed_s")}
@@ -130,12 +131,15 @@ class Run:
         summary.update(breakdown(self.bench, records, judged=self.judge is not None))
         summary["sessions"] = len(wall)
         summary["skipped"] = len(self.read.skipped)
-        system = self.system if self.system is not None else system_of(cfg, self.loop, self.graph)
-        where = str(cfg.model.path) if cfg.remote is None else f"{cfg.remote.url} ({system['model']})"
+        fp = self.fp or {}  # what the fingerprint hashed is not read again
+        system = self.system if self.system is not None else \
+            system_of(cfg, self.loop, self.graph, fp.get("model_files"))
+        where = str(cfg.model.path) if cfg.remote is None else f"{', '.join(cfg.remote.urls)} ({system['model']})"
         judge = cfg.judge.model if cfg.judge else None
         result = {"name": cfg.name or run_name(cfg), "model": where, "graph": self.graph.name, "params": cfg.params,
                   "data": str(cfg.data), "data_items": self.read.total, "benchmark": self.bench.name,
-                  "protocol": protocol_of(cfg, self.bench, _data_sha256(cfg.data), len(self.items), judge),
+                  "protocol": protocol_of(cfg, self.bench, fp["data_sha256"] if fp else data_digest(cfg.data),
+                                          len(self.items), judge),
                   "system": system,
                   "summary": summary, "records": records,
                   "skipped_items": [{"index": i, "problems": p} for i, p in self.read.skipped]}
@@ -228,16 +232,6 @@ def record(run: Run, pos: int, a, ran: bool) -> dict[str, Any]:
         rec["item"] = item.fields
     rec["trace"] = a.trace.to_dict()
     return rec
-
-
-def _data_sha256(path) -> str | None:
-    from perceive.eval.run_folder import _digest
-
-    p = Path(path)
-    try:
-        return _digest(p, edge=1 << 62) if p.is_file() else None
-    except OSError:
-        return None
 
 
 def run_name(cfg: EvalConfig) -> str:

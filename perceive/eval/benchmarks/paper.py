@@ -47,6 +47,7 @@ class Paper(Benchmark):
 
     def read(self, path: Path, *, shuffle: bool = False, seed: int = 0, split: str | None = None) -> ReadResult:
         from perceive.data.dataset import VPTDataset, split_crop
+        from perceive.data.skipped import Skipped
 
         ds = VPTDataset(path)
         items = []
@@ -58,12 +59,8 @@ class Paper(Benchmark):
                                   load=lambda k=k: ds[k].images["images"][0], example=lambda k=k: ds[k],
                                   category=str(fields["category"]) if "category" in fields else None,
                                   box=split_crop(refs[1])[1] if len(refs) > 1 else None, fields=fields))
-        by_item: dict[int, list[str]] = {}
-        for issue in ds.issues:  # an item with several problems is one skipped item
-            problems = by_item.setdefault(issue.index, [])
-            if issue.message not in problems:
-                problems.append(issue.message)
-        return ReadResult(items, len(ds) + len(by_item), sorted(by_item.items()), root=str(ds.root))
+        skipped = Skipped.of(ds)  # an item with several problems is one skipped item
+        return ReadResult(items, skipped.total, skipped.items, root=skipped.root)
 
     def score(self, prediction: str, item: EvalItem) -> dict[str, Any]:
         gt = item.answer
