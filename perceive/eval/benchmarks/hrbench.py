@@ -13,7 +13,7 @@ from typing import Any
 
 from perceive.eval.benchmarks.base import LETTERS, Benchmark, EvalItem, ReadResult
 from perceive.eval.benchmarks.choices import answer_position, hrbench_letter, show
-from perceive.eval.benchmarks.rows import ImageEncoding, absent, collect, read_table, scalars
+from perceive.eval.benchmarks.rows import ImageEncoding, collect, read_table, scalars
 
 INSTRUCTION = "Answer the option letter directly."
 
@@ -83,9 +83,6 @@ class HRBench(Benchmark):
         columns = [c for c in LETTERS if table.rows and c in table.rows[0]]
 
         def build(row: int, rec: dict[str, Any]) -> EvalItem | list[str]:
-            problems = absent(rec, ("question", "answer", "category", "cycle_category"))
-            if problems:
-                return problems
             keys = [c for c in columns if not _missing_option(rec[c])]
             at = answer_position(str(rec["answer"]), keys)
             if at is None:
@@ -96,7 +93,7 @@ class HRBench(Benchmark):
                             category=str(rec["category"]), options=shown.options, order=shown.order,
                             fields=scalars(rec, ("index", "category", "cycle_category")))
 
-        return collect(table, build)
+        return collect(table, build, ("question", "answer", "category", "cycle_category"))
 
     def score(self, prediction: str, item: EvalItem) -> dict[str, Any]:
         """``accuracy`` 1.0 when the letter read (:func:`~.choices.hrbench_letter` over the shown

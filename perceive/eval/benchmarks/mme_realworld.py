@@ -11,7 +11,7 @@ from typing import Any
 
 from perceive.eval.benchmarks.base import Benchmark, EvalItem, ReadResult, letter
 from perceive.eval.benchmarks.choices import Shown, answer_position, listed_options, mme_realworld_letter, show
-from perceive.eval.benchmarks.rows import ImageEncoding, absent, collect, read_table, scalars
+from perceive.eval.benchmarks.rows import ImageEncoding, collect, read_table, scalars
 
 OPTIONS = "multi-choice options"
 INSTRUCTION = ("Select the best answer to the above multiple-choice question based on the image. "
@@ -55,9 +55,6 @@ class MMERealWorld(Benchmark):
                            encoding=ImageEncoding.BASE64, split=split)
 
         def build(row: int, rec: dict[str, Any]) -> EvalItem | list[str]:
-            problems = absent(rec, required)
-            if problems:
-                return problems
             pairs = listed_options(rec[OPTIONS]) if isinstance(rec[OPTIONS], list) else None
             if not pairs:
                 return [f"its {OPTIONS} are not lines '(A) text'"]
@@ -76,7 +73,7 @@ class MMERealWorld(Benchmark):
                             category=category.split("/")[-1], options=shown.options, order=shown.order,
                             fields=fields)
 
-        return collect(table, build)
+        return collect(table, build, required)
 
     def score(self, prediction: str, item: EvalItem) -> dict[str, Any]:
         """``accuracy`` as lmms-eval's aggregation counts an item right: the letter read

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from perceive.eval.benchmarks.base import Benchmark, EvalItem, ReadResult
-from perceive.eval.benchmarks.rows import ImageEncoding, absent, collect, read_table, scalars
+from perceive.eval.benchmarks.rows import ImageEncoding, collect, read_table, scalars
 from perceive.eval.metrics import anls_best, relaxed_correctness, vqa_accuracy, vqa_normalize
 
 #: lmms-eval's default post-prompts
@@ -40,9 +40,6 @@ class _Reading(Benchmark):
                            encoding=ImageEncoding.HF_IMAGE, split=split)
 
         def build(row: int, rec: dict[str, Any]) -> EvalItem | list[str]:
-            problems = absent(rec, required)
-            if problems:
-                return problems
             answers = self.ground_truths(rec[self.answer_column])
             if answers is None:
                 return [f"its {self.answer_column} is not a list of answers"]
@@ -51,7 +48,7 @@ class _Reading(Benchmark):
             return EvalItem(index=row, question=self.prompt(rec), answers=answers, load=table.image(row),
                             category=category, fields=fields)
 
-        return collect(table, build)
+        return collect(table, build, required)
 
 
 class TextVQA(_Reading):

@@ -135,12 +135,14 @@ def absent(row: dict[str, Any], names: tuple[str, ...]) -> list[str]:
     return [f"no {name}" for name in names if empty(row.get(name))]
 
 
-def collect(table: Table, build: Callable[[int, dict[str, Any]], EvalItem | list[str]]) -> ReadResult:
+def collect(table: Table, build: Callable[[int, dict[str, Any]], EvalItem | list[str]],
+            required: tuple[str, ...] = ()) -> ReadResult:
     """Every row of ``table`` through ``build`` (row number, scalar columns -> an item, or the
-    row's problems): the items, and the rows left out with why."""
+    row's problems): the items, and the rows left out with why. A row missing one of ``required``
+    (:func:`absent`) is left out before ``build`` sees it."""
     items, skipped = [], []
     for row, rec in enumerate(table.rows):
-        got = build(row, rec)
+        got = absent(rec, required) or build(row, rec)
         problems = (got if isinstance(got, list) else []) + (["no image"] if table.imageless[row] else [])
         if problems:
             skipped.append((row, problems))

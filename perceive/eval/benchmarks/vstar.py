@@ -8,7 +8,7 @@ from typing import Any
 
 from perceive.eval.benchmarks.base import LETTERS, Benchmark, EvalItem, ReadResult
 from perceive.eval.benchmarks.choices import answer_position, inline_options, show, vstar_letter
-from perceive.eval.benchmarks.rows import ImageEncoding, absent, collect, read_table, scalars
+from perceive.eval.benchmarks.rows import ImageEncoding, collect, read_table, scalars
 
 #: lmms-eval's default post_prompt for vstar_bench
 POST_PROMPT = "\nAnswer with the option's letter from the given choices directly."
@@ -32,9 +32,6 @@ class VStar(Benchmark):
                            encoding=ImageEncoding.HF_IMAGE, split=split)
 
         def build(row: int, rec: dict[str, Any]) -> EvalItem | list[str]:
-            problems = absent(rec, ("text", "label"))
-            if problems:
-                return problems
             question, options = inline_options(rec["text"])
             if not options:
                 return ["no options '(A) ... (B) ...' in its text"]
@@ -48,7 +45,7 @@ class VStar(Benchmark):
                             category=category, options=shown.options, order=shown.order,
                             fields=scalars(rec, ("question_id", "category")))
 
-        return collect(table, build)
+        return collect(table, build, ("text", "label"))
 
     def score(self, prediction: str, item: EvalItem) -> dict[str, Any]:
         """``accuracy`` 1.0 when the letter read (:func:`~.choices.vstar_letter`) is the shown
