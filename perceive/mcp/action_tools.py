@@ -19,7 +19,16 @@ from perceive.dispatch import ActionFailure, dispatch
 from perceive.errors import ActionInputError, did_you_mean
 from perceive.geometry import ROOT
 from perceive.mcp.images import ImageStore, StoredImage
-from perceive.mcp.results import ImagePart, TextPart, ToolResult, ToolSpec, box_list, box_text, error_result
+from perceive.mcp.results import (
+    HINT_MARK,
+    ImagePart,
+    TextPart,
+    ToolResult,
+    ToolSpec,
+    box_list,
+    box_text,
+    error_result,
+)
 from perceive.mcp.schemas import BOX, COORDINATES, IMAGE, OPTIONS, CoordinateSpace, action_schema, takes_box
 from perceive.observations import Text, View
 from perceive.protocols.boxes import BoxProblem, read_box
@@ -63,6 +72,8 @@ class ActionTool:
         self.action, self.registry, self.store = action, registry, store
         self.options, self.timeout_s, self.local_root, self.context = dict(options), timeout_s, local_root, context
         self.agent_options = tuple(agent_options)
+        # the run config's options, checked once: a call that sets none uses them as they are
+        self.base_options = validate_action_options(action, self.options, f"actions.{self.name}.options")
         self.takes_box = takes_box(action)
         self.spec = ToolSpec(action.name, describe(action, self.takes_box),
                              action_schema(action, self.takes_box, self._agent_defaults()))
@@ -71,7 +82,7 @@ class ActionTool:
     def _agent_defaults(self) -> dict[str, Any]:
         """``{field: its value for a call that does not set it}`` for each field an agent may set: the run
         config's, else the ``Options`` model's default (None where there is neither)."""
-        given = validate_action_options(self.action, self.options, f"actions.{self.name}.options")
+        given = self.base_options
         fields = getattr(self.action.Options, "model_fields", {})
         out = {}
         for f in self.agent_options:
@@ -155,7 +166,8 @@ class ActionTool:
             parsed = self.action.Args.model_validate(args)
         except ValidationError as exc:
             raise _bad_args(self.name, exc) from None
-        options = validate_action_options(self.action, {**self.options, **overrides}, f"{self.name}'s options")
+        options = validate_action_options(self.action, {**self.options, **overrides}, f"{self.name}'s options") \
+            if overrides else dict(self.base_options)
         return target, registered, parsed, options, repairs
 
     # -- running it --------------------------------------------------------------------------------
@@ -182,8 +194,11 @@ class ActionTool:
         return self._texts(target, result.observation, head, common)
 
     def _failed(self, failure: ActionFailure, target: StoredImage) -> ToolResult:
-        text = failure.message if failure.timed_out else f"{self.name} failed on {target.id}: {failure.message}"
-        return error_result(text, failure.code, {"stage": failure.stage.value, "action": self.name})
+        # a failure keeps its error's text whole ("MESSAGE\n  -> HINT")
+        message, _, hint = failure.message.partition(HINT_MARK)
+        message = message if failure.timed_out else f"{self.name} failed on {target.id}: {message}"
+        return error_result(message, failure.code, {"stage": failure.stage.value, "action": self.name},
+                            hint=hint or None)
 
     def _views(self, target: StoredImage, views: tuple[View, ...], head: list[str], common: dict) -> ToolResult:
         ids = self.store.add_views(target.group, views)

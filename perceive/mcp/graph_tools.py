@@ -168,8 +168,7 @@ class GraphTools:
                       "registered": target.group if registered else None, "trace": trace}
         if answer.error:
             err = answer.error
-            text = err["message"] + (f"\n  -> {err['hint']}" if err.get("hint") else "")
-            return error_result(text, err.get("code", "internal"), structured)
+            return error_result(err["message"], err.get("code", "internal"), structured, hint=err.get("hint"))
         head = [f"registered the image as {target.group}"] if registered else []
         hops = _hop_lines(answer.trace)
         summary = [*head, f"graph {g.name} on {target.id}: {len(hops)} hop(s); boxes in {target.id}'s pixels",

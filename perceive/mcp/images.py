@@ -168,10 +168,7 @@ class ImageStore:
         with self._lock:  # the same bytes or file again: the image held, not decoded a second time
             if key is not None and self._keys.get(key) in self._groups:
                 return self.get(self._keys[key]), False
-        image, key = decode_source(source, local_root)
-        with self._lock:
-            held = key is not None and self._keys.get(key) in self._groups
-        return self.register(image, key), not held
+        return self.register(decode_source(source, local_root), key), True
 
     def add_views(self, group_id: str, views: Sequence[View]) -> list[str]:
         """Hold ``views`` (made by a call on an image of the group ``group_id``; their frames have ids from
@@ -257,10 +254,8 @@ def source_key(source: str | Mapping[str, Any], local_root: Path | None) -> Any:
         return _data_key(text.partition(",")[2])
     if text.startswith(("http://", "https://")) or local_root is None:
         return None
-    path = Path(text.removeprefix("file://"))
-    path = path if path.is_absolute() else local_root / path
     try:
-        resolved = path.resolve()
+        resolved = _local_path(text, local_root).resolve()
         resolved.relative_to(local_root.resolve())  # never stat a file outside the allowed folder
         stat = resolved.stat()
     except (OSError, ValueError):
@@ -268,37 +263,32 @@ def source_key(source: str | Mapping[str, Any], local_root: Path | None) -> Any:
     return (str(resolved), stat.st_size, stat.st_mtime_ns)
 
 
-def decode_source(source: str | Mapping[str, Any], local_root: Path | None) -> tuple[Image.Image, Any]:
-    """``(image as load_image returns it, its store key)`` for an image a client gives: a base64 data URL,
-    MCP image content (``{"type": "image", "data": BASE64, "mimeType": "image/png"}``), or the path of a file
-    under ``local_root`` (a relative path is taken under it; ``None``: paths are refused). The key of a file
-    is its path, size and modification time, a data URL's the sha256 of its base64 text (:func:`source_key`):
-    the same image given twice is held once.
-    Raises :class:`ImageError` saying what to send instead."""
+def _local_path(text: str, local_root: Path) -> Path:
+    """A path a client gives: a ``file://`` prefix dropped, a relative one taken under the allowed folder
+    (an agent's working folder is not the server's)."""
+    path = Path(text.removeprefix("file://"))
+    return path if path.is_absolute() else local_root / path
+
+
+def decode_source(source: str | Mapping[str, Any], local_root: Path | None) -> Image.Image:
+    """The image (as load_image returns it) a client gives: a base64 data URL, MCP image content
+    (``{"type": "image", "data": BASE64, "mimeType": "image/png"}``), or the path of a file under
+    ``local_root`` (a relative path is taken under it; ``None``: paths are refused); its store key is
+    :func:`source_key`'s. Raises :class:`ImageError` saying what to send instead."""
     if isinstance(source, Mapping):
         data, mime = source.get("data"), source.get("mimeType", source.get("mime_type", "image/png"))
         if source.get("type") != CONTENT_TYPE or not isinstance(data, str) or not isinstance(mime, str):
             raise ImageError("an image given as an object must be MCP image content: {\"type\": \"image\", "
                              "\"data\": BASE64, \"mimeType\": \"image/png\"}",
                              hint="or give a data URL (data:image/png;base64,...) as a string")
-        return decode_image_url(f"data:{mime};base64,{data}", None, server="perceive mcp"), _data_key(data)
+        return decode_image_url(f"data:{mime};base64,{data}", None, server="perceive mcp")
     if not isinstance(source, str) or not source.strip():
         raise ImageError(f"an image must be an id, a data URL or a path, not {source!r}",
                          hint="register_image gives an id (img1); or send data:image/png;base64,...")
     text = source.strip()
     if text.startswith(("data:", "http://", "https://")) or local_root is None:
-        key = _data_key(text.partition(",")[2]) if text.startswith("data:") else None
-        return decode_image_url(text, local_root, server="perceive mcp"), key
-    path = Path(text.removeprefix("file://"))
-    if not path.is_absolute():  # an agent's working folder is not the server's: under the allowed folder
-        path = local_root / path
-    image = decode_image_url(str(path), local_root, server="perceive mcp")
-    try:
-        stat = path.resolve().stat()
-        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    except OSError:
-        key = None
-    return image, key
+        return decode_image_url(text, local_root, server="perceive mcp")
+    return decode_image_url(str(_local_path(text, local_root)), local_root, server="perceive mcp")
 
 
 __all__ = ["IMAGE_ID", "MB", "ImageStore", "StoredImage", "decode_source", "looks_like_id", "rgb_bytes",

@@ -58,11 +58,12 @@ class ToolResult:
     is_error: bool = False
 
 
-def error_result(text: str, code: str, extra: dict[str, Any] | None = None) -> ToolResult:
-    """The tool error for a failure written ``MESSAGE`` or ``MESSAGE\\n  -> HINT`` (as the CLI prints it,
-    less ``error:``), with its :class:`~perceive.errors.ErrorCode` value ``code``."""
-    message, _, hint = text.partition(HINT_MARK)
+def error_result(message: str, code: str, extra: dict[str, Any] | None = None, *,
+                 hint: str | None = None) -> ToolResult:
+    """The tool error for a failure: its text is ``MESSAGE`` and ``-> HINT`` on the next line (as the CLI
+    prints it, less ``error:``), with its :class:`~perceive.errors.ErrorCode` value ``code``."""
     error = {"code": code, "message": message, **({"hint": hint} if hint else {})}
+    text = message + (HINT_MARK + hint if hint else "")
     return ToolResult([TextPart(text)], {"error": error, **(extra or {})}, is_error=True)
 
 
@@ -70,11 +71,11 @@ def failure_of(exc: BaseException) -> ToolResult:
     """The tool error for ``exc``: a :class:`PerceiveError`'s message and hint; anything else is a bug in
     perceive or a plugin, said in one line as the CLI says it."""
     if isinstance(exc, PerceiveError):
-        return error_result(str(exc), exc.code.value)
+        return error_result(exc.message, exc.code.value, hint=exc.hint)
     first = (str(exc).strip().splitlines() or [""])[0]
     what = type(exc).__name__ + (f": {first}" if first else "")
-    return error_result(f"internal error (a bug in perceive or a plugin): {what}{HINT_MARK}the server goes on; "
-                        "report it with the call's arguments", ErrorCode.INTERNAL.value)
+    return error_result(f"internal error (a bug in perceive or a plugin): {what}", ErrorCode.INTERNAL.value,
+                        hint="the server goes on; report it with the call's arguments")
 
 
 def number(v: float | Fraction) -> int | float:

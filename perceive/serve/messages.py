@@ -31,12 +31,6 @@ class Conversation:
     warnings: list[str] = field(default_factory=list)
 
 
-def decode_image(url: str, local_root: Path | None) -> Image.Image:
-    """An ``image_url``: a base64 data URL, or a local path under ``local_root`` (``--allow-local-images``);
-    :func:`perceive.images.decode_image_url`, which ``perceive mcp`` shares."""
-    return decode_image_url(url, local_root)
-
-
 def _parts(m: Message) -> list[TextPart | ImagePart]:
     if m.content is None:
         return []
@@ -48,7 +42,7 @@ def _text(m: Message) -> str:
 
 
 def _images(m: Message, local_root: Path | None) -> list[Image.Image]:
-    return [decode_image(p.image_url.url, local_root) for p in _parts(m) if isinstance(p, ImagePart)]
+    return [decode_image_url(p.image_url.url, local_root) for p in _parts(m) if isinstance(p, ImagePart)]
 
 
 def read_conversation(req: ChatRequest, protocol, local_root: Path | None) -> Conversation:
