@@ -9,7 +9,6 @@ run added up). With continuous batching the two are not each other's inverse.
 
 from __future__ import annotations
 
-import dataclasses
 import statistics
 from typing import Any
 
@@ -72,10 +71,6 @@ def estimates(bench, records: list[dict], judged: bool = False) -> dict[str, dic
     if type(bench).figures is not Benchmark.figures:
         # resample items, each as one record of its samples' means: k times fewer records per draw
         out = bootstrap([[_item_mean(g, bench.metrics)] for g in groups], bench.figures)
-        for key, e in out.items():  # a figure of one category ("accuracy/single") is over its items
-            if "/" in key:
-                n = sum(1 for g in groups if str(g[0].get("category")) == key.split("/", 1)[1])
-                out[key] = dataclasses.replace(e, n=n)
     else:
         out = {m: normal(item_means(groups, m)) for m in bench.metrics}
     if judged:

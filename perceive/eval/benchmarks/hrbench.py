@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -18,49 +17,26 @@ from perceive.eval.benchmarks.rows import ImageEncoding, collect, read_table, sc
 INSTRUCTION = "Answer the option letter directly."
 
 
-class HRBenchCategory(str, Enum):
-    """HR-Bench's two kinds of question."""
-
-    SINGLE = "single"  # fine-grained single-instance perception (FSP)
-    CROSS = "cross"    # fine-grained cross-instance perception (FCP)
-
-
 def _missing_option(value: Any) -> bool:
     # lmms-eval keeps every option column that is not NaN/null (an empty string stays an option)
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def _field(record: dict[str, Any], key: str) -> Any:
-    """A record's ``key``: on the record, or among its item's fields (``item`` or ``fields``)."""
-    if key in record:
-        return record[key]
-    for nest in ("item", "fields"):
-        if isinstance(record.get(nest), dict) and key in record[nest]:
-            return record[nest][key]
-    return None
-
-
-def cycle_means(records: list[dict[str, Any]], metric: str = "accuracy") -> dict[str | None, float]:
-    """HR-Bench's aggregate in one pass: for all records (key None) and for each category, the
-    mean over ``cycle_category`` of each cycle's mean ``metric``. Records without a value (failed
-    samples) are left out; a key none of whose records has one is absent."""
-    tally: dict[tuple[str | None, Any], list[float]] = defaultdict(lambda: [0.0, 0])
+def cycle_mean(records: list[dict[str, Any]], metric: str = "accuracy") -> float | None:
+    """HR-Bench's aggregate: the mean over ``cycle_category`` (a field of each record's item) of each
+    cycle's mean ``metric``. Records without a value (failed samples) are left out; ``None`` when none
+    has one."""
+    tally: dict[Any, list[float]] = defaultdict(lambda: [0.0, 0])
     for r in records:
         value = r.get(metric)
         if value is None:
             continue
-        cycle = _field(r, "cycle_category")
+        cycle = r.get("cycle_category", (r.get("item") or {}).get("cycle_category"))
         if cycle is None:
             raise ValueError("an HR-Bench record has no cycle_category: records carry their item's fields")
-        category = _field(r, "category")
-        for key in (None,) if category is None else (None, str(category)):
-            t = tally[(key, cycle)]
-            t[0] += value
-            t[1] += 1
-    per_key: dict[str | None, list[float]] = defaultdict(list)
-    for (key, _), (total, n) in tally.items():
-        per_key[key].append(total / n)
-    return {key: sum(means) / len(means) for key, means in per_key.items()}
+        tally[cycle][0] += value
+        tally[cycle][1] += 1
+    return sum(total / n for total, n in tally.values()) / len(tally) if tally else None
 
 
 class HRBench(Benchmark):
@@ -103,9 +79,6 @@ class HRBench(Benchmark):
         return {"accuracy": float(got is not None and got.lower() == item.answer.lower()), "extracted": got}
 
     def figures(self, records: list[dict]) -> dict[str, float | None]:
-        """``accuracy``: the mean of the cycles' accuracies; ``accuracy/<category>``: the same over
-        that category's records (``single``, ``cross``, and any other category the file has)."""
-        means = cycle_means(records)
-        cats = [c.value for c in HRBenchCategory]
-        cats += sorted(c for c in means if c is not None and c not in cats)
-        return {"accuracy": means.get(None), **{f"accuracy/{c}": means.get(c) for c in cats}}
+        """``accuracy``: the mean of the cycles' accuracies (per category, the run's breakdown gives
+        the same aggregate over that category's records)."""
+        return {"accuracy": cycle_mean(records)}
