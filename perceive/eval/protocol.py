@@ -53,7 +53,6 @@ def coordinate_space(protocol) -> str:
 
 def protocol_of(cfg, benchmark, data_sha256: str | None, items: int, judge_model: str | None) -> dict[str, Any]:
     """The conditions of ``cfg``'s run on ``items`` items of ``benchmark`` (see the module doc)."""
-    from perceive.eval.benchmarks.base import Benchmark
     from perceive.eval.stats import BOOTSTRAP, NORMAL
 
     s = cfg.sampling
@@ -70,7 +69,7 @@ def protocol_of(cfg, benchmark, data_sha256: str | None, items: int, judge_model
         "decoding": decoding, "max_new_tokens": cfg.runtime.max_new_tokens,
         "max_hops": cfg.graph_params().get("max_hops"),
         "oracle_spans": cfg.oracle_spans,
-        "intervals": BOOTSTRAP if type(benchmark).figures is not Benchmark.figures else NORMAL,
+        "intervals": BOOTSTRAP if benchmark.bootstrapped() else NORMAL,
     }
 
 

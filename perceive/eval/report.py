@@ -12,6 +12,8 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from perceive.eval.stats import mean_of
+
 #: the type value of a trace event that says a question held characters the model's tokenizer maps
 #: to its unknown token (``EventType.TOKENIZER``); read by value, so older traces count too
 TOKENIZER_EVENT = "tokenizer"
@@ -26,37 +28,34 @@ def percentile(values: list[float], q: int) -> float | None:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
-def summarize(records: list[dict], judged: bool = False, wall_s: float | None = None) -> dict[str, Any]:
-    """The run's figures from its records (one per sample, in any order). ``judged``: an LLM judge
-    scored the samples (a ``judge`` of ``None`` is a failed request, counted apart). ``wall_s``:
-    the seconds the samples took together (throughput's denominator)."""
+def summarize(records: list[dict], bench=None, judged: bool = False, wall_s: float | None = None) -> dict[str, Any]:
+    """The run's figures from its records (one per sample, in any order): the hop telemetry and cost,
+    and with ``bench`` its figures with their intervals (:func:`breakdown`). ``judged``: an LLM judge
+    scored the samples (a ``judge`` of ``None`` is a failed request, counted apart). ``wall_s``: the
+    seconds the samples took together (throughput's denominator)."""
     n = len(records)
-
-    def mean(key):
-        vals = [r[key] for r in records if r.get(key) is not None]
-        return sum(vals) / len(vals) if vals else None
 
     actions: dict[str, int] = {}
     for r in records:
         for a in r["actions"]:
             actions[a] = actions.get(a, 0) + 1
     latency = [r["latency_ms"] for r in records if r.get("latency_ms") is not None]
-    s = {"samples": n, "exact_match": mean("exact_match"), "anls": mean("anls"),
-         "relaxed_accuracy": mean("relaxed_accuracy"),
+    s = {"samples": n,
          "samples_with_a_hop": sum(1 for r in records if r["hops"]) / n if n else 0.0,
-         "hops_per_sample": mean("hops"),
+         "hops_per_sample": mean_of(records, "hops"),
          # over the samples whose first region hop was scored: None (shown "-") when none made one
-         "action_counts": actions, "crop_iou": mean("crop_iou"),
+         "action_counts": actions, "crop_iou": mean_of(records, "crop_iou"),
          "errors": sum(1 for r in records if r["error"]),
          "unknown_characters": sum(1 for r in records if TOKENIZER_EVENT in r.get("events", ())),
-         "tokens_per_sample": mean("generated_tokens"),
+         "tokens_per_sample": mean_of(records, "generated_tokens"),
          "latency_ms_mean": statistics.fmean(latency) if latency else None,
          "latency_ms_p50": percentile(latency, 50), "latency_ms_p95": percentile(latency, 95),
          "throughput_samples_per_s": n / wall_s if wall_s else None,
          "seconds": wall_s}
     if judged:
-        s["judge"] = mean("judge")
         s["judge_failures"] = sum(1 for r in records if r.get("judge") is None)
+    if bench is not None:
+        s.update(breakdown(bench, records, judged))
     return s
 
 
@@ -64,11 +63,10 @@ def estimates(bench, records: list[dict], judged: bool = False) -> dict[str, dic
     """Each of ``bench``'s figures over ``records`` with its standard error and 95% interval over
     items (:mod:`perceive.eval.stats`): the mean of each metric, or the benchmark's own aggregate
     (bootstrapped); the judge's mean score too when the run was judged."""
-    from perceive.eval.benchmarks.base import Benchmark
     from perceive.eval.stats import bootstrap, by_item, item_means, normal
 
     groups = by_item(records)
-    if type(bench).figures is not Benchmark.figures:
+    if bench.bootstrapped():
         # resample items, each as one record of its samples' means: k times fewer records per draw
         out = bootstrap([[_item_mean(g, bench.metrics)] for g in groups], bench.figures)
     else:
@@ -80,11 +78,7 @@ def estimates(bench, records: list[dict], judged: bool = False) -> dict[str, dic
 
 def _item_mean(group: list[dict], metrics) -> dict:
     """An item's k samples as one record: the first's fields, each metric its samples' mean."""
-    out = dict(group[0])
-    for m in metrics:
-        vals = [r[m] for r in group if r.get(m) is not None]
-        out[m] = sum(vals) / len(vals) if vals else None
-    return out
+    return {**group[0], **{m: mean_of(group, m) for m in metrics}}
 
 
 def breakdown(bench, records: list[dict], judged: bool = False) -> dict[str, Any]:
@@ -123,7 +117,7 @@ def split_by(result: dict, key: str) -> list[dict]:
     bench = get_benchmark(result.get("benchmark") or "paper")
     judged = "judge" in (result.get("summary") or {})
     return [{**result, "name": f"{result['name']} [{key}={value}]", "records": records,
-             "summary": {**summarize(records, judged=judged), **breakdown(bench, records, judged)}}
+             "summary": summarize(records, bench, judged=judged)}
             for value, records in sorted(groups.items())]
 
 

@@ -115,7 +115,6 @@ class Run:
     def finish(self, wall_s: float) -> dict[str, Any]:
         """The results over every sample (kept and run now), written to the output folder."""
         from perceive.eval.protocol import protocol_of, system_of
-        from perceive.eval.report import breakdown
         from perceive.eval.run_folder import data_digest
 
         cfg = self.cfg
@@ -127,8 +126,7 @@ class Run:
             wall[r.get("session", 1)] = max(wall.get(r.get("session", 1), 0.0), r.get("elapsed_s") or 0.0)
         if len(self.lines) > self.resumed:  # this session ran samples: its wall time is all of it
             wall[self.session] = wall_s
-        summary = summarize(records, judged=self.judge is not None, wall_s=sum(wall.values()))
-        summary.update(breakdown(self.bench, records, judged=self.judge is not None))
+        summary = summarize(records, self.bench, judged=self.judge is not None, wall_s=sum(wall.values()))
         summary["sessions"] = len(wall)
         summary["skipped"] = len(self.read.skipped)
         fp = self.fp or {}  # what the fingerprint hashed is not read again

@@ -46,14 +46,15 @@ def by_item(records: list[dict]) -> list[list[dict]]:
     return list(groups.values())
 
 
+def mean_of(records: list[dict], key: str) -> float | None:
+    """The mean of ``key`` over the records that have a value for it; ``None`` when none has."""
+    vals = [r[key] for r in records if r.get(key) is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
 def item_means(groups: list[list[dict]], key: str) -> list[float]:
     """Each item's mean of ``key`` over its samples (items with no value for it left out)."""
-    out = []
-    for g in groups:
-        vals = [r[key] for r in g if r.get(key) is not None]
-        if vals:
-            out.append(sum(vals) / len(vals))
-    return out
+    return [m for m in (mean_of(g, key) for g in groups) if m is not None]
 
 
 def normal(values: list[float], bounds: tuple[float, float] = (0.0, 1.0)) -> Estimate:

@@ -91,11 +91,15 @@ class Benchmark:
         """The run's headline figures over ``records`` (each with the keys of :meth:`score`):
         the mean of each metric. A benchmark whose published score is another aggregate overrides
         this (HR-Bench: the mean of its cycles' accuracies)."""
-        out: dict[str, float | None] = {}
-        for m in self.metrics:
-            vals = [r[m] for r in records if r.get(m) is not None]
-            out[m] = sum(vals) / len(vals) if vals else None
-        return out
+        from perceive.eval.stats import mean_of
+
+        return {m: mean_of(records, m) for m in self.metrics}
+
+    @classmethod
+    def bootstrapped(cls) -> bool:
+        """Whether the score is an aggregate other than the mean (:meth:`figures` overridden): its
+        interval is then a bootstrap over items, not the normal one."""
+        return cls.figures is not Benchmark.figures
 
 
 def shuffled(options: list[str], answer: int, *, shuffle: bool, seed: int,
