@@ -172,16 +172,15 @@ def prepare(cfg: EvalConfig, model=None, registry=None, policy=None, *, resume: 
         raise ResumeError("--resume finishes the run in an output folder, and none is given",
                           hint="give --out (or output: in the config) the folder of the run to finish")
     bench = get_benchmark(cfg.benchmark.name)
-    if cfg.oracle_spans and bench.name != "paper":
+    if cfg.oracle_spans and not bench.spans:
         raise ConfigError(f"oracle_spans forces each item's own perception span: the {bench.name} benchmark has "
                           "none (only the paper layout does)", hint="drop --oracle-spans")
     if cfg.oracle_spans and cfg.remote is not None:
         raise ConfigError("oracle_spans forces spans token by token: it needs a local model, not remote.url",
                           hint="drop --oracle-spans, or run the model locally")
     read = bench.read(cfg.data, shuffle=cfg.benchmark.shuffled(bench), seed=cfg.benchmark.seed,
-                      **({"split": cfg.benchmark.split} if cfg.benchmark.split else {}))
-    listing = None if bench.name == "paper" else "the first rows of each problem are listed above"
-    Skipped(str(cfg.data), read.total, read.skipped, read.root, listing).check(cfg.max_skipped_fraction)
+                      split=cfg.benchmark.split)
+    Skipped(str(cfg.data), read.total, read.skipped, read.root, read.listing).check(cfg.max_skipped_fraction)
     items = read.items if cfg.max_samples is None else read.items[:cfg.max_samples]
     registry = registry or get_registry()
     graph = compile_graph(cfg.graph, registry=registry, params=cfg.graph_params())  # fails before the model loads

@@ -78,7 +78,6 @@ class RemoteLoop:
         # one session per endpoint (its backend holds the client); they share everything else
         self.sessions = [TurnSession(_ChatBackend(self, ep), self.registry, self.hub, self.protocol, self.controller,
                                      self.limits, options, whole=remote.mode == "server") for ep in self.endpoints]
-        self.session = self.sessions[0]
 
     def _declaration(self) -> tuple[str | None, list[dict] | None]:
         """How the actions are declared: ``(system turn, tools)``. perceive serve declares them itself

@@ -62,6 +62,8 @@ class ReadResult:
     skipped: list[tuple[int, list[str]]] = field(default_factory=list)
     #: the folder image paths resolve against (the paper layout), for the hint of a run with none found
     root: str | None = None
+    #: where a refused run finds every skipped row (``None``: ``perceive data check FILE``, the paper's)
+    listing: str | None = "the first rows of each problem are listed above"
 
 
 class Benchmark:
@@ -77,6 +79,8 @@ class Benchmark:
     metrics: ClassVar[tuple[str, ...]] = ("accuracy",)
     choices: ClassVar[bool] = False
     extraction: ClassVar[str] = ""
+    #: each item carries its own perception span, which ``oracle_spans`` can force
+    spans: ClassVar[bool] = False
 
     def read(self, path: Path, *, shuffle: bool, seed: int, split: str | None = None) -> ReadResult:
         """The file's items (``split``: which split of a ``save_to_disk`` folder of several)."""

@@ -44,6 +44,7 @@ class Paper(Benchmark):
     description = "the VPT paper's layout: a JSON list of {messages, images} items (perceive data cards writes it)"
     metrics = ("exact_match", "anls", "relaxed_accuracy")
     extraction = "whole response, lower-cased, spaces collapsed, trailing period dropped"
+    spans = True
 
     def read(self, path: Path, *, shuffle: bool = False, seed: int = 0, split: str | None = None) -> ReadResult:
         from perceive.data.dataset import VPTDataset, split_crop
@@ -60,7 +61,7 @@ class Paper(Benchmark):
                                   category=str(fields["category"]) if "category" in fields else None,
                                   box=split_crop(refs[1])[1] if len(refs) > 1 else None, fields=fields))
         skipped = Skipped.of(ds)  # an item with several problems is one skipped item
-        return ReadResult(items, skipped.total, skipped.items, root=skipped.root)
+        return ReadResult(items, skipped.total, skipped.items, root=skipped.root, listing=None)
 
     def score(self, prediction: str, item: EvalItem) -> dict[str, Any]:
         gt = item.answer
