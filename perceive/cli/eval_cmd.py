@@ -292,9 +292,9 @@ def read_run(r: Path) -> tuple[dict, Path]:
     return result, p
 
 
-def protocol_groups(results: list[dict], labels: list[str], allow: bool) -> list[str] | None:
-    """A label per run naming its protocol (``A``, ``B``, ...) when the runs' protocols differ, else
-    ``None``; refused with every difference listed unless ``allow``."""
+def label_protocols(results: list[dict], labels: list[str], allow: bool) -> None:
+    """When the runs' protocols differ: refused with every difference listed, unless ``allow``; then
+    each run's ``protocol_group`` names its protocol (``A``, ``B``, ...), a column of the table."""
     from perceive.eval.protocol import differences
 
     protocols = [r.get("protocol") for r in results]
@@ -303,7 +303,7 @@ def protocol_groups(results: list[dict], labels: list[str], allow: bool) -> list
         if p not in distinct:
             distinct.append(p)
     if len(distinct) == 1:
-        return None
+        return
     lines = []
     for label, p in zip(labels, protocols, strict=True):
         diff = differences(protocols[0], p)
@@ -316,7 +316,8 @@ def protocol_groups(results: list[dict], labels: list[str], allow: bool) -> list
                                  "samples, decoding and budgets), or add --allow-protocol-differences to show them "
                                  "side by side, each run labelled with its protocol")
     console.print(f"[red]warning[/]: {message}", highlight=False, soft_wrap=True)
-    return [chr(ord("A") + distinct.index(p)) for p in protocols]
+    for r, p in zip(results, protocols, strict=True):
+        r["protocol_group"] = chr(ord("A") + distinct.index(p))
 
 
 def compare(runs: list[Path], out: Path | None = None, by: str | None = None, allow: bool = False) -> None:
@@ -342,16 +343,13 @@ def compare(runs: list[Path], out: Path | None = None, by: str | None = None, al
     labels = run_labels(results, paths)
     for res, label in zip(results, labels, strict=True):
         res["name"] = label
-    groups = protocol_groups(results, labels, allow)
+    label_protocols(results, labels, allow)
     if by is not None:
         try:
-            parts = [(part, g) for i, res in enumerate(results)
-                     for part, g in ((p, groups[i] if groups else None) for p in split_by(res, by))]
+            results = [part for res in results for part in split_by(res, by)]  # each part keeps its run's label
         except PerceiveError as exc:
             raise fail(exc, 1) from None
-        results = [p for p, _ in parts]
-        groups = [g for _, g in parts] if groups else None
-    table = markdown(results, groups)
+    table = markdown(results)
     typer.echo(table)
     if out:
         try:

@@ -153,11 +153,11 @@ def _figures_of(result: dict) -> dict[str, dict]:
     return {k: {"mean": s[k]} for k in OLD_FIGURES if s.get(k) is not None}
 
 
-def markdown(results: list[dict], groups: list[str] | None = None) -> str:
+def markdown(results: list[dict]) -> str:
     """One row per run: the comparison table. Each figure with its 95% interval over items, then
     the hop telemetry and cost. A figure a run does not have (no ground-truth region, no region
-    hop, another benchmark's metric) is ``-``. ``groups``: a label per run that names its protocol
-    (runs with the same label were measured the same way), shown when given; ``unknown chars``
+    hop, another benchmark's metric) is ``-``. A run's ``protocol_group`` (``perceive eval
+    compare`` labels runs measured differently) is a column when any run has one; ``unknown chars``
     appears when a run has samples whose question held characters the tokenizer does not know."""
     names: list[str] = []
     for r in results:
@@ -165,11 +165,14 @@ def markdown(results: list[dict], groups: list[str] | None = None) -> str:
     cols = list(TELEMETRY)
     if any(r["summary"].get("unknown_characters") for r in results):
         cols.insert(cols.index(("errors", "errors")) + 1, ("unknown chars", "unknown_characters"))
-    head = ["run", "graph"] + (["protocol"] if groups else []) + [NAMES.get(n, n) for n in names] + [c for c, _ in cols]
+    labelled = any("protocol_group" in r for r in results)
+    head = ["run", "graph", *(["protocol"] if labelled else []), *(NAMES.get(n, n) for n in names),
+            *(c for c, _ in cols)]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    for i, r in enumerate(results):
+    for r in results:
         figs = _figures_of(r)
-        row = [r["name"], r["graph"]] + ([groups[i]] if groups else []) + [_figure(figs.get(n)) for n in names]
+        row = [r["name"], r["graph"]] + ([r.get("protocol_group", "-")] if labelled else []) + \
+            [_figure(figs.get(n)) for n in names]
         lines.append("| " + " | ".join(row + [_fmt(r["summary"].get(k)) for _, k in cols]) + " |")
     return "\n".join(lines) + "\n" + categories(results, names)
 
