@@ -33,21 +33,10 @@ def mcp_config(config: Path | None, sets: list[str] | None, flags: list[tuple[tu
     """The run config, as :func:`perceive.cli.run_config.run_config` builds it, but a model is optional (only
     the graph tools need one: without, they say so when called) and torch is not imported (an agent such as
     lmms-eval starts a server for every call; the graph tools set torch's threads when they load the model)."""
-    from perceive.cli.run_config import check_set_params, cli_overrides
-    from perceive.config import PerceiveConfig, load_config
-    from perceive.defaults import default_model_path
+    from perceive.cli.run_config import check_image_folder, run_config
 
-    cfg = load_config(config, overrides=cli_overrides(sets, flags, PerceiveConfig.model_fields))
-    check_set_params(cfg)
-    if cfg.model.path is None:
-        cfg.model.path = default_model_path()
-    images = cfg.mcp.allow_local_images
-    if images is not None and not images.is_dir():
-        from perceive.errors import ConfigError
-
-        raise fail(ConfigError(f"{cfg.source}: " + cfg.render(("mcp", "allow_local_images"),
-                                                               f"{images} is not a folder"),
-                               hint="point mcp.allow_local_images at the folder whose images agents may name"))
+    cfg = run_config(config, sets, flags, model_required=False, threads=False)
+    check_image_folder(cfg, "mcp", "agents")
     return cfg
 
 

@@ -30,25 +30,43 @@ def cli_overrides(sets: list[str] | None, flags: list[tuple[tuple, Any, str]], f
     return out + [Override(path, value, name) for path, value, name in flags if value is not None]
 
 
-def run_config(config: Path | None, sets: list[str] | None, flags: list[tuple[tuple, Any, str]]):
+def run_config(config: Path | None, sets: list[str] | None, flags: list[tuple[tuple, Any, str]], *,
+               model_required: bool = True, threads: bool = True):
     """The run config of ``ask`` and ``graph run``: ``config`` (or none) with ``--set`` and the
-    flags applied; no model anywhere: the shipped default model (``models/default``)."""
+    flags applied; no model anywhere: the shipped default model (``models/default``), and without
+    one a usage error unless not ``model_required``. ``threads``: set torch's threads now (not for
+    ``perceive mcp``, which imports torch only when a graph tool loads its model)."""
     from perceive.config import PerceiveConfig, load_config
-    from perceive.threads import set_torch_threads
 
     cfg = load_config(config, overrides=cli_overrides(sets, flags, PerceiveConfig.model_fields))
     check_set_params(cfg)
-    set_torch_threads(cfg.runtime.threads)  # once, before the model runs (docs/performance.md#threads)
+    if threads:
+        from perceive.threads import set_torch_threads
+
+        set_torch_threads(cfg.runtime.threads)  # once, before the model runs (docs/performance.md#threads)
     if cfg.model.path is None:
         from perceive.defaults import default_model_path
 
         cfg.model.path = default_model_path()
-        if cfg.model.path is None:
+        if cfg.model.path is None and model_required:
             from perceive.cli.output import fail
 
             raise fail("no model given. Pass --model DIR (or model.path in --config) with a local VPT or Qwen2-VL "
                        "checkpoint.", 2)
     return cfg
+
+
+def check_image_folder(cfg, section: str, who: str) -> None:
+    """``cfg.<section>.allow_local_images`` must be a folder (``serve``, ``mcp``): a one-line error
+    naming where it was set. ``who``: the clients that name images there, for the hint."""
+    from perceive.cli.output import fail
+    from perceive.errors import ConfigError
+
+    images = getattr(cfg, section).allow_local_images
+    if images is not None and not images.is_dir():
+        raise fail(ConfigError(f"{cfg.source}: " + cfg.render((section, "allow_local_images"),
+                                                               f"{images} is not a folder"),
+                               hint=f"point {section}.allow_local_images at the folder whose images {who} may name"))
 
 
 REMOTE_HELP = ("Drive a model served at this OpenAI-compatible base URL (vLLM, SGLang, perceive serve), e.g. "

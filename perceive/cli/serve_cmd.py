@@ -23,7 +23,7 @@ from perceive.cli.options import (
     ThreadsOpt,
 )
 from perceive.cli.output import console, fail, listen_or_fail, url_host
-from perceive.cli.run_config import loop_flags, run_config
+from perceive.cli.run_config import check_image_folder, loop_flags, run_config
 from perceive.config.settings import MANY_SAMPLES_BATCH_SIZE
 from perceive.threads import choose_threads
 
@@ -99,7 +99,7 @@ def serve(
     except ImportError as exc:
         raise fail(f"perceive serve needs the serve extra ({exc.name} is missing): pip install 'perceive[serve]'",
                    1) from None
-    from perceive.errors import ConfigError, PerceiveError
+    from perceive.errors import PerceiveError
     from perceive.loop import PerceptionLoop
 
     if allow_local_images is not None and not allow_local_images.is_dir():
@@ -110,11 +110,7 @@ def serve(
     cfg = run_config(config, set_, flags)  # sets torch's threads, before the model thread starts
     if cfg.remote is not None:
         raise fail(f"{cfg.source} sets remote.url ({', '.join(cfg.remote.urls)}): perceive serve runs a local model", 2)
-    images = cfg.serve.allow_local_images
-    if images is not None and not images.is_dir():
-        raise fail(ConfigError(f"{cfg.source}: " + cfg.render(("serve", "allow_local_images"),
-                                                               f"{images} is not a folder"),
-                               hint="point serve.allow_local_images at the folder whose images clients may name"))
+    check_image_folder(cfg, "serve", "clients")
     settings = serve_settings(cfg)
     host, port = cfg.serve.host, cfg.serve.port
     where = url_host(host)
